@@ -1,0 +1,511 @@
+"""The typed pipeline spec: ``pipelines.yaml`` validated once, at the edge.
+
+A file holds optional ``defaults`` that are deep-merged into every entry of
+``pipelines`` (mappings merge key by key, lists and scalars replace). Overrides
+given as ``key=value`` (``--set``) apply after the merge, before validation, so
+their errors carry the same YAML paths. Every problem is collected into one
+:class:`~lstmflow.errors.ConfigError` whose lines read
+``pipelines.sunspots.model.layers[1].lstm.units: must be > 0, got -4``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from lstmflow.errors import ConfigError
+
+NOT_YET = "not yet supported in this version of lstmflow"
+
+
+def _reserved(value: Any) -> Any:
+    if value is not None and value is not False:
+        raise ValueError(NOT_YET)
+    return value
+
+
+#: A key accepted by the schema so that using it gives a clear "not yet supported".
+Reserved = Annotated[Any, BeforeValidator(_reserved)]
+
+
+class Strict(BaseModel):
+    """Base of every spec model: unknown keys are errors and specs are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class SplitSpec(Strict):
+    """Chronological fractions of the series held out for validation and test."""
+
+    val: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of the series (by time) used for validation, after the training part.")
+    test: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of the series (by time) used for the final test, at the end.")
+
+    @model_validator(mode="after")
+    def _leave_training_data(self) -> SplitSpec:
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test must leave at least 10% for training, got {self.val} + {self.test}")
+        return self
+
+
+class TimeSeriesDataSpec(Strict):
+    """A table of one or more numeric series indexed by time (CSV or Parquet)."""
+
+    kind: Literal["timeseries"] = Field("timeseries", description="Kind of data; `timeseries` for forecasting.")
+    path: Path = Field(description="CSV or Parquet file, relative to the YAML file that declares it.")
+    time_column: str | None = Field(None, description="Column holding the timestamps (dates or numbers); rows must be strictly increasing. Omit to use row order.")
+    target: list[str] = Field(min_length=1, description="Column(s) to forecast; a single name is accepted too.")
+    features: list[str] = Field(default_factory=list, description="Extra input columns (covariates) fed to the model beside the targets; not forecast.")
+    window: int | None = Field(None, gt=0, description="Past steps the model sees. Default: max(2 × season, 4 × horizon, 8), capped so the training part holds at least 8 windows.")
+    horizon: int | None = Field(None, gt=0, description="Future steps forecast at once. Default: the season when it is > 1, else 1.")
+    stride: int = Field(1, gt=0, description="Steps between the starts of consecutive training windows.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Chronological train/validation/test split.")
+    scale: Literal["standard", "minmax", "none"] = Field("standard", description="Per-column scaling fitted on the training part only: `standard` (zero mean, unit variance), `minmax` (to [0, 1]) or `none`.")
+    transform: Literal["auto", "none", "log", "difference"] = Field("auto", description="Transform of the targets before scaling, inverted for reporting. `auto` looks at the training part only: `difference` when a straight line explains more than 80% of its variance (a trend), else `log` when every value is > 0 and max/min exceeds 10, else `none`.")
+    gaps: Literal["interpolate", "error"] = Field("interpolate", description="Missing values inside the series: `interpolate` linearly (and count them in the run) or `error`.")
+
+    @field_validator("target", "features", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+DataSpec = TimeSeriesDataSpec
+
+
+# -------------------------------------------------------------------------- model
+
+Activation = Literal["linear", "relu", "tanh", "sigmoid", "softmax", "gelu", "elu", "selu", "softplus"]
+
+
+class LSTMLayer(Strict):
+    """Keras `LSTM(units, return_sequences, ...)`."""
+
+    units: int = Field(gt=0, description="Size of the hidden state.")
+    return_sequences: bool = Field(False, description="Emit the output of every step (needed before another `lstm`); else only the last step's.")
+    bidirectional: bool = Field(False, description="Also read the sequence backwards (Keras `Bidirectional`); the output size doubles.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Keras meaning: dropout on this layer's inputs during training.")
+    recurrent_dropout: float = Field(0.0, ge=0.0, le=0.0, description="Refused when > 0: it would force a per-step Python loop instead of the fused LSTM kernel. Use `dropout`.")
+    stateful: Reserved = Field(False, description="Carry the state across batches (truncated BPTT). Not yet supported.")
+
+
+class DenseLayer(Strict):
+    """Keras `Dense(units, activation)`; applied to the last axis."""
+
+    units: int | None = Field(None, gt=0, description="Output size. On the last layer it may be omitted and is inferred (horizon × targets).")
+    activation: Activation = Field("linear", description="Activation applied after the affine map.")
+
+
+class DropoutLayer(Strict):
+    """Keras `Dropout(rate)`."""
+
+    rate: float = Field(ge=0.0, lt=1.0, description="Fraction of inputs zeroed during training.")
+
+
+class BatchNormLayer(Strict):
+    """Keras `BatchNormalization()` over the feature axis."""
+
+    momentum: float = Field(0.99, gt=0.0, lt=1.0, description="Keras meaning: weight of the old running statistics (PyTorch's momentum is 1 minus this).")
+    epsilon: float = Field(1e-3, gt=0.0, description="Added to the variance for numerical stability.")
+
+
+class LayerNormLayer(Strict):
+    """Keras `LayerNormalization()` over the feature axis."""
+
+    epsilon: float = Field(1e-3, gt=0.0, description="Added to the variance for numerical stability.")
+
+
+class LayerSpec(Strict):
+    """One layer: a mapping with exactly one key naming its kind, e.g. `{lstm: {units: 64}}`."""
+
+    lstm: LSTMLayer | None = Field(None, description="A recurrent LSTM layer.")
+    dense: DenseLayer | None = Field(None, description="A fully connected layer.")
+    dropout: DropoutLayer | None = Field(None, description="A dropout layer.")
+    batchnorm: BatchNormLayer | None = Field(None, description="Batch normalization over features.")
+    layernorm: LayerNormLayer | None = Field(None, description="Layer normalization over features.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_kind_means_defaults(cls, value: Any) -> Any:
+        """`- dense:` in YAML (a null value) means a dense layer with default arguments."""
+        if isinstance(value, dict):
+            return {key: {} if arg is None and key in cls.model_fields else arg for key, arg in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> LayerSpec:
+        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            kinds = ", ".join(type(self).model_fields)
+            raise ValueError(f"a layer must have exactly one of {kinds}, got {given or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
+
+    @property
+    def args(self) -> Strict:
+        return getattr(self, self.kind)
+
+
+class ModelSpec(Strict):
+    """The network, as a list of layers in the Keras vocabulary; the input size comes from the data."""
+
+    layers: list[LayerSpec] = Field(min_length=1, description="Layers in order; the first must be `lstm`, the last should be `dense`.")
+    l1: float = Field(0.0, ge=0.0, description="L1 penalty on all weights (not biases or norms), added to the loss.")
+    l2: float = Field(0.0, ge=0.0, description="L2 penalty on all weights (not biases or norms), added to the loss (Keras `kernel_regularizer` meaning: l2 × sum of squares).")
+
+
+# -------------------------------------------------------------------------- train
+
+
+class OptimizerSpec(Strict):
+    """The optimizer; Keras' `compile(optimizer=...)`."""
+
+    name: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
+    lr: float = Field(1e-3, gt=0.0, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Decoupled weight decay (adamw) or L2 in the update (adam, sgd).")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum, for `sgd` only.")
+
+
+class LRScheduleSpec(Strict):
+    """How the learning rate changes over training."""
+
+    name: Literal["none", "cosine", "step", "plateau", "onecycle"] = Field("none", description="`cosine` anneals to `min_lr` over the epochs; `step` multiplies by `gamma` every `step_size` epochs; `plateau` multiplies by `gamma` after `patience` epochs without improvement; `onecycle` warms up then anneals per batch.")
+    min_lr: float = Field(0.0, ge=0.0, description="Lowest learning rate for `cosine` and `plateau`.")
+    step_size: int = Field(10, gt=0, description="Epochs between decays for `step`.")
+    gamma: float = Field(0.5, gt=0.0, lt=1.0, description="Decay factor for `step` and `plateau`.")
+    patience: int = Field(3, ge=0, description="Epochs without improvement before `plateau` decays.")
+
+
+class GradClipSpec(Strict):
+    """Gradient clipping; at most one of `norm` and `value`."""
+
+    norm: float | None = Field(None, gt=0.0, description="Clip the global gradient norm to this value.")
+    value: float | None = Field(None, gt=0.0, description="Clip every gradient element to [-value, value].")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> GradClipSpec:
+        if self.norm is not None and self.value is not None:
+            raise ValueError(f"give one of norm and value, got norm={self.norm} and value={self.value}")
+        return self
+
+
+class EarlyStoppingSpec(Strict):
+    """Stop when the validation loss stops improving and restore the best weights."""
+
+    patience: int | None = Field(10, ge=1, description="Epochs without improvement before stopping; null disables early stopping.")
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest decrease of the validation loss that counts as improvement.")
+
+
+class TrainSpec(Strict):
+    """How the model is fitted."""
+
+    epochs: int = Field(100, gt=0, description="Maximum number of passes over the training windows.")
+    batch_size: int = Field(64, gt=0, description="Windows per batch.")
+    loss: Literal["mse", "mae", "huber"] = Field("mse", description="Loss on scaled values; the guide compiles with MSE.")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer and learning rate.")
+    lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec, description="Learning-rate schedule.")
+    grad_clip: GradClipSpec = Field(default_factory=GradClipSpec, description="Gradient clipping.")
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec, description="Early stopping on the validation loss.")
+    seed: int = Field(0, ge=0, description="Seed for weights, shuffling and dropout; same seed on the same machine gives the same metrics.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` uses a GPU when one is present.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for the training process. Default 1: small LSTM steps run faster and steadier on one thread when anything else shares the machine.")
+    workers: Reserved = Field(None, description="Data-parallel training processes. Not yet supported.")
+    nodes: Reserved = Field(None, description="Machines for multi-node training. Not yet supported.")
+    deterministic: Reserved = Field(None, description="Deterministic algorithms switch. Not yet supported.")
+
+
+class EvaluateSpec(Strict):
+    """How the test part is scored."""
+
+    season: int | None = Field(None, gt=0, description="Seasonal period for MASE and the seasonal-naive baseline. Default: inferred from the time column's frequency (12 monthly, 4 quarterly, 52 weekly, 7 daily, 24 hourly), else 1.")
+
+
+class PipelineSpec(Strict):
+    """One named pipeline: data, model, training and evaluation."""
+
+    name: str = Field(description="The pipeline's name (its key under `pipelines`); also the MLflow experiment and registered model name.")
+    task: Literal["forecast"] = Field("forecast", description="What the model learns. `forecast` now; `classify` and `language_model` come later.")
+    description: str = Field("", description="Free text shown by `lstmflow list`.")
+    data: DataSpec = Field(description="Where the data are and how they become model inputs.")
+    model: ModelSpec = Field(description="The network.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training settings.")
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Evaluation settings.")
+    search: Reserved = Field(None, description="Hyperparameter search. Not yet supported.")
+    schedule: Reserved = Field(None, description="Retraining schedule. Not yet supported.")
+    promote: Reserved = Field(None, description="Champion/challenger promotion. Not yet supported.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", value):
+            raise ValueError(f"must start with a letter and hold only letters, digits, '_' and '-', got {value!r}")
+        return value
+
+    def spec_hash(self) -> str:
+        """A stable hash of the resolved spec; a cache key ingredient."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    def flat_params(self) -> dict[str, str]:
+        """The resolved spec flattened to dotted keys, as logged to MLflow."""
+        return flatten(self.model_dump(mode="json", exclude_none=True, exclude={"search", "schedule", "promote"}))
+
+
+class ConfigFile(Strict):
+    """The whole `pipelines.yaml`."""
+
+    defaults: dict[str, Any] = Field(default_factory=dict, description="Keys merged into every pipeline (mappings merge, lists and values replace).")
+    pipelines: dict[str, dict[str, Any]] = Field(min_length=1, description="Named pipelines; each is a pipeline spec.")
+
+
+# ------------------------------------------------------------------- loading
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Flatten nested mappings and lists to ``{"a.b[0].c": "value"}``."""
+    if isinstance(tree, dict):
+        out: dict[str, str] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(tree, list) and tree and any(isinstance(item, (dict, list)) for item in tree):
+        out = {}
+        for index, value in enumerate(tree):
+            out.update(flatten(value, f"{prefix}[{index}]"))
+        return out
+    return {prefix: json.dumps(tree) if isinstance(tree, (list, type(None))) else str(tree)}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``: mappings merge, anything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def parse_key(key: str) -> list[str | int]:
+    """``model.layers[0].lstm.units`` → ``["model", "layers", 0, "lstm", "units"]``."""
+    parts: list[str | int] = []
+    for match in _PATH_PART.finditer(key):
+        parts.append(match.group(1) if match.group(1) is not None else int(match.group(2)))
+    if not parts or "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in parts).lstrip(".") != key:
+        raise ConfigError(f"bad key {key!r}: use dotted names with [index] for lists, e.g. model.layers[0].lstm.units")
+    return parts
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """Apply one ``key=value`` (value parsed as YAML) to a copy of ``tree``."""
+    key, sep, raw = assignment.partition("=")
+    if not sep:
+        raise ConfigError(f"bad override {assignment!r}: expected key=value, e.g. train.epochs=5")
+    parts = parse_key(key.strip())
+    value = yaml.safe_load(raw) if raw.strip() else None
+    tree = copy.deepcopy(tree)
+    node: Any = tree
+    for depth, part in enumerate(parts[:-1]):
+        nxt = parts[depth + 1]
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise ConfigError(f"--set {assignment}: {key.split('[')[0]} has no item [{part}]")
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {assignment}: cannot index into a {type(node).__name__}")
+            node = node.setdefault(part, [] if isinstance(nxt, int) else {})
+    last = parts[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise ConfigError(f"--set {assignment}: no item [{last}] to set")
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {assignment}: cannot set a key on a {type(node).__name__}")
+    return tree
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """Turn one pydantic error into lstmflow's wording: what is wanted, and what was given."""
+    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
+    got = f", got {value!r}" if not isinstance(value, (dict, list)) else ""
+    bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
+    if kind in bounds:
+        return f"must be {bounds[kind].format(**ctx)}{got}"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}{got}"
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind in {"int_parsing", "int_type", "int_from_float"}:
+        return f"must be a whole number{got}"
+    if kind in {"float_parsing", "float_type"}:
+        return f"must be a number{got}"
+    if kind in {"bool_parsing", "bool_type"}:
+        return f"must be true or false{got}"
+    if kind in {"string_type"}:
+        return f"must be text{got}"
+    if kind in {"list_type"}:
+        return f"must be a list{got}"
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return f"must be a mapping{got}"
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length')} item(s)"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}{got}"
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    """For an unknown key, name the closest allowed key when there is one."""
+    model = _model_at(loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1) if model else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The spec model inside a type annotation (``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for arg in getattr(annotation, "__args__", ()) if (m := _model_in(arg))), None)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The spec model that sits at a location inside a pipeline, if any."""
+    model: type[BaseModel] | None = PipelineSpec
+    for part in (p for p in loc if not isinstance(p, int)):
+        field = model.model_fields.get(str(part)) if model else None
+        model = _model_in(field.annotation) if field else None
+    return model
+
+
+def _related(where: str, key: str) -> bool:
+    """Whether an error at ``where`` concerns the override of ``key`` (same key, inside it or around it)."""
+    shorter, longer = sorted((where, key), key=len)
+    return longer == shorter or longer.startswith((shorter + ".", shorter + "["))
+
+
+def validate_pipeline(name: str, raw: dict[str, Any], base_dir: Path, origin: dict[str, str] | None = None) -> PipelineSpec:
+    """Validate one merged pipeline mapping; data paths resolve against ``base_dir``."""
+    origin = origin or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"pipelines.{name}: must be a mapping, got {raw!r}")
+    raw = {**raw, "name": name}
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        path = Path(data["path"]).expanduser()
+        raw["data"] = {**data, "path": str(path if path.is_absolute() else (base_dir / path).resolve())}
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            where = _location(loc)
+            message = _describe(error)
+            if error["type"] == "extra_forbidden":
+                message += _suggest(loc)
+            note = next((f" (from --set {a})" for k, a in origin.items() if _related(where, k)), "")
+            problems.append(f"pipelines.{name}.{where}: {message}{note}" if where else f"pipelines.{name}: {message}{note}")
+        raise ConfigError(problems) from None
+
+
+class Config:
+    """A loaded ``pipelines.yaml``: raw mappings merged with defaults, validated on demand."""
+
+    def __init__(self, path: Path, raw: ConfigFile) -> None:
+        self.path = path
+        self.raw = raw
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        path = Path(path).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"no pipelines file at {path} (pass --config FILE or run from the project folder)")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"the top level must be a mapping with `pipelines`, got {type(tree).__name__}", source=str(path))
+        try:
+            raw = ConfigFile.model_validate(tree)
+        except ValidationError as exc:
+            problems = [f"{_location(tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
+            raise ConfigError(problems, source=str(path)) from None
+        return cls(path, raw)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.raw.pipelines)
+
+    def merged(self, name: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+        """The pipeline's mapping with defaults and overrides applied, and where each override came from."""
+        if name not in self.raw.pipelines:
+            close = difflib.get_close_matches(name, self.names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"no pipeline named {name!r} in {self.path}{hint}; known: {', '.join(self.names)}")
+        tree = deep_merge(self.raw.defaults, self.raw.pipelines[name] or {})
+        origin: dict[str, str] = {}
+        for assignment in overrides:
+            tree = apply_override(tree, assignment)
+            origin[assignment.partition("=")[0].strip()] = assignment
+        return tree, origin
+
+    def pipeline(self, name: str, overrides: list[str] | tuple[str, ...] = ()) -> PipelineSpec:
+        tree, origin = self.merged(name, overrides)
+        try:
+            return validate_pipeline(name, tree, self.path.parent, origin)
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, source=str(self.path)) from None
+
+    def all(self) -> dict[str, PipelineSpec]:
+        """Every pipeline validated; all problems of all pipelines in one error."""
+        specs: dict[str, PipelineSpec] = {}
+        problems: list[str] = []
+        for name in self.names:
+            try:
+                tree, origin = self.merged(name)
+                specs[name] = validate_pipeline(name, tree, self.path.parent, origin)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise ConfigError(problems, source=str(self.path))
+        return specs
