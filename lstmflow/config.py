@@ -245,7 +245,7 @@ class PipelineSpec(Strict):
     """One named pipeline: data, model, training and evaluation."""
 
     name: str = Field(description="The pipeline's name (its key under `pipelines`); also the MLflow experiment and registered model name.")
-    task: Literal["forecast"] = Field("forecast", description="What the model learns. `forecast` now; `classify` and `language_model` come later.")
+    task: Literal["forecast", "classify", "language_model"] = Field("forecast", description="What the model learns. `forecast` now; `classify` and `language_model` are reserved for a later version.")
     description: str = Field("", description="Free text shown by `lstmflow list`.")
     data: DataSpec = Field(description="Where the data are and how they become model inputs.")
     model: ModelSpec = Field(description="The network.")
@@ -254,6 +254,13 @@ class PipelineSpec(Strict):
     search: Reserved = Field(None, description="Hyperparameter search. Not yet supported.")
     schedule: Reserved = Field(None, description="Retraining schedule. Not yet supported.")
     promote: Reserved = Field(None, description="Champion/challenger promotion. Not yet supported.")
+
+    @field_validator("task")
+    @classmethod
+    def _forecast_only_for_now(cls, value: str) -> str:
+        if value != "forecast":
+            raise ValueError(f"{value!r} is {NOT_YET} (only 'forecast' for now)")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -367,7 +374,7 @@ def _describe(error: dict[str, Any]) -> str:
     got = f", got {value!r}" if not isinstance(value, (dict, list)) else ""
     bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
     if kind in bounds:
-        return f"must be {bounds[kind].format(**ctx)}{got}"
+        return f"must be {bounds[kind].format(**{k: f'{v:g}' if isinstance(v, float) else v for k, v in ctx.items()})}{got}"
     if kind == "literal_error":
         return f"must be one of {ctx['expected']}{got}"
     if kind == "missing":

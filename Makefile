@@ -1,0 +1,31 @@
+# The two set-up commands of the README: `make demo` (train the demo pipelines end to end) and `make test`.
+# Both create the virtual environment in .venv on first use, with the versions pinned in constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: demo test test-quick bench clean-stores
+
+$(BIN)/lstmflow: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	touch $@
+
+demo: $(BIN)/lstmflow  ## train, evaluate and register every demo pipeline (local Prefect, MLflow, DVC stores)
+	$(BIN)/lstmflow run sunspots
+	$(BIN)/lstmflow run co2
+
+test: $(BIN)/lstmflow  ## the whole suite but GPU tests (what CI runs)
+	$(BIN)/python -m pytest -m "not gpu"
+
+test-quick: $(BIN)/lstmflow  ## the fast loop: no slow and no GPU tests
+	$(BIN)/python -m pytest -m "not slow and not gpu"
+
+bench: $(BIN)/lstmflow  ## the benchmarks; results go to benchmarks/RESULTS.md by hand
+	$(BIN)/python benchmarks/windowing.py
+	$(BIN)/python benchmarks/pipeline_overhead.py
+
+clean-stores:  ## forget every run: MLflow, Prefect, DVC cache and remote, features, training runs
+	rm -rf mlflow.db mlruns .prefect .dvc-storage .dvc/cache features runs data/raw

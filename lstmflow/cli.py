@@ -1,0 +1,180 @@
+"""The ``lstmflow`` command: validate, list, summarise and run the pipelines of ``pipelines.yaml``.
+
+Exit codes: 0 success, 2 a bad config or bad data (a message, no traceback), 1 anything else.
+The config is validated and the data probed before any flow starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from lstmflow.config import Config, PipelineSpec
+from lstmflow.errors import LstmflowError
+
+app = typer.Typer(
+    help="Declare LSTM pipelines in pipelines.yaml; train, evaluate and register them through Prefect, DVC and MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="The pipelines file; data paths in it are relative to it.", envvar="LSTMFLOW_CONFIG")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a key for this run, e.g. --set train.epochs=5 --set model.layers[0].lstm.units=32."),
+]
+
+
+def configure_environment(root: Path) -> None:
+    """Keep Prefect's, MLflow's and DVC's state in the project and everything offline and quiet.
+
+    Must run before Prefect is imported; values already in the environment win.
+    """
+    defaults = {
+        "PREFECT_HOME": str(root / ".prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "DO_NOT_TRACK": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def _load(config: Path) -> Config:
+    loaded = Config.load(config)
+    configure_environment(loaded.path.parent)
+    return loaded
+
+
+@app.command("validate")
+def validate_command(
+    names: Annotated[list[str] | None, typer.Argument(help="Pipelines to check (default: all).")] = None,
+    config: ConfigOption = Path("pipelines.yaml"),
+) -> None:
+    """Check pipelines.yaml and probe each pipeline's data (windows, horizon, season resolved)."""
+    from lstmflow.steps import probe
+
+    loaded = _load(config)
+    specs = loaded.all()
+    table = Table("pipeline", "task", "data", "window", "horizon", "season", title=str(loaded.path))
+    for name in names or loaded.names:
+        spec = probe(specs[name] if name in specs else loaded.pipeline(name), loaded.path.parent)
+        data = spec.data
+        resolved = data.path.exists()
+        table.add_row(
+            name, spec.task, str(data.path.relative_to(loaded.path.parent) if data.path.is_relative_to(loaded.path.parent) else data.path),
+            str(data.window or "-"), str(data.horizon or "-"), str(spec.evaluate.season or "-"),
+        )
+        if not resolved:
+            err.print(f"[yellow]{name}: {data.path.name} is built by a DVC stage on the first run; defaults resolve then.[/]")
+    out.print(table)
+    out.print(f"[green]OK[/]: {len(names or loaded.names)} pipeline(s) valid.")
+
+
+@app.command("list")
+def list_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
+    """List the pipelines with their task, data and description."""
+    loaded = _load(config)
+    table = Table("pipeline", "task", "data", "layers", "description")
+    for name, spec in loaded.all().items():
+        layers = " → ".join(_layer_label(layer) for layer in spec.model.layers)
+        table.add_row(name, spec.task, spec.data.path.name, layers, spec.description)
+    out.print(table)
+
+
+def _layer_label(layer: Any) -> str:
+    units = getattr(layer.args, "units", None)
+    return f"{layer.kind}({units})" if units else layer.kind
+
+
+@app.command("summary")
+def summary_command(
+    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+    config: ConfigOption = Path("pipelines.yaml"),
+    set_: SetOption = None,
+) -> None:
+    """Print the model's layers, output shapes and parameter counts, like Keras' summary()."""
+    from lstmflow.models.lstm import build_model, summary
+    from lstmflow.steps import probe
+
+    loaded = _load(config)
+    spec = probe(loaded.pipeline(name, set_ or []), loaded.path.parent)
+    n_features = len(spec.data.target) + len(spec.data.features)
+    n_outputs = spec.data.horizon * len(spec.data.target) if spec.data.horizon else None
+    model = build_model(spec.model, n_features, n_outputs, where=f"pipelines.{name}.model")
+    out.print(summary(model, n_features), highlight=False)
+
+
+@app.command("run")
+def run_command(
+    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+    config: ConfigOption = Path("pipelines.yaml"),
+    set_: SetOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Train again even if spec, data and code are unchanged.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="End stdout with one JSON line: pipeline, run id, model URI, data version, metrics.")] = False,
+) -> None:
+    """Run one pipeline end to end through Prefect: prepare (DVC) → train → evaluate → register (MLflow)."""
+    from lstmflow.steps import probe
+
+    loaded = _load(config)
+    spec = loaded.pipeline(name, set_ or [])
+    probe(spec, loaded.path.parent)
+    from flows.pipeline import run_pipeline
+
+    result = run_pipeline(pipeline=name, overrides=_as_mapping(set_ or []), force=force, config=str(loaded.path))
+    _print_result(spec, result, err if as_json else out)
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+
+
+def _as_mapping(assignments: list[str]) -> dict[str, Any]:
+    return dict(a.partition("=")[::2] for a in assignments)
+
+
+def _print_result(spec: PipelineSpec, result: dict[str, Any], console: Console) -> None:
+    metrics = result["metrics"]
+    table = Table("metric (test, original units)", "LSTM", "seasonal naive", title=f"{spec.name}: {result['model_uri']}")
+    for key in ("rmse", "mae", "smape", "mase"):
+        if key in metrics:
+            naive = metrics.get(f"naive_{key}")
+            table.add_row(key, f"{metrics[key]:.4g}", "-" if naive is None else f"{naive:.4g}")
+    console.print(table)
+    state = "reused (nothing changed)" if result["cached"] else f"{result['epochs_run']} epochs, best {result['best_epoch']}"
+    console.print(f"MLflow run {result['mlflow_run_id']} · training {state} · data {result['data_version']}")
+
+
+@app.command("reference")
+def reference_command() -> None:
+    """Print the pipelines.yaml reference (every key, its type, default and meaning) as Markdown."""
+    from lstmflow.reference import reference_markdown
+
+    out.print(reference_markdown(), markup=False, highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    """Entry point: lstmflow's errors become a message and an exit code (2 for config and data), not a traceback."""
+    try:
+        app()
+    except LstmflowError as exc:
+        err.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The ``pipelines.yaml`` reference, generated from the spec models so it cannot drift from them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from lstmflow.config import ConfigFile, LayerSpec, PipelineSpec, _model_in
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation).replace("typing.", "").replace("pathlib.", "")
+    return text.replace("NoneType", "null")
+
+
+def _default(field: Any) -> str:
+    if field.default_factory is not None:
+        value = field.default_factory()
+        return "" if isinstance(value, BaseModel) else json.dumps(value)
+    if field.default is PydanticUndefined:
+        return "required"
+    return json.dumps(field.default.model_dump(mode="json") if isinstance(field.default, BaseModel) else field.default, default=str)
+
+
+def fields_of(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """``(key, type, default, description)`` for every key under ``model``, depth first."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        nested = _model_in(field.annotation)
+        type_name = "mapping" if nested and not str(field.annotation).startswith("list") else _type_name(field.annotation)
+        if nested is LayerSpec:
+            type_name = "list of layers"
+        rows.append((key, type_name, _default(field), field.description or ""))
+        if nested is LayerSpec:
+            rows.extend(fields_of(nested, f"{key}[].")) 
+        elif nested is not None:
+            rows.extend(fields_of(nested, f"{key}."))
+    return rows
+
+
+def reference_markdown() -> str:
+    """Two tables: the file's top level, then every key of a pipeline."""
+    def table(rows: list[tuple[str, str, str, str]]) -> str:
+        lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        for key, type_name, default, description in rows:
+            cells = [f"`{key}`", type_name.replace("|", "\\|"), f"`{default}`" if default else "", description.replace("|", "\\|")]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    top = [row for row in fields_of(ConfigFile)]
+    pipeline = [row for row in fields_of(PipelineSpec) if row[0] != "name"]
+    return (
+        "Top level of the file:\n\n" + table(top) + "\n\nKeys of each pipeline (`pipelines.NAME.…`, or `defaults.…`):\n\n" + table(pipeline) + "\n"
+    )

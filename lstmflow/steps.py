@@ -1,0 +1,209 @@
+"""The pipeline's steps as plain functions: prepare → train → evaluate → register.
+
+Each Prefect task in ``tasks/`` is a thin wrapper over one function here, so the
+whole path can also run, and be tested, without any orchestration. Steps exchange
+only references: paths, MLflow run ids, small dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lstmflow import tracking, versioning
+from lstmflow.config import Config, PipelineSpec, TimeSeriesDataSpec
+from lstmflow.errors import DataError
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the prepare step hands on: the resolved spec and its versioned features."""
+
+    spec: dict[str, Any]
+    features_dir: str
+    data_md5: str
+    features_md5: str
+
+    @property
+    def pipeline(self) -> PipelineSpec:
+        return PipelineSpec.model_validate(self.spec)
+
+
+def project_root(config_path: str | Path) -> Path:
+    """Everything a project keeps (stores, features, runs) lives beside its ``pipelines.yaml``."""
+    return Path(config_path).expanduser().resolve().parent
+
+
+def code_version(subpackage: str = "") -> str:
+    """A hash of lstmflow's source (or one subpackage's): cached steps rerun when the code that made them changes."""
+    package = Path(__file__).parent / subpackage
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def params_entry(spec: PipelineSpec, root: Path) -> dict[str, Any]:
+    """The slice of a resolved spec that the features stage depends on, with the data path relative to the project."""
+    data = spec.data.model_dump(mode="json")
+    path = Path(data["path"])
+    data["path"] = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    return {"data": data, "season": spec.evaluate.season, "code_version": code_version("data")}
+
+
+def data_spec_from_params(entry: dict[str, Any], root: Path) -> tuple[TimeSeriesDataSpec, int]:
+    """Inverse of :func:`params_entry`, for the DVC stage command."""
+    data = dict(entry["data"])
+    data["path"] = str((root / data["path"]).resolve())
+    return TimeSeriesDataSpec.model_validate(data), int(entry["season"])
+
+
+def probe(spec: PipelineSpec, root: Path) -> PipelineSpec:
+    """Check the data before any flow starts, and resolve data defaults (window, horizon, season).
+
+    Data that a DVC stage builds (the demo data on a fresh clone) is not there yet;
+    it is probed by the prepare step, after the stage ran.
+    """
+    from lstmflow.data.timeseries import resolve_data
+
+    if not spec.data.path.exists():
+        if versioning.stage_producing(root, spec.data.path):
+            return spec
+        raise DataError(f"pipelines.{spec.name}.data.path: no such file: {spec.data.path}")
+    return resolve_data(spec)
+
+
+def prepare(config_path: str | Path, name: str, overrides: list[str]) -> Prepared:
+    """Resolve the spec, write its params, and let DVC build (or skip) the raw data and features stages."""
+    from lstmflow.data.timeseries import resolve_data
+
+    config = Config.load(config_path)
+    root = project_root(config_path)
+    spec = config.pipeline(name, overrides)
+    versioning.ensure_repo(root)
+    entries = {n: e for n, e in versioning.read_params(root).items() if n in config.names}
+    if not spec.data.path.exists():
+        producer = versioning.stage_producing(root, spec.data.path)
+        if producer is None:
+            raise DataError(f"pipelines.{name}.data.path: no such file: {spec.data.path}")
+        entries[name] = params_entry(spec, root)  # unresolved until the data exist; dvc.yaml needs the entry
+        versioning.write_params(root, entries)
+        versioning.repro(root, producer)
+    spec = resolve_data(spec)
+    entries[name] = params_entry(spec, root)
+    versioning.write_params(root, entries)
+    stage = f"features@{name}"
+    versioning.repro(root, stage)
+    versioning.push(root, stage)
+    hashes = versioning.stage_hashes(root, stage)
+    return Prepared(spec.model_dump(mode="json"), str(root / "features" / name), **hashes)
+
+
+def start_tracked_run(prepared: Prepared, root: Path, flow_run_id: str | None, resume_run_id: str | None = None) -> str:
+    """Open (or continue, on a retry) the pipeline's MLflow run with params and lineage tags."""
+    uri = tracking.tracking_uri(root)
+    if resume_run_id and tracking.run_is_open(uri, resume_run_id):
+        return resume_run_id
+    spec = prepared.pipeline
+    tags = {
+        "lstmflow.git_commit": versioning.git_commit(root),
+        "lstmflow.data_md5": prepared.data_md5,
+        "lstmflow.features_md5": prepared.features_md5,
+        "lstmflow.prefect_flow_run_id": flow_run_id or "none",
+        "lstmflow.spec_hash": spec.spec_hash(),
+        "lstmflow.code_version": code_version(),
+        "lstmflow.task": spec.task,
+    }
+    return tracking.start_run(uri, spec.name, root / "mlruns", spec.flat_params(), tags, run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: bool = True) -> dict[str, Any]:
+    """Train in a child process, logging each epoch to a new (or, on retry, the same) MLflow run.
+
+    The run folder is keyed by the flow run, so a retried task finds its run id and
+    checkpoint and resumes instead of starting over.
+    """
+    from lstmflow.launch import train_in_child
+
+    spec = prepared.pipeline
+    run_dir = root / "runs" / spec.name / (flow_run_id or f"local-{spec.spec_hash()}-{prepared.features_md5[:8]}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id_file = run_dir / "mlflow_run_id"
+    previous = run_id_file.read_text().strip() if run_id_file.exists() else None
+    run_id = start_tracked_run(prepared, root, flow_run_id, resume_run_id=previous)
+    run_id_file.write_text(run_id)
+    uri = tracking.tracking_uri(root)
+    try:
+        result = train_in_child(spec, Path(prepared.features_dir), run_dir, tracking.MlflowMetricLogger(uri, run_id), progress=progress)
+    except BaseException:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise
+    summary = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "stopped_early": int(result.stopped_early),
+        "train_seconds": result.seconds,
+    }
+    tracking.log_summary_metrics(uri, run_id, {k: float(v) for k, v in summary.items()})
+    return {"run_id": run_id, "run_dir": str(run_dir), "model_path": result.model_path, **summary}
+
+
+def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, float]:
+    """Score the test part in original units beside the seasonal-naive baseline; log metrics and plots."""
+    from lstmflow.evaluate import evaluate_forecast
+
+    spec = prepared.pipeline
+    run_dir = Path(trained["run_dir"])
+    metrics, plots = evaluate_forecast(spec, Path(prepared.features_dir), Path(trained["model_path"]), run_dir / "plots")
+    uri = tracking.tracking_uri(root)
+    tracking.log_summary_metrics(uri, trained["run_id"], {f"test_{k}": v for k, v in metrics.items()})
+    tracking.log_artifacts(uri, trained["run_id"], plots, "plots")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def register(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, str]:
+    """Log the pyfunc forecaster (state dict + spec + preprocessing) and register it under the pipeline's name."""
+    from lstmflow.data.timeseries import load_features
+
+    spec = prepared.pipeline
+    features = load_features(Path(prepared.features_dir))
+    bundle = Path(trained["run_dir"]) / "bundle"
+    bundle.mkdir(exist_ok=True)
+    shutil.copyfile(trained["model_path"], bundle / "model.pt")
+    (bundle / "spec.json").write_text(json.dumps(prepared.spec, indent=2))
+    info = {
+        "columns": features.columns,
+        "targets": features.targets,
+        "window": features.window,
+        "horizon": features.horizon,
+        "preprocessing": features.preprocessing.to_dict(),
+    }
+    (bundle / "features.json").write_text(json.dumps(info, indent=2))
+    from lstmflow.serving import Forecaster
+
+    forecaster = Forecaster(bundle)
+    example = example_input(features, forecaster.context_rows)
+    uri = tracking.tracking_uri(root)
+    registered = tracking.register_model(uri, trained["run_id"], spec.name, bundle, example, forecaster.predict(example))
+    tracking.end_run(uri, trained["run_id"])
+    return registered
+
+
+def example_input(features: Any, rows: int):  # noqa: ANN201 - a DataFrame
+    """The last ``rows`` raw rows of the training part: a realistic request for the served model."""
+    import pandas as pd
+
+    train_end = features.meta["split"]["train_end"]
+    raw = features.raw_inputs()[train_end - rows : train_end]
+    return pd.DataFrame(raw, columns=features.columns)
+
+
+def as_dict(prepared: Prepared) -> dict[str, Any]:
+    return asdict(prepared)

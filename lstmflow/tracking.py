@@ -1,0 +1,171 @@
+"""Everything lstmflow says to MLflow: runs, params, batched metrics, artifacts, the registry.
+
+MLflow is imported here and in :mod:`lstmflow.serving` only. The default store is
+SQLite inside the project (``<project>/mlflow.db``, artifacts in ``<project>/mlruns``);
+``MLFLOW_TRACKING_URI`` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from lstmflow.errors import LstmflowError
+
+#: Tags that tie a run to the exact code, data and orchestration that made it.
+LINEAGE_TAGS = ("lstmflow.git_commit", "lstmflow.data_md5", "lstmflow.features_md5", "lstmflow.prefect_flow_run_id")
+
+
+def tracking_uri(project: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the project's SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project / 'mlflow.db').resolve()}"
+
+
+def _client(uri: str):  # noqa: ANN202 - MlflowClient is imported lazily
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+class MlflowMetricLogger:
+    """A :class:`~lstmflow.loggers.MetricLogger` that writes each call as one ``log_batch``.
+
+    Holds only strings, so it pickles into a training child; the client is made there.
+    """
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.uri = uri
+        self.run_id = run_id
+        self._client_cache: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri, "run_id": self.run_id, "_client_cache": None}
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        if self._client_cache is None:
+            self._client_cache = _client(self.uri)
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        for chunk in _chunks(batch, 1000):
+            self._client_cache.log_batch(self.run_id, metrics=chunk)
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def start_run(uri: str, experiment: str, artifact_root: Path, params: dict[str, str], tags: dict[str, str], run_name: str) -> str:
+    """Create a run in the experiment named ``experiment`` (made on first use); returns its id."""
+    from mlflow.entities import Param, RunTag
+
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        location = None if uri.startswith("http") else (artifact_root / experiment).resolve().as_uri()
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        experiment_id = found.experiment_id
+    run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+    run_id = run.info.run_id
+    batch = [Param(key, value[:6000]) for key, value in params.items()]
+    for chunk in _chunks(batch, 100):
+        client.log_batch(run_id, params=chunk)
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    return run_id
+
+
+def run_is_open(uri: str, run_id: str) -> bool:
+    """Whether the run exists and has not finished (a retried task continues such a run)."""
+    try:
+        return _client(uri).get_run(run_id).info.status in {"RUNNING", "SCHEDULED"}
+    except Exception:  # noqa: BLE001 - a missing run or store reads as "not open"
+        return False
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    _client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_summary_metrics(uri: str, run_id: str, metrics: dict[str, float]) -> None:
+    MlflowMetricLogger(uri, run_id).log_metrics(metrics, step=0)
+
+
+def log_artifacts(uri: str, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+    client = _client(uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _client(uri).set_terminated(run_id, status)
+
+
+def get_run(uri: str, run_id: str) -> dict[str, Any]:
+    """The run's params, metrics and tags as plain dicts."""
+    run = _client(uri).get_run(run_id)
+    return {"params": run.data.params, "metrics": run.data.metrics, "tags": run.data.tags, "status": run.info.status}
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in _client(uri).get_metric_history(run_id, key)]
+
+
+def register_model(uri: str, run_id: str, name: str, bundle_dir: Path, input_example: Any, output_example: Any) -> dict[str, str]:
+    """Log the pyfunc forecaster to the run and register it under ``name``; returns its URIs and version."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    import lstmflow
+    from lstmflow.serving import LstmflowForecaster
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    requirements = [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"mlflow=={mlflow.__version__}",
+        *_installed(["numpy", "pandas", "pydantic", "pyyaml"]),
+    ]
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=LstmflowForecaster(),
+            artifacts={"bundle": str(bundle_dir)},
+            code_paths=[str(Path(lstmflow.__file__).parent)],
+            signature=infer_signature(input_example, output_example),
+            input_example=input_example,
+            pip_requirements=requirements,
+            registered_model_name=name,
+        )
+    version = str(info.registered_model_version)
+    return {"model_uri": f"models:/{name}/{version}", "logged_model_uri": info.model_uri, "version": version}
+
+
+def _installed(names: list[str]) -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            raise LstmflowError(f"{name} is not installed; the served model needs it") from None
+    return pins
+
+
+def load_model(uri: str, model_uri: str):  # noqa: ANN201 - an mlflow PyFuncModel
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.pyfunc.load_model(model_uri)

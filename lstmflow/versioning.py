@@ -1,0 +1,148 @@
+"""DVC, driven from this one module: the params file, ``dvc repro``, the lock, the local remote.
+
+DVC commands never run concurrently in one workspace (two would lock each other
+out), so every call here holds an exclusive file lock on ``.dvc/tmp/lstmflow.lock``.
+
+Stage params come from ``params.yaml``, which lstmflow writes from ``pipelines.yaml``
+with ``defaults`` merged, ``--set`` overrides applied and data defaults (window,
+horizon) resolved, so ``dvc repro`` sees exactly what a run uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lstmflow.errors import DataError, LstmflowError
+
+PARAMS_FILE = "params.yaml"
+LOCAL_REMOTE = ".dvc-storage"
+PARAMS_HEADER = (
+    "# Written by lstmflow from pipelines.yaml (defaults merged, overrides applied, data defaults resolved).\n"
+    "# DVC stages read their params from here; edit pipelines.yaml instead.\n"
+)
+
+
+class DvcError(LstmflowError):
+    """A DVC command failed; the message holds its output."""
+
+
+def _env() -> dict[str, str]:
+    """DVC's environment: quiet, offline, and the current interpreter's scripts first on PATH."""
+    env = dict(os.environ)
+    env.update(DVC_NO_ANALYTICS="1", DVC_NO_UPDATER="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@contextlib.contextmanager
+def workspace_lock(root: Path) -> Iterator[None]:
+    """Hold the workspace's DVC lock; blocks while another lstmflow process runs DVC here."""
+    lock_dir = root / ".dvc" / "tmp"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / "lstmflow.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def dvc(root: Path, *args: str) -> str:
+    """Run one DVC command in ``root`` under the workspace lock; returns its output."""
+    with workspace_lock(root):
+        done = subprocess.run(
+            [sys.executable, "-m", "dvc", *args], cwd=root, env=_env(), capture_output=True, text=True, check=False
+        )
+    if done.returncode != 0:
+        raise DvcError(f"`dvc {' '.join(args)}` failed in {root} (exit {done.returncode}):\n{done.stdout}{done.stderr}".rstrip())
+    return done.stdout
+
+
+def ensure_repo(root: Path) -> None:
+    """Initialise DVC in ``root`` when needed, with the local remote as default (created on first push)."""
+    if not (root / ".dvc").is_dir():
+        scm = (root / ".git").exists()
+        dvc(root, "init", "--quiet", *([] if scm else ["--no-scm"]))
+        dvc(root, "config", "core.analytics", "false")
+    remotes = dvc(root, "remote", "list")
+    if not remotes.strip():
+        dvc(root, "remote", "add", "--local", "--default", "local", f"../{LOCAL_REMOTE}")
+
+
+def write_params(root: Path, entries: dict[str, dict[str, Any]]) -> Path:
+    """Write ``params.yaml`` with one entry per pipeline; unchanged content is not rewritten."""
+    path = root / PARAMS_FILE
+    text = PARAMS_HEADER + yaml.safe_dump({"pipelines": entries}, sort_keys=True)
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path
+
+
+def read_params(root: Path) -> dict[str, dict[str, Any]]:
+    path = root / PARAMS_FILE
+    if not path.exists():
+        return {}
+    return (yaml.safe_load(path.read_text()) or {}).get("pipelines", {})
+
+
+def stage_producing(root: Path, output: Path) -> str | None:
+    """The plain (non-foreach) stage of ``dvc.yaml`` that declares ``output`` among its outs, if any."""
+    path = root / "dvc.yaml"
+    if not path.exists():
+        return None
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {})
+    wanted = output.resolve()
+    for name, stage in stages.items():
+        for out in stage.get("outs", []) if isinstance(stage, dict) else []:
+            out_path = (root / (next(iter(out)) if isinstance(out, dict) else out)).resolve()
+            if wanted == out_path or out_path in wanted.parents:
+                return name
+    return None
+
+
+def repro(root: Path, *stages: str) -> str:
+    """``dvc repro`` of the given stages (and whatever they depend on); unchanged stages are skipped."""
+    return dvc(root, "repro", *stages)
+
+
+def lock_entry(root: Path, stage: str) -> dict[str, Any]:
+    """The stage's entry in ``dvc.lock``: its deps and outs with their hashes."""
+    path = root / "dvc.lock"
+    entry = (yaml.safe_load(path.read_text()) or {}).get("stages", {}).get(stage) if path.exists() else None
+    if entry is None:
+        raise DataError(f"stage {stage!r} has no entry in {path}; run `dvc repro {stage}`")
+    return entry
+
+
+def stage_hashes(root: Path, stage: str) -> dict[str, str]:
+    """``{"data_md5": <first dep's md5>, "features_md5": <first out's md5>}`` from ``dvc.lock``."""
+    entry = lock_entry(root, stage)
+    return {"data_md5": entry["deps"][0]["md5"], "features_md5": entry["outs"][0]["md5"]}
+
+
+def push(root: Path, *stages: str) -> None:
+    """Send the stages' outputs to the default remote (the local one unless configured otherwise)."""
+    dvc(root, "push", "--quiet", *stages)
+
+
+def git_commit(root: Path) -> str:
+    """The project's git commit, suffixed ``-dirty`` when tracked files changed; ``unknown`` outside git."""
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")

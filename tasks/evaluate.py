@@ -1,0 +1,17 @@
+"""The evaluate task: test metrics beside the seasonal-naive baseline, and plots, logged to the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import INPUTS
+
+from lstmflow import steps
+
+
+@task(name="evaluate", cache_policy=INPUTS, persist_result=True)
+def evaluate(prepared: dict[str, Any], trained: dict[str, Any], root: str) -> dict[str, float]:
+    """Cached by its inputs: the same trained run is scored once."""
+    return steps.evaluate(steps.Prepared(**prepared), trained, Path(root))

@@ -1,0 +1,28 @@
+"""Task policies shared by the pipeline's tasks: when a retry can help, what a cache key is made of."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from lstmflow.errors import ConfigError, DataError
+from lstmflow.steps import code_version
+
+
+def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry crashes and flaky IO, never a bad config or bad data: the same input fails the same way."""
+    try:
+        state.result()
+    except (ConfigError, DataError):
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient (a killed child, a locked store)
+        return True
+    return True
+
+
+def step_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """A step is reused when its resolved spec, its data's DVC hash and the code version are unchanged."""
+    prepared = parameters["prepared"]
+    spec_hash = hashlib.sha256(json.dumps(prepared["spec"], sort_keys=True).encode()).hexdigest()[:16]
+    return f"{context.task.name}-{prepared['spec']['name']}-{spec_hash}-{prepared['features_md5']}-{code_version()}"

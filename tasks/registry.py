@@ -1,0 +1,17 @@
+"""The register task: the pyfunc model logged to the run and registered under the pipeline's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import INPUTS
+
+from lstmflow import steps
+
+
+@task(name="register", cache_policy=INPUTS, persist_result=True, retries=1, retry_delay_seconds=2)
+def register(prepared: dict[str, Any], trained: dict[str, Any], root: str) -> dict[str, str]:
+    """Cached by its inputs: a reused training run is not registered twice."""
+    return steps.register(steps.Prepared(**prepared), trained, Path(root))
