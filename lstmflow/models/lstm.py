@@ -1,0 +1,330 @@
+"""The model compiler: a Keras-style layer list (:class:`~lstmflow.config.ModelSpec`) → one PyTorch module.
+
+Every spec layer becomes one explicit submodule, in order, so each per-layer option is honoured and the
+state-dict keys follow the YAML (``layers.0.lstm.weight_ih_l0`` is ``model.layers[0]``). Each ``lstm`` is its own
+single-layer ``nn.LSTM``: the fused kernel runs the time loop, never Python. Shape mistakes that Keras would only
+report when fitting (an lstm fed one vector per sample, an output of the wrong size) are :class:`ConfigError`\\ s
+at build time, naming the YAML path of the layer to change.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from lstmflow.config import BatchNormLayer, DenseLayer, DropoutLayer, LayerNormLayer, LayerSpec, LSTMLayer, ModelSpec
+from lstmflow.errors import ConfigError
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "linear": nn.Identity,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "softmax": lambda: nn.Softmax(dim=-1),
+    "gelu": nn.GELU,  # exact erf form, as Keras' default (approximate=False)
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+    "softplus": nn.Softplus,
+}
+
+
+class InputDropout(nn.Dropout1d):
+    """Keras' LSTM ``dropout``: one mask per (sample, feature), reused at every time step of the sample."""
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, T, F)
+        # Dropout1d zeroes whole channels of (B, C, L): with the features as channels, a dropped feature stays
+        # dropped for the whole sequence
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)  # (B, F, T) → (B, T, F)
+
+
+class LSTMBlock(nn.Module):
+    """Keras ``LSTM`` (or ``Bidirectional(LSTM(...))``): dropout on the inputs, then one fused LSTM layer.
+
+    Initialised like Keras' defaults: glorot_uniform input kernels, orthogonal recurrent kernels, zero biases with
+    the forget gate's set to 1 (``unit_forget_bias``). PyTorch keeps two bias vectors whose sum plays Keras' one
+    bias: ``b_ih`` carries the 1s, ``b_hh`` starts at zero. Both frameworks order the gates i, f, g (c), o.
+    """
+
+    def __init__(
+        self, in_features: int, units: int, return_sequences: bool, bidirectional: bool, dropout: float
+    ) -> None:
+        super().__init__()
+        self.input_dropout = InputDropout(dropout) if dropout > 0 else nn.Identity()
+        self.lstm = nn.LSTM(in_features, units, num_layers=1, batch_first=True, bidirectional=bidirectional)
+        self.return_sequences = return_sequences
+        self.out_features = units * (2 if bidirectional else 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        units = self.lstm.hidden_size
+        for name, param in self.lstm.named_parameters():
+            if name.startswith("weight_ih"):
+                nn.init.xavier_uniform_(param)  # (4H, F): same fan-in/fan-out as Keras' (F, 4H) kernel
+            elif name.startswith("weight_hh"):
+                nn.init.orthogonal_(param)  # (4H, H): orthonormal columns, Keras' (H, 4H) transposed
+            else:
+                nn.init.zeros_(param)
+            if name.startswith("bias_ih"):
+                with torch.no_grad():
+                    param[units : 2 * units].fill_(1.0)  # the forget gate's slice
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, T, F)
+        outputs, (h_n, _) = self.lstm(self.input_dropout(x))  # outputs (B, T, D·H), h_n (D, B, H)
+        if self.return_sequences:
+            return outputs
+        # each direction's final state: forward after step T-1, backward after step 0 (Keras' Bidirectional)
+        return h_n.transpose(0, 1).reshape(x.shape[0], self.out_features)  # (D, B, H) → (B, D, H) → (B, D·H)
+
+
+class Dense(nn.Module):
+    """Keras ``Dense(units, activation)`` on the last axis: glorot_uniform kernel, zero bias."""
+
+    def __init__(self, in_features: int, units: int, activation: str) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, units)
+        self.activation = ACTIVATIONS[activation]()
+        self.out_features = units
+        nn.init.xavier_uniform_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H) → (B, units) or (B, T, H) → (B, T, units)
+        return self.activation(self.linear(x))
+
+
+class FeatureBatchNorm(nn.BatchNorm1d):
+    """Keras ``BatchNormalization()``: one mean and variance per feature (the last axis), over the batch and,
+    for sequences, over time too."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3:  # x (B, T, H): BatchNorm1d wants the features on axis 1
+            return super().forward(x.transpose(1, 2)).transpose(1, 2)  # (B, H, T) → (B, T, H)
+        return super().forward(x)  # x (B, H)
+
+
+class LSTMNet(nn.Module):
+    """The compiled network: ``layers[i]`` is the spec's ``layers[i]``.
+
+    Build it with :func:`build_model`, which checks the shape rules and fills in the last dense's units; this
+    constructor takes a spec that has passed them (``model.spec`` is one, for rebuilding from a checkpoint).
+    """
+
+    def __init__(self, spec: ModelSpec, n_features: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.n_features = n_features
+        width = n_features
+        layers: list[nn.Module] = []
+        for index, layer in enumerate(spec.layers):
+            args = layer.args
+            match args:
+                case LSTMLayer():
+                    block = LSTMBlock(width, args.units, args.return_sequences, args.bidirectional, args.dropout)
+                    width = block.out_features
+                case DenseLayer():
+                    if args.units is None:
+                        raise ValueError(f"layers[{index}].dense.units is unset: build the model with build_model")
+                    block = Dense(width, args.units, args.activation)
+                    width = block.out_features
+                case DropoutLayer():
+                    block = nn.Dropout(args.rate)
+                case BatchNormLayer():
+                    # Keras: running = m·running + (1 − m)·batch; PyTorch weighs the batch by its momentum
+                    block = FeatureBatchNorm(width, eps=args.epsilon, momentum=1.0 - args.momentum)
+                case LayerNormLayer():
+                    block = nn.LayerNorm(width, eps=args.epsilon)  # normalises the last axis of (B, H) or (B, T, H)
+                case _:
+                    raise TypeError(f"layers[{index}]: no module for layer kind {layer.kind!r}")
+            layers.append(block)
+        self.layers = nn.ModuleList(layers)
+        self.out_features = width
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, T, F) → (B, n_outputs), or (B, T, n) if it ends in a sequence
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def regularization_penalty(self) -> Tensor:
+        """``l1·Σ|w| + l2·Σw²`` over the weight matrices (dense kernels, LSTM input and recurrent kernels).
+
+        Biases and normalisation scales are left out, as Keras' kernel and recurrent regularizers do; the trainer
+        adds this to the loss.
+        """
+        matrices = [param for param in self.parameters() if param.dim() >= 2]
+        penalty = torch.zeros((), device=matrices[0].device)
+        if self.spec.l1:
+            penalty = penalty + self.spec.l1 * sum(param.abs().sum() for param in matrices)
+        if self.spec.l2:
+            penalty = penalty + self.spec.l2 * sum(param.square().sum() for param in matrices)
+        return penalty
+
+
+def build_model(
+    spec: ModelSpec, n_features: int, n_outputs: int | None, where: str = "model", needs: str | None = None
+) -> LSTMNet:
+    """Compile ``spec`` for inputs of ``n_features`` per step and a task that needs ``n_outputs`` per sample.
+
+    ``n_outputs`` is what the task needs (horizon × targets when forecasting): the last dense's units are inferred
+    from it when omitted and must equal it when given. ``None`` keeps what the spec says and lets the network end
+    in a sequence. ``where`` is the spec's YAML path and ``needs`` says where ``n_outputs`` comes from (e.g.
+    ``"horizon 12 × 1 target"``); both go into the error messages. Every broken rule is reported in one ConfigError.
+    """
+    if n_features < 1:
+        raise ValueError(f"n_features must be >= 1, got {n_features}")
+    problems = _shape_problems(spec.layers, where)
+    resolved, output_problems = _resolve_outputs(spec, n_outputs, where, needs)
+    problems += output_problems
+    if problems:
+        raise ConfigError(problems)
+    return LSTMNet(resolved, n_features)
+
+
+def _shape_problems(layers: list[LayerSpec], where: str) -> list[str]:
+    """The rules on how layers may follow each other."""
+    problems = []
+    if layers[0].kind != "lstm":
+        problems.append(
+            f"{where}.layers[0]: the first layer must be lstm (it reads the (batch, time, features) input), "
+            f"got {layers[0].kind}"
+        )
+    collapsed_at: int | None = None  # the lstm that turned the sequence into one vector per sample
+    for index, layer in enumerate(layers):
+        if layer.lstm is not None:
+            if collapsed_at is not None:
+                problems.append(
+                    f"{where}.layers[{index}].lstm: needs a sequence, but layers[{collapsed_at}] emits one vector "
+                    f"per sample; set return_sequences: true on {where}.layers[{collapsed_at}].lstm"
+                )
+            collapsed_at = None if layer.lstm.return_sequences else index
+        if layer.dense is not None and layer.dense.units is None and index < len(layers) - 1:
+            problems.append(
+                f"{where}.layers[{index}].dense.units: is required on every dense layer but the last "
+                "(only the last one's is inferred from the task)"
+            )
+    return problems
+
+
+def _resolve_outputs(
+    spec: ModelSpec, n_outputs: int | None, where: str, needs: str | None
+) -> tuple[ModelSpec, list[str]]:
+    """The spec with the last dense's units filled in, and what stops the output from fitting the task."""
+    layers = spec.layers
+    last = len(layers) - 1
+    lstms = [index for index, layer in enumerate(layers) if layer.lstm is not None]
+    last_dense = layers[last].dense
+    if n_outputs is None:
+        if last_dense is not None and last_dense.units is None:
+            return spec, [f"{where}.layers[{last}].dense.units: is required when no task gives the number of outputs"]
+        return spec, []
+    if n_outputs < 1:
+        raise ValueError(f"n_outputs must be >= 1, got {n_outputs}")
+
+    problems = []
+    wanted = f"the task needs {n_outputs} outputs" + (f" ({needs})" if needs else "")
+    if lstms and layers[lstms[-1]].lstm.return_sequences:
+        problems.append(
+            f"{where}.layers[{lstms[-1]}].lstm.return_sequences: a forecast needs one vector per sample at the end, "
+            "but this last lstm emits a sequence; set return_sequences: false (or leave it out)"
+        )
+    sizing = [index for index, layer in enumerate(layers) if layer.kind in {"lstm", "dense"}]
+    if not sizing:
+        return spec, problems
+    index = sizing[-1]
+    dense = layers[index].dense
+    if dense is None:
+        lstm = layers[index].lstm
+        width = lstm.units * (2 if lstm.bidirectional else 1)
+        if width != n_outputs:
+            problems.append(
+                f"{where}.layers[{index}].lstm: the network ends with this layer's {width} values per sample, but "
+                f"{wanted}; end it with `- dense: {{}}` (its units are inferred)"
+            )
+    elif dense.units is None and index == last:
+        filled = LayerSpec(dense=dense.model_copy(update={"units": n_outputs}))
+        spec = spec.model_copy(update={"layers": [*layers[:last], filled]})
+    elif dense.units is not None and dense.units != n_outputs:
+        problems.append(f"{where}.layers[{index}].dense.units: {wanted}, got {dense.units}")
+    return spec, problems
+
+
+# ---------------------------------------------------------------------------------------------------- summary
+
+_KERAS_NAMES = {
+    "lstm": ("lstm", "LSTM"),
+    "dense": ("dense", "Dense"),
+    "dropout": ("dropout", "Dropout"),
+    "batchnorm": ("batch_normalization", "BatchNormalization"),
+    "layernorm": ("layer_normalization", "LayerNormalization"),
+}
+
+
+def summary(model: LSTMNet, n_features: int) -> str:
+    """A Keras-like ``model.summary()`` table, with each layer's Keras parameter count beside PyTorch's.
+
+    Output shapes are read from a forward pass of two samples of three steps (in eval mode, without gradients);
+    batch and time print as ``None``. Param # counts, like Keras, the batchnorm running statistics (non-trainable).
+    """
+    rows = [("Layer (type)", "Output Shape", "Param #", "Keras Param #")]
+    seen: Counter[str] = Counter()
+    trainable = non_trainable = keras_total = 0
+    for layer, block, shape in zip(model.spec.layers, model.layers, _output_shapes(model, n_features), strict=True):
+        name, kind = _KERAS_NAMES[layer.kind]
+        if layer.lstm is not None and layer.lstm.bidirectional:
+            name, kind = "bidirectional", "Bidirectional"
+        label = f"{name}_{seen[name]}" if seen[name] else name
+        seen[name] += 1
+        learned = sum(param.numel() for param in block.parameters() if param.requires_grad)
+        fixed = sum(param.numel() for param in block.parameters() if not param.requires_grad)
+        fixed += sum(buffer.numel() for buffer in block.buffers() if buffer.is_floating_point())  # running stats
+        second_bias = sum(param.numel() for pname, param in block.named_parameters() if "bias_hh" in pname)
+        trainable, non_trainable = trainable + learned, non_trainable + fixed
+        keras_total += learned + fixed - second_bias
+        rows.append((f"{label} ({kind})", shape, f"{learned + fixed:,}", f"{learned + fixed - second_bias:,}"))
+
+    widths = [max(len(row[column]) for row in rows) + 3 for column in range(4)]
+    lines = [
+        " " + row[0].ljust(widths[0]) + row[1].ljust(widths[1]) + row[2].rjust(widths[2]) + row[3].rjust(widths[3])
+        for row in rows
+    ]
+    rule = len(lines[0])
+    note = (
+        "PyTorch's LSTM keeps two bias vectors (b_ih, b_hh): each lstm layer has 4 × units more parameters "
+        f"than Keras' count (Keras: {keras_total:,})."
+    )
+    if any(layer.lstm is not None and layer.lstm.bidirectional for layer in model.spec.layers):
+        note += " A bidirectional layer has them once per direction."
+    return "\n".join(
+        [
+            f'Model: "{type(model).__name__}"',
+            f"Input(shape=(None, {n_features}))",
+            "_" * rule,
+            lines[0],
+            "=" * rule,
+            *lines[1:],
+            "=" * rule,
+            f"Total params: {trainable + non_trainable:,} (Keras: {keras_total:,})",
+            f"Trainable params: {trainable:,}",
+            f"Non-trainable params: {non_trainable:,}",
+            "_" * rule,
+            note,
+        ]
+    )
+
+
+def _output_shapes(model: LSTMNet, n_features: int) -> list[str]:
+    """Each layer's output shape, Keras style: ``(None, None, 64)`` for a sequence, ``(None, 12)`` for vectors."""
+    shapes: list[torch.Size] = []
+    hooks = [layer.register_forward_hook(lambda _m, _i, out: shapes.append(out.shape)) for layer in model.layers]
+    reference = next(model.parameters())
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(2, 3, n_features, dtype=reference.dtype, device=reference.device))  # (B, T, F)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return ["(" + ", ".join(["None"] * (len(shape) - 1) + [str(shape[-1])]) + ")" for shape in shapes]

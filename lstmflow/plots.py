@@ -1,0 +1,179 @@
+"""PNG figures of a run: the test-period forecast and the loss curves.
+
+Figures are drawn with matplotlib's object API on an Agg canvas made inside each function: no pyplot global state
+and no GUI backend, so plotting is safe in worker threads and on headless machines, and importing this module
+does not import matplotlib.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MAX_PANELS = 4
+FANS = 4  # full-horizon forecasts drawn per panel
+DPI = 110
+
+
+def plot_forecast(
+    path: Path,
+    times: Sequence[Any] | np.ndarray | None,
+    actual: np.ndarray,
+    forecast: np.ndarray,
+    naive: np.ndarray | None = None,
+    title: str = "",
+    target_names: Sequence[str] | None = None,
+) -> Path:
+    """The test period: the actual series, the 1-step-ahead forecasts, a few full-horizon fans, the naive forecast.
+
+    ``actual``, ``forecast`` and ``naive`` are the test windows in original units, shape (N, horizon, k), window
+    ``i`` starting one step after window ``i - 1``; the test period they cover is N + horizon − 1 rows. ``times``
+    labels those rows on the x axis; a longer sequence (the whole series' times) is cut to its last rows, as the
+    test part ends the series. ``None`` numbers the test steps. One panel per target, at most four.
+    """
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    actual, forecast = np.asarray(actual, dtype=float), np.asarray(forecast, dtype=float)
+    naive = None if naive is None else np.asarray(naive, dtype=float)
+    for name, array in (("forecast", forecast), ("naive", naive)):
+        if array is not None and array.shape != actual.shape:
+            raise ValueError(f"{name} has shape {array.shape}, actual {actual.shape}: both must be (N, horizon, k)")
+    if actual.ndim != 3 or actual.shape[0] == 0:
+        raise ValueError(f"actual must be (N, horizon, k) with N >= 1, got shape {actual.shape}")
+    n_windows, horizon, n_targets = actual.shape
+    rows = n_windows + horizon - 1
+    names = list(target_names) if target_names is not None else [f"target {j}" for j in range(n_targets)]
+    if len(names) != n_targets:
+        raise ValueError(f"{len(names)} target names for {n_targets} targets")
+
+    x: np.ndarray = np.arange(rows)
+    labels: np.ndarray | None = None
+    if times is not None:
+        given = np.asarray(times)
+        if len(given) < rows:
+            raise ValueError(f"times has {len(given)} labels, the test windows cover {rows} rows")
+        given = given[len(given) - rows :]
+        if np.issubdtype(given.dtype, np.datetime64) or np.issubdtype(given.dtype, np.number):
+            x = given  # matplotlib places dates and numbers itself
+        else:
+            labels = given  # text labels: placed at integer positions, a few shown
+
+    shown = min(n_targets, MAX_PANELS)
+    fig = _figure(width=11.0, height=1.0 + 3.0 * shown)
+    axes = fig.subplots(shown, 1, sharex=True, squeeze=False)[:, 0]
+    fans = np.unique(np.linspace(0, n_windows - 1, min(FANS, n_windows)).round().astype(int)) if horizon > 1 else []
+    over = f"over all {horizon} steps" if horizon > 1 else "1 step ahead"
+    for j, ax in enumerate(axes):
+        series = np.concatenate([actual[:, 0, j], actual[-1, 1:, j]])  # (N + horizon − 1,)
+        ax.plot(x, series, color="black", linewidth=1.8, label="actual")
+        for number, start in enumerate(fans):
+            steps = x[start : start + horizon]
+            ax.axvspan(steps[0], steps[-1], color="tab:orange", alpha=0.08, linewidth=0)
+            ax.plot(steps, forecast[start, :, j], ".-", color="tab:orange", linewidth=1.4, markersize=5,
+                    label=f"forecast, all {horizon} steps, from {len(fans)} origins (shaded)" if number == 0 else None)
+        ax.plot(x[:n_windows], forecast[:, 0, j], color="tab:blue", linewidth=1.3, label="forecast, 1 step ahead")
+        scores = f"MAE {over}: model {_mae(forecast[..., j], actual[..., j]):.4g}"
+        if naive is not None:
+            ax.plot(x[:n_windows], naive[:, 0, j], color="tab:gray", linestyle="--", linewidth=1.2,
+                    label="naive, 1 step ahead")
+            scores += f", naive {_mae(naive[..., j], actual[..., j]):.4g}"
+        ax.set_title(f"{names[j]}   ({scores})", fontsize=10, loc="left")
+        ax.set_ylabel(f"{names[j]} (original units)")
+        ax.grid(alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize=9, frameon=False)
+    if labels is not None:
+        axes[-1].xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+        axes[-1].xaxis.set_major_formatter(
+            FuncFormatter(lambda value, _pos: str(labels[int(value)]) if 0 <= int(value) < rows else "")
+        )
+    axes[-1].set_xlabel("time" if times is not None else "test step")
+    heading = title or "Forecast on the test period"
+    if n_targets > shown:
+        heading += f"  (first {shown} of {n_targets} targets)"
+    fig.suptitle(heading, fontsize=12)
+    if np.issubdtype(x.dtype, np.datetime64):
+        fig.autofmt_xdate()
+    return _save(fig, path)
+
+
+def plot_loss_curves(path: Path, history: list[dict[str, Any]]) -> Path:
+    """Training and validation loss per epoch, the best epoch marked, and the learning rate below when logged.
+
+    ``history`` rows look like ``{"epoch": 3, "train_loss": .., "val_loss": .., "lr": ..}``; a missing or None
+    value is skipped. The loss axis is logarithmic when the values span more than two decades.
+    """
+    if not history:
+        raise ValueError("history is empty: nothing to plot")
+    epochs = np.array([row["epoch"] for row in history], dtype=float)
+    train, val, lr = (np.array([_number(row.get(key)) for row in history]) for key in ("train_loss", "val_loss", "lr"))
+    has_lr = bool(np.isfinite(lr).any())
+
+    fig = _figure(width=9.0, height=6.0 if has_lr else 4.5)
+    if has_lr:
+        loss_ax, lr_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    else:
+        loss_ax, lr_ax = fig.subplots(1, 1), None
+    for values, label, color in ((train, "train loss", "tab:blue"), (val, "validation loss", "tab:orange")):
+        seen = np.isfinite(values)
+        if seen.any():
+            marker = "o" if seen.sum() <= 30 else None
+            loss_ax.plot(epochs[seen], values[seen], color=color, marker=marker, markersize=3, label=label)
+
+    judged, judged_name = (val, "validation") if np.isfinite(val).any() else (train, "train")
+    if np.isfinite(judged).any():
+        best = int(np.nanargmin(judged))
+        loss_ax.axvline(epochs[best], color="tab:green", linestyle=":", linewidth=1.2)
+        loss_ax.plot(epochs[best], judged[best], "*", color="tab:green", markersize=14,
+                     label=f"best epoch {epochs[best]:g}: {judged_name} {judged[best]:.4g}")
+    losses = np.concatenate([train, val])
+    positive = losses[np.isfinite(losses) & (losses > 0)]
+    if positive.size and positive.max() / positive.min() > 100:
+        loss_ax.set_yscale("log")
+    loss_ax.set_ylabel("loss (scaled units)")
+    loss_ax.set_title("Loss per epoch", fontsize=12)
+    loss_ax.grid(alpha=0.3, which="both")
+    loss_ax.legend(fontsize=9)
+    if lr_ax is not None:
+        seen = np.isfinite(lr)
+        lr_ax.plot(epochs[seen], lr[seen], color="tab:purple")
+        positive_lr = lr[seen & (lr > 0)]
+        if positive_lr.size and positive_lr.max() / positive_lr.min() > 10:
+            lr_ax.set_yscale("log")
+        lr_ax.set_ylabel("learning rate")
+        lr_ax.grid(alpha=0.3, which="both")
+    (lr_ax or loss_ax).set_xlabel("epoch")
+    (lr_ax or loss_ax).xaxis.get_major_locator().set_params(integer=True)
+    return _save(fig, path)
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas, outside pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _mae(predicted: np.ndarray, actual: np.ndarray) -> float:
+    return float(np.nanmean(np.abs(predicted - actual)))
+
+
+def _number(value: Any) -> float:
+    """A history value as a float; None (not logged that epoch) becomes NaN."""
+    return math.nan if value is None else float(value)

@@ -1,0 +1,419 @@
+"""The layer-spec compiler: shapes, every accepted argument, the shape-rule errors, the penalty and the summary."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from lstmflow.config import Activation, ModelSpec
+from lstmflow.errors import ConfigError
+from lstmflow.models.lstm import LSTMNet, build_model, summary
+
+torch.set_num_threads(1)
+
+WHERE = "pipelines.sunspots.model"
+NEEDS = "horizon 12 × 1 target"
+
+
+def spec(*layers: dict[str, Any], **extra: Any) -> ModelSpec:
+    return ModelSpec.model_validate({"layers": list(layers), **extra})
+
+
+def batch(b: int = 4, t: int = 7, f: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(b, t, f, generator=torch.Generator().manual_seed(seed))  # (B, T, F)
+
+
+def build_error(model_spec: ModelSpec, n_outputs: int | None = 12) -> str:
+    with pytest.raises(ConfigError) as caught:
+        build_model(model_spec, n_features=1, n_outputs=n_outputs, where=WHERE, needs=NEEDS)
+    return str(caught.value)
+
+
+# ------------------------------------------------------------------------------------------- the guide's model
+
+GUIDE = spec({"lstm": {"units": 128, "return_sequences": False}}, {"dense": {"units": 10, "activation": "softmax"}})
+
+
+def test_guide_example_shapes_and_softmax_rows() -> None:
+    torch.manual_seed(0)
+    model = build_model(GUIDE, n_features=1, n_outputs=10)
+    out = model(batch(b=5, t=30, f=1))
+    assert out.shape == (5, 10)
+    torch.testing.assert_close(out.sum(dim=1), torch.ones(5))
+    assert (out > 0).all()
+
+
+def test_guide_example_parameter_counts() -> None:
+    model = build_model(GUIDE, n_features=1, n_outputs=None)
+    lstm, dense = model.layers
+    assert sum(p.numel() for p in lstm.parameters()) == 4 * 128 * (1 + 128) + 2 * 4 * 128 == 67_072
+    assert sum(p.numel() for p in dense.parameters()) == 128 * 10 + 10 == 1_290
+
+
+def test_guide_example_one_adam_step_on_mse_lowers_the_loss() -> None:
+    torch.manual_seed(0)
+    model = build_model(GUIDE, n_features=1, n_outputs=10)
+    x = batch(b=16, t=20, f=1)
+    y = torch.softmax(torch.randn(16, 10, generator=torch.Generator().manual_seed(1)), dim=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = nn.functional.mse_loss(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = nn.functional.mse_loss(model(x), y)
+    assert after.item() < loss.item()
+
+
+def test_guide_example_summary() -> None:
+    text = summary(build_model(GUIDE, n_features=1, n_outputs=None), n_features=1)
+    assert "Input(shape=(None, 1))" in text
+    lstm_row = next(line for line in text.splitlines() if "lstm (LSTM)" in line)
+    assert lstm_row.split()[2:] == ["(None,", "128)", "67,072", "66,560"]
+    dense_row = next(line for line in text.splitlines() if "dense (Dense)" in line)
+    assert dense_row.split()[2:] == ["(None,", "10)", "1,290", "1,290"]
+    assert "Total params: 68,362 (Keras: 67,850)" in text
+    assert "Trainable params: 68,362" in text
+    assert "Non-trainable params: 0" in text
+    assert (
+        "PyTorch's LSTM keeps two bias vectors (b_ih, b_hh): each lstm layer has 4 × units more parameters "
+        "than Keras' count (Keras: 67,850)." in text
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ shapes
+
+
+def test_architecture_example_stacked_bidirectional_norms_and_dropout() -> None:
+    model_spec = spec(
+        {"lstm": {"units": 16, "return_sequences": True, "dropout": 0.2, "bidirectional": True}},
+        {"layernorm": {}},
+        {"lstm": {"units": 8}},
+        {"batchnorm": {}},
+        {"dropout": {"rate": 0.3}},
+        {"dense": {"units": 6, "activation": "relu"}},
+        {"dense": {}},
+        l2=1e-4,
+    )
+    model = build_model(model_spec, n_features=3, n_outputs=12)
+    model.train()
+    assert model(batch()).shape == (4, 12)
+    model.eval()
+    assert model(batch()).shape == (4, 12)
+    assert model.spec.layers[-1].dense.units == 12  # inferred from the task
+
+
+def test_layers_after_a_sequence_keep_time_and_an_lstm_may_follow() -> None:
+    model_spec = spec(
+        {"lstm": {"units": 5, "return_sequences": True}},
+        {"dense": {"units": 4, "activation": "tanh"}},
+        {"batchnorm": {}},
+        {"layernorm": {}},
+        {"dropout": {"rate": 0.1}},
+        {"lstm": {"units": 6, "return_sequences": True}},
+    )
+    model = build_model(model_spec, n_features=3, n_outputs=None)
+    shapes = []
+    x = batch()
+    for layer in model.layers:
+        x = layer(x)
+        shapes.append(tuple(x.shape))
+    assert shapes == [(4, 7, 5), (4, 7, 4), (4, 7, 4), (4, 7, 4), (4, 7, 4), (4, 7, 6)]
+
+
+def test_the_last_dense_units_are_inferred_and_a_matching_one_is_kept() -> None:
+    inferred = build_model(spec({"lstm": {"units": 4}}, {"dense": {}}), n_features=2, n_outputs=6)
+    given = build_model(spec({"lstm": {"units": 4}}, {"dense": {"units": 6}}), n_features=2, n_outputs=6)
+    assert inferred.out_features == given.out_features == 6
+    assert inferred(batch(f=2)).shape == (4, 6)
+
+
+def test_a_network_ending_in_an_lstm_of_the_right_width_needs_no_dense() -> None:
+    model = build_model(spec({"lstm": {"units": 3, "bidirectional": True}}), n_features=2, n_outputs=6)
+    assert model(batch(f=2)).shape == (4, 6)
+
+
+# ---------------------------------------------------------------------------------- every argument honoured
+
+
+def test_bidirectional_doubles_the_width_and_takes_each_directions_final_state() -> None:
+    torch.manual_seed(0)
+    last = build_model(spec({"lstm": {"units": 5, "bidirectional": True}}), n_features=3, n_outputs=None)
+    every = build_model(
+        spec({"lstm": {"units": 5, "bidirectional": True, "return_sequences": True}}), n_features=3, n_outputs=None
+    )
+    every.load_state_dict(last.state_dict())
+    x = batch()
+    sequence = every(x)  # (B, T, 2·H)
+    assert sequence.shape == (4, 7, 10)
+    # forward direction after the last step, backward direction after the first step (Keras' Bidirectional)
+    torch.testing.assert_close(last(x), torch.cat([sequence[:, -1, :5], sequence[:, 0, 5:]], dim=1))
+
+
+def test_lstm_return_sequences_false_is_the_last_step() -> None:
+    torch.manual_seed(0)
+    last = build_model(spec({"lstm": {"units": 5}}), n_features=3, n_outputs=None)
+    every = build_model(spec({"lstm": {"units": 5, "return_sequences": True}}), n_features=3, n_outputs=None)
+    every.load_state_dict(last.state_dict())
+    x = batch()
+    torch.testing.assert_close(last(x), every(x)[:, -1])
+
+
+def test_lstm_input_dropout_is_active_in_train_only_and_shares_one_mask_over_time() -> None:
+    torch.manual_seed(0)
+    model = build_model(spec({"lstm": {"units": 8, "dropout": 0.5}}, {"dense": {}}), n_features=3, n_outputs=2)
+    x = batch(b=32)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+
+    dropout = model.layers[0].input_dropout
+    dropped = dropout(torch.ones(32, 50, 3)) == 0  # (B, T, F)
+    assert dropped.any() and not dropped.all()
+    assert (dropped == dropped[:, :1, :]).all()  # a dropped feature stays dropped at every step of its sample
+    kept = dropout(torch.ones(32, 50, 3))
+    assert set(kept.unique().tolist()) <= {0.0, 2.0}  # survivors scaled by 1 / (1 − rate)
+
+
+def test_dropout_layer_is_active_in_train_only() -> None:
+    model = build_model(spec({"lstm": {"units": 8}}, {"dropout": {"rate": 0.5}}), n_features=3, n_outputs=None)
+    x = batch(b=32)
+    model.eval()
+    torch.testing.assert_close(model(x), model.layers[0](x))
+    model.train()
+    out = model(x)
+    assert (out == 0).float().mean() > 0.3
+
+
+REFERENCE_ACTIVATIONS = {
+    "linear": lambda z: z,
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "softmax": lambda z: torch.softmax(z, dim=-1),
+    "gelu": nn.functional.gelu,
+    "elu": nn.functional.elu,
+    "selu": nn.functional.selu,
+    "softplus": nn.functional.softplus,
+}
+
+
+@pytest.mark.parametrize("activation", typing.get_args(Activation))
+def test_every_dense_activation_is_applied(activation: str) -> None:
+    model = build_model(
+        spec({"lstm": {"units": 4, "return_sequences": True}}, {"dense": {"units": 5, "activation": activation}}),
+        n_features=3,
+        n_outputs=None,
+    )
+    hidden = model.layers[0](batch())  # (B, T, 4)
+    dense = model.layers[1]
+    torch.testing.assert_close(dense(hidden), REFERENCE_ACTIVATIONS[activation](dense.linear(hidden)))
+
+
+def test_batchnorm_maps_keras_momentum_and_epsilon_and_normalises_each_feature() -> None:
+    model = build_model(
+        spec({"lstm": {"units": 4, "return_sequences": True}}, {"batchnorm": {"momentum": 0.9, "epsilon": 0.01}}),
+        n_features=3,
+        n_outputs=None,
+    )
+    norm = model.layers[1]
+    assert norm.eps == 0.01
+    hidden = model.layers[0](batch()).detach()  # (B, T, H)
+    model.train()
+    out = norm(hidden)
+    # statistics over batch and time, per feature (the last axis)
+    torch.testing.assert_close(out.mean(dim=(0, 1)), torch.zeros(4), atol=1e-5, rtol=0)
+    # Keras: running = 0.9 · running + 0.1 · batch mean
+    torch.testing.assert_close(norm.running_mean, 0.1 * hidden.mean(dim=(0, 1)))
+
+
+def test_batchnorm_on_vectors_uses_its_running_statistics_in_eval() -> None:
+    model = build_model(spec({"lstm": {"units": 4}}, {"batchnorm": {}}), n_features=3, n_outputs=None)
+    model.eval()
+    hidden = model.layers[0](batch())  # (B, H)
+    torch.testing.assert_close(model(batch()), hidden / (1 + 1e-3) ** 0.5)  # fresh stats: mean 0, variance 1
+
+
+def test_layernorm_epsilon_and_normalisation_over_features() -> None:
+    model = build_model(
+        spec({"lstm": {"units": 6, "return_sequences": True}}, {"layernorm": {"epsilon": 1e-5}}),
+        n_features=3,
+        n_outputs=None,
+    )
+    assert model.layers[1].eps == 1e-5
+    out = model(batch())  # (B, T, 6)
+    torch.testing.assert_close(out.mean(dim=-1), torch.zeros(4, 7), atol=1e-5, rtol=0)
+
+
+def test_initialisation_follows_keras_defaults() -> None:
+    torch.manual_seed(0)
+    units, features = 6, 3
+    model = build_model(spec({"lstm": {"units": units}}, {"dense": {"units": 2}}), n_features=features, n_outputs=2)
+    lstm = model.layers[0].lstm
+    glorot = (6 / (features + 4 * units)) ** 0.5
+    assert lstm.weight_ih_l0.abs().max() <= glorot
+    torch.testing.assert_close(lstm.weight_hh_l0.T @ lstm.weight_hh_l0, torch.eye(units))  # orthogonal (4H, H)
+    bias = lstm.bias_ih_l0 + lstm.bias_hh_l0  # Keras' one bias: gates i, f, g, o
+    torch.testing.assert_close(bias, torch.cat([torch.zeros(units), torch.ones(units), torch.zeros(2 * units)]))
+    dense = model.layers[1].linear
+    assert dense.weight.abs().max() <= (6 / (units + 2)) ** 0.5
+    assert (dense.bias == 0).all()
+
+
+# --------------------------------------------------------------------------------------------- shape rules
+
+
+def test_first_layer_must_be_lstm() -> None:
+    message = build_error(spec({"dense": {"units": 4}}, {"lstm": {"units": 4}}, {"dense": {}}))
+    assert message == (
+        "pipelines.sunspots.model.layers[0]: the first layer must be lstm "
+        "(it reads the (batch, time, features) input), got dense"
+    )
+
+
+def test_lstm_after_a_single_vector_names_the_earlier_lstm() -> None:
+    message = build_error(spec({"lstm": {"units": 4}}, {"dense": {"units": 3}}, {"lstm": {"units": 4}}, {"dense": {}}))
+    assert message == (
+        "pipelines.sunspots.model.layers[2].lstm: needs a sequence, but layers[0] emits one vector per sample; "
+        "set return_sequences: true on pipelines.sunspots.model.layers[0].lstm"
+    )
+
+
+def test_forecast_must_end_with_one_vector_per_sample() -> None:
+    message = build_error(spec({"lstm": {"units": 4}}, {"lstm": {"units": 12, "return_sequences": True}}))
+    assert message.splitlines()[1:] == [
+        "  - pipelines.sunspots.model.layers[1].lstm: needs a sequence, but layers[0] emits one vector per sample; "
+        "set return_sequences: true on pipelines.sunspots.model.layers[0].lstm",
+        "  - pipelines.sunspots.model.layers[1].lstm.return_sequences: a forecast needs one vector per sample at the "
+        "end, but this last lstm emits a sequence; set return_sequences: false (or leave it out)",
+    ]
+    alone = build_error(spec({"lstm": {"units": 12, "return_sequences": True}}))
+    assert alone == (
+        "pipelines.sunspots.model.layers[0].lstm.return_sequences: a forecast needs one vector per sample at the "
+        "end, but this last lstm emits a sequence; set return_sequences: false (or leave it out)"
+    )
+
+
+def test_a_final_sequence_is_allowed_without_a_task() -> None:
+    model = build_model(spec({"lstm": {"units": 4, "return_sequences": True}}, {"dense": {"units": 2}}), 3, None)
+    assert model(batch()).shape == (4, 7, 2)
+
+
+def test_dense_without_units_only_last() -> None:
+    message = build_error(spec({"lstm": {"units": 4}}, {"dense": {}}, {"dense": {}}))
+    assert message == (
+        "pipelines.sunspots.model.layers[1].dense.units: is required on every dense layer but the last "
+        "(only the last one's is inferred from the task)"
+    )
+
+
+def test_dense_units_not_matching_the_task() -> None:
+    message = build_error(spec({"lstm": {"units": 4}}, {"dense": {"units": 10}}))
+    assert message == (
+        "pipelines.sunspots.model.layers[1].dense.units: the task needs 12 outputs (horizon 12 × 1 target), got 10"
+    )
+    with pytest.raises(ConfigError, match=r"^model\.layers\[1\]\.dense\.units: the task needs 12 outputs, got 10$"):
+        build_model(spec({"lstm": {"units": 4}}, {"dense": {"units": 10}}, {"layernorm": {}}), 1, 12)
+
+
+def test_ending_in_an_lstm_of_the_wrong_width() -> None:
+    message = build_error(spec({"lstm": {"units": 4}}, {"dropout": {"rate": 0.1}}))
+    assert message == (
+        "pipelines.sunspots.model.layers[0].lstm: the network ends with this layer's 4 values per sample, but the "
+        "task needs 12 outputs (horizon 12 × 1 target); end it with `- dense: {}` (its units are inferred)"
+    )
+
+
+def test_the_last_dense_needs_units_without_a_task() -> None:
+    message = build_error(spec({"lstm": {"units": 4}}, {"dense": {}}), n_outputs=None)
+    assert message == (
+        "pipelines.sunspots.model.layers[1].dense.units: is required when no task gives the number of outputs"
+    )
+
+
+def test_every_broken_rule_is_reported_at_once() -> None:
+    error = build_error(spec({"dropout": {"rate": 0.1}}, {"dense": {}}, {"dense": {"units": 3}}))
+    assert error.startswith("3 problems\n")
+
+
+# ------------------------------------------------------------------------------------------- regularisation
+
+
+def test_regularization_penalty_by_hand() -> None:
+    # weight matrices: lstm weight_ih (4, 1) and weight_hh (4, 1), dense weight (1, 1): 9 entries of −0.5;
+    # the biases and the layernorm scale (also −0.5 here) must not count
+    model = build_model(
+        spec({"lstm": {"units": 1}}, {"layernorm": {}}, {"dense": {"units": 1}}, l1=0.1, l2=0.01),
+        n_features=1,
+        n_outputs=1,
+    )
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(-0.5)
+    penalty = model.regularization_penalty()
+    torch.testing.assert_close(penalty, torch.tensor(0.1 * 9 * 0.5 + 0.01 * 9 * 0.25))
+    penalty.backward()
+    assert model.layers[2].linear.weight.grad.item() == pytest.approx(0.1 * -1 + 0.01 * 2 * -0.5)
+    assert model.layers[2].linear.bias.grad is None
+
+
+def test_regularization_penalty_is_zero_without_l1_and_l2() -> None:
+    model = build_model(GUIDE, n_features=1, n_outputs=10)
+    assert model.regularization_penalty().item() == 0.0
+
+
+# ------------------------------------------------------------------------------------------------- summary
+
+
+def test_summary_of_a_stacked_model_with_batchnorm() -> None:
+    model = build_model(
+        spec(
+            {"lstm": {"units": 64, "return_sequences": True, "bidirectional": True}},
+            {"lstm": {"units": 32}},
+            {"batchnorm": {}},
+            {"dense": {}},
+        ),
+        n_features=3,
+        n_outputs=12,
+    )
+    model.train()
+    text = summary(model, n_features=3)
+    assert model.training  # the summary's forward pass leaves the mode as it was
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if "(" in line and line.startswith(" ")}
+    bidirectional = 2 * (4 * 64 * (3 + 64) + 2 * 4 * 64)
+    assert rows["bidirectional"] == ["(Bidirectional)", "(None,", "None,", "128)", f"{bidirectional:,}",
+                                     f"{bidirectional - 2 * 4 * 64:,}"]
+    lstm = 4 * 32 * (128 + 32) + 2 * 4 * 32
+    assert rows["lstm"] == ["(LSTM)", "(None,", "32)", f"{lstm:,}", f"{lstm - 4 * 32:,}"]
+    assert rows["batch_normalization"] == ["(BatchNormalization)", "(None,", "32)", "128", "128"]
+    assert rows["dense"] == ["(Dense)", "(None,", "12)", "396", "396"]
+    total = bidirectional + lstm + 128 + 396
+    keras = total - 2 * 4 * 64 - 4 * 32
+    assert f"Total params: {total:,} (Keras: {keras:,})" in text
+    assert f"Trainable params: {total - 64:,}" in text
+    assert "Non-trainable params: 64" in text  # batchnorm's running mean and variance
+    assert "A bidirectional layer has them once per direction." in text
+
+
+def test_summary_names_repeated_layers_like_keras() -> None:
+    model = build_model(
+        spec({"lstm": {"units": 4, "return_sequences": True}}, {"lstm": {"units": 4}}, {"dense": {}}),
+        n_features=2,
+        n_outputs=3,
+    )
+    text = summary(model, n_features=2)
+    assert " lstm (LSTM) " in text and " lstm_1 (LSTM) " in text
+    assert "(None, None, 4)" in text
+
+
+def test_a_model_rebuilds_from_its_resolved_spec() -> None:
+    model = build_model(spec({"lstm": {"units": 4}}, {"dense": {}}), n_features=2, n_outputs=3)
+    again = LSTMNet(model.spec, model.n_features)
+    again.load_state_dict(model.state_dict())
+    x = batch(f=2)
+    torch.testing.assert_close(again(x), model(x))
