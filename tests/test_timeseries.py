@@ -1,0 +1,356 @@
+"""Time-series ingestion and windowing: exact data errors, default rules, no look-ahead, views, batch order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lstmflow.config import PipelineSpec
+from lstmflow.data.timeseries import (
+    EpochOrder,
+    Features,
+    Preprocessing,
+    auto_transform,
+    infer_season,
+    load_features,
+    prepare_features,
+    read_series,
+    resolve_data,
+)
+from lstmflow.datasets import build_demo_data
+from lstmflow.errors import DataError
+
+torch.set_num_threads(1)
+
+
+def spec_for(path: Path, **data: object) -> PipelineSpec:
+    return PipelineSpec.model_validate(
+        {
+            "name": "demo",
+            "data": {"path": str(path), "target": "y", **data},
+            "model": {"layers": [{"lstm": {"units": 4}}]},
+        }
+    )
+
+
+def write(tmp_path: Path, text: str, name: str = "series.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def monthly_csv(
+    tmp_path: Path, values: np.ndarray, name: str = "series.csv", feature: np.ndarray | None = None
+) -> Path:
+    """A month-indexed table with target ``y`` (and feature ``x`` when given)."""
+    months = pd.date_range("2000-01-01", periods=len(values), freq="MS").strftime("%Y-%m-%d")
+    frame = pd.DataFrame({"t": months, "y": values})
+    if feature is not None:
+        frame["x"] = feature
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def seasonal(rows: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 20 + 3 * np.sin(2 * np.pi * np.arange(rows) / 12) + rng.normal(0, 0.3, rows)
+
+
+def prepared(tmp_path: Path, path: Path, out: str = "features", **data: object) -> tuple[dict, Features]:
+    """Resolve, prepare into ``tmp_path / out`` and load back: the path the pipeline takes."""
+    spec = resolve_data(spec_for(path, time_column="t", **data))
+    summary = prepare_features(spec.data, spec.evaluate.season, tmp_path / out)
+    return summary, load_features(tmp_path / out)
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def test_read_series_puts_targets_then_features_indexed_by_time(tmp_path: Path) -> None:
+    path = write(tmp_path, "t,x,y,unused\n2020-01-01,1,10,a\n2020-02-01,2,11,b\n2020-03-01,3,12,c\n")
+    frame = read_series(spec_for(path, time_column="t", features=["x"]).data)
+    assert list(frame.columns) == ["y", "x"]
+    assert isinstance(frame.index, pd.DatetimeIndex) and frame.index.name == "t"
+    assert frame["y"].tolist() == [10.0, 11.0, 12.0]
+    assert frame.attrs["gaps_filled"] == 0
+
+
+def test_interior_gaps_are_interpolated_linearly_and_counted(tmp_path: Path) -> None:
+    path = write(tmp_path, "t,y,x\n1,1,5\n2,,\n3,3,7\n4,,8\n5,,9\n6,6,10\n")
+    frame = read_series(spec_for(path, time_column="t", features=["x"]).data)
+    assert frame["y"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert frame["x"].tolist() == [5, 6, 7, 8, 9, 10]
+    assert frame.attrs["gaps_filled"] == 4
+    assert frame.index.tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_parquet_is_read_and_rows_are_named_by_position(tmp_path: Path) -> None:
+    path = tmp_path / "series.parquet"
+    pd.DataFrame({"y": [1.0, np.nan, 3.0, np.nan, 5.0]}).to_parquet(path)
+    assert read_series(spec_for(path).data)["y"].tolist() == [1, 2, 3, 4, 5]
+    with pytest.raises(DataError, match=r"2 empty cell\(s\) inside the series: row 2 column 'y', row 4 column 'y'"):
+        read_series(spec_for(path, gaps="error").data)
+
+    indexed = tmp_path / "indexed.parquet"  # time saved as the index comes back as a column
+    months = pd.date_range("2001-01-01", periods=5, freq="MS", name="t")
+    pd.DataFrame({"y": [1.0, 2.0, 3.0, 4.0, 5.0]}, index=months).to_parquet(indexed)
+    assert read_series(spec_for(indexed, time_column="t").data).index.equals(months)
+
+
+@pytest.mark.parametrize(
+    ("text", "data", "message"),
+    [
+        ("t,y\n2001,1\n2003,2\n2002,3\n", {}, "2002 at line 4 comes after 2003"),
+        ("t,y\n2001,1\n2002,2\n2002,3\n", {}, "duplicate timestamp(s) in 't': 2002 at line 3 and line 4"),
+        ("t,y\n2020-01-01,1\n2020-02-01,2\nsoon,3\n", {}, "nor dates in the format of the first one: line 4: 'soon'"),
+        ("t,y\n2001,1\n2002,abc\n2003,4\n", {}, "1 non-numeric or infinite cell(s): line 3 column 'y': 'abc'"),
+        ("t,y\n2001,1\n2002,2\n2003,inf\n", {}, "1 non-numeric or infinite cell(s): line 4 column 'y': 'inf'"),
+        ("t,y\n2001,1\n2002,2\n", {"features": ["z", "w"]}, "has no column(s) ['z', 'w']; available: ['t', 'y']"),
+        ("t,y\n2001,1\n2002,\n2003,3\n", {"gaps": "error"}, "1 empty cell(s) inside the series: line 3 column 'y'"),
+        ("t,y\n2001,\n2002,\n2003,3\n", {}, "column 'y' of {path} starts with 2 empty cell(s) (line 2 to line 3)"),
+        ("t,y\n2001,1\n2002,2\n2003,\n", {}, "column 'y' of {path} ends with 1 empty cell(s) (line 4 to line 4)"),
+        ("t,y\n2001,1\n,2\n", {}, "1 empty timestamp(s) in 't': line 3"),
+        ("t,y\n2001,1\n", {"features": ["y"]}, "data.features: ['y'] also listed in data.target"),
+    ],
+)
+def test_bad_tables_name_the_rows_and_columns(tmp_path: Path, text: str, data: dict, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(DataError) as caught:
+        read_series(spec_for(path, time_column="t", **data).data)
+    assert message.format(path=path) in str(caught.value)
+
+
+def test_missing_file_and_unknown_suffix(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"pipelines.demo.data.path: no file at .*nowhere.csv"):
+        resolve_data(spec_for(tmp_path / "nowhere.csv"))
+    with pytest.raises(DataError, match=r"must be a .csv or .parquet file, got suffix '.txt'"):
+        read_series(spec_for(write(tmp_path, "y\n1\n", "series.txt")).data)
+
+
+def test_too_short_names_the_lengths(tmp_path: Path) -> None:
+    path = monthly_csv(tmp_path, seasonal(57))  # train 41 rows (57 - 8 - 8)
+    with pytest.raises(DataError) as caught:
+        resolve_data(spec_for(path, time_column="t", window=48, horizon=12, transform="none"))
+    expected = "pipelines.demo.data: the training part has 41 rows but window 48 + horizon 12 needs at least 60"
+    assert expected in str(caught.value)
+    with pytest.raises(DataError, match="the validation part has 8 rows but horizon 12 needs at least 12"):
+        resolve_data(spec_for(path, time_column="t", window=4, horizon=12, transform="none"))
+
+
+# ------------------------------------------------------------------------------------- default rules
+
+
+@pytest.mark.parametrize(
+    ("freq", "season"),
+    [("h", 24), ("D", 7), ("W-SUN", 52), ("MS", 12), ("ME", 12), ("QS", 4), ("YS", 1), ("15min", 1)],
+)
+def test_infer_season_from_the_spacing_of_the_time_index(freq: str, season: int) -> None:
+    frame = pd.DataFrame({"y": range(30)}, index=pd.date_range("2001-01-01", periods=30, freq=freq))
+    assert infer_season(frame) == season
+
+
+def test_infer_season_survives_a_missing_month_and_ignores_numbers() -> None:
+    months = pd.date_range("2001-01-01", periods=30, freq="MS").delete(7)
+    assert infer_season(pd.DataFrame({"y": range(29)}, index=months)) == 12
+    assert infer_season(pd.DataFrame({"y": range(30)}, index=pd.Index(range(1700, 1730)))) == 1
+
+
+def test_resolve_fills_defaults_and_keeps_explicit_values(tmp_path: Path) -> None:
+    path = monthly_csv(tmp_path, seasonal(200))
+    resolved = resolve_data(spec_for(path, time_column="t"))
+    assert (resolved.data.window, resolved.data.horizon, resolved.evaluate.season) == (48, 12, 12)
+    explicit = spec_for(path, time_column="t", window=20, horizon=3).model_copy(
+        update={"evaluate": spec_for(path).evaluate.model_copy(update={"season": 6})}
+    )
+    resolved = resolve_data(explicit)
+    assert (resolved.data.window, resolved.data.horizon, resolved.evaluate.season) == (20, 3, 6)
+
+
+def test_default_window_is_capped_to_leave_eight_training_windows(tmp_path: Path) -> None:
+    path = monthly_csv(tmp_path, seasonal(80))  # train 56 rows; 48 + 12 would leave none
+    summary, _ = prepared(tmp_path, path, transform="none")
+    assert summary["window"] == 56 - 12 - 7 and summary["n_train"] == 8
+    summary, _ = prepared(tmp_path, path, out="strided", transform="none", stride=2)
+    assert summary["window"] == 56 - 12 - 14 and summary["n_train"] == 8
+
+
+def test_auto_transform_rule() -> None:
+    t = np.arange(120.0)
+    rng = np.random.default_rng(0)
+    assert auto_transform(5 + 0.5 * t + rng.normal(0, 1, 120)) == "difference"
+    assert auto_transform(np.where(t % 7 == 0, 50.0, 1.0) + rng.uniform(0, 0.5, 120)) == "log"
+    assert auto_transform(np.sin(t / 3)) == "none"
+    assert auto_transform(np.full(120, 4.0)) == "none"
+    assert auto_transform(np.where(t % 7 == 0, 50.0, 0.0)) == "none"  # ratio > 10 but not all > 0
+
+
+@pytest.mark.parametrize(("explained", "transform"), [(0.81, "difference"), (0.79, "none")])
+def test_auto_difference_threshold_is_80_percent_of_variance(explained: float, transform: str) -> None:
+    t = np.arange(100.0)
+    noise = np.random.default_rng(0).normal(size=100)
+    noise -= np.polyval(np.polyfit(t, noise, 1), t)  # orthogonal to the line, so R² is exact
+    trend_ss = ((t - t.mean()) ** 2).sum()
+    noise *= np.sqrt(trend_ss * (1 / explained - 1) / (noise**2).sum())
+    assert auto_transform(100 + t + noise) == transform
+
+
+def test_auto_looks_at_the_training_part_only(tmp_path: Path) -> None:
+    flat_then_trend = np.concatenate([seasonal(140), 20 + np.arange(60.0) * 5])  # the trend is all in val/test
+    summary, _ = prepared(tmp_path, monthly_csv(tmp_path, flat_then_trend))
+    assert summary["transform"] == "none"
+
+
+def test_log_needs_positive_values_everywhere(tmp_path: Path) -> None:
+    values = seasonal(100)
+    values[90] = 0.0
+    with pytest.raises(DataError) as caught:
+        resolve_data(spec_for(monthly_csv(tmp_path, values), time_column="t", transform="log"))
+    expected = "log (requested) needs values > 0, but column 'y' has 1 value(s) <= 0: 0.0 at 2007-07-01"
+    assert expected in str(caught.value)
+
+
+# ------------------------------------------------------------------------------------ no look-ahead
+
+
+def test_preprocessing_is_fitted_on_training_rows_only(tmp_path: Path) -> None:
+    values, feature = seasonal(200), np.linspace(0.0, 1.0, 200) ** 2
+    altered = values.copy()
+    altered[140:] *= 10  # val (140..169) and test (170..199) only
+    _, features = prepared(tmp_path, monthly_csv(tmp_path, values, feature=feature), features=["x"], scale="minmax")
+    altered_path = monthly_csv(tmp_path, altered, "altered.csv", feature=feature)
+    _, other = prepared(tmp_path, altered_path, "other", features=["x"], scale="minmax")
+
+    assert features.meta["split"] == {"train_end": 140, "val_end": 170}
+    assert features.preprocessing == other.preprocessing
+    train_rows = np.column_stack([values[:140], feature[:140]])
+    assert features.preprocessing.offset == pytest.approx(train_rows.min(axis=0))
+    assert features.preprocessing.factor == pytest.approx(np.ptp(train_rows, axis=0))
+
+    train, train_other = features.windows("train"), other.windows("train")
+    assert (train.origins + features.horizon <= 140).all()
+    np.testing.assert_array_equal(train.inputs, train_other.inputs)
+    np.testing.assert_array_equal(train.targets, train_other.targets)
+    val = features.windows("val")
+    assert val.origins[0] == 140 and val.origins[-1] + features.horizon == 170
+    assert np.diff(val.origins).tolist() == [1] * (len(val) - 1)
+
+
+def test_standard_scaling_of_a_differenced_target_uses_training_differences(tmp_path: Path) -> None:
+    values = 100 + 0.8 * np.arange(200.0) + seasonal(200)
+    summary, features = prepared(tmp_path, monthly_csv(tmp_path, values))
+    assert summary["transform"] == "difference"
+    steps = np.diff(values[:140])
+    assert features.preprocessing.offset == pytest.approx([steps.mean()])
+    assert features.preprocessing.factor == pytest.approx([steps.std()])
+    assert features.windows("train").origins[0] == features.window + 1  # row 0 has no difference
+    assert not features.series[0].any()
+
+
+# --------------------------------------------------------------------------------- windows and order
+
+
+def test_windows_are_views_of_the_series(tmp_path: Path) -> None:
+    path = monthly_csv(tmp_path, seasonal(200), feature=np.arange(200.0))
+    _, features = prepared(tmp_path, path, features=["x"], stride=3)
+    train = features.windows("train")
+    assert train.inputs.base is not None and not train.inputs.flags.owndata
+    assert np.shares_memory(train.inputs, features.series)
+    assert np.shares_memory(train.targets, features.series)
+    assert train.inputs.shape == (len(train), features.window, 2)
+    assert train.targets.shape == (len(train), features.horizon, 1)
+    t0 = int(train.origins[3])
+    x, y = train[3]
+    np.testing.assert_array_equal(x.numpy(), features.series[t0 - features.window : t0])
+    np.testing.assert_array_equal(y.numpy(), features.series[t0 : t0 + features.horizon, :1])
+    assert np.diff(train.origins).tolist() == [3] * (len(train) - 1)
+    np.testing.assert_array_equal(train.last_raw(), features.raw[train.origins - 1])
+
+
+def test_batches_are_reproducible_per_seed_and_epoch(tmp_path: Path) -> None:
+    _, features = prepared(tmp_path, monthly_csv(tmp_path, seasonal(300)), transform="none")
+    train = features.windows("train")
+
+    def first_steps(**order: int) -> np.ndarray:
+        return np.concatenate([x[:, 0, 0].numpy() for x, _ in train.batches(16, shuffle=True, **order)])
+
+    epoch0 = first_steps(seed=1, epoch=0)
+    np.testing.assert_array_equal(epoch0, first_steps(seed=1, epoch=0))
+    assert not np.array_equal(epoch0, first_steps(seed=1, epoch=1))
+    assert not np.array_equal(epoch0, first_steps(seed=2, epoch=0))
+    np.testing.assert_array_equal(np.sort(epoch0), np.sort(train.inputs[:, 0, 0]))  # every window once
+
+    sizes = [(x.shape, y.shape, x.dtype) for x, y in train.batches(16)]
+    assert sizes[0] == ((16, features.window, 1), (16, features.horizon, 1), torch.float32)
+    assert sum(shape[0][0] for shape in sizes) == len(train)
+    sequential = torch.cat([x for x, _ in train.batches(16)])
+    np.testing.assert_array_equal(sequential.numpy(), train.inputs)
+
+
+
+def test_a_batch_is_the_callers_own_copy(tmp_path: Path) -> None:
+    """Writing to a batch must leave the series alone; horizon 1 makes each y slice look contiguous."""
+    _, features = prepared(tmp_path, monthly_csv(tmp_path, seasonal(100)), transform="none", horizon=1)
+    for shuffle in (False, True):
+        x, y = next(features.windows("train").batches(4, shuffle=shuffle))
+        assert not np.shares_memory(x.numpy(), features.series) and not np.shares_memory(y.numpy(), features.series)
+        assert x.numpy().flags.writeable and y.numpy().flags.writeable
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 17, 1000, 40_000])
+def test_epoch_order_is_a_permutation(n: int) -> None:
+    order = EpochOrder(n, seed=3, epoch=2)
+    pieces = np.concatenate([order.indices(start, min(start + 777, n)) for start in range(0, n, 777)])
+    np.testing.assert_array_equal(np.sort(pieces), np.arange(n))
+    np.testing.assert_array_equal(pieces, EpochOrder(n, seed=3, epoch=2).indices(0, n))
+
+
+# -------------------------------------------------------------------------- encode / decode, serving
+
+
+@pytest.mark.parametrize("transform", ["none", "log", "difference"])
+@pytest.mark.parametrize("scale", ["standard", "minmax"])
+def test_decode_inverts_encode(tmp_path: Path, transform: str, scale: str) -> None:
+    values = 50 + 0.3 * np.arange(160.0) + seasonal(160)
+    path = monthly_csv(tmp_path, values, feature=seasonal(160, seed=1))
+    _, features = prepared(tmp_path, path, features=["x"], transform=transform, scale=scale)
+    test = features.windows("test")
+    restored = features.preprocessing.decode(test.targets, test.last_raw())
+    np.testing.assert_allclose(restored, test.targets_original(), rtol=1e-5)
+
+    # The served model sees raw rows: encoding the last context rows gives exactly the training inputs.
+    prep = Preprocessing.from_dict(json.loads(json.dumps(features.preprocessing.to_dict())))
+    raw_rows = np.column_stack([values, seasonal(160, seed=1)])
+    t0, window = int(test.origins[0]), features.window
+    encoded = prep.encode(raw_rows[t0 - prep.context_rows(window) : t0])
+    np.testing.assert_allclose(encoded, features.series[t0 - window : t0], rtol=1e-6)
+
+
+def test_constant_feature_is_not_divided_by_zero(tmp_path: Path) -> None:
+    _, features = prepared(tmp_path, monthly_csv(tmp_path, seasonal(120), feature=np.full(120, 7.0)), features=["x"])
+    assert features.preprocessing.factor[1] == 1.0
+    assert np.isfinite(features.series).all()
+
+
+def test_prepare_writes_deterministic_files(tmp_path: Path) -> None:
+    path = monthly_csv(tmp_path, seasonal(120))
+    prepared(tmp_path, path, out="a")
+    prepared(tmp_path, path, out="b")
+    for name in ("series.npy", "raw.npy", "meta.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["time"]["first"] == "2000-01-01T00:00:00" and len(meta["time"]["values"]) == 120
+
+
+def test_demo_data_pass_the_checks(tmp_path: Path) -> None:
+    written = build_demo_data(tmp_path)
+    assert [p.name for p in written] == ["sunspots.csv", "co2.csv", "LICENSE-DATA.md"]
+    sunspots = resolve_data(spec_for(tmp_path / "sunspots.csv", time_column="year", target="sunactivity"))
+    assert (sunspots.data.window, sunspots.data.horizon, sunspots.evaluate.season) == (8, 1, 1)
+    co2 = read_series(spec_for(tmp_path / "co2.csv", time_column="date", target="co2").data)
+    assert len(co2) == 526 and co2.attrs["gaps_filled"] == 5 and infer_season(co2) == 12
