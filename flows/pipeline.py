@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from pydantic import Field
 
 from lstmflow.steps import project_root
@@ -53,6 +54,7 @@ def run_pipeline(
         "model_uri": registered["model_uri"],
         "model_version": registered["version"],
         "data_version": prepared["features_md5"],
+        "flow_run_id": flow_run.get_id(),
         "data_md5": prepared["data_md5"],
         "cached": cached,
         "epochs_run": trained["epochs_run"],

@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -158,6 +159,11 @@ class LayerSpec(Strict):
             raise ValueError(f"a layer must have exactly one of {kinds}, got {given or 'none'}")
         return self
 
+    @model_serializer(mode="wrap")
+    def _only_the_kind(self, handler: Any) -> dict[str, Any]:
+        """Dump as written, `{lstm: {...}}`, so a dumped spec validates again."""
+        return {key: value for key, value in handler(self).items() if value is not None}
+
     @property
     def kind(self) -> str:
         return next(name for name in type(self).model_fields if getattr(self, name) is not None)
@@ -274,8 +280,9 @@ class PipelineSpec(Strict):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
     def flat_params(self) -> dict[str, str]:
-        """The resolved spec flattened to dotted keys, as logged to MLflow."""
-        return flatten(self.model_dump(mode="json", exclude_none=True, exclude={"search", "schedule", "promote"}))
+        """The resolved spec flattened to dotted keys as logged to MLflow, which allows no brackets: ``model.layers.0.lstm.units``."""
+        flat = flatten(self.model_dump(mode="json", exclude_none=True, exclude={"search", "schedule", "promote"}))
+        return {re.sub(r"\[(\d+)\]", r".\1", key): value for key, value in flat.items()}
 
 
 class ConfigFile(Strict):

@@ -11,7 +11,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,21 +189,16 @@ def register(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
     from lstmflow.serving import Forecaster
 
     forecaster = Forecaster(bundle)
-    example = example_input(features, forecaster.context_rows)
+    example = example_input(spec, features, forecaster.context_rows)
     uri = tracking.tracking_uri(root)
     registered = tracking.register_model(uri, trained["run_id"], spec.name, bundle, example, forecaster.predict(example))
     tracking.end_run(uri, trained["run_id"])
     return registered
 
 
-def example_input(features: Any, rows: int):  # noqa: ANN201 - a DataFrame
+def example_input(spec: PipelineSpec, features: Any, rows: int):  # noqa: ANN201 - a DataFrame
     """The last ``rows`` raw rows of the training part: a realistic request for the served model."""
-    import pandas as pd
+    from lstmflow.data.timeseries import read_series
 
     train_end = features.meta["split"]["train_end"]
-    raw = features.raw_inputs()[train_end - rows : train_end]
-    return pd.DataFrame(raw, columns=features.columns)
-
-
-def as_dict(prepared: Prepared) -> dict[str, Any]:
-    return asdict(prepared)
+    return read_series(spec.data).iloc[train_end - rows : train_end].reset_index(drop=True)

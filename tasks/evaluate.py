@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import INPUTS
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from lstmflow import steps
 
 
-@task(name="evaluate", cache_policy=INPUTS, persist_result=True)
+@task(name="evaluate", cache_policy=TASK_SOURCE + INPUTS, persist_result=True)
 def evaluate(prepared: dict[str, Any], trained: dict[str, Any], root: str) -> dict[str, float]:
     """Cached by its inputs: the same trained run is scored once."""
     return steps.evaluate(steps.Prepared(**prepared), trained, Path(root))

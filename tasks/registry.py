@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import INPUTS
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from lstmflow import steps
 
 
-@task(name="register", cache_policy=INPUTS, persist_result=True, retries=1, retry_delay_seconds=2)
+@task(name="register", cache_policy=TASK_SOURCE + INPUTS, persist_result=True, retries=1, retry_delay_seconds=2)
 def register(prepared: dict[str, Any], trained: dict[str, Any], root: str) -> dict[str, str]:
     """Cached by its inputs: a reused training run is not registered twice."""
     return steps.register(steps.Prepared(**prepared), trained, Path(root))

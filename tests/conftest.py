@@ -73,18 +73,19 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-@pytest.fixture
-def tiny_project(tmp_path: Path) -> Path:
-    """A real project: a git repository with pipelines.yaml, the repo's dvc.yaml, DVC initialised, a small CSV."""
-    root = tmp_path / "project"
-    root.mkdir()
-    (root / "pipelines.yaml").write_text(TINY_PIPELINES)
+def make_project(root: Path, pipelines: str = TINY_PIPELINES) -> Path:
+    """A real project: a git repository with pipelines.yaml, the repo's dvc.yaml and .gitignore, and a small CSV."""
+    root.mkdir(parents=True)
+    (root / "pipelines.yaml").write_text(pipelines)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
     write_sine_csv(root / "data" / "tiny.csv")
-    (root / ".gitignore").write_text((root / ".gitignore").read_text().replace("/data/raw\n", ""))
     git(root, "init", "-q")
-    subprocess.run([str(Path(os.sys.executable).parent / "dvc"), "init", "-q"], cwd=root, check=True)
     git(root, "add", "-A")
     git(root, "commit", "-qm", "tiny project")
     return root
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project")

@@ -1,0 +1,120 @@
+"""The whole path through real Prefect, DVC and MLflow (SQLite) on a tiny project."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, git, make_project
+
+pytestmark = pytest.mark.slow
+
+
+def dvc(root: Path, *args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> tuple[Path, dict[str, Any]]:
+    from flows.pipeline import run_pipeline
+
+    root = make_project(tmp_path_factory.mktemp("flow") / "project")
+    return root, run_pipeline(pipeline="tiny", config=str(root / "pipelines.yaml"))
+
+
+def client(root: Path):  # noqa: ANN201
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_run_logs_params_epoch_metrics_and_test_metrics(first_run: tuple[Path, dict[str, Any]]) -> None:
+    root, result = first_run
+    run = client(root).get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "3" and run.data.params["model.layers.0.lstm.units"] == "8"
+    history = client(root).get_metric_history(result["mlflow_run_id"], "train_loss")
+    assert [m.step for m in history] == list(range(1, result["epochs_run"] + 1))
+    for key in ("rmse", "mae", "smape", "mase", "naive_rmse", "naive_mae"):
+        assert np.isfinite(run.data.metrics[f"test_{key}"])
+        assert result["metrics"][key] == pytest.approx(run.data.metrics[f"test_{key}"])
+    artifacts = {a.path for a in client(root).list_artifacts(result["mlflow_run_id"], "plots")}
+    assert artifacts == {"plots/forecast.png", "plots/loss_curves.png"}
+
+
+def test_lineage_tags_point_at_code_data_and_flow_run(first_run: tuple[Path, dict[str, Any]]) -> None:
+    root, result = first_run
+    tags = client(root).get_run(result["mlflow_run_id"]).data.tags
+    assert tags["lstmflow.git_commit"].split("-")[0] == git(root, "rev-parse", "HEAD").strip()
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["features@tiny"]
+    assert tags["lstmflow.data_md5"] == lock["deps"][0]["md5"]
+    assert tags["lstmflow.features_md5"] == lock["outs"][0]["md5"] == result["data_version"]
+    assert tags["lstmflow.prefect_flow_run_id"] == result["flow_run_id"]
+
+
+def test_registered_model_loads_and_predicts(first_run: tuple[Path, dict[str, Any]]) -> None:
+    import mlflow
+    import pandas as pd
+
+    root, result = first_run
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{root / 'mlflow.db'}")
+    assert result["model_uri"] == "models:/tiny/1"
+    model = mlflow.pyfunc.load_model(result["model_uri"])
+    history = pd.read_csv(root / "data" / "tiny.csv")
+    forecast = model.predict(history[["value"]].tail(24))
+    assert list(forecast.columns) == ["step", "value"] and len(forecast) == 6
+    assert forecast["value"].between(history["value"].min() - 5, history["value"].max() + 5).all()
+
+
+def test_dvc_repro_skips_unchanged_stages(first_run: tuple[Path, dict[str, Any]]) -> None:
+    root, _ = first_run
+    output = dvc(root, "repro")
+    assert "Stage 'features@tiny' didn't change, skipping" in output
+    assert "Running stage" not in output
+    assert (root / ".dvc-storage").is_dir(), "the local remote is created and pushed to on first use"
+
+
+def test_cached_rerun_starts_no_training(first_run: tuple[Path, dict[str, Any]]) -> None:
+    from flows.pipeline import run_pipeline
+
+    root, result = first_run
+    runs_before = sorted((root / "runs" / "tiny").iterdir())
+    again = run_pipeline(pipeline="tiny", config=str(root / "pipelines.yaml"))
+    assert again["cached"] is True
+    assert again["mlflow_run_id"] == result["mlflow_run_id"]
+    assert sorted((root / "runs" / "tiny").iterdir()) == runs_before
+    experiment = client(root).get_experiment_by_name("tiny")
+    assert len(client(root).search_runs([experiment.experiment_id])) == 1
+
+
+def test_changed_override_trains_again_and_force_bypasses_cache(first_run: tuple[Path, dict[str, Any]]) -> None:
+    from flows.pipeline import run_pipeline
+
+    root, result = first_run
+    changed = run_pipeline(pipeline="tiny", epochs=2, config=str(root / "pipelines.yaml"))
+    assert changed["cached"] is False and changed["mlflow_run_id"] != result["mlflow_run_id"]
+    assert changed["epochs_run"] == 2
+    forced = run_pipeline(pipeline="tiny", epochs=2, force=True, config=str(root / "pipelines.yaml"))
+    assert forced["cached"] is False and forced["mlflow_run_id"] != changed["mlflow_run_id"]
+    assert forced["model_uri"] == "models:/tiny/3"
+
+
+def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_harness: None) -> None:
+    """The demo pipelines, on their real data built by the DVC stage, with two epochs each."""
+    from flows.pipeline import run_pipeline
+
+    root = make_project(tmp_path / "demo", pipelines=(REPO / "pipelines.yaml").read_text())
+    for name in yaml.safe_load((REPO / "pipelines.yaml").read_text())["pipelines"]:
+        result = run_pipeline(pipeline=name, epochs=2, config=str(root / "pipelines.yaml"))
+        assert result["model_uri"] == f"models:/{name}/1"
+        assert set(result["metrics"]) >= {"rmse", "mae", "smape", "mase", "naive_rmse", "naive_mae"}
+        assert json.loads(json.dumps(result, default=str))["pipeline"] == name
