@@ -1,0 +1,189 @@
+"""The training launcher: a real spawned child, its environment, its errors, and a SIGKILL followed by a resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import time
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import write_sine_csv
+
+from lstmflow.config import PipelineSpec, validate_pipeline
+from lstmflow.data.timeseries import prepare_features, resolve_data
+from lstmflow.errors import ConfigError, DataError, TrainingError
+from lstmflow.launch import train_in_child
+from lstmflow.loggers import ListLogger
+from lstmflow.train import fit
+
+torch.set_num_threads(1)
+
+TIMING = "epoch_seconds"
+
+
+class FileLogger:
+    """A MetricLogger that survives the child: one JSON line per call. ``stall_at`` makes that step hang after
+    logging it (the checkpoint of the step before is then on disk), so the test can kill the child there."""
+
+    def __init__(self, path: Path, stall_at: int | None = None) -> None:
+        self.path, self.stall_at = path, stall_at
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        with self.path.open("a") as file:
+            file.write(json.dumps({"step": step, **metrics}) + "\n")
+        if step == self.stall_at:
+            self.stalled_marker().write_text("stalled")
+            time.sleep(600)
+
+    def stalled_marker(self) -> Path:
+        return self.path.with_suffix(".stalled")
+
+    def steps(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+
+def make_spec(data_dir: Path, **train: Any) -> PipelineSpec:
+    raw = {
+        "data": {
+            "path": "sine.csv", "time_column": "month", "target": "value",
+            "window": 24, "horizon": 6, "transform": "none",
+        },
+        "model": {"layers": [{"lstm": {"units": 8, "dropout": 0.1}}, {"dense": {}}]},
+        "train": {"epochs": 5, "batch_size": 16, "optimizer": {"lr": 0.01}, "lr_schedule": {"name": "cosine"}, **train},
+    }
+    return resolve_data(validate_pipeline("sine", raw, data_dir))
+
+
+def prepare(spec: PipelineSpec, out_dir: Path) -> None:
+    prepare_features(spec.data, spec.evaluate.season, out_dir, where=f"pipelines.{spec.name}.data")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    write_sine_csv(folder / "sine.csv")
+    prepare(make_spec(folder), folder / "features")
+    return folder
+
+
+def tensors(tree: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor inside nested dicts and lists, by its path."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else []
+    return {path: t for key, value in items for path, t in tensors(value, f"{prefix}/{key}").items()}
+
+
+def without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{key: value for key, value in row.items() if key != TIMING} for row in history]
+
+
+def test_child_trains_with_the_thread_environment_set_before_torch(data_dir: Path, tmp_path: Path) -> None:
+    # ListLogger lives in lstmflow, so the child imports nothing of the tests (conftest sets OMP_NUM_THREADS itself).
+    spec = make_spec(data_dir, epochs=2, threads=2)
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+    parent_before = {name: os.environ.get(name) for name in names}
+    result = train_in_child(spec, data_dir / "features", tmp_path, ListLogger(), progress=False)
+
+    assert result.threads == 2 and result.epochs_run == 2 and result.resumed_from_epoch is None
+    log = (tmp_path / "train.log").read_text()
+    assert "OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE" in log  # as the child found them at its start
+    assert {name: os.environ.get(name) for name in names} == parent_before  # the parent's own are put back
+
+
+def test_data_error_in_the_child_arrives_as_the_same_data_error(data_dir: Path, tmp_path: Path) -> None:
+    spec = make_spec(data_dir)
+    with pytest.raises(DataError) as in_process:
+        fit(spec, tmp_path / "no-features", tmp_path / "here", ListLogger(), progress=False)
+    with pytest.raises(DataError) as from_child:
+        train_in_child(spec, tmp_path / "no-features", tmp_path / "child", ListLogger(), progress=False)
+    assert str(from_child.value) == str(in_process.value)
+    assert "Traceback" in (tmp_path / "child" / "train.log").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA to make device: cuda fail")
+def test_config_error_in_the_child_keeps_its_problems(data_dir: Path, tmp_path: Path) -> None:
+    spec = make_spec(data_dir, device="cuda")
+    with pytest.raises(ConfigError) as caught:
+        train_in_child(spec, data_dir / "features", tmp_path, ListLogger(), progress=False)
+    assert caught.value.problems == [str(caught.value)]
+    assert str(caught.value).startswith("pipelines.sine.train.device: cuda requested")
+
+
+class CrashingLogger:
+    """Fails the child at its first epoch's metrics: with a Python exception, or with SIGABRT like a C crash."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.how == "abort":
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file left behind
+            os.abort()
+        raise RuntimeError(f"logger broke at step {step}")
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("raise", r"failed with RuntimeError: logger broke at step 1 \(exit code 1\)\n.*Traceback"),
+        ("abort", r"killed by SIGABRT.*last lines of .*train\.log:\n.*Fatal Python error: Aborted"),
+    ],
+    ids=["python-exception", "sigabrt"],
+)
+def test_other_failures_in_the_child_are_training_errors(
+    data_dir: Path, tmp_path: Path, how: str, expected: str
+) -> None:
+    with pytest.raises(TrainingError, match=re.compile(expected, re.DOTALL)):
+        train_in_child(make_spec(data_dir), data_dir / "features", tmp_path, CrashingLogger(how), progress=False)
+
+
+@pytest.mark.slow
+def test_sigkilled_child_resumes_to_exactly_the_uninterrupted_result(data_dir: Path, tmp_path: Path) -> None:
+    spec = make_spec(data_dir)
+    features = data_dir / "features"
+    uninterrupted = fit(spec, features, tmp_path / "uninterrupted", ListLogger(), progress=False)
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stalling = FileLogger(run_dir / "metrics.jsonl", stall_at=3)
+    checkpoint_epoch_when_killed: list[int] = []
+
+    def kill_once_epoch_2_is_checkpointed(process: BaseProcess) -> None:
+        deadline = time.monotonic() + 300  # a guard against a hung test, not a timing assertion
+        while not stalling.stalled_marker().exists():
+            assert process.is_alive() and time.monotonic() < deadline, "the child ended before stalling in epoch 3"
+            time.sleep(0.05)
+        last = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+        checkpoint_epoch_when_killed.append(last["epoch"])
+        process.kill()  # a real SIGKILL from outside the child
+
+    with pytest.raises(TrainingError, match="killed by SIGKILL") as killed:
+        train_in_child(spec, features, run_dir, stalling, progress=False, on_start=kill_once_epoch_2_is_checkpointed)
+    assert checkpoint_epoch_when_killed == [2]
+    assert "train.log" in str(killed.value)
+
+    resumed = train_in_child(spec, features, run_dir, FileLogger(run_dir / "metrics.jsonl"), progress=False)
+
+    assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == 5
+    assert without_timing(resumed.history) == without_timing(uninterrupted.history)
+    assert resumed.best_epoch == uninterrupted.best_epoch and resumed.best_val_loss == uninterrupted.best_val_loss
+    for name in ("model.pt", "checkpoints/last.pt"):  # the best weights; the last weights, optimizer and RNG states
+        ours = tensors(torch.load(run_dir / name, map_location="cpu", weights_only=True))
+        theirs = tensors(torch.load(tmp_path / "uninterrupted" / name, map_location="cpu", weights_only=True))
+        assert ours.keys() == theirs.keys() and len(ours) > 4
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), f"{name}: {key}"
+
+    # Epoch 3 was logged before the kill and again after the resume, with the same values; none is missing.
+    logged = FileLogger(run_dir / "metrics.jsonl").steps()
+    assert [row["step"] for row in logged] == [1, 2, 3, 3, 4, 5]
+    assert without_timing([logged[2]]) == without_timing([logged[3]])
+    once_each = [row for row in logged if row is not logged[2]]
+    assert [row["val_loss"] for row in once_each] == [row["val_loss"] for row in uninterrupted.history]

@@ -1,0 +1,325 @@
+"""Training in process: learning, early stopping, optimizers and schedules, seeding, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import write_sine_csv
+
+from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
+from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
+from lstmflow.errors import CheckpointError, DataError, TrainingError
+from lstmflow.loggers import ListLogger
+from lstmflow.models.lstm import build_model
+from lstmflow.train import (
+    CHECKPOINT_KEYS,
+    FitResult,
+    atomic_torch_save,
+    clip_gradients,
+    evaluate_loss,
+    fit,
+)
+
+torch.set_num_threads(1)
+
+#: Wall-clock timings differ between identical runs; everything else must not.
+TIMING = "epoch_seconds"
+
+BASE: dict[str, Any] = {
+    "data": {
+        "path": "sine.csv", "time_column": "month", "target": "value", "window": 24, "horizon": 6, "transform": "none"
+    },
+    "model": {"layers": [{"lstm": {"units": 8}}, {"dense": {}}]},
+    "train": {"epochs": 4, "batch_size": 16, "optimizer": {"lr": 0.01}, "seed": 0},
+}
+
+
+@dataclass(frozen=True)
+class Sine:
+    """A small seasonal series with its features prepared once, and shortcuts to train on it."""
+
+    data_dir: Path
+    features_dir: Path
+
+    def spec(self, **sections: Any) -> PipelineSpec:
+        """The base pipeline with ``sections`` merged in (e.g. ``train={"epochs": 2}``), resolved on the data."""
+        return resolve_data(validate_pipeline("sine", deep_merge(BASE, sections), self.data_dir))
+
+    def fit(self, spec: PipelineSpec, run_dir: Path, logger: ListLogger | None = None) -> FitResult:
+        return fit(spec, self.features_dir, run_dir, logger if logger is not None else ListLogger(), progress=False)
+
+
+def prepare(spec: PipelineSpec, out_dir: Path) -> None:
+    prepare_features(spec.data, spec.evaluate.season, out_dir, where=f"pipelines.{spec.name}.data")
+
+
+@pytest.fixture(scope="module")
+def sine(tmp_path_factory: pytest.TempPathFactory) -> Sine:
+    folder = tmp_path_factory.mktemp("data")
+    write_sine_csv(folder / "sine.csv")
+    sine = Sine(folder, folder / "features")
+    prepare(sine.spec(), sine.features_dir)
+    return sine
+
+
+def without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{key: value for key, value in row.items() if key != TIMING} for row in history]
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_tensors(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> None:
+    assert left.keys() == right.keys()
+    for name in left:
+        assert torch.equal(left[name], right[name]), name
+
+
+# ------------------------------------------------------------------------------------------------ learning
+
+
+def test_fit_learns_logs_once_per_epoch_and_writes_its_result(sine: Sine, tmp_path: Path) -> None:
+    logger = ListLogger()
+    result = sine.fit(sine.spec(), tmp_path, logger)
+
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    assert result.epochs_run == 4 and not result.stopped_early and result.resumed_from_epoch is None
+    assert [step for step, _ in logger.records] == [1, 2, 3, 4]
+    assert {"train_loss", "val_loss", "lr", TIMING, "penalty", "best_val_loss"} <= logger.records[0][1].keys()
+    assert [metrics["val_loss"] for _, metrics in logger.records] == [row["val_loss"] for row in result.history]
+    assert result.best_val_loss == min(row["val_loss"] for row in result.history)
+    assert result.threads == 1 and result.device == "cpu"
+    assert json.loads((tmp_path / "fit_result.json").read_text()) == asdict(result)
+    assert FitResult.read(tmp_path / "fit_result.json") == result
+
+
+def test_early_stopping_stops_and_restores_the_best_epochs_weights(sine: Sine, tmp_path: Path) -> None:
+    # A min_delta no loss can beat: only the first epoch counts as an improvement.
+    spec = sine.spec(train={"epochs": 6, "early_stopping": {"patience": 2, "min_delta": 1000.0}})
+    result = sine.fit(spec, tmp_path / "stopped")
+
+    assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
+    assert result.best_val_loss == result.history[0]["val_loss"]
+    # The same seed trained for exactly one epoch gives the first epoch's weights (no schedule depends on epochs).
+    one_epoch = sine.fit(sine.spec(train={"epochs": 1}), tmp_path / "one")
+    assert_same_tensors(load_state(result.model_path), load_state(one_epoch.model_path))
+
+    features = load_features(sine.features_dir)
+    model = build_model(spec.model, features.n_features, features.horizon * features.n_targets)
+    model.load_state_dict(load_state(result.model_path))
+    recomputed = evaluate_loss(model, features.windows("val"), spec.train.loss, spec.train.batch_size)
+    assert recomputed == pytest.approx(result.best_val_loss, rel=1e-6)
+
+
+def test_no_validation_windows_is_a_data_error(sine: Sine, tmp_path: Path) -> None:
+    spec = sine.spec(data={"split": {"val": 0.0, "test": 0.15}})
+    prepare(spec, tmp_path / "features")
+    with pytest.raises(DataError, match=r"pipelines\.sine\.data\.split\.val: .*no windows"):
+        fit(spec, tmp_path / "features", tmp_path / "run", ListLogger(), progress=False)
+
+
+def test_divergence_is_reported_before_it_is_checkpointed(sine: Sine, tmp_path: Path) -> None:
+    spec = sine.spec(train={"optimizer": {"name": "sgd", "lr": 1.0e4}})
+    with pytest.raises(TrainingError, match=r"pipelines\.sine: training diverged in epoch 1 .*lower train\.optimizer"):
+        sine.fit(spec, tmp_path)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "loss"),
+    [
+        ({"name": "adam", "lr": 0.01}, "mse"),
+        ({"name": "adamw", "lr": 0.01, "weight_decay": 0.01}, "mae"),
+        ({"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}, "huber"),
+    ],
+)
+def test_each_optimizer_and_loss_trains(
+    sine: Sine, tmp_path: Path, optimizer: dict[str, Any], loss: str
+) -> None:
+    spec = sine.spec(train={"optimizer": optimizer, "loss": loss}, model={"l2": 1e-4})
+    result = sine.fit(spec, tmp_path)
+    losses = [row["train_loss"] for row in result.history]
+    assert all(math.isfinite(value) for value in losses)
+    assert losses[-1] < losses[0]
+    assert all(row["penalty"] > 0 for row in result.history)
+
+
+LR = 0.01
+
+
+def cosine(epoch: int, epochs: int, min_lr: float) -> float:
+    """CosineAnnealingLR's closed form: the lr at the start of ``epoch`` (0-based)."""
+    return min_lr + (LR - min_lr) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ({"name": "none"}, [LR] * 4),
+        ({"name": "cosine", "min_lr": 0.001}, [cosine(epoch, 4, 0.001) for epoch in range(4)]),
+        ({"name": "step", "step_size": 2, "gamma": 0.5}, [LR, LR, LR / 2, LR / 2]),
+    ],
+)
+def test_epoch_schedules_set_the_lr(
+    sine: Sine, tmp_path: Path, schedule: dict[str, Any], expected: list[float]
+) -> None:
+    result = sine.fit(sine.spec(train={"lr_schedule": schedule}), tmp_path)
+    assert [row["lr"] for row in result.history] == pytest.approx(expected)
+
+
+def test_plateau_decays_after_epochs_without_improvement(sine: Sine, tmp_path: Path) -> None:
+    # Improvement needs a drop of min_delta (as for early stopping), which no epoch after the first achieves.
+    train = {
+        "lr_schedule": {"name": "plateau", "patience": 0, "gamma": 0.5, "min_lr": LR / 4},
+        "early_stopping": {"patience": None, "min_delta": 1000.0},
+        "epochs": 5,
+    }
+    result = sine.fit(sine.spec(train=train), tmp_path)
+    assert [row["lr"] for row in result.history] == pytest.approx([LR, LR, LR / 2, LR / 4, LR / 4])
+
+
+def test_onecycle_warms_up_then_anneals_per_batch(sine: Sine, tmp_path: Path) -> None:
+    result = sine.fit(sine.spec(train={"lr_schedule": {"name": "onecycle"}}), tmp_path)
+    lrs = [row["lr"] for row in result.history]
+    assert lrs[0] == pytest.approx(LR / 25)  # OneCycleLR starts at max_lr / div_factor
+    peak = max(range(4), key=lambda e: lrs[e])
+    assert 0 < peak < 3 and lrs[peak] <= LR
+    assert lrs[-1] < lrs[peak]
+
+
+@pytest.mark.parametrize("clip", [{"value": 0.01}, {"norm": 0.01}])
+def test_clipping_bounds_the_gradients(sine: Sine, tmp_path: Path, clip: dict[str, float]) -> None:
+    spec = sine.spec(train={"grad_clip": clip})
+    features = load_features(sine.features_dir)
+    torch.manual_seed(0)
+    model = build_model(spec.model, features.n_features, features.horizon * features.n_targets)
+    x, y = next(features.windows("train").batches(16))
+    (10 * (model(x).view(y.shape) - y)).square().mean().backward()  # (B, H*K) -> (B, H, K); a steep loss
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert max(g.abs().max().item() for g in grads) > 0.01 and torch.cat([g.flatten() for g in grads]).norm() > 0.01
+
+    clip_gradients(model.parameters(), spec.train.grad_clip)
+    if "value" in clip:
+        assert max(g.abs().max().item() for g in grads) <= 0.01
+    else:
+        assert torch.cat([g.flatten() for g in grads]).norm().item() == pytest.approx(0.01, rel=1e-4)
+    assert sine.fit(spec, tmp_path).epochs_run == 4
+
+
+# ------------------------------------------------------------------------------------------------ seeding
+
+
+def test_same_seed_gives_identical_history_and_weights(sine: Sine, tmp_path: Path) -> None:
+    # dropout draws from the seeded torch generator; batch order from (seed, epoch)
+    layers = [{"lstm": {"units": 8, "dropout": 0.2}}, {"dropout": {"rate": 0.2}}, {"dense": {}}]
+    spec = sine.spec(model={"layers": layers})
+    first = sine.fit(spec, tmp_path / "a")
+    second = sine.fit(spec, tmp_path / "b")
+    other_seed = sine.fit(spec.model_copy(update={"train": spec.train.model_copy(update={"seed": 1})}), tmp_path / "c")
+
+    assert without_timing(first.history) == without_timing(second.history)
+    assert_same_tensors(load_state(first.model_path), load_state(second.model_path))
+    assert without_timing(other_seed.history) != without_timing(first.history)
+
+
+# ------------------------------------------------------------------------------------- checkpoints and resume
+
+
+def test_checkpoint_holds_everything_needed_to_resume(sine: Sine, tmp_path: Path) -> None:
+    spec = sine.spec(train={"lr_schedule": {"name": "cosine"}})
+    result = sine.fit(spec, tmp_path)
+    checkpoint = torch.load(result.checkpoint_path, map_location="cpu", weights_only=True)
+    previous = torch.load(tmp_path / "checkpoints" / "prev.pt", map_location="cpu", weights_only=True)
+
+    assert set(CHECKPOINT_KEYS) <= checkpoint.keys()
+    assert checkpoint["epoch"] == 4 and previous["epoch"] == 3
+    assert checkpoint["spec"] == spec.model_dump(mode="json") and checkpoint["spec_hash"] == spec.spec_hash()
+    assert without_timing(checkpoint["history"]) == without_timing(result.history)
+    assert checkpoint["best_epoch"] == result.best_epoch and checkpoint["best_val_loss"] == result.best_val_loss
+    assert checkpoint["epochs_without_improvement"] == 4 - result.best_epoch and checkpoint["stopped_early"] is False
+    assert_same_tensors(checkpoint["best_model"], load_state(result.model_path))
+    assert checkpoint["model"].keys() == checkpoint["best_model"].keys()
+    assert "exp_avg" in checkpoint["optimizer"]["state"][0]  # Adam's moments
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine's end
+    assert checkpoint["scheduler"]["last_epoch"] == 4
+    assert {"torch", "cuda", "numpy", "python"} <= checkpoint["rng"].keys()
+    assert isinstance(checkpoint["rng"]["torch"], torch.Tensor)
+    assert not list((tmp_path / "checkpoints").glob("*.tmp")) and not list((tmp_path / "checkpoints").glob(".*"))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "optimizer", "damage"),
+    [("onecycle", "sgd", "torn"), ("plateau", "adamw", "missing"), ("cosine", "adam", "torn")],
+)
+def test_damaged_last_checkpoint_falls_back_to_the_previous_one(
+    sine: Sine, tmp_path: Path, schedule: str, optimizer: str, damage: str
+) -> None:
+    spec = sine.spec(train={"lr_schedule": {"name": schedule}, "optimizer": {"name": optimizer, "lr": 0.02}})
+    complete = sine.fit(spec, tmp_path / "complete")
+    shutil.copytree(tmp_path / "complete", tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    if damage == "torn":
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    else:  # killed between the two renames of a checkpoint write
+        last.unlink()
+
+    logger = ListLogger()
+    with pytest.warns(UserWarning, match=r"last\.pt is (unreadable|missing).*resuming from .*prev\.pt \(epoch 3\)"):
+        resumed = sine.fit(spec, tmp_path / "run", logger)
+
+    assert resumed.resumed_from_epoch == 3
+    assert [step for step, _ in logger.records] == [4]  # logging continues at the right epoch
+    assert without_timing(resumed.history) == without_timing(complete.history)
+    assert_same_tensors(load_state(resumed.model_path), load_state(complete.model_path))
+    assert torch.load(last, weights_only=True)["epoch"] == 4  # rewritten whole
+
+
+def test_no_usable_checkpoint_is_an_error(sine: Sine, tmp_path: Path) -> None:
+    spec = sine.spec(train={"epochs": 2})
+    sine.fit(spec, tmp_path)
+    for name in ("last.pt", "prev.pt"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"no usable checkpoint .*last\.pt is unreadable.*prev\.pt is unreadable"):
+        sine.fit(spec, tmp_path)
+
+
+def test_checkpoint_of_another_spec_is_refused(sine: Sine, tmp_path: Path) -> None:
+    first = sine.spec(train={"epochs": 2})
+    sine.fit(first, tmp_path)
+    changed = sine.spec(train={"epochs": 2, "optimizer": {"lr": 0.02}})
+    with pytest.raises(CheckpointError) as caught:
+        sine.fit(changed, tmp_path)
+    assert first.spec_hash() in str(caught.value) and changed.spec_hash() in str(caught.value)
+
+
+def test_a_finished_run_resumes_to_the_same_result_without_training(sine: Sine, tmp_path: Path) -> None:
+    spec = sine.spec(train={"epochs": 6, "early_stopping": {"patience": 1, "min_delta": 1000.0}})
+    first = sine.fit(spec, tmp_path)
+    logger = ListLogger()
+    again = sine.fit(spec, tmp_path, logger)
+    assert first.stopped_early and again.stopped_early and again.epochs_run == first.epochs_run == 2
+    assert logger.records == [] and again.resumed_from_epoch == 2
+    assert again.history == first.history
+
+
+def test_atomic_save_leaves_no_partial_file_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "state.pt"
+    atomic_torch_save({"weights": torch.arange(3)}, target)
+    before = target.read_bytes()
+    unpicklable = {"weights": torch.zeros(100_000), "callback": lambda: None}  # torch.save fails midway through
+
+    with pytest.raises(Exception, match="lambda"):
+        atomic_torch_save(unpicklable, target, previous=tmp_path / "before.pt")
+    with pytest.raises(Exception, match="lambda"):
+        atomic_torch_save(unpicklable, tmp_path / "new.pt")
+
+    assert target.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["state.pt"]
