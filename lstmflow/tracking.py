@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ def tracking_uri(project: Path) -> str:
 def _client(uri: str):  # noqa: ANN202 - MlflowClient is imported lazily
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -127,7 +129,6 @@ def register_model(uri: str, run_id: str, name: str, bundle_dir: Path, input_exa
     from mlflow.models import infer_signature
 
     import lstmflow
-    from lstmflow.serving import LstmflowForecaster
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -136,12 +137,14 @@ def register_model(uri: str, run_id: str, name: str, bundle_dir: Path, input_exa
         f"mlflow=={mlflow.__version__}",
         *_installed(["numpy", "pandas", "pydantic", "pyyaml"]),
     ]
-    with mlflow.start_run(run_id=run_id):
+    package = Path(lstmflow.__file__).parent
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=LstmflowForecaster(),
+            python_model=str(package / "pyfunc_model.py"),
             artifacts={"bundle": str(bundle_dir)},
-            code_paths=[str(Path(lstmflow.__file__).parent)],
+            code_paths=[str(package)],
             signature=infer_signature(input_example, output_example),
             input_example=input_example,
             pip_requirements=requirements,

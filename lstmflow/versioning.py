@@ -46,9 +46,9 @@ def _env() -> dict[str, str]:
 @contextlib.contextmanager
 def workspace_lock(root: Path) -> Iterator[None]:
     """Hold the workspace's DVC lock; blocks while another lstmflow process runs DVC here."""
-    lock_dir = root / ".dvc" / "tmp"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / "lstmflow.lock", "w") as handle:
+    lock_dir = root / ".lstmflow"
+    lock_dir.mkdir(exist_ok=True)
+    with open(lock_dir / "dvc.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -75,7 +75,7 @@ def ensure_repo(root: Path) -> None:
         dvc(root, "config", "core.analytics", "false")
     remotes = dvc(root, "remote", "list")
     if not remotes.strip():
-        dvc(root, "remote", "add", "--local", "--default", "local", f"../{LOCAL_REMOTE}")
+        dvc(root, "remote", "add", "--local", "--default", "local", LOCAL_REMOTE)  # relative to root; DVC rewrites it for .dvc/
 
 
 def write_params(root: Path, entries: dict[str, dict[str, Any]]) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,9 @@ pytestmark = pytest.mark.slow
 
 
 def dvc(root: Path, *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+    """DVC as a user runs it, with the virtual environment's scripts first on PATH (stage commands need them)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True, text=True, env=env).stdout
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def test_registered_model_loads_and_predicts(first_run: tuple[Path, dict[str, An
 
 def test_dvc_repro_skips_unchanged_stages(first_run: tuple[Path, dict[str, Any]]) -> None:
     root, _ = first_run
-    output = dvc(root, "repro")
+    output = dvc(root, "repro", "features@tiny")
     assert "Stage 'features@tiny' didn't change, skipping" in output
     assert "Running stage" not in output
     assert (root / ".dvc-storage").is_dir(), "the local remote is created and pushed to on first use"

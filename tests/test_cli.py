@@ -1,0 +1,91 @@
+"""The lstmflow command as a user runs it: exit codes, messages without tracebacks, --json, summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_project
+
+
+def lstmflow(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "lstmflow"), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_bad_config_exits_2_with_the_path_and_value(tiny_project: Path) -> None:
+    done = lstmflow(tiny_project, "run", "tiny", "--set", "model.layers[0].lstm.units=-4")
+    assert done.returncode == 2
+    assert "pipelines.tiny.model.layers[0].lstm.units: must be > 0, got -4 (from --set model.layers[0].lstm.units=-4)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tiny_project / ".prefect").exists(), "no flow may start on a bad config"
+
+
+def test_bad_data_exits_2_naming_the_row(tiny_project: Path) -> None:
+    csv = tiny_project / "data" / "tiny.csv"
+    lines = csv.read_text().splitlines()
+    lines[5] = lines[5].split(",")[0] + ",12..5"
+    csv.write_text("\n".join(lines) + "\n")
+    done = lstmflow(tiny_project, "run", "tiny")
+    assert done.returncode == 2, done.stderr
+    assert "line 6" in done.stderr and "'12..5'" in done.stderr and "value" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_data_file_and_unknown_pipeline_exit_2(tiny_project: Path) -> None:
+    (tiny_project / "data" / "tiny.csv").unlink()
+    done = lstmflow(tiny_project, "validate")
+    assert done.returncode == 2 and "pipelines.tiny.data.path" in done.stderr
+    done = lstmflow(tiny_project, "run", "tinny")
+    assert done.returncode == 2 and "did you mean 'tiny'?" in done.stderr
+
+
+def test_validate_resolves_defaults_and_list_shows_pipelines(tiny_project: Path) -> None:
+    done = lstmflow(tiny_project, "validate")
+    assert done.returncode == 0, done.stderr
+    assert "tiny" in done.stdout and "1 pipeline(s) valid" in done.stdout
+    done = lstmflow(tiny_project, "list")
+    assert done.returncode == 0 and "lstm(8) → dense" in done.stdout
+
+
+def test_summary_of_the_guides_example(tmp_path: Path) -> None:
+    """Input(shape=(None, 1)) → LSTM(128) → Dense(10, softmax), as a pipeline; counts as in Keras + 4 × units."""
+    pipelines = """\
+pipelines:
+  guide:
+    data: {path: data/tiny.csv, target: value, window: 24, horizon: 10, transform: none}
+    model:
+      layers:
+        - lstm: {units: 128, return_sequences: false}
+        - dense: {units: 10, activation: softmax}
+    train: {loss: mse, optimizer: {name: adam}}
+"""
+    root = make_project(tmp_path / "guide", pipelines)
+    done = lstmflow(root, "summary", "guide")
+    assert done.returncode == 0, done.stderr
+    assert "67,072" in done.stdout and "66,560" in done.stdout and "1,290" in done.stdout
+    assert "(None, 10)" in done.stdout
+    wrong = lstmflow(root, "summary", "guide", "--set", "data.horizon=12")
+    assert wrong.returncode == 2
+    assert "pipelines.guide.model.layers[1].dense.units" in wrong.stderr and "12" in wrong.stderr and "10" in wrong.stderr
+
+
+def test_help_explains_every_command() -> None:
+    done = lstmflow(REPO, "--help")
+    for command in ("run", "validate", "list", "summary", "reference"):
+        assert command in done.stdout
+
+
+@pytest.mark.slow
+def test_run_json_last_line(tiny_project: Path) -> None:
+    done = lstmflow(tiny_project, "run", "tiny", "--json", "--set", "train.epochs=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"pipeline", "mlflow_run_id", "model_uri", "data_version", "metrics"} <= set(result)
+    assert result["pipeline"] == "tiny" and result["epochs_run"] == 2
+    assert result["metrics"]["mae"] > 0 and result["metrics"]["naive_mae"] > 0
