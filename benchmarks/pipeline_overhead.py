@@ -67,7 +67,7 @@ def main() -> None:
     from lstmflow import launch, tracking, versioning
 
     timed(versioning, "dvc", "dvc")
-    for name in ("start_run", "log_summary_metrics", "log_artifacts", "register_model", "end_run", "run_is_open"):
+    for name in ("start_run", "log_summary_metrics", "log_artifacts", "register_model", "end_run", "reopen_run"):
         timed(tracking, name, "mlflow")
     timed(launch, "train_in_child", "training")
     from flows.pipeline import run_pipeline

@@ -106,9 +106,9 @@ def prepare(config_path: str | Path, name: str, overrides: list[str]) -> Prepare
 
 
 def start_tracked_run(prepared: Prepared, root: Path, flow_run_id: str | None, resume_run_id: str | None = None) -> str:
-    """Open (or continue, on a retry) the pipeline's MLflow run with params and lineage tags."""
+    """Open (or reopen, on a retry) the pipeline's MLflow run with params and lineage tags."""
     uri = tracking.tracking_uri(root)
-    if resume_run_id and tracking.run_is_open(uri, resume_run_id):
+    if resume_run_id and tracking.reopen_run(uri, resume_run_id):
         return resume_run_id
     spec = prepared.pipeline
     tags = {
@@ -171,6 +171,7 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
 def register(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, str]:
     """Log the pyfunc forecaster (state dict + spec + preprocessing) and register it under the pipeline's name."""
     from lstmflow.data.timeseries import load_features
+    from lstmflow.serving import Forecaster
 
     spec = prepared.pipeline
     features = load_features(Path(prepared.features_dir))
@@ -186,8 +187,6 @@ def register(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
         "preprocessing": features.preprocessing.to_dict(),
     }
     (bundle / "features.json").write_text(json.dumps(info, indent=2))
-    from lstmflow.serving import Forecaster
-
     forecaster = Forecaster(bundle)
     example = example_input(spec, features, forecaster.context_rows)
     uri = tracking.tracking_uri(root)

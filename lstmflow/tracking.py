@@ -84,12 +84,20 @@ def start_run(uri: str, experiment: str, artifact_root: Path, params: dict[str, 
     return run_id
 
 
-def run_is_open(uri: str, run_id: str) -> bool:
-    """Whether the run exists and has not finished (a retried task continues such a run)."""
+def reopen_run(uri: str, run_id: str) -> bool:
+    """Mark an unfinished run (running, failed or killed) as running again; False if it is finished or gone.
+
+    A retried training task continues its own run instead of starting a second one.
+    """
+    client = _client(uri)
     try:
-        return _client(uri).get_run(run_id).info.status in {"RUNNING", "SCHEDULED"}
-    except Exception:  # noqa: BLE001 - a missing run or store reads as "not open"
+        status = client.get_run(run_id).info.status
+    except Exception:  # noqa: BLE001 - a missing run or a new store reads as "nothing to reopen"
         return False
+    if status == "FINISHED":
+        return False
+    client.update_run(run_id, status="RUNNING")
+    return True
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:

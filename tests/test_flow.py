@@ -121,3 +121,35 @@ def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_ha
         assert result["model_uri"] == f"models:/{name}/1"
         assert set(result["metrics"]) >= {"rmse", "mae", "smape", "mase", "naive_rmse", "naive_mae"}
         assert json.loads(json.dumps(result, default=str))["pipeline"] == name
+
+
+def test_killed_training_is_retried_from_its_checkpoint_in_the_same_mlflow_run(tmp_path: Path, prefect_harness: None) -> None:
+    """SIGKILL the training child once a checkpoint exists: Prefect's retry resumes it and continues the run."""
+    import signal
+    import threading
+
+    import psutil
+
+    from flows.pipeline import run_pipeline
+
+    root = make_project(tmp_path / "kill")
+
+    def kill_first_training_child() -> None:
+        while not list((root / "runs").glob("tiny/*/checkpoints/last.pt")):
+            threading.Event().wait(0.005)
+        for child in psutil.Process().children(recursive=True):
+            if "spawn_main" in " ".join(child.cmdline()):
+                child.send_signal(signal.SIGKILL)
+                return
+
+    killer = threading.Thread(target=kill_first_training_child, daemon=True)
+    killer.start()
+    result = run_pipeline(pipeline="tiny", epochs=40, overrides={"train.early_stopping.patience": 100}, config=str(root / "pipelines.yaml"))
+    killer.join(timeout=5)
+    [run_dir] = (root / "runs" / "tiny").iterdir()
+    fit_result = json.loads((run_dir / "fit_result.json").read_text())
+    assert fit_result["resumed_from_epoch"] is not None and fit_result["epochs_run"] == 40
+    runs = client(root).search_runs([client(root).get_experiment_by_name("tiny").experiment_id])
+    assert [r.info.run_id for r in runs] == [result["mlflow_run_id"]] and runs[0].info.status == "FINISHED"
+    steps = sorted({m.step for m in client(root).get_metric_history(result["mlflow_run_id"], "val_loss")})
+    assert steps == list(range(1, 41)), "every epoch logged once to the one run, none skipped"
