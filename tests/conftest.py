@@ -55,6 +55,13 @@ def write_sine_csv(path: Path, rows: int = 240, season: int = 12, seed: int = 0)
     return path
 
 
+def prepare_pipeline_features(spec, out_dir: Path) -> None:  # noqa: ANN001 - a PipelineSpec
+    """The features stage's work for one resolved pipeline, without DVC."""
+    from lstmflow.data.timeseries import prepare_features
+
+    prepare_features(spec.data, spec.evaluate.season, out_dir, where=f"pipelines.{spec.name}.data")
+
+
 TINY_PIPELINES = """\
 defaults:
   train: {epochs: 3, batch_size: 16, early_stopping: {patience: 5}, seed: 0}

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import write_sine_csv
+from conftest import prepare_pipeline_features, write_sine_csv
 
 from lstmflow.config import PipelineSpec, validate_pipeline
-from lstmflow.data.timeseries import prepare_features, resolve_data
+from lstmflow.data.timeseries import resolve_data
 from lstmflow.errors import ConfigError, DataError, TrainingError
 from lstmflow.launch import train_in_child
 from lstmflow.loggers import ListLogger
@@ -60,15 +60,11 @@ def make_spec(data_dir: Path, **train: Any) -> PipelineSpec:
     return resolve_data(validate_pipeline("sine", raw, data_dir))
 
 
-def prepare(spec: PipelineSpec, out_dir: Path) -> None:
-    prepare_features(spec.data, spec.evaluate.season, out_dir, where=f"pipelines.{spec.name}.data")
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("data")
     write_sine_csv(folder / "sine.csv")
-    prepare(make_spec(folder), folder / "features")
+    prepare_pipeline_features(make_spec(folder), folder / "features")
     return folder
 
 

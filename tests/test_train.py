@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import write_sine_csv
+from conftest import prepare_pipeline_features, write_sine_csv
 
 from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
-from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
+from lstmflow.data.timeseries import load_features, resolve_data
 from lstmflow.errors import CheckpointError, DataError, TrainingError
 from lstmflow.loggers import ListLogger
 from lstmflow.models.lstm import build_model
@@ -56,16 +56,12 @@ class Sine:
         return fit(spec, self.features_dir, run_dir, logger if logger is not None else ListLogger(), progress=False)
 
 
-def prepare(spec: PipelineSpec, out_dir: Path) -> None:
-    prepare_features(spec.data, spec.evaluate.season, out_dir, where=f"pipelines.{spec.name}.data")
-
-
 @pytest.fixture(scope="module")
 def sine(tmp_path_factory: pytest.TempPathFactory) -> Sine:
     folder = tmp_path_factory.mktemp("data")
     write_sine_csv(folder / "sine.csv")
     sine = Sine(folder, folder / "features")
-    prepare(sine.spec(), sine.features_dir)
+    prepare_pipeline_features(sine.spec(), sine.features_dir)
     return sine
 
 
@@ -121,7 +117,7 @@ def test_early_stopping_stops_and_restores_the_best_epochs_weights(sine: Sine, t
 
 def test_no_validation_windows_is_a_data_error(sine: Sine, tmp_path: Path) -> None:
     spec = sine.spec(data={"split": {"val": 0.0, "test": 0.15}})
-    prepare(spec, tmp_path / "features")
+    prepare_pipeline_features(spec, tmp_path / "features")
     with pytest.raises(DataError, match=r"pipelines\.sine\.data\.split\.val: .*no windows"):
         fit(spec, tmp_path / "features", tmp_path / "run", ListLogger(), progress=False)
 
