@@ -429,7 +429,8 @@ def _origins(
 
 def _time_labels(index: pd.Index) -> list[str]:
     if isinstance(index, pd.DatetimeIndex):
-        return [stamp.isoformat() for stamp in index]
+        dates_only = bool((index == index.normalize()).all())  # no time of day: "2001-10-01", not "...T00:00:00"
+        return [stamp.date().isoformat() if dates_only else stamp.isoformat() for stamp in index]
     return [str(value) for value in index]
 
 
