@@ -173,10 +173,14 @@ class LayerSpec(Strict):
         return getattr(self, self.kind)
 
 
+def _default_layers() -> list[LayerSpec]:
+    return [LayerSpec(lstm=LSTMLayer(units=64)), LayerSpec(dense=DenseLayer())]
+
+
 class ModelSpec(Strict):
     """The network, as a list of layers in the Keras vocabulary; the input size comes from the data."""
 
-    layers: list[LayerSpec] = Field(min_length=1, description="Layers in order; the first must be `lstm`, the last should be `dense`.")
+    layers: list[LayerSpec] = Field(default_factory=_default_layers, min_length=1, description="Layers in order; the first must be `lstm`, the last should be `dense`. Default: `[{lstm: {units: 64}}, {dense: {}}]`.")
     l1: float = Field(0.0, ge=0.0, description="L1 penalty on all weights (not biases or norms), added to the loss.")
     l2: float = Field(0.0, ge=0.0, description="L2 penalty on all weights (not biases or norms), added to the loss (Keras `kernel_regularizer` meaning: l2 × sum of squares).")
 
@@ -204,15 +208,17 @@ class LRScheduleSpec(Strict):
 
 
 class GradClipSpec(Strict):
-    """Gradient clipping; at most one of `norm` and `value`."""
+    """Gradient clipping; at most one of `norm` and `value` (giving `value` turns the default `norm` off)."""
 
-    norm: float | None = Field(None, gt=0.0, description="Clip the global gradient norm to this value.")
-    value: float | None = Field(None, gt=0.0, description="Clip every gradient element to [-value, value].")
+    norm: float | None = Field(1.0, gt=0.0, description="Clip the global gradient norm to this value (null: no clipping). On by default: it keeps LSTM training stable at no cost.")
+    value: float | None = Field(None, gt=0.0, description="Clip every gradient element to [-value, value] instead.")
 
     @model_validator(mode="after")
     def _one_way(self) -> GradClipSpec:
+        if self.value is not None and "norm" not in self.model_fields_set:
+            object.__setattr__(self, "norm", None)  # frozen model: the default norm yields to an explicit value
         if self.norm is not None and self.value is not None:
-            raise ValueError(f"give one of norm and value, got norm={self.norm} and value={self.value}")
+            raise ValueError(f"give one of norm and value, got norm={self.norm:g} and value={self.value:g}")
         return self
 
 
@@ -254,7 +260,7 @@ class PipelineSpec(Strict):
     task: Literal["forecast", "classify", "language_model"] = Field("forecast", description="What the model learns. `forecast` now; `classify` and `language_model` are reserved for a later version.")
     description: str = Field("", description="Free text shown by `lstmflow list`.")
     data: DataSpec = Field(description="Where the data are and how they become model inputs.")
-    model: ModelSpec = Field(description="The network.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The network. Default: one `lstm` of 64 units and a `dense` output layer.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training settings.")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Evaluation settings.")
     search: Reserved = Field(None, description="Hyperparameter search. Not yet supported.")

@@ -20,7 +20,8 @@ def _type_name(annotation: Any) -> str:
 def _default(field: Any) -> str:
     if field.default_factory is not None:
         value = field.default_factory()
-        return "" if isinstance(value, BaseModel) else json.dumps(value)
+        structured = isinstance(value, BaseModel) or (isinstance(value, list) and value and isinstance(value[0], BaseModel))
+        return "" if structured else json.dumps(value)  # mappings and layer lists: their keys are listed below
     if field.default is PydanticUndefined:
         return "required"
     return json.dumps(field.default.model_dump(mode="json") if isinstance(field.default, BaseModel) else field.default, default=str)

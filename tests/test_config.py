@@ -47,7 +47,7 @@ def problems(tmp_path: Path, override: list[str], pipeline: dict | None = None) 
         ("model.layers[1].dense.activation=swishy",
          "pipelines.p.model.layers[1].dense.activation: must be one of 'linear', 'relu', 'tanh', 'sigmoid', 'softmax', "
          "'gelu', 'elu', 'selu' or 'softplus', got 'swishy'"),
-        ("train.grad_clip={norm: 1, value: 2}", "pipelines.p.train.grad_clip: give one of norm and value, got norm=1.0 and value=2.0"),
+        ("train.grad_clip={norm: 1, value: 2}", "pipelines.p.train.grad_clip: give one of norm and value, got norm=1 and value=2"),
         ("train.optimzer.lr=1", "pipelines.p.train.optimzer: unknown key (did you mean 'optimizer'?)"),
         ("task=classify", "pipelines.p.task: 'classify' is not yet supported in this version of lstmflow (only 'forecast' for now)"),
     ],
@@ -83,7 +83,7 @@ def test_a_layer_needs_exactly_one_kind(tmp_path: Path) -> None:
 
 def test_missing_keys_and_bad_name(tmp_path: Path) -> None:
     path = tmp_path / "pipelines.yaml"
-    path.write_text(yaml.safe_dump({"pipelines": {"9lives": {"model": BASE["model"]}}}))
+    path.write_text(yaml.safe_dump({"pipelines": {"9lives": {"model": BASE["model"]}}}))  # no data
     with pytest.raises(ConfigError) as caught:
         Config.load(path).all()
     assert caught.value.problems == [
@@ -98,6 +98,15 @@ def test_defaults_merge_and_overrides_apply_last(tmp_path: Path) -> None:
     assert (spec.train.epochs, spec.train.optimizer.lr, spec.train.optimizer.name) == (7, 0.01, "sgd")
     assert spec.data.stride == 2 and spec.model.layers[0].lstm.units == 16
     assert spec.data.target == ["y"]
+
+
+def test_model_and_clipping_defaults(tmp_path: Path) -> None:
+    spec = load(tmp_path, {"data": BASE["data"]}).pipeline("p")
+    assert [layer.kind for layer in spec.model.layers] == ["lstm", "dense"] and spec.model.layers[0].lstm.units == 64
+    assert (spec.train.grad_clip.norm, spec.train.grad_clip.value) == (1.0, None)
+    by_value = load(tmp_path, BASE).pipeline("p", ["train.grad_clip.value=0.5"]).train.grad_clip
+    assert (by_value.norm, by_value.value) == (None, 0.5)
+    assert load(tmp_path, BASE).pipeline("p", ["train.grad_clip.norm=null"]).train.grad_clip.norm is None
 
 
 def test_data_path_is_relative_to_the_yaml_file(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ def test_no_validation_windows_is_a_data_error(sine: Sine, tmp_path: Path) -> No
 
 
 def test_divergence_is_reported_before_it_is_checkpointed(sine: Sine, tmp_path: Path) -> None:
-    spec = sine.spec(train={"optimizer": {"name": "sgd", "lr": 1.0e4}})
+    spec = sine.spec(train={"optimizer": {"name": "sgd", "lr": 1.0e4}, "grad_clip": {"norm": None}})
     with pytest.raises(TrainingError, match=r"pipelines\.sine: training diverged in epoch 1 .*lower train\.optimizer"):
         sine.fit(spec, tmp_path)
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
