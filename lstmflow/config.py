@@ -23,7 +23,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_serializer,
@@ -70,7 +72,7 @@ class SplitSpec(Strict):
 class TimeSeriesDataSpec(Strict):
     """A table of one or more numeric series indexed by time (CSV or Parquet)."""
 
-    kind: Literal["timeseries"] = Field("timeseries", description="Kind of data; `timeseries` for forecasting.")
+    kind: Literal["timeseries"] = Field("timeseries", description="Kind of data: `timeseries` (forecasting), `sequences` (time-series classification) or `images` (classification by pixel rows).")
     path: Path = Field(description="CSV or Parquet file, relative to the YAML file that declares it.")
     time_column: str | None = Field(None, description="Column holding the timestamps (dates or numbers); rows must be strictly increasing. Omit to use row order.")
     target: list[str] = Field(min_length=1, description="Column(s) to forecast; a single name is accepted too.")
@@ -89,7 +91,71 @@ class TimeSeriesDataSpec(Strict):
         return [value] if isinstance(value, str) else value
 
 
-DataSpec = TimeSeriesDataSpec
+class ClassSplitSpec(Strict):
+    """How samples are divided for classification: given by a column, or stratified seeded fractions."""
+
+    val: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of each class held out for validation (ignored when `column` is given).")
+    test: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of each class held out for the final test (ignored when `column` is given).")
+    column: str | None = Field(None, description="A column that names each sample's part: `train`, `val` or `test` (a given split). Tables only.")
+    seed: int = Field(0, ge=0, description="Seed of the stratified shuffle that draws the fractions.")
+
+    @model_validator(mode="after")
+    def _leave_training_data(self) -> ClassSplitSpec:
+        if self.column is None and self.val + self.test >= 0.9:
+            raise ValueError(f"val + test must leave at least 10% for training, got {self.val} + {self.test}")
+        return self
+
+
+class SequenceTableSpec(Strict):
+    """Labelled sequences in a table (CSV or Parquet), one sequence per label: time-series classification."""
+
+    kind: Literal["sequences"] = Field(description="Kind of data; `sequences` for time-series classification.")
+    path: Path = Field(description="CSV or Parquet file, relative to the YAML file that declares it.")
+    format: Literal["long", "wide"] = Field("long", description="`long`: one row per time step, with `id_column` naming the sequence; `wide`: one row per sequence, one column per step (univariate).")
+    label_column: str = Field("label", description="Column holding each sequence's class (constant within a sequence in long format).")
+    id_column: str | None = Field(None, description="Long format: column naming the sequence each row belongs to (required there).")
+    time_column: str | None = Field(None, description="Long format: column ordering the steps within a sequence. Default: row order.")
+    value_columns: list[str] = Field(default_factory=list, description="Long format: the numeric columns, one feature each (required there). Wide format: the step columns, in order; default: every column but the label, id and split columns.")
+    max_length: int | None = Field(None, gt=0, description="Keep only the last `max_length` steps of longer sequences (explicit truncation); default: keep all.")
+    scale: Literal["standard", "none"] = Field("standard", description="Per-feature standardisation fitted on the training sequences only.")
+    split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
+
+    @field_validator("value_columns", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _long_format_needs_ids_and_values(self) -> SequenceTableSpec:
+        if self.format == "long" and (self.id_column is None or not self.value_columns):
+            raise ValueError("format: long needs id_column and value_columns")
+        return self
+
+
+class ImagesSpec(Strict):
+    """Labelled images read as sequences of pixel rows: each row is one time step."""
+
+    kind: Literal["images"] = Field(description="Kind of data; `images` for image classification by rows.")
+    path: Path = Field(description="A folder with one subfolder of image files per label, or a CSV/Parquet table of pixels (one row per image).")
+    label_column: str = Field("label", description="Table only: the column holding each image's class.")
+    shape: list[int] | None = Field(None, min_length=2, max_length=2, description="Table only: `[height, width]` of the images; the pixel columns are read row by row.")
+    grayscale: bool = Field(True, description="Convert images to one channel; otherwise each step has width × 3 features (RGB).")
+    scale: Literal["standard", "none"] = Field("standard", description="Per-feature standardisation fitted on the training images only.")
+    split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
+
+
+def _data_kind(value: Any) -> str:
+    """The data spec's `kind`; `timeseries` when omitted (forecasting is the original task)."""
+    return value.get("kind", "timeseries") if isinstance(value, dict) else getattr(value, "kind", "timeseries")
+
+
+#: The data spec model of each `data.kind`.
+DATA_SPECS: dict[str, type[BaseModel]] = {"timeseries": TimeSeriesDataSpec, "sequences": SequenceTableSpec, "images": ImagesSpec}
+DATA_KINDS = tuple(DATA_SPECS)
+DataSpec = Annotated[
+    Annotated[TimeSeriesDataSpec, Tag("timeseries")] | Annotated[SequenceTableSpec, Tag("sequences")] | Annotated[ImagesSpec, Tag("images")],
+    Discriminator(_data_kind),
+]
 
 
 # -------------------------------------------------------------------------- model
@@ -253,11 +319,15 @@ class EvaluateSpec(Strict):
     season: int | None = Field(None, gt=0, description="Seasonal period for MASE and the seasonal-naive baseline. Default: inferred from the time column's frequency (12 monthly, 4 quarterly, 52 weekly, 7 daily, 24 hourly), else 1.")
 
 
+#: Which data kinds each task can learn from.
+TASK_DATA_KINDS = {"forecast": ("timeseries",), "classify": ("sequences", "images"), "language_model": ()}
+
+
 class PipelineSpec(Strict):
     """One named pipeline: data, model, training and evaluation."""
 
     name: str = Field(description="The pipeline's name (its key under `pipelines`); also the MLflow experiment and registered model name.")
-    task: Literal["forecast", "classify", "language_model"] = Field("forecast", description="What the model learns. `forecast` now; `classify` and `language_model` are reserved for a later version.")
+    task: Literal["forecast", "classify", "language_model"] = Field("forecast", description="What the model learns: `forecast` (data kind `timeseries`) or `classify` (kinds `sequences`, `images`); `language_model` is reserved for a later version.")
     description: str = Field("", description="Free text shown by `lstmflow list`.")
     data: DataSpec = Field(description="Where the data are and how they become model inputs.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="The network. Default: one `lstm` of 64 units and a `dense` output layer.")
@@ -269,10 +339,17 @@ class PipelineSpec(Strict):
 
     @field_validator("task")
     @classmethod
-    def _forecast_only_for_now(cls, value: str) -> str:
-        if value != "forecast":
-            raise ValueError(f"{value!r} is {NOT_YET} (only 'forecast' for now)")
+    def _no_language_model_yet(cls, value: str) -> str:
+        if value == "language_model":
+            raise ValueError(f"{value!r} is {NOT_YET}")
         return value
+
+    @model_validator(mode="after")
+    def _task_fits_the_data(self) -> PipelineSpec:
+        wanted = TASK_DATA_KINDS[self.task]
+        if self.data.kind not in wanted:
+            raise ValueError(f"task {self.task!r} needs data.kind {' or '.join(repr(k) for k in wanted)}, got {self.data.kind!r}")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -371,9 +448,19 @@ def apply_override(tree: dict[str, Any], assignment: str) -> dict[str, Any]:
     return tree
 
 
+def _user_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An error location as the user wrote it: without validator names and the data union's tag."""
+    kept: list[Any] = []
+    for part in loc:
+        if isinstance(part, str) and (part.startswith("function-") or (kept[-1:] == ["data"] and part in DATA_KINDS)):
+            continue
+        kept.append(part)
+    return tuple(kept)
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     text = ""
-    for part in loc:
+    for part in _user_loc(loc):
         if isinstance(part, int):
             text += f"[{part}]"
         else:
@@ -390,6 +477,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"must be {bounds[kind].format(**{k: f'{v:g}' if isinstance(v, float) else v for k, v in ctx.items()})}{got}"
     if kind == "literal_error":
         return f"must be one of {ctx['expected']}{got}"
+    if kind == "union_tag_invalid":
+        return f"kind must be one of {ctx['expected_tags']}, got {ctx['tag']!r}"
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
@@ -413,9 +502,10 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{error['msg'][0].lower()}{error['msg'][1:]}{got}"
 
 
-def _suggest(loc: tuple[Any, ...]) -> str:
+def _suggest(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
     """For an unknown key, name the closest allowed key when there is one."""
-    model = _model_at(loc[:-1])
+    data = raw.get("data")
+    model = _model_at(loc[:-1], data.get("kind", "timeseries") if isinstance(data, dict) else "timeseries")
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1) if model else []
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -427,12 +517,12 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return next((m for arg in getattr(annotation, "__args__", ()) if (m := _model_in(arg))), None)
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(loc: tuple[Any, ...], data_kind: str) -> type[BaseModel] | None:
     """The spec model that sits at a location inside a pipeline, if any."""
     model: type[BaseModel] | None = PipelineSpec
     for part in (p for p in loc if not isinstance(p, int)):
         field = model.model_fields.get(str(part)) if model else None
-        model = _model_in(field.annotation) if field else None
+        model = DATA_SPECS.get(data_kind) if model is PipelineSpec and part == "data" else _model_in(field.annotation) if field else None
     return model
 
 
@@ -457,11 +547,11 @@ def validate_pipeline(name: str, raw: dict[str, Any], base_dir: Path, origin: di
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            loc = _user_loc(error["loc"])
             where = _location(loc)
             message = _describe(error)
             if error["type"] == "extra_forbidden":
-                message += _suggest(loc)
+                message += _suggest(loc, raw)
             note = next((f" (from --set {a})" for k, a in origin.items() if _related(where, k)), "")
             problems.append(f"pipelines.{name}.{where}: {message}{note}" if where else f"pipelines.{name}: {message}{note}")
         raise ConfigError(problems) from None

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from lstmflow.config import ConfigFile, LayerSpec, PipelineSpec, _model_in
+from lstmflow.config import DATA_SPECS, ConfigFile, LayerSpec, PipelineSpec, _model_in
 
 
 def _type_name(annotation: Any) -> str:
@@ -32,6 +32,9 @@ def fields_of(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, 
     rows = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
+        if model is PipelineSpec and name == "data":
+            rows.append((key, "mapping", "required", f"{field.description} Its keys depend on `data.kind`: see the tables below."))
+            continue
         nested = _model_in(field.annotation)
         type_name = "mapping" if nested and not str(field.annotation).startswith("list") else _type_name(field.annotation)
         if nested is LayerSpec:
@@ -53,8 +56,10 @@ def reference_markdown() -> str:
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
-    top = [row for row in fields_of(ConfigFile)]
-    pipeline = [row for row in fields_of(PipelineSpec) if row[0] != "name"]
-    return (
-        "Top level of the file:\n\n" + table(top) + "\n\nKeys of each pipeline (`pipelines.NAME.…`, or `defaults.…`):\n\n" + table(pipeline) + "\n"
-    )
+    sections = [
+        "Top level of the file:\n\n" + table(fields_of(ConfigFile)),
+        "Keys of each pipeline (`pipelines.NAME.…`, or `defaults.…`):\n\n" + table([r for r in fields_of(PipelineSpec) if r[0] != "name"]),
+    ]
+    for kind, spec in DATA_SPECS.items():
+        sections.append(f"`data` with `kind: {kind}` ({spec.__doc__.strip().rstrip('.')}):\n\n" + table(fields_of(spec, "data.")))
+    return "\n\n".join(sections) + "\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lstmflow.config import Config, PipelineSpec, apply_override, deep_merge, flatten
+from lstmflow.config import DATA_SPECS, Config, PipelineSpec, apply_override, deep_merge, flatten
 from lstmflow.errors import ConfigError
 from lstmflow.reference import fields_of, reference_markdown
 
@@ -49,7 +49,7 @@ def problems(tmp_path: Path, override: list[str], pipeline: dict | None = None) 
          "'gelu', 'elu', 'selu' or 'softplus', got 'swishy'"),
         ("train.grad_clip={norm: 1, value: 2}", "pipelines.p.train.grad_clip: give one of norm and value, got norm=1 and value=2"),
         ("train.optimzer.lr=1", "pipelines.p.train.optimzer: unknown key (did you mean 'optimizer'?)"),
-        ("task=classify", "pipelines.p.task: 'classify' is not yet supported in this version of lstmflow (only 'forecast' for now)"),
+        ("task=language_model", "pipelines.p.task: 'language_model' is not yet supported in this version of lstmflow"),
     ],
 )
 def test_bad_value_names_path_value_and_origin(tmp_path: Path, override: str, message: str) -> None:
@@ -155,8 +155,18 @@ def test_helpers() -> None:
     assert flatten({"a": {"b": [1, 2]}, "l": [{"x": None}]}) == {"a.b": "[1, 2]", "l[0].x": "null"}
 
 
+def test_task_must_fit_the_data_kind(tmp_path: Path) -> None:
+    assert problems(tmp_path, ["task=classify"]) == [
+        "pipelines.p: task 'classify' needs data.kind 'sequences' or 'images', got 'timeseries'"
+    ]
+    assert problems(tmp_path, ["data.kind=bogus"]) == [
+        "pipelines.p.data: kind must be one of 'timeseries', 'sequences', 'images', got 'bogus' (from --set data.kind=bogus)"
+    ]
+
+
 def test_every_field_has_a_description() -> None:
-    undocumented = [key for key, _, _, description in fields_of(PipelineSpec) if not description.strip()]
+    rows = fields_of(PipelineSpec) + [row for spec in DATA_SPECS.values() for row in fields_of(spec, "data.")]
+    undocumented = [key for key, _, _, description in rows if not description.strip()]
     assert undocumented == []
 
 
