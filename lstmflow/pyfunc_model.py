@@ -7,6 +7,6 @@ Only MLflow imports it, when it logs or loads a model.
 
 import mlflow
 
-from lstmflow.serving import LstmflowForecaster
+from lstmflow.serving import LstmflowModel
 
-mlflow.models.set_model(LstmflowForecaster())
+mlflow.models.set_model(LstmflowModel())

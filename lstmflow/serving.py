@@ -1,9 +1,13 @@
 """The served model: an MLflow pyfunc that rebuilds the LSTM from its state dict at load time.
 
 The logged bundle is a folder with ``model.pt`` (state dict), ``spec.json`` (the
-resolved pipeline spec) and ``features.json`` (the fitted preprocessing, columns,
-window and horizon). Rebuilding from the spec, instead of pickling a module or
+resolved pipeline spec) and ``features.json`` (the fitted preprocessing and what the
+input looks like). Rebuilding from the spec, instead of pickling a module or
 exporting a graph, keeps custom layers and preprocessing working in serving.
+
+A forecaster takes recent raw rows and returns the next ``horizon`` steps; a
+classifier takes raw sequences (a long or wide table) or images (file paths or
+pixel columns) and returns a label and one probability per class for each.
 """
 
 from __future__ import annotations
@@ -17,29 +21,53 @@ import numpy as np
 import pandas as pd
 
 BUNDLE_FILES = ("model.pt", "spec.json", "features.json")
+PIXEL_PREFIX = "pixel_"
+
+
+def _load_network(bundle_dir: Path, spec: Any, n_features: int, n_outputs: int) -> Any:
+    import torch
+
+    from lstmflow.models.lstm import build_model
+
+    model = build_model(spec.model, n_features, n_outputs, where=f"pipelines.{spec.name}.model")
+    model.load_state_dict(torch.load(bundle_dir / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 class Forecaster:
     """Raw recent rows in, forecast in original units out; no MLflow needed."""
 
-    def __init__(self, bundle_dir: Path) -> None:
-        import torch
-
-        from lstmflow.config import PipelineSpec
+    def __init__(self, bundle_dir: Path, spec: Any, info: dict[str, Any]) -> None:
         from lstmflow.data.timeseries import Preprocessing
-        from lstmflow.models.lstm import build_model
 
-        self.spec = PipelineSpec.model_validate(json.loads((bundle_dir / "spec.json").read_text()))
-        info = json.loads((bundle_dir / "features.json").read_text())
+        self.spec = spec
         self.columns: list[str] = info["columns"]
         self.targets: list[str] = info["targets"]
         self.window: int = info["window"]
         self.horizon: int = info["horizon"]
         self.preprocessing = Preprocessing.from_dict(info["preprocessing"])
-        self.model = build_model(self.spec.model, len(self.columns), self.horizon * len(self.targets))
-        state = torch.load(bundle_dir / "model.pt", map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state)
-        self.model.eval()
+        self.model = _load_network(bundle_dir, spec, len(self.columns), self.horizon * len(self.targets))
+
+    @staticmethod
+    def bundle_info(features_dir: Path) -> dict[str, Any]:
+        from lstmflow.data.timeseries import load_features
+
+        features = load_features(features_dir)
+        return {
+            "columns": features.columns,
+            "targets": features.targets,
+            "window": features.window,
+            "horizon": features.horizon,
+            "preprocessing": features.preprocessing.to_dict(),
+            "train_end": features.meta["split"]["train_end"],
+        }
+
+    def example(self, info: dict[str, Any]) -> pd.DataFrame:
+        """The last rows of the training part: a realistic request."""
+        from lstmflow.data.timeseries import read_series
+
+        end = info["train_end"]
+        return read_series(self.spec.data).iloc[end - self.context_rows : end].reset_index(drop=True)
 
     @property
     def context_rows(self) -> int:
@@ -66,11 +94,115 @@ class Forecaster:
         return result
 
 
-class LstmflowForecaster(mlflow.pyfunc.PythonModel):
-    """MLflow's wrapper around :class:`Forecaster`."""
+class Classifier:
+    """Raw sequences or images in, a label and per-class probabilities out; no MLflow needed."""
+
+    def __init__(self, bundle_dir: Path, spec: Any, info: dict[str, Any]) -> None:
+        from lstmflow.data.sequences import SequencePreprocessing
+
+        self.spec = spec
+        self.classes: list[str] = info["classes"]
+        self.meta: dict[str, Any] = info["meta"]
+        self.preprocessing = SequencePreprocessing.from_dict(info["preprocessing"])
+        self.model = _load_network(bundle_dir, spec, info["n_features"], len(self.classes))
+
+    @staticmethod
+    def bundle_info(features_dir: Path) -> dict[str, Any]:
+        from lstmflow.data.sequences import load_sequences
+
+        features = load_sequences(features_dir)
+        return {
+            "classes": features.classes,
+            "n_features": features.n_features,
+            "preprocessing": features.preprocessing.to_dict(),
+            "meta": {k: v for k, v in features.meta.items() if k in {"image_shape", "channels", "grayscale"}},
+        }
+
+    def samples(self, frame: pd.DataFrame) -> tuple[list[Any], list[np.ndarray]]:
+        """Split a request into (keys, raw (T, F) arrays), in the layout the pipeline's data has."""
+        data = self.spec.data
+        if data.kind == "images":
+            if "path" in frame.columns:
+                from lstmflow.data.images import load_image
+
+                return list(frame.index), [load_image(Path(p), data.grayscale) for p in frame["path"]]
+            height, width = self.meta["image_shape"]
+            pixels = frame[[c for c in frame.columns if str(c).startswith(PIXEL_PREFIX)]].to_numpy(np.float32)
+            return list(frame.index), list(pixels.reshape(len(frame), height, -1))  # (N, H, W × C)
+        if data.format == "wide":
+            steps = frame[[c for c in frame.columns if c not in {data.label_column, data.id_column, data.split.column}]]
+            rows = steps.to_numpy(np.float32)
+            return list(frame.index), [row[~np.isnan(row)][:, None] for row in rows]  # (T, 1) each
+        ordered = frame.sort_values([data.id_column, data.time_column]) if data.time_column else frame
+        groups = ordered.groupby(data.id_column, sort=True)
+        return [key for key, _ in groups], [group[data.value_columns].to_numpy(np.float32) for _, group in groups]
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """One row per sequence or image: the predicted label and a probability per class."""
+        import torch
+        from torch.nn.utils.rnn import pad_sequence
+
+        keys, raw = self.samples(frame)
+        steps = [torch.from_numpy(self.preprocessing.encode(sample)) for sample in raw]
+        lengths = torch.tensor([len(s) for s in steps], dtype=torch.int64)
+        with torch.no_grad():
+            logits = self.model.logits(pad_sequence(steps, batch_first=True), lengths)  # (N, C)
+        probabilities = torch.softmax(logits, dim=-1).numpy()
+        result = pd.DataFrame(probabilities, columns=[f"prob_{c}" for c in self.classes])
+        result.insert(0, "label", [self.classes[i] for i in probabilities.argmax(axis=1)])
+        result.insert(0, "key", keys)
+        return result
+
+    def example(self, info: dict[str, Any]) -> pd.DataFrame:
+        """A few raw training samples in the request layout."""
+        data = self.spec.data
+        if data.kind == "images":
+            from lstmflow.data.images import read_images
+
+            images, _, _ = read_images(data, f"pipelines.{self.spec.name}.data")
+            flat = np.stack([image.reshape(-1) for image in images[:3]])
+            return pd.DataFrame(flat, columns=[f"{PIXEL_PREFIX}{i}" for i in range(flat.shape[1])])
+        table = pd.read_parquet(data.path) if data.path.suffix == ".parquet" else pd.read_csv(data.path)
+        if data.format == "wide":
+            return table.drop(columns=[c for c in (data.label_column, data.split.column) if c], errors="ignore").head(3)
+        first = table[data.id_column].drop_duplicates().head(2)
+        columns = [data.id_column, *([data.time_column] if data.time_column else []), *data.value_columns]
+        return table[table[data.id_column].isin(first)][columns].reset_index(drop=True)
+
+
+PREDICTORS: dict[str, type[Forecaster] | type[Classifier]] = {"forecast": Forecaster, "classify": Classifier}
+
+
+def write_bundle(spec_json: dict[str, Any], features_dir: Path, model_path: Path, bundle_dir: Path) -> tuple[Any, pd.DataFrame]:
+    """Write the bundle the pyfunc loads; returns the predictor it makes and an example request."""
+    import shutil
+
+    from lstmflow.config import PipelineSpec
+
+    spec = PipelineSpec.model_validate(spec_json)
+    info = PREDICTORS[spec.task].bundle_info(features_dir)
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_path, bundle_dir / "model.pt")
+    (bundle_dir / "spec.json").write_text(json.dumps(spec_json, indent=2))
+    (bundle_dir / "features.json").write_text(json.dumps(info, indent=2))
+    predictor = load_predictor(bundle_dir)
+    return predictor, predictor.example(info)
+
+
+def load_predictor(bundle_dir: Path) -> Forecaster | Classifier:
+    """Rebuild the forecaster or classifier that a bundle holds."""
+    from lstmflow.config import PipelineSpec
+
+    spec = PipelineSpec.model_validate(json.loads((bundle_dir / "spec.json").read_text()))
+    info = json.loads((bundle_dir / "features.json").read_text())
+    return PREDICTORS[spec.task](bundle_dir, spec, info)
+
+
+class LstmflowModel(mlflow.pyfunc.PythonModel):
+    """MLflow's wrapper around the bundle's :class:`Forecaster` or :class:`Classifier`."""
 
     def load_context(self, context: Any) -> None:
-        self.forecaster = Forecaster(Path(context.artifacts["bundle"]))
+        self.predictor = load_predictor(Path(context.artifacts["bundle"]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return self.forecaster.predict(pd.DataFrame(model_input))
+        return self.predictor.predict(pd.DataFrame(model_input))

@@ -15,7 +15,7 @@ from lstmflow.errors import ConfigError, LstmflowError
 
 def features(name: str, root: Path) -> Path:
     """Build ``features/NAME`` from the pipeline's resolved data spec in ``params.yaml``."""
-    from lstmflow.data.timeseries import prepare_features
+    from lstmflow.data.kinds import build_features
     from lstmflow.steps import data_spec_from_params
 
     entry = versioning.read_params(root).get(name)
@@ -23,7 +23,7 @@ def features(name: str, root: Path) -> Path:
         raise ConfigError(f"{root / versioning.PARAMS_FILE} has no entry for pipeline {name!r}; run `lstmflow run {name}`")
     data, season = data_spec_from_params(entry, root)
     out_dir = root / "features" / name
-    prepare_features(data, season, out_dir, where=f"pipelines.{name}.data")
+    build_features(data, season, out_dir, where=f"pipelines.{name}.data")
     return out_dir
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lstmflow import tracking, versioning
-from lstmflow.config import Config, PipelineSpec, TimeSeriesDataSpec
+from lstmflow.config import Config, PipelineSpec
 from lstmflow.errors import DataError
 
 
@@ -54,14 +53,19 @@ def params_entry(spec: PipelineSpec, root: Path) -> dict[str, Any]:
     data = spec.data.model_dump(mode="json")
     path = Path(data["path"])
     data["path"] = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-    return {"data": data, "season": spec.evaluate.season, "code_version": code_version("data")}
+    entry = {"data": data, "code_version": code_version("data")}
+    if spec.task == "forecast":
+        entry["season"] = spec.evaluate.season
+    return entry
 
 
-def data_spec_from_params(entry: dict[str, Any], root: Path) -> tuple[TimeSeriesDataSpec, int]:
-    """Inverse of :func:`params_entry`, for the DVC stage command."""
+def data_spec_from_params(entry: dict[str, Any], root: Path) -> tuple[Any, int | None]:
+    """Inverse of :func:`params_entry`, for the DVC stage command: the typed data spec and the season."""
+    from lstmflow.data.kinds import parse_data_spec
+
     data = dict(entry["data"])
     data["path"] = str((root / data["path"]).resolve())
-    return TimeSeriesDataSpec.model_validate(data), int(entry["season"])
+    return parse_data_spec(data), entry.get("season")
 
 
 def probe(spec: PipelineSpec, root: Path) -> PipelineSpec:
@@ -70,18 +74,18 @@ def probe(spec: PipelineSpec, root: Path) -> PipelineSpec:
     Data that a DVC stage builds (the demo data on a fresh clone) is not there yet;
     it is probed by the prepare step, after the stage ran.
     """
-    from lstmflow.data.timeseries import resolve_data
+    from lstmflow.data.kinds import resolve
 
     if not spec.data.path.exists():
         if versioning.stage_producing(root, spec.data.path):
             return spec
-        raise DataError(f"pipelines.{spec.name}.data.path: no such file: {spec.data.path}")
-    return resolve_data(spec)
+        raise DataError(f"pipelines.{spec.name}.data.path: no such file or folder: {spec.data.path}")
+    return resolve(spec)
 
 
 def prepare(config_path: str | Path, name: str, overrides: list[str]) -> Prepared:
     """Resolve the spec, write its params, and let DVC build (or skip) the raw data and features stages."""
-    from lstmflow.data.timeseries import resolve_data
+    from lstmflow.data.kinds import resolve
 
     config = Config.load(config_path)
     root = project_root(config_path)
@@ -91,11 +95,11 @@ def prepare(config_path: str | Path, name: str, overrides: list[str]) -> Prepare
     if not spec.data.path.exists():
         producer = versioning.stage_producing(root, spec.data.path)
         if producer is None:
-            raise DataError(f"pipelines.{name}.data.path: no such file: {spec.data.path}")
+            raise DataError(f"pipelines.{name}.data.path: no such file or folder: {spec.data.path}")
         entries[name] = params_entry(spec, root)  # unresolved until the data exist; dvc.yaml needs the entry
         versioning.write_params(root, entries)
         versioning.repro(root, producer)
-    spec = resolve_data(spec)
+    spec = resolve(spec)
     entries[name] = params_entry(spec, root)
     versioning.write_params(root, entries)
     stage = f"features@{name}"
@@ -155,12 +159,13 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
 
 
 def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, float]:
-    """Score the test part in original units beside the seasonal-naive baseline; log metrics and plots."""
-    from lstmflow.evaluate import evaluate_forecast
+    """Score the test part beside its baseline (seasonal naive, or the majority class); log metrics and plots."""
+    from lstmflow import evaluate as scoring
 
     spec = prepared.pipeline
     run_dir = Path(trained["run_dir"])
-    metrics, plots = evaluate_forecast(spec, Path(prepared.features_dir), Path(trained["model_path"]), run_dir / "plots")
+    scorer = scoring.evaluate_forecast if spec.task == "forecast" else scoring.evaluate_classifier
+    metrics, plots = scorer(spec, Path(prepared.features_dir), Path(trained["model_path"]), run_dir / "plots")
     uri = tracking.tracking_uri(root)
     tracking.log_summary_metrics(uri, trained["run_id"], {f"test_{k}": v for k, v in metrics.items()})
     tracking.log_artifacts(uri, trained["run_id"], plots, "plots")
@@ -169,35 +174,12 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
 
 
 def register(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, str]:
-    """Log the pyfunc forecaster (state dict + spec + preprocessing) and register it under the pipeline's name."""
-    from lstmflow.data.timeseries import load_features
-    from lstmflow.serving import Forecaster
+    """Log the pyfunc model (state dict + spec + preprocessing) and register it under the pipeline's name."""
+    from lstmflow.serving import write_bundle
 
-    spec = prepared.pipeline
-    features = load_features(Path(prepared.features_dir))
     bundle = Path(trained["run_dir"]) / "bundle"
-    bundle.mkdir(exist_ok=True)
-    shutil.copyfile(trained["model_path"], bundle / "model.pt")
-    (bundle / "spec.json").write_text(json.dumps(prepared.spec, indent=2))
-    info = {
-        "columns": features.columns,
-        "targets": features.targets,
-        "window": features.window,
-        "horizon": features.horizon,
-        "preprocessing": features.preprocessing.to_dict(),
-    }
-    (bundle / "features.json").write_text(json.dumps(info, indent=2))
-    forecaster = Forecaster(bundle)
-    example = example_input(spec, features, forecaster.context_rows)
+    predictor, example = write_bundle(prepared.spec, Path(prepared.features_dir), Path(trained["model_path"]), bundle)
     uri = tracking.tracking_uri(root)
-    registered = tracking.register_model(uri, trained["run_id"], spec.name, bundle, example, forecaster.predict(example))
+    registered = tracking.register_model(uri, trained["run_id"], prepared.pipeline.name, bundle, example, predictor.predict(example))
     tracking.end_run(uri, trained["run_id"])
     return registered
-
-
-def example_input(spec: PipelineSpec, features: Any, rows: int):  # noqa: ANN201 - a DataFrame
-    """The last ``rows`` raw rows of the training part: a realistic request for the served model."""
-    from lstmflow.data.timeseries import read_series
-
-    train_end = features.meta["split"]["train_end"]
-    return read_series(spec.data).iloc[train_end - rows : train_end].reset_index(drop=True)

@@ -1,0 +1,41 @@
+"""One entry point per step for every data kind, so the pipeline's steps never branch on ``data.kind``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from lstmflow.config import DataSpec, PipelineSpec
+
+_DATA_SPEC = TypeAdapter(DataSpec)
+
+
+def parse_data_spec(data: dict[str, Any]) -> Any:
+    """A data spec mapping (as written to ``params.yaml``) back to its typed model."""
+    return _DATA_SPEC.validate_python(data)
+
+
+def resolve(spec: PipelineSpec) -> PipelineSpec:
+    """Fill the defaults that depend on the data itself (a series' window, horizon, season)."""
+    if spec.data.kind == "timeseries":
+        from lstmflow.data.timeseries import resolve_data
+
+        return resolve_data(spec)
+    return spec
+
+
+def build_features(data: Any, season: int | None, out_dir: Path, where: str) -> dict[str, Any]:
+    """Read the raw data of any kind and write the features folder that training reads."""
+    if data.kind == "timeseries":
+        from lstmflow.data.timeseries import prepare_features
+
+        return prepare_features(data, season, out_dir, where)
+    if data.kind == "sequences":
+        from lstmflow.data.sequences import prepare_sequence_features
+
+        return prepare_sequence_features(data, out_dir, where)
+    from lstmflow.data.images import prepare_image_features
+
+    return prepare_image_features(data, out_dir, where)
