@@ -1,4 +1,5 @@
-"""Scoring a trained forecaster on the test part, in original units, beside the seasonal-naive baseline."""
+"""Scoring a trained model on the test part beside the naive baseline it must beat: a forecaster in original
+units beside the seasonal-naive forecast, a classifier beside always predicting the majority training class."""
 
 from __future__ import annotations
 
@@ -9,18 +10,26 @@ import numpy as np
 import torch
 
 from lstmflow.config import PipelineSpec
+from lstmflow.data.sequences import SequenceSet, load_sequences
 from lstmflow.data.timeseries import Features, WindowSet, load_features
 from lstmflow.errors import DataError
-from lstmflow.metrics import forecast_metrics, mase_scale, seasonal_naive
+from lstmflow.metrics import (
+    classification_metrics,
+    confusion_matrix,
+    forecast_metrics,
+    log_loss,
+    majority_baseline,
+    mase_scale,
+    seasonal_naive,
+)
 from lstmflow.models.lstm import LSTMNet, build_model
-from lstmflow.plots import plot_forecast, plot_loss_curves
+from lstmflow.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
 
 
 def load_trained(spec: PipelineSpec, features: Features, model_path: Path) -> LSTMNet:
     """Rebuild the network from its spec and load the trained weights, on CPU."""
     model = build_model(spec.model, features.n_features, features.horizon * features.n_targets, where=f"pipelines.{spec.name}.model")
-    model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
-    return model.eval()
+    return _load_weights(model, model_path)
 
 
 def predict(model: LSTMNet, windows: WindowSet, features: Features, batch_size: int = 256) -> np.ndarray:
@@ -54,7 +63,75 @@ def evaluate_forecast(spec: PipelineSpec, features_dir: Path, model_path: Path, 
             title=f"{spec.name}: test forecasts vs actual", target_names=features.targets,
         ),
     ]
-    history_file = model_path.parent / "fit_result.json"
-    if history_file.exists():
-        plots.append(plot_loss_curves(plot_dir / "loss_curves.png", json.loads(history_file.read_text())["history"]))
+    plots += _loss_curves(model_path, plot_dir)
     return metrics, plots
+
+
+def predict_proba(model: LSTMNet, sequences: SequenceSet, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, classes) float64, row i for sample i of ``sequences`` (the order of its ``labels``).
+
+    Batches come sorted by length (bucketing), so each batch's rows are put back at their samples' places. The
+    softmax is applied to :meth:`LSTMNet.logits`, so the rows are probabilities whether or not the spec ends in
+    ``activation: softmax``.
+    """
+    if len(sequences) == 0:
+        raise ValueError("no sequences to predict: the set is empty")
+    order = sequences.batch_indices(batch_size)
+    outputs = []
+    with torch.no_grad():
+        for batch in sequences.batches(batch_size):
+            logits = model.logits(batch.x, batch.lengths)  # (B, C)
+            outputs.append(torch.softmax(logits.double(), dim=-1).numpy())
+    batched = np.concatenate(outputs)  # rows in batch order
+    probabilities = np.empty_like(batched)
+    probabilities[np.concatenate(order)] = batched
+    return probabilities
+
+
+def evaluate_classifier(
+    spec: PipelineSpec, features_dir: Path, model_path: Path, plot_dir: Path
+) -> tuple[dict[str, float], list[Path]]:
+    """Test accuracy, macro-F1, per-class precision and recall and log-loss, beside the majority-class baseline
+    (``majority_accuracy``, ``majority_macro_f1``); the confusion-matrix and loss-curve plots."""
+    features = load_sequences(features_dir)
+    test = features.part("test")
+    if len(test) == 0:
+        raise DataError(
+            f"pipelines.{spec.name}.data.split.test: the test part of {features_dir} holds no sequences; "
+            "raise split.test, or name some samples `test` in the split column"
+        )
+    model = build_model(
+        spec.model, features.n_features, features.n_classes, where=f"pipelines.{spec.name}.model",
+        needs=f"{features.n_classes} classes in the prepared data",
+    )
+    _load_weights(model, model_path)
+    probabilities = predict_proba(model, test)
+    predicted = probabilities.argmax(axis=1)
+    metrics = {
+        **classification_metrics(test.labels, predicted, features.classes),
+        "log_loss": log_loss(test.labels, probabilities),
+        **majority_baseline(features.part("train").labels, test.labels, features.n_classes),
+    }
+    plots = [
+        plot_confusion_matrix(
+            plot_dir / "confusion_matrix.png", confusion_matrix(test.labels, predicted, features.n_classes),
+            features.classes, title=f"{spec.name}: test confusion matrix",
+        ),
+        *_loss_curves(model_path, plot_dir, loss_label="cross-entropy (nats)"),
+    ]
+    return metrics, plots
+
+
+def _load_weights(model: LSTMNet, model_path: Path) -> LSTMNet:
+    """The trained state dict loaded on CPU; the model in eval mode (no dropout, batchnorm's running statistics)."""
+    model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def _loss_curves(model_path: Path, plot_dir: Path, loss_label: str = "loss (scaled units)") -> list[Path]:
+    """The loss-curve plot from the training history beside the model (``fit_result.json``), when there is one."""
+    history_file = model_path.parent / "fit_result.json"
+    if not history_file.exists():
+        return []
+    history = json.loads(history_file.read_text())["history"]
+    return [plot_loss_curves(plot_dir / "loss_curves.png", history, loss_label)]

@@ -1,11 +1,16 @@
-"""Forecast scores in original units, always beside the seasonal-naive baseline they must beat.
+"""Test scores, always beside the naive baseline they must beat: forecasts (seasonal-naive) and classifiers
+(the majority class).
 
-Pure numpy, so evaluation, tests and the served model share one definition. MASE divides by the in-sample
-MAE of the seasonal-naive forecast on the training part (Hyndman & Koehler, 2006), which makes scores
+Pure numpy, so evaluation, tests and the served model share one definition. For forecasts, MASE divides by the
+in-sample MAE of the seasonal-naive forecast on the training part (Hyndman & Koehler, 2006), which makes scores
 comparable across series of different scales; with several targets one pooled scale is used.
 """
 
 from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -73,3 +78,102 @@ def forecast_metrics(y: np.ndarray, yhat: np.ndarray, naive: np.ndarray, scale: 
         metrics[f"{prefix}smape"] = smape(y, forecast)
         metrics[f"{prefix}mase"] = error / scale if scale > 0 else float("nan")
     return metrics
+
+
+# ------------------------------------------------------------------------------------------------ classification
+#
+# Per-class rates follow scikit-learn's ``zero_division=0``: a class never predicted has precision 0 and a class
+# absent from the truth has recall 0, silently, since both are ordinary on a small test part. Macro-F1 averages
+# only over classes that occur in the truth or the predictions: a class absent from both says nothing about the
+# model, and counting it as F1 = 0 (or 1) would move the score with the number of labels the training part held.
+
+_METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts (n_classes, n_classes) int64: row = true class, column = predicted class."""
+    y_true, y_pred = _labels(y_true, n_classes, "truth"), _labels(y_pred, n_classes, "prediction")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"truth and prediction must have the same shape, got {y_true.shape} and {y_pred.shape}")
+    if y_true.size == 0:
+        raise ValueError("cannot score an empty set of predictions")
+    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """accuracy, macro_f1, and ``precision_<class>`` / ``recall_<class>`` per class.
+
+    Class names become part of MLflow metric keys, which allow only letters, digits and ``_ - . / space``: any
+    other character turns into ``_`` (a name that then collides with another gets ``_<class index>`` appended).
+    """
+    matrix = confusion_matrix(y_true, y_pred, len(class_names))
+    metrics = _summary(matrix)
+    precision, recall, _ = _per_class(matrix)
+    for name, class_precision, class_recall in zip(metric_names(class_names), precision, recall, strict=True):
+        metrics[f"precision_{name}"] = float(class_precision)
+        metrics[f"recall_{name}"] = float(class_recall)
+    return metrics
+
+
+def majority_baseline(train_labels: np.ndarray, y_true: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Accuracy and macro-F1 of always predicting the most frequent training class (the lowest index on a tie).
+
+    The class is chosen on the training part, never the test part, so the baseline cannot peek at what it scores.
+    """
+    train_labels = _labels(train_labels, n_classes, "training label")
+    if train_labels.size == 0:
+        raise ValueError("the majority baseline needs at least one training label")
+    majority = int(np.argmax(np.bincount(train_labels, minlength=n_classes)))
+    y_true = np.asarray(y_true)
+    summary = _summary(confusion_matrix(y_true, np.full(y_true.shape, majority), n_classes))
+    return {"majority_accuracy": summary["accuracy"], "majority_macro_f1": summary["macro_f1"]}
+
+
+def log_loss(y_true: np.ndarray, probabilities: np.ndarray, eps: float = 1e-12) -> float:
+    """Mean negative log-probability of the true class (nats); probabilities are clipped to ``eps`` so that a
+    confidently wrong prediction costs about 27.6, not infinity."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2:
+        raise ValueError(f"probabilities must be (N, classes), got shape {probabilities.shape}")
+    y_true = _labels(y_true, probabilities.shape[1], "truth")
+    if y_true.shape != probabilities.shape[:1] or y_true.size == 0:
+        raise ValueError(f"need one true label per row of probabilities, got {y_true.shape} and {probabilities.shape}")
+    picked = probabilities[np.arange(len(y_true)), y_true]
+    return float(-np.mean(np.log(np.clip(picked, eps, 1.0))))
+
+
+def metric_names(class_names: Sequence[str]) -> list[str]:
+    """Class names made safe for MLflow metric keys, one per class and all distinct."""
+    safe = [_METRIC_KEY_UNSAFE.sub("_", str(name)) or "_" for name in class_names]
+    counts = Counter(safe)
+    return [f"{name}_{index}" if counts[name] > 1 else name for index, name in enumerate(safe)]
+
+
+def _labels(values: np.ndarray, n_classes: int, what: str) -> np.ndarray:
+    """Integer class indices as a flat int64 array, each in 0..n_classes-1."""
+    array = np.asarray(values)
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{what} must hold integer class indices, got dtype {array.dtype}")
+    array = array.astype(np.int64).ravel()
+    outside = array[(array < 0) | (array >= n_classes)]
+    if outside.size:
+        raise ValueError(f"{what} holds class index {outside[0]}, outside 0..{n_classes - 1}")
+    return array
+
+
+def _per_class(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F1 per class; 0 where a denominator is 0."""
+    hits = np.diag(matrix).astype(np.float64)
+    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
+    # 2TP / (2TP + FP + FN), the harmonic mean of precision and recall without its 0/0 cases
+    f1 = np.divide(2 * hits, predicted + actual, out=np.zeros_like(hits), where=predicted + actual > 0)
+    return precision, recall, f1
+
+
+def _summary(matrix: np.ndarray) -> dict[str, float]:
+    """Accuracy, and macro-F1 over the classes that occur in the truth or the predictions."""
+    _, _, f1 = _per_class(matrix)
+    occurring = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
+    return {"accuracy": float(np.trace(matrix) / matrix.sum()), "macro_f1": float(f1[occurring].mean())}

@@ -1,4 +1,4 @@
-"""PNG figures of a run: the test-period forecast and the loss curves.
+"""PNG figures of a run: the test-period forecast, the confusion matrix and the loss curves.
 
 Figures are drawn with matplotlib's object API on an Agg canvas made inside each function: no pyplot global state
 and no GUI backend, so plotting is safe in worker threads and on headless machines, and importing this module
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 MAX_PANELS = 4
 FANS = 4  # full-horizon forecasts drawn per panel
 DPI = 110
+MAX_ANNOTATED_CLASSES = 30  # above this, cells are too small for their counts
+MAX_LABEL_CHARS = 20
 
 
 def plot_forecast(
@@ -103,11 +105,58 @@ def plot_forecast(
     return _save(fig, path)
 
 
-def plot_loss_curves(path: Path, history: list[dict[str, Any]]) -> Path:
+def plot_confusion_matrix(path: Path, matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> Path:
+    """Test counts per (true, predicted) class, each cell coloured by its share of the true class's row.
+
+    Colouring by row share (the recall along the diagonal) keeps a rare class as readable as a common one; the
+    counts are written in the cells (up to 30 classes) and each row's total beside its label, so nothing is hidden
+    by the normalisation. Labels longer than 20 characters lose their middle to an ellipsis.
+    """
+    matrix = np.asarray(matrix)
+    n_classes = len(class_names)
+    if n_classes == 0 or matrix.shape != (n_classes, n_classes):
+        raise ValueError(
+            f"matrix has shape {matrix.shape}, expected ({n_classes}, {n_classes}) for {n_classes} class names"
+        )
+    totals = matrix.sum(axis=1)
+    share = np.divide(matrix, totals[:, None], out=np.zeros(matrix.shape), where=totals[:, None] > 0)
+    names = [_shorten(str(name)) for name in class_names]
+
+    side = min(max(2.2 + 0.36 * n_classes, 4.5), 13.0)
+    fig = _figure(width=side + 2.2, height=side + 0.8)
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class's samples")
+    font = float(np.clip(240 / n_classes, 6.0, 11.0))
+    if n_classes <= MAX_ANNOTATED_CLASSES:
+        for (row, column), count in np.ndenumerate(matrix):
+            if count == 0 and row != column and n_classes > 10:
+                continue  # off-diagonal zeros only clutter a large matrix
+            ax.text(column, row, f"{count:,}", ha="center", va="center", fontsize=font,
+                    color="white" if share[row, column] > 0.55 else "black" if count else "0.6")
+    rotation = 0 if n_classes <= 6 and max(map(len, names)) <= 8 else 45
+    ax.set_xticks(range(n_classes), names, rotation=rotation, ha="right" if rotation else "center",
+                  rotation_mode="anchor", fontsize=font)
+    ax.set_yticks(range(n_classes), [f"{name} ({total:,})" for name, total in zip(names, totals)], fontsize=font)
+    ax.set_xlabel("predicted", fontsize=11)
+    ax.set_ylabel("true (samples)", fontsize=11)
+    ax.tick_params(length=0)
+    ax.set_xticks(np.arange(n_classes + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(n_classes + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.0 if n_classes <= MAX_ANNOTATED_CLASSES else 0.0)
+    ax.tick_params(which="minor", length=0)
+    samples = int(totals.sum())
+    accuracy = f"accuracy {np.trace(matrix) / samples:.3f} on {samples:,} samples" if samples else "no samples"
+    ax.set_title(f"{title or 'Confusion matrix'}\n{accuracy}", fontsize=12)
+    return _save(fig, path)
+
+
+def plot_loss_curves(path: Path, history: list[dict[str, Any]], loss_label: str = "loss (scaled units)") -> Path:
     """Training and validation loss per epoch, the best epoch marked, and the learning rate below when logged.
 
     ``history`` rows look like ``{"epoch": 3, "train_loss": .., "val_loss": .., "lr": ..}``; a missing or None
-    value is skipped. The loss axis is logarithmic when the values span more than two decades.
+    value is skipped. The loss axis is logarithmic when the values span more than two decades; ``loss_label``
+    names it (a forecaster's loss is on scaled values, a classifier's is cross-entropy).
     """
     if not history:
         raise ValueError("history is empty: nothing to plot")
@@ -136,7 +185,7 @@ def plot_loss_curves(path: Path, history: list[dict[str, Any]]) -> Path:
     positive = losses[np.isfinite(losses) & (losses > 0)]
     if positive.size and positive.max() / positive.min() > 100:
         loss_ax.set_yscale("log")
-    loss_ax.set_ylabel("loss (scaled units)")
+    loss_ax.set_ylabel(loss_label)
     loss_ax.set_title("Loss per epoch", fontsize=12)
     loss_ax.grid(alpha=0.3, which="both")
     loss_ax.legend(fontsize=9)
@@ -168,6 +217,14 @@ def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def _shorten(label: str) -> str:
+    """Cut the middle out of a long label: class names often differ only at the end (``sensor_a_12``)."""
+    if len(label) <= MAX_LABEL_CHARS:
+        return label
+    tail = (MAX_LABEL_CHARS - 1) // 2
+    return label[: MAX_LABEL_CHARS - 1 - tail] + "…" + label[-tail:]
 
 
 def _mae(predicted: np.ndarray, actual: np.ndarray) -> float:

@@ -17,7 +17,7 @@ def test_import_contracts_hold() -> None:
     assert "3 kept, 0 broken" in done.stdout
 
 
-def test_importing_the_core_does_no_work() -> None:
+def test_importing_the_core_does_no_work(tmp_path: Path) -> None:
     """No mkdir, no tracking URI, no Prefect at import time: importing every core module leaves the cwd alone."""
     code = (
         "import os, sys, pkgutil, importlib, lstmflow;"
@@ -26,5 +26,5 @@ def test_importing_the_core_does_no_work() -> None:
         "assert set(os.listdir('.')) == before, set(os.listdir('.')) - before;"
         "assert 'prefect' not in sys.modules, 'prefect imported by the core'"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmflow.plots import plot_forecast, plot_loss_curves
+from lstmflow.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -88,3 +88,24 @@ def test_loss_curves_without_validation_or_learning_rate(tmp_path: Path) -> None
 def test_loss_curves_need_a_history(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="history is empty"):
         plot_loss_curves(tmp_path / "loss.png", [])
+
+
+def test_confusion_matrix_small(tmp_path: Path) -> None:
+    matrix = np.array([[50, 3, 2], [4, 20, 1], [0, 0, 0]])  # the last class has no test sample: a row of zeros
+    path = plot_confusion_matrix(tmp_path / "plots" / "cm.png", matrix, ["cat", "dog", "bird"], title="pets")
+    assert path == tmp_path / "plots" / "cm.png"
+    assert_png(path)
+
+
+def test_confusion_matrix_grows_with_thirty_long_named_classes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    names = [f"sensor reading class number {i}" for i in range(30)]
+    matrix = rng.integers(0, 5, (30, 30)) + np.diag(rng.integers(20, 60, 30))
+    small_width, small_height = assert_png(plot_confusion_matrix(tmp_path / "small.png", matrix[:3, :3], names[:3]))
+    width, height = assert_png(plot_confusion_matrix(tmp_path / "large.png", matrix, names))
+    assert width > small_width * 1.5 and height > small_height * 1.5
+
+
+def test_confusion_matrix_refuses_a_mismatched_shape(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"matrix has shape \(2, 2\), expected \(3, 3\)"):
+        plot_confusion_matrix(tmp_path / "cm.png", np.eye(2, dtype=int), ["a", "b", "c"])
