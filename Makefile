@@ -13,9 +13,10 @@ $(BIN)/lstmflow: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
 	touch $@
 
+DEMO_PIPELINES := sunspots co2 order digits
+
 demo: $(BIN)/lstmflow  ## train, evaluate and register every demo pipeline (local Prefect, MLflow, DVC stores)
-	$(BIN)/lstmflow run sunspots
-	$(BIN)/lstmflow run co2
+	$(BIN)/lstmflow run $(DEMO_PIPELINES)
 
 test: $(BIN)/lstmflow  ## the whole suite but GPU tests (what CI runs)
 	$(BIN)/python -m pytest -m "not gpu"

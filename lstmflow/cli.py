@@ -110,50 +110,64 @@ def summary_command(
     set_: SetOption = None,
 ) -> None:
     """Print the model's layers, output shapes and parameter counts, like Keras' summary()."""
+    from lstmflow.data.kinds import model_io
     from lstmflow.models.lstm import build_model, summary
     from lstmflow.steps import probe
 
     loaded = _load(config)
     spec = probe(loaded.pipeline(name, set_ or []), loaded.path.parent)
-    n_features = len(spec.data.target) + len(spec.data.features)
-    n_outputs = spec.data.horizon * len(spec.data.target) if spec.data.horizon else None
+    n_features, n_outputs = model_io(spec)
     model = build_model(spec.model, n_features, n_outputs, where=f"pipelines.{name}.model")
     out.print(summary(model, n_features), highlight=False)
 
 
 @app.command("run")
 def run_command(
-    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+    names: Annotated[list[str], typer.Argument(help="Pipeline name(s); several run one after the other in one process.")],
     config: ConfigOption = Path("pipelines.yaml"),
     set_: SetOption = None,
     force: Annotated[bool, typer.Option("--force", help="Train again even if spec, data and code are unchanged.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="End stdout with one JSON line: pipeline, run id, model URI, data version, metrics.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per pipeline (the last line of stdout is the last pipeline's): pipeline, run id, model URI, data version, metrics.")] = False,
 ) -> None:
-    """Run one pipeline end to end through Prefect: prepare (DVC) → train → evaluate → register (MLflow)."""
+    """Run pipelines end to end through Prefect: prepare (DVC) → train → evaluate → register (MLflow).
+
+    Every named pipeline is validated and its data probed before the first flow starts.
+    """
     from lstmflow.steps import probe
 
     loaded = _load(config)
-    spec = loaded.pipeline(name, set_ or [])
-    probe(spec, loaded.path.parent)
+    specs = [loaded.pipeline(name, set_ or []) for name in names]
+    for spec in specs:
+        probe(spec, loaded.path.parent)
     from flows.pipeline import run_pipeline
 
-    result = run_pipeline(pipeline=name, overrides=_as_mapping(set_ or []), force=force, config=str(loaded.path))
-    _print_result(spec, result, err if as_json else out)
-    if as_json:
-        sys.stdout.write(json.dumps(result, default=str) + "\n")
+    for spec in specs:
+        result = run_pipeline(pipeline=spec.name, overrides=_as_mapping(set_ or []), force=force, config=str(loaded.path))
+        _print_result(spec, result, err if as_json else out)
+        if as_json:
+            sys.stdout.write(json.dumps(result, default=str) + "\n")
+            sys.stdout.flush()
 
 
 def _as_mapping(assignments: list[str]) -> dict[str, Any]:
     return dict(a.partition("=")[::2] for a in assignments)
 
 
+#: The headline metrics of each task and the baseline each is shown beside.
+HEADLINE = {
+    "forecast": ("seasonal naive", [(key, f"naive_{key}") for key in ("rmse", "mae", "smape", "mase")]),
+    "classify": ("majority class", [("accuracy", "majority_accuracy"), ("macro_f1", "majority_macro_f1")]),
+}
+
+
 def _print_result(spec: PipelineSpec, result: dict[str, Any], console: Console) -> None:
     metrics = result["metrics"]
-    table = Table("metric (test, original units)", "LSTM", "seasonal naive", title=f"{spec.name}: {result['model_uri']}")
-    for key in ("rmse", "mae", "smape", "mase"):
+    baseline, rows = HEADLINE[spec.task]
+    table = Table("metric (test part)", "LSTM", baseline, title=f"{spec.name}: {result['model_uri']}")
+    for key, baseline_key in rows:
         if key in metrics:
-            naive = metrics.get(f"naive_{key}")
-            table.add_row(key, f"{metrics[key]:.4g}", "-" if naive is None else f"{naive:.4g}")
+            other = metrics.get(baseline_key)
+            table.add_row(key, f"{metrics[key]:.4g}", "-" if other is None else f"{other:.4g}")
     console.print(table)
     state = "reused (nothing changed)" if result["cached"] else f"{result['epochs_run']} epochs, best {result['best_epoch']}"
     console.print(f"MLflow run {result['mlflow_run_id']} · training {state} · data {result['data_version']}")

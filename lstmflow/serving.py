@@ -159,7 +159,7 @@ class Classifier:
         if data.kind == "images":
             from lstmflow.data.images import read_images
 
-            images, _, _ = read_images(data, f"pipelines.{self.spec.name}.data")
+            images = read_images(data, f"pipelines.{self.spec.name}.data").images
             flat = np.stack([image.reshape(-1) for image in images[:3]])
             return pd.DataFrame(flat, columns=[f"{PIXEL_PREFIX}{i}" for i in range(flat.shape[1])])
         table = pd.read_parquet(data.path) if data.path.suffix == ".parquet" else pd.read_csv(data.path)

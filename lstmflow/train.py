@@ -1,5 +1,8 @@
 """Fitting a model to prepared features: the epoch loop, checkpoints, resume, early stopping.
 
+The loop is the same for every task: an :class:`~lstmflow.objectives.Objective` supplies the batches, the loss
+and the task's extra metrics (``val_accuracy`` and ``train_padding_fraction`` when classifying).
+
 ``fit`` is meant to run in the training child that :mod:`lstmflow.launch` starts; it
 sets process-wide state (torch threads, RNG seeds) that a caller's process should not
 inherit. Everything needed to continue lives in ``run_dir``:
@@ -34,16 +37,15 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from lstmflow.config import GradClipSpec, PipelineSpec
-from lstmflow.data.timeseries import WindowSet, load_features
-from lstmflow.errors import CheckpointError, ConfigError, DataError, TrainingError
+from lstmflow.errors import CheckpointError, ConfigError, TrainingError
 from lstmflow.loggers import MetricLogger
 from lstmflow.models.lstm import build_model
+from lstmflow.objectives import make_objective, to_device
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,6 @@ CHECKPOINT_KEYS = (
     "epochs_without_improvement", "stopped_early", "history", "spec", "spec_hash",
 )  # fmt: skip
 
-#: On scaled values; huber's delta is 1, about one standard deviation under `scale: standard`.
-_LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
-
 
 @dataclass
 class FitResult:
@@ -71,7 +70,7 @@ class FitResult:
     best_val_loss: float
     stopped_early: bool
     resumed_from_epoch: int | None  # the checkpoint's epoch, None for a fresh start
-    history: list[dict[str, float]]  # one dict per epoch: epoch, train_loss, val_loss, penalty, lr, ...
+    history: list[dict[str, float]]  # one dict per epoch: epoch, train_loss, val_loss, penalty, lr, task metrics
     model_path: str  # the best epoch's state dict
     checkpoint_path: str
     seconds: float  # wall time of this call only
@@ -102,26 +101,12 @@ def fit(
     device = _device(spec)
     seed_everything(train_spec.seed)
 
-    features = load_features(Path(features_dir))
-    train_windows, val_windows = features.windows("train"), features.windows("val")
-    if len(val_windows) == 0:
-        # No fallback to the training loss: early stopping, the plateau schedule and the choice of model.pt
-        # would all reward overfitting, silently.
-        raise DataError(
-            f"pipelines.{spec.name}.data.split.val: the validation part of {features_dir} holds no windows "
-            f"(split.val = {spec.data.split.val}); training needs them for early stopping and to choose model.pt, "
-            f"so set split.val > 0"
-        )
-    model = build_model(
-        spec.model,
-        features.n_features,
-        features.horizon * features.n_targets,
-        where=f"pipelines.{spec.name}.model",
-        needs=f"horizon {features.horizon} × {features.n_targets} target(s)",
-    )
+    objective = make_objective(spec, Path(features_dir))
+    where = f"pipelines.{spec.name}.model"
+    model = build_model(spec.model, objective.n_features, objective.n_outputs, where=where, needs=objective.needs)
     model.to(device)
     optimizer = make_optimizer(spec, model.parameters())
-    batches_per_epoch = math.ceil(len(train_windows) / train_spec.batch_size)
+    batches_per_epoch = objective.batch_count("train", train_spec.batch_size)
     scheduler = make_scheduler(spec, optimizer, batches_per_epoch)
 
     run_dir = Path(run_dir)
@@ -135,7 +120,6 @@ def fit(
     resumed_from = state.epoch if checkpoint is not None else None
     log.info("training %s on %s with %d thread(s)", spec.name, device, torch.get_num_threads())
 
-    loss_fn = _LOSSES[train_spec.loss]
     patience, min_delta = train_spec.early_stopping.patience, train_spec.early_stopping.min_delta
     with _progress_bar(progress) as bar:
         while state.epoch < train_spec.epochs and not state.stopped_early:
@@ -147,10 +131,10 @@ def fit(
             )
             model.train()
             seen, loss_sum, penalty_sum = 0, 0.0, 0.0
-            for x, y in train_windows.batches(train_spec.batch_size, shuffle=True, seed=train_spec.seed, epoch=epoch):
-                x, y = x.to(device), y.to(device)
-                prediction = model(x).view(y.shape)  # (B, H*K) -> (B, H, K)
-                data_loss = loss_fn(prediction, y)
+            order = {"shuffle": True, "seed": train_spec.seed, "epoch": epoch}
+            for inputs, target in objective.batches("train", train_spec.batch_size, **order):
+                inputs, target = to_device(inputs, device), target.to(device)
+                data_loss = objective.loss(model, inputs, target)
                 penalty = model.regularization_penalty()
                 optimizer.zero_grad(set_to_none=True)
                 (data_loss + penalty).backward()
@@ -158,12 +142,14 @@ def fit(
                 optimizer.step()
                 if train_spec.lr_schedule.name == "onecycle":
                     scheduler.step()
-                seen += len(x)
-                loss_sum += data_loss.item() * len(x)
-                penalty_sum += penalty.item() * len(x)
+                seen += len(target)
+                loss_sum += data_loss.item() * len(target)
+                penalty_sum += penalty.item() * len(target)
                 bar.update(task, advance=1, loss=loss_sum / seen, lr=optimizer.param_groups[0]["lr"])
 
-            val_loss = evaluate_loss(model, val_windows, train_spec.loss, train_spec.batch_size, device)
+            val_metrics = objective.evaluate(model, "val", train_spec.batch_size, device)
+            val_loss = val_metrics.pop("loss")
+            batch_stats = objective.batch_stats("train", train_spec.batch_size, **order)
             bar.update(task, val=f"  val_loss {val_loss:.4f}")
             if not (math.isfinite(val_loss) and math.isfinite(loss_sum)):
                 # Raised before this epoch is checkpointed: a retry resumes from the last sound state.
@@ -190,6 +176,8 @@ def fit(
                 "best_val_loss": state.best_val_loss,
                 "lr": lr,
                 "epoch_seconds": time.perf_counter() - epoch_started,
+                **{f"val_{name}": value for name, value in val_metrics.items()},
+                **{f"train_{name}": value for name, value in batch_stats.items()},
             }
             state.history.append(metrics)
             state.epoch = epoch
@@ -277,21 +265,6 @@ def clip_gradients(parameters: Iterable[nn.Parameter], clip: GradClipSpec) -> No
         nn.utils.clip_grad_norm_(parameters, clip.norm)
     elif clip.value is not None:
         nn.utils.clip_grad_value_(parameters, clip.value)
-
-
-@torch.no_grad()
-def evaluate_loss(
-    model: nn.Module, windows: WindowSet, loss: str, batch_size: int, device: torch.device | str = "cpu"
-) -> float:
-    """Mean loss per forecast value over every window, in eval mode (no dropout, running norm statistics)."""
-    model.eval()
-    total, count = 0.0, 0
-    for x, y in windows.batches(batch_size):
-        x, y = x.to(device), y.to(device)
-        prediction = model(x).view(y.shape)  # (B, H*K) -> (B, H, K)
-        total += _LOSSES[loss](prediction, y, reduction="sum").item()
-        count += y.numel()
-    return total / count
 
 
 def _cpu_copy(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

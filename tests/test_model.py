@@ -417,3 +417,119 @@ def test_a_model_rebuilds_from_its_resolved_spec() -> None:
     again.load_state_dict(model.state_dict())
     x = batch(f=2)
     torch.testing.assert_close(again(x), model(x))
+
+
+# ------------------------------------------------------------------------------------- variable-length batches
+
+PACKING_MODELS = {
+    "single": [{"lstm": {"units": 6}}, {"dense": {"units": 3, "activation": "softmax"}}],
+    "stacked": [{"lstm": {"units": 6, "return_sequences": True}}, {"lstm": {"units": 5}}, {"dense": {"units": 3}}],
+    "bidirectional": [
+        {"lstm": {"units": 4, "return_sequences": True, "bidirectional": True}},
+        {"lstm": {"units": 5, "bidirectional": True}},
+        {"dense": {"units": 3}},
+    ],
+    "norms and dense over time": [
+        {"lstm": {"units": 6, "return_sequences": True}},
+        {"batchnorm": {}},
+        {"dense": {"units": 4, "activation": "tanh"}},
+        {"layernorm": {}},
+        {"dropout": {"rate": 0.3}},
+        {"lstm": {"units": 5}},
+        {"batchnorm": {}},
+        {"dense": {"units": 3}},
+    ],
+}
+
+
+def padded_batch(lengths: list[int], f: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random steps, zero after each sample's length: x (B, T_max, F) and lengths (B,)."""
+    x = batch(b=len(lengths), t=max(lengths), f=f, seed=seed)
+    for row, length in enumerate(lengths):
+        x[row, length:] = 0
+    return x, torch.tensor(lengths)
+
+
+def trained_norm_statistics(model: LSTMNet) -> None:
+    """Give batchnorm running statistics that are not the identity, so eval mode is a real test of them."""
+    model.train()
+    with torch.no_grad():
+        for seed in range(3):
+            model(*padded_batch([9, 4, 6, 2], seed=seed + 10))
+    model.eval()
+
+
+@pytest.mark.parametrize("layers", PACKING_MODELS.values(), ids=PACKING_MODELS.keys())
+def test_a_samples_output_does_not_depend_on_the_rest_of_its_batch(layers: list[dict[str, Any]]) -> None:
+    torch.manual_seed(0)
+    model = build_model(spec(*layers), n_features=3, n_outputs=3)
+    trained_norm_statistics(model)
+    x, lengths = padded_batch([4, 11, 7, 4, 1])  # sample 0 padded by 7 steps, sample 4 by 10
+    with torch.no_grad():
+        together = model(x, lengths)  # (B, 3)
+        for row, length in enumerate(lengths.tolist()):
+            alone = model(x[row : row + 1, :length])  # (1, length, F), no padding and no lengths
+            assert torch.allclose(together[row : row + 1], alone, rtol=0, atol=1e-6), row
+            assert torch.allclose(model.logits(x, lengths)[row : row + 1], model.logits(x[row : row + 1, :length]),
+                                  rtol=0, atol=1e-6), row  # fmt: skip
+
+
+def test_full_lengths_give_the_unpacked_result() -> None:
+    torch.manual_seed(0)
+    model = build_model(spec(*PACKING_MODELS["bidirectional"]), n_features=3, n_outputs=3)
+    model.eval()
+    x = batch(b=3, t=5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, torch.tensor([5, 5, 5])), model(x))
+
+
+def test_a_sequence_output_is_zero_at_padded_steps_and_unchanged_before() -> None:
+    torch.manual_seed(0)
+    layers = [{"lstm": {"units": 4, "return_sequences": True}}, {"layernorm": {}}, {"dense": {"units": 2}}]
+    model = build_model(spec(*layers), n_features=3, n_outputs=None)
+    with torch.no_grad():
+        model.layers[2].linear.bias.fill_(0.5)  # a bias would fill the padding if it were not masked
+    x, lengths = padded_batch([6, 3])
+    with torch.no_grad():
+        out = model(x, lengths)  # (B, T, 2)
+        assert out.shape == (2, 6, 2)
+        assert (out[1, 3:] == 0).all() and (out[1, :3] != 0).all()
+        torch.testing.assert_close(out[1:, :3], model(x[1:, :3]), rtol=0, atol=1e-6)
+
+
+def test_batchnorm_statistics_leave_out_padded_steps() -> None:
+    torch.manual_seed(0)
+    model = build_model(
+        spec({"lstm": {"units": 4, "return_sequences": True}}, {"batchnorm": {"momentum": 0.5}}),
+        n_features=3,
+        n_outputs=None,
+    )
+    x, lengths = padded_batch([5, 2, 3])
+    with torch.no_grad():
+        hidden = model.layers[0](x, lengths)  # (B, T, H), zero at padded steps
+        valid = torch.cat([hidden[row, :length] for row, length in enumerate(lengths.tolist())])  # (10, H)
+        model.train()
+        out = model(x, lengths)
+    norm = model.layers[1]
+    torch.testing.assert_close(norm.running_mean, 0.5 * valid.mean(dim=0))  # Keras momentum 0.5: half the batch
+    torch.testing.assert_close(norm.running_var, 0.5 + 0.5 * valid.var(dim=0))  # unbiased, over the 10 valid steps
+    normalised = torch.cat([out[row, :length] for row, length in enumerate(lengths.tolist())])
+    torch.testing.assert_close(normalised.mean(dim=0), torch.zeros(4), rtol=0, atol=1e-5)
+    assert (out[1, 2:] == 0).all()
+
+
+def test_logits_leave_out_only_the_output_softmax() -> None:
+    torch.manual_seed(0)
+    model = build_model(GUIDE, n_features=1, n_outputs=10)
+    x, lengths = padded_batch([5, 3], f=1)
+    torch.testing.assert_close(torch.softmax(model.logits(x, lengths), dim=-1), model(x, lengths))
+    assert not torch.allclose(model.logits(x, lengths).sum(dim=1), torch.ones(2))
+
+    hidden_softmax = spec(
+        {"lstm": {"units": 4, "return_sequences": True}},
+        {"dense": {"units": 3, "activation": "softmax"}},
+        {"lstm": {"units": 3}},
+    )
+    model = build_model(hidden_softmax, n_features=1, n_outputs=3)  # ends in an lstm: no output softmax to remove
+    assert model.softmax_head is None
+    torch.testing.assert_close(model.logits(x, lengths), model(x, lengths))

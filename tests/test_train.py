@@ -12,20 +12,15 @@ from typing import Any
 import pytest
 import torch
 from conftest import prepare_pipeline_features, write_sine_csv
+from test_objectives import Patterns, patterns  # noqa: F401 - patterns is a fixture
 
 from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.timeseries import load_features, resolve_data
-from lstmflow.errors import CheckpointError, DataError, TrainingError
+from lstmflow.errors import CheckpointError, ConfigError, DataError, TrainingError
 from lstmflow.loggers import ListLogger
 from lstmflow.models.lstm import build_model
-from lstmflow.train import (
-    CHECKPOINT_KEYS,
-    FitResult,
-    atomic_torch_save,
-    clip_gradients,
-    evaluate_loss,
-    fit,
-)
+from lstmflow.objectives import evaluate_loss, make_objective
+from lstmflow.train import CHECKPOINT_KEYS, FitResult, atomic_torch_save, clip_gradients, fit
 
 torch.set_num_threads(1)
 
@@ -319,3 +314,57 @@ def test_atomic_save_leaves_no_partial_file_on_error(tmp_path: Path) -> None:
 
     assert target.read_bytes() == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["state.pt"]
+
+
+# -------------------------------------------------------------------------------------------- classification
+
+
+def test_forecast_history_holds_only_the_forecast_metrics(sine: Sine, tmp_path: Path) -> None:
+    result = sine.fit(sine.spec(train={"epochs": 1}), tmp_path)
+    assert list(result.history[0]) == [
+        "epoch", "train_loss", "val_loss", "penalty", "best_val_loss", "lr", "epoch_seconds"
+    ]  # fmt: skip
+
+
+def test_classifier_learns_an_order_pattern_in_variable_length_sequences(patterns: Patterns, tmp_path: Path) -> None:
+    logger = ListLogger()
+    result = patterns.fit(patterns.spec(), tmp_path, logger)
+
+    accuracies = [row["val_accuracy"] for row in result.history]
+    assert max(accuracies) >= 0.8  # chance is 1/3; the means of the three classes are all about 0
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    best = result.history[result.best_epoch - 1]
+    assert best["val_loss"] == result.best_val_loss == min(row["val_loss"] for row in result.history)
+    assert all(0 < row["train_padding_fraction"] < 0.5 for row in result.history)
+    assert {"val_accuracy", "train_padding_fraction", "val_loss", "train_loss"} <= logger.records[0][1].keys()
+
+    # model.pt is the best epoch's classifier: its validation accuracy is the one logged for that epoch
+    objective = make_objective(patterns.spec(), patterns.features_dir)
+    model = build_model(patterns.spec().model, objective.n_features, objective.n_outputs)
+    model.load_state_dict(load_state(result.model_path))
+    assert objective.evaluate(model, "val", 16, "cpu")["accuracy"] == best["val_accuracy"]
+
+
+def test_classifier_resumes_after_a_damaged_checkpoint(patterns: Patterns, tmp_path: Path) -> None:
+    layers = [{"lstm": {"units": 8, "dropout": 0.2, "return_sequences": True}}, {"batchnorm": {}},
+              {"lstm": {"units": 8}}, {"dropout": {"rate": 0.2}}, {"dense": {"activation": "softmax"}}]  # fmt: skip
+    spec = patterns.spec(model={"layers": layers}, train={"epochs": 4, "lr_schedule": {"name": "onecycle"}})
+    complete = patterns.fit(spec, tmp_path / "complete")
+    shutil.copytree(tmp_path / "complete", tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+
+    logger = ListLogger()
+    with pytest.warns(UserWarning, match=r"last\.pt is unreadable.*resuming from .*prev\.pt \(epoch 3\)"):
+        resumed = patterns.fit(spec, tmp_path / "run", logger)
+
+    assert resumed.resumed_from_epoch == 3 and [step for step, _ in logger.records] == [4]
+    assert without_timing(resumed.history) == without_timing(complete.history)
+    assert_same_tensors(load_state(resumed.model_path), load_state(complete.model_path))
+
+
+def test_a_classifier_spec_error_stops_fit_before_training(patterns: Patterns, tmp_path: Path) -> None:
+    spec = patterns.spec(train={"loss": "mae"})
+    with pytest.raises(ConfigError, match=r"pipelines\.patterns\.train\.loss: classification trains on cross-entropy"):
+        patterns.fit(spec, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

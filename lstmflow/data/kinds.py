@@ -39,3 +39,22 @@ def build_features(data: Any, season: int | None, out_dir: Path, where: str) -> 
     from lstmflow.data.images import prepare_image_features
 
     return prepare_image_features(data, out_dir, where)
+
+
+def model_io(spec: PipelineSpec) -> tuple[int, int | None]:
+    """(input features per step, outputs the task needs) read from the resolved spec and its raw data.
+
+    For a series whose horizon is not resolved yet (its data are still to be built), the outputs are unknown: None.
+    """
+    data, where = spec.data, f"pipelines.{spec.name}.data"
+    if data.kind == "timeseries":
+        return len(data.target) + len(data.features), data.horizon * len(data.target) if data.horizon else None
+    if data.kind == "sequences":
+        from lstmflow.data.sequences import read_sequence_table
+
+        table = read_sequence_table(data, where)
+        return table.sequences[0].shape[1], len(set(table.labels))
+    from lstmflow.data.images import read_images
+
+    images = read_images(data, where)
+    return images.images[0].shape[1], len(set(images.labels))

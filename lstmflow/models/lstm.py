@@ -5,6 +5,10 @@ state-dict keys follow the YAML (``layers.0.lstm.weight_ih_l0`` is ``model.layer
 single-layer ``nn.LSTM``: the fused kernel runs the time loop, never Python. Shape mistakes that Keras would only
 report when fitting (an lstm fed one vector per sample, an output of the wrong size) are :class:`ConfigError`\\ s
 at build time, naming the YAML path of the layer to change.
+
+Variable-length batches: ``forward(x, lengths)`` packs every lstm's input (``pack_padded_sequence``), keeps
+padded steps at zero after every layer that keeps time, and leaves them out of batchnorm's statistics, so what
+a sample gets does not depend on the other samples in its batch (up to float rounding of the batched kernels).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstmflow.config import BatchNormLayer, DenseLayer, DropoutLayer, LayerNormLayer, LayerSpec, LSTMLayer, ModelSpec
 from lstmflow.errors import ConfigError
@@ -71,12 +76,27 @@ class LSTMBlock(nn.Module):
                 with torch.no_grad():
                     param[units : 2 * units].fill_(1.0)  # the forget gate's slice
 
-    def forward(self, x: Tensor) -> Tensor:  # x (B, T, F)
-        outputs, (h_n, _) = self.lstm(self.input_dropout(x))  # outputs (B, T, D·H), h_n (D, B, H)
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:  # x (B, T, F), lengths (B,)
+        """Every step's output (B, T, D·H) or each sample's final state (B, D·H).
+
+        With ``lengths`` the LSTM reads only each sample's first ``lengths[i]`` steps (a packed sequence): the
+        final state is the forward direction's after the sample's own last step and the backward direction's after
+        reading back to its first step (Keras' masking), and the outputs at padded steps are zero.
+        """
+        batch, steps = x.shape[0], x.shape[1]
+        x = self.input_dropout(x)
+        if lengths is None:
+            outputs, (h_n, _) = self.lstm(x)  # outputs (B, T, D·H), h_n (D, B, H)
+        else:
+            # pack_padded_sequence wants the lengths on the CPU; enforce_sorted=False sorts and unsorts for us
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            packed_outputs, (h_n, _) = self.lstm(packed)  # h_n (D, B, H), back in the batch's order
+            if self.return_sequences:
+                outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=steps)  # (B, T, D·H)
         if self.return_sequences:
             return outputs
-        # each direction's final state: forward after step T-1, backward after step 0 (Keras' Bidirectional)
-        return h_n.transpose(0, 1).reshape(x.shape[0], self.out_features)  # (D, B, H) → (B, D, H) → (B, D·H)
+        # each direction's final state: forward after the last step, backward after step 0 (Keras' Bidirectional)
+        return h_n.transpose(0, 1).reshape(batch, self.out_features)  # (D, B, H) → (B, D, H) → (B, D·H)
 
 
 class Dense(nn.Module):
@@ -96,12 +116,16 @@ class Dense(nn.Module):
 
 class FeatureBatchNorm(nn.BatchNorm1d):
     """Keras ``BatchNormalization()``: one mean and variance per feature (the last axis), over the batch and,
-    for sequences, over time too."""
+    for sequences, over time too; with a ``mask`` over the valid steps only (Keras with masking)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 3:  # x (B, T, H): BatchNorm1d wants the features on axis 1
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # mask (B, T) bool, True at valid steps
+        if x.dim() == 2:  # x (B, H)
+            return super().forward(x)
+        if mask is None:  # x (B, T, H): BatchNorm1d wants the features on axis 1
             return super().forward(x.transpose(1, 2)).transpose(1, 2)  # (B, H, T) → (B, T, H)
-        return super().forward(x)  # x (B, H)
+        # Normalise the valid steps as one (N, H) batch: the statistics, and the running ones, see no padding.
+        normalised = super().forward(x[mask])  # (B, T, H)[mask] → (N, H)
+        return x.new_zeros(x.shape).masked_scatter(mask.unsqueeze(-1), normalised)  # (N, H) → (B, T, H)
 
 
 class LSTMNet(nn.Module):
@@ -140,10 +164,42 @@ class LSTMNet(nn.Module):
             layers.append(block)
         self.layers = nn.ModuleList(layers)
         self.out_features = width
+        head = output_layer(spec)
+        softmax_head = spec.layers[head].dense is not None and spec.layers[head].dense.activation == "softmax"
+        #: The output dense whose softmax :meth:`logits` leaves out (classification folds it into the loss).
+        self.softmax_head = head if softmax_head else None
 
-    def forward(self, x: Tensor) -> Tensor:  # x (B, T, F) → (B, n_outputs), or (B, T, n) if it ends in a sequence
-        for layer in self.layers:
-            x = layer(x)
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """x (B, T, F) → (B, n_outputs), or (B, T, n) when the network ends in a sequence.
+
+        ``lengths`` (B,) gives each sample's valid steps (the rest of x is padding): each sample's result is then
+        what it would be alone, and an output that is a sequence is zero at the padded steps.
+        """
+        return self._run(x, lengths, softmax=True)
+
+    def logits(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """:meth:`forward` without the output dense's softmax (if it has one): the input of a cross-entropy loss.
+
+        When that dense is the last layer, ``forward(x) == softmax(logits(x))``.
+        """
+        return self._run(x, lengths, softmax=False)
+
+    def _run(self, x: Tensor, lengths: Tensor | None, softmax: bool) -> Tensor:
+        mask = None  # (B, T) bool, True at the valid steps
+        if lengths is not None:
+            steps = torch.arange(x.shape[1], device=x.device)
+            mask = steps.unsqueeze(0) < lengths.to(x.device).unsqueeze(1)  # (1, T) < (B, 1) → (B, T)
+        for index, layer in enumerate(self.layers):
+            if isinstance(layer, LSTMBlock):
+                x = layer(x, lengths)
+            elif isinstance(layer, FeatureBatchNorm):
+                x = layer(x, mask if x.dim() == 3 else None)
+            elif index == self.softmax_head and not softmax:
+                x = layer.linear(x)
+            else:
+                x = layer(x)
+            if mask is not None and x.dim() == 3:
+                x = x.masked_fill(~mask.unsqueeze(-1), 0.0)  # a dense bias or a norm's shift would fill the padding
         return x
 
     def regularization_penalty(self) -> Tensor:
@@ -179,6 +235,11 @@ def build_model(
     if problems:
         raise ConfigError(problems)
     return LSTMNet(resolved, n_features)
+
+
+def output_layer(spec: ModelSpec) -> int:
+    """The index of the layer that sets the output size: the last lstm or dense (norms and dropout keep it)."""
+    return max(index for index, layer in enumerate(spec.layers) if layer.kind in {"lstm", "dense"})
 
 
 def _shape_problems(layers: list[LayerSpec], where: str) -> list[str]:

@@ -1,0 +1,216 @@
+"""What training needs to know about a task, so that :func:`lstmflow.train.fit` never branches on it.
+
+An :class:`Objective` reads a prepared feature folder and says how many inputs and outputs the network has,
+how batches look, what the loss is and what else is worth logging per epoch:
+
+- :class:`ForecastObjective`: windows of a series, the output reshaped to (B, horizon, targets), ``train.loss``.
+- :class:`ClassifyObjective`: padded, length-bucketed sequences, cross-entropy on the model's logits (its output
+  softmax folded into the loss), validation accuracy and the padding fraction of the training batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lstmflow.config import PipelineSpec
+from lstmflow.errors import ConfigError, DataError
+from lstmflow.models.lstm import LSTMNet, output_layer
+
+if TYPE_CHECKING:
+    from lstmflow.data.sequences import SequenceFeatures
+    from lstmflow.data.timeseries import Features, WindowSet
+
+Part = Literal["train", "val", "test"]
+#: (the model's inputs, the target): ``model(*inputs)`` is what the loss compares with the target.
+Batch = tuple[tuple[Tensor, ...], Tensor]
+
+#: On scaled values; huber's delta is 1, about one standard deviation under `scale: standard`.
+FORECAST_LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
+
+#: Activations a classifier's output dense may have: both leave the scores as logits once the softmax is removed.
+CLASSIFIER_ACTIVATIONS = ("softmax", "linear")
+
+
+class Objective(Protocol):
+    """A task as the training loop sees it."""
+
+    n_features: int  # per time step, the network's input width
+    n_outputs: int  # per sample, the network's output width
+    needs: str  # where n_outputs comes from, for build_model's messages (e.g. "3 classes in the training labels")
+
+    def batch_count(self, part: Part, batch_size: int) -> int:
+        """Batches per pass over ``part`` (the progress bar's total, and onecycle's steps per epoch)."""
+        ...
+
+    def batches(
+        self, part: Part, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0
+    ) -> Iterator[Batch]:
+        """Every sample of ``part`` once; a shuffled order is a pure function of (seed, epoch), so resume replays it."""
+        ...
+
+    def loss(self, model: LSTMNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
+        """The batch's mean loss, differentiable."""
+        ...
+
+    def evaluate(self, model: LSTMNet, part: Part, batch_size: int, device: torch.device | str) -> dict[str, float]:
+        """``loss`` (the mean over the whole part) and the task's metrics, in eval mode and without gradients."""
+        ...
+
+    def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
+        """Facts about one epoch's batches worth logging (e.g. ``padding_fraction``); empty when there are none."""
+        ...
+
+
+def make_objective(spec: PipelineSpec, features_dir: Path) -> Objective:
+    """The objective of ``spec.task`` on the features prepared in ``features_dir``; checks the spec against it."""
+    features_dir = Path(features_dir)
+    if spec.task == "forecast":
+        from lstmflow.data.timeseries import load_features
+
+        return ForecastObjective(spec, load_features(features_dir), features_dir)
+    if spec.task == "classify":
+        problems = classifier_problems(spec)
+        if problems:
+            raise ConfigError(problems)
+        from lstmflow.data.sequences import load_sequences
+
+        return ClassifyObjective(spec, load_sequences(features_dir), features_dir)
+    raise ValueError(f"pipelines.{spec.name}.task: no objective for task {spec.task!r}")
+
+
+def to_device(inputs: tuple[Tensor, ...], device: torch.device | str) -> tuple[Tensor, ...]:
+    """A batch's model inputs on ``device`` (the model moves ``lengths`` back to the CPU for packing itself)."""
+    return tuple(tensor.to(device) for tensor in inputs)
+
+
+# ------------------------------------------------------------------------------------------------ forecast
+
+
+class ForecastObjective:
+    """Forecast ``horizon`` steps of every target from a window of the series."""
+
+    def __init__(self, spec: PipelineSpec, features: Features, features_dir: Path) -> None:
+        if len(features.windows("val")) == 0:
+            # No fallback to the training loss: early stopping, the plateau schedule and the choice of model.pt
+            # would all reward overfitting, silently.
+            raise DataError(
+                f"pipelines.{spec.name}.data.split.val: the validation part of {features_dir} holds no windows "
+                f"(split.val = {spec.data.split.val}); training needs them for early stopping and to choose "
+                "model.pt, so set split.val > 0"
+            )
+        self.features = features
+        self.loss_name = spec.train.loss
+        self.n_features = features.n_features
+        self.n_outputs = features.horizon * features.n_targets
+        self.needs = f"horizon {features.horizon} × {features.n_targets} target(s)"
+
+    def batch_count(self, part: Part, batch_size: int) -> int:
+        return math.ceil(len(self.features.windows(part)) / batch_size)
+
+    def batches(
+        self, part: Part, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0
+    ) -> Iterator[Batch]:
+        for x, y in self.features.windows(part).batches(batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
+            yield (x,), y
+
+    def loss(self, model: LSTMNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
+        (x,) = inputs
+        prediction = model(x).view(target.shape)  # (B, H*K) -> (B, H, K)
+        return FORECAST_LOSSES[self.loss_name](prediction, target)
+
+    def evaluate(self, model: LSTMNet, part: Part, batch_size: int, device: torch.device | str) -> dict[str, float]:
+        return {"loss": evaluate_loss(model, self.features.windows(part), self.loss_name, batch_size, device)}
+
+    def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
+        return {}  # every window has the same length: nothing to report
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: LSTMNet, windows: WindowSet, loss: str, batch_size: int, device: torch.device | str = "cpu"
+) -> float:
+    """Mean loss per forecast value over every window, in eval mode (no dropout, running norm statistics)."""
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in windows.batches(batch_size):
+        x, y = x.to(device), y.to(device)
+        prediction = model(x).view(y.shape)  # (B, H*K) -> (B, H, K)
+        total += FORECAST_LOSSES[loss](prediction, y, reduction="sum").item()
+        count += y.numel()
+    return total / count
+
+
+# ------------------------------------------------------------------------------------------ classification
+
+
+def classifier_problems(spec: PipelineSpec) -> list[str]:
+    """What in ``spec`` cannot train a classifier: an output activation that is not a softmax or linear, or a
+    ``train.loss`` (classification always trains on cross-entropy, so a set loss would be silently ignored)."""
+    problems = []
+    head = output_layer(spec.model)
+    dense = spec.model.layers[head].dense
+    if dense is not None and dense.activation not in CLASSIFIER_ACTIVATIONS:
+        problems.append(
+            f"pipelines.{spec.name}.model.layers[{head}].dense.activation: a classifier's output layer gives the "
+            f"class scores, so its activation must be softmax (folded into the cross-entropy loss) or linear, "
+            f"got {dense.activation!r}"
+        )
+    if "loss" in spec.train.model_fields_set:
+        problems.append(
+            f"pipelines.{spec.name}.train.loss: classification trains on cross-entropy (the output softmax folded "
+            f"into the loss), which is not configurable; remove train.loss, got {spec.train.loss!r}"
+        )
+    return problems
+
+
+class ClassifyObjective:
+    """Give each variable-length sequence one of ``n_classes`` labels."""
+
+    def __init__(self, spec: PipelineSpec, features: SequenceFeatures, features_dir: Path) -> None:
+        if len(features.part("val")) == 0:
+            raise DataError(
+                f"pipelines.{spec.name}.data.split: the validation part of {features_dir} holds no samples; "
+                "training needs them for early stopping and to choose model.pt, so give split.val > 0 "
+                "(or val rows in split.column)"
+            )
+        self.features = features
+        self.n_features = features.n_features
+        self.n_outputs = features.n_classes
+        self.needs = f"{features.n_classes} classes in the training labels"
+
+    def batch_count(self, part: Part, batch_size: int) -> int:
+        return len(self.features.part(part).batch_indices(batch_size))
+
+    def batches(
+        self, part: Part, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0
+    ) -> Iterator[Batch]:
+        for batch in self.features.part(part).batches(batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
+            yield (batch.x, batch.lengths), batch.y
+
+    def loss(self, model: LSTMNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
+        x, lengths = inputs
+        return F.cross_entropy(model.logits(x, lengths), target)  # logits (B, n_classes), target (B,)
+
+    @torch.no_grad()
+    def evaluate(self, model: LSTMNet, part: Part, batch_size: int, device: torch.device | str) -> dict[str, float]:
+        """Mean cross-entropy per sample and accuracy."""
+        model.eval()
+        total, correct, count = 0.0, 0, 0
+        for inputs, target in self.batches(part, batch_size):
+            (x, lengths), target = to_device(inputs, device), target.to(device)
+            logits = model.logits(x, lengths)  # (B, n_classes)
+            total += F.cross_entropy(logits, target, reduction="sum").item()
+            correct += (logits.argmax(dim=1) == target).sum().item()
+            count += len(target)
+        return {"loss": total / count, "accuracy": correct / count}
+
+    def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
+        sequences = self.features.part(part)
+        return {"padding_fraction": sequences.padding_fraction(batch_size, shuffle=shuffle, seed=seed, epoch=epoch)}

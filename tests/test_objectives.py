@@ -1,0 +1,185 @@
+"""Objectives: what each task tells the training loop, and the spec errors that stop a classifier early."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import prepare_pipeline_features, write_sine_csv
+
+from lstmflow.config import ClassSplitSpec, PipelineSpec, deep_merge, validate_pipeline
+from lstmflow.data.sequences import assign_parts, load_sequences, write_sequences
+from lstmflow.data.timeseries import resolve_data
+from lstmflow.errors import ConfigError, DataError
+from lstmflow.loggers import ListLogger
+from lstmflow.models.lstm import build_model
+from lstmflow.objectives import ClassifyObjective, ForecastObjective, make_objective
+from lstmflow.train import FitResult, fit
+
+torch.set_num_threads(1)
+
+CLASSES = ("rise", "fall", "wave")
+
+CLASSIFY_BASE: dict[str, Any] = {
+    "task": "classify",
+    "data": {"kind": "sequences", "path": "patterns.csv", "format": "wide"},
+    "model": {"layers": [{"lstm": {"units": 16}}, {"dense": {"activation": "softmax"}}]},
+    "train": {"epochs": 8, "batch_size": 16, "optimizer": {"lr": 0.02}, "seed": 0},
+}
+
+
+def write_pattern_sequences(
+    out_dir: Path, per_class: int = 40, split: ClassSplitSpec | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Three classes that only the order of the steps tells apart, written with the real sequence writer.
+
+    Feature 0 rises, falls or makes two waves over 4 to 20 steps (each has mean about 0), with noise; feature 1 is
+    noise alone. Returns write_sequences' summary.
+    """
+    rng = np.random.default_rng(seed)
+    sequences, labels = [], []
+    for label in CLASSES:
+        for _ in range(per_class):
+            length = int(rng.integers(4, 21))
+            t = np.linspace(-1, 1, length)
+            signal = {"rise": t, "fall": -t, "wave": np.sin(2 * np.pi * t)}[label]
+            sequences.append(np.stack([signal + rng.normal(0, 0.2, length), rng.normal(0, 1, length)], axis=1))
+            labels.append(label)
+    split = split or ClassSplitSpec(val=0.25, test=0.15)
+    parts = assign_parts(labels, split, None, where="pipelines.patterns.data")
+    return write_sequences(out_dir, sequences, labels, parts, "standard", None, "pipelines.patterns.data", {})
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """The three-class patterns, prepared once, and a shortcut to a classify spec on them."""
+
+    data_dir: Path
+    features_dir: Path
+
+    def spec(self, **sections: Any) -> PipelineSpec:
+        return validate_pipeline("patterns", deep_merge(CLASSIFY_BASE, sections), self.data_dir)
+
+    def fit(self, spec: PipelineSpec, run_dir: Path, logger: ListLogger | None = None) -> FitResult:
+        return fit(spec, self.features_dir, run_dir, logger if logger is not None else ListLogger(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def patterns(tmp_path_factory: pytest.TempPathFactory) -> Patterns:
+    folder = tmp_path_factory.mktemp("patterns")
+    write_pattern_sequences(folder / "features")
+    return Patterns(folder, folder / "features")
+
+
+def config_error(spec: PipelineSpec, features_dir: Path) -> str:
+    with pytest.raises(ConfigError) as caught:
+        make_objective(spec, features_dir)
+    return str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------- classify
+
+
+def test_classify_objective_sizes_the_model_from_the_training_labels(patterns: Patterns) -> None:
+    objective = make_objective(patterns.spec(), patterns.features_dir)
+    assert isinstance(objective, ClassifyObjective)
+    assert (objective.n_features, objective.n_outputs) == (2, 3)
+    assert objective.needs == "3 classes in the training labels"
+
+    spec = patterns.spec(model={"layers": [{"lstm": {"units": 4}}, {"dense": {"units": 4, "activation": "softmax"}}]})
+    with pytest.raises(ConfigError) as caught:
+        build_model(spec.model, objective.n_features, objective.n_outputs, "pipelines.patterns.model", objective.needs)
+    assert str(caught.value) == (
+        "pipelines.patterns.model.layers[1].dense.units: the task needs 3 outputs (3 classes in the training labels), "
+        "got 4"
+    )
+
+
+def test_classify_batches_loss_and_metrics_follow_the_sequences(patterns: Patterns) -> None:
+    objective = make_objective(patterns.spec(), patterns.features_dir)
+    train = load_sequences(patterns.features_dir).part("train")
+    batches = list(objective.batches("train", 16, shuffle=True, seed=3, epoch=2))
+    assert len(batches) == objective.batch_count("train", 16) == 5  # 72 training sequences
+    (x, lengths), target = batches[0]
+    assert x.shape == (len(target), int(lengths.max()), 2) and lengths.device.type == "cpu"
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == sorted(train.labels.tolist())
+
+    torch.manual_seed(0)
+    model = build_model(patterns.spec().model, objective.n_features, objective.n_outputs)
+    model.eval()
+    loss = objective.loss(model, (x, lengths), target)
+    torch.testing.assert_close(loss, F.cross_entropy(torch.log(model(x, lengths)), target))  # softmax in the loss
+
+    metrics = objective.evaluate(model, "val", 8, "cpu")
+    with torch.no_grad():
+        val = [(model(x, lengths), y) for (x, lengths), y in objective.batches("val", 8)]
+    probabilities, labels = torch.cat([p for p, _ in val]), torch.cat([y for _, y in val])
+    assert metrics.keys() == {"loss", "accuracy"}
+    assert metrics["accuracy"] == (probabilities.argmax(dim=1) == labels).sum().item() / len(labels)
+    assert metrics["loss"] == pytest.approx(F.nll_loss(torch.log(probabilities), labels).item(), rel=1e-5)
+
+    stats = objective.batch_stats("train", 16, shuffle=True, seed=3, epoch=2)
+    assert stats == {"padding_fraction": train.padding_fraction(16, shuffle=True, seed=3, epoch=2)}
+    assert 0 < stats["padding_fraction"] < 0.5
+
+
+def test_classifier_output_activation_must_be_softmax_or_linear(patterns: Patterns) -> None:
+    hidden = {"dense": {"units": 5, "activation": "relu"}}
+    layers = [{"lstm": {"units": 4}}, hidden, {"dense": {"activation": "sigmoid"}}]
+    assert config_error(patterns.spec(model={"layers": layers}), patterns.features_dir) == (
+        "pipelines.patterns.model.layers[2].dense.activation: a classifier's output layer gives the class scores, "
+        "so its activation must be softmax (folded into the cross-entropy loss) or linear, got 'sigmoid'"
+    )
+    # a hidden dense may use any activation; a linear output gives the logits directly
+    layers[-1] = {"dense": {"activation": "linear"}}
+    assert make_objective(patterns.spec(model={"layers": layers}), patterns.features_dir).n_outputs == 3
+
+
+def test_classifier_refuses_a_set_loss_and_reports_every_problem_at_once(patterns: Patterns) -> None:
+    assert config_error(patterns.spec(train={"loss": "mse"}), patterns.features_dir) == (
+        "pipelines.patterns.train.loss: classification trains on cross-entropy (the output softmax folded into the "
+        "loss), which is not configurable; remove train.loss, got 'mse'"
+    )
+    both = patterns.spec(
+        train={"loss": "huber"}, model={"layers": [{"lstm": {"units": 4}}, {"dense": {"activation": "tanh"}}]}
+    )
+    message = config_error(both, patterns.features_dir)
+    assert "pipelines.patterns.model.layers[1].dense.activation:" in message and "got 'tanh'" in message
+    assert "pipelines.patterns.train.loss:" in message and "got 'huber'" in message
+
+
+def test_classify_without_validation_samples_is_a_data_error(tmp_path: Path) -> None:
+    write_pattern_sequences(tmp_path / "features", split=ClassSplitSpec(val=0.0, test=0.2))
+    spec = validate_pipeline("patterns", CLASSIFY_BASE, tmp_path)
+    with pytest.raises(DataError, match=r"pipelines\.patterns\.data\.split: the validation part .* no samples"):
+        make_objective(spec, tmp_path / "features")
+
+
+# ---------------------------------------------------------------------------------------------- forecast
+
+
+def test_forecast_objective_is_the_windows_and_train_loss(tmp_path: Path) -> None:
+    write_sine_csv(tmp_path / "sine.csv")
+    raw = {
+        "data": {"path": "sine.csv", "time_column": "month", "target": "value", "window": 24, "horizon": 6},
+        "model": {"layers": [{"lstm": {"units": 4}}, {"dense": {}}]},
+        "train": {"loss": "mae"},
+    }
+    spec = resolve_data(validate_pipeline("sine", raw, tmp_path))
+    prepare_pipeline_features(spec, tmp_path / "features")
+    objective = make_objective(spec, tmp_path / "features")
+    assert isinstance(objective, ForecastObjective)
+    assert (objective.n_features, objective.n_outputs, objective.needs) == (1, 6, "horizon 6 × 1 target(s)")
+    assert objective.batch_stats("train", 16, shuffle=True, seed=0, epoch=1) == {}
+
+    (x,), y = next(objective.batches("train", 16))
+    assert x.shape == (16, 24, 1) and y.shape == (16, 6, 1)
+    torch.manual_seed(0)
+    model = build_model(spec.model, objective.n_features, objective.n_outputs)
+    torch.testing.assert_close(objective.loss(model, (x,), y), (model(x).view(16, 6, 1) - y).abs().mean())
+    assert objective.evaluate(model, "val", 16, "cpu").keys() == {"loss"}
