@@ -300,7 +300,7 @@ class TrainSpec(Strict):
 
     epochs: int = Field(100, gt=0, description="Maximum number of passes over the training windows.")
     batch_size: int = Field(64, gt=0, description="Windows per batch.")
-    loss: Literal["mse", "mae", "huber"] = Field("mse", description="Loss on scaled values; the guide compiles with MSE.")
+    loss: Literal["mse", "mae", "huber", "cross_entropy"] | None = Field(None, description="Training loss. Forecasting: `mse` (default; the guide compiles with MSE), `mae` or `huber`, on scaled values. Classification: `cross_entropy` (the default and only choice; the output softmax is folded into it).")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer and learning rate.")
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec, description="Learning-rate schedule.")
     grad_clip: GradClipSpec = Field(default_factory=GradClipSpec, description="Gradient clipping.")
@@ -321,6 +321,8 @@ class EvaluateSpec(Strict):
 
 #: Which data kinds each task can learn from.
 TASK_DATA_KINDS = {"forecast": ("timeseries",), "classify": ("sequences", "images"), "language_model": ()}
+#: The losses each task can train on; the first is its default.
+TASK_LOSSES = {"forecast": ("mse", "mae", "huber"), "classify": ("cross_entropy",), "language_model": ("cross_entropy",)}
 
 
 class PipelineSpec(Strict):
@@ -349,7 +351,15 @@ class PipelineSpec(Strict):
         wanted = TASK_DATA_KINDS[self.task]
         if self.data.kind not in wanted:
             raise ValueError(f"task {self.task!r} needs data.kind {' or '.join(repr(k) for k in wanted)}, got {self.data.kind!r}")
+        losses = TASK_LOSSES[self.task]
+        if self.train.loss is not None and self.train.loss not in losses:
+            raise ValueError(f"train.loss for task {self.task!r} must be one of {', '.join(map(repr, losses))}, got {self.train.loss!r}")
         return self
+
+    @property
+    def loss(self) -> str:
+        """The training loss, with the task's default filled in."""
+        return self.train.loss or TASK_LOSSES[self.task][0]
 
     @field_validator("name")
     @classmethod

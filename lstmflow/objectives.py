@@ -106,7 +106,7 @@ class ForecastObjective:
                 "model.pt, so set split.val > 0"
             )
         self.features = features
-        self.loss_name = spec.train.loss
+        self.loss_name = spec.loss
         self.n_features = features.n_features
         self.n_outputs = features.horizon * features.n_targets
         self.needs = f"horizon {features.horizon} × {features.n_targets} target(s)"
@@ -151,8 +151,9 @@ def evaluate_loss(
 
 
 def classifier_problems(spec: PipelineSpec) -> list[str]:
-    """What in ``spec`` cannot train a classifier: an output activation that is not a softmax or linear, or a
-    ``train.loss`` (classification always trains on cross-entropy, so a set loss would be silently ignored)."""
+    """What in ``spec`` cannot train a classifier: an output activation that is not a softmax or linear.
+
+    (A loss other than cross-entropy is refused when the spec is validated.)"""
     problems = []
     head = output_layer(spec.model)
     dense = spec.model.layers[head].dense
@@ -161,11 +162,6 @@ def classifier_problems(spec: PipelineSpec) -> list[str]:
             f"pipelines.{spec.name}.model.layers[{head}].dense.activation: a classifier's output layer gives the "
             f"class scores, so its activation must be softmax (folded into the cross-entropy loss) or linear, "
             f"got {dense.activation!r}"
-        )
-    if "loss" in spec.train.model_fields_set:
-        problems.append(
-            f"pipelines.{spec.name}.train.loss: classification trains on cross-entropy (the output softmax folded "
-            f"into the loss), which is not configurable; remove train.loss, got {spec.train.loss!r}"
         )
     return problems
 

@@ -115,7 +115,7 @@ class Classifier:
             "classes": features.classes,
             "n_features": features.n_features,
             "preprocessing": features.preprocessing.to_dict(),
-            "meta": {k: v for k, v in features.meta.items() if k in {"image_shape", "channels", "grayscale"}},
+            "meta": {k: v for k, v in features.meta.get("extra_meta", {}).items() if k in {"image_shape", "channels", "grayscale"}},
         }
 
     def samples(self, frame: pd.DataFrame) -> tuple[list[Any], list[np.ndarray]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from lstmflow import tracking, versioning
 from lstmflow.config import Config, PipelineSpec
-from lstmflow.errors import DataError
+from lstmflow.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,20 @@ def project_root(config_path: str | Path) -> Path:
     return Path(config_path).expanduser().resolve().parent
 
 
-def code_version(subpackage: str = "") -> str:
-    """A hash of lstmflow's source (or one subpackage's): cached steps rerun when the code that made them changes."""
-    package = Path(__file__).parent / subpackage
+def code_version(*parts: str) -> str:
+    """A hash of lstmflow's source, or of some of its files and folders: cached steps rerun when that code changes."""
+    package = Path(__file__).parent
+    files = sorted(f for part in parts or ("",) for f in ((package / part).rglob("*.py") if (package / part).is_dir() else [package / part]))
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
+    for path in files:
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def stage_versions() -> dict[str, str]:
+    """Versions of the code behind DVC stages that have no data dependency (the demo data builder)."""
+    return {"datasets_version": code_version("datasets.py")}
 
 
 def params_entry(spec: PipelineSpec, root: Path) -> dict[str, Any]:
@@ -75,7 +81,10 @@ def probe(spec: PipelineSpec, root: Path) -> PipelineSpec:
     it is probed by the prepare step, after the stage ran.
     """
     from lstmflow.data.kinds import resolve
+    from lstmflow.objectives import classifier_problems
 
+    if spec.task == "classify" and (problems := classifier_problems(spec)):
+        raise ConfigError(problems)
     if not spec.data.path.exists():
         if versioning.stage_producing(root, spec.data.path):
             return spec
@@ -97,11 +106,11 @@ def prepare(config_path: str | Path, name: str, overrides: list[str]) -> Prepare
         if producer is None:
             raise DataError(f"pipelines.{name}.data.path: no such file or folder: {spec.data.path}")
         entries[name] = params_entry(spec, root)  # unresolved until the data exist; dvc.yaml needs the entry
-        versioning.write_params(root, entries)
+        versioning.write_params(root, entries, stage_versions())
         versioning.repro(root, producer)
     spec = resolve(spec)
     entries[name] = params_entry(spec, root)
-    versioning.write_params(root, entries)
+    versioning.write_params(root, entries, stage_versions())
     stage = f"features@{name}"
     versioning.repro(root, stage)
     versioning.push(root, stage)

@@ -78,10 +78,10 @@ def ensure_repo(root: Path) -> None:
         dvc(root, "remote", "add", "--local", "--default", "local", LOCAL_REMOTE)  # relative to root; DVC rewrites it for .dvc/
 
 
-def write_params(root: Path, entries: dict[str, dict[str, Any]]) -> Path:
-    """Write ``params.yaml`` with one entry per pipeline; unchanged content is not rewritten."""
+def write_params(root: Path, entries: dict[str, dict[str, Any]], versions: dict[str, str]) -> Path:
+    """Write ``params.yaml``: one entry per pipeline, and lstmflow's code versions; unchanged content is not rewritten."""
     path = root / PARAMS_FILE
-    text = PARAMS_HEADER + yaml.safe_dump({"pipelines": entries}, sort_keys=True)
+    text = PARAMS_HEADER + yaml.safe_dump({"lstmflow": versions, "pipelines": entries}, sort_keys=True)
     if not path.exists() or path.read_text() != text:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)

@@ -164,6 +164,18 @@ def test_task_must_fit_the_data_kind(tmp_path: Path) -> None:
     ]
 
 
+def test_loss_must_fit_the_task(tmp_path: Path) -> None:
+    assert problems(tmp_path, ["train.loss=cross_entropy"]) == [
+        "pipelines.p: train.loss for task 'forecast' must be one of 'mse', 'mae', 'huber', got 'cross_entropy'"
+    ]
+    classify = {"task": "classify", "data": {"kind": "images", "path": "imgs"}, "train": {"loss": "mse"}}
+    assert problems(tmp_path, [], classify) == [
+        "pipelines.p: train.loss for task 'classify' must be one of 'cross_entropy', got 'mse'"
+    ]
+    assert load(tmp_path, {**classify, "train": {}}).pipeline("p").loss == "cross_entropy"
+    assert load(tmp_path, BASE).pipeline("p").loss == "mse"
+
+
 def test_every_field_has_a_description() -> None:
     rows = fields_of(PipelineSpec) + [row for spec in DATA_SPECS.values() for row in fields_of(spec, "data.")]
     undocumented = [key for key, _, _, description in rows if not description.strip()]

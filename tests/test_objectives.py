@@ -140,19 +140,6 @@ def test_classifier_output_activation_must_be_softmax_or_linear(patterns: Patter
     assert make_objective(patterns.spec(model={"layers": layers}), patterns.features_dir).n_outputs == 3
 
 
-def test_classifier_refuses_a_set_loss_and_reports_every_problem_at_once(patterns: Patterns) -> None:
-    assert config_error(patterns.spec(train={"loss": "mse"}), patterns.features_dir) == (
-        "pipelines.patterns.train.loss: classification trains on cross-entropy (the output softmax folded into the "
-        "loss), which is not configurable; remove train.loss, got 'mse'"
-    )
-    both = patterns.spec(
-        train={"loss": "huber"}, model={"layers": [{"lstm": {"units": 4}}, {"dense": {"activation": "tanh"}}]}
-    )
-    message = config_error(both, patterns.features_dir)
-    assert "pipelines.patterns.model.layers[1].dense.activation:" in message and "got 'tanh'" in message
-    assert "pipelines.patterns.train.loss:" in message and "got 'huber'" in message
-
-
 def test_classify_without_validation_samples_is_a_data_error(tmp_path: Path) -> None:
     write_pattern_sequences(tmp_path / "features", split=ClassSplitSpec(val=0.0, test=0.2))
     spec = validate_pipeline("patterns", CLASSIFY_BASE, tmp_path)

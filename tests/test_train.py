@@ -106,7 +106,7 @@ def test_early_stopping_stops_and_restores_the_best_epochs_weights(sine: Sine, t
     features = load_features(sine.features_dir)
     model = build_model(spec.model, features.n_features, features.horizon * features.n_targets)
     model.load_state_dict(load_state(result.model_path))
-    recomputed = evaluate_loss(model, features.windows("val"), spec.train.loss, spec.train.batch_size)
+    recomputed = evaluate_loss(model, features.windows("val"), spec.loss, spec.train.batch_size)
     assert recomputed == pytest.approx(result.best_val_loss, rel=1e-6)
 
 
@@ -364,7 +364,7 @@ def test_classifier_resumes_after_a_damaged_checkpoint(patterns: Patterns, tmp_p
 
 
 def test_a_classifier_spec_error_stops_fit_before_training(patterns: Patterns, tmp_path: Path) -> None:
-    spec = patterns.spec(train={"loss": "mae"})
-    with pytest.raises(ConfigError, match=r"pipelines\.patterns\.train\.loss: classification trains on cross-entropy"):
+    spec = patterns.spec(model={"layers": [{"lstm": {"units": 4}}, {"dense": {"activation": "sigmoid"}}]})
+    with pytest.raises(ConfigError, match=r"pipelines\.patterns\.model\.layers\[1\]\.dense\.activation: a classifier's output"):
         patterns.fit(spec, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
