@@ -143,6 +143,8 @@ class Classifier:
         from torch.nn.utils.rnn import pad_sequence
 
         keys, raw = self.samples(frame)
+        if not raw:
+            raise ValueError("the request holds no sequence or image")
         steps = [torch.from_numpy(self.preprocessing.encode(sample)) for sample in raw]
         lengths = torch.tensor([len(s) for s in steps], dtype=torch.int64)
         with torch.no_grad():
