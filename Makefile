@@ -27,6 +27,7 @@ test-quick: $(BIN)/lstmflow  ## the fast loop: no slow and no GPU tests
 bench: $(BIN)/lstmflow  ## the benchmarks; results go to benchmarks/RESULTS.md by hand
 	$(BIN)/python benchmarks/windowing.py
 	$(BIN)/python benchmarks/pipeline_overhead.py
+	$(BIN)/python benchmarks/padding.py
 
 clean-stores:  ## forget every run: MLflow, Prefect, DVC cache and remote, features, training runs
 	rm -rf mlflow.db mlruns .prefect .dvc-storage .dvc/cache features runs data/raw
