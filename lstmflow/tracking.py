@@ -7,10 +7,11 @@ SQLite inside the project (``<project>/mlflow.db``, artifacts in ``<project>/mlr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,31 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in _client(uri).get_metric_history(run_id, key)]
 
 
+@contextlib.contextmanager
+def _fluent_uri(uri: str) -> Iterator[Any]:
+    """MLflow's module-level API pointed at ``uri`` for a moment, then restored.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; left set, it would
+    redirect every later project in the same process (a worker, a test session) to this store.
+    """
+    import mlflow
+
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) if any(saved.values()) else (None, None)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield mlflow
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def register_model(uri: str, run_id: str, name: str, bundle_dir: Path, input_example: Any, output_example: Any) -> dict[str, str]:
     """Log the pyfunc forecaster to the run and register it under ``name``; returns its URIs and version."""
     import mlflow
@@ -138,15 +164,13 @@ def register_model(uri: str, run_id: str, name: str, bundle_dir: Path, input_exa
 
     import lstmflow
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     requirements = [
         f"torch=={torch.__version__.split('+')[0]}",
         f"mlflow=={mlflow.__version__}",
         *_installed(["numpy", "pandas", "pydantic", "pyyaml"]),
     ]
     package = Path(lstmflow.__file__).parent
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+    with _fluent_uri(uri), mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -175,8 +199,6 @@ def _installed(names: list[str]) -> list[str]:
 
 
 def load_model(uri: str, model_uri: str):  # noqa: ANN201 - an mlflow PyFuncModel
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return mlflow.pyfunc.load_model(model_uri)
+    """Load a logged or registered model of the store at ``uri``."""
+    with _fluent_uri(uri) as mlflow:
+        return mlflow.pyfunc.load_model(model_uri)

@@ -64,14 +64,13 @@ def test_lineage_tags_point_at_code_data_and_flow_run(first_run: tuple[Path, dic
 
 
 def test_registered_model_loads_and_predicts(first_run: tuple[Path, dict[str, Any]]) -> None:
-    import mlflow
     import pandas as pd
 
+    from lstmflow.tracking import load_model, tracking_uri
+
     root, result = first_run
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    mlflow.set_registry_uri(f"sqlite:///{root / 'mlflow.db'}")
     assert result["model_uri"] == "models:/tiny/1"
-    model = mlflow.pyfunc.load_model(result["model_uri"])
+    model = load_model(tracking_uri(root), result["model_uri"])
     history = pd.read_csv(root / "data" / "tiny.csv")
     forecast = model.predict(history[["value"]].tail(24))
     assert list(forecast.columns) == ["step", "value"] and len(forecast) == 6
@@ -113,15 +112,13 @@ def test_changed_override_trains_again_and_force_bypasses_cache(first_run: tuple
 
 def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_harness: None) -> None:
     """The demo pipelines, on their real data built by the DVC stage, two epochs each; each registered model predicts."""
-    import mlflow
     import pandas as pd
 
     from flows.pipeline import run_pipeline
     from lstmflow.data.images import load_image
+    from lstmflow.tracking import load_model, tracking_uri
 
     root = make_project(tmp_path / "demo", pipelines=(REPO / "pipelines.yaml").read_text())
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    mlflow.set_registry_uri(f"sqlite:///{root / 'mlflow.db'}")
     requests = {
         "sunspots": lambda raw: pd.read_csv(raw / "sunspots.csv")[["sunactivity"]].tail(30),
         "co2": lambda raw: pd.read_csv(raw / "co2.csv")[["co2"]].interpolate().tail(60),
@@ -135,7 +132,8 @@ def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_ha
         assert result["model_uri"] == f"models:/{name}/1"
         baseline = {"naive_mae", "mase"} if name in {"sunspots", "co2"} else {"majority_accuracy", "macro_f1"}
         assert baseline <= set(result["metrics"]) and json.loads(json.dumps(result, default=str))["pipeline"] == name
-        prediction = mlflow.pyfunc.load_model(result["model_uri"]).predict(requests[name](root / "data" / "raw"))
+        prediction = load_model(tracking_uri(root), result["model_uri"]).predict(requests[name](root / "data" / "raw"))
+        assert "MLFLOW_TRACKING_URI" not in os.environ, "a project's store must not leak into the process"
         if name in {"order", "digits"}:
             assert len(prediction) == 2 and {"label", "key"} <= set(prediction.columns)
             probabilities = prediction.filter(like="prob_").to_numpy()
