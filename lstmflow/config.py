@@ -144,16 +144,64 @@ class ImagesSpec(Strict):
     split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
 
 
+class TokenizerSpec(Strict):
+    """How text becomes token ids; fitted on the training texts only and saved beside the model."""
+
+    kind: Literal["word", "char", "bpe"] = Field("word", description="`word`: runs of letters/digits and single punctuation marks; `char`: characters; `bpe`: subword byte-pair encoding (the `tokenizers` library).")
+    vocab_size: int = Field(20000, gt=2, description="Largest vocabulary, padding and unknown tokens included; the most frequent tokens are kept.")
+    min_frequency: int = Field(1, ge=1, description="Tokens seen fewer times in the training texts become the unknown token.")
+    lowercase: bool = Field(True, description="Lowercase the text before tokenizing.")
+    unknown_token: str = Field("<unk>", min_length=1, description="The token for anything outside the vocabulary.")
+    padding_token: str = Field("<pad>", min_length=1, description="The token (id 0) that pads batches.")
+
+
+class TextSpec(Strict):
+    """Labelled texts in a table (CSV, Parquet or JSONL): text classification."""
+
+    kind: Literal["text"] = Field(description="Kind of data; `text` for text classification.")
+    path: Path = Field(description="CSV, Parquet or JSON Lines file, relative to the YAML file that declares it.")
+    text_column: str = Field("text", description="Column holding each text.")
+    label_column: str = Field("label", description="Column holding each text's class.")
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec, description="Tokenization.")
+    max_length: int | None = Field(256, gt=0, description="Keep only the first `max_length` tokens of longer texts (explicit truncation; counted); null keeps all.")
+    split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
+
+
+class AudioSpec(Strict):
+    """Labelled audio clips: audio classification on log-mel or MFCC frames, computed with librosa."""
+
+    kind: Literal["audio"] = Field(description="Kind of data; `audio` for audio classification.")
+    path: Path = Field(description="A folder with one subfolder of clips per label, or a manifest CSV with `path` and `label` columns (and optionally the split column); paths in a manifest are relative to it.")
+    sample_rate: int = Field(16000, gt=0, description="Clips are resampled to this rate (Hz) before features are computed.")
+    features: Literal["logmel", "mfcc"] = Field("logmel", description="Per-frame features: log-mel energies or MFCCs.")
+    n_mels: int = Field(40, gt=0, description="Mel bands (for both kinds of features).")
+    n_mfcc: int = Field(13, gt=0, description="MFCC coefficients, for `features: mfcc`.")
+    deltas: bool = Field(False, description="Append first and second time derivatives of the features.")
+    n_fft: int = Field(400, gt=0, description="FFT window in samples (400 = 25 ms at 16 kHz).")
+    hop_length: int = Field(160, gt=0, description="Samples between frames (160 = 10 ms at 16 kHz): one frame is one time step.")
+    max_seconds: float | None = Field(None, gt=0, description="Keep only the first `max_seconds` of longer clips; null keeps all.")
+    bad_files: Literal["skip", "fail"] = Field("skip", description="An unreadable, empty, silent or too-short clip: `skip` it (named and counted in the run) or `fail`.")
+    workers: int | None = Field(None, ge=1, description="Processes computing features. Default: the CPU count.")
+    scale: Literal["standard", "none"] = Field("standard", description="Per-feature standardisation fitted on the training clips only.")
+    split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
+
+
 def _data_kind(value: Any) -> str:
     """The data spec's `kind`; `timeseries` when omitted (forecasting is the original task)."""
     return value.get("kind", "timeseries") if isinstance(value, dict) else getattr(value, "kind", "timeseries")
 
 
 #: The data spec model of each `data.kind`.
-DATA_SPECS: dict[str, type[BaseModel]] = {"timeseries": TimeSeriesDataSpec, "sequences": SequenceTableSpec, "images": ImagesSpec}
+DATA_SPECS: dict[str, type[BaseModel]] = {
+    "timeseries": TimeSeriesDataSpec, "sequences": SequenceTableSpec, "images": ImagesSpec, "text": TextSpec, "audio": AudioSpec,
+}
 DATA_KINDS = tuple(DATA_SPECS)
 DataSpec = Annotated[
-    Annotated[TimeSeriesDataSpec, Tag("timeseries")] | Annotated[SequenceTableSpec, Tag("sequences")] | Annotated[ImagesSpec, Tag("images")],
+    Annotated[TimeSeriesDataSpec, Tag("timeseries")]
+    | Annotated[SequenceTableSpec, Tag("sequences")]
+    | Annotated[ImagesSpec, Tag("images")]
+    | Annotated[TextSpec, Tag("text")]
+    | Annotated[AudioSpec, Tag("audio")],
     Discriminator(_data_kind),
 ]
 
@@ -200,9 +248,17 @@ class LayerNormLayer(Strict):
     epsilon: float = Field(1e-3, gt=0.0, description="Added to the variance for numerical stability.")
 
 
+class EmbeddingLayer(Strict):
+    """Keras `Embedding(vocabulary, dim)`: token ids to vectors; only as the first layer, for text."""
+
+    dim: int = Field(gt=0, description="Size of each token's vector.")
+    frozen: bool = Field(False, description="Keep the vectors at their initial values (no training).")
+
+
 class LayerSpec(Strict):
     """One layer: a mapping with exactly one key naming its kind, e.g. `{lstm: {units: 64}}`."""
 
+    embedding: EmbeddingLayer | None = Field(None, description="Token embedding (text only; first layer).")
     lstm: LSTMLayer | None = Field(None, description="A recurrent LSTM layer.")
     dense: DenseLayer | None = Field(None, description="A fully connected layer.")
     dropout: DropoutLayer | None = Field(None, description="A dropout layer.")
@@ -320,7 +376,7 @@ class EvaluateSpec(Strict):
 
 
 #: Which data kinds each task can learn from.
-TASK_DATA_KINDS = {"forecast": ("timeseries",), "classify": ("sequences", "images"), "language_model": ()}
+TASK_DATA_KINDS = {"forecast": ("timeseries",), "classify": ("sequences", "images", "text", "audio"), "language_model": ()}
 #: The losses each task can train on; the first is its default.
 TASK_LOSSES = {"forecast": ("mse", "mae", "huber"), "classify": ("cross_entropy",), "language_model": ("cross_entropy",)}
 
@@ -350,7 +406,7 @@ class PipelineSpec(Strict):
     def _task_fits_the_data(self) -> PipelineSpec:
         wanted = TASK_DATA_KINDS[self.task]
         if self.data.kind not in wanted:
-            raise ValueError(f"task {self.task!r} needs data.kind {' or '.join(repr(k) for k in wanted)}, got {self.data.kind!r}")
+            raise ValueError(f"task {self.task!r} needs data.kind {', '.join(map(repr, wanted))}, got {self.data.kind!r}")
         losses = TASK_LOSSES[self.task]
         if self.train.loss is not None and self.train.loss not in losses:
             raise ValueError(f"train.loss for task {self.task!r} must be one of {', '.join(map(repr, losses))}, got {self.train.loss!r}")

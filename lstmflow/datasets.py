@@ -126,8 +126,73 @@ def _write_digits(out_dir: Path) -> Path:
     return root
 
 
+#: The audio demo's classes: the pitch contour of each clip, as (start, middle, end) on a 0 (low) .. 1 (high) scale.
+CHIRP_CLASSES = {"rising": (0.0, 0.5, 1.0), "falling": (1.0, 0.5, 0.0), "rise-fall": (0.0, 1.0, 0.0)}
+AUDIO_DEMO_RATE = 16000
+
+
+def build_audio_demo(
+    out_dir: Path, clips_per_class: int = 100, seed: int = 20263, seconds: tuple[float, float] = (0.5, 1.0)
+) -> list[Path]:
+    """Write seeded synthetic chirps as ``<out_dir>/<class>/<index>.wav`` (16 kHz, 16-bit mono); return the folders.
+
+    Every clip sweeps between a random low pitch (200-600 Hz) and a random high one (1-3 kHz), ``seconds`` long
+    (drawn uniformly), with a random loudness and noise. The classes differ only in the ORDER of the pitches (rising,
+    falling, rising then falling, the turn at a random point), so the overall spectrum does not tell them apart: a
+    model must follow the frames in time. WAV bytes carry no timestamp, so the same seed writes the same bytes.
+    """
+    import soundfile
+
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    folders = []
+    for name, (start, middle, end) in CHIRP_CLASSES.items():
+        folder = out_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(clips_per_class):
+            n = int(rng.uniform(*seconds) * AUDIO_DEMO_RATE)
+            low, high = rng.uniform(200.0, 600.0), rng.uniform(1000.0, 3000.0)
+            turn = rng.uniform(0.35, 0.65)
+            contour = np.interp(np.linspace(0.0, 1.0, n), [0.0, turn, 1.0], [start, middle, end])  # (n,) in 0..1
+            frequency = low * (high / low) ** contour  # geometric: equal steps in pitch
+            phase = 2 * np.pi * np.cumsum(frequency) / AUDIO_DEMO_RATE + rng.uniform(0, 2 * np.pi)
+            fade = np.minimum(1.0, np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.01 * AUDIO_DEMO_RATE))
+            wave = rng.uniform(0.3, 0.8) * fade * np.sin(phase) + rng.normal(0.0, rng.uniform(0.01, 0.05), n)
+            soundfile.write(folder / f"{index:03d}.wav", np.clip(wave, -1.0, 1.0), AUDIO_DEMO_RATE, subtype="PCM_16")
+        folders.append(folder)
+    return folders
+
+
+AGENT_ANIMALS = ("cat", "dog", "fox")
+AGENT_TEMPLATES = (  # every sentence names all three animals once, {a} being the one that acts: only order tells
+    "the {adj} {a} {verb} the {b} near the {c}",
+    "the {b} was {verb} by the {adj} {a} near the {c}",
+    "near the {c} , the {adj} {a} {verb} the {b}",
+    "the {c} watched as the {a} {verb} the {b}",
+)
+AGENT_VERBS = ("chased", "followed", "startled", "greeted", "ignored")
+AGENT_ADJECTIVES = ("quick", "sleepy", "old", "young", "grey", "small")
+
+
+def _agent_texts(texts_per_class: int = 250, seed: int = 20264) -> pd.DataFrame:
+    """Generated sentences labelled with the animal that acts; a bag of words cannot tell (all three always appear)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in AGENT_ANIMALS:
+        others = [animal for animal in AGENT_ANIMALS if animal != label]
+        for _ in range(texts_per_class):
+            b, c = rng.permutation(others)
+            text = AGENT_TEMPLATES[rng.integers(len(AGENT_TEMPLATES))].format(
+                a=label, b=b, c=c, verb=AGENT_VERBS[rng.integers(len(AGENT_VERBS))],
+                adj=AGENT_ADJECTIVES[rng.integers(len(AGENT_ADJECTIVES))],
+            )
+            rows.append((text.capitalize(), label))
+    order = rng.permutation(len(rows))
+    return pd.DataFrame([rows[i] for i in order], columns=["text", "label"])
+
+
 def build_demo_data(out_dir: Path) -> list[Path]:
-    """Write the demo CSVs, the digits folder and LICENSE-DATA.md into ``out_dir``; return their paths."""
+    """Write the demo tables, the digits and chirps folders and LICENSE-DATA.md into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -135,11 +200,14 @@ def build_demo_data(out_dir: Path) -> list[Path]:
         ("sunspots.csv", _sunspots(), "%.1f"),
         ("co2.csv", _co2_monthly(), "%.3f"),
         ("order_sequences.csv", _order_sequences(), "%.4f"),
+        ("agents.csv", _agent_texts(), None),
     ):
         path = out_dir / name
         frame.to_csv(path, index=False, float_format=decimals, na_rep="", lineterminator="\n")
         written.append(path)
     written.append(_write_digits(out_dir))
+    build_audio_demo(out_dir / "chirps")
+    written.append(out_dir / "chirps")
     licence = out_dir / "LICENSE-DATA.md"
     licence.write_text(LICENSE_TEXT)
     return [*written, licence]

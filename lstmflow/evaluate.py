@@ -23,6 +23,7 @@ from lstmflow.metrics import (
     seasonal_naive,
 )
 from lstmflow.models.lstm import LSTMNet, build_model
+from lstmflow.objectives import classifier_input_size
 from lstmflow.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
 
 
@@ -101,7 +102,7 @@ def evaluate_classifier(
             "raise split.test, or name some samples `test` in the split column"
         )
     model = build_model(
-        spec.model, features.n_features, features.n_classes, where=f"pipelines.{spec.name}.model",
+        spec.model, classifier_input_size(features), features.n_classes, where=f"pipelines.{spec.name}.model",
         needs=f"{features.n_classes} classes in the prepared data",
     )
     _load_weights(model, model_path)

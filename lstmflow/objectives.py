@@ -41,7 +41,7 @@ CLASSIFIER_ACTIVATIONS = ("softmax", "linear")
 class Objective(Protocol):
     """A task as the training loop sees it."""
 
-    n_features: int  # per time step, the network's input width
+    n_features: int  # per time step, the network's input width (for token ids: the vocabulary size)
     n_outputs: int  # per sample, the network's output width
     needs: str  # where n_outputs comes from, for build_model's messages (e.g. "3 classes in the training labels")
 
@@ -151,10 +151,22 @@ def evaluate_loss(
 
 
 def classifier_problems(spec: PipelineSpec) -> list[str]:
-    """What in ``spec`` cannot train a classifier: an output activation that is not a softmax or linear.
+    """What in ``spec`` cannot train a classifier: an output activation that is not a softmax or linear, text
+    without an embedding first, or an embedding on data that are not token ids.
 
     (A loss other than cross-entropy is refused when the spec is validated.)"""
     problems = []
+    first = spec.model.layers[0]
+    if spec.data.kind == "text" and first.embedding is None:
+        problems.append(
+            f"pipelines.{spec.name}.model.layers[0]: text arrives as token ids, so the first layer must be an "
+            f"embedding that turns them into vectors (e.g. `- embedding: {{dim: 64}}`), got {first.kind}"
+        )
+    if spec.data.kind != "text" and first.embedding is not None:
+        problems.append(
+            f"pipelines.{spec.name}.model.layers[0].embedding: reads token ids, which only data.kind text gives; "
+            f"data.kind {spec.data.kind} gives values (remove the embedding)"
+        )
     head = output_layer(spec.model)
     dense = spec.model.layers[head].dense
     if dense is not None and dense.activation not in CLASSIFIER_ACTIVATIONS:
@@ -164,6 +176,12 @@ def classifier_problems(spec: PipelineSpec) -> list[str]:
             f"got {dense.activation!r}"
         )
     return problems
+
+
+def classifier_input_size(features: SequenceFeatures) -> int:
+    """build_model's ``n_features`` for a prepared sequence folder: the values per step, or for text (one token id
+    per step) the vocabulary size, which sizes the embedding. Training, evaluation and serving all call this."""
+    return features.meta["extra_meta"].get("vocab_size", features.n_features)
 
 
 class ClassifyObjective:
@@ -177,7 +195,7 @@ class ClassifyObjective:
                 "(or val rows in split.column)"
             )
         self.features = features
-        self.n_features = features.n_features
+        self.n_features = classifier_input_size(features)
         self.n_outputs = features.n_classes
         self.needs = f"{features.n_classes} classes in the training labels"
 

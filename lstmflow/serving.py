@@ -22,6 +22,8 @@ import pandas as pd
 
 BUNDLE_FILES = ("model.pt", "spec.json", "features.json")
 PIXEL_PREFIX = "pixel_"
+#: What a classifier needs from its features' metadata to read a request like the training data.
+SERVED_META = {"image_shape", "channels", "grayscale", "max_length", "vocab_size"}
 
 
 def _load_network(bundle_dir: Path, spec: Any, n_features: int, n_outputs: int) -> Any:
@@ -105,22 +107,37 @@ class Classifier:
         self.meta: dict[str, Any] = info["meta"]
         self.preprocessing = SequencePreprocessing.from_dict(info["preprocessing"])
         self.model = _load_network(bundle_dir, spec, info["n_features"], len(self.classes))
+        self.tokenizer = None
+        if spec.data.kind == "text":
+            from lstmflow.data.text import TOKENIZER_FILE, Tokenizer
+
+            self.tokenizer = Tokenizer.load(bundle_dir / TOKENIZER_FILE)
 
     @staticmethod
     def bundle_info(features_dir: Path) -> dict[str, Any]:
         from lstmflow.data.sequences import load_sequences
+        from lstmflow.objectives import classifier_input_size
 
         features = load_sequences(features_dir)
         return {
             "classes": features.classes,
-            "n_features": features.n_features,
+            "n_features": classifier_input_size(features),
             "preprocessing": features.preprocessing.to_dict(),
-            "meta": {k: v for k, v in features.meta.get("extra_meta", {}).items() if k in {"image_shape", "channels", "grayscale"}},
+            "meta": {k: v for k, v in features.meta.get("extra_meta", {}).items() if k in SERVED_META},
         }
 
     def samples(self, frame: pd.DataFrame) -> tuple[list[Any], list[np.ndarray]]:
         """Split a request into (keys, raw (T, F) arrays), in the layout the pipeline's data has."""
         data = self.spec.data
+        if data.kind == "text":
+            from lstmflow.data.text import text_steps
+
+            texts = frame[data.text_column].astype(str)
+            return list(frame.index), [text_steps(self.tokenizer, text, self.meta.get("max_length")) for text in texts]
+        if data.kind == "audio":
+            from lstmflow.data.audio import clip_features, read_clip
+
+            return list(frame.index), [clip_features(*read_clip(Path(p)), data) for p in frame["path"]]
         if data.kind == "images":
             if "path" in frame.columns:
                 from lstmflow.data.images import load_image
@@ -158,6 +175,15 @@ class Classifier:
     def example(self, info: dict[str, Any]) -> pd.DataFrame:
         """A few raw training samples in the request layout."""
         data = self.spec.data
+        if data.kind == "text":
+            from lstmflow.data.text import read_texts
+
+            return pd.DataFrame({data.text_column: read_texts(data, f"pipelines.{self.spec.name}.data").texts[:3]})
+        if data.kind == "audio":
+            from lstmflow.data.audio import list_clips
+
+            clips, _ = list_clips(data, f"pipelines.{self.spec.name}.data")
+            return pd.DataFrame({"path": [str(clip.path) for clip in clips[:2]]})
         if data.kind == "images":
             from lstmflow.data.images import read_images
 
@@ -172,6 +198,9 @@ class Classifier:
         return table[table[data.id_column].isin(first)][columns].reset_index(drop=True)
 
 
+#: Files of a features folder that the served model needs too (the fitted tokenizer).
+BUNDLED_FEATURE_FILES = ("tokenizer.json",)
+
 PREDICTORS: dict[str, type[Forecaster] | type[Classifier]] = {"forecast": Forecaster, "classify": Classifier}
 
 
@@ -185,6 +214,9 @@ def write_bundle(spec_json: dict[str, Any], features_dir: Path, model_path: Path
     info = PREDICTORS[spec.task].bundle_info(features_dir)
     bundle_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_path, bundle_dir / "model.pt")
+    for extra in BUNDLED_FEATURE_FILES:
+        if (features_dir / extra).exists():
+            shutil.copyfile(features_dir / extra, bundle_dir / extra)
     (bundle_dir / "spec.json").write_text(json.dumps(spec_json, indent=2))
     (bundle_dir / "features.json").write_text(json.dumps(info, indent=2))
     predictor = load_predictor(bundle_dir)

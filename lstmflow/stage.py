@@ -23,7 +23,7 @@ def features(name: str, root: Path) -> Path:
         raise ConfigError(f"{root / versioning.PARAMS_FILE} has no entry for pipeline {name!r}; run `lstmflow run {name}`")
     data, season = data_spec_from_params(entry, root)
     out_dir = root / "features" / name
-    build_features(data, season, out_dir, where=f"pipelines.{name}.data")
+    build_features(data, season, out_dir, f"pipelines.{name}.data", cache_dir=root / ".lstmflow" / "cache")
     return out_dir
 
 

@@ -77,7 +77,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_a_layer_needs_exactly_one_kind(tmp_path: Path) -> None:
     pipeline = {**BASE, "model": {"layers": [{"lstm": {"units": 8}, "dense": {}}]}}
     assert problems(tmp_path, [], pipeline) == [
-        "pipelines.p.model.layers[0]: a layer must have exactly one of lstm, dense, dropout, batchnorm, layernorm, got ['lstm', 'dense']"
+        "pipelines.p.model.layers[0]: a layer must have exactly one of embedding, lstm, dense, dropout, batchnorm, layernorm, got ['lstm', 'dense']"
     ]
 
 
@@ -157,10 +157,11 @@ def test_helpers() -> None:
 
 def test_task_must_fit_the_data_kind(tmp_path: Path) -> None:
     assert problems(tmp_path, ["task=classify"]) == [
-        "pipelines.p: task 'classify' needs data.kind 'sequences' or 'images', got 'timeseries'"
+        "pipelines.p: task 'classify' needs data.kind 'sequences', 'images', 'text', 'audio', got 'timeseries'"
     ]
     assert problems(tmp_path, ["data.kind=bogus"]) == [
-        "pipelines.p.data: kind must be one of 'timeseries', 'sequences', 'images', got 'bogus' (from --set data.kind=bogus)"
+        "pipelines.p.data: kind must be one of 'timeseries', 'sequences', 'images', 'text', 'audio', got 'bogus' "
+        "(from --set data.kind=bogus)"
     ]
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lstmflow.datasets import ORDER_CLASSES, build_demo_data
+from lstmflow.datasets import AUDIO_DEMO_RATE, CHIRP_CLASSES, ORDER_CLASSES, build_audio_demo, build_demo_data
 
 #: sha256 of the forecasting CSVs as written before the classification sets were added: their DVC hashes, and so
 #: every forecasting pipeline's cached features, must not change.
@@ -83,3 +83,27 @@ def test_digits_are_grayscale_pngs_in_a_folder_per_label(demo_dir: Path) -> None
         with Image.open(path) as image:
             assert image.mode == "L" and image.size == (8, 8)
             np.testing.assert_array_equal(np.asarray(image), digits.images[index].astype(np.uint8) * 15)
+
+
+def test_audio_demo_is_deterministic_chirps_whose_class_is_the_pitch_order(tmp_path: Path) -> None:
+    import soundfile
+
+    folders = build_audio_demo(tmp_path / "a")
+    build_audio_demo(tmp_path / "b")
+    assert [folder.name for folder in folders] == list(CHIRP_CLASSES)
+    for folder in folders:
+        files = sorted(folder.glob("*.wav"))
+        assert len(files) == 100
+        for file in files:
+            assert file.read_bytes() == (tmp_path / "b" / folder.name / file.name).read_bytes(), file
+            samples, rate = soundfile.read(file)
+            assert rate == AUDIO_DEMO_RATE and samples.ndim == 1 and 0.5 <= len(samples) / rate <= 1.0
+            # Zero crossings per third of the clip follow the pitch: low, high or in between as the class says.
+            thirds = [np.count_nonzero(np.diff(np.signbit(part))) for part in np.array_split(samples, 3)]
+            start, middle, end = CHIRP_CLASSES[folder.name]
+            if start < end:
+                assert thirds[0] < thirds[2], (file, thirds)
+            elif start > end:
+                assert thirds[0] > thirds[2], (file, thirds)
+            else:
+                assert thirds[1] > max(thirds[0], thirds[2]), (file, thirds)

@@ -533,3 +533,92 @@ def test_logits_leave_out_only_the_output_softmax() -> None:
     model = build_model(hidden_softmax, n_features=1, n_outputs=3)  # ends in an lstm: no output softmax to remove
     assert model.softmax_head is None
     torch.testing.assert_close(model.logits(x, lengths), model(x, lengths))
+
+
+# ------------------------------------------------------------------------------------------------- embedding
+
+TEXT = spec({"embedding": {"dim": 5}}, {"lstm": {"units": 6}}, {"dense": {"activation": "softmax"}})
+
+
+def token_batch(lengths: list[int], vocab: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids as the sequence store gives them: x (B, T_max, 1) float, id 0 (padding) after each length."""
+    ids = torch.randint(2, vocab, (len(lengths), max(lengths)), generator=torch.Generator().manual_seed(seed))
+    for row, length in enumerate(lengths):
+        ids[row, length:] = 0
+    return ids.float().unsqueeze(-1), torch.tensor(lengths)  # (B, T) → (B, T, 1)
+
+
+def test_embedding_turns_ids_into_vectors_with_padding_at_zero() -> None:
+    torch.manual_seed(0)
+    model = build_model(TEXT, n_features=20, n_outputs=2)  # n_features: the vocabulary size
+    embedding = model.layers[0].embedding
+    assert (embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx) == (20, 5, 0)
+    assert (embedding.weight[0] == 0).all() and embedding.weight[1:].abs().max() <= 0.05  # Keras' uniform ±0.05
+    x, lengths = token_batch([4, 2])
+    vectors = model.layers[0](x)  # (B, T, 5)
+    assert vectors.shape == (2, 4, 5)
+    torch.testing.assert_close(vectors[1, 1], embedding.weight[int(x[1, 1, 0])])
+    assert (vectors[1, 2:] == 0).all()
+    assert model(x, lengths).shape == (2, 2)
+
+
+def test_a_frozen_embedding_gets_no_gradient_and_keeps_its_vectors() -> None:
+    torch.manual_seed(0)
+    frozen = spec({"embedding": {"dim": 5, "frozen": True}}, {"lstm": {"units": 6}}, {"dense": {}})
+    model = build_model(frozen, n_features=20, n_outputs=2)
+    before = model.layers[0].embedding.weight.detach().clone()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    x, lengths = token_batch([4, 3])
+    model(x, lengths).square().sum().backward()
+    optimizer.step()
+    assert not model.layers[0].embedding.weight.requires_grad
+    torch.testing.assert_close(model.layers[0].embedding.weight, before, rtol=0, atol=0)
+    assert model.layers[1].lstm.weight_ih_l0.grad is not None
+
+    trainable = build_model(TEXT, n_features=20, n_outputs=2)
+    trainable(x, lengths).square().sum().backward()
+    grad = trainable.layers[0].embedding.weight.grad
+    assert grad[0].abs().sum() == 0 and grad[1:].abs().sum() > 0  # padding's vector never learns
+
+
+def test_a_texts_output_does_not_depend_on_the_rest_of_its_batch() -> None:
+    torch.manual_seed(0)
+    layers = [{"embedding": {"dim": 4}}, {"lstm": {"units": 5, "return_sequences": True, "bidirectional": True}},
+              {"lstm": {"units": 5}}, {"dense": {"units": 3}}]  # fmt: skip
+    model = build_model(spec(*layers), n_features=20, n_outputs=3)
+    model.eval()
+    x, lengths = token_batch([3, 9, 1, 6])
+    with torch.no_grad():
+        together = model(x, lengths)
+        for row, length in enumerate(lengths.tolist()):
+            torch.testing.assert_close(together[row : row + 1], model(x[row : row + 1, :length]), rtol=0, atol=1e-6)
+
+
+def test_embedding_only_as_the_first_layer_and_an_lstm_must_read_its_vectors() -> None:
+    message = build_error(spec({"lstm": {"units": 4, "return_sequences": True}}, {"embedding": {"dim": 3}},
+                               {"lstm": {"units": 4}}, {"dense": {}}))  # fmt: skip
+    assert message == (
+        "pipelines.sunspots.model.layers[1].embedding: an embedding reads token ids, so it can only be the first layer"
+    )
+    assert build_error(spec({"embedding": {"dim": 3}}, {"dense": {"units": 4}}, {"dense": {}})) == (
+        "pipelines.sunspots.model.layers[1]: the first layer after an embedding must be lstm "
+        "(it reads the (batch, time, features) input), got dense"
+    )
+
+
+def test_the_penalty_leaves_the_embedding_out() -> None:
+    penalized = spec({"embedding": {"dim": 5}}, {"lstm": {"units": 6}}, {"dense": {}}, l2=0.1)
+    model = build_model(penalized, n_features=20, n_outputs=2)
+    lstm, dense = model.layers[1].lstm, model.layers[2].linear
+    expected = 0.1 * sum(w.square().sum() for w in (lstm.weight_ih_l0, lstm.weight_hh_l0, dense.weight))
+    torch.testing.assert_close(model.regularization_penalty(), expected)
+
+
+def test_summary_of_a_text_model_shows_token_ids_and_the_embedding() -> None:
+    model = build_model(spec({"embedding": {"dim": 8, "frozen": True}}, {"lstm": {"units": 4}}, {"dense": {}}),
+                        n_features=1000, n_outputs=2)  # fmt: skip
+    text = summary(model, n_features=1000)
+    assert "Input(shape=(None,)) of token ids, vocabulary 1,000" in text
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if "(" in line and line.startswith(" ")}
+    assert rows["embedding"] == ["(Embedding)", "(None,", "None,", "8)", "8,000", "8,000"]
+    assert "Non-trainable params: 8,000" in text  # frozen

@@ -18,7 +18,7 @@ from lstmflow.data.timeseries import resolve_data
 from lstmflow.errors import ConfigError, DataError
 from lstmflow.loggers import ListLogger
 from lstmflow.models.lstm import build_model
-from lstmflow.objectives import ClassifyObjective, ForecastObjective, make_objective
+from lstmflow.objectives import ClassifyObjective, ForecastObjective, classifier_input_size, make_objective
 from lstmflow.train import FitResult, fit
 
 torch.set_num_threads(1)
@@ -170,3 +170,36 @@ def test_forecast_objective_is_the_windows_and_train_loss(tmp_path: Path) -> Non
     model = build_model(spec.model, objective.n_features, objective.n_outputs)
     torch.testing.assert_close(objective.loss(model, (x,), y), (model(x).view(16, 6, 1) - y).abs().mean())
     assert objective.evaluate(model, "val", 16, "cpu").keys() == {"loss"}
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+
+def test_text_sizes_the_embedding_from_the_vocabulary_and_needs_one_first(tmp_path: Path, patterns: Patterns) -> None:
+    from lstmflow.data.text import prepare_text_features
+
+    rows = ["the cat sat,a", "a dog ran,b", "the dog sat,a", "a cat ran,b", "the cat ran,a", "a dog sat,b"]
+    (tmp_path / "texts.csv").write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    raw = {"task": "classify", "data": {"kind": "text", "path": "texts.csv", "split": {"val": 0.34, "test": 0.0}},
+           "model": {"layers": [{"embedding": {"dim": 4}}, {"lstm": {"units": 4}}, {"dense": {}}]}}  # fmt: skip
+    spec = validate_pipeline("reviews", raw, tmp_path)
+    summary = prepare_text_features(spec.data, tmp_path / "features", "pipelines.reviews.data")
+    objective = make_objective(spec, tmp_path / "features")
+    assert (objective.n_features, objective.n_outputs) == (summary["vocab_size"], 2)
+    assert classifier_input_size(load_sequences(tmp_path / "features")) == summary["vocab_size"]
+    assert classifier_input_size(load_sequences(patterns.features_dir)) == 2  # values per step
+    model = build_model(spec.model, objective.n_features, objective.n_outputs)
+    (x, lengths), _ = next(objective.batches("train", 4))
+    assert x.shape[-1] == 1 and model(x, lengths).shape == (len(lengths), 2)
+
+    lstm_first = {"model": {"layers": [{"lstm": {"units": 4}}, {"dense": {}}]}}
+    without = validate_pipeline("reviews", deep_merge(raw, lstm_first), tmp_path)
+    assert config_error(without, tmp_path / "features") == (
+        "pipelines.reviews.model.layers[0]: text arrives as token ids, so the first layer must be an embedding "
+        "that turns them into vectors (e.g. `- embedding: {dim: 64}`), got lstm"
+    )
+    embedded = patterns.spec(model={"layers": [{"embedding": {"dim": 4}}, {"lstm": {"units": 4}}, {"dense": {}}]})
+    assert config_error(embedded, patterns.features_dir) == (
+        "pipelines.patterns.model.layers[0].embedding: reads token ids, which only data.kind text gives; "
+        "data.kind sequences gives values (remove the embedding)"
+    )

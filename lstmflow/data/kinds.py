@@ -26,8 +26,11 @@ def resolve(spec: PipelineSpec) -> PipelineSpec:
     return spec
 
 
-def build_features(data: Any, season: int | None, out_dir: Path, where: str) -> dict[str, Any]:
-    """Read the raw data of any kind and write the features folder that training reads."""
+def build_features(data: Any, season: int | None, out_dir: Path, where: str, cache_dir: Path) -> dict[str, Any]:
+    """Read the raw data of any kind and write the features folder that training reads.
+
+    ``cache_dir`` keeps per-file work (audio features) that must outlive the folder DVC deletes before a rerun.
+    """
     if data.kind == "timeseries":
         from lstmflow.data.timeseries import prepare_features
 
@@ -36,6 +39,14 @@ def build_features(data: Any, season: int | None, out_dir: Path, where: str) -> 
         from lstmflow.data.sequences import prepare_sequence_features
 
         return prepare_sequence_features(data, out_dir, where)
+    if data.kind == "text":
+        from lstmflow.data.text import prepare_text_features
+
+        return prepare_text_features(data, out_dir, where)
+    if data.kind == "audio":
+        from lstmflow.data.audio import prepare_audio_features
+
+        return prepare_audio_features(data, out_dir, where, cache_dir)
     from lstmflow.data.images import prepare_image_features
 
     return prepare_image_features(data, out_dir, where)
@@ -49,6 +60,15 @@ def model_io(spec: PipelineSpec) -> tuple[int, int | None]:
     data, where = spec.data, f"pipelines.{spec.name}.data"
     if data.kind == "timeseries":
         return len(data.target) + len(data.features), data.horizon * len(data.target) if data.horizon else None
+    if data.kind == "text":
+        from lstmflow.data.text import text_model_io
+
+        return text_model_io(data, where)
+    if data.kind == "audio":
+        from lstmflow.data.audio import list_clips, n_features
+
+        clips, _ = list_clips(data, where)
+        return n_features(data), len({clip.label for clip in clips})
     if data.kind == "sequences":
         from lstmflow.data.sequences import read_sequence_table
 

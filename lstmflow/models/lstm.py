@@ -9,6 +9,9 @@ at build time, naming the YAML path of the layer to change.
 Variable-length batches: ``forward(x, lengths)`` packs every lstm's input (``pack_padded_sequence``), keeps
 padded steps at zero after every layer that keeps time, and leaves them out of batchnorm's statistics, so what
 a sample gets does not depend on the other samples in its batch (up to float rounding of the batched kernels).
+
+Text: an ``embedding`` first layer reads token ids carried as a (B, T, 1) float input (the sequence store's one
+value per step) and turns them into vectors; ``n_features`` is then the vocabulary size, the embedding's rows.
 """
 
 from __future__ import annotations
@@ -20,7 +23,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lstmflow.config import BatchNormLayer, DenseLayer, DropoutLayer, LayerNormLayer, LayerSpec, LSTMLayer, ModelSpec
+from lstmflow.config import (
+    BatchNormLayer,
+    DenseLayer,
+    DropoutLayer,
+    EmbeddingLayer,
+    LayerNormLayer,
+    LayerSpec,
+    LSTMLayer,
+    ModelSpec,
+)
 from lstmflow.errors import ConfigError
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -43,6 +55,25 @@ class InputDropout(nn.Dropout1d):
         # Dropout1d zeroes whole channels of (B, C, L): with the features as channels, a dropped feature stays
         # dropped for the whole sequence
         return super().forward(x.transpose(1, 2)).transpose(1, 2)  # (B, F, T) → (B, T, F)
+
+
+class TokenEmbedding(nn.Module):
+    """Keras ``Embedding(vocab_size, dim)``: token ids → vectors, initialised uniform in ±0.05 like Keras.
+
+    Id 0 (padding) is the zero vector and gets no gradient; ``frozen`` vectors keep their initial values.
+    """
+
+    def __init__(self, vocab_size: int, dim: int, frozen: bool) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
+        nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+        self.embedding.weight.requires_grad_(not frozen)
+        self.out_features = dim
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, T, 1) float token ids, exact integers
+        return self.embedding(x.squeeze(-1).long())  # (B, T, 1) → (B, T) → (B, T, dim)
 
 
 class LSTMBlock(nn.Module):
@@ -138,12 +169,15 @@ class LSTMNet(nn.Module):
     def __init__(self, spec: ModelSpec, n_features: int) -> None:
         super().__init__()
         self.spec = spec
-        self.n_features = n_features
+        self.n_features = n_features  # the vocabulary size when the first layer is an embedding
         width = n_features
         layers: list[nn.Module] = []
         for index, layer in enumerate(spec.layers):
             args = layer.args
             match args:
+                case EmbeddingLayer():
+                    block = TokenEmbedding(n_features, args.dim, args.frozen)
+                    width = block.out_features
                 case LSTMLayer():
                     block = LSTMBlock(width, args.units, args.return_sequences, args.bidirectional, args.dropout)
                     width = block.out_features
@@ -168,6 +202,11 @@ class LSTMNet(nn.Module):
         softmax_head = spec.layers[head].dense is not None and spec.layers[head].dense.activation == "softmax"
         #: The output dense whose softmax :meth:`logits` leaves out (classification folds it into the loss).
         self.softmax_head = head if softmax_head else None
+
+    @property
+    def input_width(self) -> int:
+        """Values per input step: 1 (a token id) for an embedding-first model, else ``n_features``."""
+        return 1 if self.spec.layers[0].embedding is not None else self.n_features
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x (B, T, F) → (B, n_outputs), or (B, T, n) when the network ends in a sequence.
@@ -205,10 +244,17 @@ class LSTMNet(nn.Module):
     def regularization_penalty(self) -> Tensor:
         """``l1·Σ|w| + l2·Σw²`` over the weight matrices (dense kernels, LSTM input and recurrent kernels).
 
-        Biases and normalisation scales are left out, as Keras' kernel and recurrent regularizers do; the trainer
-        adds this to the loss.
+        Biases, normalisation scales and embeddings are left out, as Keras' kernel and recurrent regularizers do
+        (Keras regularizes embeddings only through their own ``embeddings_regularizer``); the trainer adds this to
+        the loss.
         """
-        matrices = [param for param in self.parameters() if param.dim() >= 2]
+        matrices = [
+            param
+            for layer in self.layers
+            if not isinstance(layer, TokenEmbedding)
+            for param in layer.parameters()
+            if param.dim() >= 2
+        ]
         penalty = torch.zeros((), device=matrices[0].device)
         if self.spec.l1:
             penalty = penalty + self.spec.l1 * sum(param.abs().sum() for param in matrices)
@@ -221,6 +267,9 @@ def build_model(
     spec: ModelSpec, n_features: int, n_outputs: int | None, where: str = "model", needs: str | None = None
 ) -> LSTMNet:
     """Compile ``spec`` for inputs of ``n_features`` per step and a task that needs ``n_outputs`` per sample.
+
+    When the first layer is an ``embedding``, the input is one token id per step and ``n_features`` is the
+    vocabulary size (the number of ids, padding and unknown included).
 
     ``n_outputs`` is what the task needs (horizon × targets when forecasting): the last dense's units are inferred
     from it when omitted and must equal it when given. ``None`` keeps what the spec says and lets the network end
@@ -245,13 +294,19 @@ def output_layer(spec: ModelSpec) -> int:
 def _shape_problems(layers: list[LayerSpec], where: str) -> list[str]:
     """The rules on how layers may follow each other."""
     problems = []
-    if layers[0].kind != "lstm":
+    reader = 1 if layers[0].embedding is not None else 0  # the layer that reads the input sequence
+    if reader == len(layers) or layers[reader].kind != "lstm":
+        got = layers[reader].kind if reader < len(layers) else "nothing"
+        what = "the first layer after an embedding" if reader else "the first layer"
         problems.append(
-            f"{where}.layers[0]: the first layer must be lstm (it reads the (batch, time, features) input), "
-            f"got {layers[0].kind}"
+            f"{where}.layers[{reader}]: {what} must be lstm (it reads the (batch, time, features) input), got {got}"
         )
     collapsed_at: int | None = None  # the lstm that turned the sequence into one vector per sample
     for index, layer in enumerate(layers):
+        if layer.embedding is not None and index > 0:
+            problems.append(
+                f"{where}.layers[{index}].embedding: an embedding reads token ids, so it can only be the first layer"
+            )
         if layer.lstm is not None:
             if collapsed_at is not None:
                 problems.append(
@@ -313,6 +368,7 @@ def _resolve_outputs(
 # ---------------------------------------------------------------------------------------------------- summary
 
 _KERAS_NAMES = {
+    "embedding": ("embedding", "Embedding"),
     "lstm": ("lstm", "LSTM"),
     "dense": ("dense", "Dense"),
     "dropout": ("dropout", "Dropout"),
@@ -326,11 +382,12 @@ def summary(model: LSTMNet, n_features: int) -> str:
 
     Output shapes are read from a forward pass of two samples of three steps (in eval mode, without gradients);
     batch and time print as ``None``. Param # counts, like Keras, the batchnorm running statistics (non-trainable).
+    An embedding-first model's input is a sequence of token ids, ``Input(shape=(None,))`` as in Keras.
     """
     rows = [("Layer (type)", "Output Shape", "Param #", "Keras Param #")]
     seen: Counter[str] = Counter()
     trainable = non_trainable = keras_total = 0
-    for layer, block, shape in zip(model.spec.layers, model.layers, _output_shapes(model, n_features), strict=True):
+    for layer, block, shape in zip(model.spec.layers, model.layers, _output_shapes(model), strict=True):
         name, kind = _KERAS_NAMES[layer.kind]
         if layer.lstm is not None and layer.lstm.bidirectional:
             name, kind = "bidirectional", "Bidirectional"
@@ -359,7 +416,9 @@ def summary(model: LSTMNet, n_features: int) -> str:
     return "\n".join(
         [
             f'Model: "{type(model).__name__}"',
-            f"Input(shape=(None, {n_features}))",
+            f"Input(shape=(None,)) of token ids, vocabulary {n_features:,}"
+            if model.spec.layers[0].embedding is not None
+            else f"Input(shape=(None, {n_features}))",
             "_" * rule,
             lines[0],
             "=" * rule,
@@ -374,7 +433,7 @@ def summary(model: LSTMNet, n_features: int) -> str:
     )
 
 
-def _output_shapes(model: LSTMNet, n_features: int) -> list[str]:
+def _output_shapes(model: LSTMNet) -> list[str]:
     """Each layer's output shape, Keras style: ``(None, None, 64)`` for a sequence, ``(None, 12)`` for vectors."""
     shapes: list[torch.Size] = []
     hooks = [layer.register_forward_hook(lambda _m, _i, out: shapes.append(out.shape)) for layer in model.layers]
@@ -383,7 +442,7 @@ def _output_shapes(model: LSTMNet, n_features: int) -> list[str]:
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(2, 3, n_features, dtype=reference.dtype, device=reference.device))  # (B, T, F)
+            model(torch.zeros(2, 3, model.input_width, dtype=reference.dtype, device=reference.device))  # (B, T, F)
     finally:
         model.train(was_training)
         for hook in hooks:

@@ -1,0 +1,399 @@
+"""Audio clips as sequences: each frame of log-mel energies or MFCCs is one time step, computed with librosa.
+
+Two sources, chosen by ``data.path``: a folder with one subfolder of clips per label, or a manifest CSV with
+``path`` and ``label`` columns (paths relative to the manifest) and optionally the split column. A clip is read
+with soundfile, mixed down to mono, cut to ``max_seconds``, resampled to ``sample_rate`` and turned into
+(frames, F) float32 features by :func:`clip_features`; a served model calls the same function on uploaded audio,
+so training and serving compute identical features.
+
+Features are the expensive part, so they are computed in worker processes and cached per clip outside the output
+folder (DVC deletes a stage's outputs before re-running it): ``<cache_dir>/<sha256 of file bytes + feature
+params>.npy``. Adding clips computes only the new ones; changing a feature parameter changes every key. Clips
+that cannot be used (unreadable, empty, silent, too short, wrong file type) are named with the reason and either
+skipped (listed in ``skipped.json``) or make the stage fail, after every usable clip has been computed and cached.
+
+Every worker process imports this module, so its top level stays light: the sequences and table helpers (which
+import torch and pandas, about 2 s per process) are imported inside the parent-only functions that use them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple, cast
+
+import numpy as np
+import soundfile
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lstmflow.config import AudioSpec
+from lstmflow.errors import ConfigError, DataError
+
+#: File name endings read as audio (compared lower-case); any other file is a bad file ("wrong extension").
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg"})
+#: A clip whose peak amplitude (full scale 1.0) stays below this, -80 dBFS, is silent: its log-mel frames
+#: would all sit on the dB floor and teach the model nothing.
+SILENCE_PEAK = 1e-4
+#: Bumped when the feature computation changes in a way the parameters do not show; part of every cache key.
+FEATURES_VERSION = 1
+#: A worker process costs about 2.5 s to start (Python, numpy, librosa's imports), while log-mel features take about
+#: 1 ms per second of audio here: a worker is started per this many bytes of files to compute (about 3000 s of
+#: 16 kHz 16-bit mono, 3 s of work), so ``workers`` is an upper bound. Compressed files hold more audio per byte
+#: and so get workers sooner.
+BYTES_PER_PROCESS = 100_000_000
+#: Most clips sent to a worker at once: fewer round trips, yet a progress bar that still moves.
+CHUNK_CLIPS = 16
+#: Window of librosa.feature.delta (its default); edges use the nearest frame so that any clip length works.
+DELTA_WIDTH = 9
+
+
+class Clip(NamedTuple):
+    """One listed clip: where it is, its label, how messages name it, and its given part (manifests only)."""
+
+    path: Path
+    label: str
+    name: str
+    given_part: Any
+
+
+class BadClip(NamedTuple):
+    name: str
+    reason: str
+
+
+# ------------------------------------------------------------------------------------------ features
+
+
+def feature_params(spec: AudioSpec) -> dict[str, Any]:
+    """Every setting that changes a clip's features: the cache key and the meta a served model needs."""
+    return {
+        "sample_rate": spec.sample_rate,
+        "features": spec.features,
+        "n_mels": spec.n_mels,
+        "n_mfcc": spec.n_mfcc,
+        "deltas": spec.deltas,
+        "n_fft": spec.n_fft,
+        "hop_length": spec.hop_length,
+        "max_seconds": spec.max_seconds,
+    }
+
+
+def n_features(spec: AudioSpec) -> int:
+    """F of the (frames, F) features: mel bands or MFCCs, times three with deltas."""
+    base = spec.n_mfcc if spec.features == "mfcc" else spec.n_mels
+    return base * (3 if spec.deltas else 1)
+
+
+def clip_features(samples: np.ndarray, source_rate: int, spec: AudioSpec) -> np.ndarray:
+    """Raw samples (n,) or (n, channels) at ``source_rate`` → (frames, F) float32 features, one frame per step.
+
+    Mono mixdown, cut to the first ``max_seconds``, resample to ``spec.sample_rate``, then log-mel (dB re 1.0,
+    floored 80 dB below the clip's loudest cell) or MFCCs from the log-mel, with first and second deltas appended
+    when asked. An empty, silent or shorter-than-one-frame clip raises DataError with the reason (the caller adds
+    which file).
+    """
+    import librosa  # imported here: ~2 s, and only the data stage and serving need it
+
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)  # (n, C) → (n,)
+    if samples.ndim != 1:
+        raise DataError(f"audio samples must be (n,) or (n, channels), got shape {samples.shape}")
+    if spec.max_seconds is not None:
+        samples = samples[: int(round(spec.max_seconds * source_rate))]
+    if len(samples) == 0:
+        raise DataError("no samples (empty clip)")
+    if not np.isfinite(samples).all():
+        raise DataError("NaN or infinite samples")
+    peak = float(np.abs(samples).max())
+    if peak < SILENCE_PEAK:
+        raise DataError(f"silent (peak amplitude {peak:.1e} < {SILENCE_PEAK:.0e}, i.e. below -80 dBFS)")
+    if source_rate != spec.sample_rate:
+        samples = librosa.resample(samples, orig_sr=source_rate, target_sr=spec.sample_rate)
+    if len(samples) < spec.n_fft:
+        raise DataError(
+            f"too short: {len(samples)} samples at {spec.sample_rate} Hz ({len(samples) / spec.sample_rate:.3f} s); "
+            f"one frame needs n_fft = {spec.n_fft} samples ({spec.n_fft / spec.sample_rate:.3f} s)"
+        )
+    mel = librosa.feature.melspectrogram(
+        y=samples, sr=spec.sample_rate, n_fft=spec.n_fft, hop_length=spec.hop_length, n_mels=spec.n_mels
+    )  # (n_mels, frames)
+    features = librosa.power_to_db(mel, ref=1.0)
+    if spec.features == "mfcc":
+        features = librosa.feature.mfcc(S=features, n_mfcc=spec.n_mfcc)  # (n_mfcc, frames)
+    if spec.deltas:
+        features = np.concatenate(
+            [features]
+            + [librosa.feature.delta(features, width=DELTA_WIDTH, order=order, mode="nearest") for order in (1, 2)]
+        )  # (3 × base, frames)
+    return np.ascontiguousarray(features.T, dtype=np.float32)  # (frames, F)
+
+
+def read_clip(path: Path) -> tuple[np.ndarray, int]:
+    """A clip's samples (n, channels) float32 and its rate; an unreadable file raises DataError with the reason."""
+    if path.stat().st_size == 0:
+        raise DataError("empty file (0 bytes)")
+    try:
+        samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
+        detail = getattr(exc, "error_string", None) or str(exc)
+        raise DataError(f"not readable as audio ({detail})") from None
+    return samples, rate
+
+
+# ---------------------------------------------------------------------------------------- the cache
+
+
+def cache_key(path: Path, params: dict[str, Any]) -> str:
+    """sha256 over the parameters (as canonical JSON) and the file's bytes: a new file or setting, a new key."""
+    digest = hashlib.sha256(json.dumps({**params, "version": FEATURES_VERSION}, sort_keys=True).encode())
+    digest.update(b"\0")
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write to a temporary file beside ``path`` and rename it, so a killed run never leaves half a file."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        write(handle)
+    os.replace(temporary, path)
+
+
+def _cached(cache_dir: Path, key: str) -> np.ndarray | str | None:
+    """A clip's cached features, or its cached reason for being bad, or None when it was never computed."""
+    features = cache_dir / f"{key}.npy"
+    if features.exists():
+        try:
+            return np.load(features)
+        except (OSError, ValueError):
+            return None  # unreadable cache entry (e.g. a full disk): compute again
+    bad = cache_dir / f"{key}.bad"
+    return bad.read_text() if bad.exists() else None
+
+
+def _compute_chunk(jobs: list[tuple[Path, str]], spec: AudioSpec, cache_dir: Path) -> list[np.ndarray | str]:
+    """:func:`_compute` for several clips: one round trip to a worker per chunk instead of per clip."""
+    return [_compute(path, key, spec, cache_dir) for path, key in jobs]
+
+
+def _compute(path: Path, key: str, spec: AudioSpec, cache_dir: Path) -> np.ndarray | str:
+    """Read and compute one clip and cache the result (features, or why the clip is bad), in any process."""
+    try:
+        samples, rate = read_clip(path)
+        result: np.ndarray | str = clip_features(samples, rate, spec)
+    except DataError as exc:
+        result = str(exc)
+    if isinstance(result, str):
+        _write_atomic(cache_dir / f"{key}.bad", lambda handle: handle.write(result.encode()))
+    else:
+        _write_atomic(cache_dir / f"{key}.npy", lambda handle: np.save(handle, result))
+    return result
+
+
+# ---------------------------------------------------------------------------------------- listing clips
+
+
+def list_clips(spec: AudioSpec, where: str) -> tuple[list[Clip], list[BadClip]]:
+    """The clips ``spec.path`` names, in a deterministic order, and the files that are not audio by their ending."""
+    path = Path(spec.path)
+    if not path.exists():
+        raise DataError(f"{where}.path: no folder or file at {path}")
+    if path.is_dir():
+        return _list_folder(spec, path, where)
+    return _list_manifest(spec, path, where)
+
+
+def _list_folder(spec: AudioSpec, root: Path, where: str) -> tuple[list[Clip], list[BadClip]]:
+    """One subfolder per label, files in name order; hidden entries are ignored, loose files are bad files."""
+    if spec.split.column is not None:
+        raise DataError(
+            f"{where}.split.column: {spec.split.column!r} needs a manifest CSV; clips in label folders have no "
+            f"columns (use split fractions, or a manifest with path, label and {spec.split.column} columns)"
+        )
+    entries = sorted((entry for entry in root.iterdir() if not entry.name.startswith(".")), key=lambda e: e.name)
+    folders = [entry for entry in entries if entry.is_dir()]
+    if not folders:
+        raise DataError(
+            f"{where}.path: {root} has no label folders; put each class's clips in a subfolder named after it"
+        )
+    bad = [BadClip(entry.name, "not inside a label folder") for entry in entries if not entry.is_dir()]
+    clips = []
+    for folder in folders:
+        for file in sorted((f for f in folder.iterdir() if not f.name.startswith(".")), key=lambda f: f.name):
+            name = str(file.relative_to(root))
+            if not file.is_file():
+                bad.append(BadClip(name, "not a file"))
+            elif file.suffix.lower() not in AUDIO_SUFFIXES:
+                bad.append(BadClip(name, _wrong_extension(file)))
+            else:
+                clips.append(Clip(file, folder.name, name, None))
+    return clips, bad
+
+
+def _wrong_extension(path: Path) -> str:
+    return f"wrong extension {path.suffix or '(none)'!r}; audio files end in {', '.join(sorted(AUDIO_SUFFIXES))}"
+
+
+def _list_manifest(spec: AudioSpec, manifest: Path, where: str) -> tuple[list[Clip], list[BadClip]]:
+    """Rows of path, label (and the split column); a path that does not exist is an error naming its line."""
+    import pandas as pd
+
+    from lstmflow.data.sequences import _cell
+    from lstmflow.data.timeseries import _listing, _row_namer
+
+    if manifest.suffix.lower() != ".csv":
+        raise DataError(f"{where}.path: {manifest} must be a folder of label folders or a .csv manifest")
+    table = pd.read_csv(manifest, dtype=str)
+    wanted = ["path", "label"] + ([spec.split.column] if spec.split.column is not None else [])
+    missing = [name for name in wanted if name not in table.columns]
+    if missing:
+        raise DataError(
+            f"{where}.path: {manifest} has no column(s) {missing}; available: {_listing(list(table.columns))}"
+        )
+    if table.empty:
+        raise DataError(f"{where}.path: {manifest} has a header but no data rows")
+    line = _row_namer(manifest)
+    clips, bad, absent = [], [], []
+    for i, (cell, label) in enumerate(zip(table["path"].map(_cell), table["label"].map(_cell))):
+        if cell is None or label is None:
+            column = "path" if cell is None else "label"
+            raise DataError(f"{where}.path: {manifest} {line(i)} has an empty {column} cell")
+        file = manifest.parent / cell
+        name = f"{cell} ({line(i)})"
+        given = table[spec.split.column].iloc[i] if spec.split.column is not None else None
+        if not file.is_file():
+            absent.append(f"{line(i)}: {cell!r}")
+        elif file.suffix.lower() not in AUDIO_SUFFIXES:
+            bad.append(BadClip(name, _wrong_extension(file)))
+        else:
+            clips.append(Clip(file, label, name, given))
+    if absent:
+        raise DataError(
+            f"{where}.path: {manifest} lists {len(absent)} file(s) that do not exist "
+            f"(paths are relative to {manifest.parent}): {_listing(absent)}"
+        )
+    return clips, bad
+
+
+# ---------------------------------------------------------------------------------------- the stage
+
+
+def compute_features(
+    clips: Sequence[Clip], spec: AudioSpec, cache_dir: Path
+) -> tuple[list[np.ndarray | str], int]:
+    """Each clip's features (or the reason it is bad), in the clips' order, and how many were computed (not cached).
+
+    Keys are hashed here, so a run with nothing new starts no process at all. This process always computes; up to
+    ``spec.workers - 1`` more join it, one per ``BYTES_PER_PROCESS`` of files to compute. The clips are cut into
+    chunks queued to the workers front to back while this process takes chunks back to front (those no worker
+    has started), so no one waits for a worker's start-up and both meet in the middle.
+
+    Workers are started with ``spawn``: the parent may already hold threads (PyTorch's pool, Prefect's event loop)
+    and forking a threaded process can deadlock the child; spawn costs each worker its imports, about 2 s.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    params = feature_params(spec)
+    keys = [cache_key(clip.path, params) for clip in clips]
+    results: list[np.ndarray | str | None] = [_cached(cache_dir, key) for key in keys]
+    todo = [i for i, result in enumerate(results) if result is None]
+    todo_bytes = sum(clips[i].path.stat().st_size for i in todo)
+    helpers = min((spec.workers or os.cpu_count() or 1) - 1, todo_bytes // BYTES_PER_PROCESS)
+    size = min(CHUNK_CLIPS, max(1, len(todo) // (4 * (helpers + 1))))  # >= 4 chunks per process evens out the load
+    chunks = [todo[begin : begin + size] for begin in range(0, len(todo), size)]
+
+    def compute_here(chunk: list[int]) -> None:
+        for i in chunk:
+            results[i] = _compute(clips[i].path, keys[i], spec, cache_dir)
+            progress.advance(task)
+
+    with _progress_bar() as progress:
+        task = progress.add_task("audio features", total=len(todo))
+        if helpers == 0:
+            for chunk in chunks:
+                compute_here(chunk)
+        else:
+            with ProcessPoolExecutor(helpers, mp_context=get_context("spawn")) as pool:
+                futures = [
+                    pool.submit(_compute_chunk, [(clips[i].path, keys[i]) for i in chunk], spec, cache_dir)
+                    for chunk in chunks
+                ]
+                for chunk, future in zip(chunks, futures):
+                    future.add_done_callback(
+                        lambda done, n=len(chunk): None if done.cancelled() else progress.advance(task, n)
+                    )
+                for chunk, future in zip(reversed(chunks), reversed(futures)):
+                    if future.cancel():  # no worker has it yet
+                        compute_here(chunk)
+                for chunk, future in zip(chunks, futures):
+                    if not future.cancelled():
+                        for i, result in zip(chunk, future.result()):
+                            results[i] = result
+    return cast(list[np.ndarray | str], results), len(todo)  # every None was computed above
+
+
+def _progress_bar() -> Progress:
+    """Clips computed so far, on stderr; silent when stderr is not a terminal (logs, CI)."""
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def prepare_audio_features(spec: AudioSpec, out_dir: Path, where: str, cache_dir: Path) -> dict[str, Any]:
+    """The data stage of an `audio` pipeline: list, compute (cached, parallel), divide into parts, write the store.
+
+    Returns write_sequences' summary plus ``skipped`` and ``skipped_files`` (bad files left out), ``computed`` and
+    ``cached`` (clips computed this run vs taken from ``cache_dir``). ``skipped.json`` in ``out_dir`` lists each
+    skipped file and why.
+    """
+    from lstmflow.data.sequences import assign_parts, write_sequences
+    from lstmflow.data.timeseries import _listing
+
+    if spec.features == "mfcc" and spec.n_mfcc > spec.n_mels:
+        raise ConfigError(
+            f"{where}.n_mfcc: {spec.n_mfcc} MFCCs need at least as many mel bands, got n_mels {spec.n_mels}"
+        )
+    clips, bad = list_clips(spec, where)
+    results, computed = compute_features(clips, spec, cache_dir)
+    bad += [BadClip(clip.name, result) for clip, result in zip(clips, results) if isinstance(result, str)]
+    if bad and spec.bad_files == "fail":
+        shown = [f"{clip.name}: {clip.reason}" for clip in bad]
+        raise DataError(
+            f"{where}.bad_files: {len(bad)} file(s) that cannot be used (set bad_files: skip to leave them out): "
+            f"{_listing(shown)}"
+        )
+    good = [(clip, result) for clip, result in zip(clips, results) if not isinstance(result, str)]
+    if not good:
+        raise DataError(f"{where}.path: no usable clips in {spec.path} ({len(bad)} bad file(s))")
+    labels = [clip.label for clip, _ in good]
+    names = [clip.name for clip, _ in good]
+    given = [clip.given_part for clip, _ in good] if spec.split.column is not None else None
+    parts = assign_parts(labels, spec.split, given, where, names=names)
+    extra = {**feature_params(spec), "skipped": len(bad)}
+    summary = write_sequences(
+        out_dir, [features for _, features in good], labels, parts, spec.scale, None, where, extra, names=names
+    )
+    skipped = [{"file": clip.name, "reason": clip.reason} for clip in bad]
+    (Path(out_dir) / "skipped.json").write_text(json.dumps(skipped, indent=1) + "\n")
+    return {
+        **summary,
+        "skipped": len(bad),
+        "skipped_files": [clip.name for clip in bad],
+        "computed": computed,
+        "cached": len(clips) - computed,
+    }
