@@ -1,16 +1,19 @@
-"""The demo sets are worth an LSTM: the generated one needs the order of its steps."""
+"""The generated demo sets are worth an LSTM: each needs the order of its steps."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
 from conftest import REPO
-from lstmflow.config import Config, validate_pipeline
+from lstmflow.config import Config, PipelineSpec, validate_pipeline
 from lstmflow.data.sequences import assign_parts, prepare_sequence_features, read_sequence_table
+from lstmflow.data.text import prepare_text_features, read_texts
 from lstmflow.datasets import build_demo_data
 from lstmflow.evaluate import evaluate_classifier
 from lstmflow.loggers import ListLogger
@@ -19,45 +22,40 @@ from lstmflow.train import fit
 pytestmark = pytest.mark.slow
 
 
-def test_order_demo_needs_the_sequence(tmp_path: Path) -> None:
-    """The LSTM of the `order` pipeline beats logistic regression on per-series mean, std and length by 15+ points."""
+def lstm_accuracy(tmp_path: Path, name: str, raw_file: str, prepare: Callable[..., Any]) -> tuple[PipelineSpec, float]:
+    """Train the shipped pipeline `name` on freshly built demo data; returns its spec and test accuracy."""
     build_demo_data(tmp_path / "raw")
-    tree, _ = Config.load(REPO / "pipelines.yaml").merged("order")
-    tree["data"]["path"] = str(tmp_path / "raw" / "order_sequences.csv")
-    spec = validate_pipeline("order", tree, tmp_path)
-    where = "pipelines.order.data"
-    prepare_sequence_features(spec.data, tmp_path / "features", where)
+    tree, _ = Config.load(REPO / "pipelines.yaml").merged(name)
+    tree["data"]["path"] = str(tmp_path / "raw" / raw_file)
+    spec = validate_pipeline(name, tree, tmp_path)
+    prepare(spec.data, tmp_path / "features", f"pipelines.{name}.data")
     result = fit(spec, tmp_path / "features", tmp_path / "run", ListLogger(), progress=False)
-    lstm = evaluate_classifier(spec, tmp_path / "features", Path(result.model_path), tmp_path / "plots")[0]["accuracy"]
+    metrics, _ = evaluate_classifier(spec, tmp_path / "features", Path(result.model_path), tmp_path / "plots")
+    return spec, metrics["accuracy"]
 
-    table = read_sequence_table(spec.data, where)
-    parts = assign_parts(table.labels, spec.data.split, table.given_parts, where, names=table.names)
-    summaries = np.array([[s.mean(), s.std(), len(s)] for s in table.sequences])
+
+def order_blind_accuracy(spec: PipelineSpec, table: Any, inputs: Any) -> float:
+    """Logistic regression on order-free inputs, trained and scored on the pipeline's own train and test parts."""
+    parts = assign_parts(table.labels, spec.data.split, table.given_parts, f"pipelines.{spec.name}.data", names=table.names)
     labels = np.array(table.labels)
-    order_blind = LogisticRegression(max_iter=1000).fit(summaries[parts == 0], labels[parts == 0])
-    blind = order_blind.score(summaries[parts == 2], labels[parts == 2])
+    model = LogisticRegression(max_iter=1000).fit(inputs[parts == 0], labels[parts == 0])
+    return model.score(inputs[parts == 2], labels[parts == 2])
+
+
+def test_order_demo_needs_the_sequence(tmp_path: Path) -> None:
+    """The `order` LSTM beats logistic regression on per-series mean, std and length by 15+ points."""
+    spec, lstm = lstm_accuracy(tmp_path, "order", "order_sequences.csv", prepare_sequence_features)
+    table = read_sequence_table(spec.data, "pipelines.order.data")
+    summaries = np.array([[s.mean(), s.std(), len(s)] for s in table.sequences])
+    blind = order_blind_accuracy(spec, table, summaries)
     assert lstm >= blind + 0.15, f"LSTM {lstm:.3f} vs order-blind {blind:.3f}"
 
 
 def test_agents_demo_needs_word_order(tmp_path: Path) -> None:
-    """The LSTM of the `agents` pipeline beats a bag-of-words logistic regression by 15+ points."""
-    from lstmflow.data.text import prepare_text_features, read_texts
-
-    build_demo_data(tmp_path / "raw")
-    tree, _ = Config.load(REPO / "pipelines.yaml").merged("agents")
-    tree["data"]["path"] = str(tmp_path / "raw" / "agents.csv")
-    spec = validate_pipeline("agents", tree, tmp_path)
-    where = "pipelines.agents.data"
-    prepare_text_features(spec.data, tmp_path / "features", where)
-    result = fit(spec, tmp_path / "features", tmp_path / "run", ListLogger(), progress=False)
-    lstm = evaluate_classifier(spec, tmp_path / "features", Path(result.model_path), tmp_path / "plots")[0]["accuracy"]
-
+    """The `agents` LSTM beats a bag-of-words logistic regression by 15+ points."""
     from sklearn.feature_extraction.text import CountVectorizer
 
-    table = read_texts(spec.data, where)
-    parts = assign_parts(table.labels, spec.data.split, table.given_parts, where, names=table.names)
-    words = CountVectorizer().fit_transform(table.texts)
-    labels = np.array(table.labels)
-    bag = LogisticRegression(max_iter=1000).fit(words[parts == 0], labels[parts == 0])
-    blind = bag.score(words[parts == 2], labels[parts == 2])
+    spec, lstm = lstm_accuracy(tmp_path, "agents", "agents.csv", prepare_text_features)
+    table = read_texts(spec.data, "pipelines.agents.data")
+    blind = order_blind_accuracy(spec, table, CountVectorizer().fit_transform(table.texts))
     assert lstm >= blind + 0.15, f"LSTM {lstm:.3f} vs bag of words {blind:.3f}"
