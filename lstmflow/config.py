@@ -181,7 +181,7 @@ class AudioSpec(Strict):
     hop_length: int = Field(160, gt=0, description="Samples between frames (160 = 10 ms at 16 kHz): one frame is one time step.")
     max_seconds: float | None = Field(None, gt=0, description="Keep only the first `max_seconds` of longer clips; null keeps all.")
     bad_files: Literal["skip", "fail"] = Field("skip", description="An unreadable, empty, silent or too-short clip: `skip` it (named and counted in the run) or `fail`.")
-    workers: int | None = Field(None, ge=1, description="Processes computing features. Default: the CPU count.")
+    workers: int | None = Field(None, ge=1, description="Most processes computing features; one more starts per ~100 MB of clips to compute, since a process costs seconds to start. Default: the CPU count.")
     scale: Literal["standard", "none"] = Field("standard", description="Per-feature standardisation fitted on the training clips only.")
     split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
 
