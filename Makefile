@@ -29,6 +29,7 @@ bench: $(BIN)/lstmflow  ## the benchmarks; results go to benchmarks/RESULTS.md b
 	$(BIN)/python benchmarks/pipeline_overhead.py
 	$(BIN)/python benchmarks/padding.py
 	$(BIN)/python benchmarks/audio_features.py
+	$(BIN)/python benchmarks/tokenization.py
 
 clean-stores:  ## forget every run: MLflow, Prefect, DVC cache and remote, features, training runs
 	rm -rf mlflow.db mlruns .prefect .dvc-storage .dvc/cache features runs data/raw
