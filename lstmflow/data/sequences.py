@@ -293,6 +293,10 @@ class SequenceSet:
         self.lengths = offsets[positions + 1] - self._starts
         self.labels = labels[positions]
 
+    def sequence(self, i: int) -> np.ndarray:
+        """Sample ``i``'s steps (T, F) as stored (scaled), a view."""
+        return self._values[self._starts[i] : self._starts[i] + self.lengths[i]]
+
     def __len__(self) -> int:
         return len(self.positions)
 
