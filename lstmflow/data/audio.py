@@ -248,7 +248,7 @@ def _list_manifest(spec: AudioSpec, manifest: Path, where: str) -> tuple[list[Cl
     import pandas as pd
 
     from lstmflow.data.sequences import _cell
-    from lstmflow.data.timeseries import _listing, _row_namer
+    from lstmflow.data.tables import listing, row_namer
 
     if manifest.suffix.lower() != ".csv":
         raise DataError(f"{where}.path: {manifest} must be a folder of label folders or a .csv manifest")
@@ -257,11 +257,11 @@ def _list_manifest(spec: AudioSpec, manifest: Path, where: str) -> tuple[list[Cl
     missing = [name for name in wanted if name not in table.columns]
     if missing:
         raise DataError(
-            f"{where}.path: {manifest} has no column(s) {missing}; available: {_listing(list(table.columns))}"
+            f"{where}.path: {manifest} has no column(s) {missing}; available: {listing(list(table.columns))}"
         )
     if table.empty:
         raise DataError(f"{where}.path: {manifest} has a header but no data rows")
-    line = _row_namer(manifest)
+    line = row_namer(manifest)
     clips, bad, absent = [], [], []
     for i, (cell, label) in enumerate(zip(table["path"].map(_cell), table["label"].map(_cell))):
         if cell is None or label is None:
@@ -279,7 +279,7 @@ def _list_manifest(spec: AudioSpec, manifest: Path, where: str) -> tuple[list[Cl
     if absent:
         raise DataError(
             f"{where}.path: {manifest} lists {len(absent)} file(s) that do not exist "
-            f"(paths are relative to {manifest.parent}): {_listing(absent)}"
+            f"(paths are relative to {manifest.parent}): {listing(absent)}"
         )
     return clips, bad
 
@@ -362,7 +362,7 @@ def prepare_audio_features(spec: AudioSpec, out_dir: Path, where: str, cache_dir
     skipped file and why.
     """
     from lstmflow.data.sequences import assign_parts, write_sequences
-    from lstmflow.data.timeseries import _listing
+    from lstmflow.data.tables import listing
 
     if spec.features == "mfcc" and spec.n_mfcc > spec.n_mels:
         raise ConfigError(
@@ -375,7 +375,7 @@ def prepare_audio_features(spec: AudioSpec, out_dir: Path, where: str, cache_dir
         shown = [f"{clip.name}: {clip.reason}" for clip in bad]
         raise DataError(
             f"{where}.bad_files: {len(bad)} file(s) that cannot be used (set bad_files: skip to leave them out): "
-            f"{_listing(shown)}"
+            f"{listing(shown)}"
         )
     good = [(clip, result) for clip, result in zip(clips, results) if not isinstance(result, str)]
     if not good:

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from lstmflow.config import ImagesSpec
 from lstmflow.data.sequences import assign_parts, write_sequences
-from lstmflow.data.timeseries import _listing, _numeric_values, _read_table, _row_namer
+from lstmflow.data.tables import listing, numeric_values, read_table, row_namer
 from lstmflow.errors import DataError
 
 #: File name endings read as images in a label folder (compared lower-case); anything else is skipped and counted.
@@ -139,17 +139,17 @@ def _read_table_of_pixels(spec: ImagesSpec, path: Path, where: str) -> ImageSet:
             f"{where}.grayscale: false needs image files; a table of pixels has one value per pixel "
             f"(leave grayscale out, or point {where}.path at a folder of label folders)"
         )
-    table = _read_table(path, where)
+    table = read_table(path, where)
     if spec.shape is None:
         raise DataError(f"{where}.shape: required for a table of pixels, as [height, width]")
     height, width = spec.shape
     if height <= 0 or width <= 0:
         raise DataError(f"{where}.shape: height and width must be > 0, got {spec.shape}")
-    row_label = _row_namer(path)
+    row_label = row_namer(path)
     wanted = [spec.label_column] + ([spec.split.column] if spec.split.column is not None else [])
     missing = [name for name in wanted if name not in table.columns]
     if missing:
-        raise DataError(f"{where}: {path} has no column(s) {missing}; available: {_listing(list(table.columns))}")
+        raise DataError(f"{where}: {path} has no column(s) {missing}; available: {listing(list(table.columns))}")
     if table.empty:
         raise DataError(f"{where}.path: {path} has a header but no data rows")
     pixel_columns = [name for name in table.columns if name not in wanted]
@@ -160,11 +160,11 @@ def _read_table_of_pixels(spec: ImagesSpec, path: Path, where: str) -> ImageSet:
         )
     no_label = [row_label(i) for i in np.flatnonzero(table[spec.label_column].isna().to_numpy())]
     if no_label:
-        raise DataError(f"{where}: {path} has no {spec.label_column!r} in {len(no_label)} row(s): {_listing(no_label)}")
-    pixels = _numeric_values(table, pixel_columns, path, row_label, where).to_numpy(np.float32)
+        raise DataError(f"{where}: {path} has no {spec.label_column!r} in {len(no_label)} row(s): {listing(no_label)}")
+    pixels = numeric_values(table, pixel_columns, path, row_label, where).to_numpy(np.float32)
     empty = [f"{row_label(i)} column {pixel_columns[j]!r}" for i, j in np.argwhere(np.isnan(pixels))]
     if empty:
-        raise DataError(f"{where}: {path} has {len(empty)} empty pixel cell(s): {_listing(empty)}")
+        raise DataError(f"{where}: {path} has {len(empty)} empty pixel cell(s): {listing(empty)}")
     images = list(pixels.reshape(len(table), height, width))  # N × (H, W)
     labels = [str(value) for value in table[spec.label_column]]
     given = table[spec.split.column].tolist() if spec.split.column is not None else None

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from lstmflow.config import ClassSplitSpec, SequenceTableSpec
-from lstmflow.data.timeseries import _listing, _numeric_values, _read_table, _row_namer
+from lstmflow.data.tables import listing, numeric_values, read_table, row_namer
 from lstmflow.errors import DataError
 
 Part = Literal["train", "val", "test"]
@@ -118,7 +118,7 @@ def assign_parts(
         bad = [f"{names[i]}: {_cell(value)!r}" for i, value in enumerate(given) if _cell(value) not in codes]
         if bad:
             raise DataError(
-                f"{where}.split.column: {len(bad)} value(s) that are not train, val or test: {_listing(bad)}"
+                f"{where}.split.column: {len(bad)} value(s) that are not train, val or test: {listing(bad)}"
             )
         return np.array([codes[_cell(value)] for value in given], dtype=np.int8)
 
@@ -270,7 +270,7 @@ def _check_classes(classes: list[str], labels: Sequence[str], parts: np.ndarray,
             unseen.append(f"{label!r} (only in {' and '.join(held)})")
     if unseen:
         raise DataError(
-            f"{where}.split: label(s) never seen in the train part, so the model cannot learn them: {_listing(unseen)}"
+            f"{where}.split: label(s) never seen in the train part, so the model cannot learn them: {listing(unseen)}"
         )
 
 
@@ -412,7 +412,7 @@ class SequenceTable:
 def read_sequence_table(spec: SequenceTableSpec, where: str) -> SequenceTable:
     """Read a long or wide table of labelled sequences (CSV or Parquet); every bad cell is a named DataError."""
     path = Path(spec.path)
-    table = _read_table(path, where)
+    table = read_table(path, where)
     if spec.format == "long":
         wanted = [spec.id_column, *spec.value_columns, spec.label_column, spec.time_column, spec.split.column]
     else:
@@ -431,23 +431,23 @@ def _empty_cells(
     empty = np.flatnonzero(table[column].isna().to_numpy())
     if empty.size:
         rows = [row_label(i) for i in empty]
-        raise DataError(f"{where}.{field}: {path} has {len(rows)} empty cell(s) in {column!r}: {_listing(rows)}")
+        raise DataError(f"{where}.{field}: {path} has {len(rows)} empty cell(s) in {column!r}: {listing(rows)}")
 
 
 def _read_long(spec: SequenceTableSpec, table: pd.DataFrame, path: Path, where: str) -> SequenceTable:
     """One row per step: group by id (in order of first appearance), order by time, one label per series."""
-    row_label = _row_namer(path)
+    row_label = row_namer(path)
     _empty_cells(table, spec.id_column, row_label, path, where, "id_column")
     ids = table[spec.id_column].astype(str).to_numpy()
     codes, unique_ids = pd.factorize(ids, sort=False)
-    values = _numeric_values(table, spec.value_columns, path, row_label, where)
+    values = numeric_values(table, spec.value_columns, path, row_label, where)
     empty = [
         f"{row_label(i)} column {name!r} (series {ids[i]!r})"
         for name in spec.value_columns
         for i in np.flatnonzero(values[name].isna().to_numpy())
     ]
     if empty:
-        raise DataError(f"{where}.value_columns: {path} has {len(empty)} empty value cell(s): {_listing(empty)}")
+        raise DataError(f"{where}.value_columns: {path} has {len(empty)} empty value cell(s): {listing(empty)}")
 
     if spec.time_column is None:
         order = np.argsort(codes, kind="stable")
@@ -459,7 +459,7 @@ def _read_long(spec: SequenceTableSpec, table: pd.DataFrame, path: Path, where: 
         if repeated.size:
             shown = [f"series {unique_ids[sorted_codes[i]]!r} at {table[spec.time_column].iloc[order[i]]!r}"
                      for i in repeated]
-            raise DataError(f"{where}.time_column: {len(shown)} repeated time(s) within a series: {_listing(shown)}")
+            raise DataError(f"{where}.time_column: {len(shown)} repeated time(s) within a series: {listing(shown)}")
     counts = np.bincount(codes, minlength=len(unique_ids))
     steps = values.to_numpy(np.float64)[order]
     sequences = np.split(steps, np.cumsum(counts)[:-1])
@@ -479,7 +479,7 @@ def _times(cells: pd.Series, row_label: Callable[[int], str], path: Path, where:
     if empty.size:
         rows = [row_label(i) for i in empty]
         raise DataError(
-            f"{where}.time_column: {path} has {len(rows)} empty time cell(s) in {cells.name!r}: {_listing(rows)}"
+            f"{where}.time_column: {path} has {len(rows)} empty time cell(s) in {cells.name!r}: {listing(rows)}"
         )
     if pd.api.types.is_numeric_dtype(cells) or pd.api.types.is_datetime64_any_dtype(cells):
         parsed = cells
@@ -493,7 +493,7 @@ def _times(cells: pd.Series, row_label: Callable[[int], str], path: Path, where:
         rows = [f"{row_label(i)}: {cells.iloc[i]!r}" for i in bad]
         raise DataError(
             f"{where}.time_column: {path} has {len(rows)} time(s) in {cells.name!r} "
-            f"that are neither numbers nor dates: {_listing(rows)}"
+            f"that are neither numbers nor dates: {listing(rows)}"
         )
     if pd.api.types.is_datetime64_any_dtype(parsed):
         return parsed.to_numpy().astype("datetime64[ns]").astype(np.int64)
@@ -508,30 +508,30 @@ def _one_per_series(cells: pd.Series, codes: np.ndarray, unique_ids: np.ndarray,
     distinct = grouped.nunique().to_numpy()
     no_value = [repr(unique_ids[s]) for s in np.flatnonzero(distinct == 0)]
     if no_value:
-        raise DataError(f"{where}.{field}: {len(no_value)} series with no {cells.name!r} at all: {_listing(no_value)}")
+        raise DataError(f"{where}.{field}: {len(no_value)} series with no {cells.name!r} at all: {listing(no_value)}")
     partly = [repr(unique_ids[s]) for s in np.flatnonzero(has_empty)]
     if partly:
-        raise DataError(f"{where}.{field}: {len(partly)} series with an empty {cells.name!r} cell: {_listing(partly)}")
+        raise DataError(f"{where}.{field}: {len(partly)} series with an empty {cells.name!r} cell: {listing(partly)}")
     several = np.flatnonzero(distinct > 1)
     if several.size:
         shown = [f"{unique_ids[s]!r} ({', '.join(map(repr, sorted(frame['value'][codes == s].unique())))})"
                  for s in several]
         raise DataError(
-            f"{where}.{field}: {len(shown)} series with more than one {cells.name!r}: {_listing(shown)}"
+            f"{where}.{field}: {len(shown)} series with more than one {cells.name!r}: {listing(shown)}"
         )
     return grouped.first().tolist()
 
 
 def _read_wide(spec: SequenceTableSpec, table: pd.DataFrame, path: Path, where: str) -> SequenceTable:
     """One row per sequence, one column per step; empty trailing cells make a sequence shorter."""
-    row_label = _row_namer(path)
+    row_label = row_namer(path)
     others = {spec.label_column, spec.id_column, spec.split.column}
     steps_columns = list(spec.value_columns) or [name for name in table.columns if name not in others]
     if not steps_columns:
         named = sorted(name for name in others if name is not None)
         raise DataError(f"{where}.value_columns: {path} has no step columns besides {named}")
     _empty_cells(table, spec.label_column, row_label, path, where, "label_column")
-    steps = _numeric_values(table, steps_columns, path, row_label, where).to_numpy(np.float64)  # (N, S)
+    steps = numeric_values(table, steps_columns, path, row_label, where).to_numpy(np.float64)  # (N, S)
     present = ~np.isnan(steps)
     lengths = np.where(present.any(axis=1), steps.shape[1] - np.argmax(present[:, ::-1], axis=1), 0)
     holes = [
@@ -541,7 +541,7 @@ def _read_wide(spec: SequenceTableSpec, table: pd.DataFrame, path: Path, where: 
     if holes:
         raise DataError(
             f"{where}.value_columns: {path} has {len(holes)} empty cell(s) before the last value of their row "
-            f"(only trailing cells may be empty): {_listing(holes)}"
+            f"(only trailing cells may be empty): {listing(holes)}"
         )
     if spec.id_column is not None:
         names = [f"{row_label(i)} (id {series_id!r})" for i, series_id in enumerate(table[spec.id_column].map(_cell))]

@@ -30,7 +30,7 @@ import pandas as pd
 
 from lstmflow.config import TextSpec, TokenizerSpec
 from lstmflow.data.sequences import _cell, assign_parts, write_sequences
-from lstmflow.data.timeseries import _listing
+from lstmflow.data.tables import listing
 from lstmflow.errors import DataError
 
 #: The ids every tokenizer reserves: padding (what pads a batch, and the embedding's zero vector) and unknown.
@@ -85,14 +85,14 @@ def read_texts(spec: TextSpec, where: str) -> TextTable:
     empty = [names[i] for i, text in enumerate(texts) if text is None or not text.strip()]
     if empty:
         raise DataError(
-            f"{where}.text_column: {path} has {len(empty)} empty text(s) in {spec.text_column!r}: {_listing(empty)}"
+            f"{where}.text_column: {path} has {len(empty)} empty text(s) in {spec.text_column!r}: {listing(empty)}"
         )
     labels = [_cell(row.get(spec.label_column)) for row in rows]
     no_label = [names[i] for i, label in enumerate(labels) if label is None or label == ""]
     if no_label:
         raise DataError(
             f"{where}.label_column: {path} has {len(no_label)} empty label cell(s) in {spec.label_column!r}: "
-            f"{_listing(no_label)}"
+            f"{listing(no_label)}"
         )
     given = None
     if spec.split.column is not None:

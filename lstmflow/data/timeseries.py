@@ -32,6 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import Dataset
 
 from lstmflow.config import PipelineSpec, SplitSpec, TimeSeriesDataSpec
+from lstmflow.data.tables import listing, numeric_values, read_table, row_namer
 from lstmflow.errors import DataError
 
 Split = Literal["train", "val", "test"]
@@ -40,8 +41,6 @@ Split = Literal["train", "val", "test"]
 FEATURES_FORMAT = 1
 #: Per-row timestamps are written to meta.json (for plots) up to this many rows.
 MAX_TIME_LABELS = 100_000
-#: How many offending rows or cells an error message lists before "and N more".
-SHOWN = 5
 
 #: (shortest, longest) median spacing of the time index → season, as in `evaluate.season`'s description.
 _SEASON_BY_SPACING = (
@@ -65,43 +64,17 @@ def read_series(spec: TimeSeriesDataSpec, where: str = "data") -> pd.DataFrame:
     would invent data rather than interpolate it.
     """
     path = Path(spec.path)
-    table = _read_table(path, where)
-    row_label = _row_namer(path)
+    table = read_table(path, where)
+    row_label = row_namer(path)
     _check_columns(spec, table, path, where)
     if table.empty:
         raise DataError(f"{where}.path: {path} has a header but no data rows")
-    values = _numeric_values(table, [*spec.target, *spec.features], path, row_label, where)
+    values = numeric_values(table, [*spec.target, *spec.features], path, row_label, where)
     if spec.time_column is not None:
         values.index = _time_index(table[spec.time_column], path, row_label, where)
     filled, count = _fill_gaps(values, spec.gaps, path, row_label, where)
     filled.attrs["gaps_filled"] = count
     return filled
-
-
-def _read_table(path: Path, where: str) -> pd.DataFrame:
-    """CSV cells are read as text so that a bad cell can be reported with its value, not silently coerced."""
-    if not path.is_file():
-        raise DataError(f"{where}.path: no file at {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return pd.read_csv(path, dtype=str)
-    if suffix in {".parquet", ".pq"}:
-        table = pd.read_parquet(path)
-        # A frame saved with its time as the index comes back with it there; make it a column again.
-        return table if isinstance(table.index, pd.RangeIndex) else table.reset_index()
-    raise DataError(f"{where}.path: {path} must be a .csv or .parquet file, got suffix {path.suffix!r}")
-
-
-def _row_namer(path: Path) -> Callable[[int], str]:
-    """Name a data row as the user finds it: the line in a CSV (header is line 1, one line per row), else the row."""
-    if path.suffix.lower() == ".csv":
-        return lambda position: f"line {position + 2}"
-    return lambda position: f"row {position + 1}"
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:SHOWN])
-    return shown + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
 
 
 def _check_columns(spec: TimeSeriesDataSpec, table: pd.DataFrame, path: Path, where: str) -> None:
@@ -118,30 +91,13 @@ def _check_columns(spec: TimeSeriesDataSpec, table: pd.DataFrame, path: Path, wh
         raise DataError(f"{where}: {path} has no column(s) {missing}; available: {list(table.columns)}")
 
 
-def _numeric_values(
-    table: pd.DataFrame, columns: list[str], path: Path, row_label: Callable[[int], str], where: str
-) -> pd.DataFrame:
-    """Convert the value columns to float64; every non-numeric or infinite cell is reported, not coerced."""
-    converted: dict[str, pd.Series] = {}
-    bad: list[str] = []
-    for name in columns:
-        cells = table[name]
-        numbers = pd.to_numeric(cells, errors="coerce").astype(np.float64)
-        wrong = (numbers.isna() & cells.notna()) | np.isinf(numbers)
-        bad += [f"{row_label(i)} column {name!r}: {cells.iloc[i]!r}" for i in np.flatnonzero(wrong.to_numpy())]
-        converted[name] = numbers
-    if bad:
-        raise DataError(f"{where}: {path} has {len(bad)} non-numeric or infinite cell(s): {_listing(bad)}")
-    return pd.DataFrame(converted)
-
-
 def _time_index(cells: pd.Series, path: Path, row_label: Callable[[int], str], where: str) -> pd.Index:
     """Parse timestamps (dates, or numbers such as years) and require them to increase strictly."""
     name = cells.name
     empty = np.flatnonzero(cells.isna().to_numpy())
     if empty.size:
         rows = [row_label(i) for i in empty]
-        raise DataError(f"{where}.time_column: {path} has {len(rows)} empty timestamp(s) in {name!r}: {_listing(rows)}")
+        raise DataError(f"{where}.time_column: {path} has {len(rows)} empty timestamp(s) in {name!r}: {listing(rows)}")
     if pd.api.types.is_datetime64_any_dtype(cells) or pd.api.types.is_numeric_dtype(cells):
         times = cells
     else:
@@ -155,21 +111,21 @@ def _time_index(cells: pd.Series, path: Path, row_label: Callable[[int], str], w
                 rows = [f"{row_label(i)}: {cells.iloc[i]!r}" for i in unparsed]
                 raise DataError(
                     f"{where}.time_column: {path} has {len(rows)} timestamp(s) in {name!r} that are neither numbers "
-                    f"nor dates in the format of the first one: {_listing(rows)}"
+                    f"nor dates in the format of the first one: {listing(rows)}"
                 )
     stamps = times.to_numpy()
     repeated = np.flatnonzero(stamps[1:] == stamps[:-1])
     if repeated.size:
         rows = [f"{cells.iloc[i]} at {row_label(i)} and {row_label(i + 1)}" for i in repeated]
         raise DataError(
-            f"{where}.time_column: {path} has {len(rows)} duplicate timestamp(s) in {name!r}: {_listing(rows)}"
+            f"{where}.time_column: {path} has {len(rows)} duplicate timestamp(s) in {name!r}: {listing(rows)}"
         )
     backwards = np.flatnonzero(stamps[1:] < stamps[:-1])
     if backwards.size:
         rows = [f"{cells.iloc[i + 1]} at {row_label(i + 1)} comes after {cells.iloc[i]}" for i in backwards]
         raise DataError(
             f"{where}.time_column: {path} must be sorted by {name!r} (strictly increasing); "
-            f"{len(rows)} step(s) go back: {_listing(rows)}"
+            f"{len(rows)} step(s) go back: {listing(rows)}"
         )
     return pd.Index(times.to_numpy(), name=name)
 
@@ -199,7 +155,7 @@ def _fill_gaps(
     if count and gaps == "error":
         cells = [f"{row_label(i)} column {values.columns[j]!r}" for i, j in zip(*np.nonzero(missing), strict=True)]
         raise DataError(
-            f"{where}.gaps is 'error' but {path} has {count} empty cell(s) inside the series: {_listing(cells)}; "
+            f"{where}.gaps is 'error' but {path} has {count} empty cell(s) inside the series: {listing(cells)}; "
             f"fill them or set gaps: interpolate"
         )
     return (values.interpolate(method="linear") if count else values), count
@@ -243,7 +199,7 @@ def _choose_transforms(frame: pd.DataFrame, spec: TimeSeriesDataSpec, train_end:
                 origin = "chosen by transform: auto from the training part" if spec.transform == "auto" else "requested"
                 raise DataError(
                     f"{where}.transform: log ({origin}) needs values > 0, but column {name!r} has "
-                    f"{len(cells)} value(s) <= 0: {_listing(cells)}; set transform: none or difference"
+                    f"{len(cells)} value(s) <= 0: {listing(cells)}; set transform: none or difference"
                 )
         chosen.append(transform)
     return tuple(chosen)

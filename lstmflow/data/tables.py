@@ -1,0 +1,58 @@
+"""Reading user tables (CSV or Parquet) so that every bad cell can be named: shared by every tabular data kind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lstmflow.errors import DataError
+
+#: How many offending rows or cells an error message lists before "and N more".
+SHOWN = 5
+
+
+def read_table(path: Path, where: str) -> pd.DataFrame:
+    """CSV cells are read as text so that a bad cell can be reported with its value, not silently coerced."""
+    if not path.is_file():
+        raise DataError(f"{where}.path: no file at {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return pd.read_csv(path, dtype=str)
+    if suffix in {".parquet", ".pq"}:
+        table = pd.read_parquet(path)
+        # A frame saved with its time as the index comes back with it there; make it a column again.
+        return table if isinstance(table.index, pd.RangeIndex) else table.reset_index()
+    raise DataError(f"{where}.path: {path} must be a .csv or .parquet file, got suffix {path.suffix!r}")
+
+
+def row_namer(path: Path) -> Callable[[int], str]:
+    """Name a data row as the user finds it: the line in a CSV (header is line 1, one line per row), else the row."""
+    if path.suffix.lower() == ".csv":
+        return lambda position: f"line {position + 2}"
+    return lambda position: f"row {position + 1}"
+
+
+def listing(items: list[str]) -> str:
+    """The first few offending rows or cells for an error message, then "and N more"."""
+    shown = ", ".join(items[:SHOWN])
+    return shown + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
+
+
+def numeric_values(
+    table: pd.DataFrame, columns: list[str], path: Path, row_label: Callable[[int], str], where: str
+) -> pd.DataFrame:
+    """Convert the value columns to float64; every non-numeric or infinite cell is reported, not coerced."""
+    converted: dict[str, pd.Series] = {}
+    bad: list[str] = []
+    for name in columns:
+        cells = table[name]
+        numbers = pd.to_numeric(cells, errors="coerce").astype(np.float64)
+        wrong = (numbers.isna() & cells.notna()) | np.isinf(numbers)
+        bad += [f"{row_label(i)} column {name!r}: {cells.iloc[i]!r}" for i in np.flatnonzero(wrong.to_numpy())]
+        converted[name] = numbers
+    if bad:
+        raise DataError(f"{where}: {path} has {len(bad)} non-numeric or infinite cell(s): {listing(bad)}")
+    return pd.DataFrame(converted)
