@@ -7,7 +7,9 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _STATE = Path(tempfile.mkdtemp(prefix="lstmflow-tests-"))
 os.environ.update(
@@ -96,3 +98,63 @@ def make_project(root: Path, pipelines: str = TINY_PIPELINES) -> Path:
 @pytest.fixture
 def tiny_project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project")
+
+
+# ------------------------------------------------------------- a small classification set
+
+from lstmflow.config import ClassSplitSpec, PipelineSpec, deep_merge, validate_pipeline  # noqa: E402
+from lstmflow.data.sequences import assign_parts, write_sequences  # noqa: E402
+from lstmflow.loggers import ListLogger  # noqa: E402
+from lstmflow.train import FitResult, fit  # noqa: E402
+
+CLASSES = ("rise", "fall", "wave")
+
+CLASSIFY_BASE: dict[str, Any] = {
+    "task": "classify",
+    "data": {"kind": "sequences", "path": "patterns.csv", "format": "wide"},
+    "model": {"layers": [{"lstm": {"units": 16}}, {"dense": {"activation": "softmax"}}]},
+    "train": {"epochs": 8, "batch_size": 16, "optimizer": {"lr": 0.02}, "seed": 0},
+}
+
+
+def write_pattern_sequences(
+    out_dir: Path, per_class: int = 40, split: ClassSplitSpec | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Three classes that only the order of the steps tells apart, written with the real sequence writer.
+
+    Feature 0 rises, falls or makes two waves over 4 to 20 steps (each has mean about 0), with noise; feature 1 is
+    noise alone. Returns write_sequences' summary.
+    """
+    rng = np.random.default_rng(seed)
+    sequences, labels = [], []
+    for label in CLASSES:
+        for _ in range(per_class):
+            length = int(rng.integers(4, 21))
+            t = np.linspace(-1, 1, length)
+            signal = {"rise": t, "fall": -t, "wave": np.sin(2 * np.pi * t)}[label]
+            sequences.append(np.stack([signal + rng.normal(0, 0.2, length), rng.normal(0, 1, length)], axis=1))
+            labels.append(label)
+    split = split or ClassSplitSpec(val=0.25, test=0.15)
+    parts = assign_parts(labels, split, None, where="pipelines.patterns.data")
+    return write_sequences(out_dir, sequences, labels, parts, "standard", None, "pipelines.patterns.data", {})
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """The three-class patterns, prepared once, and a shortcut to a classify spec on them."""
+
+    data_dir: Path
+    features_dir: Path
+
+    def spec(self, **sections: Any) -> PipelineSpec:
+        return validate_pipeline("patterns", deep_merge(CLASSIFY_BASE, sections), self.data_dir)
+
+    def fit(self, spec: PipelineSpec, run_dir: Path, logger: ListLogger | None = None) -> FitResult:
+        return fit(spec, self.features_dir, run_dir, logger if logger is not None else ListLogger(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def patterns(tmp_path_factory: pytest.TempPathFactory) -> Patterns:
+    folder = tmp_path_factory.mktemp("patterns")
+    write_pattern_sequences(folder / "features")
+    return Patterns(folder, folder / "features")

@@ -2,79 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import prepare_pipeline_features, write_sine_csv
+from conftest import CLASSIFY_BASE, Patterns, prepare_pipeline_features, write_pattern_sequences, write_sine_csv
 
-from lstmflow.config import ClassSplitSpec, PipelineSpec, deep_merge, validate_pipeline
-from lstmflow.data.sequences import assign_parts, load_sequences, write_sequences
+from lstmflow.config import ClassSplitSpec, PipelineSpec, validate_pipeline
+from lstmflow.data.sequences import load_sequences
 from lstmflow.data.timeseries import resolve_data
 from lstmflow.errors import ConfigError, DataError
-from lstmflow.loggers import ListLogger
 from lstmflow.models.lstm import build_model
 from lstmflow.objectives import ClassifyObjective, ForecastObjective, classifier_input_size, make_objective
-from lstmflow.train import FitResult, fit
 
 torch.set_num_threads(1)
-
-CLASSES = ("rise", "fall", "wave")
-
-CLASSIFY_BASE: dict[str, Any] = {
-    "task": "classify",
-    "data": {"kind": "sequences", "path": "patterns.csv", "format": "wide"},
-    "model": {"layers": [{"lstm": {"units": 16}}, {"dense": {"activation": "softmax"}}]},
-    "train": {"epochs": 8, "batch_size": 16, "optimizer": {"lr": 0.02}, "seed": 0},
-}
-
-
-def write_pattern_sequences(
-    out_dir: Path, per_class: int = 40, split: ClassSplitSpec | None = None, seed: int = 0
-) -> dict[str, Any]:
-    """Three classes that only the order of the steps tells apart, written with the real sequence writer.
-
-    Feature 0 rises, falls or makes two waves over 4 to 20 steps (each has mean about 0), with noise; feature 1 is
-    noise alone. Returns write_sequences' summary.
-    """
-    rng = np.random.default_rng(seed)
-    sequences, labels = [], []
-    for label in CLASSES:
-        for _ in range(per_class):
-            length = int(rng.integers(4, 21))
-            t = np.linspace(-1, 1, length)
-            signal = {"rise": t, "fall": -t, "wave": np.sin(2 * np.pi * t)}[label]
-            sequences.append(np.stack([signal + rng.normal(0, 0.2, length), rng.normal(0, 1, length)], axis=1))
-            labels.append(label)
-    split = split or ClassSplitSpec(val=0.25, test=0.15)
-    parts = assign_parts(labels, split, None, where="pipelines.patterns.data")
-    return write_sequences(out_dir, sequences, labels, parts, "standard", None, "pipelines.patterns.data", {})
-
-
-@dataclass(frozen=True)
-class Patterns:
-    """The three-class patterns, prepared once, and a shortcut to a classify spec on them."""
-
-    data_dir: Path
-    features_dir: Path
-
-    def spec(self, **sections: Any) -> PipelineSpec:
-        return validate_pipeline("patterns", deep_merge(CLASSIFY_BASE, sections), self.data_dir)
-
-    def fit(self, spec: PipelineSpec, run_dir: Path, logger: ListLogger | None = None) -> FitResult:
-        return fit(spec, self.features_dir, run_dir, logger if logger is not None else ListLogger(), progress=False)
-
-
-@pytest.fixture(scope="module")
-def patterns(tmp_path_factory: pytest.TempPathFactory) -> Patterns:
-    folder = tmp_path_factory.mktemp("patterns")
-    write_pattern_sequences(folder / "features")
-    return Patterns(folder, folder / "features")
-
 
 def config_error(spec: PipelineSpec, features_dir: Path) -> str:
     with pytest.raises(ConfigError) as caught:

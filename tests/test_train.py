@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import prepare_pipeline_features, write_sine_csv
-from test_objectives import Patterns, patterns  # noqa: F401 - patterns is a fixture
+from conftest import Patterns, prepare_pipeline_features, write_sine_csv
 
 from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.timeseries import load_features, resolve_data
