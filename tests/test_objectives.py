@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import CLASSIFY_BASE, Patterns, prepare_pipeline_features, write_pattern_sequences, write_sine_csv
 
-from lstmflow.config import ClassSplitSpec, PipelineSpec, validate_pipeline
+from lstmflow.config import ClassSplitSpec, PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.sequences import load_sequences
 from lstmflow.data.timeseries import resolve_data
 from lstmflow.errors import ConfigError, DataError
