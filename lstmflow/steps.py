@@ -184,7 +184,7 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
 
 def register(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, str]:
     """Log the pyfunc model (state dict + spec + preprocessing) and register it under the pipeline's name."""
-    from lstmflow.serving import write_bundle
+    from lstmflow.tracking.serving import write_bundle
 
     bundle = Path(trained["run_dir"]) / "bundle"
     predictor, example = write_bundle(prepared.spec, Path(prepared.features_dir), Path(trained["model_path"]), bundle)

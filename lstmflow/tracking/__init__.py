@@ -1,6 +1,7 @@
 """Everything lstmflow says to MLflow: runs, params, batched metrics, artifacts, the registry.
 
-MLflow is imported here and in :mod:`lstmflow.serving` only. The default store is
+MLflow is imported in this package only (here, the served model in :mod:`lstmflow.tracking.serving`, and the
+file MLflow logs as its code). The default store is
 SQLite inside the project (``<project>/mlflow.db``, artifacts in ``<project>/mlruns``);
 ``MLFLOW_TRACKING_URI`` overrides it.
 """
@@ -174,7 +175,7 @@ def register_model(uri: str, run_id: str, name: str, bundle_dir: Path, input_exa
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(package / "pyfunc_model.py"),
+            python_model=str(package / "tracking" / "pyfunc_model.py"),
             artifacts={"bundle": str(bundle_dir)},
             code_paths=[str(package)],
             signature=infer_signature(input_example, output_example),

@@ -7,6 +7,6 @@ Only MLflow imports it, when it logs or loads a model.
 
 import mlflow
 
-from lstmflow.serving import LstmflowModel
+from lstmflow.tracking.serving import LstmflowModel
 
 mlflow.models.set_model(LstmflowModel())
