@@ -7,6 +7,7 @@ only references: paths, MLflow run ids, small dicts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -38,8 +39,12 @@ def project_root(config_path: str | Path) -> Path:
     return Path(config_path).expanduser().resolve().parent
 
 
+@functools.cache
 def code_version(*parts: str) -> str:
-    """A hash of lstmflow's source, or of some of its files and folders: cached steps rerun when that code changes."""
+    """A hash of lstmflow's source, or of some of its files and folders: cached steps rerun when that code changes.
+
+    Computed once per process: it is part of every step's cache key.
+    """
     package = Path(__file__).parent
     files = sorted(f for part in parts or ("",) for f in ((package / part).rglob("*.py") if (package / part).is_dir() else [package / part]))
     digest = hashlib.sha256()

@@ -102,12 +102,6 @@ def reopen_run(uri: str, run_id: str) -> bool:
     return True
 
 
-def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
-    from mlflow.entities import RunTag
-
-    _client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-
 def log_summary_metrics(uri: str, run_id: str, metrics: dict[str, float]) -> None:
     MlflowMetricLogger(uri, run_id).log_metrics(metrics, step=0)
 
@@ -120,16 +114,6 @@ def log_artifacts(uri: str, run_id: str, paths: Iterable[Path], artifact_path: s
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status)
-
-
-def get_run(uri: str, run_id: str) -> dict[str, Any]:
-    """The run's params, metrics and tags as plain dicts."""
-    run = _client(uri).get_run(run_id)
-    return {"params": run.data.params, "metrics": run.data.metrics, "tags": run.data.tags, "status": run.info.status}
-
-
-def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    return [(m.step, m.value) for m in _client(uri).get_metric_history(run_id, key)]
 
 
 @contextlib.contextmanager
