@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import subprocess
 import sys
@@ -126,9 +127,12 @@ def lock_entry(root: Path, stage: str) -> dict[str, Any]:
 
 
 def stage_hashes(root: Path, stage: str) -> dict[str, str]:
-    """``{"data_md5": <first dep's md5>, "features_md5": <first out's md5>}`` from ``dvc.lock``."""
+    """``{"data_md5": ..., "features_md5": <first out's md5>}`` from ``dvc.lock``: the data's md5 is its one file's,
+    or for several files (a given split) the md5 of theirs in order."""
     entry = lock_entry(root, stage)
-    return {"data_md5": entry["deps"][0]["md5"], "features_md5": entry["outs"][0]["md5"]}
+    md5s = list(dict.fromkeys(dep["md5"] for dep in entry["deps"]))
+    data_md5 = md5s[0] if len(md5s) == 1 else hashlib.md5(",".join(md5s).encode()).hexdigest()
+    return {"data_md5": data_md5, "features_md5": entry["outs"][0]["md5"]}
 
 
 def push(root: Path, *stages: str) -> None:

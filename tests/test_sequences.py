@@ -60,7 +60,7 @@ def test_long_csv_multivariate_orders_steps_by_time(tmp_path: Path) -> None:
     assert table.names == ["series 's1' (line 2)", "series 's2' (line 3)"]
     np.testing.assert_array_equal(table.sequences[0], [[1, 10], [2, 20], [3, 30]])
     np.testing.assert_array_equal(table.sequences[1], [[8, 80], [9, 90]])
-    assert table.features == ["a", "b"]
+    assert table.features == ("a", "b")
 
 
 def test_long_without_time_column_keeps_row_order(tmp_path: Path) -> None:

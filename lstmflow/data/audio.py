@@ -54,17 +54,25 @@ DELTA_WIDTH = 9
 
 
 class Clip(NamedTuple):
-    """One listed clip: where it is, its label, how messages name it, and its given part (manifests only)."""
+    """One listed clip: where it is, its label, and how messages name it."""
 
     path: Path
     label: str
     name: str
-    given_part: Any
 
 
 class BadClip(NamedTuple):
     name: str
     reason: str
+
+
+class ClipListing(NamedTuple):
+    """What a source lists: the clips, the files that are not audio by their ending, and the given part per clip
+    (the manifest's split column, or the source's part with ``split.files``; else None)."""
+
+    clips: list[Clip]
+    bad: list[BadClip]
+    given_parts: list[Any] | None
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -202,8 +210,20 @@ def _compute(path: Path, key: str, spec: AudioSpec, cache_dir: Path) -> np.ndarr
 # ---------------------------------------------------------------------------------------- listing clips
 
 
+def read_clips(spec: AudioSpec, where: str) -> ClipListing:
+    """The clips ``spec.path`` names (and those of ``split.files``) in a deterministic order, with their given parts."""
+    from lstmflow.data.sequences import read_parts
+
+    return read_parts(spec, where, _list_source)
+
+
 def list_clips(spec: AudioSpec, where: str) -> tuple[list[Clip], list[BadClip]]:
-    """The clips ``spec.path`` names, in a deterministic order, and the files that are not audio by their ending."""
+    """The clips and the files that are not audio by their ending, for callers that need no parts."""
+    listing = read_clips(spec, where)
+    return listing.clips, listing.bad
+
+
+def _list_source(spec: AudioSpec, where: str) -> ClipListing:
     path = Path(spec.path)
     if not path.exists():
         raise DataError(f"{where}.path: no folder or file at {path}")
@@ -212,7 +232,7 @@ def list_clips(spec: AudioSpec, where: str) -> tuple[list[Clip], list[BadClip]]:
     return _list_manifest(spec, path, where)
 
 
-def _list_folder(spec: AudioSpec, root: Path, where: str) -> tuple[list[Clip], list[BadClip]]:
+def _list_folder(spec: AudioSpec, root: Path, where: str) -> ClipListing:
     """One subfolder per label, files in name order; hidden entries are ignored, loose files are bad files."""
     if spec.split.column is not None:
         raise DataError(
@@ -235,15 +255,15 @@ def _list_folder(spec: AudioSpec, root: Path, where: str) -> tuple[list[Clip], l
             elif file.suffix.lower() not in AUDIO_SUFFIXES:
                 bad.append(BadClip(name, _wrong_extension(file)))
             else:
-                clips.append(Clip(file, folder.name, name, None))
-    return clips, bad
+                clips.append(Clip(file, folder.name, name))
+    return ClipListing(clips, bad, None)
 
 
 def _wrong_extension(path: Path) -> str:
     return f"wrong extension {path.suffix or '(none)'!r}; audio files end in {', '.join(sorted(AUDIO_SUFFIXES))}"
 
 
-def _list_manifest(spec: AudioSpec, manifest: Path, where: str) -> tuple[list[Clip], list[BadClip]]:
+def _list_manifest(spec: AudioSpec, manifest: Path, where: str) -> ClipListing:
     """Rows of path, label (and the split column); a path that does not exist is an error naming its line."""
     import pandas as pd
 
@@ -262,26 +282,26 @@ def _list_manifest(spec: AudioSpec, manifest: Path, where: str) -> tuple[list[Cl
     if table.empty:
         raise DataError(f"{where}.path: {manifest} has a header but no data rows")
     line = row_namer(manifest)
-    clips, bad, absent = [], [], []
+    clips, bad, absent, given = [], [], [], []
     for i, (cell, label) in enumerate(zip(table["path"].map(_cell), table["label"].map(_cell))):
         if cell is None or label is None:
             column = "path" if cell is None else "label"
             raise DataError(f"{where}.path: {manifest} {line(i)} has an empty {column} cell")
         file = manifest.parent / cell
         name = f"{cell} ({line(i)})"
-        given = table[spec.split.column].iloc[i] if spec.split.column is not None else None
         if not file.is_file():
             absent.append(f"{line(i)}: {cell!r}")
         elif file.suffix.lower() not in AUDIO_SUFFIXES:
             bad.append(BadClip(name, _wrong_extension(file)))
         else:
-            clips.append(Clip(file, label, name, given))
+            clips.append(Clip(file, label, name))
+            given.append(table[spec.split.column].iloc[i] if spec.split.column is not None else None)
     if absent:
         raise DataError(
             f"{where}.path: {manifest} lists {len(absent)} file(s) that do not exist "
             f"(paths are relative to {manifest.parent}): {listing(absent)}"
         )
-    return clips, bad
+    return ClipListing(clips, bad, given if spec.split.column is not None else None)
 
 
 # ---------------------------------------------------------------------------------------- the stage
@@ -368,25 +388,26 @@ def prepare_audio_features(spec: AudioSpec, out_dir: Path, where: str, cache_dir
         raise ConfigError(
             f"{where}.n_mfcc: {spec.n_mfcc} MFCCs need at least as many mel bands, got n_mels {spec.n_mels}"
         )
-    clips, bad = list_clips(spec, where)
+    clips, bad, given_parts = read_clips(spec, where)
     results, computed = compute_features(clips, spec, cache_dir)
-    bad += [BadClip(clip.name, result) for clip, result in zip(clips, results) if isinstance(result, str)]
+    bad = bad + [BadClip(clip.name, result) for clip, result in zip(clips, results) if isinstance(result, str)]
     if bad and spec.bad_files == "fail":
         shown = [f"{clip.name}: {clip.reason}" for clip in bad]
         raise DataError(
             f"{where}.bad_files: {len(bad)} file(s) that cannot be used (set bad_files: skip to leave them out): "
             f"{listing(shown)}"
         )
-    good = [(clip, result) for clip, result in zip(clips, results) if not isinstance(result, str)]
+    good = [i for i, result in enumerate(results) if not isinstance(result, str)]
     if not good:
         raise DataError(f"{where}.path: no usable clips in {spec.path} ({len(bad)} bad file(s))")
-    labels = [clip.label for clip, _ in good]
-    names = [clip.name for clip, _ in good]
-    given = [clip.given_part for clip, _ in good] if spec.split.column is not None else None
+    labels = [clips[i].label for i in good]
+    names = [clips[i].name for i in good]
+    given = [given_parts[i] for i in good] if given_parts is not None else None
     parts = assign_parts(labels, spec.split, given, where, names=names)
     extra = {**feature_params(spec), "skipped": len(bad)}
     summary = write_sequences(
-        out_dir, [features for _, features in good], labels, parts, spec.scale, None, where, extra, names=names
+        out_dir, [results[i] for i in good], labels, parts, spec.scale, None, where, extra, names=names,
+        split=spec.split,
     )
     skipped = [{"file": clip.name, "reason": clip.reason} for clip in bad]
     (Path(out_dir) / "skipped.json").write_text(json.dumps(skipped, indent=1) + "\n")

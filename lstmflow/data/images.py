@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from lstmflow.config import ImagesSpec
-from lstmflow.data.sequences import assign_parts, write_sequences
+from lstmflow.data.sequences import assign_parts, read_parts, write_sequences
 from lstmflow.data.tables import listing, numeric_values, read_table, row_namer
 from lstmflow.errors import DataError
 
@@ -35,7 +35,7 @@ class ImageSet(NamedTuple):
     labels: list[str]
     #: How messages name each image: its file (relative to the folder) or its table row.
     names: list[str]
-    #: The split column's cell per image (tables with ``split.column`` only), else None.
+    #: The given part per image: the split column's cell (tables), or its folder's or table's part (``split.files``).
     given_parts: list[Any] | None
     #: Files in the folder that are not images (by their ending) and were left out.
     skipped: int
@@ -67,7 +67,20 @@ def load_image(source: Path | BinaryIO, grayscale: bool) -> np.ndarray:
 
 
 def read_images(spec: ImagesSpec, where: str) -> ImageSet:
-    """Read the labelled images that ``spec.path`` names: a folder of label folders, or a table of pixels."""
+    """Read the labelled images that ``spec.path`` names, a folder of label folders or a table of pixels (and the
+    validation and test ones of ``split.files``); all must have one size."""
+    found = read_parts(spec, where, _read_source)
+    channels = _channels(spec.grayscale)
+    for name, rows in zip(found.names, found.images):
+        if rows.shape != found.images[0].shape:
+            raise DataError(
+                f"{where}.path: images differ in size (width x height): {found.names[0]} is "
+                f"{_size(found.images[0], channels)}, {name} is {_size(rows, channels)}; resize them to one size first"
+            )
+    return found
+
+
+def _read_source(spec: ImagesSpec, where: str) -> ImageSet:
     path = Path(spec.path)
     if not path.exists():
         raise DataError(f"{where}.path: no folder or file at {path}")
@@ -94,7 +107,6 @@ def _read_folder(spec: ImagesSpec, root: Path, where: str) -> ImageSet:
             f"{where}.path: {root} has no label folders; put each class's images in a subfolder named after it"
         )
     skipped = len(entries) - len(folders)  # loose files beside the label folders
-    channels = _channels(spec.grayscale)
     images: list[np.ndarray] = []
     labels: list[str] = []
     names: list[str] = []
@@ -109,15 +121,9 @@ def _read_folder(spec: ImagesSpec, root: Path, where: str) -> ImageSet:
             )
         for file in pictures:
             try:
-                rows = load_image(file, spec.grayscale)
+                images.append(load_image(file, spec.grayscale))
             except DataError as exc:
                 raise DataError(f"{where}.path: {exc}") from None
-            if images and rows.shape != images[0].shape:
-                raise DataError(
-                    f"{where}.path: images differ in size (width x height): {root / names[0]} is "
-                    f"{_size(images[0], channels)}, {file} is {_size(rows, channels)}; resize them to one size first"
-                )
-            images.append(rows)
             labels.append(folder.name)
             names.append(str(file.relative_to(root)))
     return ImageSet(images, labels, names, None, skipped)
@@ -185,6 +191,6 @@ def prepare_image_features(spec: ImagesSpec, out_dir: Path, where: str) -> dict[
         "skipped_files": found.skipped,
     }
     summary = write_sequences(
-        out_dir, found.images, found.labels, parts, spec.scale, None, where, meta, names=found.names
+        out_dir, found.images, found.labels, parts, spec.scale, None, where, meta, names=found.names, split=spec.split
     )
     return {**summary, "skipped_files": found.skipped}

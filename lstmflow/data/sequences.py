@@ -15,15 +15,17 @@ the padding stays a small fraction of the work. Values are memory-mapped on load
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel
 
 from lstmflow.config import ClassSplitSpec, SequenceTableSpec
 from lstmflow.data.tables import listing, numeric_values, read_table, row_namer
@@ -107,6 +109,9 @@ def assign_parts(
     ``given`` holds one value per sample (``train``, ``val`` or ``test``); ``names`` says how messages name a
     sample (e.g. ``line 7``), by default ``sample <i>``.
 
+    With ``split.files`` the values come from :func:`read_parts` (each sample's file), and the validation and
+    test parts must each hold a sample.
+
     The fraction rule, per class: a class with fewer than 3 samples goes to train whole (it cannot be divided
     usefully). Otherwise ``round(n × test)`` samples go to test and ``round(n × val)`` to val, each at least 1 when
     its fraction is > 0, and fewer when needed to leave at least one in train. Which samples is a permutation
@@ -120,7 +125,15 @@ def assign_parts(
             raise DataError(
                 f"{where}.split.column: {len(bad)} value(s) that are not train, val or test: {listing(bad)}"
             )
-        return np.array([codes[_cell(value)] for value in given], dtype=np.int8)
+        parts = np.array([codes[_cell(value)] for value in given], dtype=np.int8)
+        if split.files is not None:
+            # Readers refuse an empty file; this catches a part left empty after dropping bad files (audio).
+            empty = [part for part in ("val", "test") if not (parts == codes[part]).any()]
+            if empty:
+                raise DataError(
+                    f"{where}.split.files.{empty[0]}: no usable samples in {getattr(split.files, empty[0])}"
+                )
+        return parts
 
     label_array = np.asarray(labels, dtype=object)
     parts = np.zeros(len(label_array), dtype=np.int8)
@@ -150,6 +163,87 @@ def _cell(value: Any) -> str | None:
     return None if pd.api.types.is_scalar(value) and pd.isna(value) else str(value)
 
 
+# ------------------------------------------------------------------------------------------ given split
+
+#: A kind's data spec (with ``path`` and ``split``) and what its reader returns for one source (a NamedTuple).
+SourceSpec = TypeVar("SourceSpec", bound=BaseModel)
+Reading = TypeVar("Reading", bound=tuple)
+
+
+def split_files(spec: Any, where: str) -> list[tuple[Part, Path]]:
+    """The sources of a given split, ``path`` (train), ``split.files.val`` and ``split.files.test``, in that order.
+
+    Each must exist, be distinct, and have the form of ``path``: a folder, or a file with the same ending (so one
+    reader reads all three).
+    """
+    train = Path(spec.path)
+    sources: list[tuple[Part, Path, str]] = [
+        ("train", train, "path"),
+        ("val", Path(spec.split.files.val), "split.files.val"),
+        ("test", Path(spec.split.files.test), "split.files.test"),
+    ]
+    seen: dict[Path, str] = {}
+    for _, path, key in sources:
+        if not path.exists():
+            raise DataError(f"{where}.{key}: no such file or folder: {path}")
+        if path.resolve() in seen:
+            raise DataError(f"{where}.{key}: {path} is also {where}.{seen[path.resolve()]}; each part needs its own")
+        seen[path.resolve()] = key
+        if _form(path) != _form(train):
+            raise DataError(
+                f"{where}.{key}: {path} is {_form(path)} but {where}.path is {_form(train)}; "
+                "give the three parts in the same form"
+            )
+    return [(part, path) for part, path, _ in sources]
+
+
+def _form(path: Path) -> str:
+    return "a folder" if path.is_dir() else f"a {path.suffix.lower() or 'suffix-less'} file"
+
+
+def read_parts(spec: SourceSpec, where: str, read: Callable[[SourceSpec, str], Reading]) -> Reading:
+    """``read(spec, where)``: a kind's reader of one source. With ``split.files``, the reader reads each of the three
+    sources (as a spec of its own: that ``path``, no split files) and the readings are joined, train, val, test.
+
+    A reading is a NamedTuple whose first field holds one item per sample. The join goes by field: ``given_parts``
+    becomes each sample's part (its source's), which ``assign_parts`` then takes as a split column's; how
+    messages name a sample or file (the ``names`` field, or the ``name`` of each item) gets its source in front
+    (``val.csv line 3``, ``val/cat/1.png``) so that names stay apart; other lists are concatenated, counts added,
+    and anything else (e.g. the feature names) must be the same in the three.
+    """
+    if spec.split.files is None:
+        return read(spec, where)
+    sources = split_files(spec, where)
+    common = Path(os.path.commonpath([path.resolve() for _, path in sources]))
+    readings: list[tuple[Part, str, Reading]] = []
+    for part, path in sources:
+        alone = spec.model_copy(update={"path": path, "split": spec.split.model_copy(update={"files": None})})
+        source = path.resolve().relative_to(common).as_posix()
+        readings.append((part, source + ("/" if path.is_dir() else " "), read(alone, where)))
+    first = readings[0][2]
+    joined: dict[str, Any] = {}
+    for field in first._fields:
+        values = [getattr(reading, field) for _, _, reading in readings]
+        if field == "given_parts":
+            joined[field] = [part for part, _, reading in readings for _ in reading[0]]
+        elif field == "names":
+            joined[field] = [prefix + name for (_, prefix, _), names in zip(readings, values) for name in names]
+        elif isinstance(values[0], list):
+            joined[field] = [
+                item._replace(name=prefix + item.name) if hasattr(item, "_replace") and "name" in item._fields else item
+                for (_, prefix, _), items in zip(readings, values)
+                for item in items
+            ]
+        elif isinstance(values[0], int):
+            joined[field] = sum(values)
+        elif all(value == values[0] for value in values):
+            joined[field] = values[0]
+        else:
+            shown = ", ".join(f"{prefix.strip()}: {value!r}" for (_, prefix, _), value in zip(readings, values))
+            raise DataError(f"{where}.split.files: the parts differ in their {field} ({shown})")
+    return type(first)(**joined)
+
+
 # ------------------------------------------------------------------------------------------ writing
 
 
@@ -171,12 +265,15 @@ def write_sequences(
     where: str,
     extra_meta: dict[str, Any],
     names: Sequence[str] | None = None,
+    split: ClassSplitSpec | None = None,
 ) -> dict[str, Any]:
     """Check, fit the preprocessing on the training part, and write the ragged store; return a summary for logging.
 
     ``sequences`` are raw (T, F) arrays; ``names`` say how messages name them (ids, file names), by default
     ``sequence <i>``. ``extra_meta`` is stored under ``meta["extra_meta"]`` (e.g. the source's column names or
-    an image shape, for serving). Output bytes depend only on the inputs.
+    an image shape, for serving). ``split`` is the spec the parts came from: the summary says how they were given,
+    and so does ``meta["split"]`` for given files (absent otherwise, so that folders prepared before given files
+    existed keep their bytes). Output bytes depend only on the inputs.
     """
     if not len(sequences) == len(labels) == len(parts):
         raise ValueError(f"{len(sequences)} sequences, {len(labels)} labels and {len(parts)} parts must match")
@@ -218,6 +315,8 @@ def write_sequences(
         "preprocessing": preprocessing.to_dict(),
         "extra_meta": extra_meta,
     }
+    if split is not None and split.files is not None:
+        meta["split"] = {"by": "files"}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / "values.npy", values)
@@ -235,7 +334,13 @@ def write_sequences(
         "truncated_steps": truncated["steps_dropped"],
         "max_length": max_length,
         "scale": scale,
+        **({"split": split_by(split)} if split is not None else {}),
     }
+
+
+def split_by(split: ClassSplitSpec) -> str:
+    """How the parts are given: ``files``, ``column`` or (drawn) ``fractions``."""
+    return "files" if split.files is not None else "column" if split.column is not None else "fractions"
 
 
 def _check_sequences(sequences: Sequence[np.ndarray], names: list[str], where: str) -> None:
@@ -397,20 +502,24 @@ def load_sequences(path: Path) -> SequenceFeatures:
 # ------------------------------------------------------------------------------------------ reading
 
 
-@dataclass(frozen=True)
-class SequenceTable:
+class SequenceTable(NamedTuple):
     """Sequences read from a table: raw (T, F) float64 steps, labels as text, how messages name each sequence,
-    the value of the split column per sequence (None when no split column), and the feature names."""
+    the given part per sequence (split column or file; None when there is none), and the feature names."""
 
     sequences: list[np.ndarray]
     labels: list[str]
     names: list[str]
     given_parts: list[str | None] | None
-    features: list[str]
+    features: tuple[str, ...]
 
 
 def read_sequence_table(spec: SequenceTableSpec, where: str) -> SequenceTable:
-    """Read a long or wide table of labelled sequences (CSV or Parquet); every bad cell is a named DataError."""
+    """Read a long or wide table of labelled sequences (CSV or Parquet), or three with ``split.files``; every bad
+    cell is a named DataError."""
+    return read_parts(spec, where, _read_sequence_file)
+
+
+def _read_sequence_file(spec: SequenceTableSpec, where: str) -> SequenceTable:
     path = Path(spec.path)
     table = read_table(path, where)
     if spec.format == "long":
@@ -470,7 +579,7 @@ def _read_long(spec: SequenceTableSpec, table: pd.DataFrame, path: Path, where: 
     given = None
     if spec.split.column is not None:
         given = _one_per_series(table[spec.split.column], codes, unique_ids, where, "split.column")
-    return SequenceTable(list(sequences), labels, names, given, list(spec.value_columns))
+    return SequenceTable(list(sequences), labels, names, given, tuple(spec.value_columns))
 
 
 def _times(cells: pd.Series, row_label: Callable[[int], str], path: Path, where: str) -> np.ndarray:
@@ -550,7 +659,7 @@ def _read_wide(spec: SequenceTableSpec, table: pd.DataFrame, path: Path, where: 
     sequences = [steps[i, :length, None] for i, length in enumerate(lengths)]  # each (T, 1)
     given = table[spec.split.column].map(_cell).tolist() if spec.split.column is not None else None
     labels = table[spec.label_column].map(_cell).tolist()
-    return SequenceTable(sequences, labels, names, given, ["value"])
+    return SequenceTable(sequences, labels, names, given, ("value",))
 
 
 def prepare_sequence_features(spec: SequenceTableSpec, out_dir: Path, where: str) -> dict[str, Any]:
@@ -559,5 +668,6 @@ def prepare_sequence_features(spec: SequenceTableSpec, out_dir: Path, where: str
     parts = assign_parts(table.labels, spec.split, table.given_parts, where, names=table.names)
     extra = {"format": spec.format, "features": table.features}
     return write_sequences(
-        out_dir, table.sequences, table.labels, parts, spec.scale, spec.max_length, where, extra, names=table.names
+        out_dir, table.sequences, table.labels, parts, spec.scale, spec.max_length, where, extra,
+        names=table.names, split=spec.split,
     )

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from lstmflow.config import TextSpec, TokenizerSpec
-from lstmflow.data.sequences import _cell, assign_parts, write_sequences
+from lstmflow.data.sequences import _cell, assign_parts, read_parts, write_sequences
 from lstmflow.data.tables import listing
 from lstmflow.errors import DataError
 
@@ -55,12 +55,17 @@ class TextTable(NamedTuple):
     labels: list[str]
     #: How messages name each text: its line in a CSV or JSONL file, its row in a Parquet file.
     names: list[str]
-    #: The split column's cell per text (when ``split.column`` is set), else None.
+    #: The given part per text: the split column's cell, or its file's part (``split.files``); else None.
     given_parts: list[str | None] | None
 
 
 def read_texts(spec: TextSpec, where: str) -> TextTable:
-    """Read the labelled texts of a CSV, Parquet or JSON Lines file (chosen by suffix); every bad cell is named."""
+    """Read the labelled texts of a CSV, Parquet or JSON Lines file (chosen by suffix), or of three with
+    ``split.files``; every bad cell is named."""
+    return read_parts(spec, where, _read_text_file)
+
+
+def _read_text_file(spec: TextSpec, where: str) -> TextTable:
     path = Path(spec.path)
     if not path.is_file():
         raise DataError(f"{where}.path: no file at {path}")
@@ -302,7 +307,9 @@ def prepare_text_features(spec: TextSpec, out_dir: Path, where: str) -> dict[str
     }
     # Ids are stored unscaled (scale "none") and already cut to their first max_length tokens: the sequence
     # writer's own max_length would keep the last steps, which is right for a series but not for a text.
-    summary = write_sequences(out_dir, sequences, table.labels, parts, "none", None, where, extra, names=table.names)
+    summary = write_sequences(
+        out_dir, sequences, table.labels, parts, "none", None, where, extra, names=table.names, split=spec.split
+    )
     tokenizer.save(Path(out_dir) / TOKENIZER_FILE)
     unknown = sum(int((seq == UNK_ID).sum()) for seq, part in zip(sequences, parts) if part != 0)
     return {

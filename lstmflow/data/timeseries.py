@@ -1,6 +1,8 @@
 """Time series: read a table, check it, fit the preprocessing, and cut windows without look-ahead.
 
-The series is split by time into train | val | test at row counts from ``data.split``. Everything fitted
+The series is split by time into train | val | test at row counts from ``data.split``, or at the boundaries of
+given files (``split.files``: the validation file continues the training series and the test file continues the
+validation file; the three are read as one series). Everything fitted
 (the ``auto`` transform choice, the scaler) sees the training rows only, so no statistic of the future leaks
 into the model. A window belongs to the part that holds all of its forecast steps; its inputs may reach back
 into earlier parts, which is past data and legitimate. Training windows use ``data.stride``; validation and
@@ -32,6 +34,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import Dataset
 
 from lstmflow.config import PipelineSpec, SplitSpec, TimeSeriesDataSpec
+from lstmflow.data.sequences import split_files
 from lstmflow.data.tables import listing, numeric_values, read_table, row_namer
 from lstmflow.errors import DataError
 
@@ -62,7 +65,48 @@ def read_series(spec: TimeSeriesDataSpec, where: str = "data") -> pd.DataFrame:
     Interior gaps are interpolated linearly (``gaps: interpolate``) and counted in ``attrs["gaps_filled"]``;
     empty cells before the first or after the last observation of a column are an error, because filling them
     would invent data rather than interpolate it.
+
+    With ``split.files`` the three files are each read so (gaps are filled within a file), checked to continue one
+    another in time, and joined; ``attrs["part_ends"]`` holds (train_end, val_end), the file boundaries.
     """
+    if spec.split.files is None:
+        return _read_series_file(spec, where)
+    frames: list[tuple[Split, Path, pd.DataFrame]] = [
+        (part, path, _read_series_file(spec.model_copy(update={"path": path}), where))
+        for part, path in split_files(spec, where)
+    ]
+    if spec.time_column is not None:
+        for (_, before_path, before), (part, path, after) in zip(frames, frames[1:]):
+            _check_continues(before, before_path, after, path, f"{where}.split.files.{part}", spec.time_column)
+    joined = pd.concat([frame for _, _, frame in frames], ignore_index=spec.time_column is None)
+    train_rows, val_rows = len(frames[0][2]), len(frames[1][2])
+    joined.attrs = {
+        "gaps_filled": sum(frame.attrs["gaps_filled"] for _, _, frame in frames),
+        "part_ends": (train_rows, train_rows + val_rows),
+    }
+    return joined
+
+
+def _check_continues(
+    before: pd.DataFrame, before_path: Path, after: pd.DataFrame, path: Path, where: str, column: str
+) -> None:
+    """The first time of ``after`` must come after the last time of ``before``, and be of the same kind."""
+    dates = [isinstance(frame.index, pd.DatetimeIndex) for frame in (before, after)]
+    if dates[0] != dates[1]:
+        kinds = ["dates" if is_date else "numbers" for is_date in dates]
+        raise DataError(
+            f"{where}: {path} has {kinds[1]} in {column!r} but {before_path} has {kinds[0]}; "
+            "the files must continue one series"
+        )
+    first, last = after.index[0], before.index[-1]
+    if first <= last:
+        raise DataError(
+            f"{where}: {path} {row_namer(path)(0)} is at {first}, not after {last}, the last time of {before_path}; "
+            "each file must continue the one before it in time"
+        )
+
+
+def _read_series_file(spec: TimeSeriesDataSpec, where: str) -> pd.DataFrame:
     path = Path(spec.path)
     table = read_table(path, where)
     row_label = row_namer(path)
@@ -186,6 +230,11 @@ def split_boundaries(rows: int, split: SplitSpec) -> tuple[int, int]:
     return rows - n_val - n_test, rows - n_test
 
 
+def part_ends(frame: pd.DataFrame, split: SplitSpec) -> tuple[int, int]:
+    """``(train_end, val_end)`` of a series from :func:`read_series`: its file boundaries, else by the fractions."""
+    return frame.attrs.get("part_ends") or split_boundaries(len(frame), split)
+
+
 def _choose_transforms(frame: pd.DataFrame, spec: TimeSeriesDataSpec, train_end: int, where: str) -> tuple[str, ...]:
     """One transform per target: the declared one, or the `auto` rule applied to the training rows only."""
     chosen = []
@@ -230,11 +279,16 @@ def _default_window(season: int, horizon: int, train_end: int, stride: int, lost
 
 
 def _check_lengths(
-    rows: int, split: SplitSpec, window: int, horizon: int, lost: int, season: int, where: str
-) -> tuple[int, int]:
-    """Every part must hold at least one window; name the lengths when one does not."""
-    train_end, val_end = split_boundaries(rows, split)
-    advice = f"the series has {rows} rows; use a longer series, a smaller window or horizon, or smaller split fractions"
+    rows: int, ends: tuple[int, int], split: SplitSpec, window: int, horizon: int, lost: int, season: int, where: str
+) -> None:
+    """Every part must hold at least one window (a given file always; a fraction when > 0); name the lengths."""
+    train_end, val_end = ends
+    if split.files is None:
+        advice = (
+            f"the series has {rows} rows; use a longer series, a smaller window or horizon, or smaller split fractions"
+        )
+    else:
+        advice = f"the three files hold {rows} rows; use longer files, or a smaller window or horizon"
     if train_end < window + horizon + lost:
         raise DataError(
             f"{where}: the training part has {train_end} rows but window {window} + horizon {horizon} "
@@ -244,7 +298,7 @@ def _check_lengths(
         )
     held_out = (("validation", split.val, val_end - train_end), ("test", split.test, rows - val_end))
     for part, fraction, length in held_out:
-        if fraction > 0 and length < horizon:
+        if (fraction > 0 or split.files is not None) and length < horizon:
             raise DataError(
                 f"{where}: the {part} part has {length} rows but horizon {horizon} needs at least {horizon}; {advice}"
             )
@@ -253,7 +307,6 @@ def _check_lengths(
             f"{where}: the training part has {train_end} rows but season {season} needs at least {season + 1} "
             f"for the seasonal-naive baseline; {advice}"
         )
-    return train_end, val_end
 
 
 def resolve_data(spec: PipelineSpec) -> PipelineSpec:
@@ -263,10 +316,10 @@ def resolve_data(spec: PipelineSpec) -> PipelineSpec:
     frame = read_series(data, where)
     season = spec.evaluate.season or infer_season(frame)
     horizon = data.horizon or (season if season > 1 else 1)
-    train_end, _ = split_boundaries(len(frame), data.split)
-    lost = int("difference" in _choose_transforms(frame, data, train_end, where))
-    window = data.window or _default_window(season, horizon, train_end, data.stride, lost, where)
-    _check_lengths(len(frame), data.split, window, horizon, lost, season, where)
+    ends = part_ends(frame, data.split)
+    lost = int("difference" in _choose_transforms(frame, data, ends[0], where))
+    window = data.window or _default_window(season, horizon, ends[0], data.stride, lost, where)
+    _check_lengths(len(frame), ends, data.split, window, horizon, lost, season, where)
     return spec.model_copy(
         update={
             "data": data.model_copy(update={"window": window, "horizon": horizon}),
@@ -403,10 +456,10 @@ def prepare_features(data: TimeSeriesDataSpec, season: int | None, out_dir: Path
         raise ValueError("prepare_features needs a resolved spec: call resolve_data(spec) first")
     frame = read_series(data, where)
     rows, k = len(frame), len(data.target)
-    train_end, _ = split_boundaries(rows, data.split)
+    train_end, val_end = part_ends(frame, data.split)
     transforms = _choose_transforms(frame, data, train_end, where)
     lost = int("difference" in transforms)
-    train_end, val_end = _check_lengths(rows, data.split, data.window, data.horizon, lost, season, where)
+    _check_lengths(rows, (train_end, val_end), data.split, data.window, data.horizon, lost, season, where)
 
     raw = frame.to_numpy(np.float64)
     preprocessing = Preprocessing.fit(raw[:train_end], tuple(frame.columns), transforms, data.scale)
@@ -417,6 +470,7 @@ def prepare_features(data: TimeSeriesDataSpec, season: int | None, out_dir: Path
         for split in ("train", "val", "test")
     }
     labels = _time_labels(frame.index)
+    ends = {"train_end": train_end, "val_end": val_end}
     meta = {
         "format": FEATURES_FORMAT,
         "columns": list(frame.columns),
@@ -429,7 +483,7 @@ def prepare_features(data: TimeSeriesDataSpec, season: int | None, out_dir: Path
         "stride": data.stride,
         "season": season,
         "first_usable_row": lost,
-        "split": {"train_end": train_end, "val_end": val_end},
+        "split": {**ends, "by": "files"} if data.split.files is not None else ends,
         "windows": counts,
         "preprocessing": preprocessing.to_dict(),
         "time": {
@@ -454,6 +508,7 @@ def prepare_features(data: TimeSeriesDataSpec, season: int | None, out_dir: Path
         "season": season,
         "n_targets": k,
         "n_features": len(frame.columns),
+        "split": "files" if data.split.files is not None else "fractions",
         "train_rows": train_end,
         "val_rows": val_end - train_end,
         "test_rows": rows - val_end,
