@@ -18,6 +18,13 @@ For classification:
 - ``digits/<label>/<index>.png``: the 1797 8×8 handwritten digits shipped inside scikit-learn, as 8-bit
   grayscale PNGs (pixels 0..16 scaled ×15 to 0..240), one folder per digit.
 
+For language modelling:
+
+- ``python_docs.txt``: the Python language reference's topics as plain text (``pydoc_data.topics``, shipped with
+  every CPython), the first ``PYTHON_DOCS_CHARACTERS`` characters of the topics in name order: real English prose
+  mixed with grammar rules and code, a classic kind of character-model corpus. It depends on the Python version
+  (3.11 here), which DVC records by hash like any other data.
+
 Run as ``python -m lstmflow.datasets OUT_DIR`` (the first DVC stage). The bytes written depend only on the
 shipped data and the fixed seed, so DVC sees an unchanged output when nothing changed.
 """
@@ -66,6 +73,13 @@ The 1797 8x8 images of handwritten digits that ship inside scikit-learn (BSD-3-C
 Source: "Optical Recognition of Handwritten Digits", E. Alpaydin and C. Kaynak, 1998, UCI Machine Learning
 Repository, https://archive.ics.uci.edu/dataset/80, https://doi.org/10.24432/C50P49.
 Licence: Creative Commons Attribution 4.0 International (CC BY 4.0), as listed by the UCI repository.
+
+## python_docs.txt
+
+The topics of the Python Language Reference as CPython ships them for `help()` (`pydoc_data.topics`), in name
+order, each preceded by its name; cut after 200,000 characters.
+Source: the Python documentation, https://docs.python.org/3/reference/, copyright Python Software Foundation.
+Licence: Python Software Foundation License Version 2 (the documentation's licence, https://docs.python.org/3/license.html).
 """
 
 
@@ -191,6 +205,19 @@ def _agent_texts(texts_per_class: int = 250, seed: int = 20264) -> pd.DataFrame:
     return pd.DataFrame([rows[i] for i in order], columns=["text", "label"])
 
 
+#: Enough text for a character model to learn words and syntax, small enough to train in under a minute on 2 cores.
+PYTHON_DOCS_CHARACTERS = 200_000
+
+
+def _python_docs() -> str:
+    """The reference topics in name order, each under its name, cut at a line break after the limit."""
+    from pydoc_data.topics import topics
+
+    text = "".join(f"{name}\n\n{topics[name].strip()}\n\n" for name in sorted(topics))
+    end = text.find("\n", PYTHON_DOCS_CHARACTERS)
+    return text[: end + 1] if end != -1 else text
+
+
 def build_demo_data(out_dir: Path) -> list[Path]:
     """Write the demo tables, the digits and chirps folders and LICENSE-DATA.md into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
@@ -205,6 +232,9 @@ def build_demo_data(out_dir: Path) -> list[Path]:
         path = out_dir / name
         frame.to_csv(path, index=False, float_format=decimals, na_rep="", lineterminator="\n")
         written.append(path)
+    docs = out_dir / "python_docs.txt"
+    docs.write_text(_python_docs(), encoding="utf-8")
+    written.append(docs)
     written.append(_write_digits(out_dir))
     build_audio_demo(out_dir / "chirps")
     written.append(out_dir / "chirps")

@@ -1,9 +1,11 @@
 """Scoring a trained model on the test part beside the naive baseline it must beat: a forecaster in original
-units beside the seasonal-naive forecast, a classifier beside always predicting the majority training class."""
+units beside the seasonal-naive forecast, a classifier beside always predicting the majority training class, a
+language model beside the unigram model (every token drawn with its training frequency, whatever came before)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from lstmflow.metrics import (
     seasonal_naive,
 )
 from lstmflow.models.lstm import LSTMNet, build_model
-from lstmflow.objectives import classifier_input_size
+from lstmflow.objectives import LanguageModelObjective, classifier_input_size, token_cross_entropy
 from lstmflow.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
 
 
@@ -121,6 +123,47 @@ def evaluate_classifier(
         *_loss_curves(model_path, plot_dir, loss_label="cross-entropy (nats)"),
     ]
     return metrics, plots
+
+
+#: The prompt of the sample text logged with a language model: the start of the test part, this many characters.
+SAMPLE_PROMPT_CHARACTERS = 80
+SAMPLE_TOKENS = 400
+
+
+def evaluate_language_model(
+    spec: PipelineSpec, features_dir: Path, model_path: Path, plot_dir: Path
+) -> tuple[dict[str, float], list[Path]]:
+    """Test cross-entropy per token (nats), perplexity and, for character models, bits per character, each beside
+    the unigram baseline's (``unigram_*``, add-one smoothed training frequencies, on the same tokens); the
+    loss-curve plot and ``sample.txt``, text the model wrote after the start of the test part."""
+    from lstmflow.data.corpus import load_corpus, split_corpus
+    from lstmflow.generate import generate
+
+    features = load_corpus(features_dir)
+    objective = LanguageModelObjective(spec, features)
+    model = build_model(
+        spec.model, features.vocab_size, features.vocab_size, where=f"pipelines.{spec.name}.model", per_step=True
+    )
+    _load_weights(model, model_path)
+    total, count = token_cross_entropy(model, objective, "test", spec.train.batch_size, "cpu")
+    stream = features.stream("test")
+    targets = stream.layout(objective.rows("test", spec.train.batch_size))[:, 1:]  # the tokens that were scored
+    counts = np.asarray(features.meta["unigram_counts"], dtype=np.float64) + 1.0  # add-one: no token impossible
+    unigram_total = -np.log(counts[targets] / counts.sum()).sum()
+    metrics = {"cross_entropy": total / count, "unigram_cross_entropy": unigram_total / count}
+    metrics |= {"perplexity": math.exp(metrics["cross_entropy"]), "unigram_perplexity": math.exp(metrics["unigram_cross_entropy"])}
+    if features.meta["tokenizer_kind"] == "char":
+        metrics |= {
+            "bits_per_character": metrics["cross_entropy"] / math.log(2),
+            "unigram_bits_per_character": metrics["unigram_cross_entropy"] / math.log(2),
+        }
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    prompt = split_corpus(spec.data, f"pipelines.{spec.name}.data")["test"][:SAMPLE_PROMPT_CHARACTERS]
+    sample = plot_dir / "sample.txt"
+    written = generate(model, features.tokenizer, prompt, SAMPLE_TOKENS, temperature=0.8, seed=spec.train.seed)
+    sample.write_text(f"{prompt}{written}\n", encoding="utf-8")
+    return metrics, [sample, *_loss_curves(model_path, plot_dir, loss_label="cross-entropy per token (nats)")]
 
 
 def _load_weights(model: LSTMNet, model_path: Path) -> LSTMNet:

@@ -6,6 +6,8 @@ how batches look, what the loss is and what else is worth logging per epoch:
 - :class:`ForecastObjective`: windows of a series, the output reshaped to (B, horizon, targets), ``train.loss``.
 - :class:`ClassifyObjective`: padded, length-bucketed sequences, cross-entropy on the model's logits (its output
   softmax folded into the loss), validation accuracy and the padding fraction of the training batches.
+- :class:`LanguageModelObjective`: spans of a token stream, cross-entropy of the next token at every step,
+  validation perplexity; a ``stateful`` lstm's state carried from one span to the next (truncated BPTT).
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lstmflow.config import PipelineSpec
 from lstmflow.errors import ConfigError, DataError
-from lstmflow.models.lstm import LSTMNet, output_layer
+from lstmflow.models.lstm import LSTMNet, LSTMState, output_layer
 
 if TYPE_CHECKING:
+    from lstmflow.data.corpus import CorpusFeatures
     from lstmflow.data.sequences import SequenceFeatures
     from lstmflow.data.timeseries import Features, WindowSet
 
@@ -44,6 +48,7 @@ class Objective(Protocol):
     n_features: int  # per time step, the network's input width (for token ids: the vocabulary size)
     n_outputs: int  # per sample, the network's output width
     needs: str  # where n_outputs comes from, for build_model's messages (e.g. "3 classes in the training labels")
+    per_step: bool  # n_outputs at every time step (next-token scores), not once per sample
 
     def batch_count(self, part: Part, batch_size: int) -> int:
         """Batches per pass over ``part`` (the progress bar's total, and onecycle's steps per epoch)."""
@@ -67,6 +72,26 @@ class Objective(Protocol):
         """Facts about one epoch's batches worth logging (e.g. ``padding_fraction``); empty when there are none."""
         ...
 
+    def carried_state(self) -> dict[str, Tensor]:
+        """What the objective carries from one training batch to the next (a stateful LSTM's detached (h, c)), for a
+        mid-epoch checkpoint; empty for stateless tasks. ``batches`` starts every pass afresh."""
+        ...
+
+    def restore_carried_state(self, state: dict[str, Tensor]) -> None:
+        """Put back what ``carried_state`` returned, before the training batches after a mid-epoch resume."""
+        ...
+
+
+class Stateless:
+    """The carried-state half of :class:`Objective` for tasks whose batches are independent."""
+
+    def carried_state(self) -> dict[str, Tensor]:
+        return {}
+
+    def restore_carried_state(self, state: dict[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"a stateless objective was given carried state {sorted(state)}")
+
 
 def make_objective(spec: PipelineSpec, features_dir: Path) -> Objective:
     """The objective of ``spec.task`` on the features prepared in ``features_dir``; checks the spec against it."""
@@ -76,12 +101,18 @@ def make_objective(spec: PipelineSpec, features_dir: Path) -> Objective:
 
         return ForecastObjective(spec, load_features(features_dir), features_dir)
     if spec.task == "classify":
-        problems = classifier_problems(spec)
+        problems = scoring_problems(spec)
         if problems:
             raise ConfigError(problems)
         from lstmflow.data.sequences import load_sequences
 
         return ClassifyObjective(spec, load_sequences(features_dir), features_dir)
+    if spec.task == "language_model":
+        if problems := scoring_problems(spec):
+            raise ConfigError(problems)
+        from lstmflow.data.corpus import load_corpus
+
+        return LanguageModelObjective(spec, load_corpus(features_dir))
     raise ValueError(f"pipelines.{spec.name}.task: no objective for task {spec.task!r}")
 
 
@@ -93,7 +124,7 @@ def to_device(inputs: tuple[Tensor, ...], device: torch.device | str) -> tuple[T
 # ------------------------------------------------------------------------------------------------ forecast
 
 
-class ForecastObjective:
+class ForecastObjective(Stateless):
     """Forecast ``horizon`` steps of every target from a window of the series."""
 
     def __init__(self, spec: PipelineSpec, features: Features, features_dir: Path) -> None:
@@ -110,6 +141,7 @@ class ForecastObjective:
         self.n_features = features.n_features
         self.n_outputs = features.horizon * features.n_targets
         self.needs = f"horizon {features.horizon} × {features.n_targets} target(s)"
+        self.per_step = False
 
     def batch_count(self, part: Part, batch_size: int) -> int:
         return math.ceil(len(self.features.windows(part)) / batch_size)
@@ -150,22 +182,23 @@ def evaluate_loss(
 # ------------------------------------------------------------------------------------------ classification
 
 
-def classifier_problems(spec: PipelineSpec) -> list[str]:
-    """What in ``spec`` cannot train a classifier: an output activation that is not a softmax or linear, text
-    without an embedding first, or an embedding on data that are not token ids.
+def scoring_problems(spec: PipelineSpec) -> list[str]:
+    """What in ``spec`` cannot give class (or next-token) scores from its inputs: token ids without an embedding
+    first, an embedding on values, or an output activation that is not a softmax or linear.
 
     (A loss other than cross-entropy is refused when the spec is validated.)"""
     problems = []
     first = spec.model.layers[0]
-    if spec.data.kind == "text" and first.embedding is None:
+    reads_ids = spec.data.kind in {"text", "corpus"}
+    if reads_ids and first.embedding is None:
         problems.append(
             f"pipelines.{spec.name}.model.layers[0]: text arrives as token ids, so the first layer must be an "
             f"embedding that turns them into vectors (e.g. `- embedding: {{dim: 64}}`), got {first.kind}"
         )
-    if spec.data.kind != "text" and first.embedding is not None:
+    if not reads_ids and first.embedding is not None:
         problems.append(
-            f"pipelines.{spec.name}.model.layers[0].embedding: reads token ids, which only data.kind text gives; "
-            f"data.kind {spec.data.kind} gives values (remove the embedding)"
+            f"pipelines.{spec.name}.model.layers[0].embedding: reads token ids, which only data.kind text and corpus "
+            f"give; data.kind {spec.data.kind} gives values (remove the embedding)"
         )
     head = output_layer(spec.model)
     dense = spec.model.layers[head].dense
@@ -184,7 +217,7 @@ def classifier_input_size(features: SequenceFeatures) -> int:
     return features.meta["extra_meta"].get("vocab_size", features.n_features)
 
 
-class ClassifyObjective:
+class ClassifyObjective(Stateless):
     """Give each variable-length sequence one of ``n_classes`` labels."""
 
     def __init__(self, spec: PipelineSpec, features: SequenceFeatures, features_dir: Path) -> None:
@@ -198,6 +231,7 @@ class ClassifyObjective:
         self.n_features = classifier_input_size(features)
         self.n_outputs = features.n_classes
         self.needs = f"{features.n_classes} classes in the training labels"
+        self.per_step = False
 
     def batch_count(self, part: Part, batch_size: int) -> int:
         return len(self.features.part(part).batch_indices(batch_size))
@@ -228,3 +262,93 @@ class ClassifyObjective:
     def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
         sequences = self.features.part(part)
         return {"padding_fraction": sequences.padding_fraction(batch_size, shuffle=shuffle, seed=seed, epoch=epoch)}
+
+
+# ------------------------------------------------------------------------------------------ language model
+
+
+def stateful_layers(spec: PipelineSpec) -> set[int]:
+    """Indices of the lstm layers that carry their state from one span of the text to the next."""
+    return {index for index, layer in enumerate(spec.model.layers) if layer.lstm is not None and layer.lstm.stateful}
+
+
+class LanguageModelObjective:
+    """Predict every next token of a text, read in spans of ``data.sequence_length`` tokens.
+
+    Batches are the spans of ``batch_size`` parallel streams (:class:`~lstmflow.data.corpus.TokenStream`). With a
+    ``stateful`` lstm they come in stream order and that layer's final (h, c), detached, starts the next span:
+    truncated back-propagation through time over the whole text. Without one, every span starts from zeros and
+    the spans are shuffled. Evaluation reads a part in order and carries the same state, so validation sees the
+    model as training used it. The loss is the mean cross-entropy per predicted token (nats).
+    """
+
+    def __init__(self, spec: PipelineSpec, features: CorpusFeatures) -> None:
+        self.features = features
+        self.steps = spec.data.sequence_length
+        self.stateful = stateful_layers(spec)
+        self.n_features = features.vocab_size
+        self.n_outputs = features.vocab_size
+        self.needs = f"a vocabulary of {features.vocab_size} tokens"
+        self.per_step = True
+        self._carry: LSTMState = {}
+
+    def rows(self, part: Part, batch_size: int) -> int:
+        return self.features.stream(part).rows_for(batch_size, self.steps)
+
+    def batch_count(self, part: Part, batch_size: int) -> int:
+        return self.features.stream(part).batch_count(self.rows(part, batch_size), self.steps)
+
+    def batches(
+        self, part: Part, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0
+    ) -> Iterator[Batch]:
+        """Every span of ``part`` once; each pass starts the carried state afresh."""
+        self._carry = {}
+        order = None
+        if shuffle and not self.stateful:  # a carried state needs the spans in order
+            order = np.random.default_rng([seed, epoch]).permutation(self.batch_count(part, batch_size))
+        for x, y in self.spans(part, batch_size, order):
+            yield (x,), y
+
+    def spans(self, part: Part, batch_size: int, order: np.ndarray | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """(x (B, T, 1) ids, y (B, T) next ids) of ``part``, in stream order unless ``order`` is given."""
+        return self.features.stream(part).batches(self.rows(part, batch_size), self.steps, order)
+
+    def loss(self, model: LSTMNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
+        (x,) = inputs
+        logits, final = model.logits_carrying(x, self._carry)  # (B, T, V)
+        self._carry = {index: (h.detach(), c.detach()) for index, (h, c) in final.items() if index in self.stateful}
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten())  # (B·T, V), (B·T,)
+
+    def carried_state(self) -> dict[str, Tensor]:
+        return {f"{index}.{name}": tensor for index, pair in self._carry.items() for name, tensor in zip("hc", pair)}
+
+    def restore_carried_state(self, state: dict[str, Tensor]) -> None:
+        layers = {int(key.split(".")[0]) for key in state}
+        self._carry = {index: (state[f"{index}.h"], state[f"{index}.c"]) for index in sorted(layers)}
+
+    @torch.no_grad()
+    def evaluate(self, model: LSTMNet, part: Part, batch_size: int, device: torch.device | str) -> dict[str, float]:
+        """Mean cross-entropy per token and perplexity, reading the part in order."""
+        total, count = token_cross_entropy(model, self, part, batch_size, device)
+        loss = total / count
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+    def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
+        return {}  # every span is full: nothing padded
+
+
+def token_cross_entropy(
+    model: LSTMNet, objective: LanguageModelObjective, part: Part, batch_size: int, device: torch.device | str
+) -> tuple[float, int]:
+    """(summed cross-entropy in nats, tokens scored) over ``part`` in stream order, in eval mode, carrying the
+    stateful layers' state from span to span as training does."""
+    model.eval()
+    carry: LSTMState = {}
+    total, count = 0.0, 0
+    for x, y in objective.spans(part, batch_size):
+        x, y = x.to(device), y.to(device)
+        logits, final = model.logits_carrying(x, carry)  # (B, T, V)
+        carry = {index: state for index, state in final.items() if index in objective.stateful}
+        total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+        count += y.numel()
+    return total, count

@@ -128,15 +128,18 @@ def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_ha
         ).add_prefix("pixel_"),
         "agents": lambda raw: pd.read_csv(raw / "agents.csv")[["text"]].head(2),
         "chirps": lambda raw: pd.DataFrame({"path": [str(raw / "chirps" / "rising" / "000.wav"), str(raw / "chirps" / "falling" / "000.wav")]}),
+        "pydocs": lambda raw: pd.DataFrame({"prompt": ["The if statement", "A class"], "tokens": [30, 5], "temperature": [0.8, 0.0], "seed": [1, 1]}),
     }
-    for name in yaml.safe_load((REPO / "pipelines.yaml").read_text())["pipelines"]:
+    baselines = {"forecast": {"naive_mae", "mase"}, "classify": {"majority_accuracy", "macro_f1"}, "language_model": {"unigram_perplexity", "perplexity"}}
+    for name, pipeline in yaml.safe_load((REPO / "pipelines.yaml").read_text())["pipelines"].items():
         result = run_pipeline(pipeline=name, epochs=2, config=str(root / "pipelines.yaml"))
         assert result["model_uri"] == f"models:/{name}/1"
-        baseline = {"naive_mae", "mase"} if name in {"sunspots", "co2"} else {"majority_accuracy", "macro_f1"}
-        assert baseline <= set(result["metrics"]) and json.loads(json.dumps(result, default=str))["pipeline"] == name
+        assert baselines[pipeline["task"]] <= set(result["metrics"]) and json.loads(json.dumps(result, default=str))["pipeline"] == name
         prediction = load_model(tracking_uri(root), result["model_uri"]).predict(requests[name](root / "data" / "raw"))
         assert "MLFLOW_TRACKING_URI" not in os.environ, "a project's store must not leak into the process"
-        if name not in {"sunspots", "co2"}:
+        if pipeline["task"] == "language_model":  # a character model: one character per token
+            assert list(prediction["prompt"]) == ["The if statement", "A class"] and prediction["text"].str.len().tolist() == [30, 5]
+        elif pipeline["task"] == "classify":
             assert len(prediction) == 2 and {"label", "key"} <= set(prediction.columns)
             probabilities = prediction.filter(like="prob_").to_numpy()
             assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)

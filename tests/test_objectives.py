@@ -142,6 +142,6 @@ def test_text_sizes_the_embedding_from_the_vocabulary_and_needs_one_first(tmp_pa
     )
     embedded = patterns.spec(model={"layers": [{"embedding": {"dim": 4}}, {"lstm": {"units": 4}}, {"dense": {}}]})
     assert config_error(embedded, patterns.features_dir) == (
-        "pipelines.patterns.model.layers[0].embedding: reads token ids, which only data.kind text gives; "
+        "pipelines.patterns.model.layers[0].embedding: reads token ids, which only data.kind text and corpus give; "
         "data.kind sequences gives values (remove the embedding)"
     )

@@ -349,7 +349,7 @@ def test_prepare_writes_deterministic_files(tmp_path: Path) -> None:
 
 def test_demo_data_pass_the_checks(tmp_path: Path) -> None:
     written = build_demo_data(tmp_path)
-    assert [p.name for p in written] == ["sunspots.csv", "co2.csv", "order_sequences.csv", "agents.csv", "digits", "chirps", "LICENSE-DATA.md"]
+    assert [p.name for p in written] == ["sunspots.csv", "co2.csv", "order_sequences.csv", "agents.csv", "python_docs.txt", "digits", "chirps", "LICENSE-DATA.md"]
     sunspots = resolve_data(spec_for(tmp_path / "sunspots.csv", time_column="year", target="sunactivity"))
     assert (sunspots.data.window, sunspots.data.horizon, sunspots.evaluate.season) == (8, 1, 1)
     co2 = read_series(spec_for(tmp_path / "co2.csv", time_column="date", target="co2").data)

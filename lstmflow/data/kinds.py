@@ -43,6 +43,10 @@ def build_features(data: Any, season: int | None, out_dir: Path, where: str, cac
         from lstmflow.data.text import prepare_text_features
 
         return prepare_text_features(data, out_dir, where)
+    if data.kind == "corpus":
+        from lstmflow.data.corpus import prepare_corpus_features
+
+        return prepare_corpus_features(data, out_dir, where)
     if data.kind == "audio":
         from lstmflow.data.audio import prepare_audio_features
 
@@ -64,6 +68,10 @@ def model_io(spec: PipelineSpec) -> tuple[int, int | None]:
         from lstmflow.data.text import text_model_io
 
         return text_model_io(data, where)
+    if data.kind == "corpus":
+        from lstmflow.data.corpus import corpus_model_io
+
+        return corpus_model_io(data, where)
     if data.kind == "audio":
         from lstmflow.data.audio import list_clips, n_features
 

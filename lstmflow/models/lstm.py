@@ -12,12 +12,17 @@ a sample gets does not depend on the other samples in its batch (up to float rou
 
 Text: an ``embedding`` first layer reads token ids carried as a (B, T, 1) float input (the sequence store's one
 value per step) and turns them into vectors; ``n_features`` is then the vocabulary size, the embedding's rows.
+
+Carried state (language models): :meth:`LSTMNet.logits_carrying` starts each lstm from a given (h, c) and returns
+every lstm's final (h, c), so the next batch of the same text streams (a ``stateful`` layer in training) or the next
+token (generation) continues where this one stopped.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import TypeAlias
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +39,9 @@ from lstmflow.config import (
     ModelSpec,
 )
 from lstmflow.errors import ConfigError
+
+#: An lstm layer's (h, c), each (D, B, H), keyed by the layer's index in ``model.layers``.
+LSTMState: TypeAlias = dict[int, tuple[Tensor, Tensor]]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "linear": nn.Identity,
@@ -106,6 +114,11 @@ class LSTMBlock(nn.Module):
             if name.startswith("bias_ih"):
                 with torch.no_grad():
                     param[units : 2 * units].fill_(1.0)  # the forget gate's slice
+
+    def carrying(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Every step's output (B, T, D·H) from the initial ``state`` (zeros when None), and the final (h, c)."""
+        outputs, final = self.lstm(self.input_dropout(x), state)  # (B, T, D·H); h, c (D, B, H)
+        return outputs, final
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:  # x (B, T, F), lengths (B,)
         """Every step's output (B, T, D·H) or each sample's final state (B, D·H).
@@ -223,13 +236,30 @@ class LSTMNet(nn.Module):
         """
         return self._run(x, lengths, softmax=False)
 
-    def _run(self, x: Tensor, lengths: Tensor | None, softmax: bool) -> Tensor:
+    def logits_carrying(self, x: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """:meth:`logits` of a full-length batch (no padding) with each lstm starting from ``state[i]`` (zeros where
+        missing), and every lstm's final (h, c): the state to start the continuation of the same streams from.
+
+        The returned state is part of the autograd graph; detach it to truncate back-propagation there.
+        """
+        final: LSTMState = {}
+        return self._run(x, None, softmax=False, state=state or {}, final=final), final
+
+    def _run(
+        self, x: Tensor, lengths: Tensor | None, softmax: bool, state: LSTMState | None = None,
+        final: LSTMState | None = None,
+    ) -> Tensor:
+        """The layers in order; with ``final`` (a dict to fill) each lstm starts from ``state`` and reports its end."""
         mask = None  # (B, T) bool, True at the valid steps
         if lengths is not None:
             steps = torch.arange(x.shape[1], device=x.device)
             mask = steps.unsqueeze(0) < lengths.to(x.device).unsqueeze(1)  # (1, T) < (B, 1) → (B, T)
         for index, layer in enumerate(self.layers):
-            if isinstance(layer, LSTMBlock):
+            if isinstance(layer, LSTMBlock) and final is not None:
+                x, final[index] = layer.carrying(x, (state or {}).get(index))
+                if not layer.return_sequences:  # each direction's final h, as forward() gives it
+                    x = final[index][0].transpose(0, 1).reshape(x.shape[0], layer.out_features)  # (D, B, H) → (B, D·H)
+            elif isinstance(layer, LSTMBlock):
                 x = layer(x, lengths)
             elif isinstance(layer, FeatureBatchNorm):
                 x = layer(x, mask if x.dim() == 3 else None)
@@ -264,7 +294,8 @@ class LSTMNet(nn.Module):
 
 
 def build_model(
-    spec: ModelSpec, n_features: int, n_outputs: int | None, where: str = "model", needs: str | None = None
+    spec: ModelSpec, n_features: int, n_outputs: int | None, where: str = "model", needs: str | None = None,
+    per_step: bool = False,
 ) -> LSTMNet:
     """Compile ``spec`` for inputs of ``n_features`` per step and a task that needs ``n_outputs`` per sample.
 
@@ -274,12 +305,14 @@ def build_model(
     ``n_outputs`` is what the task needs (horizon × targets when forecasting): the last dense's units are inferred
     from it when omitted and must equal it when given. ``None`` keeps what the spec says and lets the network end
     in a sequence. ``where`` is the spec's YAML path and ``needs`` says where ``n_outputs`` comes from (e.g.
-    ``"horizon 12 × 1 target"``); both go into the error messages. Every broken rule is reported in one ConfigError.
+    ``"horizon 12 × 1 target"``); both go into the error messages. ``per_step`` asks for ``n_outputs`` at every
+    time step (a language model's next-token scores) instead of once per sample. Every broken rule is reported in
+    one ConfigError.
     """
     if n_features < 1:
         raise ValueError(f"n_features must be >= 1, got {n_features}")
     problems = _shape_problems(spec.layers, where)
-    resolved, output_problems = _resolve_outputs(spec, n_outputs, where, needs)
+    resolved, output_problems = _resolve_outputs(spec, n_outputs, where, needs, per_step)
     problems += output_problems
     if problems:
         raise ConfigError(problems)
@@ -323,7 +356,7 @@ def _shape_problems(layers: list[LayerSpec], where: str) -> list[str]:
 
 
 def _resolve_outputs(
-    spec: ModelSpec, n_outputs: int | None, where: str, needs: str | None
+    spec: ModelSpec, n_outputs: int | None, where: str, needs: str | None, per_step: bool
 ) -> tuple[ModelSpec, list[str]]:
     """The spec with the last dense's units filled in, and what stops the output from fitting the task."""
     layers = spec.layers
@@ -339,7 +372,12 @@ def _resolve_outputs(
 
     problems = []
     wanted = f"the task needs {n_outputs} outputs" + (f" ({needs})" if needs else "")
-    if lstms and layers[lstms[-1]].lstm.return_sequences:
+    if per_step and lstms and not layers[lstms[-1]].lstm.return_sequences:
+        problems.append(
+            f"{where}.layers[{lstms[-1]}].lstm.return_sequences: a language model predicts the next token at every "
+            "step, but this last lstm emits one vector per sample; set return_sequences: true"
+        )
+    if not per_step and lstms and layers[lstms[-1]].lstm.return_sequences:
         problems.append(
             f"{where}.layers[{lstms[-1]}].lstm.return_sequences: a forecast needs one vector per sample at the end, "
             "but this last lstm emits a sequence; set return_sequences: false (or leave it out)"

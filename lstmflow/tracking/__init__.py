@@ -184,6 +184,10 @@ def _installed(names: list[str]) -> list[str]:
 
 
 def load_model(uri: str, model_uri: str):  # noqa: ANN201 - an mlflow PyFuncModel
-    """Load a logged or registered model of the store at ``uri``."""
+    """Load a logged or registered model of the store at ``uri``; one that is not there is a named error."""
     with _fluent_uri(uri) as mlflow:
-        return mlflow.pyfunc.load_model(model_uri)
+        try:
+            return mlflow.pyfunc.load_model(model_uri)
+        except mlflow.exceptions.MlflowException as exc:
+            first_line = next(iter(str(exc).strip().splitlines()), "")
+            raise LstmflowError(f"cannot load {model_uri} from {uri}: {first_line} (run the pipeline first to register a model)") from None

@@ -7,7 +7,8 @@ exporting a graph, keeps custom layers and preprocessing working in serving.
 
 A forecaster takes recent raw rows and returns the next ``horizon`` steps; a
 classifier takes raw sequences (a long or wide table) or images (file paths or
-pixel columns) and returns a label and one probability per class for each.
+pixel columns) and returns a label and one probability per class for each; a
+language model takes prompts and returns the text it writes after each.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ PIXEL_PREFIX = "pixel_"
 SERVED_META = {"image_shape", "channels", "grayscale", "max_length", "vocab_size"}
 
 
-def _load_network(bundle_dir: Path, spec: Any, n_features: int, n_outputs: int) -> Any:
+def _load_network(bundle_dir: Path, spec: Any, n_features: int, n_outputs: int, per_step: bool = False) -> Any:
     import torch
 
     from lstmflow.models.lstm import build_model
 
-    model = build_model(spec.model, n_features, n_outputs, where=f"pipelines.{spec.name}.model")
+    model = build_model(spec.model, n_features, n_outputs, where=f"pipelines.{spec.name}.model", per_step=per_step)
     model.load_state_dict(torch.load(bundle_dir / "model.pt", map_location="cpu", weights_only=True))
     return model.eval()
 
@@ -198,10 +199,52 @@ class Classifier:
         return table[table[data.id_column].isin(first)][columns].reset_index(drop=True)
 
 
+class Generator:
+    """Prompts in, generated text out: a ``prompt`` column, and optionally per row ``tokens``, ``temperature`` and
+    ``seed`` (defaults: 200 tokens, temperature 0.8, seed 0); no MLflow needed."""
+
+    DEFAULTS = {"tokens": 200, "temperature": 0.8, "seed": 0}
+
+    def __init__(self, bundle_dir: Path, spec: Any, info: dict[str, Any]) -> None:
+        from lstmflow.data.text import TOKENIZER_FILE, Tokenizer
+
+        self.spec = spec
+        self.tokenizer = Tokenizer.load(bundle_dir / TOKENIZER_FILE)
+        self.model = _load_network(bundle_dir, spec, info["vocab_size"], info["vocab_size"], per_step=True)
+
+    @staticmethod
+    def bundle_info(features_dir: Path) -> dict[str, Any]:
+        meta = json.loads((features_dir / "meta.json").read_text())
+        return {"vocab_size": meta["vocab_size"], "tokenizer_kind": meta["tokenizer_kind"]}
+
+    def example(self, info: dict[str, Any]) -> pd.DataFrame:
+        """The start of the training text as a prompt, with a short continuation."""
+        from lstmflow.data.corpus import read_text
+
+        start = read_text(self.spec.data.path, f"pipelines.{self.spec.name}.data.path")[:40]
+        return pd.DataFrame({"prompt": [start], "tokens": [20], "temperature": [0.8], "seed": [0]})
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """One row per prompt: the prompt and the text generated after it."""
+        from lstmflow.generate import generate
+
+        if "prompt" not in frame.columns:
+            raise ValueError(f"input needs a 'prompt' column; got columns {list(frame.columns)}")
+        rows = frame.to_dict("records")
+        settings = [{key: row.get(key, default) for key, default in self.DEFAULTS.items()} for row in rows]
+        texts = [
+            generate(self.model, self.tokenizer, str(row["prompt"]), int(s["tokens"]), float(s["temperature"]), int(s["seed"]))
+            for row, s in zip(rows, settings)
+        ]
+        return pd.DataFrame({"prompt": [str(row["prompt"]) for row in rows], "text": texts})
+
+
 #: Files of a features folder that the served model needs too (the fitted tokenizer).
 BUNDLED_FEATURE_FILES = ("tokenizer.json",)
 
-PREDICTORS: dict[str, type[Forecaster] | type[Classifier]] = {"forecast": Forecaster, "classify": Classifier}
+PREDICTORS: dict[str, type[Forecaster] | type[Classifier] | type[Generator]] = {
+    "forecast": Forecaster, "classify": Classifier, "language_model": Generator,
+}
 
 
 def write_bundle(spec_json: dict[str, Any], features_dir: Path, model_path: Path, bundle_dir: Path) -> tuple[Any, pd.DataFrame]:
@@ -223,8 +266,8 @@ def write_bundle(spec_json: dict[str, Any], features_dir: Path, model_path: Path
     return predictor, predictor.example(info)
 
 
-def load_predictor(bundle_dir: Path) -> Forecaster | Classifier:
-    """Rebuild the forecaster or classifier that a bundle holds."""
+def load_predictor(bundle_dir: Path) -> Forecaster | Classifier | Generator:
+    """Rebuild the forecaster, classifier or generator that a bundle holds."""
     from lstmflow.config import PipelineSpec
 
     spec = PipelineSpec.model_validate(json.loads((bundle_dir / "spec.json").read_text()))
@@ -233,7 +276,7 @@ def load_predictor(bundle_dir: Path) -> Forecaster | Classifier:
 
 
 class LstmflowModel(mlflow.pyfunc.PythonModel):
-    """MLflow's wrapper around the bundle's :class:`Forecaster` or :class:`Classifier`."""
+    """MLflow's wrapper around the bundle's :class:`Forecaster`, :class:`Classifier` or :class:`Generator`."""
 
     def load_context(self, context: Any) -> None:
         self.predictor = load_predictor(Path(context.artifacts["bundle"]))
