@@ -56,15 +56,23 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------------- data
 
 
-class SplitSpec(Strict):
-    """Chronological fractions of the series held out for validation and test."""
+class SplitFilesSpec(Strict):
+    """A given split as files: `data.path` then holds the training part only."""
 
-    val: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of the series (by time) used for validation, after the training part.")
-    test: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of the series (by time) used for the final test, at the end.")
+    val: Path = Field(description="File (or folder) of the same form as `data.path` holding the validation part, relative to the YAML file.")
+    test: Path = Field(description="File (or folder) of the same form as `data.path` holding the test part, relative to the YAML file.")
+
+
+class SplitSpec(Strict):
+    """Chronological fractions of the series held out for validation and test, or given files that continue it."""
+
+    val: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of the series (by time) used for validation, after the training part (ignored when `files` is given).")
+    test: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of the series (by time) used for the final test, at the end (ignored when `files` is given).")
+    files: SplitFilesSpec | None = Field(None, description="Given split: `path` holds the training series, the `val` file continues it in time and the `test` file continues the `val` file, with the same columns. The three are read as one series and split at the file boundaries (windows may reach back into the previous part, as with fractions); the fractions are then ignored.")
 
     @model_validator(mode="after")
     def _leave_training_data(self) -> SplitSpec:
-        if self.val + self.test >= 0.9:
+        if self.files is None and self.val + self.test >= 0.9:
             raise ValueError(f"val + test must leave at least 10% for training, got {self.val} + {self.test}")
         return self
 
@@ -72,7 +80,7 @@ class SplitSpec(Strict):
 class TimeSeriesDataSpec(Strict):
     """A table of one or more numeric series indexed by time (CSV or Parquet)."""
 
-    kind: Literal["timeseries"] = Field("timeseries", description="Kind of data: `timeseries` (forecasting), `sequences` (time-series classification) or `images` (classification by pixel rows).")
+    kind: Literal["timeseries"] = Field("timeseries", description="Kind of data: `timeseries` (forecasting; the default), `sequences`, `images`, `text` and `audio` (classification) or `corpus` (language modelling): each kind's keys are in its own table.")
     path: Path = Field(description="CSV or Parquet file, relative to the YAML file that declares it.")
     time_column: str | None = Field(None, description="Column holding the timestamps (dates or numbers); rows must be strictly increasing. Omit to use row order.")
     target: list[str] = Field(min_length=1, description="Column(s) to forecast; a single name is accepted too.")
@@ -92,16 +100,19 @@ class TimeSeriesDataSpec(Strict):
 
 
 class ClassSplitSpec(Strict):
-    """How samples are divided for classification: given by a column, or stratified seeded fractions."""
+    """How samples are divided for classification: given by a column or by files, or stratified seeded fractions."""
 
-    val: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of each class held out for validation (ignored when `column` is given).")
-    test: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of each class held out for the final test (ignored when `column` is given).")
-    column: str | None = Field(None, description="A column that names each sample's part: `train`, `val` or `test` (a given split). Tables only.")
+    val: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of each class held out for validation (ignored when `column` or `files` is given).")
+    test: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of each class held out for the final test (ignored when `column` or `files` is given).")
+    column: str | None = Field(None, description="A column that names each sample's part: `train`, `val` or `test` (a given split). Tables only; not with `files`.")
+    files: SplitFilesSpec | None = Field(None, description="Given split: files (or folders of label folders) of the same form as `path` holding the validation and test samples; `path` then holds the training samples only, and the fractions are ignored. Not with `column`.")
     seed: int = Field(0, ge=0, description="Seed of the stratified shuffle that draws the fractions.")
 
     @model_validator(mode="after")
     def _leave_training_data(self) -> ClassSplitSpec:
-        if self.column is None and self.val + self.test >= 0.9:
+        if self.column is not None and self.files is not None:
+            raise ValueError(f"give the split as column or as files, not both; got column {self.column!r} and files")
+        if self.column is None and self.files is None and self.val + self.test >= 0.9:
             raise ValueError(f"val + test must leave at least 10% for training, got {self.val} + {self.test}")
         return self
 
@@ -186,6 +197,36 @@ class AudioSpec(Strict):
     split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
 
 
+class CorpusSplitSpec(Strict):
+    """How a corpus is divided for language modelling: contiguous stretches at its end, or given files."""
+
+    val: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of the text (by characters, cut at a line break) after the training part, for validation.")
+    test: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of the text (by characters, cut at a line break) at the end, for the final test.")
+    files: SplitFilesSpec | None = Field(None, description="Given split: text files (or folders) holding the validation and test parts; `path` is then the training part and the fractions are ignored.")
+
+    @model_validator(mode="after")
+    def _leave_training_data(self) -> CorpusSplitSpec:
+        if self.files is None and self.val + self.test >= 0.9:
+            raise ValueError(f"val + test must leave at least 10% for training, got {self.val} + {self.test}")
+        return self
+
+
+class CorpusSpec(Strict):
+    """Plain UTF-8 text for language modelling: the model learns to predict each next token."""
+
+    kind: Literal["corpus"] = Field(description="Kind of data; `corpus` for language modelling.")
+    path: Path = Field(description="A UTF-8 text file, or a folder whose `*.txt` files are read in name order and joined by line breaks; relative to the YAML file.")
+    tokenizer: TokenizerSpec = Field(default_factory=lambda: TokenizerSpec(kind="char", lowercase=False), description="Tokenization, fitted on the training part. For a corpus `kind` defaults to `char` and `lowercase` to false (a character model also reports bits per character).")
+    sequence_length: int = Field(100, ge=2, description="Tokens per training sequence: the span of truncated back-propagation through time. A `stateful` lstm carries its state from one such span to the next.")
+    split: CorpusSplitSpec = Field(default_factory=CorpusSplitSpec, description="Train/validation/test division.")
+
+    @field_validator("tokenizer", mode="before")
+    @classmethod
+    def _character_defaults(cls, value: Any) -> Any:
+        """Unset tokenizer keys take the corpus defaults (characters, case kept), not the classifier's."""
+        return {"kind": "char", "lowercase": False, **value} if isinstance(value, dict) else value
+
+
 def _data_kind(value: Any) -> str:
     """The data spec's `kind`; `timeseries` when omitted (forecasting is the original task)."""
     return value.get("kind", "timeseries") if isinstance(value, dict) else getattr(value, "kind", "timeseries")
@@ -194,6 +235,7 @@ def _data_kind(value: Any) -> str:
 #: The data spec model of each `data.kind`.
 DATA_SPECS: dict[str, type[BaseModel]] = {
     "timeseries": TimeSeriesDataSpec, "sequences": SequenceTableSpec, "images": ImagesSpec, "text": TextSpec, "audio": AudioSpec,
+    "corpus": CorpusSpec,
 }
 DATA_KINDS = tuple(DATA_SPECS)
 DataSpec = Annotated[
@@ -201,7 +243,8 @@ DataSpec = Annotated[
     | Annotated[SequenceTableSpec, Tag("sequences")]
     | Annotated[ImagesSpec, Tag("images")]
     | Annotated[TextSpec, Tag("text")]
-    | Annotated[AudioSpec, Tag("audio")],
+    | Annotated[AudioSpec, Tag("audio")]
+    | Annotated[CorpusSpec, Tag("corpus")],
     Discriminator(_data_kind),
 ]
 
@@ -219,7 +262,13 @@ class LSTMLayer(Strict):
     bidirectional: bool = Field(False, description="Also read the sequence backwards (Keras `Bidirectional`); the output size doubles.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Keras meaning: dropout on this layer's inputs during training.")
     recurrent_dropout: float = Field(0.0, ge=0.0, le=0.0, description="Refused when > 0: it would force a per-step Python loop instead of the fused LSTM kernel. Use `dropout`.")
-    stateful: Reserved = Field(False, description="Carry the state across batches (truncated BPTT). Not yet supported.")
+    stateful: bool = Field(False, description="Language models: carry (h, c) from one batch to the next along the text, detached (truncated back-propagation through time); it starts at zero at each pass over a part. Not with `bidirectional`.")
+
+    @model_validator(mode="after")
+    def _stateful_reads_forwards(self) -> LSTMLayer:
+        if self.stateful and self.bidirectional:
+            raise ValueError("stateful carries the state forwards along the text; a bidirectional layer also reads backwards, so it cannot be stateful")
+        return self
 
 
 class DenseLayer(Strict):
@@ -351,12 +400,35 @@ class EarlyStoppingSpec(Strict):
     min_delta: float = Field(0.0, ge=0.0, description="Smallest decrease of the validation loss that counts as improvement.")
 
 
+class NodesSpec(Strict):
+    """Several machines training one model: each starts training with the same spec and its own `rank`."""
+
+    count: int = Field(ge=1, description="Machines taking part; each runs `workers` processes.")
+    rank: int = Field(0, ge=0, description="This machine's number, 0 to count - 1, usually given per machine with `--set train.nodes.rank=1`. Machine 0 hosts the rendezvous, logs metrics and writes checkpoints.")
+    endpoint: str = Field(description="`host:port` where machine 0 listens for the others (on that address only); every machine must reach it.")
+    timeout: float = Field(300.0, gt=0, description="Seconds to wait for every machine to join before failing with a rendezvous error.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"must be host:port with a port from 1 to 65535, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _rank_below_count(self) -> NodesSpec:
+        if self.rank >= self.count:
+            raise ValueError(f"rank must be below count ({self.count}), got {self.rank}")
+        return self
+
+
 class TrainSpec(Strict):
     """How the model is fitted."""
 
     epochs: int = Field(100, gt=0, description="Maximum number of passes over the training windows.")
     batch_size: int = Field(64, gt=0, description="Windows per batch.")
-    loss: Literal["mse", "mae", "huber", "cross_entropy"] | None = Field(None, description="Training loss. Forecasting: `mse` (default; the guide compiles with MSE), `mae` or `huber`, on scaled values. Classification: `cross_entropy` (the default and only choice; the output softmax is folded into it).")
+    loss: Literal["mse", "mae", "huber", "cross_entropy"] | None = Field(None, description="Training loss. Forecasting: `mse` (default; the guide compiles with MSE), `mae` or `huber`, on scaled values. Classification and language models: `cross_entropy` (the default and only choice; the output softmax is folded into it).")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer and learning rate.")
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec, description="Learning-rate schedule.")
     grad_clip: GradClipSpec = Field(default_factory=GradClipSpec, description="Gradient clipping.")
@@ -364,9 +436,19 @@ class TrainSpec(Strict):
     seed: int = Field(0, ge=0, description="Seed for weights, shuffling and dropout; same seed on the same machine gives the same metrics.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` uses a GPU when one is present.")
     threads: int | None = Field(None, ge=1, description="CPU threads for the training process. Default 1: small LSTM steps run faster and steadier on one thread when anything else shares the machine.")
-    workers: Reserved = Field(None, description="Data-parallel training processes. Not yet supported.")
-    nodes: Reserved = Field(None, description="Machines for multi-node training. Not yet supported.")
-    deterministic: Reserved = Field(None, description="Deterministic algorithms switch. Not yet supported.")
+    workers: int | Literal["auto"] = Field(1, description="Data-parallel training processes on this machine (PyTorch DDP): `auto` is one per GPU, or 1 without CUDA. `batch_size` stays the global batch: each worker takes its share of the rows, gradients are averaged, and worker 0 alone logs metrics and writes checkpoints. On CPU each worker uses `threads` cores.")
+    nodes: NodesSpec | None = Field(None, description="Machines taking part in one training run; null trains on this machine only.")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="How workers exchange gradients: `auto` is nccl on CUDA and gloo on CPU; nccl needs CUDA.")
+    deterministic: bool = Field(False, description="Deterministic algorithms (`torch.use_deterministic_algorithms`, deterministic cuDNN, `CUBLAS_WORKSPACE_CONFIG`): the same seed, machine and workers give bit-identical weights, also across a kill and resume. Can be slower on GPU.")
+    checkpoint_every: int | None = Field(None, ge=1, description="Also checkpoint every this many batches (steps) within an epoch, so that a killed run loses at most that many; every epoch is checkpointed regardless.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision through `torch.autocast`: `bf16` (CUDA or CPU) or `fp16` (CUDA only, with a gradient scaler). Weights and optimizer state stay fp32.")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be a whole number >= 1 or 'auto', got {value!r}")
 
 
 class EvaluateSpec(Strict):
@@ -376,7 +458,7 @@ class EvaluateSpec(Strict):
 
 
 #: Which data kinds each task can learn from.
-TASK_DATA_KINDS = {"forecast": ("timeseries",), "classify": ("sequences", "images", "text", "audio"), "language_model": ()}
+TASK_DATA_KINDS = {"forecast": ("timeseries",), "classify": ("sequences", "images", "text", "audio"), "language_model": ("corpus",)}
 #: The losses each task can train on; the first is its default.
 TASK_LOSSES = {"forecast": ("mse", "mae", "huber"), "classify": ("cross_entropy",), "language_model": ("cross_entropy",)}
 
@@ -385,28 +467,49 @@ class PipelineSpec(Strict):
     """One named pipeline: data, model, training and evaluation."""
 
     name: str = Field(description="The pipeline's name (its key under `pipelines`); also the MLflow experiment and registered model name.")
-    task: Literal["forecast", "classify", "language_model"] = Field("forecast", description="What the model learns: `forecast` (data kind `timeseries`) or `classify` (kinds `sequences`, `images`); `language_model` is reserved for a later version.")
+    task: Literal["forecast", "classify", "language_model"] = Field("forecast", description="What the model learns: `forecast` (data kind `timeseries`), `classify` (kinds `sequences`, `images`, `text`, `audio`) or `language_model` (kind `corpus`: the next token at every step).")
     description: str = Field("", description="Free text shown by `lstmflow list`.")
     data: DataSpec = Field(description="Where the data are and how they become model inputs.")
-    model: ModelSpec = Field(default_factory=ModelSpec, description="The network. Default: one `lstm` of 64 units and a `dense` output layer.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The network. Default: one `lstm` of 64 units and a `dense` output layer; for token ids (kinds `text` and `corpus`) an `embedding` of 64 first; for a language model a stateful `lstm` of 256 units that returns sequences.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training settings.")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Evaluation settings.")
     search: Reserved = Field(None, description="Hyperparameter search. Not yet supported.")
     schedule: Reserved = Field(None, description="Retraining schedule. Not yet supported.")
     promote: Reserved = Field(None, description="Champion/challenger promotion. Not yet supported.")
 
-    @field_validator("task")
+    @model_validator(mode="before")
     @classmethod
-    def _no_language_model_yet(cls, value: str) -> str:
-        if value == "language_model":
-            raise ValueError(f"{value!r} is {NOT_YET}")
-        return value
+    def _default_model_for_the_data(cls, value: Any) -> Any:
+        """Without a `model`, token ids get an embedding first, and a language model a stateful sequence lstm."""
+        if not isinstance(value, dict) or "model" in value or not isinstance(value.get("data"), dict):
+            return value
+        kind, task = value["data"].get("kind"), value.get("task")
+        if task == "language_model":
+            layers = [{"embedding": {"dim": 64}}, {"lstm": {"units": 256, "return_sequences": True, "stateful": True}}, {"dense": {"activation": "softmax"}}]
+        elif kind == "text":
+            layers = [{"embedding": {"dim": 64}}, {"lstm": {"units": 64}}, {"dense": {"activation": "softmax"}}]
+        else:
+            return value
+        return {**value, "model": {"layers": layers}}
 
     @model_validator(mode="after")
     def _task_fits_the_data(self) -> PipelineSpec:
         wanted = TASK_DATA_KINDS[self.task]
         if self.data.kind not in wanted:
             raise ValueError(f"task {self.task!r} needs data.kind {', '.join(map(repr, wanted))}, got {self.data.kind!r}")
+        lstms = {i: layer.lstm for i, layer in enumerate(self.model.layers) if layer.lstm is not None}
+        backwards = [i for i, lstm in lstms.items() if lstm.bidirectional]
+        if backwards and self.task == "language_model":
+            raise ValueError(
+                f"model.layers[{backwards[0]}].lstm.bidirectional: a language model predicts each next token from "
+                "the ones before it; a backward reading would see the very token it must predict"
+            )
+        stateful = [i for i, lstm in lstms.items() if lstm.stateful]
+        if stateful and self.task != "language_model":
+            raise ValueError(
+                f"model.layers[{stateful[0]}].lstm.stateful: carries the state across consecutive batches of one text, "
+                f"which only task 'language_model' has; task {self.task!r} has independent samples"
+            )
         losses = TASK_LOSSES[self.task]
         if self.train.loss is not None and self.train.loss not in losses:
             raise ValueError(f"train.loss for task {self.task!r} must be one of {', '.join(map(repr, losses))}, got {self.train.loss!r}")
@@ -598,6 +701,14 @@ def _related(where: str, key: str) -> bool:
     return longer == shorter or longer.startswith((shorter + ".", shorter + "["))
 
 
+def _paths_resolved(mapping: dict[str, Any], key: str, base_dir: Path) -> dict[str, Any]:
+    """``mapping`` with its path at ``key`` made absolute against ``base_dir`` (the YAML file's folder)."""
+    if not isinstance(mapping.get(key), str):
+        return mapping
+    path = Path(mapping[key]).expanduser()
+    return {**mapping, key: str(path if path.is_absolute() else (base_dir / path).resolve())}
+
+
 def validate_pipeline(name: str, raw: dict[str, Any], base_dir: Path, origin: dict[str, str] | None = None) -> PipelineSpec:
     """Validate one merged pipeline mapping; data paths resolve against ``base_dir``."""
     origin = origin or {}
@@ -605,9 +716,12 @@ def validate_pipeline(name: str, raw: dict[str, Any], base_dir: Path, origin: di
         raise ConfigError(f"pipelines.{name}: must be a mapping, got {raw!r}")
     raw = {**raw, "name": name}
     data = raw.get("data")
-    if isinstance(data, dict) and isinstance(data.get("path"), str):
-        path = Path(data["path"]).expanduser()
-        raw["data"] = {**data, "path": str(path if path.is_absolute() else (base_dir / path).resolve())}
+    if isinstance(data, dict):
+        data = raw["data"] = _paths_resolved(data, "path", base_dir)
+        split = data.get("split")
+        if isinstance(split, dict) and isinstance(split.get("files"), dict):
+            files = _paths_resolved(_paths_resolved(split["files"], "val", base_dir), "test", base_dir)
+            data["split"] = {**split, "files": files}
     try:
         return PipelineSpec.model_validate(raw)
     except ValidationError as exc:

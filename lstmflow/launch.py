@@ -1,11 +1,13 @@
-"""The one way training processes start.
+"""The one way training processes start: one, or one per worker for data-parallel training.
 
-Training runs in a child process made with the ``spawn`` start method, so that a crash, an
-out-of-memory kill or a ``kill -9`` ends the child only: the caller (a Prefect task, the CLI)
-sees a :class:`~lstmflow.errors.TrainingError` and can retry, which resumes from the child's
-last checkpoint. (A later version starts N workers here for DDP.)
+Training runs in child processes made with the ``spawn`` start method, so that a crash, an out-of-memory kill or a
+``kill -9`` ends the children only: the caller (a Prefect task, the CLI) sees a
+:class:`~lstmflow.errors.TrainingError` and can retry, which resumes from the last checkpoint. With
+``train.workers`` (or ``train.nodes``) above one, the children form a DDP group (:mod:`lstmflow.distributed`); when
+one of them fails, the launcher stops the others (they would wait for it forever) and reports the first failure.
 
-Nothing comes back through a pipe. The child writes, in ``run_dir``:
+Nothing comes back through a pipe. The children write, in ``run_dir`` (rank 0's names; rank ``r`` > 0 writes
+``train.rank<r>.log`` and ``train_error.rank<r>.json``):
 
 - ``fit_result.json`` on success (see :func:`lstmflow.train.fit`);
 - ``train_error.json`` when it raises: the exception's class, message and state, so that a
@@ -22,25 +24,45 @@ import importlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
 import threading
 import traceback
+import uuid
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 from lstmflow.config import PipelineSpec
+from lstmflow.distributed import RENDEZVOUS_FILE, Plan, join, plan, socket_environment
 from lstmflow.errors import LstmflowError, TrainingError
 from lstmflow.loggers import MetricLogger
-from lstmflow.train import RESULT_FILE, FitResult, atomic_write_bytes, fit, train_threads
+from lstmflow.train import (
+    CHECKPOINT_DIR,
+    RESULT_FILE,
+    FitResult,
+    atomic_write_bytes,
+    fit,
+    load_checkpoint,
+    train_threads,
+)
 
 LOG_FILE = "train.log"
 ERROR_FILE = "train_error.json"
 LOG_TAIL_LINES = 30
+#: Seconds the other workers get to end on their own after one failed, before they are killed.
+STOP_GRACE_SECONDS = 10
+
+#: What ``child_environment`` may set, as each child logs it at its start.
+CHILD_VARIABLES = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "CUBLAS_WORKSPACE_CONFIG", "GLOO_SOCKET_IFNAME",
+    "NCCL_SOCKET_IFNAME",
+)  # fmt: skip
 
 #: Serialises the moment of process creation, the only time the parent's environment is changed.
 _START_LOCK = threading.Lock()
@@ -54,53 +76,95 @@ def train_in_child(
     progress: bool = True,
     on_start: Callable[[BaseProcess], None] | None = None,
 ) -> FitResult:
-    """Run :func:`lstmflow.train.fit` in a spawned child and return its ``FitResult``.
+    """Run :func:`lstmflow.train.fit` in spawned children, one per worker on this machine, and return the result.
 
-    ``logger`` is pickled into the child. Calling this again on the same ``run_dir`` after a
-    failure resumes from the last checkpoint. ``on_start`` is called with the started process
-    before waiting for it (tests kill the child from there; a supervisor could record its pid).
-    Raises the child's ``LstmflowError`` as itself, and ``TrainingError`` for anything else.
+    ``logger`` is pickled into every child; rank 0 alone calls it. Calling this again on the same ``run_dir``
+    after a failure resumes from the last checkpoint. Bad settings (more GPU workers than GPUs, nccl without CUDA)
+    raise a ConfigError, and a checkpoint in ``run_dir`` of another spec a CheckpointError, before any child starts. ``on_start`` is called with the first child (rank 0 on machine 0,
+    the one that logs and checkpoints) once all have started (tests kill it from there; a supervisor could record
+    its pid). Raises the failed child's ``LstmflowError`` as itself, and ``TrainingError`` for anything else.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (run_dir / RESULT_FILE, run_dir / ERROR_FILE):
-        stale.unlink(missing_ok=True)
+    for pattern in (RESULT_FILE, "train_error*.json", RENDEZVOUS_FILE.format(token="*")):
+        for stale in run_dir.glob(pattern):
+            stale.unlink(missing_ok=True)
+    rendezvous_file = run_dir / RENDEZVOUS_FILE.format(token=uuid.uuid4().hex)
+    workers = plan(spec, rendezvous_file)
+    with warnings.catch_warnings():  # a fallback to prev.pt is for the child to report, in its log
+        warnings.simplefilter("ignore")
+        load_checkpoint(run_dir / CHECKPOINT_DIR, spec, mmap=True)  # another spec's checkpoint: refused now
 
     context = multiprocessing.get_context("spawn")
-    process = context.Process(
-        target=_child_main,
-        args=(spec, Path(features_dir), run_dir, logger, progress),
-        name=f"lstmflow-train-{spec.name}",
-    )
-    with _START_LOCK, _environment(child_environment(spec)):
-        process.start()
+    processes = [
+        context.Process(
+            target=_child_main,
+            args=(spec, Path(features_dir), run_dir, logger, progress, workers, local_rank),
+            name=f"lstmflow-train-{spec.name}-{workers.rank(local_rank)}",
+        )
+        for local_rank in range(workers.workers)
+    ]
     try:
+        with _START_LOCK, _environment(child_environment(spec)):
+            for process in processes:
+                process.start()
         if on_start is not None:
-            on_start(process)
-        process.join()
+            on_start(processes[0])
+        failed = _first_failure(processes)
     finally:
-        if process.is_alive():  # the parent was interrupted (Ctrl-C, a cancelled task): do not leave it running
-            process.terminate()
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        _stop(processes)  # the parent was interrupted (Ctrl-C, a cancelled task), or a worker failed
+        rendezvous_file.unlink(missing_ok=True)
 
-    pid, exitcode = process.pid, process.exitcode
-    process.close()
-    if exitcode == 0 and (run_dir / RESULT_FILE).exists():
+    outcome = [(workers.rank(index), process.pid, process.exitcode) for index, process in enumerate(processes)]
+    for process in processes:
+        process.close()
+    if failed is None and (run_dir / RESULT_FILE).exists():
         return FitResult.read(run_dir / RESULT_FILE)
-    raise _child_error(run_dir, pid, exitcode)
+    rank, pid, exitcode = outcome[failed if failed is not None else 0]
+    raise _child_error(run_dir, rank, pid, exitcode)
+
+
+def _first_failure(processes: list[BaseProcess]) -> int | None:
+    """Wait until every process has ended or one has failed; the index of the first to fail, else None.
+
+    Of several that ended together, the lowest rank counts as first: a worker whose peer died fails soon after it.
+    """
+    running = {process.sentinel: index for index, process in enumerate(processes)}
+    while running:
+        ended = sorted(running.pop(sentinel) for sentinel in multiprocessing.connection.wait(list(running)))
+        for index in ended:
+            processes[index].join()
+        failed = [index for index in ended if processes[index].exitcode != 0]
+        if failed:
+            return failed[0]
+    return None
+
+
+def _stop(processes: list[BaseProcess]) -> None:
+    """End whatever still runs: SIGTERM, and SIGKILL for any still alive after the grace period."""
+    alive = [process for process in processes if process.is_alive()]
+    for process in alive:
+        process.terminate()
+    for process in alive:
+        process.join(STOP_GRACE_SECONDS)
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def child_environment(spec: PipelineSpec) -> dict[str, str]:
-    """Thread settings the child must have before it imports torch (OpenMP reads them once, at load).
+    """Settings the children must have before they import torch (OpenMP, cuBLAS and gloo read them once, at load).
 
     ``OMP_WAIT_POLICY=PASSIVE`` makes idle OpenMP threads sleep instead of spinning: on a shared
     machine the spinning is what made two threads up to 22× slower than one (STACK.md).
+    ``CUBLAS_WORKSPACE_CONFIG`` makes cuBLAS deterministic under ``train.deterministic``; the socket interfaces keep
+    gloo and NCCL on loopback when every worker is on this machine.
     """
     threads = str(train_threads(spec))
-    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
+    environment = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
+    if spec.train.deterministic:
+        environment["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    return {**environment, **socket_environment(spec, dict(os.environ))}
 
 
 @contextmanager
@@ -124,10 +188,15 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _child_main(spec: PipelineSpec, features_dir: Path, run_dir: Path, logger: MetricLogger, progress: bool) -> None:
-    """The child's entry point: log to ``train.log``, run ``fit``, and leave a record of any failure."""
-    log_stream = open(run_dir / LOG_FILE, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
-    faulthandler.enable(file=log_stream)  # a segfault's Python stack lands in train.log
+def _child_main(
+    spec: PipelineSpec, features_dir: Path, run_dir: Path, logger: MetricLogger, progress: bool, workers: Plan,
+    local_rank: int,
+) -> None:
+    """A child's entry point: log to its log file, join the other workers if any, run ``fit``, and leave a record
+    of any failure."""
+    rank = workers.rank(local_rank)
+    log_stream = open(run_dir / rank_file(LOG_FILE, rank), "a", buffering=1)  # noqa: SIM115 - for the process's life
+    faulthandler.enable(file=log_stream)  # a segfault's Python stack lands in the log
     file_handler = logging.StreamHandler(log_stream)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console_handler = logging.StreamHandler(sys.stderr)
@@ -135,17 +204,24 @@ def _child_main(spec: PipelineSpec, features_dir: Path, run_dir: Path, logger: M
     logging.basicConfig(level=logging.INFO, handlers=[file_handler, console_handler], force=True)
     logging.captureWarnings(True)
     log = logging.getLogger("lstmflow.launch")
-    inherited = " ".join(f"{name}={os.environ.get(name)}" for name in child_environment(spec))
-    log.info("training child pid %d started: %s", os.getpid(), inherited)
+    inherited = " ".join(f"{name}={os.environ.get(name)}" for name in CHILD_VARIABLES)
+    log.info("training child pid %d (rank %d of %d) started: %s", os.getpid(), rank, workers.world_size, inherited)
     try:
-        fit(spec, features_dir, run_dir, logger, progress=progress)
+        with join(spec, workers, local_rank) if workers.world_size > 1 else nullcontext() as world:
+            fit(spec, features_dir, run_dir, logger, progress=progress, world=world)
     except BaseException as exc:
         log.error("training failed\n%s", traceback.format_exc())
-        _write_error(run_dir, exc)
+        _write_error(run_dir / rank_file(ERROR_FILE, rank), exc)
         sys.exit(1)
 
 
-def _write_error(run_dir: Path, exc: BaseException) -> None:
+def rank_file(name: str, rank: int) -> str:
+    """Rank 0's file keeps the plain name; rank 2's ``train.log`` is ``train.rank2.log``."""
+    stem, dot, suffix = name.partition(".")
+    return name if rank == 0 else f"{stem}.rank{rank}{dot}{suffix}"
+
+
+def _write_error(path: Path, exc: BaseException) -> None:
     """Record the exception so the parent can raise it again; its state is what pickle would keep."""
     record = {
         "type": f"{type(exc).__module__}:{type(exc).__qualname__}",
@@ -154,12 +230,14 @@ def _write_error(run_dir: Path, exc: BaseException) -> None:
         "state": vars(exc),
         "traceback": traceback.format_exc(),
     }
-    atomic_write_bytes(json.dumps(record, indent=2, default=str).encode(), run_dir / ERROR_FILE)
+    atomic_write_bytes(json.dumps(record, indent=2, default=str).encode(), path)
 
 
-def _child_error(run_dir: Path, pid: int | None, exitcode: int | None) -> Exception:
-    """Why the child gave no result: lstmflow's own errors as themselves, anything else as a TrainingError."""
-    path = run_dir / ERROR_FILE
+def _child_error(run_dir: Path, rank: int, pid: int | None, exitcode: int | None) -> Exception:
+    """Why a child gave no result: lstmflow's own errors as themselves, anything else as a TrainingError."""
+    path = run_dir / rank_file(ERROR_FILE, rank)
+    log_path = run_dir / rank_file(LOG_FILE, rank)
+    child = f"training child (rank {rank}, pid {pid})" if rank else f"training child (pid {pid})"
     if not path.exists():
         if exitcode is not None and exitcode < 0:
             name = signal.Signals(-exitcode).name
@@ -170,8 +248,7 @@ def _child_error(run_dir: Path, pid: int | None, exitcode: int | None) -> Except
         else:
             how = f"exited with code {exitcode}"
         return TrainingError(
-            f"training child (pid {pid}) {how}; running it again on {run_dir} resumes from its last checkpoint"
-            f"{_log_tail(run_dir)}"
+            f"{child} {how}; running it again on {run_dir} resumes from its last checkpoint{_log_tail(log_path)}"
         )
     record = json.loads(path.read_text())
     module_name, _, qualname = record["type"].partition(":")
@@ -187,16 +264,14 @@ def _child_error(run_dir: Path, pid: int | None, exitcode: int | None) -> Except
         error = cls.__new__(cls, *record["args"])
         error.args = tuple(record["args"])
         error.__dict__.update(record["state"])
-        error.add_note(f"raised in the training child (pid {pid}); its traceback is in {run_dir / LOG_FILE}")
+        error.add_note(f"raised in the {child}; its traceback is in {log_path}")
         return error
     return TrainingError(
-        f"training child (pid {pid}) failed with {qualname}: {record['message']} (exit code {exitcode})\n"
-        f"{record['traceback'].rstrip()}"
+        f"{child} failed with {qualname}: {record['message']} (exit code {exitcode})\n{record['traceback'].rstrip()}"
     )
 
 
-def _log_tail(run_dir: Path) -> str:
-    path = run_dir / LOG_FILE
+def _log_tail(path: Path) -> str:
     if not path.exists():
         return f"\n(no {path}: the child died before it could log; its stderr says why)"
     lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]

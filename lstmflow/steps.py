@@ -60,11 +60,22 @@ def stage_versions() -> dict[str, str]:
 
 
 def params_entry(spec: PipelineSpec, root: Path) -> dict[str, Any]:
-    """The slice of a resolved spec that the features stage depends on, with the data path relative to the project."""
+    """The slice of a resolved spec that the features stage depends on, with data paths relative to the project.
+
+    ``inputs`` names the stage's data files for ``dvc.yaml``'s deps: the training, validation and test files of a
+    given split, else ``data.path`` three times (DVC accepts a dependency listed twice).
+    """
+    def relative(value: str) -> str:
+        path = Path(value)
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
     data = spec.data.model_dump(mode="json")
-    path = Path(data["path"])
-    data["path"] = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-    entry = {"data": data, "code_version": code_version("data")}
+    data["path"] = relative(data["path"])
+    files = data["split"].get("files")
+    if files:
+        files.update({part: relative(path) for part, path in files.items()})
+    inputs = {"train": data["path"], "val": files["val"] if files else data["path"], "test": files["test"] if files else data["path"]}
+    entry = {"data": data, "inputs": inputs, "code_version": code_version("data")}
     if spec.task == "forecast":
         entry["season"] = spec.evaluate.season
     return entry
@@ -76,6 +87,8 @@ def data_spec_from_params(entry: dict[str, Any], root: Path) -> tuple[Any, int |
 
     data = dict(entry["data"])
     data["path"] = str((root / data["path"]).resolve())
+    if files := data["split"].get("files"):
+        data["split"] = {**data["split"], "files": {part: str((root / path).resolve()) for part, path in files.items()}}
     return parse_data_spec(data), entry.get("season")
 
 
@@ -86,14 +99,18 @@ def probe(spec: PipelineSpec, root: Path) -> PipelineSpec:
     it is probed by the prepare step, after the stage ran.
     """
     from lstmflow.data.kinds import resolve
-    from lstmflow.objectives import classifier_problems
+    from lstmflow.objectives import scoring_problems
 
-    if spec.task == "classify" and (problems := classifier_problems(spec)):
+    if spec.task != "forecast" and (problems := scoring_problems(spec)):
         raise ConfigError(problems)
     if not spec.data.path.exists():
         if versioning.stage_producing(root, spec.data.path):
             return spec
         raise DataError(f"pipelines.{spec.name}.data.path: no such file or folder: {spec.data.path}")
+    if (files := spec.data.split.files) is not None:
+        for part, path in (("val", files.val), ("test", files.test)):
+            if not path.exists():
+                raise DataError(f"pipelines.{spec.name}.data.split.files.{part}: no such file or folder: {path}")
     return resolve(spec)
 
 
@@ -137,6 +154,7 @@ def start_tracked_run(prepared: Prepared, root: Path, flow_run_id: str | None, r
         "lstmflow.spec_hash": spec.spec_hash(),
         "lstmflow.code_version": code_version(),
         "lstmflow.task": spec.task,
+        "lstmflow.deterministic": str(spec.train.deterministic).lower(),
     }
     return tracking.start_run(uri, spec.name, root / "mlruns", spec.flat_params(), tags, run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -172,13 +190,39 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
     return {"run_id": run_id, "run_dir": str(run_dir), "model_path": result.model_path, **summary}
 
 
+def join_training(prepared: Prepared, root: Path, progress: bool = True) -> dict[str, Any]:
+    """Train as machine ``train.nodes.rank`` > 0 of a multi-node run that machine 0 started with the flow.
+
+    Machine 0 alone tracks, logs, checkpoints, evaluates and registers; this machine prepares the same features
+    (its own DVC stage, same content hash) and lends its processes to the training.
+    """
+    from lstmflow.launch import train_in_child
+    from lstmflow.loggers import ListLogger
+
+    spec = prepared.pipeline
+    nodes = spec.train.nodes
+    if nodes is None or nodes.rank == 0:
+        raise ConfigError(
+            f"pipelines.{spec.name}.train.nodes: joining needs a multi-node spec and a machine rank of 1 or more "
+            f"(machine 0 runs `lstmflow run {spec.name}`), got {nodes!r}"
+        )
+    run_dir = root / "runs" / spec.name / f"node{nodes.rank}-{spec.spec_hash()}-{prepared.features_md5[:8]}"
+    result = train_in_child(spec, Path(prepared.features_dir), run_dir, ListLogger(), progress=progress)
+    return {"run_dir": str(run_dir), "epochs_run": result.epochs_run, "workers": result.workers, "seconds": result.seconds}
+
+
 def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, float]:
-    """Score the test part beside its baseline (seasonal naive, or the majority class); log metrics and plots."""
+    """Score the test part beside its baseline (seasonal naive, the majority class, the unigram model); log metrics
+    and plots."""
     from lstmflow import evaluate as scoring
 
     spec = prepared.pipeline
     run_dir = Path(trained["run_dir"])
-    scorer = scoring.evaluate_forecast if spec.task == "forecast" else scoring.evaluate_classifier
+    scorer = {
+        "forecast": scoring.evaluate_forecast,
+        "classify": scoring.evaluate_classifier,
+        "language_model": scoring.evaluate_language_model,
+    }[spec.task]
     metrics, plots = scorer(spec, Path(prepared.features_dir), Path(trained["model_path"]), run_dir / "plots")
     uri = tracking.tracking_uri(root)
     tracking.log_summary_metrics(uri, trained["run_id"], {f"test_{k}": v for k, v in metrics.items()})

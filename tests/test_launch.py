@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import resource
+import signal
 import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -183,3 +185,57 @@ def test_sigkilled_child_resumes_to_exactly_the_uninterrupted_result(data_dir: P
     assert without_timing([logged[2]]) == without_timing([logged[3]])
     once_each = [row for row in logged if row is not logged[2]]
     assert [row["val_loss"] for row in once_each] == [row["val_loss"] for row in uninterrupted.history]
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_sigkill_at_a_random_step_resumes_within_the_epoch_to_identical_weights(
+    data_dir: Path, tmp_path: Path, workers: int
+) -> None:
+    spec = make_spec(data_dir, workers=workers, checkpoint_every=2, deterministic=True)
+    features = data_dir / "features"
+    uninterrupted = train_in_child(spec, features, tmp_path / "uninterrupted", ListLogger(), progress=False)
+
+    # 9 batches an epoch, 45 steps in all: checkpoints after every even step and at each epoch's end.
+    target = random.Random(f"kill-{workers}").randrange(3, 40)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    checkpoints = run_dir / "checkpoints"
+    killed_at: list[tuple[int, int]] = []
+
+    def kill_at_the_target_step(first: BaseProcess) -> None:
+        deadline = time.monotonic() + 300  # a guard against a hung test, not a timing assertion
+        while not any(step >= target for step in checkpoint_steps(checkpoints)):
+            assert first.is_alive() and time.monotonic() < deadline, f"the child ended before step {target}"
+            time.sleep(0.01)
+        os.kill(first.pid, signal.SIGSTOP)  # frozen: what is on disk now is what the resume finds
+        last = checkpoints / "last.pt" if (checkpoints / "last.pt").exists() else checkpoints / "prev.pt"
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+        killed_at.append((checkpoint["epoch"], checkpoint["batches_done"]))
+        first.kill()  # a real SIGKILL from outside; under DDP the launcher then stops the other worker
+
+    # The logger stalls at the last epoch, so the run cannot end before the kill whatever the machine's speed.
+    stalling = FileLogger(run_dir / "metrics.jsonl", stall_at=spec.train.epochs)
+    with pytest.raises(TrainingError, match="killed by SIGKILL"):
+        train_in_child(spec, features, run_dir, stalling, progress=False, on_start=kill_at_the_target_step)
+
+    resumed = train_in_child(spec, features, run_dir, FileLogger(run_dir / "metrics.jsonl"), progress=False)
+
+    assert [(resumed.resumed_from_epoch, resumed.resumed_from_batch)] == killed_at, f"target step {target}"
+    assert without_timing(resumed.history) == without_timing(uninterrupted.history)
+    for name in ("model.pt", "checkpoints/last.pt"):  # the best weights; the last weights, optimizer and RNG states
+        ours = tensors(torch.load(run_dir / name, map_location="cpu", weights_only=True))
+        theirs = tensors(torch.load(tmp_path / "uninterrupted" / name, map_location="cpu", weights_only=True))
+        assert ours.keys() == theirs.keys() and len(ours) > 4
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), f"{name}: {key} (killed at {killed_at}, target step {target})"
+
+
+def checkpoint_steps(checkpoints: Path) -> list[int]:
+    """The steps of the checkpoints on disk now; one being replaced reads as absent."""
+    steps = []
+    for name in ("last.pt", "prev.pt"):
+        try:
+            steps.append(torch.load(checkpoints / name, map_location="cpu", weights_only=True)["step"])
+        except (FileNotFoundError, RuntimeError, EOFError):
+            continue
+    return steps

@@ -240,8 +240,11 @@ def test_checkpoint_holds_everything_needed_to_resume(sine: Sine, tmp_path: Path
     assert "exp_avg" in checkpoint["optimizer"]["state"][0]  # Adam's moments
     assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine's end
     assert checkpoint["scheduler"]["last_epoch"] == 4
-    assert {"torch", "cuda", "numpy", "python"} <= checkpoint["rng"].keys()
-    assert isinstance(checkpoint["rng"]["torch"], torch.Tensor)
+    assert checkpoint["batches_done"] == 0 and checkpoint["step"] == 4 * 9  # 139 training windows: 9 batches
+    [rank] = checkpoint["ranks"]  # one training process
+    assert {"torch", "cuda", "numpy", "python"} <= rank["rng"].keys() and isinstance(rank["rng"]["torch"], torch.Tensor)
+    assert rank["sums"][0] == 139 and rank["sums"][1] / 139 == pytest.approx(result.history[-1]["train_loss"])
+    assert rank["carried"] == {}  # a forecast carries nothing from batch to batch
     assert not list((tmp_path / "checkpoints").glob("*.tmp")) and not list((tmp_path / "checkpoints").glob(".*"))
 
 
@@ -288,6 +291,94 @@ def test_checkpoint_of_another_spec_is_refused(sine: Sine, tmp_path: Path) -> No
     with pytest.raises(CheckpointError) as caught:
         sine.fit(changed, tmp_path)
     assert first.spec_hash() in str(caught.value) and changed.spec_hash() in str(caught.value)
+
+
+def test_checkpoint_of_another_pipeline_names_that_pipeline(sine: Sine, tmp_path: Path) -> None:
+    sine.fit(sine.spec(train={"epochs": 1}), tmp_path)
+    other = resolve_data(validate_pipeline("other", deep_merge(BASE, {"train": {"epochs": 1}}), sine.data_dir))
+    with pytest.raises(CheckpointError, match=r"last\.pt holds a checkpoint of pipeline 'sine' \(spec \w+\), but "
+                       r"pipeline 'other' now resolves to spec \w+; train into a new run directory"):  # fmt: skip
+        fit(other, sine.features_dir, tmp_path, ListLogger(), progress=False)
+
+
+class FailingAt:
+    """A logger that fails the run when asked to log ``step``: the checkpoints of that epoch's batches exist then."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if step == self.step:
+            raise RuntimeError(f"failed at epoch {step}")
+
+
+def test_a_mid_epoch_checkpoint_resumes_to_exactly_the_uninterrupted_result(sine: Sine, tmp_path: Path) -> None:
+    # Dropout draws from the RNG and onecycle moves the lr every batch: both must continue where they stopped.
+    layers = [{"lstm": {"units": 8, "dropout": 0.2}}, {"dropout": {"rate": 0.2}}, {"dense": {}}]
+    train = {"checkpoint_every": 4, "lr_schedule": {"name": "onecycle"}, "deterministic": True}
+    spec = sine.spec(model={"layers": layers}, train=train)
+    try:
+        complete = sine.fit(spec, tmp_path / "complete")
+        with pytest.raises(RuntimeError, match="failed at epoch 2"):
+            sine.fit(spec, tmp_path / "run", FailingAt(2))
+        # 9 batches an epoch: checkpoints after steps 4, 8, 9 (epoch 1), 12 and 16; the epoch-2 one was never written
+        checkpoints = tmp_path / "run" / "checkpoints"
+        last, previous = (load_state(checkpoints / name) for name in ("last.pt", "prev.pt"))
+        assert (last["epoch"], last["batches_done"], last["step"]) == (1, 7, 16)
+        assert (previous["epoch"], previous["batches_done"], previous["step"]) == (1, 3, 12)
+
+        logger = ListLogger()
+        resumed = sine.fit(spec, tmp_path / "run", logger)
+    finally:
+        torch.use_deterministic_algorithms(False)  # fit sets it process-wide
+
+    assert (resumed.resumed_from_epoch, resumed.resumed_from_batch) == (1, 7) and resumed.deterministic
+    assert [step for step, _ in logger.records] == [2, 3, 4]
+    assert without_timing(resumed.history) == without_timing(complete.history)
+    assert_same_tensors(load_state(resumed.model_path), load_state(complete.model_path))
+    final, expected = (load_state(Path(run) / "checkpoints" / "last.pt") for run in (tmp_path / "run", tmp_path / "complete"))
+    assert_same_tensors(final["model"], expected["model"])
+    assert final["optimizer"]["state"][0]["exp_avg"].equal(expected["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_a_stateful_language_model_resumes_mid_epoch_with_its_carried_state(tmp_path: Path) -> None:
+    from lstmflow.data.corpus import prepare_corpus_features
+
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat. a dog ran to the log.\n" * 40, encoding="utf-8")
+    raw = {
+        "task": "language_model",
+        "data": {"kind": "corpus", "path": "corpus.txt", "sequence_length": 12},
+        "model": {"layers": [
+            {"embedding": {"dim": 8}}, {"lstm": {"units": 16, "return_sequences": True, "stateful": True}},
+            {"dense": {"activation": "softmax"}},
+        ]},
+        "train": {"epochs": 2, "batch_size": 4, "optimizer": {"lr": 0.02}, "checkpoint_every": 5},
+    }  # fmt: skip
+    spec = validate_pipeline("lm", raw, tmp_path)
+    features = tmp_path / "features"
+    prepare_corpus_features(spec.data, features, "pipelines.lm.data")
+    complete = fit(spec, features, tmp_path / "complete", ListLogger(), progress=False)
+    with pytest.raises(RuntimeError, match="failed at epoch 2"):
+        fit(spec, features, tmp_path / "run", FailingAt(2), progress=False)
+    last = load_state(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1 and last["batches_done"] > 0
+    carried = last["ranks"][0]["carried"]
+    assert sorted(carried) == ["1.c", "1.h"] and carried["1.h"].shape == (1, 4, 16)  # (layers, streams, units)
+
+    resumed = fit(spec, features, tmp_path / "run", ListLogger(), progress=False)
+    assert (resumed.resumed_from_epoch, resumed.resumed_from_batch) == (1, last["batches_done"])
+    assert without_timing(resumed.history) == without_timing(complete.history)
+    assert_same_tensors(load_state(resumed.model_path), load_state(complete.model_path))
+
+
+def test_bf16_trains_on_cpu_and_fp16_is_refused_before_training(sine: Sine, tmp_path: Path) -> None:
+    result = sine.fit(sine.spec(train={"epochs": 2, "precision": "bf16"}), tmp_path / "bf16")
+    assert result.precision == "bf16" and all(math.isfinite(row["val_loss"]) for row in result.history)
+    assert load_state(result.model_path)["layers.0.lstm.weight_ih_l0"].dtype == torch.float32  # weights stay fp32
+
+    with pytest.raises(ConfigError, match=r"pipelines\.sine\.train\.precision: fp16 needs CUDA .*use bf16 or fp32"):
+        sine.fit(sine.spec(train={"precision": "fp16", "device": "cpu"}), tmp_path / "fp16")
+    assert not (tmp_path / "fp16").exists()
 
 
 def test_a_finished_run_resumes_to_the_same_result_without_training(sine: Sine, tmp_path: Path) -> None:
