@@ -77,8 +77,20 @@ pipelines:
 
 def test_help_explains_every_command() -> None:
     done = lstmflow(REPO, "--help")
-    for command in ("run", "validate", "list", "summary", "reference"):
+    for command in ("run", "validate", "list", "summary", "generate", "deploy", "worker", "reference"):
         assert command in done.stdout
+
+
+@pytest.mark.parametrize("command", ["deploy", "worker"])
+def test_deploy_and_worker_need_a_prefect_server(tiny_project: Path, command: str) -> None:
+    import os
+
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lstmflow"), command], cwd=tiny_project, capture_output=True, text=True,
+        timeout=120, env=env,
+    )
+    assert done.returncode == 2 and f"lstmflow {command} needs a Prefect server: set PREFECT_API_URL" in done.stderr
 
 
 @pytest.mark.slow
@@ -89,3 +101,28 @@ def test_run_json_last_line(tiny_project: Path) -> None:
     assert {"pipeline", "mlflow_run_id", "model_uri", "data_version", "metrics"} <= set(result)
     assert result["pipeline"] == "tiny" and result["epochs_run"] == 2
     assert result["metrics"]["mae"] > 0 and result["metrics"]["naive_mae"] > 0
+
+
+@pytest.mark.slow
+def test_two_machines_train_one_model_with_run_and_join(tmp_path: Path) -> None:
+    """Machine 0 runs the flow, machine 1 joins: two project checkouts on 127.0.0.1 stand for two machines."""
+    import socket
+
+    from conftest import TINY_PIPELINES
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = f'  train: {{nodes: {{count: 2, endpoint: "127.0.0.1:{port}", timeout: 240}}}}\n'
+    pipelines = TINY_PIPELINES.replace("    evaluate: {season: 12}\n", "    evaluate: {season: 12}\n" + nodes.replace("  train", "    train"))
+    machines = [make_project(tmp_path / f"machine{rank}", pipelines) for rank in (0, 1)]
+    binary = str(Path(sys.executable).parent / "lstmflow")
+    first = subprocess.Popen([binary, "run", "tiny", "--json"], cwd=machines[0], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen([binary, "join", "tiny", "--node-rank", "1"], cwd=machines[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (out0, err0), (out1, err1) = first.communicate(timeout=600), second.communicate(timeout=600)
+    assert first.returncode == 0, err0[-3000:]
+    assert second.returncode == 0, err1[-3000:]
+    result = json.loads(out0.strip().splitlines()[-1])
+    assert result["epochs_run"] == 3 and result["model_uri"] == "models:/tiny/1"
+    assert "machine 1 of tiny: trained 3 epochs with 2 processes in all" in out1
+    assert not (machines[1] / "mlflow.db").exists(), "machine 1 neither tracks nor registers"
