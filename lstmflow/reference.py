@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import types
+import typing
 from typing import Any
 
 from pydantic import BaseModel
@@ -12,9 +14,16 @@ from lstmflow.config import DATA_SPECS, ConfigFile, LayerSpec, PipelineSpec, _mo
 
 
 def _type_name(annotation: Any) -> str:
+    """A type as a user reads it: `` `a`, `b` `` for a Literal, ``int or `auto` `` for a union, ``null`` for None."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return ", ".join(f"`{value}`" for value in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in args)
+    if annotation is type(None):
+        return "null"
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-    text = text or str(annotation).replace("typing.", "").replace("pathlib.", "")
-    return text.replace("NoneType", "null")
+    return text or str(annotation).replace("typing.", "").replace("pathlib.", "")
 
 
 def _default(field: Any) -> str:
