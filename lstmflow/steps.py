@@ -60,11 +60,7 @@ def stage_versions() -> dict[str, str]:
 
 
 def params_entry(spec: PipelineSpec, root: Path) -> dict[str, Any]:
-    """The slice of a resolved spec that the features stage depends on, with data paths relative to the project.
-
-    ``inputs`` names the stage's data files for ``dvc.yaml``'s deps: the training, validation and test files of a
-    given split, else ``data.path`` three times (DVC accepts a dependency listed twice).
-    """
+    """The slice of a resolved spec that the features stage depends on, with data paths relative to the project."""
     def relative(value: str) -> str:
         path = Path(value)
         return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
@@ -74,11 +70,17 @@ def params_entry(spec: PipelineSpec, root: Path) -> dict[str, Any]:
     files = data["split"].get("files")
     if files:
         files.update({part: relative(path) for part, path in files.items()})
-    inputs = {"train": data["path"], "val": files["val"] if files else data["path"], "test": files["test"] if files else data["path"]}
-    entry = {"data": data, "inputs": inputs, "code_version": code_version("data")}
+    entry = {"data": data, "inputs": stage_inputs(data), "code_version": code_version("data")}
     if spec.task == "forecast":
         entry["season"] = spec.evaluate.season
     return entry
+
+
+def stage_inputs(data: dict[str, Any]) -> dict[str, str]:
+    """The data files of a params entry, for ``dvc.yaml``'s deps: a given split's training, validation and test
+    files, else ``data.path`` three times (DVC accepts a dependency listed twice)."""
+    files = data.get("split", {}).get("files") or {}
+    return {"train": data["path"], "val": files.get("val", data["path"]), "test": files.get("test", data["path"])}
 
 
 def data_spec_from_params(entry: dict[str, Any], root: Path) -> tuple[Any, int | None]:
@@ -122,7 +124,8 @@ def prepare(config_path: str | Path, name: str, overrides: list[str]) -> Prepare
     root = project_root(config_path)
     spec = config.pipeline(name, overrides)
     versioning.ensure_repo(root)
-    entries = {n: e for n, e in versioning.read_params(root).items() if n in config.names}
+    # Every entry needs what dvc.yaml reads (DVC parses all of them): entries written by an older lstmflow get it.
+    entries = {n: {**e, "inputs": stage_inputs(e["data"])} for n, e in versioning.read_params(root).items() if n in config.names}
     if not spec.data.path.exists():
         producer = versioning.stage_producing(root, spec.data.path)
         if producer is None:

@@ -178,3 +178,18 @@ def test_killed_training_is_retried_from_its_checkpoint_in_the_same_mlflow_run(t
     assert [r.info.run_id for r in runs] == [result["mlflow_run_id"]] and runs[0].info.status == "FINISHED"
     steps = sorted({m.step for m in client(root).get_metric_history(result["mlflow_run_id"], "val_loss")})
     assert steps == list(range(1, 41)), "every epoch logged once to the one run, none skipped"
+
+
+def test_prepare_upgrades_params_written_by_an_older_lstmflow(tiny_project: Path) -> None:
+    """An entry without the stage inputs (as lstmflow wrote them before given splits) must not break dvc.yaml."""
+    from lstmflow.steps import prepare
+
+    config = tiny_project / "pipelines.yaml"
+    config.write_text(config.read_text() + "  other:\n    data: {path: data/tiny.csv, target: value}\n")
+    (tiny_project / "params.yaml").write_text(  # "other" was prepared by an older lstmflow; DVC parses its entry too
+        "pipelines:\n  other:\n    code_version: old\n    data: {path: data/tiny.csv, split: {val: 0.15, test: 0.15}}\n"
+    )
+    prepared = prepare(config, "tiny", [])
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())["pipelines"]
+    assert params["other"]["inputs"] == {"train": "data/tiny.csv", "val": "data/tiny.csv", "test": "data/tiny.csv"}
+    assert Path(prepared.features_dir).is_dir() and len(prepared.data_md5) == 32
