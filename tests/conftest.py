@@ -158,3 +158,29 @@ def patterns(tmp_path_factory: pytest.TempPathFactory) -> Patterns:
     folder = tmp_path_factory.mktemp("patterns")
     write_pattern_sequences(folder / "features")
     return Patterns(folder, folder / "features")
+
+
+# ------------------------------------------------------------- a small corpus for language models
+
+#: A text whose next character follows from the ones before it, not from character frequencies alone.
+CORPUS_LINE = "the cat sat on the mat. a dog ran to the log.\n"
+
+
+def prepared_corpus(root: Path, repeats: int = 40, **train: Any) -> PipelineSpec:
+    """A stateful character language model over ``CORPUS_LINE × repeats`` in ``root``, its features prepared in
+    ``root / "features"``; ``train`` keys go into its ``train`` section."""
+    from lstmflow.data.corpus import prepare_corpus_features
+
+    (root / "corpus.txt").write_text(CORPUS_LINE * repeats, encoding="utf-8")
+    raw = {
+        "task": "language_model",
+        "data": {"kind": "corpus", "path": "corpus.txt", "sequence_length": 12},
+        "model": {"layers": [
+            {"embedding": {"dim": 8}}, {"lstm": {"units": 16, "return_sequences": True, "stateful": True}},
+            {"dense": {"activation": "softmax"}},
+        ]},
+        "train": {"epochs": 2, "batch_size": 4, "optimizer": {"lr": 0.02}, **train},
+    }  # fmt: skip
+    spec = validate_pipeline("lm", raw, root)
+    prepare_corpus_features(spec.data, root / "features", "pipelines.lm.data")
+    return spec

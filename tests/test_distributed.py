@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Patterns, make_project, prepare_pipeline_features, write_sine_csv
+from conftest import Patterns, make_project, prepare_pipeline_features, prepared_corpus, write_sine_csv
 
 from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.timeseries import resolve_data
@@ -192,20 +192,7 @@ def test_bad_settings_fail_together_before_any_worker_starts(data_dir: Path, tmp
 def test_a_stateful_language_model_keeps_whole_streams_per_worker(tmp_path: Path) -> None:
     """Each worker carries the (h, c) of its own streams (rows) from span to span, so two workers learn the text
     as one process does; any other split of the rows would hand a worker states from another stream."""
-    from lstmflow.data.corpus import prepare_corpus_features
-
-    (tmp_path / "corpus.txt").write_text("the cat sat on the mat. a dog ran to the log.\n" * 40, encoding="utf-8")
-    raw = {
-        "task": "language_model",
-        "data": {"kind": "corpus", "path": "corpus.txt", "sequence_length": 12},
-        "model": {"layers": [
-            {"embedding": {"dim": 8}}, {"lstm": {"units": 16, "return_sequences": True, "stateful": True}},
-            {"dense": {"activation": "softmax"}},
-        ]},
-        "train": {"epochs": 2, "batch_size": 4, "optimizer": {"lr": 0.02}, "deterministic": True},
-    }  # fmt: skip
-    spec = validate_pipeline("lm", raw, tmp_path)
-    prepare_corpus_features(spec.data, tmp_path / "features", "pipelines.lm.data")
+    spec = prepared_corpus(tmp_path, deterministic=True)
     try:
         one = fit(spec, tmp_path / "features", tmp_path / "one", ListLogger(), progress=False)
     finally:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_project
+from conftest import CORPUS_LINE, make_project
 from lstmflow.config import validate_pipeline
 from lstmflow.data.corpus import TokenStream, load_corpus, prepare_corpus_features, read_text, split_corpus
 from lstmflow.errors import ConfigError, DataError
@@ -21,9 +21,6 @@ from lstmflow.loggers import ListLogger
 from lstmflow.models.lstm import build_model
 from lstmflow.objectives import LanguageModelObjective, make_objective
 from lstmflow.train import fit
-
-#: A text whose next character is predictable from the ones before it, but not from character frequencies alone.
-PATTERN_LINE = "the cat sat on the mat. a dog ran to the log.\n"
 
 
 def lm_spec(path: Path, **sections: object):  # noqa: ANN201 - a PipelineSpec
@@ -45,7 +42,7 @@ def lm_spec(path: Path, **sections: object):  # noqa: ANN201 - a PipelineSpec
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"
-    path.write_text(PATTERN_LINE * 60, encoding="utf-8")
+    path.write_text(CORPUS_LINE * 60, encoding="utf-8")
     return path
 
 
@@ -111,7 +108,7 @@ def test_a_corpus_too_short_for_one_sequence_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["char", "word", "bpe"])
 def test_each_tokenizer_prepares_a_corpus_fitted_on_train_only(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "corpus.txt"
-    path.write_text(PATTERN_LINE * 40 + "zebra zebra quagga\n" * 6, encoding="utf-8")  # the new words land in test
+    path.write_text(CORPUS_LINE * 40 + "zebra zebra quagga\n" * 6, encoding="utf-8")  # the new words land in test
     spec = lm_spec(path, data={"tokenizer": {"kind": kind, "vocab_size": 60}, "split": {"val": 0.05, "test": 0.1}})
     summary = prepare_corpus_features(spec.data, tmp_path / "features", "lm.data")
     features = load_corpus(tmp_path / "features")
@@ -238,7 +235,7 @@ def test_without_a_model_a_language_model_gets_an_embedding_and_a_stateful_lstm(
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, Path]:
     root = tmp_path_factory.mktemp("lm")
     path = root / "corpus.txt"
-    path.write_text(PATTERN_LINE * 60, encoding="utf-8")
+    path.write_text(CORPUS_LINE * 60, encoding="utf-8")
     spec = lm_spec(path, train={"epochs": 12})
     prepare_corpus_features(spec.data, root / "f", "lm.data")
     result = fit(spec, root / "f", root / "run", ListLogger(), progress=False)
@@ -291,7 +288,7 @@ pipelines:
     train: {epochs: 6, batch_size: 4, optimizer: {lr: 0.02}}
 """
     root = make_project(tmp_path / "project", pipelines)
-    (root / "data" / "corpus.txt").write_text(PATTERN_LINE * 60)
+    (root / "data" / "corpus.txt").write_text(CORPUS_LINE * 60)
     lstmflow = str(Path(sys.executable).parent / "lstmflow")
     run = subprocess.run([lstmflow, "run", "lm"], cwd=root, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Patterns, prepare_pipeline_features, write_sine_csv
+from conftest import Patterns, prepare_pipeline_features, prepared_corpus, write_sine_csv
 
 from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.timeseries import load_features, resolve_data
@@ -342,21 +342,8 @@ def test_a_mid_epoch_checkpoint_resumes_to_exactly_the_uninterrupted_result(sine
 
 
 def test_a_stateful_language_model_resumes_mid_epoch_with_its_carried_state(tmp_path: Path) -> None:
-    from lstmflow.data.corpus import prepare_corpus_features
-
-    (tmp_path / "corpus.txt").write_text("the cat sat on the mat. a dog ran to the log.\n" * 40, encoding="utf-8")
-    raw = {
-        "task": "language_model",
-        "data": {"kind": "corpus", "path": "corpus.txt", "sequence_length": 12},
-        "model": {"layers": [
-            {"embedding": {"dim": 8}}, {"lstm": {"units": 16, "return_sequences": True, "stateful": True}},
-            {"dense": {"activation": "softmax"}},
-        ]},
-        "train": {"epochs": 2, "batch_size": 4, "optimizer": {"lr": 0.02}, "checkpoint_every": 5},
-    }  # fmt: skip
-    spec = validate_pipeline("lm", raw, tmp_path)
+    spec = prepared_corpus(tmp_path, checkpoint_every=5)
     features = tmp_path / "features"
-    prepare_corpus_features(spec.data, features, "pipelines.lm.data")
     complete = fit(spec, features, tmp_path / "complete", ListLogger(), progress=False)
     with pytest.raises(RuntimeError, match="failed at epoch 2"):
         fit(spec, features, tmp_path / "run", FailingAt(2), progress=False)
