@@ -77,6 +77,79 @@ def test_registered_model_loads_and_predicts(first_run: tuple[Path, dict[str, An
     assert forecast["value"].between(history["value"].min() - 5, history["value"].max() + 5).all()
 
 
+def test_bad_requests_are_invalid_parameters_not_server_errors(first_run: tuple[Path, dict[str, Any]]) -> None:
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from lstmflow.tracking import load_model, tracking_uri
+    from lstmflow.tracking.serving import BadRequest, load_predictor
+
+    root, result = first_run
+    model = load_model(tracking_uri(root), result["model_uri"])
+    history = pd.read_csv(root / "data" / "tiny.csv")[["value"]]
+    bad = {  # MLflow's signature check answers the first two, lstmflow's own checks the last
+        "missing column": (history.rename(columns={"value": "sales"}).tail(24), r"missing inputs \['value'\]"),
+        "not numbers": (history.tail(24).astype(str).replace({str(history["value"].iloc[-1]): "n/a"}), "value"),
+        "too few rows": (history.tail(3), "has 3 rows; this model needs the last 24"),
+    }
+    for name, (frame, message) in bad.items():
+        with pytest.raises(MlflowException, match=message) as caught:
+            model.predict(frame)
+        assert caught.value.get_http_status_code() == 400, name
+
+    predictor = load_predictor(root / "runs" / "tiny" / result["flow_run_id"] / "bundle")  # no MLflow in front
+    with pytest.raises(BadRequest, match=r"lacks column\(s\) \['value'\]; it has \['sales'\]"):
+        predictor.predict(history.rename(columns={"value": "sales"}).tail(24))
+    with pytest.raises(BadRequest, match="missing or infinite values"):
+        predictor.predict(history.tail(24).assign(value=np.nan))
+
+
+def test_mlflow_models_serve_answers_400_to_a_bad_request_and_keeps_serving(first_run: tuple[Path, dict[str, Any]]) -> None:
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    import pandas as pd
+
+    root, result = first_run
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", result["model_uri"], "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def post(frame: pd.DataFrame) -> tuple[int, str]:
+        body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-3000:]
+                time.sleep(0.5)
+        history = pd.read_csv(root / "data" / "tiny.csv")[["value"]]
+        status, text = post(history.tail(3))
+        assert status == 400 and "this model needs the last 24" in text
+        status, text = post(history.tail(24))
+        assert status == 200 and len(json.loads(text)["predictions"]) == 6
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def test_dvc_repro_skips_unchanged_stages(first_run: tuple[Path, dict[str, Any]]) -> None:
     root, _ = first_run
     output = dvc(root, "repro", "features@tiny")

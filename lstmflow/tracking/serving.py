@@ -9,6 +9,10 @@ A forecaster takes recent raw rows and returns the next ``horizon`` steps; a
 classifier takes raw sequences (a long or wide table) or images (file paths or
 pixel columns) and returns a label and one probability per class for each; a
 language model takes prompts and returns the text it writes after each.
+
+A request the model cannot answer (a missing column, too few rows, a value of the wrong type, a file that does not
+decode) raises :class:`BadRequest` naming the problem; served, that is MLflow's invalid-parameter error, an HTTP 400
+with the message, and the server goes on serving.
 """
 
 from __future__ import annotations
@@ -23,6 +27,26 @@ import pandas as pd
 
 BUNDLE_FILES = ("model.pt", "spec.json", "features.json")
 PIXEL_PREFIX = "pixel_"
+class BadRequest(ValueError):
+    """A request that the model cannot answer as sent: the caller's to fix, not the server's."""
+
+
+def _require_columns(frame: pd.DataFrame, columns: list[str]) -> None:
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise BadRequest(f"the request lacks column(s) {missing}; it has {[str(c) for c in frame.columns]}")
+
+
+def _decoded(key: Any, decode: Any) -> Any:
+    """``decode()`` of one sample of a request; what goes wrong there is named by the sample's key."""
+    from lstmflow.errors import LstmflowError
+
+    try:
+        return decode()
+    except (ValueError, TypeError, OSError, LstmflowError) as exc:
+        raise BadRequest(f"sample {key!r}: {exc}") from None
+
+
 #: What a classifier needs from its features' metadata to read a request like the training data.
 SERVED_META = {"image_shape", "channels", "grayscale", "max_length", "vocab_size"}
 
@@ -80,12 +104,12 @@ class Forecaster:
         """Forecast the ``horizon`` steps after the last row of ``frame``."""
         import torch
 
-        missing = [c for c in self.columns if c not in frame.columns]
-        if missing:
-            raise ValueError(f"input lacks column(s) {missing}; expected {self.columns}")
+        _require_columns(frame, self.columns)
         if len(frame) < self.context_rows:
-            raise ValueError(f"input has {len(frame)} rows; this model needs the last {self.context_rows}")
-        raw = frame[self.columns].to_numpy(dtype=np.float64)[-self.context_rows :]
+            raise BadRequest(f"the request has {len(frame)} rows; this model needs the last {self.context_rows}")
+        raw = _decoded("rows", lambda: frame[self.columns].to_numpy(dtype=np.float64)[-self.context_rows :])
+        if not np.isfinite(raw).all():
+            raise BadRequest(f"the request's last {self.context_rows} rows hold missing or infinite values")
         encoded = self.preprocessing.encode(raw)[-self.window :]  # (W, F)
         with torch.no_grad():
             out = self.model(torch.from_numpy(np.ascontiguousarray(encoded, dtype=np.float32))[None])  # (1, H*K)
@@ -130,30 +154,39 @@ class Classifier:
     def samples(self, frame: pd.DataFrame) -> tuple[list[Any], list[np.ndarray]]:
         """Split a request into (keys, raw (T, F) arrays), in the layout the pipeline's data has."""
         data = self.spec.data
+        keys = list(frame.index)
         if data.kind == "text":
             from lstmflow.data.text import text_steps
 
+            _require_columns(frame, [data.text_column])
             texts = frame[data.text_column].astype(str)
-            return list(frame.index), [text_steps(self.tokenizer, text, self.meta.get("max_length")) for text in texts]
+            return keys, [text_steps(self.tokenizer, text, self.meta.get("max_length")) for text in texts]
         if data.kind == "audio":
             from lstmflow.data.audio import clip_features, read_clip
 
-            return list(frame.index), [clip_features(*read_clip(Path(p)), data) for p in frame["path"]]
+            _require_columns(frame, ["path"])
+            paths = [Path(str(p)) for p in frame["path"]]
+            return keys, [_decoded(str(p), lambda p=p: clip_features(*read_clip(p), data)) for p in paths]
         if data.kind == "images":
             if "path" in frame.columns:
                 from lstmflow.data.images import load_image
 
-                return list(frame.index), [load_image(Path(p), data.grayscale) for p in frame["path"]]
+                paths = [Path(str(p)) for p in frame["path"]]
+                return keys, [_decoded(str(p), lambda p=p: load_image(p, data.grayscale)) for p in paths]
             height, width = self.meta["image_shape"]
-            pixels = frame[[c for c in frame.columns if str(c).startswith(PIXEL_PREFIX)]].to_numpy(np.float32)
-            return list(frame.index), list(pixels.reshape(len(frame), height, -1))  # (N, H, W × C)
+            columns = [f"{PIXEL_PREFIX}{i}" for i in range(height * width * self.meta.get("channels", 1))]
+            _require_columns(frame, columns)
+            pixels = _decoded("pixels", lambda: frame[columns].to_numpy(np.float32))
+            return keys, list(pixels.reshape(len(frame), height, -1))  # (N, H, W × C)
         if data.format == "wide":
             steps = frame[[c for c in frame.columns if c not in {data.label_column, data.id_column, data.split.column}]]
-            rows = steps.to_numpy(np.float32)
-            return list(frame.index), [row[~np.isnan(row)][:, None] for row in rows]  # (T, 1) each
+            rows = _decoded("steps", lambda: steps.to_numpy(np.float32))
+            return keys, [row[~np.isnan(row)][:, None] for row in rows]  # (T, 1) each
+        _require_columns(frame, [data.id_column, *([data.time_column] if data.time_column else []), *data.value_columns])
         ordered = frame.sort_values([data.id_column, data.time_column]) if data.time_column else frame
         groups = ordered.groupby(data.id_column, sort=True)
-        return [key for key, _ in groups], [group[data.value_columns].to_numpy(np.float32) for _, group in groups]
+        values = [_decoded(key, lambda g=group: g[data.value_columns].to_numpy(np.float32)) for key, group in groups]
+        return [key for key, _ in groups], values
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """One row per sequence or image: the predicted label and a probability per class."""
@@ -162,7 +195,10 @@ class Classifier:
 
         keys, raw = self.samples(frame)
         if not raw:
-            raise ValueError("the request holds no sequence or image")
+            raise BadRequest("the request holds no sequence or image")
+        empty = [key for key, sample in zip(keys, raw) if len(sample) == 0]
+        if empty:
+            raise BadRequest(f"sample(s) {empty} hold no steps (an empty text, or only missing values)")
         steps = [torch.from_numpy(self.preprocessing.encode(sample)) for sample in raw]
         lengths = torch.tensor([len(s) for s in steps], dtype=torch.int64)
         with torch.no_grad():
@@ -228,13 +264,14 @@ class Generator:
         """One row per prompt: the prompt and the text generated after it."""
         from lstmflow.generate import generate
 
-        if "prompt" not in frame.columns:
-            raise ValueError(f"input needs a 'prompt' column; got columns {list(frame.columns)}")
+        _require_columns(frame, ["prompt"])
         rows = frame.to_dict("records")
         settings = [{key: row.get(key, default) for key, default in self.DEFAULTS.items()} for row in rows]
         texts = [
-            generate(self.model, self.tokenizer, str(row["prompt"]), int(s["tokens"]), float(s["temperature"]), int(s["seed"]))
-            for row, s in zip(rows, settings)
+            _decoded(index, lambda row=row, s=s: generate(
+                self.model, self.tokenizer, str(row["prompt"]), int(s["tokens"]), float(s["temperature"]), int(s["seed"])
+            ))
+            for index, (row, s) in enumerate(zip(rows, settings))
         ]
         return pd.DataFrame({"prompt": [str(row["prompt"]) for row in rows], "text": texts})
 
@@ -282,4 +319,11 @@ class LstmflowModel(mlflow.pyfunc.PythonModel):
         self.predictor = load_predictor(Path(context.artifacts["bundle"]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return self.predictor.predict(pd.DataFrame(model_input))
+        """The predictor's answer; a bad request is MLflow's invalid-parameter error (HTTP 400), not a 500."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        try:
+            return self.predictor.predict(pd.DataFrame(model_input))
+        except BadRequest as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
