@@ -30,6 +30,8 @@ bench: $(BIN)/lstmflow  ## the benchmarks; results go to benchmarks/RESULTS.md b
 	$(BIN)/python benchmarks/padding.py
 	$(BIN)/python benchmarks/audio_features.py
 	$(BIN)/python benchmarks/tokenization.py
+	$(BIN)/python benchmarks/lstm_train.py --busy  # Keras/TF from KERAS_PYTHON (default /tmp/kerasvenv) if present
+	$(BIN)/python benchmarks/trainer_overhead.py
 
 clean-stores:  ## forget every run: MLflow, Prefect, DVC cache and remote, features, training runs
 	rm -rf mlflow.db mlruns .prefect .dvc-storage .dvc/cache features runs data/raw

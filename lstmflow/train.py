@@ -286,7 +286,8 @@ def set_deterministic(enabled: bool) -> None:
     cuBLAS also needs ``CUBLAS_WORKSPACE_CONFIG`` before CUDA starts, which the launcher puts in the child's
     environment. On CPU the kernels lstmflow uses are deterministic anyway; the switch makes it a guarantee.
     """
-    torch.use_deterministic_algorithms(enabled)
+    if torch.are_deterministic_algorithms_enabled() != enabled:  # the first call imports torch._inductor: ~1.4 s
+        torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
 
 
