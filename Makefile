@@ -32,6 +32,7 @@ bench: $(BIN)/lstmflow  ## the benchmarks; results go to benchmarks/RESULTS.md b
 	$(BIN)/python benchmarks/tokenization.py
 	$(BIN)/python benchmarks/lstm_train.py --busy  # Keras/TF from KERAS_PYTHON (default /tmp/kerasvenv) if present
 	$(BIN)/python benchmarks/trainer_overhead.py
+	$(BIN)/python benchmarks/search.py
 
 clean-stores:  ## forget every run: MLflow, Prefect, DVC cache and remote, features, training runs
 	rm -rf mlflow.db mlruns .prefect .dvc-storage .dvc/cache features runs data/raw

@@ -1,4 +1,5 @@
-"""GPU workers: a Prefect work pool for GPU machines, a deployment of ``run_pipeline`` on it, the worker command.
+"""GPU workers: a Prefect work pool for GPU machines, deployments of ``run_pipeline`` and ``search_pipeline`` on it,
+the worker command.
 
 A deployment's runs are picked up by whichever worker polls its pool; the worker starts each run as a local
 process (a ``process`` pool), so the run trains on the worker machine's GPUs. Which GPUs is a job variable,
@@ -30,6 +31,7 @@ from lstmflow.errors import ConfigError
 #: path on every worker machine (a checkout at a fixed path, or a shared mount).
 CODE_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/pipeline.py:run_pipeline"
+SEARCH_ENTRYPOINT = "flows/pipeline.py:search_pipeline"
 #: The job variable that selects the GPUs of a run.
 GPUS_VARIABLE = "gpus"
 GPUS_SCHEMA = {
@@ -108,19 +110,60 @@ def deploy_training(
     elif cron is not None:
         names = ", ".join(loaded.names)
         raise ConfigError(f"a scheduled deployment needs a pipeline to run (cron {cron!r}): pass one of {names}")
-    parameters: dict[str, Any] = {"config": str(loaded.path)}
-    if pipeline is not None:
-        parameters["pipeline"] = pipeline
+    description = f"Train, evaluate and register pipelines of {loaded.path} on a worker of the {pool!r} pool."
+    return _deploy(ENTRYPOINT, loaded, pool, name, {"pipeline": pipeline}, gpus, cron, job_variables, description)
+
+
+def deploy_search(
+    config: Path = Path("pipelines.yaml"),
+    pool: str = "gpu",
+    name: str = "search-gpu",
+    pipeline: str | None = None,
+    trials: int | None = None,
+    gpus: str | None = None,
+    job_variables: dict[str, Any] | None = None,
+) -> UUID:
+    """Deploy ``search_pipeline`` on the work pool ``pool``: each run is one worker of the pipeline's study.
+
+    Start as many runs as there are machines to share the trials (``prefect deployment run 'search_pipeline/NAME'``,
+    or the UI); each worker runs ``search.parallel`` trials at once until the study holds ``search.trials``
+    (``trials`` overrides it). The workers share the study through ``search.storage``, which must then be a database
+    every machine reaches (e.g. PostgreSQL), and their runs through ``MLFLOW_TRACKING_URI`` (a job variable in
+    ``env``). Afterwards ``lstmflow search NAME`` evaluates and registers the best trial without training again.
+    Other arguments as for :func:`deploy_training`.
+    """
+    loaded = Config.load(config)
+    if pipeline is not None and loaded.pipeline(pipeline).search is None:
+        raise ConfigError(f"pipelines.{pipeline}.search: not set; a search deployment needs a pipeline with a search section")
+    description = f"Run trials of a pipeline's search of {loaded.path} on a worker of the {pool!r} pool."
+    defaults = {"pipeline": pipeline, "trials": trials}
+    return _deploy(SEARCH_ENTRYPOINT, loaded, pool, name, defaults, gpus, None, job_variables, description)
+
+
+def _deploy(
+    entrypoint: str,
+    loaded: Config,
+    pool: str,
+    name: str,
+    defaults: dict[str, Any],
+    gpus: str | None,
+    cron: str | None,
+    job_variables: dict[str, Any] | None,
+    description: str,
+) -> UUID:
+    """Deploy the flow at ``entrypoint`` on the pool, with the project's config and the given default parameters."""
+    given = {key: value for key, value in defaults.items() if value is not None}
+    parameters: dict[str, Any] = {"config": str(loaded.path), **given}
     variables = {**(job_variables or {}), **({GPUS_VARIABLE: gpus} if gpus is not None else {})}
     ensure_work_pool(pool)
-    training = flow.from_source(source=str(CODE_ROOT), entrypoint=ENTRYPOINT)
-    return training.deploy(
+    deployed = flow.from_source(source=str(CODE_ROOT), entrypoint=entrypoint)
+    return deployed.deploy(
         name=name,
         work_pool_name=pool,
         parameters=parameters,
         job_variables=variables,
         cron=cron,
-        description=f"Train, evaluate and register pipelines of {loaded.path} on a worker of the {pool!r} pool.",
+        description=description,
         print_next_steps=False,
         ignore_warnings=True,  # Prefect's hint to use `.serve` instead: a pool is the point here
     )

@@ -1,4 +1,5 @@
-"""The ``run_pipeline`` flow: prepare → train → evaluate → register, for one pipeline of ``pipelines.yaml``."""
+"""The flows: ``run_pipeline`` (prepare → train or search → evaluate → register) and ``search_pipeline`` (prepare →
+search trials), the one GPU workers of a shared study run."""
 
 from __future__ import annotations
 
@@ -6,24 +7,46 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from lstmflow.steps import project_root
+from lstmflow.errors import ConfigError
+from lstmflow.steps import Prepared, drive_trials, project_root
 from tasks.data import prepare
 from tasks.evaluate import evaluate
 from tasks.registry import register
+from tasks.search import close_search, open_search, run_trial
 from tasks.train import train
 
 
 def overrides_from(
-    epochs: int | None, learning_rate: float | None, batch_size: int | None, overrides: dict[str, Any] | None
+    epochs: int | None,
+    learning_rate: float | None,
+    batch_size: int | None,
+    overrides: dict[str, Any] | None,
+    trials: int | None = None,
 ) -> list[str]:
     """The typed shortcuts and the free mapping, as ``key=value`` assignments (shortcuts win)."""
     assignments = [f"{key}={value}" for key, value in (overrides or {}).items()]
-    shortcuts = {"train.epochs": epochs, "train.optimizer.lr": learning_rate, "train.batch_size": batch_size}
+    shortcuts = {"train.epochs": epochs, "train.optimizer.lr": learning_rate, "train.batch_size": batch_size, "search.trials": trials}
     assignments += [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     return assignments
+
+
+def search_trials(prepared: dict[str, Any], root: str, need_best: bool = True) -> dict[str, Any]:
+    """The pipeline's search: ``search.parallel`` trials at once, each a ``trial`` task training in its own child
+    process, asked for here until the study's budget is spent; then the study is closed (plots, best trial)."""
+    study = open_search(prepared, root)
+    progress = prepared["spec"]["search"]["parallel"] == 1  # parallel trials' progress bars would interleave
+    outcomes = drive_trials(
+        Prepared(**prepared),
+        Path(root),
+        study,
+        lambda number: run_trial.submit(prepared, root, study, number, progress),
+        as_completed,
+    )
+    return close_search(prepared, root, study, outcomes, need_best)
 
 
 @flow(name="run_pipeline", log_prints=True, validate_parameters=True)
@@ -35,17 +58,33 @@ def run_pipeline(
     overrides: Annotated[dict[str, Any] | None, Field(description="Any other key=value overrides, e.g. {'data.window': 24}.")] = None,
     force: Annotated[bool, Field(description="Train again even when spec, data and code are unchanged.")] = False,
     config: Annotated[str, Field(description="Path to pipelines.yaml.")] = "pipelines.yaml",
+    trials: Annotated[int | None, Field(gt=0, description="Override search.trials (pipelines with a search).")] = None,
 ) -> dict[str, Any]:
-    """Train, evaluate and register one pipeline; a re-run with nothing changed reuses the last run."""
+    """Train (or search), evaluate and register one pipeline; a re-run with nothing changed reuses the last run.
+
+    A pipeline with a ``search`` runs its trials instead of one training and registers the best trial's model; its
+    study continues where it stopped, so a re-run with nothing changed starts no trial.
+    """
     logger = get_run_logger()
     root = str(project_root(config))
     config_path = str(Path(config).expanduser().resolve())
-    prepared = prepare(config_path, pipeline, overrides_from(epochs, learning_rate, batch_size, overrides))
-    train_state = train.with_options(refresh_cache=force or None)(prepared, root, return_state=True)
-    trained = train_state.result()
-    cached = train_state.name == "Cached"
-    if cached:
-        logger.info("Nothing changed (spec, data, code): reusing MLflow run %s, no training started.", trained["run_id"])
+    prepared = prepare(config_path, pipeline, overrides_from(epochs, learning_rate, batch_size, overrides, trials))
+    searched = None
+    if prepared["spec"]["search"] is not None:
+        searched = search_trials(prepared, root)
+        prepared, trained = searched["prepared"], searched["trained"]
+        cached = not searched["summary"]["ran"]
+        best = searched["summary"]["best"]
+        logger.info(
+            "Best trial %d (%s %.6g): reusing its MLflow run %s, no retraining.",
+            best["number"], searched["summary"]["metric"], best["value"], trained["run_id"],
+        )  # fmt: skip
+    else:
+        train_state = train.with_options(refresh_cache=force or None)(prepared, root, return_state=True)
+        trained = train_state.result()
+        cached = train_state.name == "Cached"
+        if cached:
+            logger.info("Nothing changed (spec, data, code): reusing MLflow run %s, no training started.", trained["run_id"])
     metrics = evaluate.with_options(refresh_cache=force or None)(prepared, trained, root)
     registered = register.with_options(refresh_cache=force or None)(prepared, trained, root)
     return {
@@ -60,4 +99,26 @@ def run_pipeline(
         "epochs_run": trained["epochs_run"],
         "best_epoch": trained["best_epoch"],
         "metrics": metrics,
+        **({"search": searched["summary"]} if searched else {}),
     }
+
+
+@flow(name="search_pipeline", log_prints=True, validate_parameters=True)
+def search_pipeline(
+    pipeline: Annotated[str, Field(description="Name of a pipeline in pipelines.yaml that has a search.")],
+    trials: Annotated[int | None, Field(gt=0, description="Override search.trials: the study's total.")] = None,
+    overrides: Annotated[dict[str, Any] | None, Field(description="Any other key=value overrides, e.g. {'search.parallel': 2}.")] = None,
+    config: Annotated[str, Field(description="Path to pipelines.yaml.")] = "pipelines.yaml",
+) -> dict[str, Any]:
+    """Run trials of a pipeline's search until its study holds ``search.trials``; returns the study's summary.
+
+    Several runs of this flow (workers on several machines, each running ``search.parallel`` trials) share one study
+    through ``search.storage``. Evaluating and registering the best is left to ``run_pipeline`` (``lstmflow run``
+    or ``lstmflow search``), once: it starts no trial when the study is complete.
+    """
+    root = str(project_root(config))
+    config_path = str(Path(config).expanduser().resolve())
+    prepared = prepare(config_path, pipeline, overrides_from(None, None, None, overrides, trials))
+    if prepared["spec"]["search"] is None:
+        raise ConfigError(f"pipelines.{pipeline}.search: not set; search_pipeline needs a pipeline with a search section")
+    return search_trials(prepared, root, need_best=False)["summary"]

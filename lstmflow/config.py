@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -463,6 +464,116 @@ TASK_DATA_KINDS = {"forecast": ("timeseries",), "classify": ("sequences", "image
 TASK_LOSSES = {"forecast": ("mse", "mae", "huber"), "classify": ("cross_entropy",), "language_model": ("cross_entropy",)}
 
 
+# ------------------------------------------------------------------------- search
+
+#: The per-epoch validation metrics each task logs, which a search can optimise, and the way each improves.
+SEARCH_METRICS = {
+    "forecast": {"val_loss": "minimize"},
+    "classify": {"val_loss": "minimize", "val_accuracy": "maximize"},
+    "language_model": {"val_loss": "minimize", "val_perplexity": "minimize"},
+}
+#: The top-level sections a search may vary: the data are prepared once per search, the rest does not train.
+SEARCHABLE_SECTIONS = ("model", "train")
+
+# Aliases defined out of the class: a field named `int` or `float` shadows the builtin inside its class body.
+Whole, Number = int, float
+
+
+class SearchParam(Strict):
+    """One searched key: exactly one of `int`, `float` or `categorical`, e.g. `{int: [16, 128], log: true}`."""
+
+    int: list[Whole] | None = Field(None, description="`[low, high]`: whole numbers from low to high, both included.")
+    float: list[Number] | None = Field(None, description="`[low, high]`: numbers from low to high.")
+    categorical: list[Any] | None = Field(None, min_length=1, description="The values to choose from: numbers, text, true/false or null.")
+    log: bool = Field(False, description="`int` and `float`: sample evenly on a log scale (low must be > 0), as for learning rates and layer sizes.")
+    step: Number | None = Field(None, gt=0, description="`int` and `float`: only low, low + step, low + 2 × step, … (a whole number for `int`; default 1 for `int`, any number for `float`). Not with `log`.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchParam:
+        given = [kind for kind in ("int", "float", "categorical") if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of int, float and categorical, got {given or 'none'}")
+        if self.categorical is not None:
+            if self.log or self.step is not None:
+                raise ValueError("log and step apply to int and float ranges, not to categorical")
+            bad = [choice for choice in self.categorical if not isinstance(choice, (bool, int, float, str, type(None)))]
+            if bad:
+                raise ValueError(f"categorical choices must be numbers, text, true/false or null, got {bad[0]!r}")
+            return self
+        if len(getattr(self, given[0])) != 2:
+            raise ValueError(f"{given[0]}: give [low, high], got {getattr(self, given[0])}")
+        low, high = self.bounds
+        if low >= high:
+            raise ValueError(f"{given[0]}: low must be below high, got [{low}, {high}]")
+        if self.log and low <= 0:
+            raise ValueError(f"log needs low > 0, got {low}")
+        if self.log and self.step is not None:
+            raise ValueError("give log or step, not both")
+        if self.int is not None and self.step is not None and self.step != round(self.step):
+            raise ValueError(f"step of an int range must be a whole number, got {self.step}")
+        return self
+
+    @property
+    def bounds(self) -> tuple[Any, Any]:
+        """``(low, high)`` of a range."""
+        low, high = self.int if self.int is not None else self.float
+        return low, high
+
+    def probe_values(self) -> list[Any]:
+        """Values that stand for the whole entry when checking it against the pipeline: both ends, or every choice."""
+        return list(self.categorical) if self.categorical is not None else list(self.bounds)
+
+    def grid_values(self) -> list[Any] | None:
+        """Every value of the entry, for `sampler: grid`; None for a range that has no finite grid."""
+        if self.categorical is not None:
+            return list(self.categorical)
+        if self.log or (self.float is not None and self.step is None):
+            return None
+        low, high = self.bounds
+        step = self.step or 1
+        count = int((high - low) / step + 1e-9) + 1  # the tolerance keeps high when float division falls just short
+        return [type(low)(low + index * step) for index in range(count)]
+
+
+class SearchSpec(Strict):
+    """A hyperparameter search (Optuna): trials train the pipeline with sampled values of `space`, the best is registered."""
+
+    trials: int = Field(20, gt=0, description="Trials the study runs in all, over every call: completed, pruned and failed trials count (an interrupted one is run again and counts once). Raise it to continue a finished search.")
+    timeout: float | None = Field(None, gt=0, description="Seconds for this call: no trial starts after it and running ones finish; the next call continues the study.")
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = Field("tpe", description="How values are chosen: `tpe` (Bayesian, Optuna's default), `random`, `grid` (every combination, in random order; needs `categorical`, `int` or stepped `float` entries; `trials` is capped at the grid's size) or `cmaes` (CMA-ES, for numeric entries). Seeded from `train.seed` and each trial's number: the same search draws the same values.")
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="Stops unpromising trials from the per-epoch `metric`: `median` (worse than the median of completed trials at the same epoch), `hyperband` or `none`.")
+    startup_trials: int = Field(5, ge=0, description="`median`: trials that must complete before any is pruned.")
+    min_epochs: int = Field(1, ge=1, description="Epochs every trial trains before it may be pruned (`hyperband`: its smallest budget).")
+    metric: str = Field("val_loss", description="The per-epoch validation metric to optimise: `val_loss` for every task, `val_accuracy` (classify) or `val_perplexity` (language_model). A trial's value is the metric at its best epoch (lowest val_loss: the weights it keeps).")
+    direction: Literal["minimize", "maximize"] | None = Field(None, description="Whether `metric` should go down or up. Default: up for accuracy, down for the rest.")
+    parallel: int = Field(1, ge=1, description="Trials training at once on this machine, each in its own process (each uses `train.threads` cores).")
+    storage: str | None = Field(None, description="Where the study lives: null for a journal file in the project (`runs/NAME/optuna.journal`, safe for several local processes), or an SQLAlchemy URL (e.g. `postgresql://user:pass@host/db`) that workers on several machines share.")
+    space: dict[str, SearchParam] = Field(min_length=1, description="The searched keys, each a key of the pipeline as `--set` writes it (`model.layers[0].lstm.units`, `train.optimizer.lr`; `model.` and `train.` keys only) mapped to `{int: [low, high]}`, `{float: [low, high]}` or `{categorical: [a, b, …]}`, with `log: true` or `step:` for ranges.")
+
+    @field_validator("storage")
+    @classmethod
+    def _a_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(f"must be an SQLAlchemy URL such as postgresql://user:pass@host/db or sqlite:///path, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _grid_is_finite(self) -> SearchSpec:
+        if self.sampler == "grid":
+            endless = [key for key, param in self.space.items() if param.grid_values() is None]
+            if endless:
+                raise ValueError(f"sampler grid needs a finite set of values for every key; give {endless[0]} choices, an int range or a float step (and no log)")
+        return self
+
+    def resolved_direction(self) -> Literal["minimize", "maximize"]:
+        """The given direction, else the one the metric improves in."""
+        return self.direction or ("maximize" if self.metric.endswith("accuracy") else "minimize")
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Every value of every key, for `sampler: grid`."""
+        return {key: param.grid_values() or [] for key, param in self.space.items()}
+
+
 class PipelineSpec(Strict):
     """One named pipeline: data, model, training and evaluation."""
 
@@ -473,7 +584,7 @@ class PipelineSpec(Strict):
     model: ModelSpec = Field(default_factory=ModelSpec, description="The network. Default: one `lstm` of 64 units and a `dense` output layer; for token ids (kinds `text` and `corpus`) an `embedding` of 64 first; for a language model a stateful `lstm` of 256 units that returns sequences.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training settings.")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Evaluation settings.")
-    search: Reserved = Field(None, description="Hyperparameter search. Not yet supported.")
+    search: SearchSpec | None = Field(None, description="Hyperparameter search with Optuna: `lstmflow run` (and `lstmflow search`) runs its trials, then evaluates and registers the best trial's model. Null: train once.")
     schedule: Reserved = Field(None, description="Retraining schedule. Not yet supported.")
     promote: Reserved = Field(None, description="Champion/challenger promotion. Not yet supported.")
 
@@ -515,6 +626,25 @@ class PipelineSpec(Strict):
             raise ValueError(f"train.loss for task {self.task!r} must be one of {', '.join(map(repr, losses))}, got {self.train.loss!r}")
         return self
 
+    @field_validator("search")
+    @classmethod
+    def _search_fits_the_pipeline(cls, search: SearchSpec | None, info: ValidationInfo) -> SearchSpec | None:
+        """The metric is one the task logs, and every space key is a key of this pipeline that takes its values.
+
+        Each key is checked by setting each of its probe values (both ends of a range, every choice) on the
+        pipeline without its search and validating that, so a trial can never fail on its spec.
+        """
+        if search is None or not {"name", "task", "data", "model", "train", "evaluate"} <= info.data.keys():
+            return search  # an earlier section is invalid and reported; the space cannot be checked against it
+        metrics = SEARCH_METRICS[info.data["task"]]
+        if search.metric not in metrics:
+            raise ValueError(f"metric for task {info.data['task']!r} must be one of {', '.join(map(repr, metrics))}, got {search.metric!r}")
+        base = {key: value.model_dump(mode="json") if isinstance(value, BaseModel) else value for key, value in info.data.items()}
+        problems = [problem for key, param in search.space.items() if (problem := _space_key_problem(key, param, base))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return search
+
     @property
     def loss(self) -> str:
         """The training loss, with the task's default filled in."""
@@ -534,7 +664,38 @@ class PipelineSpec(Strict):
     def flat_params(self) -> dict[str, str]:
         """The resolved spec flattened to dotted keys as logged to MLflow, which allows no brackets: ``model.layers.0.lstm.units``."""
         flat = flatten(self.model_dump(mode="json", exclude_none=True, exclude={"search", "schedule", "promote"}))
-        return {re.sub(r"\[(\d+)\]", r".\1", key): value for key, value in flat.items()}
+        return {dotted_key(key): value for key, value in flat.items()}
+
+
+def _space_key_problem(key: str, param: SearchParam, base: dict[str, Any]) -> str | None:
+    """Why ``key`` cannot be searched with ``param`` on the pipeline ``base`` (a dump without `search`), if it cannot."""
+    section = key.split(".")[0].split("[")[0]
+    if section not in SEARCHABLE_SECTIONS:
+        why = {
+            "data": "the data are prepared once per search (give each data variant its own pipeline)",
+            "search": "it configures the search itself",
+        }.get(section, "only model.* and train.* keys change what a trial trains")
+        return f"space key {key!r}: cannot be searched: {why}"
+    try:
+        parts = parse_key(key)
+    except ConfigError as exc:
+        return f"space key {key!r}: {exc.problems[0]}"
+    node: Any = base
+    for part in parts:
+        found = part < len(node) if isinstance(part, int) and isinstance(node, list) else isinstance(node, dict) and part in node
+        if not found:
+            close = difflib.get_close_matches(key, list(flatten(base)), n=1)
+            return f"space key {key!r}: no such key in the pipeline" + (f" (did you mean {close[0]!r}?)" if close else "")
+        node = node[part]
+    for value in param.probe_values():
+        try:
+            PipelineSpec.model_validate(set_key(base, key, value, f"search.space.{key}"))
+        except ConfigError as exc:
+            return f"space key {key!r}: {exc.problems[0]}"
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            return f"space key {key!r}: the value {value!r} is refused at {_location(error['loc'])}: {_describe(error)}"
+    return None
 
 
 class ConfigFile(Strict):
@@ -560,6 +721,11 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
             out.update(flatten(value, f"{prefix}[{index}]"))
         return out
     return {prefix: json.dumps(tree) if isinstance(tree, (list, type(None))) else str(tree)}
+
+
+def dotted_key(key: str) -> str:
+    """A key as MLflow names allow it, without brackets: ``model.layers[0].lstm.units`` → ``model.layers.0.lstm.units``."""
+    return re.sub(r"\[(\d+)\]", r".\1", key)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -591,29 +757,33 @@ def apply_override(tree: dict[str, Any], assignment: str) -> dict[str, Any]:
     key, sep, raw = assignment.partition("=")
     if not sep:
         raise ConfigError(f"bad override {assignment!r}: expected key=value, e.g. train.epochs=5")
-    parts = parse_key(key.strip())
-    value = yaml.safe_load(raw) if raw.strip() else None
+    return set_key(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None, f"--set {assignment}")
+
+
+def set_key(tree: dict[str, Any], key: str, value: Any, origin: str) -> dict[str, Any]:
+    """A copy of ``tree`` with ``key`` (``model.layers[0].lstm.units``) set to ``value``; errors name ``origin``."""
+    parts = parse_key(key)
     tree = copy.deepcopy(tree)
     node: Any = tree
     for depth, part in enumerate(parts[:-1]):
         nxt = parts[depth + 1]
         if isinstance(part, int):
             if not isinstance(node, list) or part >= len(node):
-                raise ConfigError(f"--set {assignment}: {key.split('[')[0]} has no item [{part}]")
+                raise ConfigError(f"{origin}: {key.split('[')[0]} has no item [{part}]")
             node = node[part]
         else:
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {assignment}: cannot index into a {type(node).__name__}")
+                raise ConfigError(f"{origin}: cannot index into a {type(node).__name__}")
             node = node.setdefault(part, [] if isinstance(nxt, int) else {})
     last = parts[-1]
     if isinstance(last, int):
         if not isinstance(node, list) or last >= len(node):
-            raise ConfigError(f"--set {assignment}: no item [{last}] to set")
+            raise ConfigError(f"{origin}: no item [{last}] to set")
         node[last] = value
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise ConfigError(f"--set {assignment}: cannot set a key on a {type(node).__name__}")
+        raise ConfigError(f"{origin}: cannot set a key on a {type(node).__name__}")
     return tree
 
 

@@ -1,4 +1,4 @@
-"""The pipeline's steps as plain functions: prepare → train → evaluate → register.
+"""The pipeline's steps as plain functions: prepare → train (or search) → evaluate → register.
 
 Each Prefect task in ``tasks/`` is a thin wrapper over one function here, so the
 whole path can also run, and be tested, without any orchestration. Steps exchange
@@ -7,17 +7,22 @@ only references: paths, MLflow run ids, small dicts.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import json
+import math
+import re
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lstmflow import tracking, versioning
-from lstmflow.config import Config, PipelineSpec
-from lstmflow.errors import ConfigError, DataError
+from lstmflow.config import Config, PipelineSpec, dotted_key
+from lstmflow.errors import ConfigError, DataError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,15 @@ def prepare(config_path: str | Path, name: str, overrides: list[str]) -> Prepare
     return Prepared(spec.model_dump(mode="json"), str(root / "features" / name), **hashes)
 
 
-def start_tracked_run(prepared: Prepared, root: Path, flow_run_id: str | None, resume_run_id: str | None = None) -> str:
+def start_tracked_run(
+    prepared: Prepared,
+    root: Path,
+    flow_run_id: str | None,
+    resume_run_id: str | None = None,
+    run_name: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    extra_params: dict[str, str] | None = None,
+) -> str:
     """Open (or reopen, on a retry) the pipeline's MLflow run with params and lineage tags."""
     uri = tracking.tracking_uri(root)
     if resume_run_id and tracking.reopen_run(uri, resume_run_id):
@@ -158,8 +171,11 @@ def start_tracked_run(prepared: Prepared, root: Path, flow_run_id: str | None, r
         "lstmflow.code_version": code_version(),
         "lstmflow.task": spec.task,
         "lstmflow.deterministic": str(spec.train.deterministic).lower(),
+        **(extra_tags or {}),
     }
-    return tracking.start_run(uri, spec.name, root / "mlruns", spec.flat_params(), tags, run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    params = {**spec.flat_params(), **(extra_params or {})}
+    run_name = run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return tracking.start_run(uri, spec.name, root / "mlruns", params, tags, run_name=run_name)
 
 
 def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: bool = True) -> dict[str, Any]:
@@ -244,3 +260,263 @@ def register(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
     registered = tracking.register_model(uri, trained["run_id"], prepared.pipeline.name, bundle, example, predictor.predict(example))
     tracking.end_run(uri, trained["run_id"])
     return registered
+
+
+# ----------------------------------------------------------------------------- search
+
+#: The study's user attribute naming its MLflow parent run.
+PARENT_RUN_ATTR = "lstmflow.mlflow_parent_run_id"
+#: Seconds a process that found a study just made by another waits for that one's parent run.
+PARENT_WAIT_SECONDS = 60
+#: The trial's user attribute naming its MLflow run.
+TRIAL_RUN_ATTR = "lstmflow.mlflow_run_id"
+#: Where a completed trial's weights go in its MLflow run, for machines that did not train it.
+TRIAL_MODEL_ARTIFACT = "trial"
+
+
+def open_search(prepared: Prepared, root: Path, flow_run_id: str | None) -> dict[str, str]:
+    """Create or continue the pipeline's study and its MLflow parent run; returns the reference every trial needs.
+
+    The process that creates the study makes the parent run; the others (a later call, another worker) reopen it.
+    """
+    from lstmflow import search
+
+    spec = prepared.pipeline
+    ref = search.StudyRef(search.storage_location(spec, root), search.study_name(spec, prepared.features_md5))
+    study, created = search.open_study(ref, spec, create=True)
+    uri = tracking.tracking_uri(root)
+    deadline = time.monotonic() + (0 if created else PARENT_WAIT_SECONDS)
+    while (parent := study.user_attrs.get(PARENT_RUN_ATTR)) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if parent is None or not tracking.reopen_run(uri, parent, finished_too=True):
+        space = {
+            f"search.space.{dotted_key(key)}": json.dumps(param.model_dump(exclude_defaults=True))
+            for key, param in spec.search.space.items()
+        }
+        parent = start_tracked_run(prepared, root, flow_run_id, run_name=f"{spec.name}-search", extra_params=space)
+        study.set_user_attr(PARENT_RUN_ATTR, parent)
+    settings = spec.search
+    tracking.set_tags(uri, parent, {
+        "lstmflow.search.study": ref.name,
+        "lstmflow.search.storage": re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", ref.storage),  # no password in MLflow
+        "lstmflow.search.trials": str(search.budget(settings)),
+        "lstmflow.search.sampler": settings.sampler,
+        "lstmflow.search.pruner": settings.pruner,
+        "lstmflow.search.metric": settings.metric,
+        "lstmflow.search.direction": settings.resolved_direction(),
+    })  # fmt: skip
+    trials_dir = root / "runs" / spec.name / ref.name
+    return {"storage": ref.storage, "study": ref.name, "parent_run_id": parent, "trials_dir": str(trials_dir)}
+
+
+def drive_trials(
+    prepared: Prepared,
+    root: Path,
+    study_ref: dict[str, str],
+    start: Callable[[int], Any],
+    as_completed: Callable[[list[Any]], Iterable[Any]],
+) -> list[dict[str, Any]]:
+    """Keep ``search.parallel`` trials running until the study's budget is spent or ``search.timeout`` has passed;
+    returns the outcomes of the trials this call ran.
+
+    ``start(number)`` runs :func:`run_trial` in the background and returns its future, and ``as_completed`` yields
+    such futures as they end: ``concurrent.futures`` or Prefect's, so that the plain and the Prefect search share
+    this loop. Before each new trial, the trials of processes that died (here or elsewhere) are queued again. When
+    this loop is stopped (Ctrl-C), its running trials are flagged first: they too are queued again for the next call
+    instead of counting as failed.
+    """
+    from lstmflow import search
+
+    spec = prepared.pipeline
+    settings = spec.search
+    study, _ = search.open_study(search.StudyRef(study_ref["storage"], study_ref["study"]), spec)
+    uri = tracking.tracking_uri(root)
+    deadline = time.monotonic() + settings.timeout if settings.timeout else math.inf
+    running: dict[Any, int] = {}
+    outcomes: list[dict[str, Any]] = []
+    try:
+        while True:
+            while len(running) < settings.parallel and time.monotonic() < deadline:
+                _requeue_interrupted(study, uri)
+                if (number := search.ask(study, spec)) is None:
+                    break
+                running[start(number)] = number
+            if not running:
+                return outcomes
+            done = next(iter(as_completed(list(running))))
+            del running[done]
+            outcomes.append(done.result())
+    except BaseException:
+        search.mark_interrupted(study, list(running.values()))
+        raise
+
+
+def _requeue_interrupted(study: Any, uri: str) -> None:  # noqa: ANN401 - an optuna.Study
+    """Queue again the trials whose process died, and end their MLflow runs as killed (nobody else will)."""
+    from lstmflow import search
+
+    for trial in search.requeue_interrupted(study):
+        if run_id := trial.user_attrs.get(TRIAL_RUN_ATTR):
+            tracking.set_tags(uri, run_id, {"lstmflow.search.state": "interrupted"})
+            tracking.end_run(uri, run_id, "KILLED")
+
+
+def run_trial(
+    prepared: Prepared, root: Path, study_ref: dict[str, str], number: int, flow_run_id: str | None = None, progress: bool = False
+) -> dict[str, Any]:
+    """Train trial ``number`` in a child process, as a child run of the search's MLflow run, and record its outcome.
+
+    The outcome is ``complete`` (with the metric at the best epoch), ``pruned`` or ``failed``; a failing trial is
+    recorded, not raised, so that the study goes on. Its MLflow run gets the trial's full params, its per-epoch
+    curve, its state as the tag ``lstmflow.search.state`` and, when complete, its weights.
+    """
+    from lstmflow import search
+    from lstmflow.launch import train_in_child
+
+    base = prepared.pipeline
+    ref = search.StudyRef(study_ref["storage"], study_ref["study"])
+    study, _ = search.open_study(ref, base)
+    trial = search.running_trial(study, number)
+    params = dict(trial.params)
+    uri = tracking.tracking_uri(root)
+    run_dir = Path(study_ref["trials_dir"]) / f"trial-{number:04d}"
+    run_id: str | None = None
+    attrs: dict[str, Any] = {}
+    value = None
+    with search.heartbeat(trial):
+        try:
+            spec = search.trial_spec(base, params)
+            tags = {
+                "mlflow.parentRunId": study_ref["parent_run_id"],
+                "lstmflow.search.study": ref.name,
+                "lstmflow.search.trial": str(number),
+            }
+            trial_prepared = replace(prepared, spec=spec.model_dump(mode="json"))
+            run_id = start_tracked_run(trial_prepared, root, flow_run_id, run_name=f"{base.name}-trial-{number}", extra_tags=tags)
+            trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
+            logger = search.PruningLogger(tracking.MlflowMetricLogger(uri, run_id), ref, base, number)
+            result = train_in_child(spec, Path(prepared.features_dir), run_dir, logger, progress=progress)
+            state, value = "complete", search.trial_value(result.history, result.best_epoch, base.search.metric)
+            attrs = {
+                "lstmflow.best_epoch": result.best_epoch,
+                "lstmflow.epochs_run": result.epochs_run,
+                "lstmflow.stopped_early": int(result.stopped_early),
+                "lstmflow.train_seconds": result.seconds,
+            }
+            tracking.log_summary_metrics(uri, run_id, {key.removeprefix("lstmflow."): float(v) for key, v in attrs.items()})
+            tracking.log_artifacts(uri, run_id, [Path(result.model_path)], TRIAL_MODEL_ARTIFACT)
+        except search.TrialPruned as pruned:
+            state, attrs = "pruned", {"lstmflow.epochs_run": pruned.epoch}
+        except Exception as exc:  # noqa: BLE001 - a failing trial is recorded as failed; the study goes on
+            state, attrs = "failed", {"lstmflow.error": f"{type(exc).__name__}: {exc}"[:2000]}
+        except BaseException:
+            search.record(study, number, "interrupted")
+            if run_id is not None:
+                tracking.end_run(uri, run_id, "KILLED")
+            raise
+    state = search.record(study, number, state, value, attrs)
+    outcome = {"number": number, "state": state, "value": value, "params": params, "run_id": run_id}
+    outcome.update({key.removeprefix("lstmflow."): attr for key, attr in attrs.items()})
+    if run_id is not None:
+        tags = {"lstmflow.search.state": state, **({"lstmflow.search.error": outcome["error"]} if "error" in outcome else {})}
+        tracking.set_tags(uri, run_id, tags)
+        tracking.end_run(uri, run_id, {"complete": "FINISHED", "failed": "FAILED"}.get(state, "KILLED"))
+    return outcome
+
+
+def close_search(
+    prepared: Prepared, root: Path, study_ref: dict[str, str], outcomes: list[dict[str, Any]], need_best: bool = True
+) -> dict[str, Any]:
+    """Plot the study and record its best trial on the parent run; hand on the best trial as evaluate and register
+    take it (``prepared`` with the trial's spec, ``trained`` with its run) and a summary.
+
+    Without a completed trial that is a TrainingError, or, when ``need_best`` is false (a worker that only runs
+    trials), ``prepared`` and ``trained`` are None.
+
+    The best trial's run is reused, not trained again: it trained fully (a pruned trial is never best) on the same
+    data, with the same code and seed, so a retraining would cost a whole run for the same weights.
+    """
+    from lstmflow import search
+
+    spec = prepared.pipeline
+    ref = search.StudyRef(study_ref["storage"], study_ref["study"])
+    study, _ = search.open_study(ref, spec)
+    uri = tracking.tracking_uri(root)
+    parent = study_ref["parent_run_id"]
+    found = search.counts(study)
+    trials_dir = Path(study_ref["trials_dir"])
+    tracking.log_artifacts(uri, parent, search.plot_study(study, spec.search.metric, trials_dir / "plots"), "plots")
+    ended = ("complete", "pruned", "failed", "interrupted")
+    tracking.log_summary_metrics(uri, parent, {f"trials_{state}": float(found[state]) for state in ended})
+    ranked = [
+        {
+            "number": trial.number,
+            "state": search.trial_state(trial),
+            "value": trial.value,
+            "epochs_run": trial.user_attrs.get("lstmflow.epochs_run"),
+            "params": trial.params,
+        }
+        for trial in search.ranked_trials(study)
+    ]
+    summary = {
+        "study": ref.name,
+        "parent_run_id": parent,
+        "metric": spec.search.metric,
+        "direction": spec.search.resolved_direction(),
+        "counts": dict(found),
+        "ran": dict(Counter(outcome["state"] for outcome in outcomes)),
+        "best": None,
+        "trials": ranked,
+    }
+    best = search.best_trial(study)
+    if best is None and not need_best:
+        tracking.end_run(uri, parent)
+        return {"prepared": None, "trained": None, "summary": summary}
+    if best is None:
+        tracking.end_run(uri, parent, "FAILED")
+        states = ", ".join(f"{count} {state}" for state, count in sorted(found.items()))
+        raise TrainingError(
+            f"pipelines.{spec.name}.search: no trial of study {ref.name} completed ({states or 'none ran'}); the failed "
+            f"trials' errors are in their MLflow runs (experiment {spec.name!r}, tag lstmflow.search.error)"
+        )
+    best_run = best.user_attrs[TRIAL_RUN_ATTR]
+    tracking.log_summary_metrics(uri, parent, {f"best_{spec.search.metric}": float(best.value)})
+    tracking.set_tags(uri, parent, {
+        "lstmflow.search.best_trial": str(best.number),
+        "lstmflow.search.best_run_id": best_run,
+        **{f"lstmflow.search.best.{dotted_key(key)}": json.dumps(value) for key, value in best.params.items()},
+    })  # fmt: skip
+    tracking.end_run(uri, parent)
+
+    run_dir = trials_dir / f"trial-{best.number:04d}"
+    model_path = run_dir / "model.pt"
+    if not model_path.exists():  # trained by a worker on another machine
+        model_path = tracking.download_artifact(uri, best_run, f"{TRIAL_MODEL_ARTIFACT}/model.pt", run_dir)
+    trained = {
+        "run_id": best_run,
+        "run_dir": str(run_dir),
+        "model_path": str(model_path),
+        **{key: best.user_attrs[f"lstmflow.{key}"] for key in ("best_epoch", "epochs_run", "stopped_early", "train_seconds")},
+    }
+    best_spec = search.trial_spec(spec, best.params)
+    summary["best"] = {"number": best.number, "value": best.value, "params": best.params, "run_id": best_run}
+    best_prepared = replace(prepared, spec=best_spec.model_dump(mode="json"))
+    return {"prepared": asdict(best_prepared), "trained": trained, "summary": summary}
+
+
+def run_search(
+    prepared: Prepared, root: Path, flow_run_id: str | None = None, progress: bool = True, need_best: bool = True
+) -> dict[str, Any]:
+    """The whole search without Prefect (a worker process, tests, benchmarks): trials on ``search.parallel`` threads,
+    each training in its own child process; returns what :func:`close_search` returns."""
+    study_ref = open_search(prepared, root, flow_run_id)
+    parallel = prepared.pipeline.search.parallel
+    with concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix="trial") as pool:
+        outcomes = drive_trials(
+            prepared,
+            root,
+            study_ref,
+            lambda number: pool.submit(run_trial, prepared, root, study_ref, number, flow_run_id, progress and parallel == 1),
+            concurrent.futures.as_completed,
+        )
+    return close_search(prepared, root, study_ref, outcomes, need_best)

@@ -86,17 +86,18 @@ def start_run(uri: str, experiment: str, artifact_root: Path, params: dict[str, 
     return run_id
 
 
-def reopen_run(uri: str, run_id: str) -> bool:
+def reopen_run(uri: str, run_id: str, finished_too: bool = False) -> bool:
     """Mark an unfinished run (running, failed or killed) as running again; False if it is finished or gone.
 
-    A retried training task continues its own run instead of starting a second one.
+    A retried training task continues its own run instead of starting a second one. ``finished_too`` reopens a
+    finished run as well: a search's parent run, when a later call continues its study.
     """
     client = _client(uri)
     try:
         status = client.get_run(run_id).info.status
     except Exception:  # noqa: BLE001 - a missing run or a new store reads as "nothing to reopen"
         return False
-    if status == "FINISHED":
+    if status == "FINISHED" and not finished_too:
         return False
     client.update_run(run_id, status="RUNNING")
     return True
@@ -114,6 +115,19 @@ def log_artifacts(uri: str, run_id: str, paths: Iterable[Path], artifact_path: s
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status)
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Set (or overwrite) tags in one batch; unlike params, tags may change, e.g. a search's best trial so far."""
+    from mlflow.entities import RunTag
+
+    _client(uri).log_batch(run_id, tags=[RunTag(key, value[:5000]) for key, value in tags.items()])
+
+
+def download_artifact(uri: str, run_id: str, path: str, dst_dir: Path) -> Path:
+    """Copy one artifact of a run under ``dst_dir`` (keeping its artifact path: ``dst_dir/<path>``); returns it."""
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    return Path(_client(uri).download_artifacts(run_id, path, str(dst_dir)))
 
 
 @contextlib.contextmanager
