@@ -1,4 +1,4 @@
-"""The ``lstmflow`` command: validate, list, summarise and run the pipelines of ``pipelines.yaml``.
+"""The ``lstmflow`` command: validate, list, summarise, run and search the pipelines of ``pipelines.yaml``.
 
 Exit codes: 0 success, 2 a bad config or bad data (a message, no traceback), 1 anything else.
 The config is validated and the data probed before any flow starts.
@@ -39,11 +39,15 @@ SetOption = Annotated[
 
 
 def configure_environment(root: Path) -> None:
-    """Keep Prefect's, MLflow's and DVC's state in the project and everything offline and quiet.
+    """Keep Prefect's, MLflow's and DVC's state in the project and everything offline and quiet; while the
+    project's stack (``lstmflow up``) runs, point Prefect and MLflow at its servers.
 
     Must run before Prefect is imported; values already in the environment win.
     """
+    from lstmflow.stack import environment
+
     defaults = {
+        **environment(root),
         "PREFECT_HOME": str(root / ".prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
@@ -133,6 +137,7 @@ def run_command(
 ) -> None:
     """Run pipelines end to end through Prefect: prepare (DVC) → train → evaluate → register (MLflow).
 
+    A pipeline with a search section runs its search instead of one training, and registers the best trial.
     Every named pipeline is validated and its data probed before the first flow starts.
     """
     from lstmflow.steps import probe
@@ -151,6 +156,34 @@ def run_command(
             sys.stdout.flush()
 
 
+@app.command("search")
+def search_command(
+    name: Annotated[str, typer.Argument(help="A pipeline with a search section.")],
+    trials: Annotated[int | None, typer.Option("--trials", "-n", min=1, help="The study's total of trials (search.trials); raise it to continue a finished search.")] = None,
+    config: ConfigOption = Path("pipelines.yaml"),
+    set_: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON line, as `run --json` does, with the search's summary under `search`.")] = False,
+) -> None:
+    """Search a pipeline's hyperparameters with Optuna, then evaluate and register the best trial's model (as `run`).
+
+    An interrupted search continues where it stopped; with nothing changed and the trials done, no trial starts.
+    """
+    from lstmflow.errors import ConfigError
+    from lstmflow.steps import probe
+
+    loaded = _load(config)
+    spec = loaded.pipeline(name, [*(set_ or []), *([f"search.trials={trials}"] if trials else [])])
+    if spec.search is None:
+        raise ConfigError(f"pipelines.{name}.search: not set; add a search section to search this pipeline, or train it once with `lstmflow run {name}`")
+    probe(spec, loaded.path.parent)
+    from flows.pipeline import run_pipeline
+
+    result = run_pipeline(pipeline=name, overrides=_as_mapping(set_ or []), trials=trials, config=str(loaded.path))
+    _print_result(spec, result, err if as_json else out)
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+
+
 def _as_mapping(assignments: list[str]) -> dict[str, Any]:
     return dict(a.partition("=")[::2] for a in assignments)
 
@@ -164,6 +197,8 @@ HEADLINE = {
 
 
 def _print_result(spec: PipelineSpec, result: dict[str, Any], console: Console) -> None:
+    if "search" in result:
+        _print_trials(result["search"], console)
     metrics = result["metrics"]
     baseline, rows = HEADLINE[spec.task]
     table = Table("metric (test part)", "LSTM", baseline, title=f"{spec.name}: {result['model_uri']}")
@@ -173,7 +208,31 @@ def _print_result(spec: PipelineSpec, result: dict[str, Any], console: Console) 
             table.add_row(key, f"{metrics[key]:.4g}", "-" if other is None else f"{other:.4g}")
     console.print(table)
     state = "reused (nothing changed)" if result["cached"] else f"{result['epochs_run']} epochs, best {result['best_epoch']}"
+    if "search" in result:
+        state = f"of the best trial, {result['search']['best']['number']}, reused (not trained again)"
     console.print(f"MLflow run {result['mlflow_run_id']} · training {state} · data {result['data_version']}")
+
+
+#: Rows of the trials table: the best completed trials first.
+TRIALS_SHOWN = 10
+
+
+def _print_trials(summary: dict[str, Any], console: Console) -> None:
+    """The best trials of a search, with their values, epochs and sampled values, and the study's counts."""
+    rows = summary["trials"]
+    keys = list(rows[0]["params"]) if rows else []
+    goal = "lowest" if summary["direction"] == "minimize" else "highest"
+    counts = ", ".join(f"{count} {state}" for state, count in sorted(summary["counts"].items()))
+    table = Table("trial", "state", f"{summary['metric']} ({goal} best)", "epochs", title=f"search {summary['study']}: {counts}")
+    for key in keys:
+        table.add_column(key, overflow="fold")  # keys are long: fold them rather than cut them
+    for row in rows[:TRIALS_SHOWN]:
+        value = "-" if row["value"] is None else f"{row['value']:.4g}"
+        params = [f"{row['params'][key]:.4g}" if isinstance(row["params"].get(key), float) else str(row["params"].get(key, "-")) for key in keys]
+        table.add_row(str(row["number"]), row["state"], value, str(row["epochs_run"] or "-"), *params)
+    console.print(table)
+    ran = ", ".join(f"{count} {state}" for state, count in sorted(summary["ran"].items())) or "none (the study was complete)"
+    console.print(f"trials run now: {ran} · MLflow parent run {summary['parent_run_id']}")
 
 
 @app.command("join")
@@ -229,18 +288,29 @@ def generate_command(
 def deploy_command(
     pipeline: Annotated[str | None, typer.Option("--pipeline", help="The pipeline every run of this deployment trains (required with --cron); default: chosen per run.")] = None,
     pool: Annotated[str, typer.Option("--pool", help="The process work pool of the GPU workers (created if missing).")] = "gpu",
-    name: Annotated[str, typer.Option("--name", help="The deployment's name: runs are `run_pipeline/NAME`.")] = "train-gpu",
+    name: Annotated[str | None, typer.Option("--name", help="The deployment's name: runs are `run_pipeline/NAME` (default train-gpu), or `search_pipeline/NAME` (default search-gpu).")] = None,
     gpus: Annotated[str | None, typer.Option("--gpus", help="CUDA_VISIBLE_DEVICES of its runs, e.g. 0,1 (\"\" for CPU only); default: the worker's own.")] = None,
     cron: Annotated[str | None, typer.Option("--cron", help="Retrain on this schedule (cron syntax, UTC), e.g. \"0 3 * * *\".")] = None,
+    search: Annotated[bool, typer.Option("--search", help="Deploy the search flow instead (default name search-gpu): each run is one worker of the pipeline's study, which several machines share through search.storage.")] = False,
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
-    """Create or update a deployment of the training flow on a GPU work pool (needs PREFECT_API_URL of a server)."""
+    """Create or update a deployment of the training (or search) flow on a GPU work pool (needs PREFECT_API_URL)."""
+    from lstmflow.errors import ConfigError
+
     loaded = _load(config)
     _require_prefect_server("deploy")
-    from flows.deploy import deploy_training
+    from flows.deploy import deploy_search, deploy_training
 
-    deployment_id = deploy_training(loaded.path, pool=pool, name=name, pipeline=pipeline, gpus=gpus, cron=cron)
-    out.print(f"deployment run_pipeline/{name} ({deployment_id}) on work pool {pool!r}; start a worker there with "
+    if search:
+        if cron is not None:
+            raise ConfigError(f"--cron schedules retraining; runs of a search deployment are started per worker, got --cron {cron!r} with --search")
+        name = name or "search-gpu"
+        deployment_id = deploy_search(loaded.path, pool=pool, name=name, pipeline=pipeline, gpus=gpus)
+    else:
+        name = name or "train-gpu"
+        deployment_id = deploy_training(loaded.path, pool=pool, name=name, pipeline=pipeline, gpus=gpus, cron=cron)
+    flow_name = "search_pipeline" if search else "run_pipeline"
+    out.print(f"deployment {flow_name}/{name} ({deployment_id}) on work pool {pool!r}; start a worker there with "
               f"`lstmflow worker --pool {pool}`")
 
 
@@ -273,6 +343,49 @@ def _require_prefect_server(command: str) -> None:
             "`prefect server start --host 127.0.0.1`); without it a deployment or worker would talk to a temporary "
             "server that disappears"
         )
+
+
+@app.command("up")
+def up_command(
+    prefect_port: Annotated[int, typer.Option("--prefect-port", min=1, max=65535, help="Port of the Prefect server and UI.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option("--mlflow-port", min=1, max=65535, help="Port of the MLflow server and UI.")] = 5000,
+    config: ConfigOption = Path("pipelines.yaml"),
+) -> None:
+    """Start a Prefect server, a worker of the `local` work pool and an MLflow server on 127.0.0.1, in the background.
+
+    Their data stay in the project (the same stores as without servers). Returns once each answers; while they
+    run, every lstmflow command of this project uses them. `lstmflow down` stops them.
+    """
+    from lstmflow import stack
+
+    root = _load(config).path.parent
+    for service in stack.up(root, prefect_port=prefect_port, mlflow_port=mlflow_port):
+        url = service.url.removesuffix("/api") if service.name == "prefect" else service.url
+        out.print(f"{service.name:8} pid {service.pid:<7} {url if service.name != 'worker' else 'work pool ' + stack.LOCAL_POOL}  log {service.log}")
+
+
+@app.command("down")
+def down_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
+    """Stop the servers and the worker that `lstmflow up` started for this project."""
+    from lstmflow import stack
+
+    stopped = stack.down(Path(config).expanduser().resolve().parent)
+    out.print(f"stopped {', '.join(s.name for s in stopped)}" if stopped else "nothing was running")
+
+
+@app.command("status")
+def status_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
+    """Show the services `lstmflow up` started for this project and whether each answers."""
+    from lstmflow import stack
+
+    services = stack.status(Path(config).expanduser().resolve().parent)
+    if not services:
+        out.print("the stack is down (start it with `lstmflow up`)")
+        return
+    table = Table("service", "pid", "url", "healthy")
+    for service, healthy in services:
+        table.add_row(service.name, str(service.pid), service.url, "yes" if healthy else "[red]no[/]")
+    out.print(table)
 
 
 @app.command("reference")

@@ -50,7 +50,9 @@ def fields_of(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, 
             type_name = "list of layers"
         rows.append((key, type_name, _default(field), field.description or ""))
         if nested is LayerSpec:
-            rows.extend(fields_of(nested, f"{key}[].")) 
+            rows.extend(fields_of(nested, f"{key}[]."))
+        elif nested is not None and typing.get_origin(field.annotation) is dict:  # named entries: `search.space.<key>.int`
+            rows.extend(fields_of(nested, f"{key}.<key>."))
         elif nested is not None:
             rows.extend(fields_of(nested, f"{key}."))
     return rows

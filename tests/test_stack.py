@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import urllib.request
 from pathlib import Path
@@ -55,3 +56,33 @@ def test_a_busy_port_is_named_before_anything_starts(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=rf"port {port} on 127.0.0.1 is busy \(another MLflow server\?\); choose another with --mlflow-port"):
             stack.up(tmp_path, prefect_port=free_port(), mlflow_port=port)
     assert not (tmp_path / ".lstmflow" / "stack.json").exists()
+
+
+def test_up_status_down_from_the_command_line_and_commands_use_the_servers(tiny_project: Path) -> None:
+    import subprocess
+    import sys
+
+    from lstmflow.cli import configure_environment
+
+    binary = str(Path(sys.executable).parent / "lstmflow")
+    ports = [str(free_port()), str(free_port())]
+    done = subprocess.run([binary, "up", "--prefect-port", ports[0], "--mlflow-port", ports[1]], cwd=tiny_project, capture_output=True, text=True, timeout=300)
+    try:
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"http://127.0.0.1:{ports[0]}" in done.stdout and f"http://127.0.0.1:{ports[1]}" in done.stdout
+        status = subprocess.run([binary, "status"], cwd=tiny_project, capture_output=True, text=True, timeout=60)
+        assert status.stdout.count("yes") == 3, status.stdout
+        saved = dict(os.environ)
+        try:
+            for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+                os.environ.pop(key, None)
+            configure_environment(tiny_project)
+            assert os.environ["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{ports[1]}"
+            assert os.environ["PREFECT_API_URL"] == f"http://127.0.0.1:{ports[0]}/api"
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    finally:
+        down = subprocess.run([binary, "down"], cwd=tiny_project, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0 and "stopped prefect, mlflow, worker" in down.stdout
+    assert "the stack is down" in subprocess.run([binary, "status"], cwd=tiny_project, capture_output=True, text=True).stdout
