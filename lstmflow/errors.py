@@ -13,6 +13,8 @@ class LstmflowError(Exception):
     """Base of every error lstmflow raises on purpose."""
 
     exit_code = 1
+    #: True for a planned stop rather than a failure (a pruned trial): logged as information, without a traceback.
+    planned = False
 
 
 class ConfigError(LstmflowError):

@@ -210,7 +210,10 @@ def _child_main(
         with join(spec, workers, local_rank) if workers.world_size > 1 else nullcontext() as world:
             fit(spec, features_dir, run_dir, logger, progress=progress, world=world)
     except BaseException as exc:
-        log.error("training failed\n%s", traceback.format_exc())
+        if isinstance(exc, LstmflowError) and exc.planned:
+            log.info("training stopped: %s", exc)
+        else:
+            log.error("training failed\n%s", traceback.format_exc())
         _write_error(run_dir / rank_file(ERROR_FILE, rank), exc)
         sys.exit(1)
 

@@ -60,6 +60,8 @@ STEERING = {"trials", "timeout", "parallel", "storage", "sampler", "pruner", "st
 class TrialPruned(LstmflowError):
     """The pruner stopped a trial after an epoch; raised inside training, recorded as a PRUNED trial."""
 
+    planned = True
+
     def __init__(self, number: int, epoch: int, value: float) -> None:
         self.number, self.epoch, self.value = number, epoch, value
         super().__init__(f"trial {number} pruned after epoch {epoch} (metric {value:.6g})")
