@@ -40,8 +40,8 @@ from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
 from lstmflow.launch import LOG_FILE, train_in_child
 from lstmflow.loggers import ListLogger
+from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 #: Rank 0's log line written right before its first batch (see lstmflow.train.fit).
 FIRST_BATCH = re.compile(r"^(\S+ \S+) INFO lstmflow\.train: training \S+ on \S+ with \d+ thread\(s\), rank 0 of", re.M)
 
@@ -131,11 +131,7 @@ def main() -> None:
         table = report(args, train_windows, measured)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(table)
-    if not args.no_append:
-        with RESULTS.open("a") as file:
-            file.write("\n" + table)
-        print(f"appended to {RESULTS}")
+    publish(table, append=not args.no_append)
 
 
 def report(args: argparse.Namespace, train_windows: int, measured: dict[str, list[dict[str, float]]]) -> str:

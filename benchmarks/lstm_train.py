@@ -41,8 +41,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = 10  # the Dense head's units
 MATMUL_SIZE = 2048
@@ -405,11 +405,7 @@ def main() -> None:
             "",
         ]
     report = "\n".join(lines)
-    print(report)
-    if not args.no_append:
-        with RESULTS.open("a") as file:
-            file.write(report + "\n")
-        print(f"appended to {RESULTS}")
+    publish(report, append=not args.no_append)
 
 
 if __name__ == "__main__":

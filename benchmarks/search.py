@@ -36,8 +36,8 @@ import torch
 from lstmflow import search, steps
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import prepare_features, resolve_data
+from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 RUNS = {
     "parallel 1, median pruner": {"parallel": 1, "pruner": "median"},
     "parallel 2, median pruner": {"parallel": 2, "pruner": "median"},
@@ -109,11 +109,7 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     table = report(args, measured)
-    print(table)
-    if not args.no_append:
-        with RESULTS.open("a") as file:
-            file.write("\n" + table)
-        print(f"appended to {RESULTS}")
+    publish(table, append=not args.no_append)
 
 
 def report(args: argparse.Namespace, measured: dict[str, dict[str, Any]]) -> str:

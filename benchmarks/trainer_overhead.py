@@ -36,8 +36,8 @@ from lstmflow.data.timeseries import load_features, prepare_features, resolve_da
 from lstmflow.loggers import ListLogger
 from lstmflow.models.lstm import build_model
 from lstmflow.train import fit, make_optimizer, seed_everything
+from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 WINDOW, UNITS, BATCH = 100, 128, 64
 
 
@@ -149,11 +149,7 @@ def main() -> None:
         f"Overhead of lstmflow's trainer: {100 * overhead:+.1f}% time per training window (target ≤ 5%).",
     ]
     report = "\n".join(lines)
-    print(report)
-    if not args.no_append:
-        with RESULTS.open("a") as file:
-            file.write(report + "\n")
-        print(f"appended to {RESULTS}")
+    publish(report, append=not args.no_append)
 
 
 if __name__ == "__main__":
