@@ -11,6 +11,7 @@ their errors carry the same YAML paths. Every problem is collected into one
 from __future__ import annotations
 
 import copy
+import datetime
 import difflib
 import hashlib
 import json
@@ -21,7 +22,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -34,19 +34,6 @@ from pydantic import (
 )
 
 from lstmflow.errors import ConfigError
-
-NOT_YET = "not yet supported in this version of lstmflow"
-
-
-def _reserved(value: Any) -> Any:
-    if value is not None and value is not False:
-        raise ValueError(NOT_YET)
-    return value
-
-
-#: A key accepted by the schema so that using it gives a clear "not yet supported".
-Reserved = Annotated[Any, BeforeValidator(_reserved)]
-
 
 class Strict(BaseModel):
     """Base of every spec model: unknown keys are errors and specs are immutable."""
@@ -442,6 +429,7 @@ class TrainSpec(Strict):
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="How workers exchange gradients: `auto` is nccl on CUDA and gloo on CPU; nccl needs CUDA.")
     deterministic: bool = Field(False, description="Deterministic algorithms (`torch.use_deterministic_algorithms`, deterministic cuDNN, `CUBLAS_WORKSPACE_CONFIG`): the same seed, machine and workers give bit-identical weights, also across a kill and resume. Can be slower on GPU.")
     checkpoint_every: int | None = Field(None, ge=1, description="Also checkpoint every this many batches (steps) within an epoch, so that a killed run loses at most that many; every epoch is checkpointed regardless.")
+    lstm_kernel: Literal["auto", "lstmflow", "torch"] = Field("auto", description="Which LSTM implementation trains on a CPU: `lstmflow` is lstmflow's compiled CPU LSTM (same weights and results as `nn.LSTM`, faster on small recurrent matrices; unidirectional layers without padding); `torch` is PyTorch's `nn.LSTM`; `auto` picks `lstmflow` where it applies and is at least as fast (benchmarks/RESULTS.md). On a GPU it is always cuDNN's `nn.LSTM`.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision through `torch.autocast`: `bf16` (CUDA or CPU) or `fp16` (CUDA only, with a gradient scaler). Weights and optimizer state stay fp32.")
 
     @field_validator("workers", mode="before")
@@ -574,6 +562,102 @@ class SearchSpec(Strict):
         return {key: param.grid_values() or [] for key, param in self.space.items()}
 
 
+# ------------------------------------------------------------------ operations
+
+#: Per task: the test metrics a champion can be chosen by (each as evaluation logs it, without `test_`), and the way
+#: each improves; the first is the default.
+PROMOTE_METRICS = {
+    "forecast": {"mae": "minimize", "rmse": "minimize", "smape": "minimize", "mase": "minimize"},
+    "classify": {"accuracy": "maximize", "macro_f1": "maximize", "log_loss": "minimize"},
+    "language_model": {"cross_entropy": "minimize", "perplexity": "minimize", "bits_per_character": "minimize"},
+}
+#: The significance test each task's gate uses under `test: auto`.
+PROMOTE_TESTS = {"forecast": "diebold_mariano", "classify": "mcnemar", "language_model": "none"}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_seconds(value: Any) -> float:
+    """Seconds in ``3600``, ``"90m"``, ``"6h"``, ``"1d"`` or ``"1w"``; a ValueError naming the value otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        seconds = float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"must be seconds or a number with a unit s, m, h, d or w (e.g. '6h', '1d'), got {value!r}")
+    if seconds < 60:
+        raise ValueError(f"must be at least one minute, got {value!r}")
+    return seconds
+
+
+#: Sections that say when a pipeline runs and what happens to its model afterwards, not what it trains.
+OPERATIONS = {"schedule", "promote"}
+
+
+class ScheduleSpec(Strict):
+    """Keras users schedule nothing; a production pipeline retrains as new data arrive: a Prefect deployment."""
+
+    cron: str | None = Field(None, description="Cron expression of the retraining times, e.g. `0 3 * * 1` (Mondays at 03:00), read in `timezone`. Give `cron` or `interval`.")
+    interval: float | None = Field(None, description="Time between retrainings: seconds, or a number with a unit, e.g. `6h`, `1d`, `1w` (at least a minute). Give `cron` or `interval`.")
+    timezone: str = Field("UTC", description="IANA time zone of the schedule, e.g. `Europe/Berlin` (cron times follow its daylight-saving changes).")
+    active: bool = Field(True, description="False deploys the schedule paused (resume it in the Prefect UI).")
+    pool: str = Field("local", description="The Prefect work pool whose worker runs the retraining: `local` is the one `lstmflow up` starts; `gpu` for GPU machines.")
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _interval_seconds(cls, value: Any) -> Any:
+        return None if value is None else duration_seconds(value)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(value, datetime.datetime(2026, 1, 1))
+        except CronSimError as exc:
+            raise ValueError(f"not a valid cron expression {value!r}: {exc}") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ScheduleSpec:
+        if (self.cron is None) == (self.interval is None):
+            raise ValueError("give exactly one of cron (e.g. '0 3 * * 1') or interval (e.g. '1d')")
+        return self
+
+
+class PromoteSpec(Strict):
+    """The retraining gate: a new model version replaces the champion only when it is better on the same test data."""
+
+    alias: str = Field("champion", description="The MLflow model alias the gate moves; `lstmflow serve NAME` serves it.")
+    metric: str | None = Field(None, description="Test metric that decides. Default per task: `mae` (forecast; also `rmse`, `smape`, `mase`), `accuracy` (classify; also `macro_f1`, `log_loss`), `cross_entropy` (language_model; also `perplexity`, `bits_per_character`).")
+    min_gain: float = Field(0.0, ge=0.0, description="Smallest relative improvement over the champion's value that promotes, e.g. 0.02 for 2%.")
+    test: Literal["auto", "mcnemar", "diebold_mariano", "none"] = Field("auto", description="Significance test on the paired test predictions: `auto` is McNemar's for classification and Diebold–Mariano's for forecasts; language models have none. `none` decides on the metric alone.")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Significance level: the new version must be better with p below it.")
+
+    def resolved_metric(self, task: str) -> str:
+        return self.metric or next(iter(PROMOTE_METRICS[task]))
+
+    def resolved_direction(self, task: str) -> Literal["minimize", "maximize"]:
+        return PROMOTE_METRICS[task][self.resolved_metric(task)]  # type: ignore[return-value]
+
+    def resolved_test(self, task: str) -> str:
+        return PROMOTE_TESTS[task] if self.test == "auto" else self.test
+
+
 class PipelineSpec(Strict):
     """One named pipeline: data, model, training and evaluation."""
 
@@ -585,8 +669,8 @@ class PipelineSpec(Strict):
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training settings.")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Evaluation settings.")
     search: SearchSpec | None = Field(None, description="Hyperparameter search with Optuna: `lstmflow run` (and `lstmflow search`) runs its trials, then evaluates and registers the best trial's model. Null: train once.")
-    schedule: Reserved = Field(None, description="Retraining schedule. Not yet supported.")
-    promote: Reserved = Field(None, description="Champion/challenger promotion. Not yet supported.")
+    schedule: ScheduleSpec | None = Field(None, description="Retrain on a schedule: `lstmflow deploy` makes it a Prefect deployment of this pipeline, run by a worker of `pool`. Null: no schedule (runs start by hand, from the CLI or the Prefect UI).")
+    promote: PromoteSpec = Field(default_factory=PromoteSpec, description="When a newly registered model version becomes the champion (the model alias that `lstmflow serve NAME` and `predict` use): compared with the current champion on the same test data.")
 
     @model_validator(mode="before")
     @classmethod
@@ -645,6 +729,20 @@ class PipelineSpec(Strict):
             raise ValueError("; ".join(problems))
         return search
 
+    @field_validator("promote")
+    @classmethod
+    def _promote_fits_task(cls, promote: PromoteSpec, info: ValidationInfo) -> PromoteSpec:
+        task = info.data.get("task")
+        if task not in PROMOTE_METRICS:
+            return promote
+        metrics = PROMOTE_METRICS[task]
+        if promote.metric is not None and promote.metric not in metrics:
+            raise ValueError(f"metric for task {task!r} must be one of {', '.join(map(repr, metrics))}, got {promote.metric!r}")
+        fitting = {"forecast": "diebold_mariano", "classify": "mcnemar"}.get(task)
+        if promote.test not in ("auto", "none", fitting):
+            raise ValueError(f"test {promote.test!r} does not fit task {task!r}: use {fitting or 'none'!r}, 'auto' or 'none'")
+        return promote
+
     @property
     def loss(self) -> str:
         """The training loss, with the task's default filled in."""
@@ -658,12 +756,12 @@ class PipelineSpec(Strict):
         return value
 
     def spec_hash(self) -> str:
-        """A stable hash of the resolved spec; a cache key ingredient."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """A stable hash of what the resolved spec trains (not its schedule or promotion rule); a cache key ingredient."""
+        return hashlib.sha256(self.model_dump_json(exclude=OPERATIONS).encode()).hexdigest()[:16]
 
     def flat_params(self) -> dict[str, str]:
         """The resolved spec flattened to dotted keys as logged to MLflow, which allows no brackets: ``model.layers.0.lstm.units``."""
-        flat = flatten(self.model_dump(mode="json", exclude_none=True, exclude={"search", "schedule", "promote"}))
+        flat = flatten(self.model_dump(mode="json", exclude_none=True, exclude={"search", *OPERATIONS}))
         return {dotted_key(key): value for key, value in flat.items()}
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Any
 
+from lstmflow.config import OPERATIONS
 from lstmflow.errors import ConfigError, DataError
 from lstmflow.steps import code_version
 
@@ -24,5 +25,6 @@ def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
 def step_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """A step is reused when its resolved spec, its data's DVC hash and the code version are unchanged."""
     prepared = parameters["prepared"]
-    spec_hash = hashlib.sha256(json.dumps(prepared["spec"], sort_keys=True).encode()).hexdigest()[:16]
+    trains = {key: value for key, value in prepared["spec"].items() if key not in OPERATIONS}  # a new schedule retrains nothing
+    spec_hash = hashlib.sha256(json.dumps(trains, sort_keys=True).encode()).hexdigest()[:16]
     return f"{context.task.name}-{prepared['spec']['name']}-{spec_hash}-{prepared['features_md5']}-{code_version()}"

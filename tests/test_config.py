@@ -1,4 +1,4 @@
-"""pipelines.yaml validation: exact messages, defaults, overrides, reserved keys, the generated reference."""
+"""pipelines.yaml validation: exact messages, defaults, overrides, schedules and promotion rules, the generated reference."""
 
 from __future__ import annotations
 
@@ -55,10 +55,33 @@ def test_bad_value_names_path_value_and_origin(tmp_path: Path, override: str, me
     assert problems(tmp_path, [override]) == [f"{message} (from --set {override})"]
 
 
-@pytest.mark.parametrize("key", ["schedule", "promote"])
-def test_reserved_keys_are_not_yet_supported(tmp_path: Path, key: str) -> None:
-    [problem] = problems(tmp_path, [f"{key}=2"])
-    assert problem.startswith(f"pipelines.p.{key}: not yet supported")
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("schedule={cron: '61 * * * *'}", "pipelines.p.schedule.cron: not a valid cron expression '61 * * * *'"),
+        ("schedule={interval: 10s}", "pipelines.p.schedule.interval: must be at least one minute, got '10s'"),
+        ("schedule={interval: soon}", "pipelines.p.schedule.interval: must be seconds or a number with a unit"),
+        ("schedule={cron: '0 3 * * *', interval: 1d}", "pipelines.p.schedule: give exactly one of cron"),
+        ("schedule={cron: '0 3 * * *', timezone: Mars/Olympus}", "pipelines.p.schedule.timezone: unknown time zone 'Mars/Olympus'"),
+        ("promote.metric=accuracy", "pipelines.p.promote: metric for task 'forecast' must be one of 'mae', 'rmse'"),
+        ("promote.test=mcnemar", "pipelines.p.promote: test 'mcnemar' does not fit task 'forecast'"),
+    ],
+)
+def test_bad_schedule_or_promotion_is_named(tmp_path: Path, override: str, message: str) -> None:
+    [problem] = problems(tmp_path, [override])
+    assert problem.startswith(message), problem
+
+
+def test_schedule_and_promotion_resolve_without_changing_what_trains(tmp_path: Path) -> None:
+    config = load(tmp_path, BASE)
+    plain = config.pipeline("p")
+    scheduled = config.pipeline("p", ["schedule={interval: 6h, timezone: Europe/Berlin}", "promote.min_gain=0.02"])
+    assert scheduled.schedule.interval == 6 * 3600 and scheduled.schedule.timezone == "Europe/Berlin"
+    assert scheduled.promote.resolved_metric("forecast") == "mae"
+    assert scheduled.promote.resolved_direction("forecast") == "minimize"
+    assert scheduled.promote.resolved_test("forecast") == "diebold_mariano"
+    assert scheduled.spec_hash() == plain.spec_hash()
+    assert scheduled.flat_params() == plain.flat_params()
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
