@@ -123,14 +123,19 @@ def probe(spec: PipelineSpec, root: Path) -> PipelineSpec:
 
 def prepare(config_path: str | Path, name: str, overrides: list[str]) -> Prepared:
     """Resolve the spec, write its params, and let DVC build (or skip) the raw data and features stages."""
+    config = Config.load(config_path)
+    return prepare_spec(config.pipeline(name, overrides), project_root(config_path), config.names)
+
+
+def prepare_spec(spec: PipelineSpec, root: Path, names: list[str]) -> Prepared:
+    """:func:`prepare` for a spec already resolved (e.g. one recorded by an earlier run), in the project at ``root``
+    whose pipelines are ``names`` (params entries of other names are dropped)."""
     from lstmflow.data.kinds import resolve
 
-    config = Config.load(config_path)
-    root = project_root(config_path)
-    spec = config.pipeline(name, overrides)
+    name = spec.name
     versioning.ensure_repo(root)
     # Every entry needs what dvc.yaml reads (DVC parses all of them): entries written by an older lstmflow get it.
-    entries = {n: {**e, "inputs": stage_inputs(e["data"])} for n, e in versioning.read_params(root).items() if n in config.names}
+    entries = {n: {**e, "inputs": stage_inputs(e["data"])} for n, e in versioning.read_params(root).items() if n in names}
     if not spec.data.path.exists():
         producer = versioning.stage_producing(root, spec.data.path)
         if producer is None:
