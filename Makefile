@@ -24,7 +24,7 @@ test: $(BIN)/lstmflow  ## the whole suite but GPU tests (what CI runs)
 test-quick: $(BIN)/lstmflow  ## the fast loop: no slow and no GPU tests
 	$(BIN)/python -m pytest -m "not slow and not gpu"
 
-bench: $(BIN)/lstmflow  ## the benchmarks; results go to benchmarks/RESULTS.md by hand
+bench: $(BIN)/lstmflow  ## every benchmark; each prints its table and appends it to benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/windowing.py
 	$(BIN)/python benchmarks/pipeline_overhead.py
 	$(BIN)/python benchmarks/padding.py
@@ -33,6 +33,7 @@ bench: $(BIN)/lstmflow  ## the benchmarks; results go to benchmarks/RESULTS.md b
 	$(BIN)/python benchmarks/lstm_train.py --busy  # Keras/TF from KERAS_PYTHON (default /tmp/kerasvenv) if present
 	$(BIN)/python benchmarks/trainer_overhead.py
 	$(BIN)/python benchmarks/search.py
+	$(BIN)/python benchmarks/scaling.py
 
 clean-stores:  ## forget every run: MLflow, Prefect, DVC cache and remote, features, training runs
 	rm -rf mlflow.db mlruns .prefect .dvc-storage .dvc/cache features runs data/raw

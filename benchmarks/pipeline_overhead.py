@@ -1,18 +1,26 @@
-"""Where the seconds of a pipeline run go: Prefect, DVC, training, MLflow.
+"""Where the seconds of a pipeline run go (Prefect, DVC, training, MLflow), and what an unchanged re-run costs.
 
 Copies the project's pipelines.yaml and dvc.yaml into a fresh temporary git repository
 (new MLflow, Prefect and DVC stores), runs one pipeline through the real flow, then runs
-it again unchanged (the cached path), and prints a table. DVC, MLflow and training time
-are measured by timing the functions that do that work; Prefect is the rest of the wall
-time (server start, task orchestration, result storage).
+it again unchanged (the cached path). DVC, MLflow and training time are measured by timing
+the functions that do that work; Prefect is the rest of the wall time (server start, task
+orchestration, result storage). Two set-ups, each in its own process and project:
 
-    python benchmarks/pipeline_overhead.py [--pipeline sunspots] [--epochs N]
+- ``embedded``: the default, a temporary Prefect server inside the process and MLflow on SQLite;
+- ``stack``: ``lstmflow up``'s servers running (Prefect server, MLflow server), the flow talking to them.
+
+The target: an unchanged re-run costs at most 10% of the first run. Prints a table and appends it to
+``benchmarks/RESULTS.md``.
+
+    python benchmarks/pipeline_overhead.py [--pipeline sunspots] [--epochs N] [--no-append]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
+import json
 import os
 import platform
 import shutil
@@ -24,6 +32,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _report import publish  # benchmarks/ is the script's folder, so on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 spent: dict[str, float] = defaultdict(float)
@@ -53,43 +63,89 @@ def make_project(root: Path) -> None:
         subprocess.run(["git", *args], cwd=root, check=True, env=env)
 
 
+def measure(mode: str, pipeline: str, epochs: int | None) -> list[dict[str, Any]]:
+    """Both runs of ``pipeline`` in a fresh project, in this process; ``mode`` ``stack`` starts the servers first."""
+    root = Path(tempfile.mkdtemp(prefix="lstmflow-bench-")) / "project"
+    make_project(root)
+    from lstmflow import stack
+
+    if mode == "stack":
+        stack.up(root, prefect_port=free_port(), mlflow_port=free_port())
+    try:
+        from lstmflow.cli import configure_environment
+
+        configure_environment(root)
+        from lstmflow import launch, tracking, versioning
+
+        timed(versioning, "dvc", "dvc")
+        for name in ("start_run", "log_summary_metrics", "log_artifacts", "register_model", "end_run", "reopen_run"):
+            timed(tracking, name, "mlflow")
+        timed(launch, "train_in_child", "training")
+        from flows.pipeline import run_pipeline
+
+        rows = []
+        for label in ("first run", "unchanged re-run"):
+            spent.clear()
+            start = time.perf_counter()
+            result = run_pipeline(pipeline=pipeline, epochs=epochs, config=str(root / "pipelines.yaml"))
+            total = time.perf_counter() - start
+            parts = {key: spent[key] for key in ("dvc", "training", "mlflow")}
+            parts["prefect + rest"] = total - sum(parts.values())
+            rows.append({"run": label, "total": total, **parts, "cached": result["cached"]})
+        return rows
+    finally:
+        if mode == "stack":
+            stack.down(root)
+        shutil.rmtree(root.parent, ignore_errors=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def report(pipeline: str, measured: dict[str, list[dict[str, Any]]]) -> str:
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    lines = [
+        f"## {datetime.date.today()} · pipeline overhead: `python benchmarks/pipeline_overhead.py --pipeline {pipeline}`",
+        "",
+        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} · Python {platform.python_version()} · "
+        f"load average after the runs {load} (1/5/15 min)",
+        "",
+        "| set-up | run | total (s) | Prefect + rest | DVC | training | MLflow | cached | re-run / first |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for mode, rows in measured.items():
+        first = rows[0]["total"]
+        for row in rows:
+            lines.append(
+                f"| {mode} | {row['run']} | {row['total']:.1f} | {row['prefect + rest']:.1f} | {row['dvc']:.1f} | "
+                f"{row['training']:.1f} | {row['mlflow']:.1f} | {row['cached']} | {row['total'] / first:.0%} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default="sunspots")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: the pipeline's own)")
+    parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--worker", choices=["embedded", "stack"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    root = Path(tempfile.mkdtemp(prefix="lstmflow-bench-")) / "project"
-    make_project(root)
-    from lstmflow.cli import configure_environment
-
-    configure_environment(root)
-    from lstmflow import launch, tracking, versioning
-
-    timed(versioning, "dvc", "dvc")
-    for name in ("start_run", "log_summary_metrics", "log_artifacts", "register_model", "end_run", "reopen_run"):
-        timed(tracking, name, "mlflow")
-    timed(launch, "train_in_child", "training")
-    from flows.pipeline import run_pipeline
-
-    rows = []
-    for label in ("first run", "unchanged re-run"):
-        spent.clear()
-        start = time.perf_counter()
-        result = run_pipeline(pipeline=args.pipeline, epochs=args.epochs, config=str(root / "pipelines.yaml"))
-        total = time.perf_counter() - start
-        parts = {key: spent[key] for key in ("dvc", "training", "mlflow")}
-        parts["prefect + rest"] = total - sum(parts.values())
-        rows.append((label, total, parts, result["cached"]))
-
-    print(f"\npipeline_overhead: {args.pipeline}, {platform.node()}, {os.cpu_count()} cores, python {platform.python_version()}")
-    print(f"{'run':<18}{'total s':>9}{'prefect+rest':>14}{'dvc':>8}{'training':>10}{'mlflow':>8}  cached")
-    for label, total, parts, cached in rows:
-        print(
-            f"{label:<18}{total:>9.1f}{parts['prefect + rest']:>14.1f}{parts['dvc']:>8.1f}"
-            f"{parts['training']:>10.1f}{parts['mlflow']:>8.1f}  {cached}"
-        )
-    shutil.rmtree(root.parent, ignore_errors=True)
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.pipeline, args.epochs)))
+        return
+    measured = {}
+    for mode in ("embedded", "stack"):
+        print(f"{mode} ...", flush=True)
+        command = [sys.executable, __file__, "--worker", mode, "--pipeline", args.pipeline]
+        command += ["--epochs", str(args.epochs)] if args.epochs else []
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        measured[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    publish(report(args.pipeline, measured), append=not args.no_append)
 
 
 if __name__ == "__main__":
