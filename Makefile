@@ -25,11 +25,8 @@ test-quick: $(BIN)/lstmflow  ## the fast loop: no slow and no GPU tests
 	$(BIN)/python -m pytest -m "not slow and not gpu"
 
 bench: $(BIN)/lstmflow  ## every benchmark; each prints its table and appends it to benchmarks/RESULTS.md
-	$(BIN)/python benchmarks/windowing.py
+	$(BIN)/python benchmarks/ingest.py  # windowing, padding, audio features, tokenization
 	$(BIN)/python benchmarks/pipeline_overhead.py
-	$(BIN)/python benchmarks/padding.py
-	$(BIN)/python benchmarks/audio_features.py
-	$(BIN)/python benchmarks/tokenization.py
 	$(BIN)/python benchmarks/lstm_train.py --busy  # Keras/TF from KERAS_PYTHON (default /tmp/kerasvenv) if present
 	$(BIN)/python benchmarks/trainer_overhead.py
 	$(BIN)/python benchmarks/search.py
