@@ -1,5 +1,5 @@
-"""The flows: ``run_pipeline`` (prepare → train or search → evaluate → register) and ``search_pipeline`` (prepare →
-search trials), the one GPU workers of a shared study run."""
+"""The flows: ``run_pipeline`` (prepare → train or search → evaluate → register → gate) and ``search_pipeline``
+(prepare → search trials), the one GPU workers of a shared study run."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from lstmflow.errors import ConfigError
 from lstmflow.steps import Prepared, drive_trials, project_root
 from tasks.data import prepare
 from tasks.evaluate import evaluate
+from tasks.gate import gate
 from tasks.registry import register
 from tasks.search import close_search, open_search, run_trial
 from tasks.train import train
@@ -60,10 +61,12 @@ def run_pipeline(
     config: Annotated[str, Field(description="Path to pipelines.yaml.")] = "pipelines.yaml",
     trials: Annotated[int | None, Field(gt=0, description="Override search.trials (pipelines with a search).")] = None,
 ) -> dict[str, Any]:
-    """Train (or search), evaluate and register one pipeline; a re-run with nothing changed reuses the last run.
+    """Train (or search), evaluate and register one pipeline, then let the gate decide whether the new model version
+    becomes the champion; a re-run with nothing changed reuses the last run (and its recorded decision).
 
     A pipeline with a ``search`` runs its trials instead of one training and registers the best trial's model; its
-    study continues where it stopped, so a re-run with nothing changed starts no trial.
+    study continues where it stopped, so a re-run with nothing changed starts no trial. The gate scores the new
+    version and the current champion on the same test data by the pipeline's ``promote`` rule.
     """
     logger = get_run_logger()
     root = str(project_root(config))
@@ -87,6 +90,10 @@ def run_pipeline(
             logger.info("Nothing changed (spec, data, code): reusing MLflow run %s, no training started.", trained["run_id"])
     metrics = evaluate.with_options(refresh_cache=force or None)(prepared, trained, root)
     registered = register.with_options(refresh_cache=force or None)(prepared, trained, root)
+    decision = gate(prepared, trained, registered, root)
+    logger.info(
+        "Gate: version %s %s (%s); %s.", registered["version"], decision["decision"], decision["alias"], decision["reason"]
+    )
     return {
         "pipeline": pipeline,
         "mlflow_run_id": trained["run_id"],
@@ -99,6 +106,7 @@ def run_pipeline(
         "epochs_run": trained["epochs_run"],
         "best_epoch": trained["best_epoch"],
         "metrics": metrics,
+        "gate": decision,
         **({"search": searched["summary"]} if searched else {}),
     }
 

@@ -18,6 +18,8 @@ with the message, and the server goes on serving.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,67 @@ class Forecaster:
         result.insert(0, "step", np.arange(1, self.horizon + 1))
         return result
 
+    def forecast_at(self, frame: pd.DataFrame, origins: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Forecasts (N, horizon, targets) in original units from many points of one series, in batches.
+
+        ``frame`` is the whole series in time order (this model's columns among its columns) and ``origins[i]`` the
+        row of forecast ``i``'s first step. Each forecast reads only the rows before its origin, as :meth:`predict`
+        of those rows would; the series is encoded once. For scoring on the same test windows as another model
+        whose window, scaler or transform differ.
+        """
+        import torch
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        _require_columns(frame, self.columns)
+        origins = np.asarray(origins, dtype=np.intp)
+        if origins.size == 0 or origins.min() < self.context_rows or origins.max() > len(frame):
+            shown = f"{origins.min()}..{origins.max()}" if origins.size else "none"
+            raise BadRequest(
+                f"forecast origins must lie in {self.context_rows}..{len(frame)} (this model reads the "
+                f"{self.context_rows} rows before each, of {len(frame)}); got {shown}"
+            )
+        first = int(origins.min()) - self.context_rows
+        raw = _decoded("rows", lambda: frame[self.columns].to_numpy(dtype=np.float64)[first : int(origins.max())])
+        with np.errstate(invalid="ignore", divide="ignore"):  # a log of values <= 0 is reported just below
+            encoded = self.preprocessing.encode(raw)  # (R - lost, F): row j is raw row j + lost
+        if not np.isfinite(encoded).all():
+            raise BadRequest(
+                f"rows {first}..{int(origins.max()) - 1} hold missing or infinite values, or values this model's "
+                f"transform {list(self.preprocessing.transforms)} cannot take"
+            )
+        lost = self.context_rows - self.window
+        starts = origins - first - lost - self.window  # each window's first row in `encoded`
+        windows = sliding_window_view(encoded, (self.window, encoded.shape[1]))[:, 0]  # (R' - W + 1, W, F) view
+        k = len(self.targets)
+        outputs = []
+        with torch.no_grad():
+            for begin in range(0, len(starts), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(windows[starts[begin : begin + batch_size]], dtype=np.float32))
+                outputs.append(self.model(x).numpy().reshape(len(x), self.horizon, k))  # (B, H*K) → (B, H, K)
+        last_raw = raw[origins - first - 1, :k]  # (N, K): the row before each origin anchors differences
+        return self.preprocessing.decode(np.concatenate(outputs), last_raw)
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Samples of a classification data set in the layout :meth:`Classifier.predict` takes, with their true labels.
+
+    Built from the raw data, not from prepared features, so that any model (one trained on an older version of the
+    data, with its own scaler, tokenizer or audio features) can be scored on exactly these samples. Sample ``i`` is
+    rows ``offsets[i]:offsets[i + 1]`` of ``frame`` and ``predict`` answers it with key ``keys[i]``.
+    """
+
+    frame: pd.DataFrame
+    keys: list[Any]
+    labels: list[str]
+    offsets: np.ndarray
+
+    def chunks(self, size: int) -> Iterator[tuple[list[Any], pd.DataFrame]]:
+        """(keys, rows) of up to ``size`` samples at a time: a request of bounded size."""
+        for begin in range(0, len(self.keys), size):
+            end = min(begin + size, len(self.keys))
+            yield self.keys[begin:end], self.frame.iloc[self.offsets[begin] : self.offsets[end]]
+
 
 class Classifier:
     """Raw sequences or images in, a label and per-class probabilities out; no MLflow needed."""
@@ -209,6 +272,74 @@ class Classifier:
         result.insert(0, "key", keys)
         return result
 
+    @staticmethod
+    def requests(spec: Any, features_dir: Path, part: str = "test") -> Requests:
+        """The samples of one part of ``spec``'s data, read from its raw source, in the request layout.
+
+        The raw source is read in the order the data stage read it, so sample ``i`` is sample ``i`` of the prepared
+        features in ``features_dir``; their parts (``parts.npy``) pick the samples. Labels must agree sample by sample,
+        else the raw data changed since the features were prepared: a DataError. Long tables get ids ``0..N-1`` and
+        steps ``0..T-1`` (the request's id and time columns), wide ones a ``step_<j>`` column per step (trailing cells
+        empty), images their pixel columns, texts their text column and clips their paths.
+        """
+        from lstmflow.data.sequences import PARTS, load_sequences
+        from lstmflow.errors import DataError
+
+        features = load_sequences(features_dir)
+        data, where = spec.data, f"pipelines.{spec.name}.data"
+        prepared = [features.classes[code] for code in features.labels]
+        chosen = np.flatnonzero(features.parts == PARTS.index(part))
+
+        def check(read: list[Any]) -> None:
+            if [str(label) for label in read] != prepared:
+                raise DataError(
+                    f"{where}: the raw data no longer match the features prepared in {features_dir} ({len(read)} "
+                    f"samples read, {len(prepared)} prepared, or their labels differ); prepare the data again"
+                )
+
+        rows = np.arange(len(chosen) + 1)  # one row per sample, but for a long table
+        if data.kind == "text":
+            from lstmflow.data.text import read_texts
+
+            texts = read_texts(data, where)
+            check(texts.labels)
+            frame = pd.DataFrame({data.text_column: [texts.texts[i] for i in chosen]})
+        elif data.kind == "audio":
+            from lstmflow.data.audio import read_clips
+
+            skipped = {entry["file"] for entry in json.loads((Path(features_dir) / "skipped.json").read_text())}
+            clips = [clip for clip in read_clips(data, where).clips if clip.name not in skipped]  # as the stage kept them
+            check([clip.label for clip in clips])
+            frame = pd.DataFrame({"path": [str(clips[i].path) for i in chosen]})
+        elif data.kind == "images":
+            from lstmflow.data.images import read_images
+
+            images = read_images(data, where)
+            check(images.labels)
+            flat = np.stack([images.images[i].reshape(-1) for i in chosen])  # (N, H × W × C)
+            frame = pd.DataFrame(flat, columns=[f"{PIXEL_PREFIX}{j}" for j in range(flat.shape[1])])
+        else:
+            from lstmflow.data.sequences import read_sequence_table
+
+            table = read_sequence_table(data, where)
+            check(table.labels)
+            steps = [table.sequences[i] for i in chosen]
+            lengths = [len(sample) for sample in steps]
+            if data.format == "wide":
+                grid = np.full((len(steps), max(lengths)), np.nan)
+                for row, sample in enumerate(steps):
+                    grid[row, : len(sample)] = sample[:, 0]  # (T, 1) → its row
+                frame = pd.DataFrame(grid, columns=[f"step_{j}" for j in range(grid.shape[1])])
+            else:
+                values = np.concatenate(steps)  # (sum of T, F)
+                columns: dict[str, Any] = {data.id_column: np.repeat(np.arange(len(steps)), lengths)}
+                if data.time_column is not None:
+                    columns[data.time_column] = np.concatenate([np.arange(length) for length in lengths])
+                columns |= {name: values[:, j] for j, name in enumerate(data.value_columns)}
+                frame = pd.DataFrame(columns)
+                rows = np.concatenate([[0], np.cumsum(lengths)])
+        return Requests(frame, list(range(len(chosen))), [prepared[i] for i in chosen], rows)
+
     def example(self, info: dict[str, Any]) -> pd.DataFrame:
         """A few raw training samples in the request layout."""
         data = self.spec.data
@@ -274,6 +405,31 @@ class Generator:
             for index, (row, s) in enumerate(zip(rows, settings))
         ]
         return pd.DataFrame({"prompt": [str(row["prompt"]) for row in rows], "text": texts})
+
+    def score_text(self, text: str) -> tuple[float, int]:
+        """(summed cross-entropy in nats, tokens scored) of every token of ``text`` after the first, read as one
+        stream in spans of ``data.sequence_length`` with the stateful layers' state carried, as evaluation reads a
+        part. Divided by the characters of ``text``, it compares models whose tokenizers differ."""
+        import torch
+        import torch.nn.functional as F
+
+        from lstmflow.objectives import stateful_layers
+
+        ids = self.tokenizer.encode(text)
+        if len(ids) < 2:
+            raise BadRequest(f"the text holds {len(ids)} token(s) for this {self.tokenizer.kind} tokenizer; scoring needs 2")
+        stream = torch.tensor(ids, dtype=torch.int64)
+        steps, stateful = self.spec.data.sequence_length, stateful_layers(self.spec)
+        carry: dict[int, Any] = {}
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(ids) - 1, steps):
+                end = min(start + steps, len(ids) - 1)
+                x = stream[start:end].float().view(1, -1, 1)  # (1, T, 1): the embedding's input
+                logits, final = self.model.logits_carrying(x, carry)  # (1, T, V)
+                carry = {index: state for index, state in final.items() if index in stateful}
+                total += F.cross_entropy(logits[0].double(), stream[start + 1 : end + 1], reduction="sum").item()
+        return total, len(ids) - 1
 
 
 #: Files of a features folder that the served model needs too (the fitted tokenizer).

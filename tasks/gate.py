@@ -1,0 +1,20 @@
+"""The gate task: the newly registered version against the champion on the same test data; the alias moves if it wins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lstmflow import gate as judging
+from lstmflow import steps
+from tasks.policy import retry_unless_user_error
+
+
+@task(name="gate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
+def gate(prepared: dict[str, Any], trained: dict[str, Any], registered: dict[str, str], root: str) -> dict[str, Any]:
+    """Never cached: the champion may have moved (a newer version, a rollback) since the last run. Idempotent all the
+    same: a version the gate has judged keeps its recorded decision, so a re-run or a retry judges nothing twice."""
+    return judging.gate(steps.Prepared(**prepared), trained, registered, Path(root))

@@ -1,0 +1,445 @@
+"""The retraining gate: its statistics against reference implementations, scoring any version on the same test data,
+the decision rule, and the whole gate on a real MLflow registry (SQLite) with really trained tiny models."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import prepare_pipeline_features, prepared_corpus, write_sine_csv
+from lstmflow import gate, steps
+from lstmflow.config import PromoteSpec, validate_pipeline
+from lstmflow.data.kinds import build_features, resolve
+from lstmflow.loggers import ListLogger
+from lstmflow.models.lstm import build_model
+from lstmflow.tracking import registry, tracking_uri
+from lstmflow.tracking.serving import load_predictor, write_bundle
+from lstmflow.train import fit
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+@pytest.mark.parametrize(("b", "c"), [(7, 1), (3, 3), (0, 5), (0, 0)])
+def test_mcnemar_exact_is_the_one_sided_binomial_test(b: int, c: int) -> None:
+    from scipy.stats import binomtest
+
+    challenger = np.array([True] * b + [False] * c + [True] * 10 + [False] * 4)
+    champion = np.array([False] * b + [True] * c + [True] * 10 + [False] * 4)
+    result = gate.mcnemar(challenger, champion)
+    expected = binomtest(b, b + c, 0.5, alternative="greater").pvalue if b + c else 1.0
+    assert result.p_value == pytest.approx(expected, rel=1e-12) and result.n == b + c + 14
+
+
+def test_mcnemar_chi_square_matches_statsmodels_halved_to_one_side() -> None:
+    from statsmodels.stats.contingency_tables import mcnemar as reference
+
+    b, c = 40, 15  # 55 discordant pairs: the chi-square version
+    challenger = np.array([True] * b + [False] * c + [True] * 30 + [False] * 5)
+    champion = np.array([False] * b + [True] * c + [True] * 30 + [False] * 5)
+    expected = reference([[30, b], [c, 5]], exact=False, correction=True)
+    ours, reverse = gate.mcnemar(challenger, champion), gate.mcnemar(champion, challenger)
+    assert ours.statistic == pytest.approx(expected.statistic) and ours.p_value == pytest.approx(expected.pvalue / 2)
+    assert reverse.p_value == pytest.approx(1 - expected.pvalue / 2), "the champion better: no evidence at all"
+    assert "chi-square" in ours.detail and "exact" in gate.mcnemar(challenger[:20], champion[:20]).detail
+
+
+def test_diebold_mariano_with_horizon_one_is_the_one_sided_t_test() -> None:
+    """With h = 1 the HLN-corrected statistic equals the one-sample t statistic of the loss differences."""
+    from scipy.stats import ttest_1samp
+
+    rng = np.random.default_rng(3)
+    champion, challenger = rng.gamma(2.0, 1.0, 60), rng.gamma(2.0, 0.8, 60)
+    result = gate.diebold_mariano(champion, challenger, horizon=1)
+    expected = ttest_1samp(champion - challenger, 0.0, alternative="greater")
+    assert result.statistic == pytest.approx(expected.statistic) and result.p_value == pytest.approx(expected.pvalue)
+
+
+def test_diebold_mariano_long_run_variance_matches_statsmodels_hac() -> None:
+    """For h > 1: the uniform-kernel HAC t statistic of the mean difference (statsmodels), times the HLN factor."""
+    import statsmodels.api as sm
+    from scipy.stats import t as student
+
+    rng = np.random.default_rng(4)
+    noise = rng.normal(0, 1, 83)
+    d = 0.3 + np.convolve(noise, np.ones(4) / 2, mode="valid")  # MA(3): autocorrelated up to lag 3, 80 values
+    horizon, n = 4, len(d)
+    fitted = sm.OLS(d, np.ones(n)).fit(cov_type="HAC", cov_kwds={"maxlags": horizon - 1, "kernel": "uniform", "use_correction": False})
+    factor = math.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
+    result = gate.diebold_mariano(d + 1.0, np.ones(n), horizon)
+    assert result.statistic == pytest.approx(factor * fitted.tvalues[0], rel=1e-9)
+    assert result.p_value == pytest.approx(student.sf(factor * fitted.tvalues[0], n - 1), rel=1e-9)
+
+
+def test_diebold_mariano_finds_a_real_difference_and_none_where_there_is_none() -> None:
+    rng = np.random.default_rng(5)
+    champion = np.abs(rng.normal(0, 1.0, 200))
+    assert gate.diebold_mariano(champion, 0.5 * champion + 0.01, horizon=3).p_value < 1e-6
+    twin = np.abs(rng.normal(0, 1.0, 200))
+    assert gate.diebold_mariano(champion, twin, horizon=3).p_value > 0.05
+    assert gate.diebold_mariano(champion, champion, horizon=3).p_value == 1.0, "identical forecasts: never better"
+    assert gate.diebold_mariano(champion[:3], champion[:3] - 1, horizon=3).p_value == 1.0, "fewer windows than h"
+
+
+# ------------------------------------------------------------------------------------------------ decision
+
+
+def comparison(challenger: float, champion: float, direction: str = "minimize", p_value: float | None = 0.001) -> gate.Comparison:
+    test = None if p_value is None else gate.Significance("diebold_mariano", 3.0, p_value, 50, "DM")
+    return gate.Comparison("mae", direction, challenger, champion, 50, test)
+
+
+def test_decide_needs_a_gain_of_at_least_min_gain_in_the_metric_direction() -> None:
+    rule = PromoteSpec(min_gain=0.1)
+    assert gate.decide(comparison(0.85, 1.0), rule).promote  # 15% lower error
+    kept = gate.decide(comparison(0.95, 1.0), rule)
+    assert not kept.promote and kept.gain == pytest.approx(0.05) and "min_gain" in kept.reason
+    assert not gate.decide(comparison(1.2, 1.0), rule).promote
+    assert gate.decide(comparison(0.9, 0.8, "maximize"), rule).promote  # accuracy up 12.5%
+    assert not gate.decide(comparison(0.85, 0.8, "maximize"), rule).promote
+    assert not gate.decide(comparison(1.0, 1.0), PromoteSpec()).promote, "equal is not better, even with min_gain 0"
+
+
+def test_decide_needs_significance_unless_the_test_is_none() -> None:
+    rule = PromoteSpec(alpha=0.05)
+    kept = gate.decide(comparison(0.5, 1.0, p_value=0.2), rule)
+    assert not kept.promote and "not significantly" in kept.reason and "p = 0.2" in kept.reason
+    assert gate.decide(comparison(0.5, 1.0, p_value=0.01), rule).promote
+    assert gate.decide(comparison(0.99, 1.0, p_value=None), rule).promote, "test none: the metric alone decides"
+
+
+# ----------------------------------------------------------------------------- scoring through the served predictors
+
+
+def untrained_bundle(spec: Any, features_dir: Path, n_in: int, n_out: int, folder: Path, per_step: bool = False) -> Any:  # noqa: ANN401
+    """A bundle of a freshly initialised network: scoring and request layouts need no training."""
+    torch.manual_seed(0)
+    model = build_model(spec.model, n_in, n_out, where="test", per_step=per_step)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "weights.pt")
+    predictor, _ = write_bundle(spec.model_dump(mode="json"), features_dir, folder / "weights.pt", folder / "bundle")
+    return predictor
+
+
+def series_spec(root: Path, rows: int = 240, train: dict[str, Any] | None = None, **data: Any) -> Any:  # noqa: ANN401
+    """The tiny sine pipeline on a ``rows``-row series (the same values, more of them, as ``rows`` grows); resolved."""
+    write_sine_csv(root / "data" / "tiny.csv", rows=rows)
+    raw = {
+        "data": {"path": "data/tiny.csv", "time_column": "month", "target": "value", "horizon": 6, "transform": "none", **data},
+        "model": {"layers": [{"lstm": {"units": 8}}, {"dense": {}}]},
+        "train": {"epochs": 1, "batch_size": 16, "seed": 0, **(train or {})},
+        "evaluate": {"season": 12},
+    }
+    return resolve(validate_pipeline("tiny", raw, root))
+
+
+def test_forecast_at_gives_what_predict_gives_at_each_origin(tmp_path: Path) -> None:
+    """Differencing (one row lost) and a window other than the data's: each window reads only rows before it."""
+    from lstmflow.data.timeseries import load_features, read_series
+
+    spec = series_spec(tmp_path, window=24, transform="difference")
+    prepare_pipeline_features(spec, tmp_path / "features")
+    features = load_features(tmp_path / "features")
+    own = series_spec(tmp_path, window=10, transform="difference")  # another model's window on the same data
+    prepare_pipeline_features(own, tmp_path / "own")
+    predictor = untrained_bundle(own, tmp_path / "own", 1, 6, tmp_path / "m")
+    frame = read_series(spec.data).reset_index(drop=True)
+    origins = features.windows("test").origins
+    batched = predictor.forecast_at(frame, origins, batch_size=7)
+    one_by_one = np.stack([predictor.predict(frame.iloc[:origin])["value"].to_numpy()[:, None] for origin in origins])
+    assert batched.shape == (len(origins), 6, 1)
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-5)
+    with pytest.raises(ValueError, match="origins must lie in 11"):
+        predictor.forecast_at(frame, np.array([5]))
+
+
+def test_a_forecaster_that_does_not_fit_the_test_windows_is_named_not_comparable(tmp_path: Path) -> None:
+    spec = series_spec(tmp_path, window=24)
+    prepare_pipeline_features(spec, tmp_path / "features")
+    data = gate.scoring_data(spec, tmp_path / "features")
+    short = series_spec(tmp_path / "short", window=24, horizon=3)
+    prepare_pipeline_features(short, tmp_path / "short" / "features")
+    with pytest.raises(gate.NotComparable, match="forecasts 3 steps, the test windows have 6"):
+        data.outputs(untrained_bundle(short, tmp_path / "short" / "features", 1, 3, tmp_path / "m"))
+    assert data.outputs(untrained_bundle(spec, tmp_path / "features", 1, 6, tmp_path / "n")).shape == (data.n, 6, 1)
+
+
+def assert_requests_match_the_features(spec: Any, features_dir: Path, predictor: Any) -> None:  # noqa: ANN401
+    """Each test request, read the way the served model reads it, is the stored test sample; labels agree."""
+    from lstmflow.data.sequences import load_sequences
+
+    features = load_sequences(features_dir)
+    test = features.part("test")
+    requests = predictor.requests(spec, features_dir, "test")
+    assert len(requests.keys) == len(test) > 0
+    assert requests.labels == [features.classes[code] for code in test.labels]
+    for keys, rows in requests.chunks(5):
+        answered_keys, samples = predictor.samples(rows)
+        assert sorted(answered_keys) == sorted(keys)
+        for key, sample in zip(answered_keys, samples):
+            np.testing.assert_allclose(predictor.preprocessing.encode(sample), test.sequence(key), rtol=1e-5, atol=1e-5)
+        assert list(predictor.predict(rows)["key"]) == answered_keys
+
+
+def write_pattern_table(path: Path, per_class: int, layout: str, seed: int = 0) -> Path:
+    """Three classes told apart by the order of their steps, as a long table (string ids in shuffled order, a time
+    column) or a wide one (a row per sequence, empty trailing cells)."""
+    rng = np.random.default_rng(seed)
+    rows, wide = [], []
+    for number in rng.permutation(3 * per_class):
+        label = ("rise", "fall", "wave")[number % 3]
+        length = int(rng.integers(4, 21))
+        t = np.linspace(-1, 1, length)
+        signal = {"rise": t, "fall": -t, "wave": np.sin(2 * np.pi * t)}[label] + rng.normal(0, 0.2, length)
+        rows += [{"sid": f"s{number:04d}", "t": step, "x": value, "label": label} for step, value in enumerate(signal)]
+        wide.append({"label": label, **{f"v{j}": value for j, value in enumerate(signal)}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (pd.DataFrame(rows) if layout == "long" else pd.DataFrame(wide)).to_csv(path, index=False)
+    return path
+
+
+def classify_spec(root: Path, data: dict[str, Any], layers: list[dict[str, Any]] | None = None, **train: Any) -> Any:  # noqa: ANN401
+    raw = {
+        "task": "classify",
+        "data": data,
+        "model": {"layers": layers or [{"lstm": {"units": 16}}, {"dense": {"activation": "softmax"}}]},
+        "train": {"epochs": 1, "batch_size": 16, "optimizer": {"lr": 0.02}, "seed": 0, **train},
+    }
+    return validate_pipeline("patterns", raw, root)
+
+
+def prepared_classifier(root: Path, spec: Any) -> tuple[Path, Any]:  # noqa: ANN401
+    """The data stage's features of ``spec`` in ``root / "features"``, and an untrained predictor for them."""
+    from lstmflow.data.sequences import load_sequences
+    from lstmflow.objectives import classifier_input_size
+
+    features_dir = root / "features"
+    build_features(spec.data, None, features_dir, "pipelines.patterns.data", root / "cache")
+    features = load_sequences(features_dir)
+    return features_dir, untrained_bundle(spec, features_dir, classifier_input_size(features), features.n_classes, root / "m")
+
+
+@pytest.mark.parametrize("layout", ["long", "wide"])
+def test_requests_of_a_table_are_the_prepared_test_sequences(tmp_path: Path, layout: str) -> None:
+    path = write_pattern_table(tmp_path / "patterns.csv", 20, layout)
+    data = {"kind": "sequences", "path": str(path), "format": layout, "label_column": "label"}
+    data |= {"id_column": "sid", "time_column": "t", "value_columns": ["x"]} if layout == "long" else {}
+    spec = classify_spec(tmp_path, data)
+    features_dir, predictor = prepared_classifier(tmp_path, spec)
+    assert_requests_match_the_features(spec, features_dir, predictor)
+
+
+def test_requests_of_texts_and_images_are_the_prepared_test_samples(tmp_path: Path) -> None:
+    from lstmflow.datasets import _agent_texts, _write_digits
+
+    texts = tmp_path / "texts"
+    _agent_texts(texts_per_class=20).to_csv(tmp_path / "agents.csv", index=False)
+    text_spec = classify_spec(
+        texts, {"kind": "text", "path": str(tmp_path / "agents.csv"), "tokenizer": {"kind": "word"}, "max_length": 6},
+        layers=[{"embedding": {"dim": 4}}, {"lstm": {"units": 4}}, {"dense": {"activation": "softmax"}}],
+    )
+    features_dir, predictor = prepared_classifier(texts, text_spec)
+    assert_requests_match_the_features(text_spec, features_dir, predictor)
+
+    images = tmp_path / "images"
+    digits = _write_digits(tmp_path)
+    for folder in digits.iterdir():  # 20 images per class is plenty
+        for extra in sorted(folder.iterdir())[20:]:
+            extra.unlink()
+    image_spec = classify_spec(images, {"kind": "images", "path": str(digits)})
+    features_dir, predictor = prepared_classifier(images, image_spec)
+    assert_requests_match_the_features(image_spec, features_dir, predictor)
+
+
+def test_requests_of_clips_leave_out_the_files_the_data_stage_skipped(tmp_path: Path) -> None:
+    from test_audio import make_folder, write_clip
+
+    clips = make_folder(tmp_path / "clips", per_label=6)
+    write_clip(clips / "high" / "clip2b-silent.wav", np.zeros(8000, dtype=np.float32))  # listed, but skipped: silent
+    spec = classify_spec(tmp_path, {"kind": "audio", "path": str(clips), "n_mels": 16, "workers": 1})
+    features_dir, predictor = prepared_classifier(tmp_path, spec)
+    assert "high/clip2b-silent.wav" in (features_dir / "skipped.json").read_text()
+    assert_requests_match_the_features(spec, features_dir, predictor)
+
+
+def test_raw_data_that_no_longer_match_the_features_are_refused(tmp_path: Path) -> None:
+    from lstmflow.errors import DataError
+    from lstmflow.tracking.serving import Classifier
+
+    path = write_pattern_table(tmp_path / "patterns.csv", 10, "wide")
+    spec = classify_spec(tmp_path, {"kind": "sequences", "path": str(path), "format": "wide"})
+    features_dir, _ = prepared_classifier(tmp_path, spec)
+    write_pattern_table(path, 10, "wide", seed=1)  # new data, features not prepared again
+    with pytest.raises(DataError, match="no longer match the features prepared"):
+        Classifier.requests(spec, features_dir, "test")
+
+
+def test_score_text_is_the_evaluation_cross_entropy_of_one_stream(tmp_path: Path) -> None:
+    from lstmflow.data.corpus import load_corpus, split_corpus
+    from lstmflow.objectives import LanguageModelObjective, token_cross_entropy
+
+    spec = prepared_corpus(tmp_path, repeats=12)
+    features = load_corpus(tmp_path / "features")
+    generator = untrained_bundle(spec, tmp_path / "features", features.vocab_size, features.vocab_size, tmp_path / "m", per_step=True)
+    nats, tokens = generator.score_text(split_corpus(spec.data, "lm")["test"])
+    expected, count = token_cross_entropy(generator.model, LanguageModelObjective(spec, features), "test", 1, "cpu")
+    assert tokens == count and nats == pytest.approx(expected, rel=1e-6)
+
+
+def test_compare_language_models_per_character_without_a_test(tmp_path: Path) -> None:
+    from lstmflow.data.corpus import split_corpus
+
+    spec = prepared_corpus(tmp_path, repeats=40, epochs=3, seed=0)
+    trained = fit(spec, tmp_path / "features", tmp_path / "run", ListLogger(), progress=False)
+    strong, _ = write_bundle(spec.model_dump(mode="json"), tmp_path / "features", Path(trained.model_path), tmp_path / "strong")
+    vocab = strong.tokenizer.vocab_size
+    weak = untrained_bundle(spec, tmp_path / "features", vocab, vocab, tmp_path / "weak", per_step=True)
+    result = gate.compare(spec, tmp_path / "features", strong, weak)
+    assert result.metric == "cross_entropy" and result.test is None and result.n == len(split_corpus(spec.data, "lm")["test"])
+    assert result.challenger < result.champion < math.log(vocab) + 0.5
+    assert gate.decide(result, spec.promote).promote
+
+
+# ------------------------------------------------------------------------ the whole gate on a real registry (slow)
+
+
+@dataclass
+class Registered:
+    prepared: steps.Prepared
+    trained: dict[str, Any]
+    version: str
+
+
+def fit_and_register(root: Path, spec: Any, features_dir: Path, label: str) -> Registered:  # noqa: ANN401
+    """Train in this process (no child), then the real register step: an MLflow run and a registered pyfunc."""
+    prepared = steps.Prepared(spec.model_dump(mode="json"), str(features_dir), "d" * 32, "f" * 32)
+    run_dir = root / "runs" / label
+    result = fit(spec, features_dir, run_dir, ListLogger(), progress=False)
+    run_id = steps.start_tracked_run(prepared, root, None, run_name=label)
+    trained = {"run_id": run_id, "run_dir": str(run_dir), "model_path": result.model_path}
+    return Registered(prepared, trained, steps.register(prepared, trained, root)["version"])
+
+
+def judge(root: Path, entry: Registered) -> dict[str, Any]:
+    return gate.gate(entry.prepared, entry.trained, {"version": entry.version}, root)
+
+
+@pytest.fixture(scope="module")
+def forecasts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """v1 barely trained on 240 rows; then the data grow to 300 rows: v2 trained well, v3 barely, on the new data."""
+    root = tmp_path_factory.mktemp("gate-forecast")
+    weak = {"epochs": 1, "optimizer": {"lr": 1e-4}}
+    old = series_spec(root, rows=240, train=weak, window=24)
+    prepare_pipeline_features(old, root / "features-v1")
+    v1 = fit_and_register(root, old, root / "features-v1", "v1")
+    first = judge(root, v1)
+    new = series_spec(root, rows=300, window=18)  # a new data version: more rows, another window and scaler
+    prepare_pipeline_features(new, root / "features-v2")
+    v2 = fit_and_register(root, series_spec(root, 300, {"epochs": 60, "optimizer": {"lr": 0.01}}, window=18), root / "features-v2", "v2")
+    second = judge(root, v2)
+    v3 = fit_and_register(root, series_spec(root, 300, weak, window=18), root / "features-v2", "v3")
+    third = judge(root, v3)
+    return {"root": root, "entries": (v1, v2, v3), "results": (first, second, third)}
+
+
+@pytest.mark.slow
+def test_forecast_gate_promotes_the_first_and_a_clearly_better_version_and_keeps_a_worse_one(forecasts: dict[str, Any]) -> None:
+    root, (v1, v2, v3), (first, second, third) = forecasts["root"], forecasts["entries"], forecasts["results"]
+    uri = tracking_uri(root)
+    assert first["decision"] == "promoted" and first["reason"].startswith("first version")
+    assert second["decision"] == "promoted" and second["champion_version"] == v1.version
+    assert second["p_value"] < 0.01 and second["challenger_value"] < 0.5 * second["champion_value"]
+    assert third["decision"] == "kept" and third["champion_version"] == v2.version and "not better" in third["reason"]
+    assert registry.alias_version(uri, "tiny", "champion") == v2.version
+    assert registry.history(uri, "tiny", "champion") == [v1.version, v2.version]
+    tags = registry.version_tags(uri, "tiny", v3.version)
+    assert tags["lstmflow.gate.decision"] == "kept" and tags["lstmflow.gate.metric"] == "mae" and tags["lstmflow.gate.test"] == "diebold_mariano"
+    assert float(tags["lstmflow.gate.champion_value"]) == pytest.approx(third["champion_value"]) and tags["lstmflow.gate.champion_version"] == v2.version
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri=uri).get_run(v2.trained["run_id"])
+    assert run.data.metrics["gate_promoted"] == 1.0 and run.data.metrics["gate_champion_mae"] == pytest.approx(second["champion_value"])
+    assert run.data.tags["lstmflow.gate.decision"] == "promoted"
+
+
+@pytest.mark.slow
+def test_a_champion_of_an_older_data_version_is_scored_on_the_new_test_windows(forecasts: dict[str, Any]) -> None:
+    """v1 saw 240 rows with window 24; judged against v2 it forecasts each of the 300-row series' test windows."""
+    from lstmflow.data.timeseries import load_features, read_series
+
+    root, (v1, _, _), (_, second, _) = forecasts["root"], forecasts["entries"], forecasts["results"]
+    features = load_features(root / "features-v2")
+    test = features.windows("test")
+    champion = load_predictor(Path(v1.trained["run_dir"]) / "bundle")
+    frame = read_series(v1.prepared.pipeline.data.model_copy(update={"path": root / "data" / "tiny.csv"})).reset_index(drop=True)
+    assert len(frame) == 300 and champion.window == 24
+    forecasts_by_hand = np.stack([champion.predict(frame.iloc[:origin])["value"].to_numpy() for origin in test.origins])
+    assert second["n"] == len(test.origins) == 300 - features.meta["split"]["val_end"] - 6 + 1
+    assert second["champion_value"] == pytest.approx(np.mean(np.abs(forecasts_by_hand - test.targets_original()[:, :, 0])), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_judged_version_is_not_judged_again(forecasts: dict[str, Any]) -> None:
+    from dataclasses import asdict
+
+    from tasks.gate import gate as gate_task
+
+    root, (_, _, v3), (_, _, third) = forecasts["root"], forecasts["entries"], forecasts["results"]
+    before = registry.version_tags(tracking_uri(root), "tiny", v3.version)
+    again = gate_task.fn(asdict(v3.prepared), v3.trained, {"version": v3.version}, str(root))  # the task, no engine
+    assert again["recorded"] is True and again["decision"] == "kept" and again["decided_at"] == third["decided_at"]
+    assert again["champion_value"] == pytest.approx(third["champion_value"])
+    assert registry.version_tags(tracking_uri(root), "tiny", v3.version) == before
+
+
+@pytest.mark.slow
+def test_promote_by_hand_and_rollback_move_the_alias_back_step_by_step(forecasts: dict[str, Any]) -> None:
+    """The last test of the forecast module: it moves the alias."""
+    root, (v1, v2, v3) = forecasts["root"], forecasts["entries"]
+    uri = tracking_uri(root)
+    with pytest.raises(registry.RegistryError, match=r"no version 9; its versions: 1, 2, 3"):
+        gate.promote(uri, "tiny", 9)
+    with pytest.raises(registry.RegistryError, match="no registered model 'nope'"):
+        gate.promote(uri, "nope", 1)
+    moved = gate.promote(uri, "tiny", v3.version, reason="weekend test", user="ana")
+    assert moved == {"name": "tiny", "alias": "champion", "version": v3.version, "previous": v2.version, "changed": True}
+    tags = registry.version_tags(uri, "tiny", v3.version)
+    assert tags["lstmflow.alias.champion.by"] == "manual" and tags["lstmflow.alias.champion.user"] == "ana"
+    assert tags["lstmflow.alias.champion.reason"] == "weekend test"
+    assert judge(root, v3)["decision"] == "kept", "its recorded decision stands; the gate does not undo a person"
+    assert gate.rollback(uri, "tiny")["version"] == v2.version
+    assert registry.alias_version(uri, "tiny", "champion") == v2.version
+    assert gate.rollback(uri, "tiny")["version"] == v1.version
+    assert registry.version_tags(uri, "tiny", v1.version)["lstmflow.alias.champion.by"] == "rollback"
+    with pytest.raises(registry.RegistryError, match="no earlier 'champion' to roll back to"):
+        gate.rollback(uri, "tiny")
+    assert registry.alias_version(uri, "tiny", "champion") == v1.version
+    again = judge(root, v2)
+    assert again["recorded"] and registry.alias_version(uri, "tiny", "champion") == v1.version, "a rollback stays rolled back"
+
+
+@pytest.mark.slow
+def test_classification_gate_promotes_a_clearly_better_version_and_keeps_a_worse_one(tmp_path: Path) -> None:
+    """Long table with string ids in shuffled order: answers are matched to samples by key. McNemar decides."""
+    path = write_pattern_table(tmp_path / "patterns.csv", 60, "long")
+    data = {"kind": "sequences", "path": str(path), "format": "long", "id_column": "sid", "time_column": "t", "value_columns": ["x"], "label_column": "label"}
+    weak = classify_spec(tmp_path, data, epochs=1, optimizer={"lr": 1e-4})
+    strong = classify_spec(tmp_path, data, epochs=25)
+    features_dir = tmp_path / "features"
+    build_features(weak.data, None, features_dir, "pipelines.patterns.data", tmp_path / "cache")
+    v1 = fit_and_register(tmp_path, weak, features_dir, "v1")
+    v2 = fit_and_register(tmp_path, strong, features_dir, "v2")
+    v3 = fit_and_register(tmp_path, classify_spec(tmp_path, data, epochs=1, optimizer={"lr": 1e-4}, seed=1), features_dir, "v3")
+    assert judge(tmp_path, v1)["decision"] == "promoted"
+    better = judge(tmp_path, v2)
+    assert better["decision"] == "promoted" and better["test"] == "mcnemar" and better["p_value"] < 0.001
+    assert better["challenger_value"] >= 0.9 and better["champion_value"] < 0.6 and better["n"] == 27
+    worse = judge(tmp_path, v3)
+    assert worse["decision"] == "kept" and worse["champion_version"] == v2.version
+    assert registry.alias_version(tracking_uri(tmp_path), "patterns", "champion") == v2.version
