@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.table import Table
 
 from lstmflow.config import Config, PipelineSpec
 from lstmflow.errors import LstmflowError
+
+if TYPE_CHECKING:
+    from lstmflow.tracking.runs import ModelChoice
 
 app = typer.Typer(
     help="Declare LSTM pipelines in pipelines.yaml; train, evaluate and register them through Prefect, DVC and MLflow.",
@@ -211,6 +214,20 @@ def _print_result(spec: PipelineSpec, result: dict[str, Any], console: Console) 
     if "search" in result:
         state = f"of the best trial, {result['search']['best']['number']}, reused (not trained again)"
     console.print(f"MLflow run {result['mlflow_run_id']} · training {state} · data {result['data_version']}")
+    if gate := result.get("gate"):
+        console.print(f"{_gate_line(gate)} (version {result['model_version']})", markup=False, highlight=False)
+
+
+def _gate_line(decision: dict[str, Any]) -> str:
+    """One line on what the gate decided and why, with its figures when it compared two versions."""
+    line = f"gate: {decision['decision']} as {decision['alias']!r}: {decision['reason']}"
+    if decision.get("champion_value") is not None:
+        test = "" if decision.get("p_value") is None else f", {decision['test']} p={decision['p_value']:.3g}"
+        line += (
+            f" [{decision['metric']} {decision['challenger_value']:.4g} vs {decision['champion_value']:.4g} of version "
+            f"{decision['champion_version']}{test}]"
+        )
+    return line
 
 
 #: Rows of the trials table: the best completed trials first.
@@ -286,32 +303,79 @@ def generate_command(
 
 @app.command("deploy")
 def deploy_command(
-    pipeline: Annotated[str | None, typer.Option("--pipeline", help="The pipeline every run of this deployment trains (required with --cron); default: chosen per run.")] = None,
-    pool: Annotated[str, typer.Option("--pool", help="The process work pool of the GPU workers (created if missing).")] = "gpu",
-    name: Annotated[str | None, typer.Option("--name", help="The deployment's name: runs are `run_pipeline/NAME` (default train-gpu), or `search_pipeline/NAME` (default search-gpu).")] = None,
-    gpus: Annotated[str | None, typer.Option("--gpus", help="CUDA_VISIBLE_DEVICES of its runs, e.g. 0,1 (\"\" for CPU only); default: the worker's own.")] = None,
-    cron: Annotated[str | None, typer.Option("--cron", help="Retrain on this schedule (cron syntax, UTC), e.g. \"0 3 * * *\".")] = None,
-    search: Annotated[bool, typer.Option("--search", help="Deploy the search flow instead (default name search-gpu): each run is one worker of the pipeline's study, which several machines share through search.storage.")] = False,
+    names: Annotated[list[str] | None, typer.Argument(help="Pipelines whose schedule to deploy (default: every pipeline with a `schedule`).")] = None,
+    gpu_pool: Annotated[str | None, typer.Option("--gpu-pool", help="Instead: deploy the training flow, unscheduled, on this work pool of GPU machines (e.g. gpu); runs start from the UI or `prefect deployment run`.")] = None,
+    pipeline: Annotated[str | None, typer.Option("--pipeline", help="With --gpu-pool: the pipeline its runs train by default (the run form can pick another).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="With --gpu-pool: the deployment's name (default train-gpu, or search-gpu with --search).")] = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="With --gpu-pool: CUDA_VISIBLE_DEVICES of its runs, e.g. 0,1 (\"\" for CPU only); default: the worker's own.")] = None,
+    search: Annotated[bool, typer.Option("--search", help="With --gpu-pool: deploy the search flow; each of its runs is one worker of the pipeline's study, which several machines share through search.storage.")] = False,
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
-    """Create or update a deployment of the training (or search) flow on a GPU work pool (needs PREFECT_API_URL)."""
+    """Make each pipeline's `schedule` a Prefect deployment that retrains it (created, updated, or removed with the
+    schedule), or with --gpu-pool deploy the training or search flow on GPU workers. Needs a Prefect server
+    (`lstmflow up`)."""
     from lstmflow.errors import ConfigError
 
     loaded = _load(config)
     _require_prefect_server("deploy")
+    if gpu_pool is None:
+        stray = [flag for flag, value in (("--pipeline", pipeline), ("--name", name), ("--gpus", gpus), ("--search", search or None)) if value is not None]
+        if stray:
+            raise ConfigError(f"{', '.join(stray)} go with --gpu-pool; scheduled deployments take their settings from `schedule:` in {loaded.path}")
+        from flows.deploy import deploy_schedules
+
+        deployed = deploy_schedules(loaded.path, names or None)
+        for deployment in deployed:
+            out.print(deployment.describe(), markup=False, highlight=False)
+        if not deployed:
+            out.print(f"no pipeline of {loaded.path} has a `schedule:`; add one, e.g. `schedule: {{cron: \"0 3 * * 1\"}}`, and deploy again")
+        return
+    if names:
+        raise ConfigError(f"with --gpu-pool, name the default pipeline with --pipeline, got the argument(s) {names}")
     from flows.deploy import deploy_search, deploy_training
 
     if search:
-        if cron is not None:
-            raise ConfigError(f"--cron schedules retraining; runs of a search deployment are started per worker, got --cron {cron!r} with --search")
         name = name or "search-gpu"
-        deployment_id = deploy_search(loaded.path, pool=pool, name=name, pipeline=pipeline, gpus=gpus)
+        deployment_id = deploy_search(loaded.path, pool=gpu_pool, name=name, pipeline=pipeline, gpus=gpus)
     else:
         name = name or "train-gpu"
-        deployment_id = deploy_training(loaded.path, pool=pool, name=name, pipeline=pipeline, gpus=gpus, cron=cron)
+        deployment_id = deploy_training(loaded.path, pool=gpu_pool, name=name, pipeline=pipeline, gpus=gpus)
     flow_name = "search_pipeline" if search else "run_pipeline"
-    out.print(f"deployment {flow_name}/{name} ({deployment_id}) on work pool {pool!r}; start a worker there with "
-              f"`lstmflow worker --pool {pool}`")
+    out.print(f"deployment {flow_name}/{name} ({deployment_id}) on work pool {gpu_pool!r}; start a worker there with "
+              f"`lstmflow worker --pool {gpu_pool}`")
+
+
+@app.command("promote")
+def promote_command(
+    name: Annotated[str, typer.Argument(help="The pipeline (its registered model).")],
+    version: Annotated[int, typer.Option("--version", help="The model version to make the champion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why, recorded on the version.")] = "",
+    config: ConfigOption = Path("pipelines.yaml"),
+) -> None:
+    """Move the pipeline's champion alias (promote.alias) to a version by hand; the move is recorded, and `lstmflow
+    rollback` undoes it."""
+    from lstmflow import gate, tracking
+
+    loaded = _load(config)
+    alias = loaded.pipeline(name, []).promote.alias
+    moved = gate.promote(tracking.tracking_uri(loaded.path.parent), name, str(version), alias, reason=reason or "by hand")
+    before = f"was version {moved['previous']}" if moved["previous"] else "was not set"
+    state = f"now version {moved['version']} ({before})" if moved["changed"] else f"already version {moved['version']}"
+    out.print(f"{name}@{alias}: {state}")
+
+
+@app.command("rollback")
+def rollback_command(
+    name: Annotated[str, typer.Argument(help="The pipeline (its registered model).")],
+    config: ConfigOption = Path("pipelines.yaml"),
+) -> None:
+    """Return the pipeline's champion alias to the version that held it before the last move (gate or promote)."""
+    from lstmflow import gate, tracking
+
+    loaded = _load(config)
+    alias = loaded.pipeline(name, []).promote.alias
+    moved = gate.rollback(tracking.tracking_uri(loaded.path.parent), name, alias)
+    out.print(f"{name}@{alias}: back to version {moved['version']} (was version {moved['previous']})")
 
 
 @app.command("worker")
@@ -386,6 +450,187 @@ def status_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
     for service, healthy in services:
         table.add_row(service.name, str(service.pid), service.url, "yes" if healthy else "[red]no[/]")
     out.print(table)
+
+
+VersionOption = Annotated[
+    str | None, typer.Option("--version", help="A registered version number, or `latest`; default: the alias's version.")
+]
+AliasOption = Annotated[
+    str | None, typer.Option("--alias", help="A model alias (same as NAME@ALIAS); default: champion, else the latest version.")
+]
+
+
+def _choose_model(name: str, version: str | None, alias: str | None, root: Path) -> ModelChoice:
+    """The registered version that NAME[@ALIAS] / --version / --alias pick, with a note on stderr when the default
+    alias is not set yet."""
+    from lstmflow import tracking
+    from lstmflow.errors import ConfigError
+    from lstmflow.tracking import runs
+
+    base, named = runs.parse_model_name(name)
+    if named and alias and named != alias:
+        raise ConfigError(f"model {name}: the alias is @{named} in the name and --alias {alias}; give one")
+    choice = runs.choose_version(tracking.tracking_uri(root), base, version, named or alias)
+    if choice.note:
+        err.print(f"[yellow]note[/]: {escape(choice.note)}", highlight=False)
+    return choice
+
+
+@app.command("serve")
+def serve_command(
+    name: Annotated[str, typer.Argument(help="A registered pipeline model: NAME (its @champion, else its latest version) or NAME@ALIAS.")],
+    version: VersionOption = None,
+    alias: AliasOption = None,
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="Port to listen on (5000 is the stack's MLflow server).")] = 5001,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on; 0.0.0.0 serves other machines too.")] = "127.0.0.1",
+    config: ConfigOption = Path("pipelines.yaml"),
+) -> None:
+    """Serve a registered model over HTTP with `mlflow models serve` (in this environment), until Ctrl-C.
+
+    POST raw inputs as JSON to /invocations, in the columns `lstmflow predict` builds: {"dataframe_records":
+    [{"text": "..."}]} for text, [{"path": "clip.wav"}] for audio or images, the recent rows of a series
+    ({"value": 1.5}, ...) for a forecast. Answers: a label and per-class probabilities, a forecast in the data's
+    units, or generated text; a request the model cannot read is a 400 with the reason.
+    """
+    import shutil
+    import socket
+
+    from lstmflow import tracking
+    from lstmflow.errors import ConfigError
+
+    root = _load(config).path.parent
+    choice = _choose_model(name, version, alias, root)
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: closing connections do not count
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another with --port") from None
+    scripts = str(Path(sys.executable).parent)  # the scoring server starts `uvicorn` from PATH
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(root), "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if shutil.which("uvicorn", path=environment["PATH"]) is None:
+        raise ConfigError(f"`uvicorn` is not installed beside {sys.executable}; MLflow's scoring server needs it")
+    out.print(f"serving {choice.model_uri} (version {choice.version}) at http://{host}:{port}/invocations · Ctrl-C stops it", highlight=False)
+    sys.stdout.flush()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", choice.model_uri, "--env-manager", "local", "--host", host, "--port", str(port)]
+    os.execve(command[0], command, environment)
+
+
+@app.command("predict")
+def predict_command(
+    name: Annotated[str, typer.Argument(help="A registered pipeline model: NAME (its @champion, else its latest version) or NAME@ALIAS.")],
+    inputs: Annotated[list[str], typer.Argument(help="Raw inputs, by the pipeline's data kind: texts (text), files (audio, images), prompts (corpus), the last values of a one-column series, oldest first; or .csv/.parquet tables in the request layout (any pipeline; needed for sequences and many-column series).")],
+    version: VersionOption = None,
+    alias: AliasOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as one JSON list of records instead of a table.")] = False,
+    config: ConfigOption = Path("pipelines.yaml"),
+) -> None:
+    """Predict with a registered model from raw inputs on the command line; prints a table.
+
+    Classifiers answer a label and a probability per class for each input; forecasters the next steps in the data's
+    units (after the last value or row given); language models the text after each prompt. A value that starts with
+    `-` (a negative number) needs `--` before the inputs. Inputs the model cannot read exit 2 with the reason.
+    """
+    from lstmflow import tracking
+    from lstmflow.predict import answer_by_input, request_table
+    from lstmflow.tracking import runs
+
+    root = _load(config).path.parent
+    choice = _choose_model(name, version, alias, root)
+    model = tracking.load_model(tracking.tracking_uri(root), choice.model_uri)
+    predictor = runs.served_predictor(model)
+    request = request_table(predictor.spec, inputs, getattr(predictor, "columns", None))
+    answer = answer_by_input(runs.predict(model, request, choice.model_uri), inputs)
+    if as_json:
+        sys.stdout.write(answer.to_json(orient="records") + "\n")
+        return
+    table = Table(*map(str, answer.columns), title=f"{choice.model_uri} (version {choice.version})")
+    for row in answer.itertuples(index=False):
+        table.add_row(*(f"{value:.4g}" if isinstance(value, float) else str(value) for value in row))
+    out.print(table)
+
+
+@app.command("compare")
+def compare_command(
+    name: Annotated[str, typer.Argument(help="A pipeline: every run of its MLflow experiment is compared.")],
+    top: Annotated[int, typer.Option("--top", "-n", min=1, help="Show the best N runs.")] = 10,
+    metric: Annotated[str | None, typer.Option("--metric", "-m", help="The test metric to rank by; default: the pipeline's promote.metric (per task: mae, accuracy or cross_entropy).")] = None,
+    config: ConfigOption = Path("pipelines.yaml"),
+) -> None:
+    """Rank a pipeline's MLflow runs by a test metric, beside its baseline.
+
+    Each row shows the run's model versions and aliases, its epochs, and the params that differ between the runs
+    shown (the columns MLflow's compare view lines up). Runs without the metric (search parents, trials that were
+    not evaluated, failed runs) are counted, not ranked.
+    """
+    from lstmflow import tracking
+    from lstmflow.config import PROMOTE_METRICS, PromoteSpec
+    from lstmflow.errors import ConfigError
+    from lstmflow.tracking import runs
+
+    loaded = _load(config)
+    records = runs.pipeline_runs(tracking.tracking_uri(loaded.path.parent), name)
+    spec = loaded.pipeline(name, []) if name in loaded.names else None  # a pipeline removed since keeps its runs
+    recorded_tasks = [record.tags["lstmflow.task"] for record in records if "lstmflow.task" in record.tags]
+    task = spec.task if spec else next(iter(recorded_tasks), None)
+    if task is None:
+        raise ConfigError(f"pipeline {name!r} is not in {loaded.path} and its runs record no task; nothing to rank")
+    promote = spec.promote if spec else PromoteSpec()
+    chosen = (metric or promote.resolved_metric(task)).removeprefix("test_")
+    if chosen not in PROMOTE_METRICS[task]:
+        raise ConfigError(f"--metric {metric}: a {task} pipeline is ranked by one of {', '.join(PROMOTE_METRICS[task])}")
+    direction = PROMOTE_METRICS[task][chosen]
+    ranked, unranked = runs.rank_runs(records, f"test_{chosen}", direction)
+    shown = ranked[:top]
+    baseline = f"test_{runs.BASELINE_PREFIX[task]}_{chosen}"
+    differing = runs.differing_params(shown)
+    goal = "lower" if direction == "minimize" else "higher"
+    table = Table("#", "run", "run id", "model", f"{chosen} ({goal} is better)", f"{runs.BASELINE_PREFIX[task]} {chosen}", "epochs",
+                  title=f"{name}: {len(shown)} of {len(ranked)} evaluated runs, best first")  # fmt: skip
+    for key in differing:
+        table.add_column(key, overflow="fold")
+    for rank, record in enumerate(shown, 1):
+        versions = ", ".join(f"v{v}" + "".join(f" @{a}" for a in aliases) for v, aliases in record.versions) or "-"
+        epochs = record.metrics.get("epochs_run")
+        table.add_row(
+            str(rank), record.run_name, record.run_id, versions, f"{record.metrics[f'test_{chosen}']:.4g}",
+            f"{record.metrics[baseline]:.4g}" if baseline in record.metrics else "-", "-" if epochs is None else str(int(epochs)),
+            *(record.params.get(key, "-") for key in differing),
+        )  # fmt: skip
+    out.print(table)
+    if unranked:
+        err.print(f"{len(unranked)} run(s) have no test_{chosen} and are not ranked (search parents, trials not evaluated, failed or running runs)")
+    if len(shown) > 1 and not differing:
+        err.print("the runs shown have the same params")
+
+
+@app.command("reproduce")
+def reproduce_command(
+    run_id: Annotated[str, typer.Argument(help="The MLflow run to reproduce (its id, as `lstmflow compare NAME` lists).")],
+    config: ConfigOption = Path("pipelines.yaml"),
+) -> None:
+    """Train a run's recorded spec again on the same data version, in a new run, and compare the test metrics.
+
+    The run's own resolved spec (its spec.json) is used, not today's pipelines.yaml. If the data (its DVC md5) differ
+    from the run's, this stops and names the commit to check out (`git checkout <commit> && dvc checkout`).
+    """
+    from lstmflow import tracking
+    from lstmflow.tracking import runs
+
+    loaded = _load(config)
+    runs.recorded_run(tracking.tracking_uri(loaded.path.parent), run_id)  # an unknown or unfit run fails before a flow starts
+    from flows.reproduce import reproduce_run
+
+    result = reproduce_run(run_id=run_id, config=str(loaded.path))
+    recorded, metrics = result["recorded"], result["metrics"]
+    table = Table("metric (test part)", f"recorded ({run_id[:8]})", f"reproduced ({result['mlflow_run_id'][:8]})", "difference",
+                  title=f"{result['pipeline']}: run {run_id} reproduced at commit {result['git_commit']}, data {result['data_md5']}")  # fmt: skip
+    for key in sorted(set(recorded) | set(metrics)):
+        old, new = recorded.get(key), metrics.get(key)
+        difference = "-" if old is None or new is None else f"{new - old:+.3g}"
+        table.add_row(key, "-" if old is None else f"{old:.6g}", "-" if new is None else f"{new:.6g}", difference)
+    out.print(table)
+    out.print(f"MLflow run {result['mlflow_run_id']} (tag lstmflow.reproduces={run_id}) · {result['epochs_run']} epochs")
 
 
 @app.command("reference")

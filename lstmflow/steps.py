@@ -162,7 +162,10 @@ def start_tracked_run(
     extra_tags: dict[str, str] | None = None,
     extra_params: dict[str, str] | None = None,
 ) -> str:
-    """Open (or reopen, on a retry) the pipeline's MLflow run with params and lineage tags."""
+    """Open (or reopen, on a retry) the pipeline's MLflow run with params, lineage tags and the resolved spec
+    (``spec.json``, what `lstmflow reproduce` trains again)."""
+    from lstmflow.tracking import runs
+
     uri = tracking.tracking_uri(root)
     if resume_run_id and tracking.reopen_run(uri, resume_run_id):
         return resume_run_id
@@ -180,7 +183,9 @@ def start_tracked_run(
     }
     params = {**spec.flat_params(), **(extra_params or {})}
     run_name = run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return tracking.start_run(uri, spec.name, root / "mlruns", params, tags, run_name=run_name)
+    run_id = tracking.start_run(uri, spec.name, root / "mlruns", params, tags, run_name=run_name)
+    runs.log_spec(uri, run_id, prepared.spec, root)
+    return run_id
 
 
 def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: bool = True) -> dict[str, Any]:
@@ -256,13 +261,16 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
 
 
 def register(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, str]:
-    """Log the pyfunc model (state dict + spec + preprocessing) and register it under the pipeline's name."""
+    """Log the pyfunc model (state dict + spec + preprocessing), register it under the pipeline's name, and copy the
+    run's lineage (git commit, data version, flow run, spec) onto the model version."""
+    from lstmflow.tracking import runs
     from lstmflow.tracking.serving import write_bundle
 
     bundle = Path(trained["run_dir"]) / "bundle"
     predictor, example = write_bundle(prepared.spec, Path(prepared.features_dir), Path(trained["model_path"]), bundle)
     uri = tracking.tracking_uri(root)
     registered = tracking.register_model(uri, trained["run_id"], prepared.pipeline.name, bundle, example, predictor.predict(example))
+    runs.tag_version_lineage(uri, prepared.pipeline.name, registered["version"])
     tracking.end_run(uri, trained["run_id"])
     return registered
 

@@ -77,7 +77,8 @@ pipelines:
 
 def test_help_explains_every_command() -> None:
     done = lstmflow(REPO, "--help")
-    for command in ("run", "validate", "list", "summary", "generate", "deploy", "worker", "reference"):
+    commands = ("run", "validate", "list", "summary", "generate", "deploy", "worker", "reference", "promote", "rollback")
+    for command in (*commands, "serve", "predict", "compare", "reproduce", "up", "down", "status"):
         assert command in done.stdout
 
 

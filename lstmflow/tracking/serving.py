@@ -222,7 +222,11 @@ class Classifier:
             from lstmflow.data.text import text_steps
 
             _require_columns(frame, [data.text_column])
-            texts = frame[data.text_column].astype(str)
+            texts = frame[data.text_column]
+            not_text = {key: text for key, text in zip(keys, texts) if not isinstance(text, str)}
+            if not_text:
+                found = ", ".join(f"{key!r}: {'a missing value' if pd.isna(v) else type(v).__name__}" for key, v in list(not_text.items())[:5])
+                raise BadRequest(f"column {data.text_column!r} must hold text in every sample; got {found}")
             return keys, [text_steps(self.tokenizer, text, self.meta.get("max_length")) for text in texts]
         if data.kind == "audio":
             from lstmflow.data.audio import clip_features, read_clip
