@@ -231,25 +231,21 @@ def deploy_training(
     name: str = "train-gpu",
     pipeline: str | None = None,
     gpus: str | None = None,
-    cron: str | None = None,
     job_variables: dict[str, Any] | None = None,
 ) -> UUID:
-    """Deploy ``run_pipeline`` on the work pool ``pool`` (created if missing) for the project of ``config``.
+    """Deploy ``run_pipeline``, unscheduled, on the work pool ``pool`` (created if missing) for the project of
+    ``config``; schedules live in ``pipelines.yaml`` (:func:`deploy_schedules`, whose ``pool`` may be ``gpu`` too).
 
-    ``pipeline`` becomes the runs' default pipeline (a schedule needs one; a run from the UI may pick another).
+    ``pipeline`` becomes the runs' default pipeline (a run from the UI may pick another).
     ``gpus`` is the runs' CUDA_VISIBLE_DEVICES (see :data:`GPUS_SCHEMA`); ``job_variables`` are any other job
     variables of a process pool, e.g. ``{"env": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}}``. Re-deploying
     the same name updates the deployment. Returns the deployment's id.
     """
     loaded = Config.load(config)
     if pipeline is not None:
-        loaded.pipeline(pipeline)  # a bad default pipeline fails here, not at the first scheduled run
-    elif cron is not None:
-        names = ", ".join(loaded.names)
-        raise ConfigError(f"a scheduled deployment needs a pipeline to run (cron {cron!r}): pass one of {names}")
+        loaded.pipeline(pipeline)  # a bad default pipeline fails here, not at the first run
     description = f"Train, evaluate and register pipelines of {loaded.path} on a worker of the {pool!r} pool."
-    schedule = Cron(cron, timezone="UTC") if cron is not None else None
-    return _deploy(ENTRYPOINT, loaded, pool, name, {"pipeline": pipeline}, gpus, schedule, job_variables, description)
+    return _deploy(ENTRYPOINT, loaded, pool, name, {"pipeline": pipeline}, gpus, None, job_variables, description)
 
 
 def deploy_search(
