@@ -429,7 +429,7 @@ class TrainSpec(Strict):
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="How workers exchange gradients: `auto` is nccl on CUDA and gloo on CPU; nccl needs CUDA.")
     deterministic: bool = Field(False, description="Deterministic algorithms (`torch.use_deterministic_algorithms`, deterministic cuDNN, `CUBLAS_WORKSPACE_CONFIG`): the same seed, machine and workers give bit-identical weights, also across a kill and resume. Can be slower on GPU.")
     checkpoint_every: int | None = Field(None, ge=1, description="Also checkpoint every this many batches (steps) within an epoch, so that a killed run loses at most that many; every epoch is checkpointed regardless.")
-    lstm_kernel: Literal["auto", "lstmflow", "torch"] = Field("auto", description="Which LSTM implementation trains on a CPU: `lstmflow` is lstmflow's compiled CPU LSTM (same weights and results as `nn.LSTM`, faster on small recurrent matrices; unidirectional layers without padding); `torch` is PyTorch's `nn.LSTM`; `auto` picks `lstmflow` where it applies and is at least as fast (benchmarks/RESULTS.md). On a GPU it is always cuDNN's `nn.LSTM`.")
+    lstm_kernel: Literal["auto", "lstmflow", "torch"] = Field("auto", description="Which LSTM implementation trains on a CPU: `lstmflow` is lstmflow's compiled CPU LSTM on the same `nn.LSTM` weights (same results up to float rounding; both directions, padded batches, carried state); `torch` is PyTorch's `nn.LSTM`; `auto` trains variable-length batches (up to half padding) in `lstmflow`, where packed `nn.LSTM` is 1.4-4× slower, and the rest in `nn.LSTM`, which was 3-10% faster on full-length batches in the training process; evaluation and prediction use `nn.LSTM`. Under bf16 autocast and on a GPU it is always `nn.LSTM` (cuDNN); `fit_result.json` records what ran (`lstm_kernels`).")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision through `torch.autocast`: `bf16` (CUDA or CPU) or `fp16` (CUDA only, with a gradient scaler). Weights and optimizer state stay fp32.")
 
     @field_validator("workers", mode="before")
@@ -761,7 +761,7 @@ class PipelineSpec(Strict):
 
     def flat_params(self) -> dict[str, str]:
         """The resolved spec flattened to dotted keys as logged to MLflow, which allows no brackets: ``model.layers.0.lstm.units``."""
-        flat = flatten(self.model_dump(mode="json", exclude_none=True, exclude={"search", *OPERATIONS}))
+        flat = flatten(self.model_dump(mode="json", exclude={"search", *OPERATIONS}))  # unset keys too: every run logs the same keys
         return {dotted_key(key): value for key, value in flat.items()}
 
 

@@ -216,6 +216,7 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
         "train_seconds": result.seconds,
     }
     tracking.log_summary_metrics(uri, run_id, {k: float(v) for k, v in summary.items()})
+    tracking.set_tags(uri, run_id, {"lstmflow.lstm_kernels": ",".join(result.lstm_kernels) or "none"})  # what trained each lstm
     return {"run_id": run_id, "run_dir": str(run_dir), "model_path": result.model_path, **summary}
 
 

@@ -95,6 +95,9 @@ class FitResult:
     workers: int  # training processes in all (DDP's world size)
     precision: str
     deterministic: bool
+    #: What ran the LSTM recurrence in this call's training steps (``train.lstm_kernel``, resolved per pass):
+    #: "lstmflow" (the compiled CPU kernel), "lstmflow-loop" (its PyTorch fallback), "torch" (nn.LSTM, cuDNN on GPU).
+    lstm_kernels: list[str] = field(default_factory=list)
 
     def write(self, path: Path) -> None:
         atomic_write_bytes(json.dumps(asdict(self), indent=2).encode(), path)
@@ -135,7 +138,7 @@ def fit(
     where = f"pipelines.{spec.name}.model"
     model = build_model(
         spec.model, objective.n_features, objective.n_outputs, where=where, needs=objective.needs,
-        per_step=objective.per_step,
+        per_step=objective.per_step, lstm_kernel=train_spec.lstm_kernel,
     ).to(device)
     trained = world.parallel(model)  # what the loss calls: the model, or the model under DDP
     if world.rank:
@@ -263,7 +266,10 @@ def fit(
         workers=world.size,
         precision=train_spec.precision,
         deterministic=train_spec.deterministic,
+        lstm_kernels=model.lstm_kernels_trained(),
     )
+    kernels = ", ".join(result.lstm_kernels) or "no training step"
+    log.info("%s: the LSTM recurrence ran in %s (train.lstm_kernel: %s)", spec.name, kernels, train_spec.lstm_kernel)
     if world.local_rank == 0:  # one copy on each machine, where that machine's launcher reads it
         atomic_torch_save(state.best_model, model_path)
         result.write(run_dir / RESULT_FILE)

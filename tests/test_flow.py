@@ -61,6 +61,7 @@ def test_lineage_tags_point_at_code_data_and_flow_run(first_run: tuple[Path, dic
     assert tags["lstmflow.data_md5"] == lock["deps"][0]["md5"]
     assert tags["lstmflow.features_md5"] == lock["outs"][0]["md5"] == result["data_version"]
     assert tags["lstmflow.prefect_flow_run_id"] == result["flow_run_id"]
+    assert tags["lstmflow.lstm_kernels"] == "torch"  # auto: full-length forecast windows train fastest in nn.LSTM
 
 
 def test_registered_model_loads_and_predicts(first_run: tuple[Path, dict[str, Any]]) -> None:

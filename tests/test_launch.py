@@ -92,7 +92,17 @@ def test_child_trains_with_the_thread_environment_set_before_torch(data_dir: Pat
     assert result.threads == 2 and result.epochs_run == 2 and result.resumed_from_epoch is None
     log = (tmp_path / "train.log").read_text()
     assert "OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE" in log  # as the child found them at its start
+    assert f"MALLOC_MMAP_THRESHOLD_={256 * 2**20} MALLOC_TRIM_THRESHOLD_={256 * 2**20}" in log
     assert {name: os.environ.get(name) for name in names} == parent_before  # the parent's own are put back
+
+
+def test_a_malloc_setting_of_the_caller_is_kept(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lstmflow.launch import child_environment
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    environment = child_environment(make_spec(data_dir, epochs=1))
+    assert environment["MALLOC_MMAP_THRESHOLD_"] == "65536" and environment["MALLOC_TRIM_THRESHOLD_"] == str(256 * 2**20)
 
 
 def test_data_error_in_the_child_arrives_as_the_same_data_error(data_dir: Path, tmp_path: Path) -> None:

@@ -312,10 +312,15 @@ class FailingAt:
             raise RuntimeError(f"failed at epoch {step}")
 
 
-def test_a_mid_epoch_checkpoint_resumes_to_exactly_the_uninterrupted_result(sine: Sine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("lstm_kernel", ["torch", "lstmflow"])
+def test_a_mid_epoch_checkpoint_resumes_to_exactly_the_uninterrupted_result(
+    sine: Sine, tmp_path: Path, lstm_kernel: str
+) -> None:
     # Dropout draws from the RNG and onecycle moves the lr every batch: both must continue where they stopped.
     layers = [{"lstm": {"units": 8, "dropout": 0.2}}, {"dropout": {"rate": 0.2}}, {"dense": {}}]
-    train = {"checkpoint_every": 4, "lr_schedule": {"name": "onecycle"}, "deterministic": True}
+    train = {
+        "checkpoint_every": 4, "lr_schedule": {"name": "onecycle"}, "deterministic": True, "lstm_kernel": lstm_kernel
+    }
     spec = sine.spec(model={"layers": layers}, train=train)
     try:
         complete = sine.fit(spec, tmp_path / "complete")
@@ -333,6 +338,7 @@ def test_a_mid_epoch_checkpoint_resumes_to_exactly_the_uninterrupted_result(sine
         torch.use_deterministic_algorithms(False)  # fit sets it process-wide
 
     assert (resumed.resumed_from_epoch, resumed.resumed_from_batch) == (1, 7) and resumed.deterministic
+    assert len(resumed.lstm_kernels) == 1 and resumed.lstm_kernels[0].startswith(lstm_kernel)  # lstmflow(-loop)
     assert [step for step, _ in logger.records] == [2, 3, 4]
     assert without_timing(resumed.history) == without_timing(complete.history)
     assert_same_tensors(load_state(resumed.model_path), load_state(complete.model_path))
@@ -341,8 +347,9 @@ def test_a_mid_epoch_checkpoint_resumes_to_exactly_the_uninterrupted_result(sine
     assert final["optimizer"]["state"][0]["exp_avg"].equal(expected["optimizer"]["state"][0]["exp_avg"])
 
 
-def test_a_stateful_language_model_resumes_mid_epoch_with_its_carried_state(tmp_path: Path) -> None:
-    spec = prepared_corpus(tmp_path, checkpoint_every=5)
+@pytest.mark.parametrize("lstm_kernel", ["torch", "lstmflow"])
+def test_a_stateful_language_model_resumes_mid_epoch_with_its_carried_state(tmp_path: Path, lstm_kernel: str) -> None:
+    spec = prepared_corpus(tmp_path, checkpoint_every=5, lstm_kernel=lstm_kernel)
     features = tmp_path / "features"
     complete = fit(spec, features, tmp_path / "complete", ListLogger(), progress=False)
     with pytest.raises(RuntimeError, match="failed at epoch 2"):
@@ -354,14 +361,27 @@ def test_a_stateful_language_model_resumes_mid_epoch_with_its_carried_state(tmp_
 
     resumed = fit(spec, features, tmp_path / "run", ListLogger(), progress=False)
     assert (resumed.resumed_from_epoch, resumed.resumed_from_batch) == (1, last["batches_done"])
+    assert len(resumed.lstm_kernels) == 1 and resumed.lstm_kernels[0].startswith(lstm_kernel)  # lstmflow(-loop)
     assert without_timing(resumed.history) == without_timing(complete.history)
     assert_same_tensors(load_state(resumed.model_path), load_state(complete.model_path))
+
+
+def test_train_lstm_kernel_picks_what_trains_and_both_learn_the_same(sine: Sine, tmp_path: Path) -> None:
+    results = {
+        kernel: sine.fit(sine.spec(train={"epochs": 2, "lstm_kernel": kernel}), tmp_path / kernel)
+        for kernel in ("torch", "lstmflow")
+    }
+    assert results["torch"].lstm_kernels == ["torch"]
+    assert results["lstmflow"].lstm_kernels in (["lstmflow"], ["lstmflow-loop"])  # the loop without a compiler
+    for ours, theirs in zip(results["lstmflow"].history, results["torch"].history, strict=True):
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
 
 
 def test_bf16_trains_on_cpu_and_fp16_is_refused_before_training(sine: Sine, tmp_path: Path) -> None:
     result = sine.fit(sine.spec(train={"epochs": 2, "precision": "bf16"}), tmp_path / "bf16")
     assert result.precision == "bf16" and all(math.isfinite(row["val_loss"]) for row in result.history)
     assert load_state(result.model_path)["layers.0.lstm.weight_ih_l0"].dtype == torch.float32  # weights stay fp32
+    assert result.lstm_kernels == ["torch"]  # lstmflow's kernel has no bf16: autocast keeps nn.LSTM
 
     with pytest.raises(ConfigError, match=r"pipelines\.sine\.train\.precision: fp16 needs CUDA .*use bf16 or fp32"):
         sine.fit(sine.spec(train={"precision": "fp16", "device": "cpu"}), tmp_path / "fp16")

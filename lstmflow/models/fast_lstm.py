@@ -15,7 +15,8 @@ Where the time goes in ``nn.LSTM`` training on a CPU, and what this layer does i
 Without a compiler (or when the build fails, with a warning) the same algorithm runs as a Python loop over
 PyTorch operations, on any device. Packed sequences are not read (a :class:`~torch.nn.utils.rnn.PackedSequence`
 raises ``TypeError``): with right-padded batches, the output at step ``lengths[b] - 1`` is packed ``nn.LSTM``'s
-final h of sample b, since one direction never looks ahead; for a final c or a backward direction keep ``nn.LSTM``.
+final h of sample b, since one direction never looks ahead. :class:`lstmflow.models.lstm.LSTMBlock` runs
+:class:`LSTMFunction` on its ``nn.LSTM``'s own parameters that way, both directions and padded batches included.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from torch.nn.utils.rnn import PackedSequence
 SOURCE = Path(__file__).resolve().parent / "csrc" / "lstm_cpu.cpp"
 #: Where the compiled recurrence is cached, one folder per source and torch version; overridable for CI caches.
 CACHE_ENV = "LSTMFLOW_EXTENSIONS_DIR"
+#: What happens without the compiled recurrence, as its warning says.
+FALLBACK = "lstmflow's LSTM runs its PyTorch loop instead (train.lstm_kernel auto keeps nn.LSTM)"
 
 
 def extension_cache_dir() -> Path:
@@ -53,7 +56,7 @@ def compiled_kernels() -> ModuleType | None:
     loaded from the cache), or None when there is no C++ compiler or the build fails (a warning says why)."""
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
-        warnings.warn(f"FastLSTM: no C++ compiler ({compiler!r} not on PATH); using the PyTorch loop", stacklevel=2)
+        warnings.warn(f"FastLSTM: no C++ compiler ({compiler!r} not on PATH); {FALLBACK}", stacklevel=2)
         return None
     from torch.utils.cpp_extension import load  # imports setuptools: only when a build is wanted
 
@@ -67,7 +70,7 @@ def compiled_kernels() -> ModuleType | None:
             extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], verbose=False,
         )  # fmt: skip
     except (OSError, RuntimeError, ImportError) as error:
-        warnings.warn(f"FastLSTM: building {SOURCE.name} failed, using the PyTorch loop: {error}", stacklevel=2)
+        warnings.warn(f"FastLSTM: building {SOURCE.name} failed ({error}); {FALLBACK}", stacklevel=2)
         return None
 
 
@@ -79,6 +82,18 @@ def _cpu_flags() -> str:
     except OSError:
         return platform.processor()
     return next((line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))), "")
+
+
+def recurrence_kernels(device: torch.device, compiled: bool | None = None) -> Any:
+    """The recurrence implementation for tensors on ``device``: ``compiled`` None takes the compiled one when it
+    builds, else the PyTorch loop; False always the PyTorch loop; True requires the compiled one (RuntimeError if
+    it does not build). Tensors off the CPU always take the PyTorch loop."""
+    if compiled is False or device.type != "cpu":
+        return PythonKernels
+    kernels = compiled_kernels()
+    if kernels is None and compiled:
+        raise RuntimeError(f"FastLSTM(compiled=True): {SOURCE} could not be built (see the warning above)")
+    return kernels or PythonKernels
 
 
 class PythonKernels:
@@ -204,12 +219,7 @@ class FastLSTM(nn.Module):
 
     def kernels(self, device: torch.device) -> Any:
         """The recurrence implementation this call uses (see ``compiled``)."""
-        if self.compiled is False or device.type != "cpu":
-            return PythonKernels
-        kernels = compiled_kernels()
-        if kernels is None and self.compiled:
-            raise RuntimeError(f"FastLSTM(compiled=True): {SOURCE} could not be built (see the warning above)")
-        return kernels or PythonKernels
+        return recurrence_kernels(device, self.compiled)
 
     def forward(
         self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None

@@ -2,13 +2,17 @@
 
 Every spec layer becomes one explicit submodule, in order, so each per-layer option is honoured and the
 state-dict keys follow the YAML (``layers.0.lstm.weight_ih_l0`` is ``model.layers[0]``). Each ``lstm`` is its own
-single-layer ``nn.LSTM``: the fused kernel runs the time loop, never Python. Shape mistakes that Keras would only
-report when fitting (an lstm fed one vector per sample, an output of the wrong size) are :class:`ConfigError`\\ s
-at build time, naming the YAML path of the layer to change.
+single-layer ``nn.LSTM``; on a CPU its recurrence may run in lstmflow's compiled CPU LSTM
+(:mod:`lstmflow.models.fast_lstm`) on those same parameters instead (``train.lstm_kernel``; by default for
+variable-length batches in training, see :class:`LSTMBlock`), so checkpoints and served models are the same either
+way. Shape mistakes that Keras would only report when fitting (an lstm fed one vector per sample, an output of the
+wrong size) are :class:`ConfigError`\\ s at build time, naming the YAML path of the layer to change.
 
-Variable-length batches: ``forward(x, lengths)`` packs every lstm's input (``pack_padded_sequence``), keeps
-padded steps at zero after every layer that keeps time, and leaves them out of batchnorm's statistics, so what
-a sample gets does not depend on the other samples in its batch (up to float rounding of the batched kernels).
+Variable-length batches: ``forward(x, lengths)`` lets every lstm read each sample's valid steps only (``nn.LSTM``
+through ``pack_padded_sequence``; lstmflow's kernel reads the padded batch, whose later steps cannot change earlier
+ones, and zeroes what it computed past each length), keeps padded steps at zero after every layer that keeps time,
+and leaves them out of batchnorm's statistics, so what a sample gets does not depend on the other samples in its
+batch (up to float rounding of the batched kernels).
 
 Text: an ``embedding`` first layer reads token ids carried as a (B, T, 1) float input (the sequence store's one
 value per step) and turns them into vectors; ``n_features`` is then the vocabulary size, the embedding's rows.
@@ -22,9 +26,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -39,9 +44,19 @@ from lstmflow.config import (
     ModelSpec,
 )
 from lstmflow.errors import ConfigError
+from lstmflow.models.fast_lstm import LSTMFunction, PythonKernels, compiled_kernels, recurrence_kernels
 
 #: An lstm layer's (h, c), each (D, B, H), keyed by the layer's index in ``model.layers``.
 LSTMState: TypeAlias = dict[int, tuple[Tensor, Tensor]]
+#: ``train.lstm_kernel``: which implementation runs an lstm layer's recurrence on a CPU (see :class:`LSTMBlock`).
+LSTMKernel: TypeAlias = Literal["auto", "lstmflow", "torch"]
+#: ``auto`` runs a padded batch in nn.LSTM's packed path (which skips the padding) instead of lstmflow's kernel
+#: (which computes it) when more than this fraction of the batch's steps, up to its longest sample, is padding.
+#: Measured (2026-11-25, one thread, batch 64 of up to 100 steps, a training step, the training child's malloc
+#: settings): packed nn.LSTM costs 3-4× its unpadded self per valid step, so lstmflow was 4.1× faster at 5%
+#: padding (1 feature → 128 units) and 2.5× (40 → 2×256 units); 2.2× and 1.4× at 52%; 1.6× and 1.07× at 61%.
+#: Bucketed batches (lstmflow's sequence batches) hold about 5% padding.
+AUTO_MAX_PADDING = 0.5
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "linear": nn.Identity,
@@ -90,16 +105,42 @@ class LSTMBlock(nn.Module):
     Initialised like Keras' defaults: glorot_uniform input kernels, orthogonal recurrent kernels, zero biases with
     the forget gate's set to 1 (``unit_forget_bias``). PyTorch keeps two bias vectors whose sum plays Keras' one
     bias: ``b_ih`` carries the 1s, ``b_hh`` starts at zero. Both frameworks order the gates i, f, g (c), o.
+
+    The parameters always live in ``self.lstm``, an ``nn.LSTM`` (its state-dict keys, whichever kernel runs).
+    ``kernel`` picks what runs the recurrence on a CPU, in fp32 or fp64 without autocast:
+
+    - ``lstmflow``: :class:`~lstmflow.models.fast_lstm.LSTMFunction` on those parameters, one direction at a time;
+    - ``torch``: ``nn.LSTM`` itself, as on a GPU (cuDNN), under autocast (bf16) and for other dtypes, always;
+    - ``auto``: ``lstmflow`` with its compiled recurrence for a variable-length batch (``lengths`` given, at
+      most ``AUTO_MAX_PADDING`` of it padding) in a pass that records gradients (training); ``torch`` for the
+      rest. Why: packed ``nn.LSTM`` is 1.4-4× slower there (``AUTO_MAX_PADDING``). On full-length batches
+      benchmarks/RESULTS.md shows lstmflow 1.04-1.32× ``nn.LSTM`` (one thread; the 0.97× at 500 steps there is
+      against Keras), but those runs page-faulted on every batch: with the malloc settings that
+      :func:`lstmflow.launch.child_environment` now gives training children (``nn.LSTM`` 1.5-1.8× faster with
+      them, lstmflow 1.1-1.5×), ``nn.LSTM`` was the faster by 3-10% (2026-11-25, one thread, training steps of
+      1 → 128 units: 37 vs 41 ms at batch 64 and 100 steps, 145 vs 150 ms at batch 256, 188 vs 199 ms at 500
+      steps; at 16-32 rows lstmflow was 10-20% slower even without them). Inference was not measured, and its
+      first use would build the C++ recurrence (30-40 s once per machine) inside an evaluation or a model server,
+      so it stays with ``nn.LSTM``; so does everything without a C++ compiler, where lstmflow's fallback is a
+      Python loop.
+
+    ``compiled`` is for tests and debugging, as in :class:`~lstmflow.models.fast_lstm.FastLSTM`: False makes
+    ``lstmflow`` run the PyTorch loop (and ``auto`` keep ``nn.LSTM``). ``trained_with`` collects the
+    implementations that ran gradient-recording passes: ``"lstmflow"`` (compiled), ``"lstmflow-loop"``, ``"torch"``.
     """
 
     def __init__(
-        self, in_features: int, units: int, return_sequences: bool, bidirectional: bool, dropout: float
-    ) -> None:
+        self, in_features: int, units: int, return_sequences: bool, bidirectional: bool, dropout: float,
+        kernel: LSTMKernel = "auto",
+    ) -> None:  # fmt: skip
         super().__init__()
         self.input_dropout = InputDropout(dropout) if dropout > 0 else nn.Identity()
         self.lstm = nn.LSTM(in_features, units, num_layers=1, batch_first=True, bidirectional=bidirectional)
         self.return_sequences = return_sequences
         self.out_features = units * (2 if bidirectional else 1)
+        self.kernel = kernel
+        self.compiled: bool | None = None
+        self.trained_with: set[str] = set()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -117,8 +158,11 @@ class LSTMBlock(nn.Module):
 
     def carrying(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Every step's output (B, T, D·H) from the initial ``state`` (zeros when None), and the final (h, c)."""
-        outputs, final = self.lstm(self.input_dropout(x), state)  # (B, T, D·H); h, c (D, B, H)
-        return outputs, final
+        x = self.input_dropout(x)
+        kernels = self._recorded(self.recurrence(x, None))
+        if kernels is None:
+            return self.lstm(x, state)  # (B, T, D·H); h, c (D, B, H)
+        return self._fast(x, state, kernels)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:  # x (B, T, F), lengths (B,)
         """Every step's output (B, T, D·H) or each sample's final state (B, D·H).
@@ -129,6 +173,9 @@ class LSTMBlock(nn.Module):
         """
         batch, steps = x.shape[0], x.shape[1]
         x = self.input_dropout(x)
+        kernels = self._recorded(self.recurrence(x, lengths))
+        if kernels is not None:
+            return self._fast_forward(x, lengths, kernels)
         if lengths is None:
             outputs, (h_n, _) = self.lstm(x)  # outputs (B, T, D·H), h_n (D, B, H)
         else:
@@ -141,6 +188,97 @@ class LSTMBlock(nn.Module):
             return outputs
         # each direction's final state: forward after the last step, backward after step 0 (Keras' Bidirectional)
         return h_n.transpose(0, 1).reshape(batch, self.out_features)  # (D, B, H) → (B, D, H) → (B, D·H)
+
+    def recurrence(self, x: Tensor, lengths: Tensor | None = None) -> Any:
+        """lstmflow's recurrence kernels for a pass over ``x`` (the lstm's input) in the current autograd and
+        autocast mode (see the class's docstring), or None for ``nn.LSTM``."""
+        kernels = None
+        applies = (
+            self.kernel != "torch" and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+            and x.dtype in (torch.float32, torch.float64) and self.lstm.weight_hh_l0.dtype == x.dtype
+            and x.shape[0] > 0 and x.shape[1] > 0
+        )  # fmt: skip
+        if applies and lengths is not None:
+            shortest, longest = int(lengths.min()), int(lengths.max())
+            # out-of-range lengths go to pack_padded_sequence, which reports them
+            applies = 1 <= shortest and longest <= x.shape[1]
+            if applies and self.kernel == "auto":
+                applies = 1 - int(lengths.sum()) / (len(lengths) * longest) <= AUTO_MAX_PADDING
+        elif self.kernel == "auto":
+            applies = False  # full-length batches: nn.LSTM (see the class's docstring)
+        if applies and self.kernel == "lstmflow":
+            kernels = recurrence_kernels(x.device, self.compiled)
+        elif applies and torch.is_grad_enabled() and self.compiled is not False:  # auto
+            kernels = compiled_kernels()
+        return kernels
+
+    def _recorded(self, kernels: Any) -> Any:
+        """``kernels``, noted in :attr:`trained_with` when this pass records gradients."""
+        if torch.is_grad_enabled():
+            self.trained_with.add(
+                "torch" if kernels is None else "lstmflow-loop" if kernels is PythonKernels else "lstmflow"
+            )
+        return kernels
+
+    def _fast_forward(self, x: Tensor, lengths: Tensor | None, kernels: Any) -> Tensor:
+        """:meth:`forward` with lstmflow's recurrence on the padded batch: one direction never looks ahead, so a
+        sample's outputs up to its last step are exact; the steps after it are set to zero, as packing leaves them."""
+        steps, hidden = x.shape[1], self.lstm.hidden_size
+        if lengths is None:
+            outputs, _ = self._fast(x, None, kernels)  # (B, T, D·H)
+            final = outputs[:, -1, :hidden]  # (B, H)
+        else:
+            lengths = lengths.to(device=x.device, dtype=torch.long)
+            longest = int(lengths.max())
+            outputs, _ = self._fast(x[:, :longest], None, kernels, lengths)  # only up to the longest sample
+            valid = torch.arange(longest, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T')
+            outputs = outputs.masked_fill(~valid.unsqueeze(-1), 0.0)  # (B, T', D·H)
+            final = outputs[torch.arange(len(lengths), device=x.device), lengths - 1, :hidden]  # (B, H)
+        if self.return_sequences:
+            return F.pad(outputs, (0, 0, 0, steps - outputs.shape[1]))  # (B, T', D·H) → (B, T, D·H), zeros after
+        # forward after each sample's last step, backward after reading back to step 0 (Keras' Bidirectional)
+        return torch.cat([final, outputs[:, 0, hidden:]], dim=1) if self.lstm.bidirectional else final  # (B, D·H)
+
+    def _fast(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None, kernels: Any, lengths: Tensor | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``self.lstm(x, state)`` by :class:`LSTMFunction` on the same parameters, one direction at a time.
+
+        The backward direction reads the time-reversed input: with ``lengths``, each sample's own steps reversed in
+        place (the padding stays after them), so it starts at the sample's last step; its outputs are put back the
+        same way. With ``lengths`` the outputs at padded steps and the final (h, c) are not nn.LSTM's: the caller
+        masks the former and takes the final h from the outputs.
+        """
+        batch, steps = x.shape[0], x.shape[1]
+        zeros = x.new_zeros(batch, self.lstm.hidden_size)  # (B, H)
+        outputs, finals_h, finals_c = [], [], []
+        kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        for direction, suffix in enumerate(["", "_reverse"][: 2 if self.lstm.bidirectional else 1]):
+            if direction == 0:
+                reader = x
+            elif lengths is None:
+                reader = x.flip(1)  # (B, T, F), time reversed
+            else:
+                order = self._reversal(lengths, steps)  # (B, T)
+                reader = x.gather(1, order.unsqueeze(-1).expand_as(x))
+            h0, c0 = (zeros, zeros) if state is None else (state[0][direction], state[1][direction])  # (B, H)
+            # this direction's nn.LSTM parameters: weight_ih (4H, F), weight_hh (4H, H), bias_ih, bias_hh (4H,)
+            weights = [getattr(self.lstm, f"{kind}_l0{suffix}") for kind in kinds]
+            out, h_n, c_n = LSTMFunction.apply(reader, h0, c0, *weights, kernels)  # out (B, T, H); h_n, c_n (B, H)
+            if direction == 1:
+                out = out.flip(1) if lengths is None else out.gather(1, order.unsqueeze(-1).expand_as(out))
+            outputs.append(out)
+            finals_h.append(h_n)
+            finals_c.append(c_n)
+        # (B, T, D·H); h, c (D, B, H)
+        return torch.cat(outputs, dim=2), (torch.stack(finals_h), torch.stack(finals_c))
+
+    @staticmethod
+    def _reversal(lengths: Tensor, steps: int) -> Tensor:
+        """(B, T) step indices that reverse each sample's first ``lengths[b]`` steps and keep the rest in place."""
+        positions = torch.arange(steps, device=lengths.device).unsqueeze(0)  # (1, T)
+        reversed_positions = lengths.unsqueeze(1) - 1 - positions  # (B, T)
+        return torch.where(reversed_positions >= 0, reversed_positions, positions)
 
 
 class Dense(nn.Module):
@@ -177,9 +315,10 @@ class LSTMNet(nn.Module):
 
     Build it with :func:`build_model`, which checks the shape rules and fills in the last dense's units; this
     constructor takes a spec that has passed them (``model.spec`` is one, for rebuilding from a checkpoint).
+    ``lstm_kernel`` is every lstm layer's :attr:`LSTMBlock.kernel`; it changes no parameter.
     """
 
-    def __init__(self, spec: ModelSpec, n_features: int) -> None:
+    def __init__(self, spec: ModelSpec, n_features: int, lstm_kernel: LSTMKernel = "auto") -> None:
         super().__init__()
         self.spec = spec
         self.n_features = n_features  # the vocabulary size when the first layer is an embedding
@@ -192,7 +331,9 @@ class LSTMNet(nn.Module):
                     block = TokenEmbedding(n_features, args.dim, args.frozen)
                     width = block.out_features
                 case LSTMLayer():
-                    block = LSTMBlock(width, args.units, args.return_sequences, args.bidirectional, args.dropout)
+                    block = LSTMBlock(
+                        width, args.units, args.return_sequences, args.bidirectional, args.dropout, lstm_kernel
+                    )
                     width = block.out_features
                 case DenseLayer():
                     if args.units is None:
@@ -215,6 +356,11 @@ class LSTMNet(nn.Module):
         softmax_head = spec.layers[head].dense is not None and spec.layers[head].dense.activation == "softmax"
         #: The output dense whose softmax :meth:`logits` leaves out (classification folds it into the loss).
         self.softmax_head = head if softmax_head else None
+
+    def lstm_kernels_trained(self) -> list[str]:
+        """The implementations that ran this model's lstm layers in gradient-recording passes so far, sorted:
+        ``"lstmflow"`` (compiled), ``"lstmflow-loop"``, ``"torch"`` (see :class:`LSTMBlock`)."""
+        return sorted({name for layer in self.layers if isinstance(layer, LSTMBlock) for name in layer.trained_with})
 
     @property
     def input_width(self) -> int:
@@ -295,7 +441,7 @@ class LSTMNet(nn.Module):
 
 def build_model(
     spec: ModelSpec, n_features: int, n_outputs: int | None, where: str = "model", needs: str | None = None,
-    per_step: bool = False,
+    per_step: bool = False, lstm_kernel: LSTMKernel = "auto",
 ) -> LSTMNet:
     """Compile ``spec`` for inputs of ``n_features`` per step and a task that needs ``n_outputs`` per sample.
 
@@ -306,8 +452,9 @@ def build_model(
     from it when omitted and must equal it when given. ``None`` keeps what the spec says and lets the network end
     in a sequence. ``where`` is the spec's YAML path and ``needs`` says where ``n_outputs`` comes from (e.g.
     ``"horizon 12 × 1 target"``); both go into the error messages. ``per_step`` asks for ``n_outputs`` at every
-    time step (a language model's next-token scores) instead of once per sample. Every broken rule is reported in
-    one ConfigError.
+    time step (a language model's next-token scores) instead of once per sample. ``lstm_kernel`` is
+    ``train.lstm_kernel``: what runs the lstm layers' recurrence on a CPU (:class:`LSTMBlock`). Every broken rule
+    is reported in one ConfigError.
     """
     if n_features < 1:
         raise ValueError(f"n_features must be >= 1, got {n_features}")
@@ -316,7 +463,7 @@ def build_model(
     problems += output_problems
     if problems:
         raise ConfigError(problems)
-    return LSTMNet(resolved, n_features)
+    return LSTMNet(resolved, n_features, lstm_kernel)
 
 
 def output_layer(spec: ModelSpec) -> int:
