@@ -1,9 +1,14 @@
-"""LSTM training throughput on the CPU: lstmflow's FastLSTM vs PyTorch's ``nn.LSTM`` vs Keras 3 on TensorFlow.
+"""LSTM training throughput on the CPU: lstmflow's LSTM kernel vs PyTorch's ``nn.LSTM`` vs Keras 3 on TensorFlow.
 
 One training step = forward, backward and an Adam step on an MSE loss, on a fixed random batch. Models:
 
 - the guide's example: 1 feature → LSTM(128) → Dense(10), 100 steps at batch 64 and 256, 500 steps at batch 64;
+- the same with variable lengths (``guide-padded``: each sample 50-100 steps, padded to 100; PyTorch reads packed
+  sequences, Keras masks the padding), as classifiers of sequences, texts and audio train;
 - an audio-sized model: 40 features → LSTM(256) → LSTM(256) → Dense(10), 100 steps, batch 64.
+
+The PyTorch variants train lstmflow's own network (``build_model``, as the trainer does), once with
+``train.lstm_kernel: torch`` (``nn.LSTM``) and once with ``lstmflow`` (the compiled kernel on the same weights).
 
 Each variant is its own subprocess (two OpenMP runtimes in one process skew each other) with its thread settings in
 the environment before it imports anything; the parent sends every measurement in turn to every variant
@@ -11,13 +16,17 @@ the environment before it imports anything; the parent sends every measurement i
 
 - ``nn.LSTM 1t``: OMP_NUM_THREADS=1, the setting that survives a busy machine (STACK.md);
 - ``nn.LSTM 2t``: 2 threads with OMP_WAIT_POLICY=PASSIVE (lstmflow's child processes use PASSIVE);
-- ``FastLSTM 1t`` / ``FastLSTM 2t``: lstmflow's layer with the same settings (2t splits the batch across threads);
+- ``lstmflow 1t`` / ``lstmflow 2t``: lstmflow's kernel with the same settings (2t splits the batch across threads);
 - ``Keras/TF``: TensorFlow's own thread pool, as a Keras user gets it (``model.fit`` over repeated batches).
 
 Keras runs from a separate virtual environment (``--keras-python``, default ``/tmp/kerasvenv/bin/python`` with
 ``tensorflow-cpu`` and ``keras``; never a dependency of lstmflow); without one it is skipped with a message.
 
-Achieved GFLOP/s counts 3 × 8·T·B·H·(I+H) per layer per training step (forward, and twice that for the backward).
+Every variant runs with the malloc settings of lstmflow's training children (``lstmflow.launch.MALLOC_SETTINGS``:
+freed memory stays in the heap, which made training steps 1.5-1.8× faster here).
+
+Achieved GFLOP/s counts 3 × 8·T·B·H·(I+H) per layer per training step (forward, and twice that for the backward),
+with T the mean real length for the padded configuration.
 The peak is the best fp32 2048×2048 matrix multiply on all cores in the same run (numpy's BLAS and ``torch.mm``).
 ``--busy`` measures everything a second time with a CPU-bound process running beside it.
 
@@ -55,12 +64,23 @@ class Config:
     units: tuple[int, ...]
     steps: int
     batch: int
+    padded: bool = False  # lengths drawn from steps/2 to steps, the rest padding
+
+    def lengths(self) -> Any:
+        """Each sample's real length (a seeded draw), or None when every sample is full."""
+        import numpy as np
+
+        if not self.padded:
+            return None
+        return np.random.default_rng(1).integers(self.steps // 2, self.steps + 1, self.batch)
 
     def flops_per_step(self) -> float:
         """3 × 8·T·B·H·(I+H) per layer: the four gates' multiplies, forward (1×) and backward (2×)."""
+        lengths = self.lengths()
+        steps = self.steps if lengths is None else float(lengths.mean())
         total, width = 0.0, self.features
         for hidden in self.units:
-            total += 3 * 8 * self.steps * self.batch * hidden * (width + hidden)
+            total += 3 * 8 * steps * self.batch * hidden * (width + hidden)
             width = hidden
         return total
 
@@ -71,6 +91,7 @@ CONFIGS = {
         Config("guide-b64", 1, (128,), 100, 64),
         Config("guide-b256", 1, (128,), 100, 256),
         Config("guide-T500", 1, (128,), 500, 64),
+        Config("guide-padded", 1, (128,), 100, 64, padded=True),
         Config("audio-b64", 40, (256, 256), 100, 64),
     )
 }
@@ -86,8 +107,8 @@ class Variant:
 VARIANTS = (
     Variant("nn.LSTM 1t", "torch", 1),
     Variant("nn.LSTM 2t", "torch", 2),
-    Variant("FastLSTM 1t", "fast", 1),
-    Variant("FastLSTM 2t", "fast", 2),
+    Variant("lstmflow 1t", "fast", 1),
+    Variant("lstmflow 2t", "fast", 2),
     Variant("Keras/TF", "keras", None),
 )
 
@@ -96,48 +117,49 @@ VARIANTS = (
 
 
 class TorchTrainer:
-    """nn.LSTM or FastLSTM layers → Dense(10), trained with Adam on MSE; one model per config, built on demand."""
+    """lstmflow's network (lstm layers → Dense(10)) trained with Adam on MSE, with ``nn.LSTM`` or lstmflow's kernel;
+    one model per config, built on demand."""
 
     def __init__(self, fast: bool) -> None:
         import torch
 
         self.torch = torch
-        self.fast = fast
+        self.kernel = "lstmflow" if fast else "torch"
         self.models: dict[str, Any] = {}
 
     def hello(self) -> dict[str, str]:
         versions = {"torch": self.torch.__version__, "threads": str(self.torch.get_num_threads())}
-        if self.fast:
+        if self.kernel == "lstmflow":
             from lstmflow.models.fast_lstm import compiled_kernels
 
-            versions["fastlstm"] = "compiled" if compiled_kernels() is not None else "PyTorch loop (no compiler)"
+            versions["lstmflow kernel"] = "compiled" if compiled_kernels() is not None else "PyTorch loop (no compiler)"
         return versions
 
-    def _model(self, config: Config) -> tuple[Any, Any, Any, Any]:
+    def _model(self, config: Config) -> tuple[Any, Any, Any, Any, Any]:
         if config.name not in self.models:
-            torch, nn = self.torch, self.torch.nn
-            from lstmflow.models.fast_lstm import FastLSTM
+            torch = self.torch
+            from lstmflow.config import ModelSpec
+            from lstmflow.models.lstm import build_model
 
             torch.manual_seed(0)
-            widths = (config.features, *config.units)
-            layers = nn.ModuleList(
-                FastLSTM(i, h) if self.fast else nn.LSTM(i, h, batch_first=True) for i, h in zip(widths, widths[1:])
-            )
-            head = nn.Linear(config.units[-1], OUTPUTS)
-            model = nn.ModuleDict({"layers": layers, "head": head})
+            last = len(config.units) - 1
+            layers = [{"lstm": {"units": hidden, "return_sequences": index < last}} for index, hidden in enumerate(config.units)]
+            spec = ModelSpec.model_validate({"layers": [*layers, {"dense": {"units": OUTPUTS}}]})
+            model = build_model(spec, config.features, OUTPUTS, where="bench.model", lstm_kernel=self.kernel).train()
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
             x = torch.randn(config.batch, config.steps, config.features)  # (B, T, I)
+            lengths = config.lengths()
+            if lengths is not None:
+                lengths = torch.from_numpy(lengths)
+                x[torch.arange(config.steps)[None, :] >= lengths[:, None]] = 0.0  # padding
             y = torch.randn(config.batch, OUTPUTS)  # (B, 10)
-            self.models[config.name] = (model, optimizer, x, y)
+            self.models[config.name] = (model, optimizer, x, lengths, y)
         return self.models[config.name]
 
     def step(self, config: Config) -> None:
-        model, optimizer, x, y = self._model(config)
+        model, optimizer, x, lengths, y = self._model(config)
         optimizer.zero_grad(set_to_none=True)
-        h = x
-        for layer in model["layers"]:
-            h, (h_n, _) = layer(h)  # (B, T, H); h_n (1, B, H)
-        loss = self.torch.nn.functional.mse_loss(model["head"](h_n[0]), y)
+        loss = self.torch.nn.functional.mse_loss(model(x, lengths), y)
         loss.backward()
         optimizer.step()
 
@@ -180,6 +202,8 @@ class KerasTrainer:
             keras, np = self.keras, self.np
             keras.utils.set_random_seed(0)
             layers = [keras.Input((config.steps, config.features))]
+            if config.padded:
+                layers.append(keras.layers.Masking(0.0))  # Keras's way to skip padded steps
             for index, hidden in enumerate(config.units):
                 layers.append(keras.layers.LSTM(hidden, return_sequences=index < len(config.units) - 1))
             layers.append(keras.layers.Dense(OUTPUTS))
@@ -187,6 +211,9 @@ class KerasTrainer:
             model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
             rng = np.random.default_rng(0)
             x = rng.standard_normal((config.batch, config.steps, config.features), dtype=np.float32)
+            lengths = config.lengths()
+            if lengths is not None:
+                x[np.arange(config.steps)[None, :] >= lengths[:, None]] = 0.0  # padding
             y = rng.standard_normal((config.batch, OUTPUTS), dtype=np.float32)
             self.models[config.name] = (model, x, y)
         return self.models[config.name]
@@ -247,7 +274,9 @@ class Worker:
     """A variant's subprocess, started with its thread settings in the environment."""
 
     def __init__(self, variant: Variant, python: str) -> None:
-        environment = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        from lstmflow.launch import MALLOC_SETTINGS
+
+        environment = {**MALLOC_SETTINGS, **os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
         if variant.threads is not None:
             threads = str(variant.threads)
             environment.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OMP_WAIT_POLICY="PASSIVE")
@@ -316,13 +345,14 @@ def table(
     ]
     for config in configs:
         medians = {name: statistics.median(samples[config.name, name]) for name in names}
-        baselines = [value for name, value in medians.items() if not name.startswith("FastLSTM")]
+        baselines = [value for name, value in medians.items() if not name.startswith("lstmflow")]
         best_baseline = max(baselines)
         for name in names:
             values = samples[config.name, name]
             gflops = medians[name] / config.batch * config.flops_per_step() / 1e9
             rows.append(
-                f"| {config.name} (I={config.features}, H={'×'.join(map(str, config.units))}, T={config.steps}, "
+                f"| {config.name} (I={config.features}, H={'×'.join(map(str, config.units))}, T={config.steps}"
+                f"{', lengths T/2–T' if config.padded else ''}, "
                 f"B={config.batch}) | {name} | {medians[name]:,.0f} ({min(values):,.0f}–{max(values):,.0f}) | "
                 f"{gflops:.1f} | {100 * gflops / peak:.0f}% | {medians[name] / best_baseline:.2f}× |"
             )
