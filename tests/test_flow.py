@@ -185,7 +185,7 @@ def test_changed_override_trains_again_and_force_bypasses_cache(first_run: tuple
 
 
 def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_harness: None) -> None:
-    """The demo pipelines, on their real data built by the DVC stage, two epochs each; each registered model predicts."""
+    """The demo pipelines, on their real data built by the DVC stage, one epoch each; each registered model predicts."""
     import pandas as pd
 
     from flows.pipeline import run_pipeline
@@ -206,7 +206,7 @@ def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_ha
     }
     baselines = {"forecast": {"naive_mae", "mase"}, "classify": {"majority_accuracy", "macro_f1"}, "language_model": {"unigram_perplexity", "perplexity"}}
     for name, pipeline in yaml.safe_load((REPO / "pipelines.yaml").read_text())["pipelines"].items():
-        result = run_pipeline(pipeline=name, epochs=2, config=str(root / "pipelines.yaml"))
+        result = run_pipeline(pipeline=name, epochs=1, config=str(root / "pipelines.yaml"))
         assert result["model_uri"] == f"models:/{name}/1"
         assert baselines[pipeline["task"]] <= set(result["metrics"]) and json.loads(json.dumps(result, default=str))["pipeline"] == name
         prediction = load_model(tracking_uri(root), result["model_uri"]).predict(requests[name](root / "data" / "raw"))
