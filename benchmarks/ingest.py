@@ -15,15 +15,12 @@ and date; appends the report to ``benchmarks/RESULTS.md``. Each script also runs
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _report import publish  # benchmarks/ is the script's folder, so on sys.path
+from _report import heading, publish  # benchmarks/ is the script's folder, so on sys.path
 
 HERE = Path(__file__).resolve().parent
 #: Each benchmark with the arguments of a quick look (a few seconds each) for ``--quick``.
@@ -51,13 +48,8 @@ def main() -> None:
         seconds = time.perf_counter() - started
         shown = " ".join(["python", f"benchmarks/{script}", *(quick if args.quick else [])])
         sections.append(f"### `{shown}` ({seconds:.0f} s)\n\n```\n{done.stdout.strip()}\n```\n")
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    heading = (
-        f"## {dt.date.today()} · ingestion: `python benchmarks/ingest.py{' --quick' if args.quick else ''}`\n\n"
-        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} · Python {platform.python_version()} · "
-        f"load average after the runs {load} (1/5/15 min)\n"
-    )
-    publish("\n".join([heading, *sections]), append=not args.no_append)
+    title = heading("ingestion", f"python benchmarks/ingest.py{' --quick' if args.quick else ''}")
+    publish("\n".join([title, *sections]), append=not args.no_append)
 
 
 if __name__ == "__main__":

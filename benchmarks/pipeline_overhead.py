@@ -18,11 +18,9 @@ The target: an unchanged re-run costs at most 10% of the first run. Prints a tab
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _report import publish  # benchmarks/ is the script's folder, so on sys.path
+from _report import heading, publish  # benchmarks/ is the script's folder, so on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 spent: dict[str, float] = defaultdict(float)
@@ -108,13 +106,8 @@ def free_port() -> int:
 
 
 def report(pipeline: str, measured: dict[str, list[dict[str, Any]]]) -> str:
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     lines = [
-        f"## {datetime.date.today()} · pipeline overhead: `python benchmarks/pipeline_overhead.py --pipeline {pipeline}`",
-        "",
-        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} · Python {platform.python_version()} · "
-        f"load average after the runs {load} (1/5/15 min)",
-        "",
+        heading("pipeline overhead", f"python benchmarks/pipeline_overhead.py --pipeline {pipeline}"),
         "| set-up | run | total (s) | Prefect + rest | DVC | training | MLflow | cached | re-run / first |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]

@@ -16,10 +16,8 @@ same pipeline in the same run: linear growth reads 4.0 and 16.0. A discarded war
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -29,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
+from _report import RESULTS, heading, publish  # benchmarks/ is the script's folder, so on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 FACTORS = (1, 4, 16)
@@ -126,13 +124,8 @@ def run_size(pipeline: str, factor: int, args: argparse.Namespace) -> dict[str, 
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[int, dict[str, float]]]) -> str:
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     lines = [
-        f"## {dt.date.today()} · scaling with the data: `python benchmarks/scaling.py`",
-        "",
-        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} · Python {platform.python_version()} · "
-        f"load average after the runs {load} (1/5/15 min)",
-        "",
+        heading("scaling with the data", "python benchmarks/scaling.py"),
         f"{args.epochs} epochs, no early stopping, one training thread; 1× is {args.rows:,} series points (forecast, "
         f"window 48, LSTM 64) and {args.sequences:,} sequences of 60 steps (classify, LSTM 64). Ratios against 1×.",
         "",
