@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lstmflow.config import AudioSpec
 from lstmflow.data.audio import prepare_audio_features
-from lstmflow.datasets import build_audio_demo
+from lstmflow.data.demo import build_audio_demo
 
 WHERE = "benchmark.data"
 

@@ -1,7 +1,7 @@
 """DDP on CPU: start-up overhead and training throughput, 1 worker against 2 (gloo, one thread each); or one GPU.
 
 Writes a seeded seasonal series (no downloads), prepares its windows with the real features code, and trains the
-same spec through :func:`lstmflow.launch.train_in_child` with ``train.workers`` 1 and 2 (same global batch), and,
+same spec through :func:`lstmflow.training.launch.train_in_child` with ``train.workers`` 1 and 2 (same global batch), and,
 as a control, 1 worker with half the batch (what each of the 2 workers computes per step: on CPU a smaller batch
 can be cheaper per sample, which alone makes 2 workers look better than 2×). For each run it measures:
 
@@ -38,11 +38,11 @@ import torch
 
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
-from lstmflow.launch import LOG_FILE, train_in_child
-from lstmflow.loggers import ListLogger
+from lstmflow.training.launch import LOG_FILE, train_in_child
+from lstmflow.training.loggers import ListLogger
 from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
 
-#: Rank 0's log line written right before its first batch (see lstmflow.train.fit).
+#: Rank 0's log line written right before its first batch (see lstmflow.training.fit.fit).
 FIRST_BATCH = re.compile(r"^(\S+ \S+) INFO lstmflow\.train: training \S+ on \S+ with \d+ thread\(s\), rank 0 of", re.M)
 
 

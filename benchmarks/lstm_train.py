@@ -22,7 +22,7 @@ the environment before it imports anything; the parent sends every measurement i
 Keras runs from a separate virtual environment (``--keras-python``, default ``/tmp/kerasvenv/bin/python`` with
 ``tensorflow-cpu`` and ``keras``; never a dependency of lstmflow); without one it is skipped with a message.
 
-Every variant runs with the malloc settings of lstmflow's training children (``lstmflow.launch.MALLOC_SETTINGS``:
+Every variant runs with the malloc settings of lstmflow's training children (``lstmflow.training.launch.MALLOC_SETTINGS``:
 freed memory stays in the heap, which made training steps 1.5-1.8× faster here).
 
 Achieved GFLOP/s counts 3 × 8·T·B·H·(I+H) per layer per training step (forward, and twice that for the backward),
@@ -274,7 +274,7 @@ class Worker:
     """A variant's subprocess, started with its thread settings in the environment."""
 
     def __init__(self, variant: Variant, python: str) -> None:
-        from lstmflow.launch import MALLOC_SETTINGS
+        from lstmflow.training.launch import MALLOC_SETTINGS
 
         environment = {**MALLOC_SETTINGS, **os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
         if variant.threads is not None:

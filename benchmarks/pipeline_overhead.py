@@ -65,7 +65,7 @@ def measure(mode: str, pipeline: str, epochs: int | None) -> list[dict[str, Any]
     """Both runs of ``pipeline`` in a fresh project, in this process; ``mode`` ``stack`` starts the servers first."""
     root = Path(tempfile.mkdtemp(prefix="lstmflow-bench-")) / "project"
     make_project(root)
-    from lstmflow import stack
+    from lstmflow.ops import stack
 
     if mode == "stack":
         stack.up(root, prefect_port=free_port(), mlflow_port=free_port())
@@ -73,7 +73,9 @@ def measure(mode: str, pipeline: str, epochs: int | None) -> list[dict[str, Any]
         from lstmflow.cli import configure_environment
 
         configure_environment(root)
-        from lstmflow import launch, tracking, versioning
+        from lstmflow.training import launch
+        from lstmflow import tracking
+        from lstmflow.ops import versioning
 
         timed(versioning, "dvc", "dvc")
         for name in ("start_run", "log_summary_metrics", "log_artifacts", "register_model", "end_run", "reopen_run"):

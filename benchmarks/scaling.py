@@ -96,7 +96,7 @@ def measure(root: Path, pipeline: str) -> dict[str, float]:
     from lstmflow.cli import configure_environment
 
     configure_environment(root)
-    from lstmflow import steps
+    from lstmflow.ops import steps
 
     config = str(root / "pipelines.yaml")
     started = time.perf_counter()

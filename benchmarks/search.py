@@ -1,7 +1,7 @@
 """A small hyperparameter search: wall time with 1 and 2 trials at once, and what pruning saves.
 
 Writes a seeded seasonal series (no downloads), prepares its windows with the real features code, and runs the same
-search three times through :func:`lstmflow.steps.run_search` (Optuna journal storage, MLflow on SQLite, each trial
+search three times through :func:`lstmflow.ops.steps.run_search` (Optuna journal storage, MLflow on SQLite, each trial
 training in its own child process; Prefect is not involved):
 
 - ``parallel 1, median pruner``: the reference;
@@ -33,7 +33,9 @@ import numpy as np
 import optuna
 import torch
 
-from lstmflow import search, steps
+from lstmflow.training import search
+
+from lstmflow.ops import steps
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import prepare_features, resolve_data
 from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path

@@ -3,7 +3,7 @@
 Writes a seeded seasonal series (no downloads), prepares its windows with the real features code, and trains the
 guide's example model (1 feature → LSTM(128) → Dense) on windows of 100 steps, batch 64, one thread:
 
-- ``lstmflow fit``: :func:`lstmflow.train.fit` in this process on the prepared features: shuffled batches from the
+- ``lstmflow fit``: :func:`lstmflow.training.fit.fit` in this process on the prepared features: shuffled batches from the
   window store, loss and metric sums, a validation pass and a checkpoint each epoch, the metric logger, the best
   model saved at the end. Timed as the whole call (model building included).
 - ``bare loop``: the same model (same spec, seed and optimizer) on every training window materialised as one
@@ -33,9 +33,9 @@ from torch import Tensor
 
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
-from lstmflow.loggers import ListLogger
+from lstmflow.training.loggers import ListLogger
 from lstmflow.models.lstm import build_model
-from lstmflow.train import fit, make_optimizer, seed_everything
+from lstmflow.training.fit import fit, make_optimizer, seed_everything
 from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
 
 WINDOW, UNITS, BATCH = 100, 128, 64

@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from lstmflow.errors import ConfigError
-from lstmflow.steps import Prepared, drive_trials, project_root
+from lstmflow.ops.steps import Prepared, drive_trials, project_root
 from tasks.data import prepare
 from tasks.evaluate import evaluate
 from tasks.gate import gate

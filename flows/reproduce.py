@@ -16,7 +16,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from lstmflow import steps, tracking
+from lstmflow.ops import steps
+
+from lstmflow import tracking
 from lstmflow.config import Config, validate_pipeline
 from lstmflow.tracking import runs
 from tasks.evaluate import evaluate

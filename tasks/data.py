@@ -8,7 +8,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from lstmflow import steps
+from lstmflow.ops import steps
 from tasks.policy import retry_unless_user_error
 
 

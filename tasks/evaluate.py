@@ -8,7 +8,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from lstmflow import steps
+from lstmflow.ops import steps
 
 
 @task(name="evaluate", cache_policy=TASK_SOURCE + INPUTS, persist_result=True)

@@ -8,8 +8,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from lstmflow import gate as judging
-from lstmflow import steps
+from lstmflow.ops import gate as judging
+from lstmflow.ops import steps
 from tasks.policy import retry_unless_user_error
 
 

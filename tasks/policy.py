@@ -8,7 +8,7 @@ from typing import Any
 
 from lstmflow.config import OPERATIONS
 from lstmflow.errors import ConfigError, DataError
-from lstmflow.steps import code_version
+from lstmflow.ops.steps import code_version
 
 
 def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from lstmflow import steps
+from lstmflow.ops import steps
 from tasks.policy import retry_unless_user_error
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import task
 from prefect.runtime import flow_run
 
-from lstmflow import steps
+from lstmflow.ops import steps
 from tasks.policy import retry_unless_user_error, step_cache_key
 
 

@@ -104,8 +104,8 @@ def tiny_project(tmp_path: Path) -> Path:
 
 from lstmflow.config import ClassSplitSpec, PipelineSpec, deep_merge, validate_pipeline  # noqa: E402
 from lstmflow.data.sequences import assign_parts, write_sequences  # noqa: E402
-from lstmflow.loggers import ListLogger  # noqa: E402
-from lstmflow.train import FitResult, fit  # noqa: E402
+from lstmflow.training.loggers import ListLogger  # noqa: E402
+from lstmflow.training.fit import FitResult, fit  # noqa: E402
 
 CLASSES = ("rise", "fall", "wave")
 

@@ -61,7 +61,7 @@ def lstmflow(root: Path, *args: str, timeout: float = 300) -> subprocess.Complet
 
 def test_the_stack_serves_a_run_to_the_uis_and_down_leaves_nothing_running(tmp_path: Path) -> None:
     """`lstmflow up`, `status`, a run through the servers, both UIs showing it in Chromium, `lstmflow down`."""
-    from lstmflow import stack
+    from lstmflow.ops import stack
     from lstmflow.cli import configure_environment
     from lstmflow.errors import ConfigError
 

@@ -9,7 +9,7 @@ import yaml
 
 from lstmflow.config import DATA_SPECS, Config, PipelineSpec, apply_override, deep_merge, flatten
 from lstmflow.errors import ConfigError
-from lstmflow.reference import fields_of, reference_markdown
+from lstmflow.config.reference import fields_of, reference_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lstmflow.datasets import AUDIO_DEMO_RATE, CHIRP_CLASSES, ORDER_CLASSES, build_audio_demo, build_demo_data
+from lstmflow.data.demo import AUDIO_DEMO_RATE, CHIRP_CLASSES, ORDER_CLASSES, build_audio_demo, build_demo_data
 
 #: sha256 of the forecasting CSVs as written before the classification sets were added: their DVC hashes, and so
 #: every forecasting pipeline's cached features, must not change.

@@ -14,10 +14,10 @@ from conftest import REPO
 from lstmflow.config import Config, PipelineSpec, validate_pipeline
 from lstmflow.data.sequences import assign_parts, prepare_sequence_features, read_sequence_table
 from lstmflow.data.text import prepare_text_features, read_texts
-from lstmflow.datasets import build_demo_data
-from lstmflow.evaluate import evaluate_classifier
-from lstmflow.loggers import ListLogger
-from lstmflow.train import fit
+from lstmflow.data.demo import build_demo_data
+from lstmflow.evaluation.evaluate import evaluate_classifier
+from lstmflow.training.loggers import ListLogger
+from lstmflow.training.fit import fit
 
 pytestmark = pytest.mark.slow
 

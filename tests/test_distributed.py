@@ -23,11 +23,11 @@ from conftest import Patterns, make_project, prepare_pipeline_features, prepared
 
 from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.timeseries import resolve_data
-from lstmflow.distributed import RendezvousError
+from lstmflow.training.distributed import RendezvousError
 from lstmflow.errors import CheckpointError, ConfigError
-from lstmflow.launch import train_in_child
-from lstmflow.loggers import ListLogger
-from lstmflow.train import FitResult, fit
+from lstmflow.training.launch import train_in_child
+from lstmflow.training.loggers import ListLogger
+from lstmflow.training.fit import FitResult, fit
 
 torch.set_num_threads(1)
 
@@ -246,7 +246,7 @@ def test_two_workers_through_the_flow_log_one_run_like_one_worker(tmp_path: Path
 def test_a_model_trained_on_cuda_loads_and_predicts_on_cpu(data_dir: Path, tmp_path: Path, precision: str) -> None:
     from lstmflow.data.timeseries import load_features
     from lstmflow.models.lstm import build_model
-    from lstmflow.objectives import evaluate_loss
+    from lstmflow.training.objectives import evaluate_loss
 
     spec = spec_on(data_dir, device="cuda", precision=precision)
     result = train_in_child(spec, data_dir / "features", tmp_path, ListLogger(), progress=False)

@@ -11,10 +11,10 @@ import torch
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.sequences import load_sequences, write_sequences
 from lstmflow.errors import DataError
-from lstmflow.evaluate import evaluate_classifier, predict_proba
-from lstmflow.loggers import ListLogger
+from lstmflow.evaluation.evaluate import evaluate_classifier, predict_proba
+from lstmflow.training.loggers import ListLogger
 from lstmflow.models.lstm import build_model
-from lstmflow.train import fit
+from lstmflow.training.fit import fit
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ("bump", "falling", "rising")  # as write_sequences orders them

@@ -83,7 +83,7 @@ def test_bad_requests_are_invalid_parameters_not_server_errors(first_run: tuple[
     from mlflow.exceptions import MlflowException
 
     from lstmflow.tracking import load_model, tracking_uri
-    from lstmflow.tracking.serving import BadRequest, load_predictor
+    from lstmflow.serving.predictors import BadRequest, load_predictor
 
     root, result = first_run
     model = load_model(tracking_uri(root), result["model_uri"])
@@ -256,7 +256,7 @@ def test_killed_training_is_retried_from_its_checkpoint_in_the_same_mlflow_run(t
 
 def test_prepare_upgrades_params_written_by_an_older_lstmflow(tiny_project: Path) -> None:
     """An entry without the stage inputs (as lstmflow wrote them before given splits) must not break dvc.yaml."""
-    from lstmflow.steps import prepare
+    from lstmflow.ops.steps import prepare
 
     config = tiny_project / "pipelines.yaml"
     config.write_text(config.read_text() + "  other:\n    data: {path: data/tiny.csv, target: value}\n")

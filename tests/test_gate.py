@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from conftest import prepare_pipeline_features, prepared_corpus, write_sine_csv
-from lstmflow import gate, steps
+from lstmflow.ops import gate, steps
 from lstmflow.config import PromoteSpec, validate_pipeline
 from lstmflow.data.kinds import build_features, resolve
-from lstmflow.loggers import ListLogger
+from lstmflow.training.loggers import ListLogger
 from lstmflow.models.lstm import build_model
 from lstmflow.tracking import registry, tracking_uri
-from lstmflow.tracking.serving import load_predictor, write_bundle
-from lstmflow.train import fit
+from lstmflow.serving.predictors import load_predictor, write_bundle
+from lstmflow.training.fit import fit
 
 # ------------------------------------------------------------------------------------------------ statistics
 
@@ -217,7 +217,7 @@ def classify_spec(root: Path, data: dict[str, Any], layers: list[dict[str, Any]]
 def prepared_classifier(root: Path, spec: Any) -> tuple[Path, Any]:  # noqa: ANN401
     """The data stage's features of ``spec`` in ``root / "features"``, and an untrained predictor for them."""
     from lstmflow.data.sequences import load_sequences
-    from lstmflow.objectives import classifier_input_size
+    from lstmflow.training.objectives import classifier_input_size
 
     features_dir = root / "features"
     build_features(spec.data, None, features_dir, "pipelines.patterns.data", root / "cache")
@@ -236,7 +236,7 @@ def test_requests_of_a_table_are_the_prepared_test_sequences(tmp_path: Path, lay
 
 
 def test_requests_of_texts_and_images_are_the_prepared_test_samples(tmp_path: Path) -> None:
-    from lstmflow.datasets import _agent_texts, _write_digits
+    from lstmflow.data.demo import _agent_texts, _write_digits
 
     texts = tmp_path / "texts"
     _agent_texts(texts_per_class=20).to_csv(tmp_path / "agents.csv", index=False)
@@ -270,7 +270,7 @@ def test_requests_of_clips_leave_out_the_files_the_data_stage_skipped(tmp_path: 
 
 def test_raw_data_that_no_longer_match_the_features_are_refused(tmp_path: Path) -> None:
     from lstmflow.errors import DataError
-    from lstmflow.tracking.serving import Classifier
+    from lstmflow.serving.predictors import Classifier
 
     path = write_pattern_table(tmp_path / "patterns.csv", 10, "wide")
     spec = classify_spec(tmp_path, {"kind": "sequences", "path": str(path), "format": "wide"})
@@ -282,7 +282,7 @@ def test_raw_data_that_no_longer_match_the_features_are_refused(tmp_path: Path) 
 
 def test_score_text_is_the_evaluation_cross_entropy_of_one_stream(tmp_path: Path) -> None:
     from lstmflow.data.corpus import load_corpus, split_corpus
-    from lstmflow.objectives import LanguageModelObjective, token_cross_entropy
+    from lstmflow.training.objectives import LanguageModelObjective, token_cross_entropy
 
     spec = prepared_corpus(tmp_path, repeats=12)
     features = load_corpus(tmp_path / "features")

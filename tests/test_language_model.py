@@ -15,12 +15,12 @@ from conftest import CORPUS_LINE, make_project
 from lstmflow.config import validate_pipeline
 from lstmflow.data.corpus import TokenStream, load_corpus, prepare_corpus_features, read_text, split_corpus
 from lstmflow.errors import ConfigError, DataError
-from lstmflow.evaluate import evaluate_language_model
-from lstmflow.generate import decode, generate
-from lstmflow.loggers import ListLogger
+from lstmflow.evaluation.evaluate import evaluate_language_model
+from lstmflow.serving.generate import decode, generate
+from lstmflow.training.loggers import ListLogger
 from lstmflow.models.lstm import build_model
-from lstmflow.objectives import LanguageModelObjective, make_objective
-from lstmflow.train import fit
+from lstmflow.training.objectives import LanguageModelObjective, make_objective
+from lstmflow.training.fit import fit
 
 
 def lm_spec(path: Path, **sections: object):  # noqa: ANN201 - a PipelineSpec

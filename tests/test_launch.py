@@ -20,9 +20,9 @@ from conftest import prepare_pipeline_features, write_sine_csv
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import resolve_data
 from lstmflow.errors import ConfigError, DataError, TrainingError
-from lstmflow.launch import train_in_child
-from lstmflow.loggers import ListLogger
-from lstmflow.train import fit
+from lstmflow.training.launch import train_in_child
+from lstmflow.training.loggers import ListLogger
+from lstmflow.training.fit import fit
 
 torch.set_num_threads(1)
 
@@ -97,7 +97,7 @@ def test_child_trains_with_the_thread_environment_set_before_torch(data_dir: Pat
 
 
 def test_a_malloc_setting_of_the_caller_is_kept(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lstmflow.launch import child_environment
+    from lstmflow.training.launch import child_environment
 
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from lstmflow.metrics import (
+from lstmflow.evaluation.metrics import (
     classification_metrics,
     confusion_matrix,
     forecast_metrics,

@@ -14,7 +14,7 @@ from lstmflow.data.sequences import load_sequences
 from lstmflow.data.timeseries import resolve_data
 from lstmflow.errors import ConfigError, DataError
 from lstmflow.models.lstm import build_model
-from lstmflow.objectives import ClassifyObjective, ForecastObjective, classifier_input_size, make_objective
+from lstmflow.training.objectives import ClassifyObjective, ForecastObjective, classifier_input_size, make_objective
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmflow.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
+from lstmflow.evaluation.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

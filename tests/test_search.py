@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from conftest import TINY_PIPELINES, Patterns, make_project
-from lstmflow import search, steps
+from lstmflow.training import search
+from lstmflow.ops import steps
 from lstmflow.config import PipelineSpec
 from lstmflow.errors import ConfigError, TrainingError
-from lstmflow.loggers import ListLogger
+from lstmflow.training.loggers import ListLogger
 
 #: Two keys that matter on the three-class patterns: a learning rate from hopeless to good, and the LSTM's size.
 SPACE = {"train.optimizer.lr": {"float": [1.0e-4, 5.0e-2], "log": True}, "model.layers[0].lstm.units": {"categorical": [4, 16]}}
@@ -62,7 +63,7 @@ def trial_runs(root: Path, pipeline: str) -> list[Any]:
 WORKER = """
 import json, sys
 from pathlib import Path
-from lstmflow import steps
+from lstmflow.ops import steps
 prepared = steps.Prepared(**json.loads(Path(sys.argv[1]).read_text()))
 steps.run_search(prepared, Path(sys.argv[2]), progress=False, need_best=False)
 """

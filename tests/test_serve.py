@@ -52,11 +52,11 @@ ANIMALS = {"cat", "dog", "fox"}
 def register(root: Path, name: str) -> dict[str, str]:
     """Features, a one-epoch fit and the registered pyfunc, as the flow makes them, minus DVC and the training child
     process (they change nothing in what is served, and cost seconds each)."""
-    from lstmflow import steps
+    from lstmflow.ops import steps
     from lstmflow.config import Config
     from lstmflow.data.kinds import build_features
-    from lstmflow.loggers import ListLogger
-    from lstmflow.train import fit
+    from lstmflow.training.loggers import ListLogger
+    from lstmflow.training.fit import fit
 
     spec = steps.probe(Config.load(root / "pipelines.yaml").pipeline(name, []), root)
     features = root / "features" / name
@@ -126,7 +126,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     agents via a plain `mlflow models serve -m models:/agents@champion`; stopped at the end."""
     from mlflow import MlflowClient
 
-    from lstmflow.datasets import _agent_texts, build_audio_demo
+    from lstmflow.data.demo import _agent_texts, build_audio_demo
 
     root = make_project(tmp_path_factory.mktemp("serve") / "project", PIPELINES)
     _agent_texts(texts_per_class=20).to_csv(root / "data" / "agents.csv", index=False)
@@ -306,7 +306,7 @@ def test_choosing_a_version_names_what_exists(served: tuple[Path, dict[str, Serv
 def test_predict_reads_inputs_by_the_data_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lstmflow.config import validate_pipeline
     from lstmflow.errors import DataError
-    from lstmflow.predict import answer_by_input, request_table
+    from lstmflow.serving.predict import answer_by_input, request_table
 
     text = validate_pipeline("agents", {"task": "classify", "data": {"kind": "text", "path": "a.csv", "text_column": "body"}}, tmp_path)
     assert request_table(text, ["the cat", "a dog"]).to_dict("list") == {"body": ["the cat", "a dog"]}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lstmflow import stack
+from lstmflow.ops import stack
 from lstmflow.errors import ConfigError
 
 pytestmark = pytest.mark.slow

@@ -25,9 +25,9 @@ from lstmflow.data.text import (
     text_steps,
 )
 from lstmflow.errors import DataError
-from lstmflow.loggers import ListLogger
-from lstmflow.objectives import make_objective
-from lstmflow.train import fit
+from lstmflow.training.loggers import ListLogger
+from lstmflow.training.objectives import make_objective
+from lstmflow.training.fit import fit
 
 torch.set_num_threads(1)
 

@@ -22,7 +22,7 @@ from lstmflow.data.timeseries import (
     read_series,
     resolve_data,
 )
-from lstmflow.datasets import build_demo_data
+from lstmflow.data.demo import build_demo_data
 from lstmflow.errors import DataError
 
 torch.set_num_threads(1)

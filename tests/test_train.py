@@ -16,10 +16,10 @@ from conftest import Patterns, prepare_pipeline_features, prepared_corpus, write
 from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.timeseries import load_features, resolve_data
 from lstmflow.errors import CheckpointError, ConfigError, DataError, TrainingError
-from lstmflow.loggers import ListLogger
+from lstmflow.training.loggers import ListLogger
 from lstmflow.models.lstm import build_model
-from lstmflow.objectives import evaluate_loss, make_objective
-from lstmflow.train import CHECKPOINT_KEYS, FitResult, atomic_torch_save, clip_gradients, fit
+from lstmflow.training.objectives import evaluate_loss, make_objective
+from lstmflow.training.fit import CHECKPOINT_KEYS, FitResult, atomic_torch_save, clip_gradients, fit
 
 torch.set_num_threads(1)
 

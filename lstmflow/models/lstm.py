@@ -116,7 +116,7 @@ class LSTMBlock(nn.Module):
       rest. Why: packed ``nn.LSTM`` is 1.4-4× slower there (``AUTO_MAX_PADDING``). On full-length batches
       benchmarks/RESULTS.md shows lstmflow 1.04-1.32× ``nn.LSTM`` (one thread; the 0.97× at 500 steps there is
       against Keras), but those runs page-faulted on every batch: with the malloc settings that
-      :func:`lstmflow.launch.child_environment` now gives training children (``nn.LSTM`` 1.5-1.8× faster with
+      :func:`lstmflow.training.launch.child_environment` now gives training children (``nn.LSTM`` 1.5-1.8× faster with
       them, lstmflow 1.1-1.5×), ``nn.LSTM`` was the faster by 3-10% (2026-11-25, one thread, training steps of
       1 → 128 units: 37 vs 41 ms at batch 64 and 100 steps, 145 vs 150 ms at batch 256, 188 vs 199 ms at 500
       steps; at 16-32 rows lstmflow was 10-20% slower even without them). Inference was not measured, and its

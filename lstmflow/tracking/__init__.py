@@ -37,7 +37,7 @@ def _client(uri: str):  # noqa: ANN202 - MlflowClient is imported lazily
 
 
 class MlflowMetricLogger:
-    """A :class:`~lstmflow.loggers.MetricLogger` that writes each call as one ``log_batch``.
+    """A :class:`~lstmflow.training.loggers.MetricLogger` that writes each call as one ``log_batch``.
 
     Holds only strings, so it pickles into a training child; the client is made there.
     """

@@ -96,7 +96,7 @@ def predict(model: Any, frame: Any, model_uri: str) -> Any:  # noqa: ANN401 - an
 
 
 def served_predictor(model: Any) -> Any:  # noqa: ANN401 - an mlflow PyFuncModel in, a serving predictor out
-    """The :mod:`lstmflow.tracking.serving` predictor inside a loaded pyfunc: its spec says what input it reads."""
+    """The :mod:`lstmflow.serving.predictors` predictor inside a loaded pyfunc: its spec says what input it reads."""
     return model.unwrap_python_model().predictor
 
 

@@ -1,4 +1,4 @@
-"""DVC stage commands: ``python -m lstmflow.stage features NAME`` (run by ``dvc repro`` from the project root).
+"""DVC stage commands: ``python -m lstmflow.ops.stage features NAME`` (run by ``dvc repro`` from the project root).
 
 The stage reads only ``params.yaml``, the file DVC tracks as its params, so what DVC
 hashes is exactly what the stage uses.
@@ -9,14 +9,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lstmflow import versioning
+from lstmflow.ops import versioning
 from lstmflow.errors import ConfigError, LstmflowError
 
 
 def features(name: str, root: Path) -> Path:
     """Build ``features/NAME`` from the pipeline's resolved data spec in ``params.yaml``."""
     from lstmflow.data.kinds import build_features
-    from lstmflow.steps import data_spec_from_params
+    from lstmflow.ops.steps import data_spec_from_params
 
     entry = versioning.read_params(root).get(name)
     if entry is None:
@@ -29,7 +29,7 @@ def features(name: str, root: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "features":
-        print("usage: python -m lstmflow.stage features NAME", file=sys.stderr)
+        print("usage: python -m lstmflow.ops.stage features NAME", file=sys.stderr)
         return 2
     try:
         print(f"features written to {features(argv[1], Path.cwd())}")

@@ -2,7 +2,7 @@
 
 A search is a loop of ask → train → tell. The asking happens in one place per process (:func:`ask`): it checks the
 budget, draws every ``search.space`` key for a new trial and claims the trial for this process. Each trial then
-trains like a plain run, in a child process started by :mod:`lstmflow.launch`, with the pipeline's spec plus the
+trains like a plain run, in a child process started by :mod:`lstmflow.training.launch`, with the pipeline's spec plus the
 trial's values (:func:`trial_spec`). Pruning happens inside that child: :class:`PruningLogger` reports the metric to
 the trial after each epoch and raises :class:`TrialPruned` when the pruner says stop; the launcher raises it again in
 the parent, which records the trial PRUNED.
@@ -39,7 +39,7 @@ import psutil
 
 from lstmflow.config import PipelineSpec, SearchParam, SearchSpec, set_key, validate_pipeline
 from lstmflow.errors import ConfigError, LstmflowError, TrainingError
-from lstmflow.loggers import MetricLogger
+from lstmflow.training.loggers import MetricLogger
 
 if TYPE_CHECKING:
     import optuna
@@ -354,7 +354,7 @@ def record(
 
 
 class PruningLogger:
-    """A :class:`~lstmflow.loggers.MetricLogger` for a trial: forwards every epoch to ``inner`` (the trial's MLflow
+    """A :class:`~lstmflow.training.loggers.MetricLogger` for a trial: forwards every epoch to ``inner`` (the trial's MLflow
     run), reports ``search.metric`` to the trial and raises :class:`TrialPruned` when the pruner says stop.
 
     It crosses into the training child by pickle: it holds the study's reference, not the study, and opens the study

@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lstmflow import tracking, versioning
+from lstmflow import tracking
+
+from lstmflow.ops import versioning
 from lstmflow.config import Config, PipelineSpec, dotted_key
 from lstmflow.errors import ConfigError, DataError, TrainingError
 
@@ -50,7 +52,7 @@ def code_version(*parts: str) -> str:
 
     Computed once per process: it is part of every step's cache key.
     """
-    package = Path(__file__).parent
+    package = Path(__file__).parents[1]
     files = sorted(f for part in parts or ("",) for f in ((package / part).rglob("*.py") if (package / part).is_dir() else [package / part]))
     digest = hashlib.sha256()
     for path in files:
@@ -61,7 +63,7 @@ def code_version(*parts: str) -> str:
 
 def stage_versions() -> dict[str, str]:
     """Versions of the code behind DVC stages that have no data dependency (the demo data builder)."""
-    return {"datasets_version": code_version("datasets.py")}
+    return {"datasets_version": code_version("data/demo.py")}
 
 
 def params_entry(spec: PipelineSpec, root: Path) -> dict[str, Any]:
@@ -106,7 +108,7 @@ def probe(spec: PipelineSpec, root: Path) -> PipelineSpec:
     it is probed by the prepare step, after the stage ran.
     """
     from lstmflow.data.kinds import resolve
-    from lstmflow.objectives import scoring_problems
+    from lstmflow.training.objectives import scoring_problems
 
     if spec.task != "forecast" and (problems := scoring_problems(spec)):
         raise ConfigError(problems)
@@ -194,7 +196,7 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
     The run folder is keyed by the flow run, so a retried task finds its run id and
     checkpoint and resumes instead of starting over.
     """
-    from lstmflow.launch import train_in_child
+    from lstmflow.training.launch import train_in_child
 
     spec = prepared.pipeline
     run_dir = root / "runs" / spec.name / (flow_run_id or f"local-{spec.spec_hash()}-{prepared.features_md5[:8]}")
@@ -226,8 +228,8 @@ def join_training(prepared: Prepared, root: Path, progress: bool = True) -> dict
     Machine 0 alone tracks, logs, checkpoints, evaluates and registers; this machine prepares the same features
     (its own DVC stage, same content hash) and lends its processes to the training.
     """
-    from lstmflow.launch import train_in_child
-    from lstmflow.loggers import ListLogger
+    from lstmflow.training.launch import train_in_child
+    from lstmflow.training.loggers import ListLogger
 
     spec = prepared.pipeline
     nodes = spec.train.nodes
@@ -244,7 +246,7 @@ def join_training(prepared: Prepared, root: Path, progress: bool = True) -> dict
 def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, float]:
     """Score the test part beside its baseline (seasonal naive, the majority class, the unigram model); log metrics
     and plots."""
-    from lstmflow import evaluate as scoring
+    from lstmflow.evaluation import evaluate as scoring
 
     spec = prepared.pipeline
     run_dir = Path(trained["run_dir"])
@@ -265,7 +267,7 @@ def register(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
     """Log the pyfunc model (state dict + spec + preprocessing), register it under the pipeline's name, and copy the
     run's lineage (git commit, data version, flow run, spec) onto the model version."""
     from lstmflow.tracking import runs
-    from lstmflow.tracking.serving import write_bundle
+    from lstmflow.serving.predictors import write_bundle
 
     bundle = Path(trained["run_dir"]) / "bundle"
     predictor, example = write_bundle(prepared.spec, Path(prepared.features_dir), Path(trained["model_path"]), bundle)
@@ -293,7 +295,7 @@ def open_search(prepared: Prepared, root: Path, flow_run_id: str | None) -> dict
 
     The process that creates the study makes the parent run; the others (a later call, another worker) reopen it.
     """
-    from lstmflow import search
+    from lstmflow.training import search
 
     spec = prepared.pipeline
     ref = search.StudyRef(search.storage_location(spec, root), search.study_name(spec, prepared.features_md5))
@@ -339,7 +341,7 @@ def drive_trials(
     this loop is stopped (Ctrl-C), its running trials are flagged first: they too are queued again for the next call
     instead of counting as failed.
     """
-    from lstmflow import search
+    from lstmflow.training import search
 
     spec = prepared.pipeline
     settings = spec.search
@@ -367,7 +369,7 @@ def drive_trials(
 
 def _requeue_interrupted(study: Any, uri: str) -> None:  # noqa: ANN401 - an optuna.Study
     """Queue again the trials whose process died, and end their MLflow runs as killed (nobody else will)."""
-    from lstmflow import search
+    from lstmflow.training import search
 
     for trial in search.requeue_interrupted(study):
         if run_id := trial.user_attrs.get(TRIAL_RUN_ATTR):
@@ -384,8 +386,8 @@ def run_trial(
     recorded, not raised, so that the study goes on. Its MLflow run gets the trial's full params, its per-epoch
     curve, its state as the tag ``lstmflow.search.state`` and, when complete, its weights.
     """
-    from lstmflow import search
-    from lstmflow.launch import train_in_child
+    from lstmflow.training import search
+    from lstmflow.training.launch import train_in_child
 
     base = prepared.pipeline
     ref = search.StudyRef(study_ref["storage"], study_ref["study"])
@@ -450,7 +452,7 @@ def close_search(
     The best trial's run is reused, not trained again: it trained fully (a pruned trial is never best) on the same
     data, with the same code and seed, so a retraining would cost a whole run for the same weights.
     """
-    from lstmflow import search
+    from lstmflow.training import search
 
     spec = prepared.pipeline
     ref = search.StudyRef(study_ref["storage"], study_ref["study"])

@@ -25,7 +25,7 @@ For language modelling:
   mixed with grammar rules and code, a classic kind of character-model corpus. It depends on the Python version
   (3.11 here), which DVC records by hash like any other data.
 
-Run as ``python -m lstmflow.datasets OUT_DIR`` (the first DVC stage). The bytes written depend only on the
+Run as ``python -m lstmflow.data.demo OUT_DIR`` (the first DVC stage). The bytes written depend only on the
 shipped data and the fixed seed, so DVC sees an unchanged output when nothing changed.
 """
 
@@ -40,7 +40,7 @@ import pandas as pd
 LICENSE_TEXT = """\
 # Data sources and licences
 
-Every file here is written by `python -m lstmflow.datasets`. sunspots.csv and co2.csv come from copies of the
+Every file here is written by `python -m lstmflow.data.demo`. sunspots.csv and co2.csv come from copies of the
 data that ship inside the statsmodels package (BSD-3-Clause), which states their sources and licences as follows.
 
 ## sunspots.csv
@@ -246,7 +246,7 @@ def build_demo_data(out_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m lstmflow.datasets OUT_DIR", file=sys.stderr)
+        print("usage: python -m lstmflow.data.demo OUT_DIR", file=sys.stderr)
         return 2
     for path in build_demo_data(Path(args[0])):
         print(path)

@@ -1,4 +1,4 @@
-"""What training needs to know about a task, so that :func:`lstmflow.train.fit` never branches on it.
+"""What training needs to know about a task, so that :func:`lstmflow.training.fit.fit` never branches on it.
 
 An :class:`Objective` reads a prepared feature folder and says how many inputs and outputs the network has,
 how batches look, what the loss is and what else is worth logging per epoch:

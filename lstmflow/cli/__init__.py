@@ -47,7 +47,7 @@ def configure_environment(root: Path) -> None:
 
     Must run before Prefect is imported; values already in the environment win.
     """
-    from lstmflow.stack import environment
+    from lstmflow.ops.stack import environment
 
     defaults = {
         **environment(root),
@@ -75,7 +75,7 @@ def validate_command(
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Check pipelines.yaml and probe each pipeline's data (windows, horizon, season resolved)."""
-    from lstmflow.steps import probe
+    from lstmflow.ops.steps import probe
 
     loaded = _load(config)
     specs = loaded.all()
@@ -120,7 +120,7 @@ def summary_command(
     """Print the model's layers, output shapes and parameter counts, like Keras' summary()."""
     from lstmflow.data.kinds import model_io
     from lstmflow.models.lstm import build_model, summary
-    from lstmflow.steps import probe
+    from lstmflow.ops.steps import probe
 
     loaded = _load(config)
     spec = probe(loaded.pipeline(name, set_ or []), loaded.path.parent)
@@ -143,7 +143,7 @@ def run_command(
     A pipeline with a search section runs its search instead of one training, and registers the best trial.
     Every named pipeline is validated and its data probed before the first flow starts.
     """
-    from lstmflow.steps import probe
+    from lstmflow.ops.steps import probe
 
     loaded = _load(config)
     specs = [loaded.pipeline(name, set_ or []) for name in names]
@@ -172,7 +172,7 @@ def search_command(
     An interrupted search continues where it stopped; with nothing changed and the trials done, no trial starts.
     """
     from lstmflow.errors import ConfigError
-    from lstmflow.steps import probe
+    from lstmflow.ops.steps import probe
 
     loaded = _load(config)
     spec = loaded.pipeline(name, [*(set_ or []), *([f"search.trials={trials}"] if trials else [])])
@@ -264,7 +264,7 @@ def join_command(
     This machine prepares the same data (DVC) and trains its share; machine 0 alone logs to MLflow, checkpoints,
     evaluates and registers. Start it on every machine but 0, with the same code, data and pipelines.yaml.
     """
-    from lstmflow import steps
+    from lstmflow.ops import steps
 
     loaded = _load(config)
     overrides = [*(set_ or []), f"train.nodes.rank={node_rank}"]
@@ -354,7 +354,8 @@ def promote_command(
 ) -> None:
     """Move the pipeline's champion alias (promote.alias) to a version by hand; the move is recorded, and `lstmflow
     rollback` undoes it."""
-    from lstmflow import gate, tracking
+    from lstmflow.ops import gate
+    from lstmflow import tracking
 
     loaded = _load(config)
     alias = loaded.pipeline(name, []).promote.alias
@@ -370,7 +371,8 @@ def rollback_command(
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Return the pipeline's champion alias to the version that held it before the last move (gate or promote)."""
-    from lstmflow import gate, tracking
+    from lstmflow.ops import gate
+    from lstmflow import tracking
 
     loaded = _load(config)
     alias = loaded.pipeline(name, []).promote.alias
@@ -420,7 +422,7 @@ def up_command(
     Their data stay in the project (the same stores as without servers). Returns once each answers; while they
     run, every lstmflow command of this project uses them. `lstmflow down` stops them.
     """
-    from lstmflow import stack
+    from lstmflow.ops import stack
 
     root = _load(config).path.parent
     for service in stack.up(root, prefect_port=prefect_port, mlflow_port=mlflow_port):
@@ -431,7 +433,7 @@ def up_command(
 @app.command("down")
 def down_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
     """Stop the servers and the worker that `lstmflow up` started for this project."""
-    from lstmflow import stack
+    from lstmflow.ops import stack
 
     stopped = stack.down(Path(config).expanduser().resolve().parent)
     out.print(f"stopped {', '.join(s.name for s in stopped)}" if stopped else "nothing was running")
@@ -440,7 +442,7 @@ def down_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
 @app.command("status")
 def status_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
     """Show the services `lstmflow up` started for this project and whether each answers."""
-    from lstmflow import stack
+    from lstmflow.ops import stack
 
     services = stack.status(Path(config).expanduser().resolve().parent)
     if not services:
@@ -532,7 +534,7 @@ def predict_command(
     `-` (a negative number) needs `--` before the inputs. Inputs the model cannot read exit 2 with the reason.
     """
     from lstmflow import tracking
-    from lstmflow.predict import answer_by_input, request_table
+    from lstmflow.serving.predict import answer_by_input, request_table
     from lstmflow.tracking import runs
 
     root = _load(config).path.parent
@@ -636,7 +638,7 @@ def reproduce_command(
 @app.command("reference")
 def reference_command() -> None:
     """Print the pipelines.yaml reference (every key, its type, default and meaning) as Markdown."""
-    from lstmflow.reference import reference_markdown
+    from lstmflow.config.reference import reference_markdown
 
     out.print(reference_markdown(), markup=False, highlight=False, soft_wrap=True)
 

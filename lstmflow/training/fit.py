@@ -1,11 +1,11 @@
 """Fitting a model to prepared features: the epoch loop, checkpoints, resume, early stopping, data parallelism.
 
-The loop is the same for every task: an :class:`~lstmflow.objectives.Objective` supplies the batches, the loss
+The loop is the same for every task: an :class:`~lstmflow.training.objectives.Objective` supplies the batches, the loss
 and the task's extra metrics (``val_accuracy`` and ``train_padding_fraction`` when classifying).
 
-``fit`` is meant to run in the training process(es) that :mod:`lstmflow.launch` starts; it sets process-wide
+``fit`` is meant to run in the training process(es) that :mod:`lstmflow.training.launch` starts; it sets process-wide
 state (torch threads, RNG seeds, the deterministic-algorithms switch) that a caller's process should not inherit.
-With several processes (a :class:`~lstmflow.distributed.World` larger than one) each trains on its rows of every
+With several processes (a :class:`~lstmflow.training.distributed.World` larger than one) each trains on its rows of every
 batch under DDP; rank 0 alone evaluates, logs and writes checkpoints, and sends what it found to the others, so that
 every rank takes the same schedule and early-stopping decisions. Everything needed to continue lives in ``run_dir``:
 
@@ -48,7 +48,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from lstmflow.config import GradClipSpec, PipelineSpec
-from lstmflow.distributed import (
+from lstmflow.training.distributed import (
     DataParallelNet,
     Shard,
     World,
@@ -57,9 +57,9 @@ from lstmflow.distributed import (
     excluded_from_batch_statistics,
 )
 from lstmflow.errors import CheckpointError, ConfigError, TrainingError
-from lstmflow.loggers import MetricLogger
+from lstmflow.training.loggers import MetricLogger
 from lstmflow.models.lstm import LSTMNet, build_model
-from lstmflow.objectives import Objective, make_objective
+from lstmflow.training.objectives import Objective, make_objective
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def fit(
 ) -> FitResult:
     """Train ``spec.model`` on the features in ``features_dir``; resumes from ``run_dir`` when it holds a checkpoint.
 
-    ``world`` is this process's place among several training processes (see :func:`lstmflow.distributed.join`);
+    ``world`` is this process's place among several training processes (see :func:`lstmflow.training.distributed.join`);
     None trains alone.
     """
     started = time.perf_counter()

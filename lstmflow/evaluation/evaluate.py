@@ -15,7 +15,7 @@ from lstmflow.config import PipelineSpec
 from lstmflow.data.sequences import SequenceSet, load_sequences
 from lstmflow.data.timeseries import Features, WindowSet, load_features
 from lstmflow.errors import DataError
-from lstmflow.metrics import (
+from lstmflow.evaluation.metrics import (
     classification_metrics,
     confusion_matrix,
     forecast_metrics,
@@ -25,8 +25,8 @@ from lstmflow.metrics import (
     seasonal_naive,
 )
 from lstmflow.models.lstm import LSTMNet, build_model
-from lstmflow.objectives import LanguageModelObjective, classifier_input_size, token_cross_entropy
-from lstmflow.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
+from lstmflow.training.objectives import LanguageModelObjective, classifier_input_size, token_cross_entropy
+from lstmflow.evaluation.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
 
 
 def load_trained(spec: PipelineSpec, features: Features, model_path: Path) -> LSTMNet:
@@ -137,7 +137,7 @@ def evaluate_language_model(
     the unigram baseline's (``unigram_*``, add-one smoothed training frequencies, on the same tokens); the
     loss-curve plot and ``sample.txt``, text the model wrote after the start of the test part."""
     from lstmflow.data.corpus import load_corpus, split_corpus
-    from lstmflow.generate import generate
+    from lstmflow.serving.generate import generate
 
     features = load_corpus(features_dir)
     objective = LanguageModelObjective(spec, features)

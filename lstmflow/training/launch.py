@@ -3,13 +3,13 @@
 Training runs in child processes made with the ``spawn`` start method, so that a crash, an out-of-memory kill or a
 ``kill -9`` ends the children only: the caller (a Prefect task, the CLI) sees a
 :class:`~lstmflow.errors.TrainingError` and can retry, which resumes from the last checkpoint. With
-``train.workers`` (or ``train.nodes``) above one, the children form a DDP group (:mod:`lstmflow.distributed`); when
+``train.workers`` (or ``train.nodes``) above one, the children form a DDP group (:mod:`lstmflow.training.distributed`); when
 one of them fails, the launcher stops the others (they would wait for it forever) and reports the first failure.
 
 Nothing comes back through a pipe. The children write, in ``run_dir`` (rank 0's names; rank ``r`` > 0 writes
 ``train.rank<r>.log`` and ``train_error.rank<r>.json``):
 
-- ``fit_result.json`` on success (see :func:`lstmflow.train.fit`);
+- ``fit_result.json`` on success (see :func:`lstmflow.training.fit.fit`);
 - ``train_error.json`` when it raises: the exception's class, message and state, so that a
   ``DataError`` or ``ConfigError`` is raised again in the parent as the same class with the
   same message (the CLI exits 2 on those), anything else as a ``TrainingError``;
@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from lstmflow.config import PipelineSpec
-from lstmflow.distributed import RENDEZVOUS_FILE, Plan, join, plan, socket_environment
+from lstmflow.training.distributed import RENDEZVOUS_FILE, Plan, join, plan, socket_environment
 from lstmflow.errors import LstmflowError, TrainingError
-from lstmflow.loggers import MetricLogger
-from lstmflow.train import (
+from lstmflow.training.loggers import MetricLogger
+from lstmflow.training.fit import (
     CHECKPOINT_DIR,
     RESULT_FILE,
     FitResult,
@@ -79,7 +79,7 @@ def train_in_child(
     progress: bool = True,
     on_start: Callable[[BaseProcess], None] | None = None,
 ) -> FitResult:
-    """Run :func:`lstmflow.train.fit` in spawned children, one per worker on this machine, and return the result.
+    """Run :func:`lstmflow.training.fit.fit` in spawned children, one per worker on this machine, and return the result.
 
     ``logger`` is pickled into every child; rank 0 alone calls it. Calling this again on the same ``run_dir``
     after a failure resumes from the last checkpoint. Bad settings (more GPU workers than GPUs, nccl without CUDA)
@@ -218,7 +218,7 @@ def _child_main(
     console_handler.setLevel(logging.WARNING)
     logging.basicConfig(level=logging.INFO, handlers=[file_handler, console_handler], force=True)
     logging.captureWarnings(True)
-    log = logging.getLogger("lstmflow.launch")
+    log = logging.getLogger("lstmflow.training.launch")
     inherited = " ".join(f"{name}={os.environ.get(name)}" for name in CHILD_VARIABLES)
     log.info("training child pid %d (rank %d of %d) started: %s", os.getpid(), rank, workers.world_size, inherited)
     try:

@@ -1,8 +1,8 @@
 """Data-parallel training over ``torch.distributed``: who trains, where the processes meet, and what they share.
 
-The launcher (:mod:`lstmflow.launch`) makes the :class:`Plan` in its own process, so that bad settings fail before
+The launcher (:mod:`lstmflow.training.launch`) makes the :class:`Plan` in its own process, so that bad settings fail before
 any worker starts; each worker then meets the others through :func:`join` and hands its :class:`World` to
-:func:`lstmflow.train.fit`. The training loop stays task-agnostic: every rank builds the same *global* batch from
+:func:`lstmflow.training.fit.fit`. The training loop stays task-agnostic: every rank builds the same *global* batch from
 the objective, keeps the rows ``rank::size`` of it (:meth:`World.shard`) and weights its mean loss by
 ``rows * size / global rows``, so that DDP's average of the ranks' gradients is the gradient of the global batch's
 mean loss. One process and N processes with the same ``batch_size`` thus take the same steps up to float rounding

@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from lstmflow import tracking
 from lstmflow.config import PipelineSpec, PromoteSpec
 from lstmflow.errors import DataError, LstmflowError
-from lstmflow.steps import Prepared
+from lstmflow.ops.steps import Prepared
 from lstmflow.tracking import registry
 
 #: McNemar's test is exact (binomial) below this many discordant pairs, chi-square with continuity correction above.
@@ -160,7 +160,7 @@ class _ForecastData:
 
     def __init__(self, spec: PipelineSpec, features_dir: Path) -> None:
         from lstmflow.data.timeseries import load_features, read_series
-        from lstmflow.metrics import mase_scale
+        from lstmflow.evaluation.metrics import mase_scale
 
         where = f"pipelines.{spec.name}.data"
         features = load_features(features_dir)
@@ -178,8 +178,8 @@ class _ForecastData:
         self.targets, self.horizon, self.n = features.targets, features.horizon, len(windows)
         self.scale = mase_scale(features.raw[: features.meta["split"]["train_end"]], features.season)
 
-    def outputs(self, predictor: Any) -> np.ndarray:  # noqa: ANN401 - a predictor of lstmflow.tracking.serving
-        from lstmflow.tracking.serving import Forecaster
+    def outputs(self, predictor: Any) -> np.ndarray:  # noqa: ANN401 - a predictor of lstmflow.serving.predictors
+        from lstmflow.serving.predictors import Forecaster
 
         if not isinstance(predictor, Forecaster):
             raise NotComparable(f"it is a {type(predictor).__name__}, not a forecaster")
@@ -190,7 +190,7 @@ class _ForecastData:
         return predictor.forecast_at(self.frame, self.origins)[:, : self.horizon]  # (N, H, K)
 
     def value(self, metric: str, forecast: np.ndarray) -> float:
-        from lstmflow import metrics
+        from lstmflow.evaluation import metrics
 
         if metric == "mase":
             return metrics.mae(self.truth, forecast) / self.scale if self.scale > 0 else math.nan
@@ -198,7 +198,7 @@ class _ForecastData:
 
     def losses(self, metric: str, forecast: np.ndarray) -> np.ndarray:
         """One loss per test window: absolute error (mae, mase), squared error (rmse) or sMAPE, averaged over it."""
-        from lstmflow.metrics import smape
+        from lstmflow.evaluation.metrics import smape
 
         if metric == "smape":
             return np.array([smape(truth, window) for truth, window in zip(self.truth, forecast)])
@@ -213,7 +213,7 @@ class _ClassifyData:
     """The test samples as raw requests, with their true labels."""
 
     def __init__(self, spec: PipelineSpec, features_dir: Path) -> None:
-        from lstmflow.tracking.serving import Classifier
+        from lstmflow.serving.predictors import Classifier
 
         self.requests = Classifier.requests(spec, features_dir, "test")
         if not self.requests.keys:
@@ -225,7 +225,7 @@ class _ClassifyData:
         """(predicted label per sample, probability of its true label per sample); 0 for a class the model lacks."""
         import pandas as pd
 
-        from lstmflow.tracking.serving import Classifier
+        from lstmflow.serving.predictors import Classifier
 
         if not isinstance(predictor, Classifier):
             raise NotComparable(f"it is a {type(predictor).__name__}, not a classifier")
@@ -243,7 +243,7 @@ class _ClassifyData:
         return answer["label"].astype(str).to_numpy(dtype=object), of_truth
 
     def value(self, metric: str, outputs: tuple[np.ndarray, np.ndarray]) -> float:
-        from lstmflow.metrics import classification_metrics, log_loss
+        from lstmflow.evaluation.metrics import classification_metrics, log_loss
 
         predicted, of_truth = outputs
         if metric == "log_loss":  # the true label's probability as a one-column table
@@ -269,7 +269,7 @@ class _CorpusData:
 
     def outputs(self, predictor: Any) -> float:  # noqa: ANN401 - a serving predictor
         """Nats per character of the test text."""
-        from lstmflow.tracking.serving import Generator
+        from lstmflow.serving.predictors import Generator
 
         if not isinstance(predictor, Generator):
             raise NotComparable(f"it is a {type(predictor).__name__}, not a language model")
@@ -297,7 +297,7 @@ def scoring_data(spec: PipelineSpec, features_dir: Path) -> Any:  # noqa: ANN401
 
 
 def compare(spec: PipelineSpec, features_dir: Path, challenger: Any, champion: Any) -> Comparison:  # noqa: ANN401
-    """Score two predictors (see :mod:`lstmflow.tracking.serving`) on the test part of ``spec``'s current data.
+    """Score two predictors (see :mod:`lstmflow.serving.predictors`) on the test part of ``spec``'s current data.
 
     A predictor that does not fit the data raises NotComparable or its own BadRequest, naming why.
     """
@@ -364,7 +364,7 @@ def gate(prepared: Prepared, trained: dict[str, Any], registered: dict[str, str]
     :data:`DECISION_FIELDS`, None where they do not apply, e.g. a first version's) and ``version``; ``recorded`` is
     True when it was read back from an earlier run's tags instead of judged now (a version is judged once).
     """
-    from lstmflow.tracking.serving import BadRequest, load_predictor
+    from lstmflow.serving.predictors import BadRequest, load_predictor
 
     spec: PipelineSpec = prepared.pipeline
     uri, name, version, alias = tracking.tracking_uri(root), spec.name, str(registered["version"]), spec.promote.alias
@@ -416,7 +416,7 @@ def gate(prepared: Prepared, trained: dict[str, Any], registered: dict[str, str]
 
 def _local_bundle(uri: str, name: str, version: str, bundle: Path) -> Path:
     """The challenger's bundle where the register step wrote it, else downloaded (the gate ran on another machine)."""
-    from lstmflow.tracking.serving import BUNDLE_FILES
+    from lstmflow.serving.predictors import BUNDLE_FILES
 
     if all((bundle / file).is_file() for file in BUNDLE_FILES):
         return bundle

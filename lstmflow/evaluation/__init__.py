@@ -1,0 +1,1 @@
+"""Evaluation: test metrics beside baselines, significance tests, plots."""

@@ -1,0 +1,1 @@
+"""Training: the fit loop, its objectives per task, checkpoints, DDP, the launcher of training children, loggers, search."""
