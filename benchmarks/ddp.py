@@ -35,15 +35,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
 
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
 from lstmflow.training.launch import LOG_FILE, train_in_child
 from lstmflow.training.loggers import ListLogger
-from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
 
 #: Rank 0's log line written right before its first batch (see lstmflow.training.fit.fit).
-FIRST_BATCH = re.compile(r"^(\S+ \S+) INFO lstmflow\.train: training \S+ on \S+ with \d+ thread\(s\), rank 0 of", re.M)
+FIRST_BATCH = re.compile(
+    r"^(\S+ \S+) INFO lstmflow\.train: training \S+ on \S+ with \d+ thread\(s\), rank 0 of", re.MULTILINE
+)
 
 
 def write_series(path: Path, points: int) -> None:
@@ -127,7 +129,9 @@ def main() -> None:
         for repeat in range(args.repeats):
             for index, (label, config) in enumerate(compared.items()):
                 run_dir = folder / f"run-{index}-{repeat}"
-                measured[label].append(run_once(make_spec(folder, args, config), folder / "features", run_dir, train_windows))
+                measured[label].append(
+                    run_once(make_spec(folder, args, config), folder / "features", run_dir, train_windows)
+                )
         table = report(args, train_windows, measured)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -135,7 +139,9 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, train_windows: int, measured: dict[str, list[dict[str, float]]]) -> str:
-    median = {label: {k: statistics.median(run[k] for run in runs) for k in runs[0]} for label, runs in measured.items()}
+    median = {
+        label: {k: statistics.median(run[k] for run in runs) for k in runs[0]} for label, runs in measured.items()
+    }
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     device = torch.cuda.get_device_name(0) if args.gpu else f"{os.cpu_count()} cores"
     lines = [

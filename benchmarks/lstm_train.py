@@ -50,6 +50,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +144,10 @@ class TorchTrainer:
 
             torch.manual_seed(0)
             last = len(config.units) - 1
-            layers = [{"lstm": {"units": hidden, "return_sequences": index < last}} for index, hidden in enumerate(config.units)]
+            layers = [
+                {"lstm": {"units": hidden, "return_sequences": index < last}}
+                for index, hidden in enumerate(config.units)
+            ]
             spec = ModelSpec.model_validate({"layers": [*layers, {"dense": {"units": OUTPUTS}}]})
             model = build_model(spec, config.features, OUTPUTS, where="bench.model", lstm_kernel=self.kernel).train()
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

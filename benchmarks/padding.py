@@ -41,7 +41,9 @@ def main() -> None:
     random_batches = np.array_split(rng.permutation(args.sequences), int(np.ceil(args.sequences / args.batch_size)))
     plain = padded_fraction(lengths, random_batches)
 
-    print(f"\n{args.sequences} sequences, lengths 10-500 (log-uniform, mean {lengths.mean():.0f}), batch {args.batch_size}")
+    print(
+        f"\n{args.sequences} sequences, lengths 10-500 (log-uniform, mean {lengths.mean():.0f}), batch {args.batch_size}"
+    )
     print(f"{'batching':<32}{'padded fraction':>16}")
     print(f"{'random batches':<32}{plain:>16.3f}")
     print(f"{'lstmflow (bucketed by length)':<32}{bucketed:>16.3f}")

@@ -56,7 +56,13 @@ def make_project(root: Path) -> None:
     root.mkdir(parents=True)
     for name in ("pipelines.yaml", "dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, root / name)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@x"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "b@x",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "b@x",
+    }
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
         subprocess.run(["git", *args], cwd=root, check=True, env=env)
 
@@ -73,9 +79,9 @@ def measure(mode: str, pipeline: str, epochs: int | None) -> list[dict[str, Any]
         from lstmflow.cli import configure_environment
 
         configure_environment(root)
-        from lstmflow.training import launch
         from lstmflow import tracking
         from lstmflow.ops import versioning
+        from lstmflow.training import launch
 
         timed(versioning, "dvc", "dvc")
         for name in ("start_run", "log_summary_metrics", "log_artifacts", "register_model", "end_run", "reopen_run"):

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _report import RESULTS, heading, publish  # benchmarks/ is the script's folder, so on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +85,13 @@ def make_project(root: Path, rows: int, sequences: int, epochs: int) -> None:
     (root / "pipelines.yaml").write_text(pipelines_yaml(epochs))
     write_series(root / "series.csv", rows)
     write_sequences(root / "sequences.csv", sequences)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@x"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "b@x",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "b@x",
+    }
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
         subprocess.run(["git", *args], cwd=root, check=True, env=env)
 
@@ -119,7 +124,9 @@ def run_size(pipeline: str, factor: int, args: argparse.Namespace) -> dict[str, 
         sys.executable, __file__, "--worker", pipeline, "--factor", str(factor),
         "--rows", str(args.rows), "--sequences", str(args.sequences), "--epochs", str(args.epochs),
     ]  # fmt: skip
-    done = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        command, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -32,13 +32,12 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
+from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
 
-from lstmflow.training import search
-
-from lstmflow.ops import steps
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import prepare_features, resolve_data
-from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
+from lstmflow.ops import steps
+from lstmflow.training import search
 
 RUNS = {
     "parallel 1, median pruner": {"parallel": 1, "pruner": "median"},
@@ -107,7 +106,10 @@ def main() -> None:
         write_series(folder / "series.csv", args.points)
         first = make_spec(folder, args, next(iter(RUNS.values())))
         prepare_features(first.data, first.evaluate.season, folder / "features", where="bench.data")
-        measured = {label: run_once(folder, f"run-{index}", make_spec(folder, args, search)) for index, (label, search) in enumerate(RUNS.items())}
+        measured = {
+            label: run_once(folder, f"run-{index}", make_spec(folder, args, search))
+            for index, (label, search) in enumerate(RUNS.items())
+        }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     table = report(args, measured)

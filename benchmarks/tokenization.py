@@ -35,8 +35,34 @@ SPECS = {
     "char": TokenizerSpec(kind="char"),
     "bpe": TokenizerSpec(kind="bpe", vocab_size=8000),
 }
-ONSETS = ["", "b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "br", "ch",
-          "st", "tr", "pl", "gr", "sh", "th"]
+ONSETS = [
+    "",
+    "b",
+    "c",
+    "d",
+    "f",
+    "g",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "w",
+    "z",
+    "br",
+    "ch",
+    "st",
+    "tr",
+    "pl",
+    "gr",
+    "sh",
+    "th",
+]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ee", "é", "ä"]
 CODAS = ["", "", "", "n", "r", "s", "t", "l", "m", "ck", "nd", "st"]
 Result = TypeVar("Result")
@@ -119,11 +145,15 @@ def main() -> None:
     built = time.perf_counter() - start
     megabytes = sum(len(document.encode("utf-8")) for document in documents) / 1e6
 
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}; "
-          f"tokenizers {version('tokenizers')}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-          f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'unset')}")
-    print(f"corpus: {megabytes:.2f} MB, {len(documents):,} documents, {args.words:,} distinct pseudo-words "
-          f"(built in {built:.1f} s); best of {args.repeats}")
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}; "
+        f"tokenizers {version('tokenizers')}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'unset')}"
+    )
+    print(
+        f"corpus: {megabytes:.2f} MB, {len(documents):,} documents, {args.words:,} distinct pseudo-words "
+        f"(built in {built:.1f} s); best of {args.repeats}"
+    )
     print(f"\n{'kind':<6}{'vocab':>8}{'fit s':>9}{'encode s':>10}{'encode MB/s':>13}{'tokens':>13}{'tokens/s':>13}")
     for kind, spec in SPECS.items():
         fit_s, tokenizer = best_seconds(lambda spec=spec: fit_tokenizer(spec, documents), args.repeats)
@@ -131,8 +161,10 @@ def main() -> None:
             lambda tokenizer=tokenizer: [tokenizer.encode(document) for document in documents], args.repeats
         )
         tokens = sum(len(ids) for ids in encoded)
-        print(f"{kind:<6}{tokenizer.vocab_size:>8,}{fit_s:>9.2f}{encode_s:>10.2f}{megabytes / encode_s:>13.2f}"
-              f"{tokens:>13,}{tokens / encode_s:>13,.0f}")
+        print(
+            f"{kind:<6}{tokenizer.vocab_size:>8,}{fit_s:>9.2f}{encode_s:>10.2f}{megabytes / encode_s:>13.2f}"
+            f"{tokens:>13,}{tokens / encode_s:>13,.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
 from torch import Tensor
 
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
-from lstmflow.training.loggers import ListLogger
 from lstmflow.models.lstm import build_model
 from lstmflow.training.fit import fit, make_optimizer, seed_everything
-from _report import RESULTS, publish  # benchmarks/ is the script's folder, so on sys.path
+from lstmflow.training.loggers import ListLogger
 
 WINDOW, UNITS, BATCH = 100, 128, 64
 

@@ -268,7 +268,9 @@ def deploy_search(
     """
     loaded = Config.load(config)
     if pipeline is not None and loaded.pipeline(pipeline).search is None:
-        raise ConfigError(f"pipelines.{pipeline}.search: not set; a search deployment needs a pipeline with a search section")
+        raise ConfigError(
+            f"pipelines.{pipeline}.search: not set; a search deployment needs a pipeline with a search section"
+        )
     description = f"Run trials of a pipeline's search of {loaded.path} on a worker of the {pool!r} pool."
     defaults = {"pipeline": pipeline, "trials": trials}
     return _deploy(SEARCH_ENTRYPOINT, loaded, pool, name, defaults, gpus, None, job_variables, description)

@@ -30,7 +30,12 @@ def overrides_from(
 ) -> list[str]:
     """The typed shortcuts and the free mapping, as ``key=value`` assignments (shortcuts win)."""
     assignments = [f"{key}={value}" for key, value in (overrides or {}).items()]
-    shortcuts = {"train.epochs": epochs, "train.optimizer.lr": learning_rate, "train.batch_size": batch_size, "search.trials": trials}
+    shortcuts = {
+        "train.epochs": epochs,
+        "train.optimizer.lr": learning_rate,
+        "train.batch_size": batch_size,
+        "search.trials": trials,
+    }
     assignments += [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     return assignments
 
@@ -56,7 +61,9 @@ def run_pipeline(
     epochs: Annotated[int | None, Field(gt=0, description="Override train.epochs.")] = None,
     learning_rate: Annotated[float | None, Field(gt=0, description="Override train.optimizer.lr.")] = None,
     batch_size: Annotated[int | None, Field(gt=0, description="Override train.batch_size.")] = None,
-    overrides: Annotated[dict[str, Any] | None, Field(description="Any other key=value overrides, e.g. {'data.window': 24}.")] = None,
+    overrides: Annotated[
+        dict[str, Any] | None, Field(description="Any other key=value overrides, e.g. {'data.window': 24}.")
+    ] = None,
     force: Annotated[bool, Field(description="Train again even when spec, data and code are unchanged.")] = False,
     config: Annotated[str, Field(description="Path to pipelines.yaml.")] = "pipelines.yaml",
     trials: Annotated[int | None, Field(gt=0, description="Override search.trials (pipelines with a search).")] = None,
@@ -87,12 +94,18 @@ def run_pipeline(
         trained = train_state.result()
         cached = train_state.name == "Cached"
         if cached:
-            logger.info("Nothing changed (spec, data, code): reusing MLflow run %s, no training started.", trained["run_id"])
+            logger.info(
+                "Nothing changed (spec, data, code): reusing MLflow run %s, no training started.", trained["run_id"]
+            )
     metrics = evaluate.with_options(refresh_cache=force or None)(prepared, trained, root)
     registered = register.with_options(refresh_cache=force or None)(prepared, trained, root)
     decision = gate(prepared, trained, registered, root)
     logger.info(
-        "Gate: version %s %s (%s); %s.", registered["version"], decision["decision"], decision["alias"], decision["reason"]
+        "Gate: version %s %s (%s); %s.",
+        registered["version"],
+        decision["decision"],
+        decision["alias"],
+        decision["reason"],
     )
     return {
         "pipeline": pipeline,
@@ -115,7 +128,9 @@ def run_pipeline(
 def search_pipeline(
     pipeline: Annotated[str, Field(description="Name of a pipeline in pipelines.yaml that has a search.")],
     trials: Annotated[int | None, Field(gt=0, description="Override search.trials: the study's total.")] = None,
-    overrides: Annotated[dict[str, Any] | None, Field(description="Any other key=value overrides, e.g. {'search.parallel': 2}.")] = None,
+    overrides: Annotated[
+        dict[str, Any] | None, Field(description="Any other key=value overrides, e.g. {'search.parallel': 2}.")
+    ] = None,
     config: Annotated[str, Field(description="Path to pipelines.yaml.")] = "pipelines.yaml",
 ) -> dict[str, Any]:
     """Run trials of a pipeline's search until its study holds ``search.trials``; returns the study's summary.
@@ -128,5 +143,7 @@ def search_pipeline(
     config_path = str(Path(config).expanduser().resolve())
     prepared = prepare(config_path, pipeline, overrides_from(None, None, None, overrides, trials))
     if prepared["spec"]["search"] is None:
-        raise ConfigError(f"pipelines.{pipeline}.search: not set; search_pipeline needs a pipeline with a search section")
+        raise ConfigError(
+            f"pipelines.{pipeline}.search: not set; search_pipeline needs a pipeline with a search section"
+        )
     return search_trials(prepared, root, need_best=False)["summary"]

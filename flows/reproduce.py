@@ -16,32 +16,39 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from lstmflow.ops import steps
-
 from lstmflow import tracking
 from lstmflow.config import Config, validate_pipeline
+from lstmflow.ops import steps
 from lstmflow.tracking import runs
 from tasks.evaluate import evaluate
 from tasks.policy import retry_unless_user_error
 from tasks.train import train
 
 
-@task(name="prepare-recorded", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
+@task(
+    name="prepare-recorded",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_user_error,
+)
 def prepare_recorded(spec: dict[str, Any], root: str, names: list[str]) -> dict[str, Any]:
     """DVC builds (or finds) the features of the recorded spec; its data paths are relative to the project."""
     pipeline = validate_pipeline(spec["name"], spec, Path(root))
     return asdict(steps.prepare_spec(pipeline, Path(root), names))
 
 
-def never_cached(context: Any, parameters: dict[str, Any]) -> None:  # noqa: ANN401 - Prefect's task run context
+def never_cached(context: Any, parameters: dict[str, Any]) -> None:
     """No cache key: a reproduction trains afresh although its spec, data and code match the cached run's."""
-    return None
+    return
 
 
 @flow(name="reproduce_run", log_prints=True, validate_parameters=True)
 def reproduce_run(
     run_id: Annotated[str, Field(description="The MLflow run to reproduce (its id, as `lstmflow compare` lists).")],
-    config: Annotated[str, Field(description="Path to pipelines.yaml: the project whose data and stores to use.")] = "pipelines.yaml",
+    config: Annotated[
+        str, Field(description="Path to pipelines.yaml: the project whose data and stores to use.")
+    ] = "pipelines.yaml",
 ) -> dict[str, Any]:
     """Retrain the run's recorded spec on the same data version in a new run tagged ``lstmflow.reproduces``."""
     logger = get_run_logger()

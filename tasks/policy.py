@@ -25,6 +25,8 @@ def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
 def step_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """A step is reused when its resolved spec, its data's DVC hash and the code version are unchanged."""
     prepared = parameters["prepared"]
-    trains = {key: value for key, value in prepared["spec"].items() if key not in OPERATIONS}  # a new schedule retrains nothing
+    trains = {
+        key: value for key, value in prepared["spec"].items() if key not in OPERATIONS
+    }  # a new schedule retrains nothing
     spec_hash = hashlib.sha256(json.dumps(trains, sort_keys=True).encode()).hexdigest()[:16]
     return f"{context.task.name}-{prepared['spec']['name']}-{spec_hash}-{prepared['features_md5']}-{code_version()}"

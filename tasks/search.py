@@ -13,14 +13,22 @@ from lstmflow.ops import steps
 from tasks.policy import retry_unless_user_error
 
 
-@task(name="open-search", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
+@task(
+    name="open-search",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_user_error,
+)
 def open_search(prepared: dict[str, Any], root: str) -> dict[str, str]:
     """The study (created or continued) and its MLflow parent run: a reference for the trials."""
     return steps.open_search(steps.Prepared(**prepared), Path(root), flow_run.get_id())
 
 
 @task(name="trial", task_run_name="trial-{number}", cache_policy=NO_CACHE)
-def run_trial(prepared: dict[str, Any], root: str, study: dict[str, str], number: int, progress: bool) -> dict[str, Any]:
+def run_trial(
+    prepared: dict[str, Any], root: str, study: dict[str, str], number: int, progress: bool
+) -> dict[str, Any]:
     """One trial, training in its own child process. No retries: a failing trial is recorded failed, not raised."""
     return steps.run_trial(steps.Prepared(**prepared), Path(root), study, number, flow_run.get_id(), progress)
 

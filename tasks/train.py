@@ -12,7 +12,14 @@ from lstmflow.ops import steps
 from tasks.policy import retry_unless_user_error, step_cache_key
 
 
-@task(name="train", cache_key_fn=step_cache_key, persist_result=True, retries=1, retry_delay_seconds=1, retry_condition_fn=retry_unless_user_error)
+@task(
+    name="train",
+    cache_key_fn=step_cache_key,
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=1,
+    retry_condition_fn=retry_unless_user_error,
+)
 def train(prepared: dict[str, Any], root: str) -> dict[str, Any]:
     """A retry of this task resumes from the run's last checkpoint and continues the same MLflow run."""
     return steps.train(steps.Prepared(**prepared), Path(root), flow_run.get_id())

@@ -28,9 +28,9 @@ os.environ.update(
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
 torch.set_num_threads(1)
 
@@ -57,7 +57,7 @@ def write_sine_csv(path: Path, rows: int = 240, season: int = 12, seed: int = 0)
     return path
 
 
-def prepare_pipeline_features(spec, out_dir: Path) -> None:  # noqa: ANN001 - a PipelineSpec
+def prepare_pipeline_features(spec, out_dir: Path) -> None:
     """The features stage's work for one resolved pipeline, without DVC."""
     from lstmflow.data.timeseries import prepare_features
 
@@ -102,10 +102,10 @@ def tiny_project(tmp_path: Path) -> Path:
 
 # ------------------------------------------------------------- a small classification set
 
-from lstmflow.config import ClassSplitSpec, PipelineSpec, deep_merge, validate_pipeline  # noqa: E402
-from lstmflow.data.sequences import assign_parts, write_sequences  # noqa: E402
-from lstmflow.training.loggers import ListLogger  # noqa: E402
-from lstmflow.training.fit import FitResult, fit  # noqa: E402
+from lstmflow.config import ClassSplitSpec, PipelineSpec, deep_merge, validate_pipeline
+from lstmflow.data.sequences import assign_parts, write_sequences
+from lstmflow.training.fit import FitResult, fit
+from lstmflow.training.loggers import ListLogger
 
 CLASSES = ("rise", "fall", "wave")
 

@@ -21,7 +21,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, make_project
 from test_stack import free_port
 
@@ -56,14 +55,20 @@ def render(url: str, screenshot: Path, wanted: str, profile: Path) -> str:
 
 
 def lstmflow(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(Path(sys.executable).parent / "lstmflow"), *args], cwd=root, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "lstmflow"), *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_the_stack_serves_a_run_to_the_uis_and_down_leaves_nothing_running(tmp_path: Path) -> None:
     """`lstmflow up`, `status`, a run through the servers, both UIs showing it in Chromium, `lstmflow down`."""
-    from lstmflow.ops import stack
     from lstmflow.cli import configure_environment
     from lstmflow.errors import ConfigError
+    from lstmflow.ops import stack
 
     root = make_project(tmp_path / "project")
     prefect_port, mlflow_port = free_port(), free_port()
@@ -95,9 +100,13 @@ def test_the_stack_serves_a_run_to_the_uis_and_down_leaves_nothing_running(tmp_p
         assert result["pipeline"] == "tiny" and result["epochs_run"] == 2 and result["metrics"]["naive_mae"] > 0
         # the run went through the servers: both know it
         flow_run_name = get_json(f"{prefect}/api/flow_runs/{result['flow_run_id']}")["name"]
-        mlflow_run_name = get_json(f"{mlflow}/api/2.0/mlflow/runs/get?run_id={result['mlflow_run_id']}")["run"]["info"]["run_name"]
+        mlflow_run_name = get_json(f"{mlflow}/api/2.0/mlflow/runs/get?run_id={result['mlflow_run_id']}")["run"]["info"][
+            "run_name"
+        ]
         query = urllib.parse.urlencode({"experiment_name": "tiny"})
-        experiment_id = get_json(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name?{query}")["experiment"]["experiment_id"]
+        experiment_id = get_json(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name?{query}")["experiment"][
+            "experiment_id"
+        ]
 
         if CHROMIUM is None:
             pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install -y chromium)")

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, make_project
 
 
@@ -21,7 +20,10 @@ def lstmflow(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_bad_config_exits_2_with_the_path_and_value(tiny_project: Path) -> None:
     done = lstmflow(tiny_project, "run", "tiny", "--set", "model.layers[0].lstm.units=-4")
     assert done.returncode == 2
-    assert "pipelines.tiny.model.layers[0].lstm.units: must be > 0, got -4 (from --set model.layers[0].lstm.units=-4)" in done.stderr
+    assert (
+        "pipelines.tiny.model.layers[0].lstm.units: must be > 0, got -4 (from --set model.layers[0].lstm.units=-4)"
+        in done.stderr
+    )
     assert "Traceback" not in done.stderr
     assert not (tiny_project / ".prefect").exists(), "no flow may start on a bad config"
 
@@ -72,12 +74,25 @@ pipelines:
     assert "(None, 10)" in done.stdout
     wrong = lstmflow(root, "summary", "guide", "--set", "data.horizon=12")
     assert wrong.returncode == 2
-    assert "pipelines.guide.model.layers[1].dense.units" in wrong.stderr and "12" in wrong.stderr and "10" in wrong.stderr
+    assert (
+        "pipelines.guide.model.layers[1].dense.units" in wrong.stderr and "12" in wrong.stderr and "10" in wrong.stderr
+    )
 
 
 def test_help_explains_every_command() -> None:
     done = lstmflow(REPO, "--help")
-    commands = ("run", "validate", "list", "summary", "generate", "deploy", "worker", "reference", "promote", "rollback")
+    commands = (
+        "run",
+        "validate",
+        "list",
+        "summary",
+        "generate",
+        "deploy",
+        "worker",
+        "reference",
+        "promote",
+        "rollback",
+    )
     for command in (*commands, "serve", "predict", "compare", "reproduce", "up", "down", "status"):
         assert command in done.stdout
 
@@ -88,8 +103,12 @@ def test_deploy_and_worker_need_a_prefect_server(tiny_project: Path, command: st
 
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "lstmflow"), command], cwd=tiny_project, capture_output=True, text=True,
-        timeout=120, env=env,
+        [str(Path(sys.executable).parent / "lstmflow"), command],
+        cwd=tiny_project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert done.returncode == 2 and f"lstmflow {command} needs a Prefect server: set PREFECT_API_URL" in done.stderr
 
@@ -105,11 +124,21 @@ def test_two_machines_train_one_model_with_run_and_join(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     nodes = f'  train: {{nodes: {{count: 2, endpoint: "127.0.0.1:{port}", timeout: 240}}}}\n'
-    pipelines = TINY_PIPELINES.replace("    evaluate: {season: 12}\n", "    evaluate: {season: 12}\n" + nodes.replace("  train", "    train"))
+    pipelines = TINY_PIPELINES.replace(
+        "    evaluate: {season: 12}\n", "    evaluate: {season: 12}\n" + nodes.replace("  train", "    train")
+    )
     machines = [make_project(tmp_path / f"machine{rank}", pipelines) for rank in (0, 1)]
     binary = str(Path(sys.executable).parent / "lstmflow")
-    first = subprocess.Popen([binary, "run", "tiny", "--json"], cwd=machines[0], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen([binary, "join", "tiny", "--node-rank", "1"], cwd=machines[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [binary, "run", "tiny", "--json"], cwd=machines[0], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    second = subprocess.Popen(
+        [binary, "join", "tiny", "--node-rank", "1"],
+        cwd=machines[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     (out0, err0), (out1, err1) = first.communicate(timeout=600), second.communicate(timeout=600)
     assert first.returncode == 0, err0[-3000:]
     assert second.returncode == 0, err1[-3000:]

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from lstmflow.config import DATA_SPECS, Config, PipelineSpec, apply_override, deep_merge, flatten
-from lstmflow.errors import ConfigError
 from lstmflow.config.reference import fields_of, reference_markdown
+from lstmflow.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,17 +37,30 @@ def problems(tmp_path: Path, override: list[str], pipeline: dict | None = None) 
         ("model.layers[0].lstm.units=-4", "pipelines.p.model.layers[0].lstm.units: must be > 0, got -4"),
         ("train.epochs=0", "pipelines.p.train.epochs: must be > 0, got 0"),
         ("train.epochs=many", "pipelines.p.train.epochs: must be a whole number, got 'many'"),
-        ("train.optimizer.name=rmsprop", "pipelines.p.train.optimizer.name: must be one of 'adam', 'adamw' or 'sgd', got 'rmsprop'"),
+        (
+            "train.optimizer.name=rmsprop",
+            "pipelines.p.train.optimizer.name: must be one of 'adam', 'adamw' or 'sgd', got 'rmsprop'",
+        ),
         ("train.optimizer.lr=0", "pipelines.p.train.optimizer.lr: must be > 0, got 0"),
-        ("data.split.val=0.8", "pipelines.p.data.split: val + test must leave at least 10% for training, got 0.8 + 0.15"),
+        (
+            "data.split.val=0.8",
+            "pipelines.p.data.split: val + test must leave at least 10% for training, got 0.8 + 0.15",
+        ),
         ("data.scale=robust", "pipelines.p.data.scale: must be one of 'standard', 'minmax' or 'none', got 'robust'"),
         ("model.layers[0].lstm.dropout=1.5", "pipelines.p.model.layers[0].lstm.dropout: must be < 1, got 1.5"),
-        ("model.layers[0].lstm.recurrent_dropout=0.2",
-         "pipelines.p.model.layers[0].lstm.recurrent_dropout: must be <= 0, got 0.2"),
-        ("model.layers[1].dense.activation=swishy",
-         "pipelines.p.model.layers[1].dense.activation: must be one of 'linear', 'relu', 'tanh', 'sigmoid', 'softmax', "
-         "'gelu', 'elu', 'selu' or 'softplus', got 'swishy'"),
-        ("train.grad_clip={norm: 1, value: 2}", "pipelines.p.train.grad_clip: give one of norm and value, got norm=1 and value=2"),
+        (
+            "model.layers[0].lstm.recurrent_dropout=0.2",
+            "pipelines.p.model.layers[0].lstm.recurrent_dropout: must be <= 0, got 0.2",
+        ),
+        (
+            "model.layers[1].dense.activation=swishy",
+            "pipelines.p.model.layers[1].dense.activation: must be one of 'linear', 'relu', 'tanh', 'sigmoid', 'softmax', "
+            "'gelu', 'elu', 'selu' or 'softplus', got 'swishy'",
+        ),
+        (
+            "train.grad_clip={norm: 1, value: 2}",
+            "pipelines.p.train.grad_clip: give one of norm and value, got norm=1 and value=2",
+        ),
         ("train.optimzer.lr=1", "pipelines.p.train.optimzer: unknown key (did you mean 'optimizer'?)"),
     ],
 )
@@ -62,7 +75,10 @@ def test_bad_value_names_path_value_and_origin(tmp_path: Path, override: str, me
         ("schedule={interval: 10s}", "pipelines.p.schedule.interval: must be at least one minute, got '10s'"),
         ("schedule={interval: soon}", "pipelines.p.schedule.interval: must be seconds or a number with a unit"),
         ("schedule={cron: '0 3 * * *', interval: 1d}", "pipelines.p.schedule: give exactly one of cron"),
-        ("schedule={cron: '0 3 * * *', timezone: Mars/Olympus}", "pipelines.p.schedule.timezone: unknown time zone 'Mars/Olympus'"),
+        (
+            "schedule={cron: '0 3 * * *', timezone: Mars/Olympus}",
+            "pipelines.p.schedule.timezone: unknown time zone 'Mars/Olympus'",
+        ),
         ("promote.metric=accuracy", "pipelines.p.promote: metric for task 'forecast' must be one of 'mae', 'rmse'"),
         ("promote.test=mcnemar", "pipelines.p.promote: test 'mcnemar' does not fit task 'forecast'"),
     ],
@@ -135,7 +151,9 @@ def test_data_path_is_relative_to_the_yaml_file(tmp_path: Path) -> None:
 
 def test_bare_layer_kind_means_defaults(tmp_path: Path) -> None:
     path = tmp_path / "pipelines.yaml"
-    path.write_text("pipelines:\n  p:\n    data: {path: s.csv, target: y}\n    model:\n      layers:\n        - lstm: {units: 4}\n        - dense:\n")
+    path.write_text(
+        "pipelines:\n  p:\n    data: {path: s.csv, target: y}\n    model:\n      layers:\n        - lstm: {units: 4}\n        - dense:\n"
+    )
     layer = Config.load(path).pipeline("p").model.layers[1]
     assert layer.kind == "dense" and layer.dense.units is None and layer.dense.activation == "linear"
 
@@ -204,7 +222,9 @@ def test_every_field_has_a_description() -> None:
 
 def test_readme_reference_is_the_generated_one() -> None:
     readme = (REPO / "README.md").read_text()
-    assert reference_markdown().strip() in readme, "README's pipelines.yaml reference is stale: paste `lstmflow reference`"
+    assert reference_markdown().strip() in readme, (
+        "README's pipelines.yaml reference is stale: paste `lstmflow reference`"
+    )
 
 
 def test_shipped_pipelines_validate_and_dvc_params_exist() -> None:

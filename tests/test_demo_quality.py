@@ -8,16 +8,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import REPO
 from sklearn.linear_model import LogisticRegression
 
-from conftest import REPO
 from lstmflow.config import Config, PipelineSpec, validate_pipeline
+from lstmflow.data.demo import build_demo_data
 from lstmflow.data.sequences import assign_parts, prepare_sequence_features, read_sequence_table
 from lstmflow.data.text import prepare_text_features, read_texts
-from lstmflow.data.demo import build_demo_data
 from lstmflow.evaluation.evaluate import evaluate_classifier
-from lstmflow.training.loggers import ListLogger
 from lstmflow.training.fit import fit
+from lstmflow.training.loggers import ListLogger
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,9 @@ def lstm_accuracy(tmp_path: Path, name: str, raw_file: str, prepare: Callable[..
 
 def order_blind_accuracy(spec: PipelineSpec, table: Any, inputs: Any) -> float:
     """Logistic regression on order-free inputs, trained and scored on the pipeline's own train and test parts."""
-    parts = assign_parts(table.labels, spec.data.split, table.given_parts, f"pipelines.{spec.name}.data", names=table.names)
+    parts = assign_parts(
+        table.labels, spec.data.split, table.given_parts, f"pipelines.{spec.name}.data", names=table.names
+    )
     labels = np.array(table.labels)
     model = LogisticRegression(max_iter=1000).fit(inputs[parts == 0], labels[parts == 0])
     return model.score(inputs[parts == 2], labels[parts == 2])

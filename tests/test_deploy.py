@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo
 
 import psutil
 import pytest
-
 from conftest import TINY_PIPELINES, make_project
 
 pytestmark = pytest.mark.slow
@@ -92,7 +91,9 @@ def test_deployments_that_could_not_run_are_refused(tmp_path: Path, prefect_harn
         deploy_schedules(root / "pipelines.yaml", ["tiney"])
 
 
-SCHEDULED_PIPELINES = TINY_PIPELINES + """\
+SCHEDULED_PIPELINES = (
+    TINY_PIPELINES
+    + """\
     schedule: {interval: 1d, timezone: Europe/Berlin}
   other:
     data: {path: data/tiny.csv, time_column: month, target: value, window: 12, horizon: 3, transform: none}
@@ -100,6 +101,7 @@ SCHEDULED_PIPELINES = TINY_PIPELINES + """\
     evaluate: {season: 12}
     schedule: {cron: '0 3 * * 1', timezone: America/New_York, active: false}
 """
+)
 
 
 def scheduled_runs(deployment_id: UUID, count: int = 3) -> list[Any]:

@@ -23,11 +23,11 @@ from conftest import Patterns, make_project, prepare_pipeline_features, prepared
 
 from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.timeseries import resolve_data
-from lstmflow.training.distributed import RendezvousError
 from lstmflow.errors import CheckpointError, ConfigError
+from lstmflow.training.distributed import RendezvousError
+from lstmflow.training.fit import FitResult, fit
 from lstmflow.training.launch import train_in_child
 from lstmflow.training.loggers import ListLogger
-from lstmflow.training.fit import FitResult, fit
 
 torch.set_num_threads(1)
 
@@ -75,7 +75,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def one_process(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FitResult:
     """The reference: the same spec and global batch, trained by one process."""
     try:
-        return fit(spec_on(data_dir), data_dir / "features", tmp_path_factory.mktemp("one"), ListLogger(), progress=False)
+        return fit(
+            spec_on(data_dir), data_dir / "features", tmp_path_factory.mktemp("one"), ListLogger(), progress=False
+        )
     finally:
         torch.use_deterministic_algorithms(False)  # fit sets it for its process, which is this one
 
@@ -112,7 +114,9 @@ def test_two_workers_match_one_process_log_once_and_listen_on_loopback_only(
 
     assert (two.workers, one_process.workers) == (2, 1) and two.deterministic
     assert val_losses(two) == pytest.approx(val_losses(one_process), rel=1e-4)
-    assert [r["train_loss"] for r in two.history] == pytest.approx([r["train_loss"] for r in one_process.history], rel=1e-4)
+    assert [r["train_loss"] for r in two.history] == pytest.approx(
+        [r["train_loss"] for r in one_process.history], rel=1e-4
+    )
     ours, theirs = load_state(two.model_path), load_state(one_process.model_path)
     assert ours.keys() == theirs.keys()  # the batch norm with global statistics saves as the plain one
     for name in ours:  # tight enough to see the running variance taking in the second worker's borrowed row
@@ -125,7 +129,9 @@ def test_two_workers_match_one_process_log_once_and_listen_on_loopback_only(
     assert all(ipaddress.ip_address(address).is_loopback for address in listening), listening
 
 
-def test_a_classifier_with_masked_batch_norm_on_two_workers_matches_one_process(patterns: Patterns, tmp_path: Path) -> None:
+def test_a_classifier_with_masked_batch_norm_on_two_workers_matches_one_process(
+    patterns: Patterns, tmp_path: Path
+) -> None:
     """Variable-length sequences: ``model.logits(x, lengths)`` goes through DDP, and the batch norm's global statistics
     leave every worker's padding out."""
     layers = [{"lstm": {"units": 8, "return_sequences": True}}, {"batchnorm": {}}, {"lstm": {"units": 8}},
@@ -163,7 +169,9 @@ def test_two_machines_of_one_worker_each_train_one_model(
     assert JsonLinesLogger(tmp_path / "metrics1.jsonl").steps() == []
     assert (tmp_path / "machine0" / "checkpoints" / "last.pt").exists()
     assert not (tmp_path / "machine1" / "checkpoints").exists(), "machine 0 alone writes checkpoints"
-    assert torch.equal(load_state(first.model_path)["layers.3.linear.weight"], load_state(second.model_path)["layers.3.linear.weight"])
+    assert torch.equal(
+        load_state(first.model_path)["layers.3.linear.weight"], load_state(second.model_path)["layers.3.linear.weight"]
+    )
 
 
 def test_a_rendezvous_that_never_answers_is_a_named_error(data_dir: Path, tmp_path: Path) -> None:

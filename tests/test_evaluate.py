@@ -12,9 +12,9 @@ from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.sequences import load_sequences, write_sequences
 from lstmflow.errors import DataError
 from lstmflow.evaluation.evaluate import evaluate_classifier, predict_proba
-from lstmflow.training.loggers import ListLogger
 from lstmflow.models.lstm import build_model
 from lstmflow.training.fit import fit
+from lstmflow.training.loggers import ListLogger
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ("bump", "falling", "rising")  # as write_sequences orders them

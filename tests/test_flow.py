@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, git, make_project
 
 pytestmark = pytest.mark.slow
@@ -21,7 +20,9 @@ pytestmark = pytest.mark.slow
 def dvc(root: Path, *args: str) -> str:
     """DVC as a user runs it, with the virtual environment's scripts first on PATH (stage commands need them)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True, text=True, env=env).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True, text=True, env=env
+    ).stdout
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def first_run(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -
     return root, run_pipeline(pipeline="tiny", config=str(root / "pipelines.yaml"))
 
 
-def client(root: Path):  # noqa: ANN201
+def client(root: Path):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -82,8 +83,8 @@ def test_bad_requests_are_invalid_parameters_not_server_errors(first_run: tuple[
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from lstmflow.tracking import load_model, tracking_uri
     from lstmflow.serving.predictors import BadRequest, load_predictor
+    from lstmflow.tracking import load_model, tracking_uri
 
     root, result = first_run
     model = load_model(tracking_uri(root), result["model_uri"])
@@ -105,7 +106,9 @@ def test_bad_requests_are_invalid_parameters_not_server_errors(first_run: tuple[
         predictor.predict(history.tail(24).assign(value=np.nan))
 
 
-def test_mlflow_models_serve_answers_400_to_a_bad_request_and_keeps_serving(first_run: tuple[Path, dict[str, Any]]) -> None:
+def test_mlflow_models_serve_answers_400_to_a_bad_request_and_keeps_serving(
+    first_run: tuple[Path, dict[str, Any]],
+) -> None:
     import socket
     import time
     import urllib.error
@@ -117,7 +120,11 @@ def test_mlflow_models_serve_answers_400_to_a_bad_request_and_keeps_serving(firs
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", result["model_uri"], "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(port)],
@@ -126,7 +133,9 @@ def test_mlflow_models_serve_answers_400_to_a_bad_request_and_keeps_serving(firs
 
     def post(frame: pd.DataFrame) -> tuple[int, str]:
         body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
                 return answer.status, answer.read().decode()
@@ -196,33 +205,52 @@ def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_ha
     requests = {
         "sunspots": lambda raw: pd.read_csv(raw / "sunspots.csv")[["sunactivity"]].tail(30),
         "co2": lambda raw: pd.read_csv(raw / "co2.csv")[["co2"]].interpolate().tail(60),
-        "order": lambda raw: pd.read_csv(raw / "order_sequences.csv").query("series_id in ['s0000', 's0001']")[["series_id", "step", "x"]],
+        "order": lambda raw: pd.read_csv(raw / "order_sequences.csv").query("series_id in ['s0000', 's0001']")[
+            ["series_id", "step", "x"]
+        ],
         "digits": lambda raw: pd.DataFrame(  # the served signature takes pixel columns, row by row
             [load_image(raw / "digits" / d / f"000{d}.png", grayscale=True).reshape(-1) for d in ("3", "7")]
         ).add_prefix("pixel_"),
         "agents": lambda raw: pd.read_csv(raw / "agents.csv")[["text"]].head(2),
-        "chirps": lambda raw: pd.DataFrame({"path": [str(raw / "chirps" / "rising" / "000.wav"), str(raw / "chirps" / "falling" / "000.wav")]}),
-        "pydocs": lambda raw: pd.DataFrame({"prompt": ["The if statement", "A class"], "tokens": [30, 5], "temperature": [0.8, 0.0], "seed": [1, 1]}),
+        "chirps": lambda raw: pd.DataFrame(
+            {"path": [str(raw / "chirps" / "rising" / "000.wav"), str(raw / "chirps" / "falling" / "000.wav")]}
+        ),
+        "pydocs": lambda raw: pd.DataFrame(
+            {"prompt": ["The if statement", "A class"], "tokens": [30, 5], "temperature": [0.8, 0.0], "seed": [1, 1]}
+        ),
     }
-    baselines = {"forecast": {"naive_mae", "mase"}, "classify": {"majority_accuracy", "macro_f1"}, "language_model": {"unigram_perplexity", "perplexity"}}
+    baselines = {
+        "forecast": {"naive_mae", "mase"},
+        "classify": {"majority_accuracy", "macro_f1"},
+        "language_model": {"unigram_perplexity", "perplexity"},
+    }
     for name, pipeline in yaml.safe_load((REPO / "pipelines.yaml").read_text())["pipelines"].items():
         result = run_pipeline(pipeline=name, epochs=1, config=str(root / "pipelines.yaml"))
         assert result["model_uri"] == f"models:/{name}/1"
-        assert baselines[pipeline["task"]] <= set(result["metrics"]) and json.loads(json.dumps(result, default=str))["pipeline"] == name
+        assert (
+            baselines[pipeline["task"]] <= set(result["metrics"])
+            and json.loads(json.dumps(result, default=str))["pipeline"] == name
+        )
         prediction = load_model(tracking_uri(root), result["model_uri"]).predict(requests[name](root / "data" / "raw"))
         assert "MLFLOW_TRACKING_URI" not in os.environ, "a project's store must not leak into the process"
         if pipeline["task"] == "language_model":  # a character model: one character per token
-            assert list(prediction["prompt"]) == ["The if statement", "A class"] and prediction["text"].str.len().tolist() == [30, 5]
+            assert list(prediction["prompt"]) == ["The if statement", "A class"] and prediction[
+                "text"
+            ].str.len().tolist() == [30, 5]
         elif pipeline["task"] == "classify":
             assert len(prediction) == 2 and {"label", "key"} <= set(prediction.columns)
             probabilities = prediction.filter(like="prob_").to_numpy()
             assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
         else:
-            horizon = {"sunspots": 1, "co2": 12}[name]  # sunspots' is set in pipelines.yaml; co2's resolves to its season
+            horizon = {"sunspots": 1, "co2": 12}[
+                name
+            ]  # sunspots' is set in pipelines.yaml; co2's resolves to its season
             assert list(prediction["step"]) == list(range(1, horizon + 1)) and prediction.notna().all().all()
 
 
-def test_killed_training_is_retried_from_its_checkpoint_in_the_same_mlflow_run(tmp_path: Path, prefect_harness: None) -> None:
+def test_killed_training_is_retried_from_its_checkpoint_in_the_same_mlflow_run(
+    tmp_path: Path, prefect_harness: None
+) -> None:
     """SIGKILL the training child once a checkpoint exists: Prefect's retry resumes it and continues the run."""
     import signal
     import threading
@@ -243,7 +271,12 @@ def test_killed_training_is_retried_from_its_checkpoint_in_the_same_mlflow_run(t
 
     killer = threading.Thread(target=kill_first_training_child, daemon=True)
     killer.start()
-    result = run_pipeline(pipeline="tiny", epochs=40, overrides={"train.early_stopping.patience": 100}, config=str(root / "pipelines.yaml"))
+    result = run_pipeline(
+        pipeline="tiny",
+        epochs=40,
+        overrides={"train.early_stopping.patience": 100},
+        config=str(root / "pipelines.yaml"),
+    )
     killer.join(timeout=5)
     [run_dir] = (root / "runs" / "tiny").iterdir()
     fit_result = json.loads((run_dir / "fit_result.json").read_text())

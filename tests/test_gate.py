@@ -12,16 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import prepare_pipeline_features, prepared_corpus, write_sine_csv
-from lstmflow.ops import gate, steps
+
 from lstmflow.config import PromoteSpec, validate_pipeline
 from lstmflow.data.kinds import build_features, resolve
-from lstmflow.training.loggers import ListLogger
 from lstmflow.models.lstm import build_model
-from lstmflow.tracking import registry, tracking_uri
+from lstmflow.ops import gate, steps
 from lstmflow.serving.predictors import load_predictor, write_bundle
+from lstmflow.tracking import registry, tracking_uri
 from lstmflow.training.fit import fit
+from lstmflow.training.loggers import ListLogger
 
 # ------------------------------------------------------------------------------------------------ statistics
 
@@ -70,7 +70,9 @@ def test_diebold_mariano_long_run_variance_matches_statsmodels_hac() -> None:
     noise = rng.normal(0, 1, 83)
     d = 0.3 + np.convolve(noise, np.ones(4) / 2, mode="valid")  # MA(3): autocorrelated up to lag 3, 80 values
     horizon, n = 4, len(d)
-    fitted = sm.OLS(d, np.ones(n)).fit(cov_type="HAC", cov_kwds={"maxlags": horizon - 1, "kernel": "uniform", "use_correction": False})
+    fitted = sm.OLS(d, np.ones(n)).fit(
+        cov_type="HAC", cov_kwds={"maxlags": horizon - 1, "kernel": "uniform", "use_correction": False}
+    )
     factor = math.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
     result = gate.diebold_mariano(d + 1.0, np.ones(n), horizon)
     assert result.statistic == pytest.approx(factor * fitted.tvalues[0], rel=1e-9)
@@ -90,7 +92,9 @@ def test_diebold_mariano_finds_a_real_difference_and_none_where_there_is_none() 
 # ------------------------------------------------------------------------------------------------ decision
 
 
-def comparison(challenger: float, champion: float, direction: str = "minimize", p_value: float | None = 0.001) -> gate.Comparison:
+def comparison(
+    challenger: float, champion: float, direction: str = "minimize", p_value: float | None = 0.001
+) -> gate.Comparison:
     test = None if p_value is None else gate.Significance("diebold_mariano", 3.0, p_value, 50, "DM")
     return gate.Comparison("mae", direction, challenger, champion, 50, test)
 
@@ -117,7 +121,7 @@ def test_decide_needs_significance_unless_the_test_is_none() -> None:
 # ----------------------------------------------------------------------------- scoring through the served predictors
 
 
-def untrained_bundle(spec: Any, features_dir: Path, n_in: int, n_out: int, folder: Path, per_step: bool = False) -> Any:  # noqa: ANN401
+def untrained_bundle(spec: Any, features_dir: Path, n_in: int, n_out: int, folder: Path, per_step: bool = False) -> Any:
     """A bundle of a freshly initialised network: scoring and request layouts need no training."""
     torch.manual_seed(0)
     model = build_model(spec.model, n_in, n_out, where="test", per_step=per_step)
@@ -127,11 +131,18 @@ def untrained_bundle(spec: Any, features_dir: Path, n_in: int, n_out: int, folde
     return predictor
 
 
-def series_spec(root: Path, rows: int = 240, train: dict[str, Any] | None = None, **data: Any) -> Any:  # noqa: ANN401
+def series_spec(root: Path, rows: int = 240, train: dict[str, Any] | None = None, **data: Any) -> Any:
     """The tiny sine pipeline on a ``rows``-row series (the same values, more of them, as ``rows`` grows); resolved."""
     write_sine_csv(root / "data" / "tiny.csv", rows=rows)
     raw = {
-        "data": {"path": "data/tiny.csv", "time_column": "month", "target": "value", "horizon": 6, "transform": "none", **data},
+        "data": {
+            "path": "data/tiny.csv",
+            "time_column": "month",
+            "target": "value",
+            "horizon": 6,
+            "transform": "none",
+            **data,
+        },
         "model": {"layers": [{"lstm": {"units": 8}}, {"dense": {}}]},
         "train": {"epochs": 1, "batch_size": 16, "seed": 0, **(train or {})},
         "evaluate": {"season": 12},
@@ -170,7 +181,7 @@ def test_a_forecaster_that_does_not_fit_the_test_windows_is_named_not_comparable
     assert data.outputs(untrained_bundle(spec, tmp_path / "features", 1, 6, tmp_path / "n")).shape == (data.n, 6, 1)
 
 
-def assert_requests_match_the_features(spec: Any, features_dir: Path, predictor: Any) -> None:  # noqa: ANN401
+def assert_requests_match_the_features(spec: Any, features_dir: Path, predictor: Any) -> None:
     """Each test request, read the way the served model reads it, is the stored test sample; labels agree."""
     from lstmflow.data.sequences import load_sequences
 
@@ -204,7 +215,7 @@ def write_pattern_table(path: Path, per_class: int, layout: str, seed: int = 0) 
     return path
 
 
-def classify_spec(root: Path, data: dict[str, Any], layers: list[dict[str, Any]] | None = None, **train: Any) -> Any:  # noqa: ANN401
+def classify_spec(root: Path, data: dict[str, Any], layers: list[dict[str, Any]] | None = None, **train: Any) -> Any:
     raw = {
         "task": "classify",
         "data": data,
@@ -214,7 +225,7 @@ def classify_spec(root: Path, data: dict[str, Any], layers: list[dict[str, Any]]
     return validate_pipeline("patterns", raw, root)
 
 
-def prepared_classifier(root: Path, spec: Any) -> tuple[Path, Any]:  # noqa: ANN401
+def prepared_classifier(root: Path, spec: Any) -> tuple[Path, Any]:
     """The data stage's features of ``spec`` in ``root / "features"``, and an untrained predictor for them."""
     from lstmflow.data.sequences import load_sequences
     from lstmflow.training.objectives import classifier_input_size
@@ -222,7 +233,9 @@ def prepared_classifier(root: Path, spec: Any) -> tuple[Path, Any]:  # noqa: ANN
     features_dir = root / "features"
     build_features(spec.data, None, features_dir, "pipelines.patterns.data", root / "cache")
     features = load_sequences(features_dir)
-    return features_dir, untrained_bundle(spec, features_dir, classifier_input_size(features), features.n_classes, root / "m")
+    return features_dir, untrained_bundle(
+        spec, features_dir, classifier_input_size(features), features.n_classes, root / "m"
+    )
 
 
 @pytest.mark.parametrize("layout", ["long", "wide"])
@@ -241,7 +254,8 @@ def test_requests_of_texts_and_images_are_the_prepared_test_samples(tmp_path: Pa
     texts = tmp_path / "texts"
     _agent_texts(texts_per_class=20).to_csv(tmp_path / "agents.csv", index=False)
     text_spec = classify_spec(
-        texts, {"kind": "text", "path": str(tmp_path / "agents.csv"), "tokenizer": {"kind": "word"}, "max_length": 6},
+        texts,
+        {"kind": "text", "path": str(tmp_path / "agents.csv"), "tokenizer": {"kind": "word"}, "max_length": 6},
         layers=[{"embedding": {"dim": 4}}, {"lstm": {"units": 4}}, {"dense": {"activation": "softmax"}}],
     )
     features_dir, predictor = prepared_classifier(texts, text_spec)
@@ -286,7 +300,9 @@ def test_score_text_is_the_evaluation_cross_entropy_of_one_stream(tmp_path: Path
 
     spec = prepared_corpus(tmp_path, repeats=12)
     features = load_corpus(tmp_path / "features")
-    generator = untrained_bundle(spec, tmp_path / "features", features.vocab_size, features.vocab_size, tmp_path / "m", per_step=True)
+    generator = untrained_bundle(
+        spec, tmp_path / "features", features.vocab_size, features.vocab_size, tmp_path / "m", per_step=True
+    )
     nats, tokens = generator.score_text(split_corpus(spec.data, "lm")["test"])
     expected, count = token_cross_entropy(generator.model, LanguageModelObjective(spec, features), "test", 1, "cpu")
     assert tokens == count and nats == pytest.approx(expected, rel=1e-6)
@@ -297,11 +313,17 @@ def test_compare_language_models_per_character_without_a_test(tmp_path: Path) ->
 
     spec = prepared_corpus(tmp_path, repeats=40, epochs=3, seed=0)
     trained = fit(spec, tmp_path / "features", tmp_path / "run", ListLogger(), progress=False)
-    strong, _ = write_bundle(spec.model_dump(mode="json"), tmp_path / "features", Path(trained.model_path), tmp_path / "strong")
+    strong, _ = write_bundle(
+        spec.model_dump(mode="json"), tmp_path / "features", Path(trained.model_path), tmp_path / "strong"
+    )
     vocab = strong.tokenizer.vocab_size
     weak = untrained_bundle(spec, tmp_path / "features", vocab, vocab, tmp_path / "weak", per_step=True)
     result = gate.compare(spec, tmp_path / "features", strong, weak)
-    assert result.metric == "cross_entropy" and result.test is None and result.n == len(split_corpus(spec.data, "lm")["test"])
+    assert (
+        result.metric == "cross_entropy"
+        and result.test is None
+        and result.n == len(split_corpus(spec.data, "lm")["test"])
+    )
     assert result.challenger < result.champion < math.log(vocab) + 0.5
     assert gate.decide(result, spec.promote).promote
 
@@ -316,7 +338,7 @@ class Registered:
     version: str
 
 
-def fit_and_register(root: Path, spec: Any, features_dir: Path, label: str) -> Registered:  # noqa: ANN401
+def fit_and_register(root: Path, spec: Any, features_dir: Path, label: str) -> Registered:
     """Train in this process (no child), then the real register step: an MLflow run and a registered pyfunc."""
     prepared = steps.Prepared(spec.model_dump(mode="json"), str(features_dir), "d" * 32, "f" * 32)
     run_dir = root / "runs" / label
@@ -341,7 +363,9 @@ def forecasts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     first = judge(root, v1)
     new = series_spec(root, rows=300, window=18)  # a new data version: more rows, another window and scaler
     prepare_pipeline_features(new, root / "features-v2")
-    v2 = fit_and_register(root, series_spec(root, 300, {"epochs": 60, "optimizer": {"lr": 0.01}}, window=18), root / "features-v2", "v2")
+    v2 = fit_and_register(
+        root, series_spec(root, 300, {"epochs": 60, "optimizer": {"lr": 0.01}}, window=18), root / "features-v2", "v2"
+    )
     second = judge(root, v2)
     v3 = fit_and_register(root, series_spec(root, 300, weak, window=18), root / "features-v2", "v3")
     third = judge(root, v3)
@@ -349,7 +373,9 @@ def forecasts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_forecast_gate_promotes_the_first_and_a_clearly_better_version_and_keeps_a_worse_one(forecasts: dict[str, Any]) -> None:
+def test_forecast_gate_promotes_the_first_and_a_clearly_better_version_and_keeps_a_worse_one(
+    forecasts: dict[str, Any],
+) -> None:
     root, (v1, v2, v3), (first, second, third) = forecasts["root"], forecasts["entries"], forecasts["results"]
     uri = tracking_uri(root)
     assert first["decision"] == "promoted" and first["reason"].startswith("first version")
@@ -359,12 +385,21 @@ def test_forecast_gate_promotes_the_first_and_a_clearly_better_version_and_keeps
     assert registry.alias_version(uri, "tiny", "champion") == v2.version
     assert registry.history(uri, "tiny", "champion") == [v1.version, v2.version]
     tags = registry.version_tags(uri, "tiny", v3.version)
-    assert tags["lstmflow.gate.decision"] == "kept" and tags["lstmflow.gate.metric"] == "mae" and tags["lstmflow.gate.test"] == "diebold_mariano"
-    assert float(tags["lstmflow.gate.champion_value"]) == pytest.approx(third["champion_value"]) and tags["lstmflow.gate.champion_version"] == v2.version
+    assert (
+        tags["lstmflow.gate.decision"] == "kept"
+        and tags["lstmflow.gate.metric"] == "mae"
+        and tags["lstmflow.gate.test"] == "diebold_mariano"
+    )
+    assert (
+        float(tags["lstmflow.gate.champion_value"]) == pytest.approx(third["champion_value"])
+        and tags["lstmflow.gate.champion_version"] == v2.version
+    )
     from mlflow import MlflowClient
 
     run = MlflowClient(tracking_uri=uri).get_run(v2.trained["run_id"])
-    assert run.data.metrics["gate_promoted"] == 1.0 and run.data.metrics["gate_champion_mae"] == pytest.approx(second["champion_value"])
+    assert run.data.metrics["gate_promoted"] == 1.0 and run.data.metrics["gate_champion_mae"] == pytest.approx(
+        second["champion_value"]
+    )
     assert run.data.tags["lstmflow.gate.decision"] == "promoted"
 
 
@@ -377,11 +412,15 @@ def test_a_champion_of_an_older_data_version_is_scored_on_the_new_test_windows(f
     features = load_features(root / "features-v2")
     test = features.windows("test")
     champion = load_predictor(Path(v1.trained["run_dir"]) / "bundle")
-    frame = read_series(v1.prepared.pipeline.data.model_copy(update={"path": root / "data" / "tiny.csv"})).reset_index(drop=True)
+    frame = read_series(v1.prepared.pipeline.data.model_copy(update={"path": root / "data" / "tiny.csv"})).reset_index(
+        drop=True
+    )
     assert len(frame) == 300 and champion.window == 24
     forecasts_by_hand = np.stack([champion.predict(frame.iloc[:origin])["value"].to_numpy() for origin in test.origins])
     assert second["n"] == len(test.origins) == 300 - features.meta["split"]["val_end"] - 6 + 1
-    assert second["champion_value"] == pytest.approx(np.mean(np.abs(forecasts_by_hand - test.targets_original()[:, :, 0])), rel=1e-6)
+    assert second["champion_value"] == pytest.approx(
+        np.mean(np.abs(forecasts_by_hand - test.targets_original()[:, :, 0])), rel=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -408,7 +447,13 @@ def test_promote_by_hand_and_rollback_move_the_alias_back_step_by_step(forecasts
     with pytest.raises(registry.RegistryError, match="no registered model 'nope'"):
         gate.promote(uri, "nope", 1)
     moved = gate.promote(uri, "tiny", v3.version, reason="weekend test", user="ana")
-    assert moved == {"name": "tiny", "alias": "champion", "version": v3.version, "previous": v2.version, "changed": True}
+    assert moved == {
+        "name": "tiny",
+        "alias": "champion",
+        "version": v3.version,
+        "previous": v2.version,
+        "changed": True,
+    }
     tags = registry.version_tags(uri, "tiny", v3.version)
     assert tags["lstmflow.alias.champion.by"] == "manual" and tags["lstmflow.alias.champion.user"] == "ana"
     assert tags["lstmflow.alias.champion.reason"] == "weekend test"
@@ -421,21 +466,33 @@ def test_promote_by_hand_and_rollback_move_the_alias_back_step_by_step(forecasts
         gate.rollback(uri, "tiny")
     assert registry.alias_version(uri, "tiny", "champion") == v1.version
     again = judge(root, v2)
-    assert again["recorded"] and registry.alias_version(uri, "tiny", "champion") == v1.version, "a rollback stays rolled back"
+    assert again["recorded"] and registry.alias_version(uri, "tiny", "champion") == v1.version, (
+        "a rollback stays rolled back"
+    )
 
 
 @pytest.mark.slow
 def test_classification_gate_promotes_a_clearly_better_version_and_keeps_a_worse_one(tmp_path: Path) -> None:
     """Long table with string ids in shuffled order: answers are matched to samples by key. McNemar decides."""
     path = write_pattern_table(tmp_path / "patterns.csv", 60, "long")
-    data = {"kind": "sequences", "path": str(path), "format": "long", "id_column": "sid", "time_column": "t", "value_columns": ["x"], "label_column": "label"}
+    data = {
+        "kind": "sequences",
+        "path": str(path),
+        "format": "long",
+        "id_column": "sid",
+        "time_column": "t",
+        "value_columns": ["x"],
+        "label_column": "label",
+    }
     weak = classify_spec(tmp_path, data, epochs=1, optimizer={"lr": 1e-4})
     strong = classify_spec(tmp_path, data, epochs=25)
     features_dir = tmp_path / "features"
     build_features(weak.data, None, features_dir, "pipelines.patterns.data", tmp_path / "cache")
     v1 = fit_and_register(tmp_path, weak, features_dir, "v1")
     v2 = fit_and_register(tmp_path, strong, features_dir, "v2")
-    v3 = fit_and_register(tmp_path, classify_spec(tmp_path, data, epochs=1, optimizer={"lr": 1e-4}, seed=1), features_dir, "v3")
+    v3 = fit_and_register(
+        tmp_path, classify_spec(tmp_path, data, epochs=1, optimizer={"lr": 1e-4}, seed=1), features_dir, "v3"
+    )
     assert judge(tmp_path, v1)["decision"] == "promoted"
     better = judge(tmp_path, v2)
     assert better["decision"] == "promoted" and better["test"] == "mcnemar" and better["p_value"] < 0.001

@@ -45,8 +45,10 @@ def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
 
 def wide_rows(labels: str, start: float) -> list[dict[str, object]]:
     """One wide row per label letter; values start at ``start`` and rise by 1 per row, three steps each."""
-    return [{"label": label, "t0": start + i, "t1": start + i + 0.5, "t2": start + i + 1.0}
-            for i, label in enumerate(labels)]
+    return [
+        {"label": label, "t0": start + i, "t1": start + i + 0.5, "t2": start + i + 1.0}
+        for i, label in enumerate(labels)
+    ]
 
 
 def wide_files(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -96,8 +98,10 @@ def test_text_files_fit_the_tokenizer_on_the_training_file_only(tmp_path: Path) 
         "val": [("wonderful film", "pos"), ("bad plot", "neg")],
         "test": [("good plot", "pos"), ("awful film", "neg")],
     }
-    paths = {part: write_csv(tmp_path / f"{part}.csv", [{"text": t, "label": y} for t, y in texts])
-             for part, texts in rows.items()}
+    paths = {
+        part: write_csv(tmp_path / f"{part}.csv", [{"text": t, "label": y} for t, y in texts])
+        for part, texts in rows.items()
+    }
     spec = TextSpec.model_validate(
         {"kind": "text", "path": paths["train"], "split": given(paths["val"], paths["test"])}
     )
@@ -263,8 +267,12 @@ def test_config_resolves_split_files_and_refuses_them_beside_a_column(tmp_path: 
     wide_files(tmp_path)
     raw = {
         "task": "classify",
-        "data": {"kind": "sequences", "path": "train.csv", "format": "wide",
-                 "split": {"val": 0.6, "test": 0.6, "files": {"val": "val.csv", "test": "test.csv"}}},
+        "data": {
+            "kind": "sequences",
+            "path": "train.csv",
+            "format": "wide",
+            "split": {"val": 0.6, "test": 0.6, "files": {"val": "val.csv", "test": "test.csv"}},
+        },
     }
     spec = validate_pipeline("given", raw, base_dir=tmp_path)  # the fractions are ignored: no 10% rule
     assert spec.data.split.files.val == tmp_path / "val.csv"
@@ -288,8 +296,11 @@ def monthly(rows: int, start: str = "2000-01-01") -> pd.DataFrame:
 
 def series_spec(path: Path, **data: object) -> PipelineSpec:
     return PipelineSpec.model_validate(
-        {"name": "given", "data": {"path": str(path), "target": "y", "time_column": "t", **data},
-         "model": {"layers": [{"lstm": {"units": 4}}]}}
+        {
+            "name": "given",
+            "data": {"path": str(path), "target": "y", "time_column": "t", **data},
+            "model": {"layers": [{"lstm": {"units": 4}}]},
+        }
     )
 
 

@@ -10,28 +10,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import CORPUS_LINE, make_project
+
 from lstmflow.config import validate_pipeline
 from lstmflow.data.corpus import TokenStream, load_corpus, prepare_corpus_features, read_text, split_corpus
 from lstmflow.errors import ConfigError, DataError
 from lstmflow.evaluation.evaluate import evaluate_language_model
-from lstmflow.serving.generate import decode, generate
-from lstmflow.training.loggers import ListLogger
 from lstmflow.models.lstm import build_model
-from lstmflow.training.objectives import LanguageModelObjective, make_objective
+from lstmflow.serving.generate import decode, generate
 from lstmflow.training.fit import fit
+from lstmflow.training.loggers import ListLogger
+from lstmflow.training.objectives import make_objective
 
 
-def lm_spec(path: Path, **sections: object):  # noqa: ANN201 - a PipelineSpec
+def lm_spec(path: Path, **sections: object):
     raw = {
         "task": "language_model",
         "data": {"kind": "corpus", "path": str(path), "sequence_length": 12},
-        "model": {"layers": [
-            {"embedding": {"dim": 8}},
-            {"lstm": {"units": 32, "return_sequences": True, "stateful": True}},
-            {"dense": {"activation": "softmax"}},
-        ]},
+        "model": {
+            "layers": [
+                {"embedding": {"dim": 8}},
+                {"lstm": {"units": 32, "return_sequences": True, "stateful": True}},
+                {"dense": {"activation": "softmax"}},
+            ]
+        },
         "train": {"epochs": 3, "batch_size": 4, "optimizer": {"lr": 0.02}, "seed": 0},
     }
     for key, value in sections.items():
@@ -171,12 +173,17 @@ def test_each_pass_starts_from_zero_state_and_restore_puts_it_back(corpus: Path,
 
 
 def test_only_stateful_layers_carry_and_stateless_spans_are_shuffled(corpus: Path, tmp_path: Path) -> None:
-    spec = lm_spec(corpus, model={"layers": [
-        {"embedding": {"dim": 8}},
-        {"lstm": {"units": 8, "return_sequences": True, "stateful": True}},
-        {"lstm": {"units": 8, "return_sequences": True}},
-        {"dense": {}},
-    ]})
+    spec = lm_spec(
+        corpus,
+        model={
+            "layers": [
+                {"embedding": {"dim": 8}},
+                {"lstm": {"units": 8, "return_sequences": True, "stateful": True}},
+                {"lstm": {"units": 8, "return_sequences": True}},
+                {"dense": {}},
+            ]
+        },
+    )
     prepare_corpus_features(spec.data, tmp_path / "f", "lm.data")
     objective = make_objective(spec, tmp_path / "f")
     model = build_model(spec.model, objective.n_features, objective.n_outputs, per_step=True)
@@ -186,7 +193,10 @@ def test_only_stateful_layers_carry_and_stateless_spans_are_shuffled(corpus: Pat
     in_order = [x for (x,), _ in objective.batches("train", 4, shuffle=True, seed=0, epoch=1)]
     assert torch.equal(in_order[0], inputs[0]), "a stateful model reads the spans in order even when shuffling"
 
-    stateless = lm_spec(corpus, model={"layers": [{"embedding": {"dim": 8}}, {"lstm": {"units": 8, "return_sequences": True}}, {"dense": {}}]})
+    stateless = lm_spec(
+        corpus,
+        model={"layers": [{"embedding": {"dim": 8}}, {"lstm": {"units": 8, "return_sequences": True}}, {"dense": {}}]},
+    )
     objective = make_objective(stateless, tmp_path / "f")
     first = [x for (x,), _ in objective.batches("train", 4)]
     shuffled = [x for (x,), _ in objective.batches("train", 4, shuffle=True, seed=0, epoch=1)]
@@ -198,18 +208,29 @@ def test_only_stateful_layers_carry_and_stateless_spans_are_shuffled(corpus: Pat
 
 
 def test_stateful_outside_a_language_model_is_refused(tmp_path: Path) -> None:
-    raw = {"data": {"path": "x.csv", "target": "y"}, "model": {"layers": [{"lstm": {"units": 4, "stateful": True}}, {"dense": {}}]}}
-    with pytest.raises(ConfigError, match=r"pipelines.f: model.layers\[0\].lstm.stateful: .*only task 'language_model'"):
+    raw = {
+        "data": {"path": "x.csv", "target": "y"},
+        "model": {"layers": [{"lstm": {"units": 4, "stateful": True}}, {"dense": {}}]},
+    }
+    with pytest.raises(
+        ConfigError, match=r"pipelines.f: model.layers\[0\].lstm.stateful: .*only task 'language_model'"
+    ):
         validate_pipeline("f", raw, tmp_path)
 
 
 def test_a_language_model_needs_a_corpus(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="pipelines.f: task 'language_model' needs data.kind 'corpus', got 'timeseries'"):
+    with pytest.raises(
+        ConfigError, match="pipelines.f: task 'language_model' needs data.kind 'corpus', got 'timeseries'"
+    ):
         validate_pipeline("f", {"task": "language_model", "data": {"path": "x.csv", "target": "y"}}, tmp_path)
 
 
 def test_a_bidirectional_language_model_is_refused(corpus: Path) -> None:
-    layers = [{"embedding": {"dim": 4}}, {"lstm": {"units": 4, "return_sequences": True, "bidirectional": True}}, {"dense": {}}]
+    layers = [
+        {"embedding": {"dim": 4}},
+        {"lstm": {"units": 4, "return_sequences": True, "bidirectional": True}},
+        {"dense": {}},
+    ]
     with pytest.raises(ConfigError, match=r"layers\[1\].lstm.bidirectional: .*would see the very token"):
         lm_spec(corpus, model={"layers": layers})
 
@@ -217,12 +238,16 @@ def test_a_bidirectional_language_model_is_refused(corpus: Path) -> None:
 def test_a_language_model_must_predict_at_every_step(corpus: Path, tmp_path: Path) -> None:
     spec = lm_spec(corpus, model={"layers": [{"embedding": {"dim": 4}}, {"lstm": {"units": 4}}, {"dense": {}}]})
     prepare_corpus_features(spec.data, tmp_path / "f", "lm.data")
-    with pytest.raises(ConfigError, match=r"layers\[1\].lstm.return_sequences: a language model predicts the next token"):
+    with pytest.raises(
+        ConfigError, match=r"layers\[1\].lstm.return_sequences: a language model predicts the next token"
+    ):
         fit(spec, tmp_path / "f", tmp_path / "run", ListLogger(), progress=False)
 
 
 def test_without_a_model_a_language_model_gets_an_embedding_and_a_stateful_lstm(corpus: Path) -> None:
-    spec = validate_pipeline("lm", {"task": "language_model", "data": {"kind": "corpus", "path": str(corpus)}}, corpus.parent)
+    spec = validate_pipeline(
+        "lm", {"task": "language_model", "data": {"kind": "corpus", "path": str(corpus)}}, corpus.parent
+    )
     kinds = [layer.kind for layer in spec.model.layers]
     assert kinds == ["embedding", "lstm", "dense"] and spec.model.layers[1].lstm.stateful
     assert spec.model.layers[1].lstm.return_sequences and spec.loss == "cross_entropy"
@@ -256,7 +281,9 @@ def test_generation_is_seeded_greedy_at_zero_and_continues_the_prompt(trained: t
     features = load_corpus(root / "f")
     model = build_model(spec.model, features.vocab_size, features.vocab_size, per_step=True)
     model.load_state_dict(torch.load(model_path, weights_only=True))
-    assert generate(model, features.tokenizer, "the cat s", 30, 0.8, seed=3) == generate(model, features.tokenizer, "the cat s", 30, 0.8, seed=3)
+    assert generate(model, features.tokenizer, "the cat s", 30, 0.8, seed=3) == generate(
+        model, features.tokenizer, "the cat s", 30, 0.8, seed=3
+    )
     greedy = generate(model, features.tokenizer, "the cat s", 12, temperature=0.0)
     assert len(greedy) == 12 and greedy.startswith("at on the"), greedy
     with pytest.raises(DataError, match="holds no token"):
@@ -295,9 +322,14 @@ pipelines:
     assert "perplexity" in run.stdout and "unigram" in run.stdout
     done = subprocess.run(
         [lstmflow, "generate", "lm", "--prompt", "the cat", "--tokens", "20", "--temperature", "0"],
-        cwd=root, capture_output=True, text=True, timeout=300,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("the cat") and len(done.stdout.rstrip("\n")) == len("the cat") + 20
-    wrong = subprocess.run([lstmflow, "generate", "nope", "--prompt", "x"], cwd=root, capture_output=True, text=True, timeout=300)
+    wrong = subprocess.run(
+        [lstmflow, "generate", "nope", "--prompt", "x"], cwd=root, capture_output=True, text=True, timeout=300
+    )
     assert wrong.returncode == 2 and "no pipeline named 'nope'" in wrong.stderr

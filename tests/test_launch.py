@@ -20,9 +20,9 @@ from conftest import prepare_pipeline_features, write_sine_csv
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import resolve_data
 from lstmflow.errors import ConfigError, DataError, TrainingError
+from lstmflow.training.fit import fit
 from lstmflow.training.launch import train_in_child
 from lstmflow.training.loggers import ListLogger
-from lstmflow.training.fit import fit
 
 torch.set_num_threads(1)
 
@@ -53,8 +53,12 @@ class FileLogger:
 def make_spec(data_dir: Path, **train: Any) -> PipelineSpec:
     raw = {
         "data": {
-            "path": "sine.csv", "time_column": "month", "target": "value",
-            "window": 24, "horizon": 6, "transform": "none",
+            "path": "sine.csv",
+            "time_column": "month",
+            "target": "value",
+            "window": 24,
+            "horizon": 6,
+            "transform": "none",
         },
         "model": {"layers": [{"lstm": {"units": 8, "dropout": 0.1}}, {"dense": {}}]},
         "train": {"epochs": 5, "batch_size": 16, "optimizer": {"lr": 0.01}, "lr_schedule": {"name": "cosine"}, **train},
@@ -102,7 +106,9 @@ def test_a_malloc_setting_of_the_caller_is_kept(data_dir: Path, monkeypatch: pyt
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     environment = child_environment(make_spec(data_dir, epochs=1))
-    assert environment["MALLOC_MMAP_THRESHOLD_"] == "65536" and environment["MALLOC_TRIM_THRESHOLD_"] == str(256 * 2**20)
+    assert environment["MALLOC_MMAP_THRESHOLD_"] == "65536" and environment["MALLOC_TRIM_THRESHOLD_"] == str(
+        256 * 2**20
+    )
 
 
 def test_data_error_in_the_child_arrives_as_the_same_data_error(data_dir: Path, tmp_path: Path) -> None:

@@ -77,8 +77,14 @@ def test_forecast_metrics_beside_the_naive_baseline() -> None:
     metrics = forecast_metrics(y, yhat=np.array([[[3.0], [4.0]]]), naive=np.array([[[1.0], [1.0]]]), scale=2.0)
     assert metrics == pytest.approx(
         {
-            "rmse": math.sqrt(0.5), "mae": 0.5, "smape": 100 * (2 / 5) / 2, "mase": 0.25,
-            "naive_rmse": math.sqrt(5), "naive_mae": 2.0, "naive_smape": 100 * (2 / 3 + 6 / 5) / 2, "naive_mase": 1.0,
+            "rmse": math.sqrt(0.5),
+            "mae": 0.5,
+            "smape": 100 * (2 / 5) / 2,
+            "mase": 0.25,
+            "naive_rmse": math.sqrt(5),
+            "naive_mae": 2.0,
+            "naive_smape": 100 * (2 / 3 + 6 / 5) / 2,
+            "naive_mase": 1.0,
         }
     )
     assert math.isnan(forecast_metrics(y, y, y, scale=0.0)["mase"])
@@ -111,9 +117,12 @@ def test_classification_metrics_by_hand() -> None:
         {
             "accuracy": 4 / 6,
             "macro_f1": (4 / 5 + 2 / 4 + 2 / 3) / 3,  # F1 = 2TP / (predicted + actual)
-            "precision_cat": 1.0, "recall_cat": 2 / 3,
-            "precision_dog": 0.5, "recall_dog": 0.5,
-            "precision_bird": 0.5, "recall_bird": 1.0,
+            "precision_cat": 1.0,
+            "recall_cat": 2 / 3,
+            "precision_dog": 0.5,
+            "recall_dog": 0.5,
+            "precision_bird": 0.5,
+            "recall_bird": 1.0,
         }
     )
 

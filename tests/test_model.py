@@ -386,8 +386,14 @@ def test_summary_of_a_stacked_model_with_batchnorm() -> None:
     assert model.training  # the summary's forward pass leaves the mode as it was
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if "(" in line and line.startswith(" ")}
     bidirectional = 2 * (4 * 64 * (3 + 64) + 2 * 4 * 64)
-    assert rows["bidirectional"] == ["(Bidirectional)", "(None,", "None,", "128)", f"{bidirectional:,}",
-                                     f"{bidirectional - 2 * 4 * 64:,}"]
+    assert rows["bidirectional"] == [
+        "(Bidirectional)",
+        "(None,",
+        "None,",
+        "128)",
+        f"{bidirectional:,}",
+        f"{bidirectional - 2 * 4 * 64:,}",
+    ]
     lstm = 4 * 32 * (128 + 32) + 2 * 4 * 32
     assert rows["lstm"] == ["(LSTM)", "(None,", "32)", f"{lstm:,}", f"{lstm - 4 * 32:,}"]
     assert rows["batch_normalization"] == ["(BatchNormalization)", "(None,", "32)", "128", "128"]

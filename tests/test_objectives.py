@@ -18,6 +18,7 @@ from lstmflow.training.objectives import ClassifyObjective, ForecastObjective, c
 
 torch.set_num_threads(1)
 
+
 def config_error(spec: PipelineSpec, features_dir: Path) -> str:
     with pytest.raises(ConfigError) as caught:
         make_objective(spec, features_dir)

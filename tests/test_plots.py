@@ -41,8 +41,9 @@ def test_forecast_with_dates_naive_and_fans(tmp_path: Path, seasonal: np.ndarray
     forecast = actual + np.random.default_rng(1).normal(0, 4, actual.shape)
     naive = windows(np.roll(seasonal, 12, axis=0), horizon=12)
     dates = np.arange("1990-01", "1995-01", dtype="datetime64[M]")  # the whole series: cut to its last 60 rows
-    path = plot_forecast(tmp_path / "plots" / "forecast.png", dates, actual, forecast, naive,
-                         title="sunspots", target_names=["sunspots"])
+    path = plot_forecast(
+        tmp_path / "plots" / "forecast.png", dates, actual, forecast, naive, title="sunspots", target_names=["sunspots"]
+    )
     assert path == tmp_path / "plots" / "forecast.png"
     assert_png(path)
 
@@ -72,8 +73,12 @@ def test_forecast_refuses_mismatched_inputs(tmp_path: Path, seasonal: np.ndarray
 
 def test_loss_curves_with_learning_rate_and_log_scale(tmp_path: Path) -> None:
     history = [
-        {"epoch": e, "train_loss": 2 * np.exp(-e / 5), "val_loss": 2.5 * np.exp(-e / 6) + 0.0005 * max(0, e - 20) ** 2,
-         "lr": 1e-3 * 0.5 ** (e // 10)}
+        {
+            "epoch": e,
+            "train_loss": 2 * np.exp(-e / 5),
+            "val_loss": 2.5 * np.exp(-e / 6) + 0.0005 * max(0, e - 20) ** 2,
+            "lr": 1e-3 * 0.5 ** (e // 10),
+        }
         for e in range(1, 41)
     ]
     width, height = assert_png(plot_loss_curves(tmp_path / "loss.png", history))

@@ -15,16 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import TINY_PIPELINES, Patterns, make_project
-from lstmflow.training import search
-from lstmflow.ops import steps
+
 from lstmflow.config import PipelineSpec
 from lstmflow.errors import ConfigError, TrainingError
+from lstmflow.ops import steps
+from lstmflow.training import search
 from lstmflow.training.loggers import ListLogger
 
 #: Two keys that matter on the three-class patterns: a learning rate from hopeless to good, and the LSTM's size.
-SPACE = {"train.optimizer.lr": {"float": [1.0e-4, 5.0e-2], "log": True}, "model.layers[0].lstm.units": {"categorical": [4, 16]}}
+SPACE = {
+    "train.optimizer.lr": {"float": [1.0e-4, 5.0e-2], "log": True},
+    "model.layers[0].lstm.units": {"categorical": [4, 16]},
+}
 EPOCHS = 3
 
 
@@ -41,14 +44,14 @@ def prepared_for(spec: PipelineSpec, patterns: Patterns) -> steps.Prepared:
     return steps.Prepared(spec.model_dump(mode="json"), str(patterns.features_dir), "d" * 32, "f" * 32)
 
 
-def mlflow_client(root: Path):  # noqa: ANN201
+def mlflow_client(root: Path):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def study_of(prepared: steps.Prepared, root: Path):  # noqa: ANN201 - an optuna.Study
+def study_of(prepared: steps.Prepared, root: Path):
     spec = prepared.pipeline
     ref = search.StudyRef(search.storage_location(spec, root), search.study_name(spec, prepared.features_md5))
     return search.open_study(ref, spec)[0]
@@ -76,7 +79,10 @@ def start_worker(prepared: steps.Prepared, root: Path, name: str) -> subprocess.
     handover.write_text(json.dumps(asdict(prepared)))
     log = open(root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(handover), str(root)], stdout=log, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-c", WORKER, str(handover), str(root)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
 
@@ -136,7 +142,9 @@ def test_direction_follows_the_metric_and_a_grid_lists_every_point(patterns: Pat
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "cmaes"])
-def test_each_sampler_draws_inside_the_space_the_same_way_twice(patterns: Patterns, tmp_path: Path, sampler: str) -> None:
+def test_each_sampler_draws_inside_the_space_the_same_way_twice(
+    patterns: Patterns, tmp_path: Path, sampler: str
+) -> None:
     if sampler == "cmaes":
         pytest.importorskip("cmaes")
     space = {
@@ -184,8 +192,11 @@ def test_trial_spec_sets_each_value(patterns: Patterns) -> None:
 
 def test_search_command_on_a_pipeline_without_search_exits_2(tiny_project: Path) -> None:
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "lstmflow"), "search", "tiny"], cwd=tiny_project, capture_output=True,
-        text=True, timeout=120,
+        [str(Path(sys.executable).parent / "lstmflow"), "search", "tiny"],
+        cwd=tiny_project,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2 and "pipelines.tiny.search: not set" in done.stderr and "Traceback" not in done.stderr
 
@@ -219,7 +230,9 @@ def test_a_trial_of_a_dead_process_is_queued_again_once(patterns: Patterns, tmp_
 
     remote_trial.set_user_attr(search.HEARTBEAT, time.time() - search.STALE_SECONDS - 1)
     assert [t.number for t in search.requeue_interrupted(study)] == [remote]
-    assert search.counts(study)["running"] == 2 and alive in {t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
+    assert search.counts(study)["running"] == 2 and alive in {
+        t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"
+    }
 
 
 def test_the_pruning_logger_forwards_reports_and_prunes(patterns: Patterns, tmp_path: Path) -> None:
@@ -251,7 +264,9 @@ def loop_ref(spec: PipelineSpec, root: Path) -> dict[str, str]:
     return {"storage": ref.storage, "study": ref.name, "parent_run_id": "none", "trials_dir": str(root / "trials")}
 
 
-def test_the_loop_keeps_parallel_trials_running_and_stops_at_the_budget_or_the_timeout(patterns: Patterns, tmp_path: Path) -> None:
+def test_the_loop_keeps_parallel_trials_running_and_stops_at_the_budget_or_the_timeout(
+    patterns: Patterns, tmp_path: Path
+) -> None:
     """drive_trials with trials that record a value after a moment instead of training: at most ``parallel`` run at
     once, the budget ends the loop, and a timeout ends a call early (no trial starts after it) that the next call
     continues."""
@@ -273,11 +288,15 @@ def test_the_loop_keeps_parallel_trials_running_and_stops_at_the_budget_or_the_t
         return {"number": number, "state": search.record(study, number, "complete", float(number))}
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        first = steps.drive_trials(prepared, tmp_path, ref, lambda n: pool.submit(trial, n), concurrent.futures.as_completed)
+        first = steps.drive_trials(
+            prepared, tmp_path, ref, lambda n: pool.submit(trial, n), concurrent.futures.as_completed
+        )
         assert len(first) == 2 and most[0] == 2, "two at once, then the timeout: no third trial"
         pause[0] = 0.05
         endless = prepared_for(search_spec(patterns, trials=6, parallel=2), patterns)
-        rest = steps.drive_trials(endless, tmp_path, ref, lambda n: pool.submit(trial, n), concurrent.futures.as_completed)
+        rest = steps.drive_trials(
+            endless, tmp_path, ref, lambda n: pool.submit(trial, n), concurrent.futures.as_completed
+        )
     assert len(rest) == 4 and most[0] == 2 and search.counts(study) == {"complete": 6}
 
 
@@ -300,7 +319,9 @@ def test_a_stopped_loop_queues_its_running_trials_again(patterns: Patterns, tmp_
 
     with pytest.raises(KeyboardInterrupt):
         steps.drive_trials(prepared, tmp_path, ref, start, concurrent.futures.as_completed)
-    assert search.record(study, 0, "failed", attrs={"lstmflow.error": "TrainingError: killed by SIGINT"}) == "interrupted"
+    assert (
+        search.record(study, 0, "failed", attrs={"lstmflow.error": "TrainingError: killed by SIGINT"}) == "interrupted"
+    )
     trials = study.get_trials(deepcopy=False)
     assert search.trial_state(trials[0]) == "interrupted" and trials[-1].user_attrs[search.RETRY_OF] == 0
     assert search.trials_left(study, spec.search) == 4 - 2, "trial 1 (running) and the queued retry of trial 0"
@@ -337,11 +358,19 @@ def test_a_search_prunes_trials_that_then_train_fewer_epochs(patterns: Patterns,
     complete = [t for t in summary["trials"] if t["state"] == "complete"]
     assert best["value"] == min(t["value"] for t in complete) and best["run_id"] == runs[best["number"]].info.run_id
     parent = client.get_run(summary["parent_run_id"])
-    assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {"plots/optimization_history.png", "plots/param_importances.png"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {
+        "plots/optimization_history.png",
+        "plots/param_importances.png",
+    }
     assert parent.data.tags["lstmflow.search.best_trial"] == str(best["number"])
-    assert json.loads(parent.data.tags["lstmflow.search.best.model.layers.0.lstm.units"]) == best["params"]["model.layers[0].lstm.units"]
+    assert (
+        json.loads(parent.data.tags["lstmflow.search.best.model.layers.0.lstm.units"])
+        == best["params"]["model.layers[0].lstm.units"]
+    )
     assert parent.data.metrics["best_val_loss"] == pytest.approx(best["value"])
-    assert done["prepared"]["spec"]["model"]["layers"][0]["lstm"]["units"] == best["params"]["model.layers[0].lstm.units"]
+    assert (
+        done["prepared"]["spec"]["model"]["layers"][0]["lstm"]["units"] == best["params"]["model.layers[0].lstm.units"]
+    )
     assert Path(done["trained"]["model_path"]).exists() and done["trained"]["run_id"] == best["run_id"]
 
     weights = Path(done["trained"]["model_path"]).read_bytes()
@@ -352,7 +381,9 @@ def test_a_search_prunes_trials_that_then_train_fewer_epochs(patterns: Patterns,
 
 
 @pytest.mark.slow
-def test_an_interrupted_search_resumes_to_the_requested_count_without_repeating_trials(patterns: Patterns, tmp_path: Path) -> None:
+def test_an_interrupted_search_resumes_to_the_requested_count_without_repeating_trials(
+    patterns: Patterns, tmp_path: Path
+) -> None:
     """Kill a search process (and its training child) while it trains its third trial; the next call queues that
     trial again and runs until 4 trials are finished, leaving the two finished ones alone."""
     prepared = prepared_for(search_spec(patterns, trials=4, pruner="none"), patterns)
@@ -383,7 +414,9 @@ def test_an_interrupted_search_resumes_to_the_requested_count_without_repeating_
     assert killed_run.info.status == "KILLED" and killed_run.data.tags["lstmflow.search.state"] == "interrupted"
 
 
-SEARCHED_PIPELINES = TINY_PIPELINES + """\
+SEARCHED_PIPELINES = (
+    TINY_PIPELINES
+    + """\
     search:
       trials: 3
       pruner: none
@@ -391,10 +424,13 @@ SEARCHED_PIPELINES = TINY_PIPELINES + """\
         model.layers[0].lstm.units: {categorical: [4, 8]}
         train.optimizer.lr: {float: [1.0e-3, 3.0e-2], log: true}
 """
+)
 
 
 @pytest.mark.slow
-def test_the_registered_model_is_the_best_trials_and_a_rerun_trains_nothing(tmp_path: Path, prefect_harness: None) -> None:
+def test_the_registered_model_is_the_best_trials_and_a_rerun_trains_nothing(
+    tmp_path: Path, prefect_harness: None
+) -> None:
     import pandas as pd
 
     from flows.pipeline import run_pipeline
@@ -412,7 +448,9 @@ def test_the_registered_model_is_the_best_trials_and_a_rerun_trains_nothing(tmp_
     assert run.data.params["model.layers.0.lstm.units"] == str(best["params"]["model.layers[0].lstm.units"])
     assert float(run.data.params["train.optimizer.lr"]) == pytest.approx(best["params"]["train.optimizer.lr"])
     assert "test_mase" in run.data.metrics and run.data.tags["mlflow.parentRunId"] == result["search"]["parent_run_id"]
-    forecast = load_model(tracking_uri(root), result["model_uri"]).predict(pd.read_csv(root / "data" / "tiny.csv")[["value"]].tail(24))
+    forecast = load_model(tracking_uri(root), result["model_uri"]).predict(
+        pd.read_csv(root / "data" / "tiny.csv")[["value"]].tail(24)
+    )
     assert len(forecast) == 6 and forecast["value"].notna().all()
 
     again = run_pipeline(pipeline="tiny", config=str(root / "pipelines.yaml"))
@@ -449,7 +487,11 @@ def test_a_search_deployment_runs_workers_that_share_one_study(tmp_path: Path, p
     flow_runs = [run_deployment(deployment_id, timeout=0) for _ in range(2)]
     environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     worker = subprocess.run(
-        worker_command("gpu-search", limit=2, run_once=True), env=environment, capture_output=True, text=True, timeout=500
+        worker_command("gpu-search", limit=2, run_once=True),
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=500,
     )
     with get_client(sync_client=True) as client:
         states = [client.read_flow_run(flow_run.id).state for flow_run in flow_runs]
@@ -459,6 +501,10 @@ def test_a_search_deployment_runs_workers_that_share_one_study(tmp_path: Path, p
     assert result["search"]["ran"] == {} and result["search"]["counts"] == {"complete": 4}
     assert result["model_uri"] == "models:/tiny/1" and result["mlflow_run_id"] == result["search"]["best"]["run_id"]
     runs = trial_runs(root, "tiny")
-    assert {run.data.tags["lstmflow.prefect_flow_run_id"] for run in runs} == {str(flow_run.id) for flow_run in flow_runs}, "both ran trials"
-    assert sorted(int(run.data.tags["lstmflow.search.trial"]) for run in runs) == [0, 1, 2, 3], "one MLflow run per trial"
+    assert {run.data.tags["lstmflow.prefect_flow_run_id"] for run in runs} == {
+        str(flow_run.id) for flow_run in flow_runs
+    }, "both ran trials"
+    assert sorted(int(run.data.tags["lstmflow.search.trial"]) for run in runs) == [0, 1, 2, 3], (
+        "one MLflow run per trial"
+    )
     assert len({run.data.tags["mlflow.parentRunId"] for run in runs}) == 1, "one parent run for the study"

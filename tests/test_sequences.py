@@ -47,14 +47,7 @@ def error_text(excinfo: pytest.ExceptionInfo[DataError]) -> str:
 
 def test_long_csv_multivariate_orders_steps_by_time(tmp_path: Path) -> None:
     path = tmp_path / "long.csv"
-    path.write_text(
-        "id,t,a,b,label\n"
-        "s1,2,3,30,up\n"
-        "s2,1,9,90,down\n"
-        "s1,1,2,20,up\n"
-        "s1,0,1,10,up\n"
-        "s2,0,8,80,down\n"
-    )
+    path.write_text("id,t,a,b,label\ns1,2,3,30,up\ns2,1,9,90,down\ns1,1,2,20,up\ns1,0,1,10,up\ns2,0,8,80,down\n")
     table = read_sequence_table(long_spec(path, time_column="t"), WHERE)
     assert table.labels == ["up", "down"]
     assert table.names == ["series 's1' (line 2)", "series 's2' (line 3)"]
@@ -72,13 +65,15 @@ def test_long_without_time_column_keeps_row_order(tmp_path: Path) -> None:
 
 def test_long_parquet_with_dates_and_numeric_ids(tmp_path: Path) -> None:
     path = tmp_path / "long.parquet"
-    pd.DataFrame({
-        "id": [7, 7, 8, 8, 8],
-        "when": pd.to_datetime(["2020-01-02", "2020-01-01", "2020-01-03", "2020-01-01", "2020-01-02"]),
-        "a": [2.0, 1.0, 6.0, 4.0, 5.0],
-        "b": [0.0] * 5,
-        "label": [0, 0, 1, 1, 1],
-    }).to_parquet(path)
+    pd.DataFrame(
+        {
+            "id": [7, 7, 8, 8, 8],
+            "when": pd.to_datetime(["2020-01-02", "2020-01-01", "2020-01-03", "2020-01-01", "2020-01-02"]),
+            "a": [2.0, 1.0, 6.0, 4.0, 5.0],
+            "b": [0.0] * 5,
+            "label": [0, 0, 1, 1, 1],
+        }
+    ).to_parquet(path)
     table = read_sequence_table(long_spec(path, time_column="when"), WHERE)
     assert table.labels == ["0", "1"]
     assert table.names == ["series '7' (row 1)", "series '8' (row 3)"]
@@ -147,8 +142,13 @@ def test_zero_fraction_leaves_the_part_empty() -> None:
 
 def test_bad_split_value_names_value_and_row() -> None:
     with pytest.raises(DataError) as excinfo:
-        assign_parts(["a", "b", "a"], ClassSplitSpec(column="part"), ["train", "training", None], WHERE,
-                     names=["line 2", "line 3", "line 4"])
+        assign_parts(
+            ["a", "b", "a"],
+            ClassSplitSpec(column="part"),
+            ["train", "training", None],
+            WHERE,
+            names=["line 2", "line 3", "line 4"],
+        )
     assert error_text(excinfo) == (
         "pipelines.x.data.split.column: 2 value(s) that are not train, val or test: line 3: 'training', line 4: None"
     )
@@ -277,8 +277,16 @@ def test_load_splits_into_parts(tmp_path: Path) -> None:
 
 def test_label_seen_only_outside_train(tmp_path: Path) -> None:
     with pytest.raises(DataError) as excinfo:
-        write_sequences(tmp_path, ragged([2] * 5), ["a", "a", "b", "c", "c"], np.array([0, 0, 0, 1, 2], np.int8),
-                        "none", None, WHERE, {})
+        write_sequences(
+            tmp_path,
+            ragged([2] * 5),
+            ["a", "a", "b", "c", "c"],
+            np.array([0, 0, 0, 1, 2], np.int8),
+            "none",
+            None,
+            WHERE,
+            {},
+        )
     assert error_text(excinfo) == (
         "pipelines.x.data.split: label(s) never seen in the train part, so the model cannot learn them: "
         "'c' (only in val and test)"
@@ -295,8 +303,9 @@ def test_single_class(tmp_path: Path) -> None:
 
 def test_no_training_sequences(tmp_path: Path) -> None:
     with pytest.raises(DataError) as excinfo:
-        write_sequences(tmp_path, ragged([2] * 3), ["a", "b", "a"], np.array([1, 2, 2], np.int8), "none", None,
-                        WHERE, {})
+        write_sequences(
+            tmp_path, ragged([2] * 3), ["a", "b", "a"], np.array([1, 2, 2], np.int8), "none", None, WHERE, {}
+        )
     assert error_text(excinfo) == "pipelines.x.data.split: no training sequences (val 1, test 2)"
 
 
@@ -356,10 +365,14 @@ def test_long_split_column_must_be_constant_per_series(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("id,a,b,label\ns1,1,,p\n", "pipelines.x.data.value_columns: {path} has 1 empty value cell(s): "
-         "line 2 column 'b' (series 's1')"),
-        ("id,a,b,label\ns1,1,x,p\n", "pipelines.x.data: {path} has 1 non-numeric or infinite cell(s): "
-         "line 2 column 'b': 'x'"),
+        (
+            "id,a,b,label\ns1,1,,p\n",
+            "pipelines.x.data.value_columns: {path} has 1 empty value cell(s): line 2 column 'b' (series 's1')",
+        ),
+        (
+            "id,a,b,label\ns1,1,x,p\n",
+            "pipelines.x.data: {path} has 1 non-numeric or infinite cell(s): line 2 column 'b': 'x'",
+        ),
         ("id,a,b,label\n,1,2,p\n", "pipelines.x.data.id_column: {path} has 1 empty cell(s) in 'id': line 2"),
         ("id,a,label\ns1,1,p\n", "pipelines.x.data: {path} has no column(s) ['b']; available: ['id', 'a', 'label']"),
         ("id,a,b,label\n", "pipelines.x.data.path: {path} has a header but no data rows"),

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_project
 from test_stack import free_port
 
@@ -52,15 +51,17 @@ ANIMALS = {"cat", "dog", "fox"}
 def register(root: Path, name: str) -> dict[str, str]:
     """Features, a one-epoch fit and the registered pyfunc, as the flow makes them, minus DVC and the training child
     process (they change nothing in what is served, and cost seconds each)."""
-    from lstmflow.ops import steps
     from lstmflow.config import Config
     from lstmflow.data.kinds import build_features
-    from lstmflow.training.loggers import ListLogger
+    from lstmflow.ops import steps
     from lstmflow.training.fit import fit
+    from lstmflow.training.loggers import ListLogger
 
     spec = steps.probe(Config.load(root / "pipelines.yaml").pipeline(name, []), root)
     features = root / "features" / name
-    build_features(spec.data, spec.evaluate.season, features, f"pipelines.{name}.data", cache_dir=root / ".lstmflow" / "cache")
+    build_features(
+        spec.data, spec.evaluate.season, features, f"pipelines.{name}.data", cache_dir=root / ".lstmflow" / "cache"
+    )
     prepared = steps.Prepared(spec.model_dump(mode="json"), str(features), "no-dvc", "no-dvc")
     run_dir = root / "runs" / name
     result = fit(spec, features, run_dir, ListLogger(), progress=False)
@@ -79,7 +80,9 @@ class Server:
     def post(self, body: Any, content_type: str = "application/json") -> tuple[int, Any]:
         """POST ``body`` (JSON-encoded unless bytes) to /invocations; the status and the decoded answer."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/invocations", data, {"Content-Type": content_type})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/invocations", data, {"Content-Type": content_type}
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as answer:
                 return answer.status, json.loads(answer.read())
@@ -114,9 +117,20 @@ class Server:
 def start(root: Path, name: str, command: list[str]) -> Server:
     port = free_port()
     log = root / f"{name}-server.log"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+    }
     with open(log, "wb") as output:
-        process = subprocess.Popen([*command, "--port", str(port)], cwd=root, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=root,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return Server(process, port, log)
 
 
@@ -153,7 +167,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     assert all(server.process.poll() is not None for server in servers.values())
 
 
-def local_model(root: Path, name: str):  # noqa: ANN201 - an mlflow PyFuncModel
+def local_model(root: Path, name: str):
     from lstmflow.tracking import load_model
 
     return load_model(f"sqlite:///{root / 'mlflow.db'}", f"models:/{name}/1")
@@ -166,7 +180,10 @@ def records(frame: pd.DataFrame) -> dict[str, Any]:
 @pytest.mark.slow
 def test_lstmflow_serve_forecasts_recent_rows_in_original_units(served: tuple[Path, dict[str, Server]]) -> None:
     root, servers = served
-    assert "no @champion alias yet" in servers["tiny"].log.read_text() and "models:/tiny/1" in servers["tiny"].log.read_text()
+    assert (
+        "no @champion alias yet" in servers["tiny"].log.read_text()
+        and "models:/tiny/1" in servers["tiny"].log.read_text()
+    )
     history = pd.read_csv(root / "data" / "tiny.csv")
     recent = history[["month", "value"]].tail(30)  # more rows than the window, an extra column: both allowed
     status, answer = servers["tiny"].post(records(recent))
@@ -206,15 +223,31 @@ def test_lstmflow_serve_labels_audio_files(served: tuple[Path, dict[str, Server]
 
 
 BAD_REQUESTS = {  # server, body, what the 400's message must say
-    "series: wrong type": ("tiny", {"dataframe_records": [{"value": "n/a"}] * 24}, "could not convert string to float: 'n/a'"),
+    "series: wrong type": (
+        "tiny",
+        {"dataframe_records": [{"value": "n/a"}] * 24},
+        "could not convert string to float: 'n/a'",
+    ),
     "series: missing field": ("tiny", {"dataframe_records": [{"sales": 1.0}] * 24}, "missing inputs ['value']"),
-    "series: too few rows": ("tiny", {"dataframe_records": [{"value": 1.0}] * 3}, "has 3 rows; this model needs the last 24"),
-    "series: wrong shape": ("tiny", {"dataframe_split": {"columns": ["value"], "data": [[1.0, 2.0]] * 24}}, "1 columns passed, passed data had 2"),
+    "series: too few rows": (
+        "tiny",
+        {"dataframe_records": [{"value": 1.0}] * 3},
+        "has 3 rows; this model needs the last 24",
+    ),
+    "series: wrong shape": (
+        "tiny",
+        {"dataframe_split": {"columns": ["value"], "data": [[1.0, 2.0]] * 24}},
+        "1 columns passed, passed data had 2",
+    ),
     "series: no frame at all": ("tiny", {"rows": [1.0, 2.0]}, "exactly one of the input fields"),
     "text: wrong type": ("agents", {"dataframe_records": [{"text": 5}]}, "must hold text in every sample; got 0: int"),
     "text: a missing value": ("agents", {"dataframe_records": [{"text": None}]}, "got 0: a missing value"),
     "text: missing field": ("agents", {"dataframe_records": [{"txt": "the cat"}]}, "missing inputs ['text']"),
-    "text: wrong shape": ("agents", {"dataframe_split": {"columns": ["text"], "data": [["the cat", "the dog"]]}}, "1 columns passed, passed data had 2"),
+    "text: wrong shape": (
+        "agents",
+        {"dataframe_split": {"columns": ["text"], "data": [["the cat", "the dog"]]}},
+        "1 columns passed, passed data had 2",
+    ),
     "text: not JSON": ("agents", b"the cat chased the dog", "valid JSON"),
     "audio: a file that does not decode": ("chirps", "undecodable", "not-audio.wav': not readable as audio"),
     "audio: a file that is not there": ("chirps", "missing", "No such file or directory"),
@@ -224,7 +257,9 @@ BAD_REQUESTS = {  # server, body, what the 400's message must say
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
-def test_a_bad_request_is_a_400_with_its_reason_and_the_server_keeps_serving(served: tuple[Path, dict[str, Server]], case: str) -> None:
+def test_a_bad_request_is_a_400_with_its_reason_and_the_server_keeps_serving(
+    served: tuple[Path, dict[str, Server]], case: str
+) -> None:
     root, servers = served
     name, body, reason = BAD_REQUESTS[case]
     if body == "undecodable":
@@ -255,24 +290,39 @@ def test_predict_from_the_command_line_answers_as_the_server(served: tuple[Path,
     assert done.returncode == 0, done.stderr[-3000:]
     assert "no @champion alias yet" in done.stderr
     status, answer = servers["tiny"].post({"dataframe_records": [{"value": float(v)} for v in values]})
-    assert status == 200 and np.allclose(pd.DataFrame(json.loads(done.stdout))["value"], pd.DataFrame(answer["predictions"])["value"], rtol=1e-5)
+    assert status == 200 and np.allclose(
+        pd.DataFrame(json.loads(done.stdout))["value"], pd.DataFrame(answer["predictions"])["value"], rtol=1e-5
+    )
 
     done = lstmflow(root, "predict", "agents", "the dog followed the fox", "the fox")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "models:/agents@champion (version 1)" in done.stdout and "input" in done.stdout and "prob_cat" in done.stdout
-    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in done.stdout.splitlines() if line.startswith("│")]
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]] for line in done.stdout.splitlines() if line.startswith("│")
+    ]
     assert [row[0] for row in rows] == ["the dog followed the fox", "the fox"] and {row[1] for row in rows} <= ANIMALS
 
 
 @pytest.mark.slow
-def test_predict_and_serve_refuse_bad_inputs_with_a_message_not_a_traceback(served: tuple[Path, dict[str, Server]]) -> None:
+def test_predict_and_serve_refuse_bad_inputs_with_a_message_not_a_traceback(
+    served: tuple[Path, dict[str, Server]],
+) -> None:
     root, servers = served
     (root / "noise.wav").write_bytes(b"not audio at all" * 10)
     busy = str(servers["tiny"].port)
     checks = {
-        ("predict", "chirps", str(root / "noise.wav")): "noise.wav': not readable as audio",  # refused by the model itself
+        (
+            "predict",
+            "chirps",
+            str(root / "noise.wav"),
+        ): "noise.wav': not readable as audio",  # refused by the model itself
         ("serve", "agents@challenger"): "alias @challenger is not set; its aliases: @champion (version 1)",
-        ("serve", "agents", "--port", busy): f"cannot listen on 127.0.0.1:{busy} (Address already in use); choose another with --port",
+        (
+            "serve",
+            "agents",
+            "--port",
+            busy,
+        ): f"cannot listen on 127.0.0.1:{busy} (Address already in use); choose another with --port",
     }
     for args, message in checks.items():
         done = lstmflow(root, *args)
@@ -289,7 +339,10 @@ def test_choosing_a_version_names_what_exists(served: tuple[Path, dict[str, Serv
     uri = f"sqlite:///{root / 'mlflow.db'}"
     assert choose_version(uri, "agents").model_uri == "models:/agents@champion"
     fallback = choose_version(uri, "tiny")
-    assert (fallback.model_uri, fallback.alias) == ("models:/tiny/1", None) and "no @champion alias yet" in fallback.note
+    assert (fallback.model_uri, fallback.alias) == (
+        "models:/tiny/1",
+        None,
+    ) and "no @champion alias yet" in fallback.note
     assert choose_version(uri, "tiny", version="latest").model_uri == "models:/tiny/1"
     for kwargs, message in (
         ({"name": "agents", "version": "7"}, "no version '7'; it has versions 1"),
@@ -308,7 +361,9 @@ def test_predict_reads_inputs_by_the_data_kind(tmp_path: Path, monkeypatch: pyte
     from lstmflow.errors import DataError
     from lstmflow.serving.predict import answer_by_input, request_table
 
-    text = validate_pipeline("agents", {"task": "classify", "data": {"kind": "text", "path": "a.csv", "text_column": "body"}}, tmp_path)
+    text = validate_pipeline(
+        "agents", {"task": "classify", "data": {"kind": "text", "path": "a.csv", "text_column": "body"}}, tmp_path
+    )
     assert request_table(text, ["the cat", "a dog"]).to_dict("list") == {"body": ["the cat", "a dog"]}
     audio = validate_pipeline("chirps", {"task": "classify", "data": {"kind": "audio", "path": "clips"}}, tmp_path)
     (tmp_path / "a.wav").write_bytes(b"RIFF")
@@ -324,12 +379,21 @@ def test_predict_reads_inputs_by_the_data_kind(tmp_path: Path, monkeypatch: pyte
         request_table(series, ["1", "2"], ["value", "price"])
     pd.DataFrame({"value": [1.0, 2.0], "price": [3.0, 4.0]}).to_csv(tmp_path / "recent.csv", index=False)
     pd.DataFrame({"value": [5.0], "price": [6.0]}).to_parquet(tmp_path / "more.parquet")
-    assert request_table(series, ["recent.csv", "more.parquet"], ["value", "price"])["price"].tolist() == [3.0, 4.0, 6.0]
+    assert request_table(series, ["recent.csv", "more.parquet"], ["value", "price"])["price"].tolist() == [
+        3.0,
+        4.0,
+        6.0,
+    ]
     with pytest.raises(DataError, match="mix tables"):
         request_table(series, ["recent.csv", "7"], ["value"])
     answer = pd.DataFrame({"key": [1, 0], "label": ["dog", "cat"]})
-    assert answer_by_input(answer, ["the cat", "a dog"]).to_dict("list") == {"input": ["a dog", "the cat"], "label": ["dog", "cat"]}
+    assert answer_by_input(answer, ["the cat", "a dog"]).to_dict("list") == {
+        "input": ["a dog", "the cat"],
+        "label": ["dog", "cat"],
+    }
     assert answer_by_input(answer, ["recent.csv"]).equals(answer), "rows of a table keep their keys"
-    sequences = validate_pipeline("order", {"task": "classify", "data": {"kind": "sequences", "path": "s.csv", "format": "wide"}}, tmp_path)
+    sequences = validate_pipeline(
+        "order", {"task": "classify", "data": {"kind": "sequences", "path": "s.csv", "format": "wide"}}, tmp_path
+    )
     with pytest.raises(DataError, match="table of its sequences"):
         request_table(sequences, ["0.5"])

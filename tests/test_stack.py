@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lstmflow.ops import stack
 from lstmflow.errors import ConfigError
+from lstmflow.ops import stack
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +28,9 @@ def test_a_busy_port_is_named_before_anything_starts(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(ConfigError, match=rf"port {port} on 127.0.0.1 is busy \(another MLflow server\?\); choose another with --mlflow-port"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"port {port} on 127.0.0.1 is busy \(another MLflow server\?\); choose another with --mlflow-port",
+        ):
             stack.up(tmp_path, prefect_port=free_port(), mlflow_port=port)
     assert not (tmp_path / ".lstmflow" / "stack.json").exists()

@@ -25,9 +25,9 @@ from lstmflow.data.text import (
     text_steps,
 )
 from lstmflow.errors import DataError
+from lstmflow.training.fit import fit
 from lstmflow.training.loggers import ListLogger
 from lstmflow.training.objectives import make_objective
-from lstmflow.training.fit import fit
 
 torch.set_num_threads(1)
 
@@ -86,9 +86,7 @@ def test_each_file_format_reads_texts_labels_names_and_parts(tmp_path: Path, suf
 def test_jsonl_skips_blank_lines_and_names_the_real_line(tmp_path: Path) -> None:
     path = tmp_path / "reviews.jsonl"
     path.write_text('{"text": "fine", "label": "pos"}\n\n{"text": "", "label": "neg"}\n', encoding="utf-8")
-    assert data_error(text_spec(path)) == (
-        f"{WHERE}.text_column: {path} has 1 empty text(s) in 'text': line 3"
-    )
+    assert data_error(text_spec(path)) == (f"{WHERE}.text_column: {path} has 1 empty text(s) in 'text': line 3")
 
 
 def test_missing_columns_list_the_available_ones(tmp_path: Path) -> None:
@@ -116,7 +114,7 @@ def test_an_empty_label_is_named_by_row(tmp_path: Path) -> None:
 
 def test_bytes_that_are_not_utf8_are_named_by_offset_and_line(tmp_path: Path) -> None:
     path = tmp_path / "reviews.csv"
-    path.write_bytes("text,label\nfine,pos\ncaf".encode() + b"\xe9,neg\n")  # latin-1 é
+    path.write_bytes(b"text,label\nfine,pos\ncaf" + b"\xe9,neg\n")  # latin-1 é
     assert data_error(text_spec(path)) == (
         f"{WHERE}.path: {path} is not UTF-8: byte 0xe9 at offset 23 (line 3) cannot be decoded; save the file as UTF-8"
     )
@@ -148,7 +146,12 @@ def test_word_tokenizer_vocabulary_is_most_frequent_first_with_pad_and_unk() -> 
 def test_word_tokenizer_vocab_size_min_frequency_and_lowercase() -> None:
     assert fit_tokenizer(TokenizerSpec(kind="word", vocab_size=4), CORPUS).tokens == ["<pad>", "<unk>", "the", "cat"]
     assert fit_tokenizer(TokenizerSpec(kind="word", min_frequency=2), CORPUS).tokens == [
-        "<pad>", "<unk>", "the", "cat", "dog", "sat"
+        "<pad>",
+        "<unk>",
+        "the",
+        "cat",
+        "dog",
+        "sat",
     ]
     cased = fit_tokenizer(TokenizerSpec(kind="word", lowercase=False), CORPUS)
     assert cased.encode("The") != cased.encode("the") and UNK_ID not in cased.encode("The the A")
@@ -219,17 +222,18 @@ def test_features_fit_the_tokenizer_on_train_only_and_truncate_counted(tmp_path:
     features = load_sequences(tmp_path / "features")
     assert features.meta["extra_meta"]["vocab_size"] == 8 and features.n_features == 1
     assert features.meta["extra_meta"]["truncated"] == {"texts": 1, "tokens_dropped": 2}
-    stored = [
-        features.values[start:end, 0].tolist() for start, end in zip(features.offsets[:-1], features.offsets[1:])
-    ]
+    stored = [features.values[start:end, 0].tolist() for start, end in zip(features.offsets[:-1], features.offsets[1:])]
     assert stored == [tokenizer.encode(row["text"])[:4] for row in rows]  # the first 4 ids, exact
     assert stored[2][-1] == UNK_ID
     assert text_model_io(spec, WHERE) == (8, 2)
 
 
 def test_a_text_of_unknown_characters_still_gives_unknown_ids(tmp_path: Path) -> None:
-    rows = [{"text": "ab", "label": "x", "part": "train"}, {"text": "ba", "label": "y", "part": "train"},
-            {"text": "€€", "label": "x", "part": "val"}]
+    rows = [
+        {"text": "ab", "label": "x", "part": "train"},
+        {"text": "ba", "label": "y", "part": "train"},
+        {"text": "€€", "label": "x", "part": "val"},
+    ]
     spec = text_spec(write_rows(tmp_path / "t.csv", rows), tokenizer={"kind": "char"}, split={"column": "part"})
     prepare_text_features(spec, tmp_path / "features", WHERE)
     features = load_sequences(tmp_path / "features")

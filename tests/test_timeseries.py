@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lstmflow.config import PipelineSpec
+from lstmflow.data.demo import build_demo_data
 from lstmflow.data.timeseries import (
     EpochOrder,
     Features,
@@ -22,7 +23,6 @@ from lstmflow.data.timeseries import (
     read_series,
     resolve_data,
 )
-from lstmflow.data.demo import build_demo_data
 from lstmflow.errors import DataError
 
 torch.set_num_threads(1)
@@ -292,7 +292,6 @@ def test_batches_are_reproducible_per_seed_and_epoch(tmp_path: Path) -> None:
     np.testing.assert_array_equal(sequential.numpy(), train.inputs)
 
 
-
 def test_a_batch_is_the_callers_own_copy(tmp_path: Path) -> None:
     """Writing to a batch must leave the series alone; horizon 1 makes each y slice look contiguous."""
     _, features = prepared(tmp_path, monthly_csv(tmp_path, seasonal(100)), transform="none", horizon=1)
@@ -349,7 +348,16 @@ def test_prepare_writes_deterministic_files(tmp_path: Path) -> None:
 
 def test_demo_data_pass_the_checks(tmp_path: Path) -> None:
     written = build_demo_data(tmp_path)
-    assert [p.name for p in written] == ["sunspots.csv", "co2.csv", "order_sequences.csv", "agents.csv", "python_docs.txt", "digits", "chirps", "LICENSE-DATA.md"]
+    assert [p.name for p in written] == [
+        "sunspots.csv",
+        "co2.csv",
+        "order_sequences.csv",
+        "agents.csv",
+        "python_docs.txt",
+        "digits",
+        "chirps",
+        "LICENSE-DATA.md",
+    ]
     sunspots = resolve_data(spec_for(tmp_path / "sunspots.csv", time_column="year", target="sunactivity"))
     assert (sunspots.data.window, sunspots.data.horizon, sunspots.evaluate.season) == (8, 1, 1)
     co2 = read_series(spec_for(tmp_path / "co2.csv", time_column="date", target="co2").data)

@@ -16,10 +16,10 @@ from conftest import Patterns, prepare_pipeline_features, prepared_corpus, write
 from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.timeseries import load_features, resolve_data
 from lstmflow.errors import CheckpointError, ConfigError, DataError, TrainingError
-from lstmflow.training.loggers import ListLogger
 from lstmflow.models.lstm import build_model
-from lstmflow.training.objectives import evaluate_loss, make_objective
 from lstmflow.training.fit import CHECKPOINT_KEYS, FitResult, atomic_torch_save, clip_gradients, fit
+from lstmflow.training.loggers import ListLogger
+from lstmflow.training.objectives import evaluate_loss, make_objective
 
 torch.set_num_threads(1)
 
@@ -28,7 +28,12 @@ TIMING = "epoch_seconds"
 
 BASE: dict[str, Any] = {
     "data": {
-        "path": "sine.csv", "time_column": "month", "target": "value", "window": 24, "horizon": 6, "transform": "none"
+        "path": "sine.csv",
+        "time_column": "month",
+        "target": "value",
+        "window": 24,
+        "horizon": 6,
+        "transform": "none",
     },
     "model": {"layers": [{"lstm": {"units": 8}}, {"dense": {}}]},
     "train": {"epochs": 4, "batch_size": 16, "optimizer": {"lr": 0.01}, "seed": 0},
@@ -131,9 +136,7 @@ def test_divergence_is_reported_before_it_is_checkpointed(sine: Sine, tmp_path: 
         ({"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}, "huber"),
     ],
 )
-def test_each_optimizer_and_loss_trains(
-    sine: Sine, tmp_path: Path, optimizer: dict[str, Any], loss: str
-) -> None:
+def test_each_optimizer_and_loss_trains(sine: Sine, tmp_path: Path, optimizer: dict[str, Any], loss: str) -> None:
     spec = sine.spec(train={"optimizer": optimizer, "loss": loss}, model={"l2": 1e-4})
     result = sine.fit(spec, tmp_path)
     losses = [row["train_loss"] for row in result.history]
@@ -319,7 +322,10 @@ def test_a_mid_epoch_checkpoint_resumes_to_exactly_the_uninterrupted_result(
     # Dropout draws from the RNG and onecycle moves the lr every batch: both must continue where they stopped.
     layers = [{"lstm": {"units": 8, "dropout": 0.2}}, {"dropout": {"rate": 0.2}}, {"dense": {}}]
     train = {
-        "checkpoint_every": 4, "lr_schedule": {"name": "onecycle"}, "deterministic": True, "lstm_kernel": lstm_kernel
+        "checkpoint_every": 4,
+        "lr_schedule": {"name": "onecycle"},
+        "deterministic": True,
+        "lstm_kernel": lstm_kernel,
     }
     spec = sine.spec(model={"layers": layers}, train=train)
     try:
@@ -342,7 +348,9 @@ def test_a_mid_epoch_checkpoint_resumes_to_exactly_the_uninterrupted_result(
     assert [step for step, _ in logger.records] == [2, 3, 4]
     assert without_timing(resumed.history) == without_timing(complete.history)
     assert_same_tensors(load_state(resumed.model_path), load_state(complete.model_path))
-    final, expected = (load_state(Path(run) / "checkpoints" / "last.pt") for run in (tmp_path / "run", tmp_path / "complete"))
+    final, expected = (
+        load_state(Path(run) / "checkpoints" / "last.pt") for run in (tmp_path / "run", tmp_path / "complete")
+    )
     assert_same_tensors(final["model"], expected["model"])
     assert final["optimizer"]["state"][0]["exp_avg"].equal(expected["optimizer"]["state"][0]["exp_avg"])
 
@@ -462,6 +470,8 @@ def test_classifier_resumes_after_a_damaged_checkpoint(patterns: Patterns, tmp_p
 
 def test_a_classifier_spec_error_stops_fit_before_training(patterns: Patterns, tmp_path: Path) -> None:
     spec = patterns.spec(model={"layers": [{"lstm": {"units": 4}}, {"dense": {"activation": "sigmoid"}}]})
-    with pytest.raises(ConfigError, match=r"pipelines\.patterns\.model\.layers\[1\]\.dense\.activation: a classifier's output"):
+    with pytest.raises(
+        ConfigError, match=r"pipelines\.patterns\.model\.layers\[1\]\.dense\.activation: a classifier's output"
+    ):
         patterns.fit(spec, tmp_path)
     assert not (tmp_path / "checkpoints").exists()

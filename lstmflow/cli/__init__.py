@@ -33,11 +33,18 @@ out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
-    Path, typer.Option("--config", "-c", help="The pipelines file; data paths in it are relative to it.", envvar="LSTMFLOW_CONFIG")
+    Path,
+    typer.Option(
+        "--config", "-c", help="The pipelines file; data paths in it are relative to it.", envvar="LSTMFLOW_CONFIG"
+    ),
 ]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a key for this run, e.g. --set train.epochs=5 --set model.layers[0].lstm.units=32."),
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a key for this run, e.g. --set train.epochs=5 --set model.layers[0].lstm.units=32.",
+    ),
 ]
 
 
@@ -85,12 +92,19 @@ def validate_command(
         data = spec.data
         resolved = data.path.exists()
         table.add_row(
-            name, spec.task, str(data.path.relative_to(loaded.path.parent) if data.path.is_relative_to(loaded.path.parent) else data.path),
-            data.kind, *(str(getattr(data, key, None) or "-") for key in ("window", "horizon")),
+            name,
+            spec.task,
+            str(
+                data.path.relative_to(loaded.path.parent) if data.path.is_relative_to(loaded.path.parent) else data.path
+            ),
+            data.kind,
+            *(str(getattr(data, key, None) or "-") for key in ("window", "horizon")),
             str(spec.evaluate.season or "-") if spec.task == "forecast" else "-",
         )
         if not resolved:
-            err.print(f"[yellow]{name}: {data.path.name} is built by a DVC stage on the first run; defaults resolve then.[/]")
+            err.print(
+                f"[yellow]{name}: {data.path.name} is built by a DVC stage on the first run; defaults resolve then.[/]"
+            )
     out.print(table)
     out.print(f"[green]OK[/]: {len(names or loaded.names)} pipeline(s) valid.")
 
@@ -132,11 +146,21 @@ def summary_command(
 
 @app.command("run")
 def run_command(
-    names: Annotated[list[str], typer.Argument(help="Pipeline name(s); several run one after the other in one process.")],
+    names: Annotated[
+        list[str], typer.Argument(help="Pipeline name(s); several run one after the other in one process.")
+    ],
     config: ConfigOption = Path("pipelines.yaml"),
     set_: SetOption = None,
-    force: Annotated[bool, typer.Option("--force", help="Train again even if spec, data and code are unchanged.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per pipeline (the last line of stdout is the last pipeline's): pipeline, run id, model URI, data version, metrics.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Train again even if spec, data and code are unchanged.")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON line per pipeline (the last line of stdout is the last pipeline's): pipeline, run id, model URI, data version, metrics.",
+        ),
+    ] = False,
 ) -> None:
     """Run pipelines end to end through Prefect: prepare (DVC) → train → evaluate → register (MLflow).
 
@@ -152,7 +176,9 @@ def run_command(
     from flows.pipeline import run_pipeline
 
     for spec in specs:
-        result = run_pipeline(pipeline=spec.name, overrides=_as_mapping(set_ or []), force=force, config=str(loaded.path))
+        result = run_pipeline(
+            pipeline=spec.name, overrides=_as_mapping(set_ or []), force=force, config=str(loaded.path)
+        )
         _print_result(spec, result, err if as_json else out)
         if as_json:
             sys.stdout.write(json.dumps(result, default=str) + "\n")
@@ -162,10 +188,24 @@ def run_command(
 @app.command("search")
 def search_command(
     name: Annotated[str, typer.Argument(help="A pipeline with a search section.")],
-    trials: Annotated[int | None, typer.Option("--trials", "-n", min=1, help="The study's total of trials (search.trials); raise it to continue a finished search.")] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            "--trials",
+            "-n",
+            min=1,
+            help="The study's total of trials (search.trials); raise it to continue a finished search.",
+        ),
+    ] = None,
     config: ConfigOption = Path("pipelines.yaml"),
     set_: SetOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON line, as `run --json` does, with the search's summary under `search`.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the result as one JSON line, as `run --json` does, with the search's summary under `search`.",
+        ),
+    ] = False,
 ) -> None:
     """Search a pipeline's hyperparameters with Optuna, then evaluate and register the best trial's model (as `run`).
 
@@ -177,7 +217,9 @@ def search_command(
     loaded = _load(config)
     spec = loaded.pipeline(name, [*(set_ or []), *([f"search.trials={trials}"] if trials else [])])
     if spec.search is None:
-        raise ConfigError(f"pipelines.{name}.search: not set; add a search section to search this pipeline, or train it once with `lstmflow run {name}`")
+        raise ConfigError(
+            f"pipelines.{name}.search: not set; add a search section to search this pipeline, or train it once with `lstmflow run {name}`"
+        )
     probe(spec, loaded.path.parent)
     from flows.pipeline import run_pipeline
 
@@ -195,7 +237,10 @@ def _as_mapping(assignments: list[str]) -> dict[str, Any]:
 HEADLINE = {
     "forecast": ("seasonal naive", [(key, f"naive_{key}") for key in ("rmse", "mae", "smape", "mase")]),
     "classify": ("majority class", [("accuracy", "majority_accuracy"), ("macro_f1", "majority_macro_f1")]),
-    "language_model": ("unigram", [(key, f"unigram_{key}") for key in ("perplexity", "bits_per_character", "cross_entropy")]),
+    "language_model": (
+        "unigram",
+        [(key, f"unigram_{key}") for key in ("perplexity", "bits_per_character", "cross_entropy")],
+    ),
 }
 
 
@@ -210,7 +255,11 @@ def _print_result(spec: PipelineSpec, result: dict[str, Any], console: Console) 
             other = metrics.get(baseline_key)
             table.add_row(key, f"{metrics[key]:.4g}", "-" if other is None else f"{other:.4g}")
     console.print(table)
-    state = "reused (nothing changed)" if result["cached"] else f"{result['epochs_run']} epochs, best {result['best_epoch']}"
+    state = (
+        "reused (nothing changed)"
+        if result["cached"]
+        else f"{result['epochs_run']} epochs, best {result['best_epoch']}"
+    )
     if "search" in result:
         state = f"of the best trial, {result['search']['best']['number']}, reused (not trained again)"
     console.print(f"MLflow run {result['mlflow_run_id']} · training {state} · data {result['data_version']}")
@@ -240,22 +289,37 @@ def _print_trials(summary: dict[str, Any], console: Console) -> None:
     keys = list(rows[0]["params"]) if rows else []
     goal = "lowest" if summary["direction"] == "minimize" else "highest"
     counts = ", ".join(f"{count} {state}" for state, count in sorted(summary["counts"].items()))
-    table = Table("trial", "state", f"{summary['metric']} ({goal} best)", "epochs", title=f"search {summary['study']}: {counts}")
+    table = Table(
+        "trial", "state", f"{summary['metric']} ({goal} best)", "epochs", title=f"search {summary['study']}: {counts}"
+    )
     for key in keys:
         table.add_column(key, overflow="fold")  # keys are long: fold them rather than cut them
     for row in rows[:TRIALS_SHOWN]:
         value = "-" if row["value"] is None else f"{row['value']:.4g}"
-        params = [f"{row['params'][key]:.4g}" if isinstance(row["params"].get(key), float) else str(row["params"].get(key, "-")) for key in keys]
+        params = [
+            f"{row['params'][key]:.4g}"
+            if isinstance(row["params"].get(key), float)
+            else str(row["params"].get(key, "-"))
+            for key in keys
+        ]
         table.add_row(str(row["number"]), row["state"], value, str(row["epochs_run"] or "-"), *params)
     console.print(table)
-    ran = ", ".join(f"{count} {state}" for state, count in sorted(summary["ran"].items())) or "none (the study was complete)"
+    ran = (
+        ", ".join(f"{count} {state}" for state, count in sorted(summary["ran"].items()))
+        or "none (the study was complete)"
+    )
     console.print(f"trials run now: {ran} · MLflow parent run {summary['parent_run_id']}")
 
 
 @app.command("join")
 def join_command(
-    name: Annotated[str, typer.Argument(help="The pipeline machine 0 is training; its train.nodes names the machines and the endpoint.")],
-    node_rank: Annotated[int, typer.Option("--node-rank", min=1, help="This machine's number, 1 to train.nodes.count - 1.")],
+    name: Annotated[
+        str,
+        typer.Argument(help="The pipeline machine 0 is training; its train.nodes names the machines and the endpoint."),
+    ],
+    node_rank: Annotated[
+        int, typer.Option("--node-rank", min=1, help="This machine's number, 1 to train.nodes.count - 1.")
+    ],
     config: ConfigOption = Path("pipelines.yaml"),
     set_: SetOption = None,
 ) -> None:
@@ -271,17 +335,39 @@ def join_command(
     steps.probe(loaded.pipeline(name, overrides), loaded.path.parent)
     prepared = steps.prepare(loaded.path, name, overrides)
     done = steps.join_training(prepared, loaded.path.parent)
-    out.print(f"machine {node_rank} of {name}: trained {done['epochs_run']} epochs with {done['workers']} processes in all")
+    out.print(
+        f"machine {node_rank} of {name}: trained {done['epochs_run']} epochs with {done['workers']} processes in all"
+    )
 
 
 @app.command("generate")
 def generate_command(
-    name: Annotated[str, typer.Argument(help="A language-model pipeline (task: language_model) that has been run, so its model is registered.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="A language-model pipeline (task: language_model) that has been run, so its model is registered."
+        ),
+    ],
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text to continue.")],
-    tokens: Annotated[int, typer.Option("--tokens", "-n", min=0, help="How many tokens to write (characters, for a char tokenizer).")] = 200,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, help="Below 1: safer, more repetitive text; above 1: more varied; 0: always the likeliest token.")] = 0.8,
+    tokens: Annotated[
+        int, typer.Option("--tokens", "-n", min=0, help="How many tokens to write (characters, for a char tokenizer).")
+    ] = 200,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            "--temperature",
+            "-t",
+            min=0.0,
+            help="Below 1: safer, more repetitive text; above 1: more varied; 0: always the likeliest token.",
+        ),
+    ] = 0.8,
     seed: Annotated[int, typer.Option("--seed", help="The same seed writes the same text.")] = 0,
-    version: Annotated[str, typer.Option("--version", help="The registered version to use: a number, `latest`, or `@alias` (e.g. @champion).")] = "latest",
+    version: Annotated[
+        str,
+        typer.Option(
+            "--version", help="The registered version to use: a number, `latest`, or `@alias` (e.g. @champion)."
+        ),
+    ] = "latest",
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Write text after --prompt with the pipeline's registered language model, sampling one token at a time."""
@@ -303,12 +389,44 @@ def generate_command(
 
 @app.command("deploy")
 def deploy_command(
-    names: Annotated[list[str] | None, typer.Argument(help="Pipelines whose schedule to deploy (default: every pipeline with a `schedule`).")] = None,
-    gpu_pool: Annotated[str | None, typer.Option("--gpu-pool", help="Instead: deploy the training flow, unscheduled, on this work pool of GPU machines (e.g. gpu); runs start from the UI or `prefect deployment run`.")] = None,
-    pipeline: Annotated[str | None, typer.Option("--pipeline", help="With --gpu-pool: the pipeline its runs train by default (the run form can pick another).")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="With --gpu-pool: the deployment's name (default train-gpu, or search-gpu with --search).")] = None,
-    gpus: Annotated[str | None, typer.Option("--gpus", help="With --gpu-pool: CUDA_VISIBLE_DEVICES of its runs, e.g. 0,1 (\"\" for CPU only); default: the worker's own.")] = None,
-    search: Annotated[bool, typer.Option("--search", help="With --gpu-pool: deploy the search flow; each of its runs is one worker of the pipeline's study, which several machines share through search.storage.")] = False,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Pipelines whose schedule to deploy (default: every pipeline with a `schedule`)."),
+    ] = None,
+    gpu_pool: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu-pool",
+            help="Instead: deploy the training flow, unscheduled, on this work pool of GPU machines (e.g. gpu); runs start from the UI or `prefect deployment run`.",
+        ),
+    ] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            "--pipeline",
+            help="With --gpu-pool: the pipeline its runs train by default (the run form can pick another).",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", help="With --gpu-pool: the deployment's name (default train-gpu, or search-gpu with --search)."
+        ),
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            "--gpus",
+            help='With --gpu-pool: CUDA_VISIBLE_DEVICES of its runs, e.g. 0,1 ("" for CPU only); default: the worker\'s own.',
+        ),
+    ] = None,
+    search: Annotated[
+        bool,
+        typer.Option(
+            "--search",
+            help="With --gpu-pool: deploy the search flow; each of its runs is one worker of the pipeline's study, which several machines share through search.storage.",
+        ),
+    ] = False,
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Make each pipeline's `schedule` a Prefect deployment that retrains it (created, updated, or removed with the
@@ -319,16 +437,29 @@ def deploy_command(
     loaded = _load(config)
     _require_prefect_server("deploy")
     if gpu_pool is None:
-        stray = [flag for flag, value in (("--pipeline", pipeline), ("--name", name), ("--gpus", gpus), ("--search", search or None)) if value is not None]
+        stray = [
+            flag
+            for flag, value in (
+                ("--pipeline", pipeline),
+                ("--name", name),
+                ("--gpus", gpus),
+                ("--search", search or None),
+            )
+            if value is not None
+        ]
         if stray:
-            raise ConfigError(f"{', '.join(stray)} go with --gpu-pool; scheduled deployments take their settings from `schedule:` in {loaded.path}")
+            raise ConfigError(
+                f"{', '.join(stray)} go with --gpu-pool; scheduled deployments take their settings from `schedule:` in {loaded.path}"
+            )
         from flows.deploy import deploy_schedules
 
         deployed = deploy_schedules(loaded.path, names or None)
         for deployment in deployed:
             out.print(deployment.describe(), markup=False, highlight=False)
         if not deployed:
-            out.print(f"no pipeline of {loaded.path} has a `schedule:`; add one, e.g. `schedule: {{cron: \"0 3 * * 1\"}}`, and deploy again")
+            out.print(
+                f'no pipeline of {loaded.path} has a `schedule:`; add one, e.g. `schedule: {{cron: "0 3 * * 1"}}`, and deploy again'
+            )
         return
     if names:
         raise ConfigError(f"with --gpu-pool, name the default pipeline with --pipeline, got the argument(s) {names}")
@@ -341,8 +472,10 @@ def deploy_command(
         name = name or "train-gpu"
         deployment_id = deploy_training(loaded.path, pool=gpu_pool, name=name, pipeline=pipeline, gpus=gpus)
     flow_name = "search_pipeline" if search else "run_pipeline"
-    out.print(f"deployment {flow_name}/{name} ({deployment_id}) on work pool {gpu_pool!r}; start a worker there with "
-              f"`lstmflow worker --pool {gpu_pool}`")
+    out.print(
+        f"deployment {flow_name}/{name} ({deployment_id}) on work pool {gpu_pool!r}; start a worker there with "
+        f"`lstmflow worker --pool {gpu_pool}`"
+    )
 
 
 @app.command("promote")
@@ -354,12 +487,14 @@ def promote_command(
 ) -> None:
     """Move the pipeline's champion alias (promote.alias) to a version by hand; the move is recorded, and `lstmflow
     rollback` undoes it."""
-    from lstmflow.ops import gate
     from lstmflow import tracking
+    from lstmflow.ops import gate
 
     loaded = _load(config)
     alias = loaded.pipeline(name, []).promote.alias
-    moved = gate.promote(tracking.tracking_uri(loaded.path.parent), name, str(version), alias, reason=reason or "by hand")
+    moved = gate.promote(
+        tracking.tracking_uri(loaded.path.parent), name, str(version), alias, reason=reason or "by hand"
+    )
     before = f"was version {moved['previous']}" if moved["previous"] else "was not set"
     state = f"now version {moved['version']} ({before})" if moved["changed"] else f"already version {moved['version']}"
     out.print(f"{name}@{alias}: {state}")
@@ -371,8 +506,8 @@ def rollback_command(
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Return the pipeline's champion alias to the version that held it before the last move (gate or promote)."""
-    from lstmflow.ops import gate
     from lstmflow import tracking
+    from lstmflow.ops import gate
 
     loaded = _load(config)
     alias = loaded.pipeline(name, []).promote.alias
@@ -383,8 +518,12 @@ def rollback_command(
 @app.command("worker")
 def worker_command(
     pool: Annotated[str, typer.Option("--pool", help="The work pool to take runs from (created if missing).")] = "gpu",
-    name: Annotated[str | None, typer.Option("--name", help="The worker's name in the Prefect UI; default: Prefect's.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Flow runs at once on this machine (1: a run holds all its GPUs).")] = 1,
+    name: Annotated[
+        str | None, typer.Option("--name", help="The worker's name in the Prefect UI; default: Prefect's.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="Flow runs at once on this machine (1: a run holds all its GPUs).")
+    ] = 1,
     run_once: Annotated[bool, typer.Option("--run-once", help="Run what is due, then exit.")] = False,
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
@@ -413,8 +552,12 @@ def _require_prefect_server(command: str) -> None:
 
 @app.command("up")
 def up_command(
-    prefect_port: Annotated[int, typer.Option("--prefect-port", min=1, max=65535, help="Port of the Prefect server and UI.")] = 4200,
-    mlflow_port: Annotated[int, typer.Option("--mlflow-port", min=1, max=65535, help="Port of the MLflow server and UI.")] = 5000,
+    prefect_port: Annotated[
+        int, typer.Option("--prefect-port", min=1, max=65535, help="Port of the Prefect server and UI.")
+    ] = 4200,
+    mlflow_port: Annotated[
+        int, typer.Option("--mlflow-port", min=1, max=65535, help="Port of the MLflow server and UI.")
+    ] = 5000,
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Start a Prefect server, a worker of the `local` work pool and an MLflow server on 127.0.0.1, in the background.
@@ -427,7 +570,9 @@ def up_command(
     root = _load(config).path.parent
     for service in stack.up(root, prefect_port=prefect_port, mlflow_port=mlflow_port):
         url = service.url.removesuffix("/api") if service.name == "prefect" else service.url
-        out.print(f"{service.name:8} pid {service.pid:<7} {url if service.name != 'worker' else 'work pool ' + stack.LOCAL_POOL}  log {service.log}")
+        out.print(
+            f"{service.name:8} pid {service.pid:<7} {url if service.name != 'worker' else 'work pool ' + stack.LOCAL_POOL}  log {service.log}"
+        )
 
 
 @app.command("down")
@@ -455,10 +600,12 @@ def status_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
 
 
 VersionOption = Annotated[
-    str | None, typer.Option("--version", help="A registered version number, or `latest`; default: the alias's version.")
+    str | None,
+    typer.Option("--version", help="A registered version number, or `latest`; default: the alias's version."),
 ]
 AliasOption = Annotated[
-    str | None, typer.Option("--alias", help="A model alias (same as NAME@ALIAS); default: champion, else the latest version.")
+    str | None,
+    typer.Option("--alias", help="A model alias (same as NAME@ALIAS); default: champion, else the latest version."),
 ]
 
 
@@ -480,11 +627,21 @@ def _choose_model(name: str, version: str | None, alias: str | None, root: Path)
 
 @app.command("serve")
 def serve_command(
-    name: Annotated[str, typer.Argument(help="A registered pipeline model: NAME (its @champion, else its latest version) or NAME@ALIAS.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="A registered pipeline model: NAME (its @champion, else its latest version) or NAME@ALIAS."
+        ),
+    ],
     version: VersionOption = None,
     alias: AliasOption = None,
-    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="Port to listen on (5000 is the stack's MLflow server).")] = 5001,
-    host: Annotated[str, typer.Option("--host", help="Interface to listen on; 0.0.0.0 serves other machines too.")] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option("--port", "-p", min=1, max=65535, help="Port to listen on (5000 is the stack's MLflow server)."),
+    ] = 5001,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface to listen on; 0.0.0.0 serves other machines too.")
+    ] = "127.0.0.1",
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Serve a registered model over HTTP with `mlflow models serve` (in this environment), until Ctrl-C.
@@ -509,22 +666,55 @@ def serve_command(
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another with --port") from None
     scripts = str(Path(sys.executable).parent)  # the scoring server starts `uvicorn` from PATH
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(root), "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"}
+    environment = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking.tracking_uri(root),
+        "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     if shutil.which("uvicorn", path=environment["PATH"]) is None:
         raise ConfigError(f"`uvicorn` is not installed beside {sys.executable}; MLflow's scoring server needs it")
-    out.print(f"serving {choice.model_uri} (version {choice.version}) at http://{host}:{port}/invocations · Ctrl-C stops it", highlight=False)
+    out.print(
+        f"serving {choice.model_uri} (version {choice.version}) at http://{host}:{port}/invocations · Ctrl-C stops it",
+        highlight=False,
+    )
     sys.stdout.flush()
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", choice.model_uri, "--env-manager", "local", "--host", host, "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        choice.model_uri,
+        "--env-manager",
+        "local",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     os.execve(command[0], command, environment)
 
 
 @app.command("predict")
 def predict_command(
-    name: Annotated[str, typer.Argument(help="A registered pipeline model: NAME (its @champion, else its latest version) or NAME@ALIAS.")],
-    inputs: Annotated[list[str], typer.Argument(help="Raw inputs, by the pipeline's data kind: texts (text), files (audio, images), prompts (corpus), the last values of a one-column series, oldest first; or .csv/.parquet tables in the request layout (any pipeline; needed for sequences and many-column series).")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="A registered pipeline model: NAME (its @champion, else its latest version) or NAME@ALIAS."
+        ),
+    ],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Raw inputs, by the pipeline's data kind: texts (text), files (audio, images), prompts (corpus), the last values of a one-column series, oldest first; or .csv/.parquet tables in the request layout (any pipeline; needed for sequences and many-column series)."
+        ),
+    ],
     version: VersionOption = None,
     alias: AliasOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as one JSON list of records instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the answer as one JSON list of records instead of a table.")
+    ] = False,
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Predict with a registered model from raw inputs on the command line; prints a table.
@@ -556,7 +746,14 @@ def predict_command(
 def compare_command(
     name: Annotated[str, typer.Argument(help="A pipeline: every run of its MLflow experiment is compared.")],
     top: Annotated[int, typer.Option("--top", "-n", min=1, help="Show the best N runs.")] = 10,
-    metric: Annotated[str | None, typer.Option("--metric", "-m", help="The test metric to rank by; default: the pipeline's promote.metric (per task: mae, accuracy or cross_entropy).")] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric",
+            "-m",
+            help="The test metric to rank by; default: the pipeline's promote.metric (per task: mae, accuracy or cross_entropy).",
+        ),
+    ] = None,
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Rank a pipeline's MLflow runs by a test metric, beside its baseline.
@@ -580,7 +777,9 @@ def compare_command(
     promote = spec.promote if spec else PromoteSpec()
     chosen = (metric or promote.resolved_metric(task)).removeprefix("test_")
     if chosen not in PROMOTE_METRICS[task]:
-        raise ConfigError(f"--metric {metric}: a {task} pipeline is ranked by one of {', '.join(PROMOTE_METRICS[task])}")
+        raise ConfigError(
+            f"--metric {metric}: a {task} pipeline is ranked by one of {', '.join(PROMOTE_METRICS[task])}"
+        )
     direction = PROMOTE_METRICS[task][chosen]
     ranked, unranked = runs.rank_runs(records, f"test_{chosen}", direction)
     shown = ranked[:top]
@@ -601,14 +800,18 @@ def compare_command(
         )  # fmt: skip
     out.print(table)
     if unranked:
-        err.print(f"{len(unranked)} run(s) have no test_{chosen} and are not ranked (search parents, trials not evaluated, failed or running runs)")
+        err.print(
+            f"{len(unranked)} run(s) have no test_{chosen} and are not ranked (search parents, trials not evaluated, failed or running runs)"
+        )
     if len(shown) > 1 and not differing:
         err.print("the runs shown have the same params")
 
 
 @app.command("reproduce")
 def reproduce_command(
-    run_id: Annotated[str, typer.Argument(help="The MLflow run to reproduce (its id, as `lstmflow compare NAME` lists).")],
+    run_id: Annotated[
+        str, typer.Argument(help="The MLflow run to reproduce (its id, as `lstmflow compare NAME` lists).")
+    ],
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Train a run's recorded spec again on the same data version, in a new run, and compare the test metrics.
@@ -620,7 +823,9 @@ def reproduce_command(
     from lstmflow.tracking import runs
 
     loaded = _load(config)
-    runs.recorded_run(tracking.tracking_uri(loaded.path.parent), run_id)  # an unknown or unfit run fails before a flow starts
+    runs.recorded_run(
+        tracking.tracking_uri(loaded.path.parent), run_id
+    )  # an unknown or unfit run fails before a flow starts
     from flows.reproduce import reproduce_run
 
     result = reproduce_run(run_id=run_id, config=str(loaded.path))
@@ -632,7 +837,9 @@ def reproduce_command(
         difference = "-" if old is None or new is None else f"{new - old:+.3g}"
         table.add_row(key, "-" if old is None else f"{old:.6g}", "-" if new is None else f"{new:.6g}", difference)
     out.print(table)
-    out.print(f"MLflow run {result['mlflow_run_id']} (tag lstmflow.reproduces={run_id}) · {result['epochs_run']} epochs")
+    out.print(
+        f"MLflow run {result['mlflow_run_id']} (tag lstmflow.reproduces={run_id}) · {result['epochs_run']} epochs"
+    )
 
 
 @app.command("reference")

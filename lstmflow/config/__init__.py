@@ -35,6 +35,7 @@ from pydantic import (
 
 from lstmflow.errors import ConfigError
 
+
 class Strict(BaseModel):
     """Base of every spec model: unknown keys are errors and specs are immutable."""
 
@@ -47,16 +48,33 @@ class Strict(BaseModel):
 class SplitFilesSpec(Strict):
     """A given split as files: `data.path` then holds the training part only."""
 
-    val: Path = Field(description="File (or folder) of the same form as `data.path` holding the validation part, relative to the YAML file.")
-    test: Path = Field(description="File (or folder) of the same form as `data.path` holding the test part, relative to the YAML file.")
+    val: Path = Field(
+        description="File (or folder) of the same form as `data.path` holding the validation part, relative to the YAML file."
+    )
+    test: Path = Field(
+        description="File (or folder) of the same form as `data.path` holding the test part, relative to the YAML file."
+    )
 
 
 class SplitSpec(Strict):
     """Chronological fractions of the series held out for validation and test, or given files that continue it."""
 
-    val: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of the series (by time) used for validation, after the training part (ignored when `files` is given).")
-    test: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of the series (by time) used for the final test, at the end (ignored when `files` is given).")
-    files: SplitFilesSpec | None = Field(None, description="Given split: `path` holds the training series, the `val` file continues it in time and the `test` file continues the `val` file, with the same columns. The three are read as one series and split at the file boundaries (windows may reach back into the previous part, as with fractions); the fractions are then ignored.")
+    val: float = Field(
+        0.15,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of the series (by time) used for validation, after the training part (ignored when `files` is given).",
+    )
+    test: float = Field(
+        0.15,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of the series (by time) used for the final test, at the end (ignored when `files` is given).",
+    )
+    files: SplitFilesSpec | None = Field(
+        None,
+        description="Given split: `path` holds the training series, the `val` file continues it in time and the `test` file continues the `val` file, with the same columns. The three are read as one series and split at the file boundaries (windows may reach back into the previous part, as with fractions); the fractions are then ignored.",
+    )
 
     @model_validator(mode="after")
     def _leave_training_data(self) -> SplitSpec:
@@ -68,18 +86,42 @@ class SplitSpec(Strict):
 class TimeSeriesDataSpec(Strict):
     """A table of one or more numeric series indexed by time (CSV or Parquet)."""
 
-    kind: Literal["timeseries"] = Field("timeseries", description="Kind of data: `timeseries` (forecasting; the default), `sequences`, `images`, `text` and `audio` (classification) or `corpus` (language modelling): each kind's keys are in its own table.")
+    kind: Literal["timeseries"] = Field(
+        "timeseries",
+        description="Kind of data: `timeseries` (forecasting; the default), `sequences`, `images`, `text` and `audio` (classification) or `corpus` (language modelling): each kind's keys are in its own table.",
+    )
     path: Path = Field(description="CSV or Parquet file, relative to the YAML file that declares it.")
-    time_column: str | None = Field(None, description="Column holding the timestamps (dates or numbers); rows must be strictly increasing. Omit to use row order.")
+    time_column: str | None = Field(
+        None,
+        description="Column holding the timestamps (dates or numbers); rows must be strictly increasing. Omit to use row order.",
+    )
     target: list[str] = Field(min_length=1, description="Column(s) to forecast; a single name is accepted too.")
-    features: list[str] = Field(default_factory=list, description="Extra input columns (covariates) fed to the model beside the targets; not forecast.")
-    window: int | None = Field(None, gt=0, description="Past steps the model sees. Default: max(2 × season, 4 × horizon, 8), capped so the training part holds at least 8 windows.")
-    horizon: int | None = Field(None, gt=0, description="Future steps forecast at once. Default: the season when it is > 1, else 1.")
+    features: list[str] = Field(
+        default_factory=list,
+        description="Extra input columns (covariates) fed to the model beside the targets; not forecast.",
+    )
+    window: int | None = Field(
+        None,
+        gt=0,
+        description="Past steps the model sees. Default: max(2 × season, 4 × horizon, 8), capped so the training part holds at least 8 windows.",
+    )
+    horizon: int | None = Field(
+        None, gt=0, description="Future steps forecast at once. Default: the season when it is > 1, else 1."
+    )
     stride: int = Field(1, gt=0, description="Steps between the starts of consecutive training windows.")
     split: SplitSpec = Field(default_factory=SplitSpec, description="Chronological train/validation/test split.")
-    scale: Literal["standard", "minmax", "none"] = Field("standard", description="Per-column scaling fitted on the training part only: `standard` (zero mean, unit variance), `minmax` (to [0, 1]) or `none`.")
-    transform: Literal["auto", "none", "log", "difference"] = Field("auto", description="Transform of the targets before scaling, inverted for reporting. `auto` looks at the training part only: `difference` when a straight line explains more than 80% of its variance (a trend), else `log` when every value is > 0 and max/min exceeds 10, else `none`.")
-    gaps: Literal["interpolate", "error"] = Field("interpolate", description="Missing values inside the series: `interpolate` linearly (and count them in the run) or `error`.")
+    scale: Literal["standard", "minmax", "none"] = Field(
+        "standard",
+        description="Per-column scaling fitted on the training part only: `standard` (zero mean, unit variance), `minmax` (to [0, 1]) or `none`.",
+    )
+    transform: Literal["auto", "none", "log", "difference"] = Field(
+        "auto",
+        description="Transform of the targets before scaling, inverted for reporting. `auto` looks at the training part only: `difference` when a straight line explains more than 80% of its variance (a trend), else `log` when every value is > 0 and max/min exceeds 10, else `none`.",
+    )
+    gaps: Literal["interpolate", "error"] = Field(
+        "interpolate",
+        description="Missing values inside the series: `interpolate` linearly (and count them in the run) or `error`.",
+    )
 
     @field_validator("target", "features", mode="before")
     @classmethod
@@ -90,10 +132,26 @@ class TimeSeriesDataSpec(Strict):
 class ClassSplitSpec(Strict):
     """How samples are divided for classification: given by a column or by files, or stratified seeded fractions."""
 
-    val: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of each class held out for validation (ignored when `column` or `files` is given).")
-    test: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction of each class held out for the final test (ignored when `column` or `files` is given).")
-    column: str | None = Field(None, description="A column that names each sample's part: `train`, `val` or `test` (a given split). Tables only; not with `files`.")
-    files: SplitFilesSpec | None = Field(None, description="Given split: files (or folders of label folders) of the same form as `path` holding the validation and test samples; `path` then holds the training samples only, and the fractions are ignored. Not with `column`.")
+    val: float = Field(
+        0.15,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of each class held out for validation (ignored when `column` or `files` is given).",
+    )
+    test: float = Field(
+        0.15,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of each class held out for the final test (ignored when `column` or `files` is given).",
+    )
+    column: str | None = Field(
+        None,
+        description="A column that names each sample's part: `train`, `val` or `test` (a given split). Tables only; not with `files`.",
+    )
+    files: SplitFilesSpec | None = Field(
+        None,
+        description="Given split: files (or folders of label folders) of the same form as `path` holding the validation and test samples; `path` then holds the training samples only, and the fractions are ignored. Not with `column`.",
+    )
     seed: int = Field(0, ge=0, description="Seed of the stratified shuffle that draws the fractions.")
 
     @model_validator(mode="after")
@@ -110,13 +168,31 @@ class SequenceTableSpec(Strict):
 
     kind: Literal["sequences"] = Field(description="Kind of data; `sequences` for time-series classification.")
     path: Path = Field(description="CSV or Parquet file, relative to the YAML file that declares it.")
-    format: Literal["long", "wide"] = Field("long", description="`long`: one row per time step, with `id_column` naming the sequence; `wide`: one row per sequence, one column per step (univariate).")
-    label_column: str = Field("label", description="Column holding each sequence's class (constant within a sequence in long format).")
-    id_column: str | None = Field(None, description="Long format: column naming the sequence each row belongs to (required there).")
-    time_column: str | None = Field(None, description="Long format: column ordering the steps within a sequence. Default: row order.")
-    value_columns: list[str] = Field(default_factory=list, description="Long format: the numeric columns, one feature each (required there). Wide format: the step columns, in order; default: every column but the label, id and split columns.")
-    max_length: int | None = Field(None, gt=0, description="Keep only the last `max_length` steps of longer sequences (explicit truncation); default: keep all.")
-    scale: Literal["standard", "none"] = Field("standard", description="Per-feature standardisation fitted on the training sequences only.")
+    format: Literal["long", "wide"] = Field(
+        "long",
+        description="`long`: one row per time step, with `id_column` naming the sequence; `wide`: one row per sequence, one column per step (univariate).",
+    )
+    label_column: str = Field(
+        "label", description="Column holding each sequence's class (constant within a sequence in long format)."
+    )
+    id_column: str | None = Field(
+        None, description="Long format: column naming the sequence each row belongs to (required there)."
+    )
+    time_column: str | None = Field(
+        None, description="Long format: column ordering the steps within a sequence. Default: row order."
+    )
+    value_columns: list[str] = Field(
+        default_factory=list,
+        description="Long format: the numeric columns, one feature each (required there). Wide format: the step columns, in order; default: every column but the label, id and split columns.",
+    )
+    max_length: int | None = Field(
+        None,
+        gt=0,
+        description="Keep only the last `max_length` steps of longer sequences (explicit truncation); default: keep all.",
+    )
+    scale: Literal["standard", "none"] = Field(
+        "standard", description="Per-feature standardisation fitted on the training sequences only."
+    )
     split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
 
     @field_validator("value_columns", mode="before")
@@ -135,20 +211,40 @@ class ImagesSpec(Strict):
     """Labelled images read as sequences of pixel rows: each row is one time step."""
 
     kind: Literal["images"] = Field(description="Kind of data; `images` for image classification by rows.")
-    path: Path = Field(description="A folder with one subfolder of image files per label, or a CSV/Parquet table of pixels (one row per image).")
+    path: Path = Field(
+        description="A folder with one subfolder of image files per label, or a CSV/Parquet table of pixels (one row per image)."
+    )
     label_column: str = Field("label", description="Table only: the column holding each image's class.")
-    shape: list[int] | None = Field(None, min_length=2, max_length=2, description="Table only: `[height, width]` of the images; the pixel columns are read row by row.")
-    grayscale: bool = Field(True, description="Convert images to one channel; otherwise each step has width × 3 features (RGB).")
-    scale: Literal["standard", "none"] = Field("standard", description="Per-feature standardisation fitted on the training images only.")
+    shape: list[int] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="Table only: `[height, width]` of the images; the pixel columns are read row by row.",
+    )
+    grayscale: bool = Field(
+        True, description="Convert images to one channel; otherwise each step has width × 3 features (RGB)."
+    )
+    scale: Literal["standard", "none"] = Field(
+        "standard", description="Per-feature standardisation fitted on the training images only."
+    )
     split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
 
 
 class TokenizerSpec(Strict):
     """How text becomes token ids; fitted on the training texts only and saved beside the model."""
 
-    kind: Literal["word", "char", "bpe"] = Field("word", description="`word`: runs of letters/digits and single punctuation marks; `char`: characters; `bpe`: subword byte-pair encoding (the `tokenizers` library).")
-    vocab_size: int = Field(20000, gt=2, description="Largest vocabulary, padding and unknown tokens included; the most frequent tokens are kept.")
-    min_frequency: int = Field(1, ge=1, description="Tokens seen fewer times in the training texts become the unknown token.")
+    kind: Literal["word", "char", "bpe"] = Field(
+        "word",
+        description="`word`: runs of letters/digits and single punctuation marks; `char`: characters; `bpe`: subword byte-pair encoding (the `tokenizers` library).",
+    )
+    vocab_size: int = Field(
+        20000,
+        gt=2,
+        description="Largest vocabulary, padding and unknown tokens included; the most frequent tokens are kept.",
+    )
+    min_frequency: int = Field(
+        1, ge=1, description="Tokens seen fewer times in the training texts become the unknown token."
+    )
     lowercase: bool = Field(True, description="Lowercase the text before tokenizing.")
     unknown_token: str = Field("<unk>", min_length=1, description="The token for anything outside the vocabulary.")
     padding_token: str = Field("<pad>", min_length=1, description="The token (id 0) that pads batches.")
@@ -162,7 +258,11 @@ class TextSpec(Strict):
     text_column: str = Field("text", description="Column holding each text.")
     label_column: str = Field("label", description="Column holding each text's class.")
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec, description="Tokenization.")
-    max_length: int | None = Field(256, gt=0, description="Keep only the first `max_length` tokens of longer texts (explicit truncation; counted); null keeps all.")
+    max_length: int | None = Field(
+        256,
+        gt=0,
+        description="Keep only the first `max_length` tokens of longer texts (explicit truncation; counted); null keeps all.",
+    )
     split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
 
 
@@ -170,27 +270,57 @@ class AudioSpec(Strict):
     """Labelled audio clips: audio classification on log-mel or MFCC frames, computed with librosa."""
 
     kind: Literal["audio"] = Field(description="Kind of data; `audio` for audio classification.")
-    path: Path = Field(description="A folder with one subfolder of clips per label, or a manifest CSV with `path` and `label` columns (and optionally the split column); paths in a manifest are relative to it.")
-    sample_rate: int = Field(16000, gt=0, description="Clips are resampled to this rate (Hz) before features are computed.")
+    path: Path = Field(
+        description="A folder with one subfolder of clips per label, or a manifest CSV with `path` and `label` columns (and optionally the split column); paths in a manifest are relative to it."
+    )
+    sample_rate: int = Field(
+        16000, gt=0, description="Clips are resampled to this rate (Hz) before features are computed."
+    )
     features: Literal["logmel", "mfcc"] = Field("logmel", description="Per-frame features: log-mel energies or MFCCs.")
     n_mels: int = Field(40, gt=0, description="Mel bands (for both kinds of features).")
     n_mfcc: int = Field(13, gt=0, description="MFCC coefficients, for `features: mfcc`.")
     deltas: bool = Field(False, description="Append first and second time derivatives of the features.")
     n_fft: int = Field(400, gt=0, description="FFT window in samples (400 = 25 ms at 16 kHz).")
-    hop_length: int = Field(160, gt=0, description="Samples between frames (160 = 10 ms at 16 kHz): one frame is one time step.")
-    max_seconds: float | None = Field(None, gt=0, description="Keep only the first `max_seconds` of longer clips; null keeps all.")
-    bad_files: Literal["skip", "fail"] = Field("skip", description="An unreadable, empty, silent or too-short clip: `skip` it (named and counted in the run) or `fail`.")
-    workers: int | None = Field(None, ge=1, description="Most processes computing features; one more starts per ~100 MB of clips to compute, since a process costs seconds to start. Default: the CPU count.")
-    scale: Literal["standard", "none"] = Field("standard", description="Per-feature standardisation fitted on the training clips only.")
+    hop_length: int = Field(
+        160, gt=0, description="Samples between frames (160 = 10 ms at 16 kHz): one frame is one time step."
+    )
+    max_seconds: float | None = Field(
+        None, gt=0, description="Keep only the first `max_seconds` of longer clips; null keeps all."
+    )
+    bad_files: Literal["skip", "fail"] = Field(
+        "skip",
+        description="An unreadable, empty, silent or too-short clip: `skip` it (named and counted in the run) or `fail`.",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="Most processes computing features; one more starts per ~100 MB of clips to compute, since a process costs seconds to start. Default: the CPU count.",
+    )
+    scale: Literal["standard", "none"] = Field(
+        "standard", description="Per-feature standardisation fitted on the training clips only."
+    )
     split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
 
 
 class CorpusSplitSpec(Strict):
     """How a corpus is divided for language modelling: contiguous stretches at its end, or given files."""
 
-    val: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of the text (by characters, cut at a line break) after the training part, for validation.")
-    test: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of the text (by characters, cut at a line break) at the end, for the final test.")
-    files: SplitFilesSpec | None = Field(None, description="Given split: text files (or folders) holding the validation and test parts; `path` is then the training part and the fractions are ignored.")
+    val: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of the text (by characters, cut at a line break) after the training part, for validation.",
+    )
+    test: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of the text (by characters, cut at a line break) at the end, for the final test.",
+    )
+    files: SplitFilesSpec | None = Field(
+        None,
+        description="Given split: text files (or folders) holding the validation and test parts; `path` is then the training part and the fractions are ignored.",
+    )
 
     @model_validator(mode="after")
     def _leave_training_data(self) -> CorpusSplitSpec:
@@ -203,9 +333,18 @@ class CorpusSpec(Strict):
     """Plain UTF-8 text for language modelling: the model learns to predict each next token."""
 
     kind: Literal["corpus"] = Field(description="Kind of data; `corpus` for language modelling.")
-    path: Path = Field(description="A UTF-8 text file, or a folder whose `*.txt` files are read in name order and joined by line breaks; relative to the YAML file.")
-    tokenizer: TokenizerSpec = Field(default_factory=lambda: TokenizerSpec(kind="char", lowercase=False), description="Tokenization, fitted on the training part. For a corpus `kind` defaults to `char` and `lowercase` to false (a character model also reports bits per character).")
-    sequence_length: int = Field(100, ge=2, description="Tokens per training sequence: the span of truncated back-propagation through time. A `stateful` lstm carries its state from one such span to the next.")
+    path: Path = Field(
+        description="A UTF-8 text file, or a folder whose `*.txt` files are read in name order and joined by line breaks; relative to the YAML file."
+    )
+    tokenizer: TokenizerSpec = Field(
+        default_factory=lambda: TokenizerSpec(kind="char", lowercase=False),
+        description="Tokenization, fitted on the training part. For a corpus `kind` defaults to `char` and `lowercase` to false (a character model also reports bits per character).",
+    )
+    sequence_length: int = Field(
+        100,
+        ge=2,
+        description="Tokens per training sequence: the span of truncated back-propagation through time. A `stateful` lstm carries its state from one such span to the next.",
+    )
     split: CorpusSplitSpec = Field(default_factory=CorpusSplitSpec, description="Train/validation/test division.")
 
     @field_validator("tokenizer", mode="before")
@@ -222,7 +361,11 @@ def _data_kind(value: Any) -> str:
 
 #: The data spec model of each `data.kind`.
 DATA_SPECS: dict[str, type[BaseModel]] = {
-    "timeseries": TimeSeriesDataSpec, "sequences": SequenceTableSpec, "images": ImagesSpec, "text": TextSpec, "audio": AudioSpec,
+    "timeseries": TimeSeriesDataSpec,
+    "sequences": SequenceTableSpec,
+    "images": ImagesSpec,
+    "text": TextSpec,
+    "audio": AudioSpec,
     "corpus": CorpusSpec,
 }
 DATA_KINDS = tuple(DATA_SPECS)
@@ -246,23 +389,41 @@ class LSTMLayer(Strict):
     """Keras `LSTM(units, return_sequences, ...)`."""
 
     units: int = Field(gt=0, description="Size of the hidden state.")
-    return_sequences: bool = Field(False, description="Emit the output of every step (needed before another `lstm`); else only the last step's.")
-    bidirectional: bool = Field(False, description="Also read the sequence backwards (Keras `Bidirectional`); the output size doubles.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Keras meaning: dropout on this layer's inputs during training.")
-    recurrent_dropout: float = Field(0.0, ge=0.0, le=0.0, description="Refused when > 0: it would force a per-step Python loop instead of the fused LSTM kernel. Use `dropout`.")
-    stateful: bool = Field(False, description="Language models: carry (h, c) from one batch to the next along the text, detached (truncated back-propagation through time); it starts at zero at each pass over a part. Not with `bidirectional`.")
+    return_sequences: bool = Field(
+        False, description="Emit the output of every step (needed before another `lstm`); else only the last step's."
+    )
+    bidirectional: bool = Field(
+        False, description="Also read the sequence backwards (Keras `Bidirectional`); the output size doubles."
+    )
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Keras meaning: dropout on this layer's inputs during training."
+    )
+    recurrent_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.0,
+        description="Refused when > 0: it would force a per-step Python loop instead of the fused LSTM kernel. Use `dropout`.",
+    )
+    stateful: bool = Field(
+        False,
+        description="Language models: carry (h, c) from one batch to the next along the text, detached (truncated back-propagation through time); it starts at zero at each pass over a part. Not with `bidirectional`.",
+    )
 
     @model_validator(mode="after")
     def _stateful_reads_forwards(self) -> LSTMLayer:
         if self.stateful and self.bidirectional:
-            raise ValueError("stateful carries the state forwards along the text; a bidirectional layer also reads backwards, so it cannot be stateful")
+            raise ValueError(
+                "stateful carries the state forwards along the text; a bidirectional layer also reads backwards, so it cannot be stateful"
+            )
         return self
 
 
 class DenseLayer(Strict):
     """Keras `Dense(units, activation)`; applied to the last axis."""
 
-    units: int | None = Field(None, gt=0, description="Output size. On the last layer it may be omitted and is inferred (horizon × targets).")
+    units: int | None = Field(
+        None, gt=0, description="Output size. On the last layer it may be omitted and is inferred (horizon × targets)."
+    )
     activation: Activation = Field("linear", description="Activation applied after the affine map.")
 
 
@@ -275,7 +436,12 @@ class DropoutLayer(Strict):
 class BatchNormLayer(Strict):
     """Keras `BatchNormalization()` over the feature axis."""
 
-    momentum: float = Field(0.99, gt=0.0, lt=1.0, description="Keras meaning: weight of the old running statistics (PyTorch's momentum is 1 minus this).")
+    momentum: float = Field(
+        0.99,
+        gt=0.0,
+        lt=1.0,
+        description="Keras meaning: weight of the old running statistics (PyTorch's momentum is 1 minus this).",
+    )
     epsilon: float = Field(1e-3, gt=0.0, description="Added to the variance for numerical stability.")
 
 
@@ -339,9 +505,17 @@ def _default_layers() -> list[LayerSpec]:
 class ModelSpec(Strict):
     """The network, as a list of layers in the Keras vocabulary; the input size comes from the data."""
 
-    layers: list[LayerSpec] = Field(default_factory=_default_layers, min_length=1, description="Layers in order; the first must be `lstm`, the last should be `dense`. Default: `[{lstm: {units: 64}}, {dense: {}}]`.")
+    layers: list[LayerSpec] = Field(
+        default_factory=_default_layers,
+        min_length=1,
+        description="Layers in order; the first must be `lstm`, the last should be `dense`. Default: `[{lstm: {units: 64}}, {dense: {}}]`.",
+    )
     l1: float = Field(0.0, ge=0.0, description="L1 penalty on all weights (not biases or norms), added to the loss.")
-    l2: float = Field(0.0, ge=0.0, description="L2 penalty on all weights (not biases or norms), added to the loss (Keras `kernel_regularizer` meaning: l2 × sum of squares).")
+    l2: float = Field(
+        0.0,
+        ge=0.0,
+        description="L2 penalty on all weights (not biases or norms), added to the loss (Keras `kernel_regularizer` meaning: l2 × sum of squares).",
+    )
 
 
 # -------------------------------------------------------------------------- train
@@ -352,14 +526,19 @@ class OptimizerSpec(Strict):
 
     name: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
     lr: float = Field(1e-3, gt=0.0, description="Learning rate.")
-    weight_decay: float = Field(0.0, ge=0.0, description="Decoupled weight decay (adamw) or L2 in the update (adam, sgd).")
+    weight_decay: float = Field(
+        0.0, ge=0.0, description="Decoupled weight decay (adamw) or L2 in the update (adam, sgd)."
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum, for `sgd` only.")
 
 
 class LRScheduleSpec(Strict):
     """How the learning rate changes over training."""
 
-    name: Literal["none", "cosine", "step", "plateau", "onecycle"] = Field("none", description="`cosine` anneals to `min_lr` over the epochs; `step` multiplies by `gamma` every `step_size` epochs; `plateau` multiplies by `gamma` after `patience` epochs without improvement; `onecycle` warms up then anneals per batch.")
+    name: Literal["none", "cosine", "step", "plateau", "onecycle"] = Field(
+        "none",
+        description="`cosine` anneals to `min_lr` over the epochs; `step` multiplies by `gamma` every `step_size` epochs; `plateau` multiplies by `gamma` after `patience` epochs without improvement; `onecycle` warms up then anneals per batch.",
+    )
     min_lr: float = Field(0.0, ge=0.0, description="Lowest learning rate for `cosine` and `plateau`.")
     step_size: int = Field(10, gt=0, description="Epochs between decays for `step`.")
     gamma: float = Field(0.5, gt=0.0, lt=1.0, description="Decay factor for `step` and `plateau`.")
@@ -369,7 +548,11 @@ class LRScheduleSpec(Strict):
 class GradClipSpec(Strict):
     """Gradient clipping; at most one of `norm` and `value` (giving `value` turns the default `norm` off)."""
 
-    norm: float | None = Field(1.0, gt=0.0, description="Clip the global gradient norm to this value (null: no clipping). On by default: it keeps LSTM training stable at no cost.")
+    norm: float | None = Field(
+        1.0,
+        gt=0.0,
+        description="Clip the global gradient norm to this value (null: no clipping). On by default: it keeps LSTM training stable at no cost.",
+    )
     value: float | None = Field(None, gt=0.0, description="Clip every gradient element to [-value, value] instead.")
 
     @model_validator(mode="after")
@@ -384,17 +567,29 @@ class GradClipSpec(Strict):
 class EarlyStoppingSpec(Strict):
     """Stop when the validation loss stops improving and restore the best weights."""
 
-    patience: int | None = Field(10, ge=1, description="Epochs without improvement before stopping; null disables early stopping.")
-    min_delta: float = Field(0.0, ge=0.0, description="Smallest decrease of the validation loss that counts as improvement.")
+    patience: int | None = Field(
+        10, ge=1, description="Epochs without improvement before stopping; null disables early stopping."
+    )
+    min_delta: float = Field(
+        0.0, ge=0.0, description="Smallest decrease of the validation loss that counts as improvement."
+    )
 
 
 class NodesSpec(Strict):
     """Several machines training one model: each starts training with the same spec and its own `rank`."""
 
     count: int = Field(ge=1, description="Machines taking part; each runs `workers` processes.")
-    rank: int = Field(0, ge=0, description="This machine's number, 0 to count - 1, usually given per machine with `--set train.nodes.rank=1`. Machine 0 hosts the rendezvous, logs metrics and writes checkpoints.")
-    endpoint: str = Field(description="`host:port` where machine 0 listens for the others (on that address only); every machine must reach it.")
-    timeout: float = Field(300.0, gt=0, description="Seconds to wait for every machine to join before failing with a rendezvous error.")
+    rank: int = Field(
+        0,
+        ge=0,
+        description="This machine's number, 0 to count - 1, usually given per machine with `--set train.nodes.rank=1`. Machine 0 hosts the rendezvous, logs metrics and writes checkpoints.",
+    )
+    endpoint: str = Field(
+        description="`host:port` where machine 0 listens for the others (on that address only); every machine must reach it."
+    )
+    timeout: float = Field(
+        300.0, gt=0, description="Seconds to wait for every machine to join before failing with a rendezvous error."
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -416,21 +611,54 @@ class TrainSpec(Strict):
 
     epochs: int = Field(100, gt=0, description="Maximum number of passes over the training windows.")
     batch_size: int = Field(64, gt=0, description="Windows per batch.")
-    loss: Literal["mse", "mae", "huber", "cross_entropy"] | None = Field(None, description="Training loss. Forecasting: `mse` (default; the guide compiles with MSE), `mae` or `huber`, on scaled values. Classification and language models: `cross_entropy` (the default and only choice; the output softmax is folded into it).")
+    loss: Literal["mse", "mae", "huber", "cross_entropy"] | None = Field(
+        None,
+        description="Training loss. Forecasting: `mse` (default; the guide compiles with MSE), `mae` or `huber`, on scaled values. Classification and language models: `cross_entropy` (the default and only choice; the output softmax is folded into it).",
+    )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer and learning rate.")
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec, description="Learning-rate schedule.")
     grad_clip: GradClipSpec = Field(default_factory=GradClipSpec, description="Gradient clipping.")
-    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec, description="Early stopping on the validation loss.")
-    seed: int = Field(0, ge=0, description="Seed for weights, shuffling and dropout; same seed on the same machine gives the same metrics.")
+    early_stopping: EarlyStoppingSpec = Field(
+        default_factory=EarlyStoppingSpec, description="Early stopping on the validation loss."
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Seed for weights, shuffling and dropout; same seed on the same machine gives the same metrics.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` uses a GPU when one is present.")
-    threads: int | None = Field(None, ge=1, description="CPU threads for the training process. Default 1: small LSTM steps run faster and steadier on one thread when anything else shares the machine.")
-    workers: int | Literal["auto"] = Field(1, description="Data-parallel training processes on this machine (PyTorch DDP): `auto` is one per GPU, or 1 without CUDA. `batch_size` stays the global batch: each worker takes its share of the rows, gradients are averaged, and worker 0 alone logs metrics and writes checkpoints. On CPU each worker uses `threads` cores.")
-    nodes: NodesSpec | None = Field(None, description="Machines taking part in one training run; null trains on this machine only.")
-    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="How workers exchange gradients: `auto` is nccl on CUDA and gloo on CPU; nccl needs CUDA.")
-    deterministic: bool = Field(False, description="Deterministic algorithms (`torch.use_deterministic_algorithms`, deterministic cuDNN, `CUBLAS_WORKSPACE_CONFIG`): the same seed, machine and workers give bit-identical weights, also across a kill and resume. Can be slower on GPU.")
-    checkpoint_every: int | None = Field(None, ge=1, description="Also checkpoint every this many batches (steps) within an epoch, so that a killed run loses at most that many; every epoch is checkpointed regardless.")
-    lstm_kernel: Literal["auto", "lstmflow", "torch"] = Field("auto", description="Which LSTM implementation trains on a CPU: `lstmflow` is lstmflow's compiled CPU LSTM on the same `nn.LSTM` weights (same results up to float rounding; both directions, padded batches, carried state); `torch` is PyTorch's `nn.LSTM`; `auto` trains variable-length batches (up to half padding) in `lstmflow`, where packed `nn.LSTM` is 1.4-4× slower, and the rest in `nn.LSTM`, which was 3-10% faster on full-length batches in the training process; evaluation and prediction use `nn.LSTM`. Under bf16 autocast and on a GPU it is always `nn.LSTM` (cuDNN); `fit_result.json` records what ran (`lstm_kernels`).")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision through `torch.autocast`: `bf16` (CUDA or CPU) or `fp16` (CUDA only, with a gradient scaler). Weights and optimizer state stay fp32.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for the training process. Default 1: small LSTM steps run faster and steadier on one thread when anything else shares the machine.",
+    )
+    workers: int | Literal["auto"] = Field(
+        1,
+        description="Data-parallel training processes on this machine (PyTorch DDP): `auto` is one per GPU, or 1 without CUDA. `batch_size` stays the global batch: each worker takes its share of the rows, gradients are averaged, and worker 0 alone logs metrics and writes checkpoints. On CPU each worker uses `threads` cores.",
+    )
+    nodes: NodesSpec | None = Field(
+        None, description="Machines taking part in one training run; null trains on this machine only."
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="How workers exchange gradients: `auto` is nccl on CUDA and gloo on CPU; nccl needs CUDA."
+    )
+    deterministic: bool = Field(
+        False,
+        description="Deterministic algorithms (`torch.use_deterministic_algorithms`, deterministic cuDNN, `CUBLAS_WORKSPACE_CONFIG`): the same seed, machine and workers give bit-identical weights, also across a kill and resume. Can be slower on GPU.",
+    )
+    checkpoint_every: int | None = Field(
+        None,
+        ge=1,
+        description="Also checkpoint every this many batches (steps) within an epoch, so that a killed run loses at most that many; every epoch is checkpointed regardless.",
+    )
+    lstm_kernel: Literal["auto", "lstmflow", "torch"] = Field(
+        "auto",
+        description="Which LSTM implementation trains on a CPU: `lstmflow` is lstmflow's compiled CPU LSTM on the same `nn.LSTM` weights (same results up to float rounding; both directions, padded batches, carried state); `torch` is PyTorch's `nn.LSTM`; `auto` trains variable-length batches (up to half padding) in `lstmflow`, where packed `nn.LSTM` is 1.4-4× slower, and the rest in `nn.LSTM`, which was 3-10% faster on full-length batches in the training process; evaluation and prediction use `nn.LSTM`. Under bf16 autocast and on a GPU it is always `nn.LSTM` (cuDNN); `fit_result.json` records what ran (`lstm_kernels`).",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Mixed precision through `torch.autocast`: `bf16` (CUDA or CPU) or `fp16` (CUDA only, with a gradient scaler). Weights and optimizer state stay fp32.",
+    )
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -443,13 +671,25 @@ class TrainSpec(Strict):
 class EvaluateSpec(Strict):
     """How the test part is scored."""
 
-    season: int | None = Field(None, gt=0, description="Seasonal period for MASE and the seasonal-naive baseline. Default: inferred from the time column's frequency (12 monthly, 4 quarterly, 52 weekly, 7 daily, 24 hourly), else 1.")
+    season: int | None = Field(
+        None,
+        gt=0,
+        description="Seasonal period for MASE and the seasonal-naive baseline. Default: inferred from the time column's frequency (12 monthly, 4 quarterly, 52 weekly, 7 daily, 24 hourly), else 1.",
+    )
 
 
 #: Which data kinds each task can learn from.
-TASK_DATA_KINDS = {"forecast": ("timeseries",), "classify": ("sequences", "images", "text", "audio"), "language_model": ("corpus",)}
+TASK_DATA_KINDS = {
+    "forecast": ("timeseries",),
+    "classify": ("sequences", "images", "text", "audio"),
+    "language_model": ("corpus",),
+}
 #: The losses each task can train on; the first is its default.
-TASK_LOSSES = {"forecast": ("mse", "mae", "huber"), "classify": ("cross_entropy",), "language_model": ("cross_entropy",)}
+TASK_LOSSES = {
+    "forecast": ("mse", "mae", "huber"),
+    "classify": ("cross_entropy",),
+    "language_model": ("cross_entropy",),
+}
 
 
 # ------------------------------------------------------------------------- search
@@ -472,9 +712,18 @@ class SearchParam(Strict):
 
     int: list[Whole] | None = Field(None, description="`[low, high]`: whole numbers from low to high, both included.")
     float: list[Number] | None = Field(None, description="`[low, high]`: numbers from low to high.")
-    categorical: list[Any] | None = Field(None, min_length=1, description="The values to choose from: numbers, text, true/false or null.")
-    log: bool = Field(False, description="`int` and `float`: sample evenly on a log scale (low must be > 0), as for learning rates and layer sizes.")
-    step: Number | None = Field(None, gt=0, description="`int` and `float`: only low, low + step, low + 2 × step, … (a whole number for `int`; default 1 for `int`, any number for `float`). Not with `log`.")
+    categorical: list[Any] | None = Field(
+        None, min_length=1, description="The values to choose from: numbers, text, true/false or null."
+    )
+    log: bool = Field(
+        False,
+        description="`int` and `float`: sample evenly on a log scale (low must be > 0), as for learning rates and layer sizes.",
+    )
+    step: Number | None = Field(
+        None,
+        gt=0,
+        description="`int` and `float`: only low, low + step, low + 2 × step, … (a whole number for `int`; default 1 for `int`, any number for `float`). Not with `log`.",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> SearchParam:
@@ -526,23 +775,56 @@ class SearchParam(Strict):
 class SearchSpec(Strict):
     """A hyperparameter search (Optuna): trials train the pipeline with sampled values of `space`, the best is registered."""
 
-    trials: int = Field(20, gt=0, description="Trials the study runs in all, over every call: completed, pruned and failed trials count (an interrupted one is run again and counts once). Raise it to continue a finished search.")
-    timeout: float | None = Field(None, gt=0, description="Seconds for this call: no trial starts after it and running ones finish; the next call continues the study.")
-    sampler: Literal["tpe", "random", "grid", "cmaes"] = Field("tpe", description="How values are chosen: `tpe` (Bayesian, Optuna's default), `random`, `grid` (every combination, in random order; needs `categorical`, `int` or stepped `float` entries; `trials` is capped at the grid's size) or `cmaes` (CMA-ES, for numeric entries). Seeded from `train.seed` and each trial's number: the same search draws the same values.")
-    pruner: Literal["median", "hyperband", "none"] = Field("median", description="Stops unpromising trials from the per-epoch `metric`: `median` (worse than the median of completed trials at the same epoch), `hyperband` or `none`.")
+    trials: int = Field(
+        20,
+        gt=0,
+        description="Trials the study runs in all, over every call: completed, pruned and failed trials count (an interrupted one is run again and counts once). Raise it to continue a finished search.",
+    )
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds for this call: no trial starts after it and running ones finish; the next call continues the study.",
+    )
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = Field(
+        "tpe",
+        description="How values are chosen: `tpe` (Bayesian, Optuna's default), `random`, `grid` (every combination, in random order; needs `categorical`, `int` or stepped `float` entries; `trials` is capped at the grid's size) or `cmaes` (CMA-ES, for numeric entries). Seeded from `train.seed` and each trial's number: the same search draws the same values.",
+    )
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median",
+        description="Stops unpromising trials from the per-epoch `metric`: `median` (worse than the median of completed trials at the same epoch), `hyperband` or `none`.",
+    )
     startup_trials: int = Field(5, ge=0, description="`median`: trials that must complete before any is pruned.")
-    min_epochs: int = Field(1, ge=1, description="Epochs every trial trains before it may be pruned (`hyperband`: its smallest budget).")
-    metric: str = Field("val_loss", description="The per-epoch validation metric to optimise: `val_loss` for every task, `val_accuracy` (classify) or `val_perplexity` (language_model). A trial's value is the metric at its best epoch (lowest val_loss: the weights it keeps).")
-    direction: Literal["minimize", "maximize"] | None = Field(None, description="Whether `metric` should go down or up. Default: up for accuracy, down for the rest.")
-    parallel: int = Field(1, ge=1, description="Trials training at once on this machine, each in its own process (each uses `train.threads` cores).")
-    storage: str | None = Field(None, description="Where the study lives: null for a journal file in the project (`runs/NAME/optuna.journal`, safe for several local processes), or an SQLAlchemy URL (e.g. `postgresql://user:pass@host/db`) that workers on several machines share.")
-    space: dict[str, SearchParam] = Field(min_length=1, description="The searched keys, each a key of the pipeline as `--set` writes it (`model.layers[0].lstm.units`, `train.optimizer.lr`; `model.` and `train.` keys only) mapped to `{int: [low, high]}`, `{float: [low, high]}` or `{categorical: [a, b, …]}`, with `log: true` or `step:` for ranges.")
+    min_epochs: int = Field(
+        1, ge=1, description="Epochs every trial trains before it may be pruned (`hyperband`: its smallest budget)."
+    )
+    metric: str = Field(
+        "val_loss",
+        description="The per-epoch validation metric to optimise: `val_loss` for every task, `val_accuracy` (classify) or `val_perplexity` (language_model). A trial's value is the metric at its best epoch (lowest val_loss: the weights it keeps).",
+    )
+    direction: Literal["minimize", "maximize"] | None = Field(
+        None, description="Whether `metric` should go down or up. Default: up for accuracy, down for the rest."
+    )
+    parallel: int = Field(
+        1,
+        ge=1,
+        description="Trials training at once on this machine, each in its own process (each uses `train.threads` cores).",
+    )
+    storage: str | None = Field(
+        None,
+        description="Where the study lives: null for a journal file in the project (`runs/NAME/optuna.journal`, safe for several local processes), or an SQLAlchemy URL (e.g. `postgresql://user:pass@host/db`) that workers on several machines share.",
+    )
+    space: dict[str, SearchParam] = Field(
+        min_length=1,
+        description="The searched keys, each a key of the pipeline as `--set` writes it (`model.layers[0].lstm.units`, `train.optimizer.lr`; `model.` and `train.` keys only) mapped to `{int: [low, high]}`, `{float: [low, high]}` or `{categorical: [a, b, …]}`, with `log: true` or `step:` for ranges.",
+    )
 
     @field_validator("storage")
     @classmethod
     def _a_url(cls, value: str | None) -> str | None:
         if value is not None and "://" not in value:
-            raise ValueError(f"must be an SQLAlchemy URL such as postgresql://user:pass@host/db or sqlite:///path, got {value!r}")
+            raise ValueError(
+                f"must be an SQLAlchemy URL such as postgresql://user:pass@host/db or sqlite:///path, got {value!r}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -550,7 +832,9 @@ class SearchSpec(Strict):
         if self.sampler == "grid":
             endless = [key for key, param in self.space.items() if param.grid_values() is None]
             if endless:
-                raise ValueError(f"sampler grid needs a finite set of values for every key; give {endless[0]} choices, an int range or a float step (and no log)")
+                raise ValueError(
+                    f"sampler grid needs a finite set of values for every key; give {endless[0]} choices, an int range or a float step (and no log)"
+                )
         return self
 
     def resolved_direction(self) -> Literal["minimize", "maximize"]:
@@ -597,11 +881,23 @@ OPERATIONS = {"schedule", "promote"}
 class ScheduleSpec(Strict):
     """Keras users schedule nothing; a production pipeline retrains as new data arrive: a Prefect deployment."""
 
-    cron: str | None = Field(None, description="Cron expression of the retraining times, e.g. `0 3 * * 1` (Mondays at 03:00), read in `timezone`. Give `cron` or `interval`.")
-    interval: float | None = Field(None, description="Time between retrainings: seconds, or a number with a unit, e.g. `6h`, `1d`, `1w` (at least a minute). Give `cron` or `interval`.")
-    timezone: str = Field("UTC", description="IANA time zone of the schedule, e.g. `Europe/Berlin` (cron times follow its daylight-saving changes).")
+    cron: str | None = Field(
+        None,
+        description="Cron expression of the retraining times, e.g. `0 3 * * 1` (Mondays at 03:00), read in `timezone`. Give `cron` or `interval`.",
+    )
+    interval: float | None = Field(
+        None,
+        description="Time between retrainings: seconds, or a number with a unit, e.g. `6h`, `1d`, `1w` (at least a minute). Give `cron` or `interval`.",
+    )
+    timezone: str = Field(
+        "UTC",
+        description="IANA time zone of the schedule, e.g. `Europe/Berlin` (cron times follow its daylight-saving changes).",
+    )
     active: bool = Field(True, description="False deploys the schedule paused (resume it in the Prefect UI).")
-    pool: str = Field("local", description="The Prefect work pool whose worker runs the retraining: `local` is the one `lstmflow up` starts; `gpu` for GPU machines.")
+    pool: str = Field(
+        "local",
+        description="The Prefect work pool whose worker runs the retraining: `local` is the one `lstmflow up` starts; `gpu` for GPU machines.",
+    )
 
     @field_validator("interval", mode="before")
     @classmethod
@@ -629,7 +925,9 @@ class ScheduleSpec(Strict):
         try:
             zoneinfo.ZoneInfo(value)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'") from None
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'"
+            ) from None
         return value
 
     @model_validator(mode="after")
@@ -642,11 +940,25 @@ class ScheduleSpec(Strict):
 class PromoteSpec(Strict):
     """The retraining gate: a new model version replaces the champion only when it is better on the same test data."""
 
-    alias: str = Field("champion", description="The MLflow model alias the gate moves; `lstmflow serve NAME` serves it.")
-    metric: str | None = Field(None, description="Test metric that decides. Default per task: `mae` (forecast; also `rmse`, `smape`, `mase`), `accuracy` (classify; also `macro_f1`, `log_loss`), `cross_entropy` (language_model; also `perplexity`, `bits_per_character`).")
-    min_gain: float = Field(0.0, ge=0.0, description="Smallest relative improvement over the champion's value that promotes, e.g. 0.02 for 2%.")
-    test: Literal["auto", "mcnemar", "diebold_mariano", "none"] = Field("auto", description="Significance test on the paired test predictions: `auto` is McNemar's for classification and Diebold–Mariano's for forecasts; language models have none. `none` decides on the metric alone.")
-    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Significance level: the new version must be better with p below it.")
+    alias: str = Field(
+        "champion", description="The MLflow model alias the gate moves; `lstmflow serve NAME` serves it."
+    )
+    metric: str | None = Field(
+        None,
+        description="Test metric that decides. Default per task: `mae` (forecast; also `rmse`, `smape`, `mase`), `accuracy` (classify; also `macro_f1`, `log_loss`), `cross_entropy` (language_model; also `perplexity`, `bits_per_character`).",
+    )
+    min_gain: float = Field(
+        0.0,
+        ge=0.0,
+        description="Smallest relative improvement over the champion's value that promotes, e.g. 0.02 for 2%.",
+    )
+    test: Literal["auto", "mcnemar", "diebold_mariano", "none"] = Field(
+        "auto",
+        description="Significance test on the paired test predictions: `auto` is McNemar's for classification and Diebold–Mariano's for forecasts; language models have none. `none` decides on the metric alone.",
+    )
+    alpha: float = Field(
+        0.05, gt=0.0, lt=1.0, description="Significance level: the new version must be better with p below it."
+    )
 
     def resolved_metric(self, task: str) -> str:
         return self.metric or next(iter(PROMOTE_METRICS[task]))
@@ -661,16 +973,33 @@ class PromoteSpec(Strict):
 class PipelineSpec(Strict):
     """One named pipeline: data, model, training and evaluation."""
 
-    name: str = Field(description="The pipeline's name (its key under `pipelines`); also the MLflow experiment and registered model name.")
-    task: Literal["forecast", "classify", "language_model"] = Field("forecast", description="What the model learns: `forecast` (data kind `timeseries`), `classify` (kinds `sequences`, `images`, `text`, `audio`) or `language_model` (kind `corpus`: the next token at every step).")
+    name: str = Field(
+        description="The pipeline's name (its key under `pipelines`); also the MLflow experiment and registered model name."
+    )
+    task: Literal["forecast", "classify", "language_model"] = Field(
+        "forecast",
+        description="What the model learns: `forecast` (data kind `timeseries`), `classify` (kinds `sequences`, `images`, `text`, `audio`) or `language_model` (kind `corpus`: the next token at every step).",
+    )
     description: str = Field("", description="Free text shown by `lstmflow list`.")
     data: DataSpec = Field(description="Where the data are and how they become model inputs.")
-    model: ModelSpec = Field(default_factory=ModelSpec, description="The network. Default: one `lstm` of 64 units and a `dense` output layer; for token ids (kinds `text` and `corpus`) an `embedding` of 64 first; for a language model a stateful `lstm` of 256 units that returns sequences.")
+    model: ModelSpec = Field(
+        default_factory=ModelSpec,
+        description="The network. Default: one `lstm` of 64 units and a `dense` output layer; for token ids (kinds `text` and `corpus`) an `embedding` of 64 first; for a language model a stateful `lstm` of 256 units that returns sequences.",
+    )
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training settings.")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Evaluation settings.")
-    search: SearchSpec | None = Field(None, description="Hyperparameter search with Optuna: `lstmflow run` (and `lstmflow search`) runs its trials, then evaluates and registers the best trial's model. Null: train once.")
-    schedule: ScheduleSpec | None = Field(None, description="Retrain on a schedule: `lstmflow deploy` makes it a Prefect deployment of this pipeline, run by a worker of `pool`. Null: no schedule (runs start by hand, from the CLI or the Prefect UI).")
-    promote: PromoteSpec = Field(default_factory=PromoteSpec, description="When a newly registered model version becomes the champion (the model alias that `lstmflow serve NAME` and `predict` use): compared with the current champion on the same test data.")
+    search: SearchSpec | None = Field(
+        None,
+        description="Hyperparameter search with Optuna: `lstmflow run` (and `lstmflow search`) runs its trials, then evaluates and registers the best trial's model. Null: train once.",
+    )
+    schedule: ScheduleSpec | None = Field(
+        None,
+        description="Retrain on a schedule: `lstmflow deploy` makes it a Prefect deployment of this pipeline, run by a worker of `pool`. Null: no schedule (runs start by hand, from the CLI or the Prefect UI).",
+    )
+    promote: PromoteSpec = Field(
+        default_factory=PromoteSpec,
+        description="When a newly registered model version becomes the champion (the model alias that `lstmflow serve NAME` and `predict` use): compared with the current champion on the same test data.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -680,7 +1009,11 @@ class PipelineSpec(Strict):
             return value
         kind, task = value["data"].get("kind"), value.get("task")
         if task == "language_model":
-            layers = [{"embedding": {"dim": 64}}, {"lstm": {"units": 256, "return_sequences": True, "stateful": True}}, {"dense": {"activation": "softmax"}}]
+            layers = [
+                {"embedding": {"dim": 64}},
+                {"lstm": {"units": 256, "return_sequences": True, "stateful": True}},
+                {"dense": {"activation": "softmax"}},
+            ]
         elif kind == "text":
             layers = [{"embedding": {"dim": 64}}, {"lstm": {"units": 64}}, {"dense": {"activation": "softmax"}}]
         else:
@@ -691,7 +1024,9 @@ class PipelineSpec(Strict):
     def _task_fits_the_data(self) -> PipelineSpec:
         wanted = TASK_DATA_KINDS[self.task]
         if self.data.kind not in wanted:
-            raise ValueError(f"task {self.task!r} needs data.kind {', '.join(map(repr, wanted))}, got {self.data.kind!r}")
+            raise ValueError(
+                f"task {self.task!r} needs data.kind {', '.join(map(repr, wanted))}, got {self.data.kind!r}"
+            )
         lstms = {i: layer.lstm for i, layer in enumerate(self.model.layers) if layer.lstm is not None}
         backwards = [i for i, lstm in lstms.items() if lstm.bidirectional]
         if backwards and self.task == "language_model":
@@ -707,7 +1042,9 @@ class PipelineSpec(Strict):
             )
         losses = TASK_LOSSES[self.task]
         if self.train.loss is not None and self.train.loss not in losses:
-            raise ValueError(f"train.loss for task {self.task!r} must be one of {', '.join(map(repr, losses))}, got {self.train.loss!r}")
+            raise ValueError(
+                f"train.loss for task {self.task!r} must be one of {', '.join(map(repr, losses))}, got {self.train.loss!r}"
+            )
         return self
 
     @field_validator("search")
@@ -722,8 +1059,13 @@ class PipelineSpec(Strict):
             return search  # an earlier section is invalid and reported; the space cannot be checked against it
         metrics = SEARCH_METRICS[info.data["task"]]
         if search.metric not in metrics:
-            raise ValueError(f"metric for task {info.data['task']!r} must be one of {', '.join(map(repr, metrics))}, got {search.metric!r}")
-        base = {key: value.model_dump(mode="json") if isinstance(value, BaseModel) else value for key, value in info.data.items()}
+            raise ValueError(
+                f"metric for task {info.data['task']!r} must be one of {', '.join(map(repr, metrics))}, got {search.metric!r}"
+            )
+        base = {
+            key: value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+            for key, value in info.data.items()
+        }
         problems = [problem for key, param in search.space.items() if (problem := _space_key_problem(key, param, base))]
         if problems:
             raise ValueError("; ".join(problems))
@@ -737,10 +1079,14 @@ class PipelineSpec(Strict):
             return promote
         metrics = PROMOTE_METRICS[task]
         if promote.metric is not None and promote.metric not in metrics:
-            raise ValueError(f"metric for task {task!r} must be one of {', '.join(map(repr, metrics))}, got {promote.metric!r}")
+            raise ValueError(
+                f"metric for task {task!r} must be one of {', '.join(map(repr, metrics))}, got {promote.metric!r}"
+            )
         fitting = {"forecast": "diebold_mariano", "classify": "mcnemar"}.get(task)
         if promote.test not in ("auto", "none", fitting):
-            raise ValueError(f"test {promote.test!r} does not fit task {task!r}: use {fitting or 'none'!r}, 'auto' or 'none'")
+            raise ValueError(
+                f"test {promote.test!r} does not fit task {task!r}: use {fitting or 'none'!r}, 'auto' or 'none'"
+            )
         return promote
 
     @property
@@ -761,7 +1107,9 @@ class PipelineSpec(Strict):
 
     def flat_params(self) -> dict[str, str]:
         """The resolved spec flattened to dotted keys as logged to MLflow, which allows no brackets: ``model.layers.0.lstm.units``."""
-        flat = flatten(self.model_dump(mode="json", exclude={"search", *OPERATIONS}))  # unset keys too: every run logs the same keys
+        flat = flatten(
+            self.model_dump(mode="json", exclude={"search", *OPERATIONS})
+        )  # unset keys too: every run logs the same keys
         return {dotted_key(key): value for key, value in flat.items()}
 
 
@@ -780,10 +1128,16 @@ def _space_key_problem(key: str, param: SearchParam, base: dict[str, Any]) -> st
         return f"space key {key!r}: {exc.problems[0]}"
     node: Any = base
     for part in parts:
-        found = part < len(node) if isinstance(part, int) and isinstance(node, list) else isinstance(node, dict) and part in node
+        found = (
+            part < len(node)
+            if isinstance(part, int) and isinstance(node, list)
+            else isinstance(node, dict) and part in node
+        )
         if not found:
             close = difflib.get_close_matches(key, list(flatten(base)), n=1)
-            return f"space key {key!r}: no such key in the pipeline" + (f" (did you mean {close[0]!r}?)" if close else "")
+            return f"space key {key!r}: no such key in the pipeline" + (
+                f" (did you mean {close[0]!r}?)" if close else ""
+            )
         node = node[part]
     for value in param.probe_values():
         try:
@@ -799,7 +1153,9 @@ def _space_key_problem(key: str, param: SearchParam, base: dict[str, Any]) -> st
 class ConfigFile(Strict):
     """The whole `pipelines.yaml`."""
 
-    defaults: dict[str, Any] = Field(default_factory=dict, description="Keys merged into every pipeline (mappings merge, lists and values replace).")
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="Keys merged into every pipeline (mappings merge, lists and values replace)."
+    )
     pipelines: dict[str, dict[str, Any]] = Field(min_length=1, description="Named pipelines; each is a pipeline spec.")
 
 
@@ -909,7 +1265,12 @@ def _describe(error: dict[str, Any]) -> str:
     """Turn one pydantic error into lstmflow's wording: what is wanted, and what was given."""
     kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
     got = f", got {value!r}" if not isinstance(value, (dict, list)) else ""
-    bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
+    bounds = {
+        "greater_than": "> {gt}",
+        "greater_than_equal": ">= {ge}",
+        "less_than": "< {lt}",
+        "less_than_equal": "<= {le}",
+    }
     if kind in bounds:
         return f"must be {bounds[kind].format(**{k: f'{v:g}' if isinstance(v, float) else v for k, v in ctx.items()})}{got}"
     if kind == "literal_error":
@@ -959,7 +1320,13 @@ def _model_at(loc: tuple[Any, ...], data_kind: str) -> type[BaseModel] | None:
     model: type[BaseModel] | None = PipelineSpec
     for part in (p for p in loc if not isinstance(p, int)):
         field = model.model_fields.get(str(part)) if model else None
-        model = DATA_SPECS.get(data_kind) if model is PipelineSpec and part == "data" else _model_in(field.annotation) if field else None
+        model = (
+            DATA_SPECS.get(data_kind)
+            if model is PipelineSpec and part == "data"
+            else _model_in(field.annotation)
+            if field
+            else None
+        )
     return model
 
 
@@ -977,7 +1344,9 @@ def _paths_resolved(mapping: dict[str, Any], key: str, base_dir: Path) -> dict[s
     return {**mapping, key: str(path if path.is_absolute() else (base_dir / path).resolve())}
 
 
-def validate_pipeline(name: str, raw: dict[str, Any], base_dir: Path, origin: dict[str, str] | None = None) -> PipelineSpec:
+def validate_pipeline(
+    name: str, raw: dict[str, Any], base_dir: Path, origin: dict[str, str] | None = None
+) -> PipelineSpec:
     """Validate one merged pipeline mapping; data paths resolve against ``base_dir``."""
     origin = origin or {}
     if not isinstance(raw, dict):
@@ -1001,7 +1370,9 @@ def validate_pipeline(name: str, raw: dict[str, Any], base_dir: Path, origin: di
             if error["type"] == "extra_forbidden":
                 message += _suggest(loc, raw)
             note = next((f" (from --set {a})" for k, a in origin.items() if _related(where, k)), "")
-            problems.append(f"pipelines.{name}.{where}: {message}{note}" if where else f"pipelines.{name}: {message}{note}")
+            problems.append(
+                f"pipelines.{name}.{where}: {message}{note}" if where else f"pipelines.{name}: {message}{note}"
+            )
         raise ConfigError(problems) from None
 
 
@@ -1022,7 +1393,9 @@ class Config:
         except yaml.YAMLError as exc:
             raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from None
         if not isinstance(tree, dict):
-            raise ConfigError(f"the top level must be a mapping with `pipelines`, got {type(tree).__name__}", source=str(path))
+            raise ConfigError(
+                f"the top level must be a mapping with `pipelines`, got {type(tree).__name__}", source=str(path)
+            )
         try:
             raw = ConfigFile.model_validate(tree)
         except ValidationError as exc:

@@ -29,11 +29,15 @@ def _type_name(annotation: Any) -> str:
 def _default(field: Any) -> str:
     if field.default_factory is not None:
         value = field.default_factory()
-        structured = isinstance(value, BaseModel) or (isinstance(value, list) and value and isinstance(value[0], BaseModel))
+        structured = isinstance(value, BaseModel) or (
+            isinstance(value, list) and value and isinstance(value[0], BaseModel)
+        )
         return "" if structured else json.dumps(value)  # mappings and layer lists: their keys are listed below
     if field.default is PydanticUndefined:
         return "required"
-    return json.dumps(field.default.model_dump(mode="json") if isinstance(field.default, BaseModel) else field.default, default=str)
+    return json.dumps(
+        field.default.model_dump(mode="json") if isinstance(field.default, BaseModel) else field.default, default=str
+    )
 
 
 def fields_of(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
@@ -42,16 +46,27 @@ def fields_of(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, 
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         if model is PipelineSpec and name == "data":
-            rows.append((key, "mapping", "required", f"{field.description} Its keys depend on `data.kind`: see the tables below."))
+            rows.append(
+                (
+                    key,
+                    "mapping",
+                    "required",
+                    f"{field.description} Its keys depend on `data.kind`: see the tables below.",
+                )
+            )
             continue
         nested = _model_in(field.annotation)
-        type_name = "mapping" if nested and not str(field.annotation).startswith("list") else _type_name(field.annotation)
+        type_name = (
+            "mapping" if nested and not str(field.annotation).startswith("list") else _type_name(field.annotation)
+        )
         if nested is LayerSpec:
             type_name = "list of layers"
         rows.append((key, type_name, _default(field), field.description or ""))
         if nested is LayerSpec:
             rows.extend(fields_of(nested, f"{key}[]."))
-        elif nested is not None and typing.get_origin(field.annotation) is dict:  # named entries: `search.space.<key>.int`
+        elif (
+            nested is not None and typing.get_origin(field.annotation) is dict
+        ):  # named entries: `search.space.<key>.int`
             rows.extend(fields_of(nested, f"{key}.<key>."))
         elif nested is not None:
             rows.extend(fields_of(nested, f"{key}."))
@@ -60,17 +75,26 @@ def fields_of(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, 
 
 def reference_markdown() -> str:
     """Two tables: the file's top level, then every key of a pipeline."""
+
     def table(rows: list[tuple[str, str, str, str]]) -> str:
         lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
         for key, type_name, default, description in rows:
-            cells = [f"`{key}`", type_name.replace("|", "\\|"), f"`{default}`" if default else "", description.replace("|", "\\|")]
+            cells = [
+                f"`{key}`",
+                type_name.replace("|", "\\|"),
+                f"`{default}`" if default else "",
+                description.replace("|", "\\|"),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
     sections = [
         "Top level of the file:\n\n" + table(fields_of(ConfigFile)),
-        "Keys of each pipeline (`pipelines.NAME.…`, or `defaults.…`):\n\n" + table([r for r in fields_of(PipelineSpec) if r[0] != "name"]),
+        "Keys of each pipeline (`pipelines.NAME.…`, or `defaults.…`):\n\n"
+        + table([r for r in fields_of(PipelineSpec) if r[0] != "name"]),
     ]
     for kind, spec in DATA_SPECS.items():
-        sections.append(f"`data` with `kind: {kind}` ({spec.__doc__.strip().rstrip('.')}):\n\n" + table(fields_of(spec, "data.")))
+        sections.append(
+            f"`data` with `kind: {kind}` ({spec.__doc__.strip().rstrip('.')}):\n\n" + table(fields_of(spec, "data."))
+        )
     return "\n\n".join(sections) + "\n"

@@ -307,9 +307,7 @@ def _list_manifest(spec: AudioSpec, manifest: Path, where: str) -> ClipListing:
 # ---------------------------------------------------------------------------------------- the stage
 
 
-def compute_features(
-    clips: Sequence[Clip], spec: AudioSpec, cache_dir: Path
-) -> tuple[list[np.ndarray | str], int]:
+def compute_features(clips: Sequence[Clip], spec: AudioSpec, cache_dir: Path) -> tuple[list[np.ndarray | str], int]:
     """Each clip's features (or the reason it is bad), in the clips' order, and how many were computed (not cached).
 
     Keys are hashed here, so a run with nothing new starts no process at all. This process always computes; up to
@@ -406,7 +404,15 @@ def prepare_audio_features(spec: AudioSpec, out_dir: Path, where: str, cache_dir
     parts = assign_parts(labels, spec.split, given, where, names=names)
     extra = {**feature_params(spec), "skipped": len(bad)}
     summary = write_sequences(
-        out_dir, [results[i] for i in good], labels, parts, spec.scale, None, where, extra, names=names,
+        out_dir,
+        [results[i] for i in good],
+        labels,
+        parts,
+        spec.scale,
+        None,
+        where,
+        extra,
+        names=names,
         split=spec.split,
     )
     skipped = [{"file": clip.name, "reason": clip.reason} for clip in bad]

@@ -94,10 +94,14 @@ def prepare_corpus_features(spec: CorpusSpec, out_dir: Path, where: str) -> dict
         raise DataError(f"{where}.tokenizer.vocab_size: at most {LARGEST_EXACT_ID} ids fit, got {tokenizer.vocab_size}")
     ids = {part: np.asarray(tokenizer.encode(text), dtype=np.int32) for part, text in parts.items()}
     needed = {"train": spec.sequence_length + 1, "val": 2, "test": 2}
-    short = [f"{part} has {len(ids[part])} token(s), needs {needed[part]}" for part in PARTS if len(ids[part]) < needed[part]]
+    short = [
+        f"{part} has {len(ids[part])} token(s), needs {needed[part]}" for part in PARTS if len(ids[part]) < needed[part]
+    ]
     if short:
         fix = "split.files" if spec.split.files is not None else "split.val / split.test, or a longer text"
-        raise DataError(f"{where}: the corpus is too short to train on: {'; '.join(short)} (change {fix}, or sequence_length)")
+        raise DataError(
+            f"{where}: the corpus is too short to train on: {'; '.join(short)} (change {fix}, or sequence_length)"
+        )
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +112,7 @@ def prepare_corpus_features(spec: CorpusSpec, out_dir: Path, where: str) -> dict
         "format": CORPUS_FORMAT,
         "vocab_size": tokenizer.vocab_size,
         "tokenizer_kind": tokenizer.kind,
-        "tokens": {part: int(len(ids[part])) for part in PARTS},
+        "tokens": {part: len(ids[part]) for part in PARTS},
         "characters": {part: len(parts[part]) for part in PARTS},
         "unknown_tokens": {part: int((ids[part] == UNK_ID).sum()) for part in PARTS},
         "unigram_counts": np.bincount(ids["train"], minlength=tokenizer.vocab_size).tolist(),
@@ -152,7 +156,9 @@ def load_corpus(path: Path) -> CorpusFeatures:
         raise DataError(f"no prepared corpus in {path} (run the data stage first)")
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != CORPUS_FORMAT:
-        raise DataError(f"{path} holds corpus features of format {meta.get('format')}, not {CORPUS_FORMAT}: prepare the data again")
+        raise DataError(
+            f"{path} holds corpus features of format {meta.get('format')}, not {CORPUS_FORMAT}: prepare the data again"
+        )
     ids = {part: np.load(path / f"{part}.npy") for part in PARTS}
     return CorpusFeatures(ids, Tokenizer.load(path / TOKENIZER_FILE), meta)
 

@@ -118,8 +118,10 @@ def _order_sequences(series_per_class: int = 200, seed: int = 20261) -> pd.DataF
         centres = margin + slack + gap * np.arange(3)
         widths, amplitudes = rng.uniform(1.5, 3.0, size=3), rng.uniform(1.0, 1.5, size=3)
         t = np.arange(length)
-        events = np.array(ORDER_CLASSES[name])[:, None] * amplitudes[:, None] * np.exp(
-            -0.5 * ((t[None, :] - centres[:, None]) / widths[:, None]) ** 2
+        events = (
+            np.array(ORDER_CLASSES[name])[:, None]
+            * amplitudes[:, None]
+            * np.exp(-0.5 * ((t[None, :] - centres[:, None]) / widths[:, None]) ** 2)
         )  # (3, length)
         x = events.sum(axis=0) + rng.normal(0.0, 0.25, size=length)
         frames.append(pd.DataFrame({"series_id": f"s{number:04d}", "step": t, "x": x, "label": name}))
@@ -197,7 +199,10 @@ def _agent_texts(texts_per_class: int = 250, seed: int = 20264) -> pd.DataFrame:
         for _ in range(texts_per_class):
             b, c = rng.permutation(others)
             text = AGENT_TEMPLATES[rng.integers(len(AGENT_TEMPLATES))].format(
-                a=label, b=b, c=c, verb=AGENT_VERBS[rng.integers(len(AGENT_VERBS))],
+                a=label,
+                b=b,
+                c=c,
+                verb=AGENT_VERBS[rng.integers(len(AGENT_VERBS))],
                 adj=AGENT_ADJECTIVES[rng.integers(len(AGENT_ADJECTIVES))],
             )
             rows.append((text.capitalize(), label))

@@ -566,8 +566,10 @@ def _read_long(spec: SequenceTableSpec, table: pd.DataFrame, path: Path, where: 
         sorted_codes, sorted_times = codes[order], times[order]
         repeated = np.flatnonzero((sorted_codes[1:] == sorted_codes[:-1]) & (sorted_times[1:] == sorted_times[:-1]))
         if repeated.size:
-            shown = [f"series {unique_ids[sorted_codes[i]]!r} at {table[spec.time_column].iloc[order[i]]!r}"
-                     for i in repeated]
+            shown = [
+                f"series {unique_ids[sorted_codes[i]]!r} at {table[spec.time_column].iloc[order[i]]!r}"
+                for i in repeated
+            ]
             raise DataError(f"{where}.time_column: {len(shown)} repeated time(s) within a series: {listing(shown)}")
     counts = np.bincount(codes, minlength=len(unique_ids))
     steps = values.to_numpy(np.float64)[order]
@@ -623,11 +625,10 @@ def _one_per_series(cells: pd.Series, codes: np.ndarray, unique_ids: np.ndarray,
         raise DataError(f"{where}.{field}: {len(partly)} series with an empty {cells.name!r} cell: {listing(partly)}")
     several = np.flatnonzero(distinct > 1)
     if several.size:
-        shown = [f"{unique_ids[s]!r} ({', '.join(map(repr, sorted(frame['value'][codes == s].unique())))})"
-                 for s in several]
-        raise DataError(
-            f"{where}.{field}: {len(shown)} series with more than one {cells.name!r}: {listing(shown)}"
-        )
+        shown = [
+            f"{unique_ids[s]!r} ({', '.join(map(repr, sorted(frame['value'][codes == s].unique())))})" for s in several
+        ]
+        raise DataError(f"{where}.{field}: {len(shown)} series with more than one {cells.name!r}: {listing(shown)}")
     return grouped.first().tolist()
 
 
@@ -668,6 +669,14 @@ def prepare_sequence_features(spec: SequenceTableSpec, out_dir: Path, where: str
     parts = assign_parts(table.labels, spec.split, table.given_parts, where, names=table.names)
     extra = {"format": spec.format, "features": table.features}
     return write_sequences(
-        out_dir, table.sequences, table.labels, parts, spec.scale, spec.max_length, where, extra,
-        names=table.names, split=spec.split,
+        out_dir,
+        table.sequences,
+        table.labels,
+        parts,
+        spec.scale,
+        spec.max_length,
+        where,
+        extra,
+        names=table.names,
+        split=spec.split,
     )

@@ -315,7 +315,7 @@ def resolve_data(spec: PipelineSpec) -> PipelineSpec:
     data = spec.data
     frame = read_series(data, where)
     season = spec.evaluate.season or infer_season(frame)
-    horizon = data.horizon or (season if season > 1 else 1)
+    horizon = data.horizon or (max(1, season))
     ends = part_ends(frame, data.split)
     lost = int("difference" in _choose_transforms(frame, data, ends[0], where))
     window = data.window or _default_window(season, horizon, ends[0], data.stride, lost, where)
@@ -443,7 +443,9 @@ def _time_labels(index: pd.Index) -> list[str]:
     return [str(value) for value in index]
 
 
-def prepare_features(data: TimeSeriesDataSpec, season: int | None, out_dir: Path, where: str = "data") -> dict[str, Any]:
+def prepare_features(
+    data: TimeSeriesDataSpec, season: int | None, out_dir: Path, where: str = "data"
+) -> dict[str, Any]:
     """Write series.npy, raw.npy and meta.json for a resolved data spec; return a small summary for logging.
 
     Takes the data spec and season alone (not the whole pipeline) because that is all the DVC
@@ -560,8 +562,14 @@ class Features:
             raise ValueError(f"split must be train, val or test, got {split!r}")
         meta = self.meta
         origins = _origins(
-            split, meta["rows"], meta["split"]["train_end"], meta["split"]["val_end"],
-            self.window, self.horizon, meta["stride"], meta["first_usable_row"],
+            split,
+            meta["rows"],
+            meta["split"]["train_end"],
+            meta["split"]["val_end"],
+            self.window,
+            self.horizon,
+            meta["stride"],
+            meta["first_usable_row"],
         )
         return WindowSet(self.series, self.raw, self.window, self.horizon, origins)
 

@@ -24,14 +24,16 @@ from lstmflow.evaluation.metrics import (
     mase_scale,
     seasonal_naive,
 )
+from lstmflow.evaluation.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
 from lstmflow.models.lstm import LSTMNet, build_model
 from lstmflow.training.objectives import LanguageModelObjective, classifier_input_size, token_cross_entropy
-from lstmflow.evaluation.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
 
 
 def load_trained(spec: PipelineSpec, features: Features, model_path: Path) -> LSTMNet:
     """Rebuild the network from its spec and load the trained weights, on CPU."""
-    model = build_model(spec.model, features.n_features, features.horizon * features.n_targets, where=f"pipelines.{spec.name}.model")
+    model = build_model(
+        spec.model, features.n_features, features.horizon * features.n_targets, where=f"pipelines.{spec.name}.model"
+    )
     return _load_weights(model, model_path)
 
 
@@ -45,12 +47,16 @@ def predict(model: LSTMNet, windows: WindowSet, features: Features, batch_size: 
     return features.preprocessing.decode(scaled, windows.last_raw())
 
 
-def evaluate_forecast(spec: PipelineSpec, features_dir: Path, model_path: Path, plot_dir: Path) -> tuple[dict[str, float], list[Path]]:
+def evaluate_forecast(
+    spec: PipelineSpec, features_dir: Path, model_path: Path, plot_dir: Path
+) -> tuple[dict[str, float], list[Path]]:
     """Test metrics (rmse, mae, smape, mase and their naive_* twins) and the forecast and loss-curve plots."""
     features = load_features(features_dir)
     test = features.windows("test")
     if len(test) == 0:
-        raise DataError(f"pipelines.{spec.name}.data.split.test: the test part holds no full window; raise split.test or lower horizon")
+        raise DataError(
+            f"pipelines.{spec.name}.data.split.test: the test part holds no full window; raise split.test or lower horizon"
+        )
     model = load_trained(spec, features, model_path)
     forecast = predict(model, test, features)
     actual = test.targets_original()
@@ -62,8 +68,13 @@ def evaluate_forecast(spec: PipelineSpec, features_dir: Path, model_path: Path, 
     plot_dir.mkdir(parents=True, exist_ok=True)
     plots = [
         plot_forecast(
-            plot_dir / "forecast.png", features.meta["time"]["values"], actual, forecast, naive,
-            title=f"{spec.name}: test forecasts vs actual", target_names=features.targets,
+            plot_dir / "forecast.png",
+            features.meta["time"]["values"],
+            actual,
+            forecast,
+            naive,
+            title=f"{spec.name}: test forecasts vs actual",
+            target_names=features.targets,
         ),
     ]
     plots += _loss_curves(model_path, plot_dir)
@@ -104,7 +115,10 @@ def evaluate_classifier(
             "raise split.test, or name some samples `test` in the split column"
         )
     model = build_model(
-        spec.model, classifier_input_size(features), features.n_classes, where=f"pipelines.{spec.name}.model",
+        spec.model,
+        classifier_input_size(features),
+        features.n_classes,
+        where=f"pipelines.{spec.name}.model",
         needs=f"{features.n_classes} classes in the prepared data",
     )
     _load_weights(model, model_path)
@@ -117,8 +131,10 @@ def evaluate_classifier(
     }
     plots = [
         plot_confusion_matrix(
-            plot_dir / "confusion_matrix.png", confusion_matrix(test.labels, predicted, features.n_classes),
-            features.classes, title=f"{spec.name}: test confusion matrix",
+            plot_dir / "confusion_matrix.png",
+            confusion_matrix(test.labels, predicted, features.n_classes),
+            features.classes,
+            title=f"{spec.name}: test confusion matrix",
         ),
         *_loss_curves(model_path, plot_dir, loss_label="cross-entropy (nats)"),
     ]
@@ -151,7 +167,10 @@ def evaluate_language_model(
     counts = np.asarray(features.meta["unigram_counts"], dtype=np.float64) + 1.0  # add-one: no token impossible
     unigram_total = -np.log(counts[targets] / counts.sum()).sum()
     metrics = {"cross_entropy": total / count, "unigram_cross_entropy": unigram_total / count}
-    metrics |= {"perplexity": math.exp(metrics["cross_entropy"]), "unigram_perplexity": math.exp(metrics["unigram_cross_entropy"])}
+    metrics |= {
+        "perplexity": math.exp(metrics["cross_entropy"]),
+        "unigram_perplexity": math.exp(metrics["unigram_cross_entropy"]),
+    }
     if features.meta["tokenizer_kind"] == "char":
         metrics |= {
             "bits_per_character": metrics["cross_entropy"] / math.log(2),

@@ -78,13 +78,26 @@ def plot_forecast(
         for number, start in enumerate(fans):
             steps = x[start : start + horizon]
             ax.axvspan(steps[0], steps[-1], color="tab:orange", alpha=0.08, linewidth=0)
-            ax.plot(steps, forecast[start, :, j], ".-", color="tab:orange", linewidth=1.4, markersize=5,
-                    label=f"forecast, all {horizon} steps, from {len(fans)} origins (shaded)" if number == 0 else None)
+            ax.plot(
+                steps,
+                forecast[start, :, j],
+                ".-",
+                color="tab:orange",
+                linewidth=1.4,
+                markersize=5,
+                label=f"forecast, all {horizon} steps, from {len(fans)} origins (shaded)" if number == 0 else None,
+            )
         ax.plot(x[:n_windows], forecast[:, 0, j], color="tab:blue", linewidth=1.3, label="forecast, 1 step ahead")
         scores = f"MAE {over}: model {_mae(forecast[..., j], actual[..., j]):.4g}"
         if naive is not None:
-            ax.plot(x[:n_windows], naive[:, 0, j], color="tab:gray", linestyle="--", linewidth=1.2,
-                    label="naive, 1 step ahead")
+            ax.plot(
+                x[:n_windows],
+                naive[:, 0, j],
+                color="tab:gray",
+                linestyle="--",
+                linewidth=1.2,
+                label="naive, 1 step ahead",
+            )
             scores += f", naive {_mae(naive[..., j], actual[..., j]):.4g}"
         ax.set_title(f"{names[j]}   ({scores})", fontsize=10, loc="left")
         ax.set_ylabel(f"{names[j]} (original units)")
@@ -132,11 +145,24 @@ def plot_confusion_matrix(path: Path, matrix: np.ndarray, class_names: Sequence[
         for (row, column), count in np.ndenumerate(matrix):
             if count == 0 and row != column and n_classes > 10:
                 continue  # off-diagonal zeros only clutter a large matrix
-            ax.text(column, row, f"{count:,}", ha="center", va="center", fontsize=font,
-                    color="white" if share[row, column] > 0.55 else "black" if count else "0.6")
+            ax.text(
+                column,
+                row,
+                f"{count:,}",
+                ha="center",
+                va="center",
+                fontsize=font,
+                color="white" if share[row, column] > 0.55 else "black" if count else "0.6",
+            )
     rotation = 0 if n_classes <= 6 and max(map(len, names)) <= 8 else 45
-    ax.set_xticks(range(n_classes), names, rotation=rotation, ha="right" if rotation else "center",
-                  rotation_mode="anchor", fontsize=font)
+    ax.set_xticks(
+        range(n_classes),
+        names,
+        rotation=rotation,
+        ha="right" if rotation else "center",
+        rotation_mode="anchor",
+        fontsize=font,
+    )
     ax.set_yticks(range(n_classes), [f"{name} ({total:,})" for name, total in zip(names, totals)], fontsize=font)
     ax.set_xlabel("predicted", fontsize=11)
     ax.set_ylabel("true (samples)", fontsize=11)
@@ -179,8 +205,14 @@ def plot_loss_curves(path: Path, history: list[dict[str, Any]], loss_label: str 
     if np.isfinite(judged).any():
         best = int(np.nanargmin(judged))
         loss_ax.axvline(epochs[best], color="tab:green", linestyle=":", linewidth=1.2)
-        loss_ax.plot(epochs[best], judged[best], "*", color="tab:green", markersize=14,
-                     label=f"best epoch {epochs[best]:g}: {judged_name} {judged[best]:.4g}")
+        loss_ax.plot(
+            epochs[best],
+            judged[best],
+            "*",
+            color="tab:green",
+            markersize=14,
+            label=f"best epoch {epochs[best]:g}: {judged_name} {judged[best]:.4g}",
+        )
     losses = np.concatenate([train, val])
     positive = losses[np.isfinite(losses) & (losses > 0)]
     if positive.size and positive.max() / positive.min() > 100:

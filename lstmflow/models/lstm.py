@@ -392,7 +392,11 @@ class LSTMNet(nn.Module):
         return self._run(x, None, softmax=False, state=state or {}, final=final), final
 
     def _run(
-        self, x: Tensor, lengths: Tensor | None, softmax: bool, state: LSTMState | None = None,
+        self,
+        x: Tensor,
+        lengths: Tensor | None,
+        softmax: bool,
+        state: LSTMState | None = None,
         final: LSTMState | None = None,
     ) -> Tensor:
         """The layers in order; with ``final`` (a dict to fill) each lstm starts from ``state`` and reports its end."""
@@ -440,8 +444,13 @@ class LSTMNet(nn.Module):
 
 
 def build_model(
-    spec: ModelSpec, n_features: int, n_outputs: int | None, where: str = "model", needs: str | None = None,
-    per_step: bool = False, lstm_kernel: LSTMKernel = "auto",
+    spec: ModelSpec,
+    n_features: int,
+    n_outputs: int | None,
+    where: str = "model",
+    needs: str | None = None,
+    per_step: bool = False,
+    lstm_kernel: LSTMKernel = "auto",
 ) -> LSTMNet:
     """Compile ``spec`` for inputs of ``n_features`` per step and a task that needs ``n_outputs`` per sample.
 

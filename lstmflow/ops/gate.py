@@ -87,7 +87,9 @@ def mcnemar(challenger_correct: np.ndarray, champion_correct: np.ndarray) -> Sig
     challenger = np.asarray(challenger_correct, dtype=bool)
     champion = np.asarray(champion_correct, dtype=bool)
     if challenger.shape != champion.shape or challenger.ndim != 1:
-        raise ValueError(f"need one answer per sample from each model, got shapes {challenger.shape} and {champion.shape}")
+        raise ValueError(
+            f"need one answer per sample from each model, got shapes {challenger.shape} and {champion.shape}"
+        )
     b, c = int((challenger & ~champion).sum()), int((champion & ~challenger).sum())
     pairs = b + c
     chi_square = (max(abs(b - c) - 1, 0) ** 2 / pairs) if pairs else 0.0
@@ -115,13 +117,17 @@ def diebold_mariano(champion_loss: np.ndarray, challenger_loss: np.ndarray, hori
     champion = np.asarray(champion_loss, dtype=np.float64)
     challenger = np.asarray(challenger_loss, dtype=np.float64)
     if champion.shape != challenger.shape or champion.ndim != 1:
-        raise ValueError(f"need one loss per forecast from each model, got shapes {champion.shape} and {challenger.shape}")
+        raise ValueError(
+            f"need one loss per forecast from each model, got shapes {champion.shape} and {challenger.shape}"
+        )
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     d = champion - challenger
     n = len(d)
     if n <= horizon:
-        return Significance("diebold_mariano", 0.0, 1.0, n, f"Diebold–Mariano: {n} forecasts, too few for horizon {horizon}")
+        return Significance(
+            "diebold_mariano", 0.0, 1.0, n, f"Diebold–Mariano: {n} forecasts, too few for horizon {horizon}"
+        )
     mean = float(d.mean())
     centred = d - mean
     autocovariance = [float(centred[lag:] @ centred[: n - lag]) / n for lag in range(horizon)]
@@ -178,7 +184,7 @@ class _ForecastData:
         self.targets, self.horizon, self.n = features.targets, features.horizon, len(windows)
         self.scale = mase_scale(features.raw[: features.meta["split"]["train_end"]], features.season)
 
-    def outputs(self, predictor: Any) -> np.ndarray:  # noqa: ANN401 - a predictor of lstmflow.serving.predictors
+    def outputs(self, predictor: Any) -> np.ndarray:
         from lstmflow.serving.predictors import Forecaster
 
         if not isinstance(predictor, Forecaster):
@@ -217,11 +223,13 @@ class _ClassifyData:
 
         self.requests = Classifier.requests(spec, features_dir, "test")
         if not self.requests.keys:
-            raise DataError(f"pipelines.{spec.name}.data.split.test: the test part holds no samples; the gate has nothing to compare")
+            raise DataError(
+                f"pipelines.{spec.name}.data.split.test: the test part holds no samples; the gate has nothing to compare"
+            )
         self.truth = np.array(self.requests.labels, dtype=object)
         self.n = len(self.truth)
 
-    def outputs(self, predictor: Any) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN401 - a serving predictor
+    def outputs(self, predictor: Any) -> tuple[np.ndarray, np.ndarray]:
         """(predicted label per sample, probability of its true label per sample); 0 for a class the model lacks."""
         import pandas as pd
 
@@ -239,7 +247,9 @@ class _ClassifyData:
         answer = pd.concat(answers)
         probabilities = answer[[f"prob_{label}" for label in predictor.classes]].to_numpy(np.float64)  # (N, C)
         column = {label: i for i, label in enumerate(predictor.classes)}
-        of_truth = np.array([probabilities[row, column[label]] if label in column else 0.0 for row, label in enumerate(self.truth)])
+        of_truth = np.array(
+            [probabilities[row, column[label]] if label in column else 0.0 for row, label in enumerate(self.truth)]
+        )
         return answer["label"].astype(str).to_numpy(dtype=object), of_truth
 
     def value(self, metric: str, outputs: tuple[np.ndarray, np.ndarray]) -> float:
@@ -253,7 +263,9 @@ class _ClassifyData:
         codes = [np.array([index[label] for label in labels]) for labels in (self.truth, predicted)]
         return classification_metrics(codes[0], codes[1], classes)[metric]
 
-    def paired_test(self, metric: str, challenger: tuple[np.ndarray, ...], champion: tuple[np.ndarray, ...]) -> Significance:
+    def paired_test(
+        self, metric: str, challenger: tuple[np.ndarray, ...], champion: tuple[np.ndarray, ...]
+    ) -> Significance:
         """McNemar's on right/wrong, whatever the metric: the paired evidence a classifier's answers give."""
         return mcnemar(challenger[0] == self.truth, champion[0] == self.truth)
 
@@ -267,7 +279,7 @@ class _CorpusData:
         self.text = split_corpus(spec.data, f"pipelines.{spec.name}.data")["test"]
         self.n = len(self.text)
 
-    def outputs(self, predictor: Any) -> float:  # noqa: ANN401 - a serving predictor
+    def outputs(self, predictor: Any) -> float:
         """Nats per character of the test text."""
         from lstmflow.serving.predictors import Generator
 
@@ -287,16 +299,18 @@ class _CorpusData:
 
 
 _TESTS: dict[str, Callable[[PipelineSpec, Path], Any]] = {
-    "forecast": _ForecastData, "classify": _ClassifyData, "language_model": _CorpusData,
+    "forecast": _ForecastData,
+    "classify": _ClassifyData,
+    "language_model": _CorpusData,
 }
 
 
-def scoring_data(spec: PipelineSpec, features_dir: Path) -> Any:  # noqa: ANN401 - one of the _*Test classes
+def scoring_data(spec: PipelineSpec, features_dir: Path) -> Any:
     """The test part of ``spec``'s current data, ready to score any predictor on (``outputs(predictor)``)."""
     return _TESTS[spec.task](spec, Path(features_dir))
 
 
-def compare(spec: PipelineSpec, features_dir: Path, challenger: Any, champion: Any) -> Comparison:  # noqa: ANN401
+def compare(spec: PipelineSpec, features_dir: Path, challenger: Any, champion: Any) -> Comparison:
     """Score two predictors (see :mod:`lstmflow.serving.predictors`) on the test part of ``spec``'s current data.
 
     A predictor that does not fit the data raises NotComparable or its own BadRequest, naming why.
@@ -305,7 +319,7 @@ def compare(spec: PipelineSpec, features_dir: Path, challenger: Any, champion: A
     return _compared(spec, data, data.outputs(challenger), data.outputs(champion))
 
 
-def _compared(spec: PipelineSpec, data: Any, ours: Any, theirs: Any) -> Comparison:  # noqa: ANN401
+def _compared(spec: PipelineSpec, data: Any, ours: Any, theirs: Any) -> Comparison:
     rule = spec.promote
     metric, test = rule.resolved_metric(spec.task), rule.resolved_test(spec.task)
     return Comparison(
@@ -394,7 +408,9 @@ def gate(prepared: Prepared, trained: dict[str, Any], registered: dict[str, str]
                 theirs = data.outputs(load_predictor(registry.download_bundle(uri, name, champion, Path(scratch))))
             except (LstmflowError, BadRequest, ValidationError) as exc:  # it cannot serve the current data either
                 theirs = None
-                result["reason"] = f"promoted: the champion (version {champion}) cannot be scored on the current test data: {exc}"
+                result["reason"] = (
+                    f"promoted: the champion (version {champion}) cannot be scored on the current test data: {exc}"
+                )
         if theirs is not None:
             comparison = _compared(spec, data, ours, theirs)
             decision = decide(comparison, rule)
@@ -522,8 +538,12 @@ def rollback(uri: str, name: str, alias: str = "champion", user: str | None = No
     registry.set_alias(uri, name, alias, target)
     registry.set_history(uri, name, alias, past)
     who = user or _user()
-    _note_move(uri, name, alias, target, "rollback", f"rolled back from version {current}" if current else "rolled back", who)
+    _note_move(
+        uri, name, alias, target, "rollback", f"rolled back from version {current}" if current else "rolled back", who
+    )
     if current is not None:
         prefix = f"lstmflow.alias.{alias}."
-        registry.set_version_tags(uri, name, current, {prefix + "rolled_back_at": _now(), prefix + "rolled_back_by": who})
+        registry.set_version_tags(
+            uri, name, current, {prefix + "rolled_back_at": _now(), prefix + "rolled_back_by": who}
+        )
     return {"name": name, "alias": alias, "version": target, "previous": current}

@@ -58,7 +58,9 @@ def up(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, timeout: f
     root = Path(root).resolve()
     running = [service for service in _read_state(root) if service.running()]
     if running:
-        raise ConfigError(f"the stack of {root} is already up ({', '.join(s.name for s in running)}); `lstmflow down` first")
+        raise ConfigError(
+            f"the stack of {root} is already up ({', '.join(s.name for s in running)}); `lstmflow down` first"
+        )
     for name, port in (("Prefect", prefect_port), ("MLflow", mlflow_port)):
         if not _port_free(port):
             flag = "--prefect-port" if name == "Prefect" else "--mlflow-port"
@@ -160,14 +162,18 @@ def _wait_healthy(service: Service, timeout: float) -> None:
         if _healthy(service):
             return
         time.sleep(0.5)
-    raise LstmflowError(f"the {service.name} server did not answer {_health_url(service)} within {timeout:.0f} s{_log_tail(service)}")
+    raise LstmflowError(
+        f"the {service.name} server did not answer {_health_url(service)} within {timeout:.0f} s{_log_tail(service)}"
+    )
 
 
 def _wait_for_worker(prefect_url: str, worker: Service, timeout: float) -> None:
     """Wait until the worker has registered with the server (its pool then lists it)."""
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(
-        f"{prefect_url}/work_pools/{LOCAL_POOL}/workers/filter", data=b"{}", headers={"Content-Type": "application/json"}
+        f"{prefect_url}/work_pools/{LOCAL_POOL}/workers/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
     )
     while time.monotonic() < deadline:
         if not worker.running():
@@ -179,7 +185,9 @@ def _wait_for_worker(prefect_url: str, worker: Service, timeout: float) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)
-    raise LstmflowError(f"the worker did not register with the work pool {LOCAL_POOL!r} within {timeout:.0f} s{_log_tail(worker)}")
+    raise LstmflowError(
+        f"the worker did not register with the work pool {LOCAL_POOL!r} within {timeout:.0f} s{_log_tail(worker)}"
+    )
 
 
 def _stop(services: list[Service], timeout: float = 30.0) -> None:

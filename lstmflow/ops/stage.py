@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lstmflow.ops import versioning
 from lstmflow.errors import ConfigError, LstmflowError
+from lstmflow.ops import versioning
 
 
 def features(name: str, root: Path) -> Path:
@@ -20,7 +20,9 @@ def features(name: str, root: Path) -> Path:
 
     entry = versioning.read_params(root).get(name)
     if entry is None:
-        raise ConfigError(f"{root / versioning.PARAMS_FILE} has no entry for pipeline {name!r}; run `lstmflow run {name}`")
+        raise ConfigError(
+            f"{root / versioning.PARAMS_FILE} has no entry for pipeline {name!r}; run `lstmflow run {name}`"
+        )
     data, season = data_spec_from_params(entry, root)
     out_dir = root / "features" / name
     build_features(data, season, out_dir, f"pipelines.{name}.data", cache_dir=root / ".lstmflow" / "cache")

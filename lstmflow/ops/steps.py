@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from lstmflow import tracking
-
-from lstmflow.ops import versioning
 from lstmflow.config import Config, PipelineSpec, dotted_key
 from lstmflow.errors import ConfigError, DataError, TrainingError
+from lstmflow.ops import versioning
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,11 @@ def code_version(*parts: str) -> str:
     Computed once per process: it is part of every step's cache key.
     """
     package = Path(__file__).parents[1]
-    files = sorted(f for part in parts or ("",) for f in ((package / part).rglob("*.py") if (package / part).is_dir() else [package / part]))
+    files = sorted(
+        f
+        for part in parts or ("",)
+        for f in ((package / part).rglob("*.py") if (package / part).is_dir() else [package / part])
+    )
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.relative_to(package).as_posix().encode())
@@ -68,6 +71,7 @@ def stage_versions() -> dict[str, str]:
 
 def params_entry(spec: PipelineSpec, root: Path) -> dict[str, Any]:
     """The slice of a resolved spec that the features stage depends on, with data paths relative to the project."""
+
     def relative(value: str) -> str:
         path = Path(value)
         return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
@@ -137,7 +141,9 @@ def prepare_spec(spec: PipelineSpec, root: Path, names: list[str]) -> Prepared:
     name = spec.name
     versioning.ensure_repo(root)
     # Every entry needs what dvc.yaml reads (DVC parses all of them): entries written by an older lstmflow get it.
-    entries = {n: {**e, "inputs": stage_inputs(e["data"])} for n, e in versioning.read_params(root).items() if n in names}
+    entries = {
+        n: {**e, "inputs": stage_inputs(e["data"])} for n, e in versioning.read_params(root).items() if n in names
+    }
     if not spec.data.path.exists():
         producer = versioning.stage_producing(root, spec.data.path)
         if producer is None:
@@ -207,7 +213,9 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
     run_id_file.write_text(run_id)
     uri = tracking.tracking_uri(root)
     try:
-        result = train_in_child(spec, Path(prepared.features_dir), run_dir, tracking.MlflowMetricLogger(uri, run_id), progress=progress)
+        result = train_in_child(
+            spec, Path(prepared.features_dir), run_dir, tracking.MlflowMetricLogger(uri, run_id), progress=progress
+        )
     except BaseException:
         tracking.end_run(uri, run_id, "FAILED")
         raise
@@ -218,7 +226,9 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
         "train_seconds": result.seconds,
     }
     tracking.log_summary_metrics(uri, run_id, {k: float(v) for k, v in summary.items()})
-    tracking.set_tags(uri, run_id, {"lstmflow.lstm_kernels": ",".join(result.lstm_kernels) or "none"})  # what trained each lstm
+    tracking.set_tags(
+        uri, run_id, {"lstmflow.lstm_kernels": ",".join(result.lstm_kernels) or "none"}
+    )  # what trained each lstm
     return {"run_id": run_id, "run_dir": str(run_dir), "model_path": result.model_path, **summary}
 
 
@@ -240,7 +250,12 @@ def join_training(prepared: Prepared, root: Path, progress: bool = True) -> dict
         )
     run_dir = root / "runs" / spec.name / f"node{nodes.rank}-{spec.spec_hash()}-{prepared.features_md5[:8]}"
     result = train_in_child(spec, Path(prepared.features_dir), run_dir, ListLogger(), progress=progress)
-    return {"run_dir": str(run_dir), "epochs_run": result.epochs_run, "workers": result.workers, "seconds": result.seconds}
+    return {
+        "run_dir": str(run_dir),
+        "epochs_run": result.epochs_run,
+        "workers": result.workers,
+        "seconds": result.seconds,
+    }
 
 
 def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, float]:
@@ -266,13 +281,15 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
 def register(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, str]:
     """Log the pyfunc model (state dict + spec + preprocessing), register it under the pipeline's name, and copy the
     run's lineage (git commit, data version, flow run, spec) onto the model version."""
-    from lstmflow.tracking import runs
     from lstmflow.serving.predictors import write_bundle
+    from lstmflow.tracking import runs
 
     bundle = Path(trained["run_dir"]) / "bundle"
     predictor, example = write_bundle(prepared.spec, Path(prepared.features_dir), Path(trained["model_path"]), bundle)
     uri = tracking.tracking_uri(root)
-    registered = tracking.register_model(uri, trained["run_id"], prepared.pipeline.name, bundle, example, predictor.predict(example))
+    registered = tracking.register_model(
+        uri, trained["run_id"], prepared.pipeline.name, bundle, example, predictor.predict(example)
+    )
     runs.tag_version_lineage(uri, prepared.pipeline.name, registered["version"])
     tracking.end_run(uri, trained["run_id"])
     return registered
@@ -367,7 +384,7 @@ def drive_trials(
         raise
 
 
-def _requeue_interrupted(study: Any, uri: str) -> None:  # noqa: ANN401 - an optuna.Study
+def _requeue_interrupted(study: Any, uri: str) -> None:
     """Queue again the trials whose process died, and end their MLflow runs as killed (nobody else will)."""
     from lstmflow.training import search
 
@@ -378,7 +395,12 @@ def _requeue_interrupted(study: Any, uri: str) -> None:  # noqa: ANN401 - an opt
 
 
 def run_trial(
-    prepared: Prepared, root: Path, study_ref: dict[str, str], number: int, flow_run_id: str | None = None, progress: bool = False
+    prepared: Prepared,
+    root: Path,
+    study_ref: dict[str, str],
+    number: int,
+    flow_run_id: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train trial ``number`` in a child process, as a child run of the search's MLflow run, and record its outcome.
 
@@ -408,7 +430,9 @@ def run_trial(
                 "lstmflow.search.trial": str(number),
             }
             trial_prepared = replace(prepared, spec=spec.model_dump(mode="json"))
-            run_id = start_tracked_run(trial_prepared, root, flow_run_id, run_name=f"{base.name}-trial-{number}", extra_tags=tags)
+            run_id = start_tracked_run(
+                trial_prepared, root, flow_run_id, run_name=f"{base.name}-trial-{number}", extra_tags=tags
+            )
             trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
             logger = search.PruningLogger(tracking.MlflowMetricLogger(uri, run_id), ref, base, number)
             result = train_in_child(spec, Path(prepared.features_dir), run_dir, logger, progress=progress)
@@ -419,7 +443,9 @@ def run_trial(
                 "lstmflow.stopped_early": int(result.stopped_early),
                 "lstmflow.train_seconds": result.seconds,
             }
-            tracking.log_summary_metrics(uri, run_id, {key.removeprefix("lstmflow."): float(v) for key, v in attrs.items()})
+            tracking.log_summary_metrics(
+                uri, run_id, {key.removeprefix("lstmflow."): float(v) for key, v in attrs.items()}
+            )
             tracking.log_artifacts(uri, run_id, [Path(result.model_path)], TRIAL_MODEL_ARTIFACT)
         except search.TrialPruned as pruned:
             state, attrs = "pruned", {"lstmflow.epochs_run": pruned.epoch}
@@ -434,7 +460,10 @@ def run_trial(
     outcome = {"number": number, "state": state, "value": value, "params": params, "run_id": run_id}
     outcome.update({key.removeprefix("lstmflow."): attr for key, attr in attrs.items()})
     if run_id is not None:
-        tags = {"lstmflow.search.state": state, **({"lstmflow.search.error": outcome["error"]} if "error" in outcome else {})}
+        tags = {
+            "lstmflow.search.state": state,
+            **({"lstmflow.search.error": outcome["error"]} if "error" in outcome else {}),
+        }
         tracking.set_tags(uri, run_id, tags)
         tracking.end_run(uri, run_id, {"complete": "FINISHED", "failed": "FAILED"}.get(state, "KILLED"))
     return outcome
@@ -512,7 +541,10 @@ def close_search(
         "run_id": best_run,
         "run_dir": str(run_dir),
         "model_path": str(model_path),
-        **{key: best.user_attrs[f"lstmflow.{key}"] for key in ("best_epoch", "epochs_run", "stopped_early", "train_seconds")},
+        **{
+            key: best.user_attrs[f"lstmflow.{key}"]
+            for key in ("best_epoch", "epochs_run", "stopped_early", "train_seconds")
+        },
     }
     best_spec = search.trial_spec(spec, best.params)
     summary["best"] = {"number": best.number, "value": best.value, "params": best.params, "run_id": best_run}
@@ -532,7 +564,9 @@ def run_search(
             prepared,
             root,
             study_ref,
-            lambda number: pool.submit(run_trial, prepared, root, study_ref, number, flow_run_id, progress and parallel == 1),
+            lambda number: pool.submit(
+                run_trial, prepared, root, study_ref, number, flow_run_id, progress and parallel == 1
+            ),
             concurrent.futures.as_completed,
         )
     return close_search(prepared, root, study_ref, outcomes, need_best)

@@ -64,7 +64,9 @@ def dvc(root: Path, *args: str) -> str:
             [sys.executable, "-m", "dvc", *args], cwd=root, env=_env(), capture_output=True, text=True, check=False
         )
     if done.returncode != 0:
-        raise DvcError(f"`dvc {' '.join(args)}` failed in {root} (exit {done.returncode}):\n{done.stdout}{done.stderr}".rstrip())
+        raise DvcError(
+            f"`dvc {' '.join(args)}` failed in {root} (exit {done.returncode}):\n{done.stdout}{done.stderr}".rstrip()
+        )
     return done.stdout
 
 
@@ -76,7 +78,9 @@ def ensure_repo(root: Path) -> None:
         dvc(root, "config", "core.analytics", "false")
     remotes = dvc(root, "remote", "list")
     if not remotes.strip():
-        dvc(root, "remote", "add", "--local", "--default", "local", LOCAL_REMOTE)  # relative to root; DVC rewrites it for .dvc/
+        dvc(
+            root, "remote", "add", "--local", "--default", "local", LOCAL_REMOTE
+        )  # relative to root; DVC rewrites it for .dvc/
 
 
 def write_params(root: Path, entries: dict[str, dict[str, Any]], versions: dict[str, str]) -> Path:
@@ -142,6 +146,7 @@ def push(root: Path, *stages: str) -> None:
 
 def git_commit(root: Path) -> str:
     """The project's git commit, suffixed ``-dirty`` when tracked files changed; ``unknown`` outside git."""
+
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
 

@@ -21,7 +21,7 @@ from lstmflow.errors import DataError
 TABLE_SUFFIXES = (".csv", ".parquet")
 
 
-def request_table(spec: Any, inputs: list[str], series_columns: list[str] | None = None) -> pd.DataFrame:  # noqa: ANN401 - a PipelineSpec
+def request_table(spec: Any, inputs: list[str], series_columns: list[str] | None = None) -> pd.DataFrame:
     """The request for ``inputs`` under the rule above; ``series_columns`` are a forecaster's input columns."""
     if not inputs:
         raise DataError("give at least one INPUT (see `lstmflow predict --help`)")
@@ -29,7 +29,9 @@ def request_table(spec: Any, inputs: list[str], series_columns: list[str] | None
     if tables:
         if len(tables) != len(inputs):
             others = [text for text in inputs if text not in tables]
-            raise DataError(f"INPUTs mix tables ({', '.join(tables)}) with other values ({', '.join(others[:3])}); give one or the other")
+            raise DataError(
+                f"INPUTs mix tables ({', '.join(tables)}) with other values ({', '.join(others[:3])}); give one or the other"
+            )
         return pd.concat([_read_table(Path(path)) for path in tables], ignore_index=True)
     kind = spec.data.kind
     if kind == "text":
@@ -44,7 +46,9 @@ def request_table(spec: Any, inputs: list[str], series_columns: list[str] | None
     if kind == "timeseries" and series_columns is not None and len(series_columns) == 1:
         return pd.DataFrame({series_columns[0]: [_number(text) for text in inputs]})
     needs = "its recent rows" if kind == "timeseries" else "its sequences, in the layout of its data"
-    raise DataError(f"pipeline {spec.name} (data kind {kind}) takes a .csv or .parquet table of {needs}, got {inputs[0]!r}")
+    raise DataError(
+        f"pipeline {spec.name} (data kind {kind}) takes a .csv or .parquet table of {needs}, got {inputs[0]!r}"
+    )
 
 
 def is_table(text: str) -> bool:
@@ -71,4 +75,6 @@ def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise DataError(f"INPUT {text!r}: not a number (a forecast takes the series' last values, or a table)") from None
+        raise DataError(
+            f"INPUT {text!r}: not a number (a forecast takes the series' last values, or a table)"
+        ) from None

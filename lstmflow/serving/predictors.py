@@ -30,6 +30,8 @@ import pandas as pd
 
 BUNDLE_FILES = ("model.pt", "spec.json", "features.json")
 PIXEL_PREFIX = "pixel_"
+
+
 class BadRequest(ValueError):
     """A request that the model cannot answer as sent: the caller's to fix, not the server's."""
 
@@ -158,7 +160,9 @@ class Forecaster:
         outputs = []
         with torch.no_grad():
             for begin in range(0, len(starts), batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(windows[starts[begin : begin + batch_size]], dtype=np.float32))
+                x = torch.from_numpy(
+                    np.ascontiguousarray(windows[starts[begin : begin + batch_size]], dtype=np.float32)
+                )
                 outputs.append(self.model(x).numpy().reshape(len(x), self.horizon, k))  # (B, H*K) → (B, H, K)
         last_raw = raw[origins - first - 1, :k]  # (N, K): the row before each origin anchors differences
         return self.preprocessing.decode(np.concatenate(outputs), last_raw)
@@ -226,7 +230,10 @@ class Classifier:
             texts = frame[data.text_column]
             not_text = {key: text for key, text in zip(keys, texts) if not isinstance(text, str)}
             if not_text:
-                found = ", ".join(f"{key!r}: {'a missing value' if pd.isna(v) else type(v).__name__}" for key, v in list(not_text.items())[:5])
+                found = ", ".join(
+                    f"{key!r}: {'a missing value' if pd.isna(v) else type(v).__name__}"
+                    for key, v in list(not_text.items())[:5]
+                )
                 raise BadRequest(f"column {data.text_column!r} must hold text in every sample; got {found}")
             return keys, [text_steps(self.tokenizer, text, self.meta.get("max_length")) for text in texts]
         if data.kind == "audio":
@@ -250,7 +257,9 @@ class Classifier:
             steps = frame[[c for c in frame.columns if c not in {data.label_column, data.id_column, data.split.column}]]
             rows = _decoded("steps", lambda: steps.to_numpy(np.float32))
             return keys, [row[~np.isnan(row)][:, None] for row in rows]  # (T, 1) each
-        _require_columns(frame, [data.id_column, *([data.time_column] if data.time_column else []), *data.value_columns])
+        _require_columns(
+            frame, [data.id_column, *([data.time_column] if data.time_column else []), *data.value_columns]
+        )
         ordered = frame.sort_values([data.id_column, data.time_column]) if data.time_column else frame
         groups = ordered.groupby(data.id_column, sort=True)
         values = [_decoded(key, lambda g=group: g[data.value_columns].to_numpy(np.float32)) for key, group in groups]
@@ -313,7 +322,9 @@ class Classifier:
             from lstmflow.data.audio import read_clips
 
             skipped = {entry["file"] for entry in json.loads((Path(features_dir) / "skipped.json").read_text())}
-            clips = [clip for clip in read_clips(data, where).clips if clip.name not in skipped]  # as the stage kept them
+            clips = [
+                clip for clip in read_clips(data, where).clips if clip.name not in skipped
+            ]  # as the stage kept them
             check([clip.label for clip in clips])
             frame = pd.DataFrame({"path": [str(clips[i].path) for i in chosen]})
         elif data.kind == "images":
@@ -404,9 +415,17 @@ class Generator:
         rows = frame.to_dict("records")
         settings = [{key: row.get(key, default) for key, default in self.DEFAULTS.items()} for row in rows]
         texts = [
-            _decoded(index, lambda row=row, s=s: generate(
-                self.model, self.tokenizer, str(row["prompt"]), int(s["tokens"]), float(s["temperature"]), int(s["seed"])
-            ))
+            _decoded(
+                index,
+                lambda row=row, s=s: generate(
+                    self.model,
+                    self.tokenizer,
+                    str(row["prompt"]),
+                    int(s["tokens"]),
+                    float(s["temperature"]),
+                    int(s["seed"]),
+                ),
+            )
             for index, (row, s) in enumerate(zip(rows, settings))
         ]
         return pd.DataFrame({"prompt": [str(row["prompt"]) for row in rows], "text": texts})
@@ -422,7 +441,9 @@ class Generator:
 
         ids = self.tokenizer.encode(text)
         if len(ids) < 2:
-            raise BadRequest(f"the text holds {len(ids)} token(s) for this {self.tokenizer.kind} tokenizer; scoring needs 2")
+            raise BadRequest(
+                f"the text holds {len(ids)} token(s) for this {self.tokenizer.kind} tokenizer; scoring needs 2"
+            )
         stream = torch.tensor(ids, dtype=torch.int64)
         steps, stateful = self.spec.data.sequence_length, stateful_layers(self.spec)
         carry: dict[int, Any] = {}
@@ -440,12 +461,16 @@ class Generator:
 #: Files of a features folder that the served model needs too (the fitted tokenizer).
 BUNDLED_FEATURE_FILES = ("tokenizer.json",)
 
-PREDICTORS: dict[str, type[Forecaster] | type[Classifier] | type[Generator]] = {
-    "forecast": Forecaster, "classify": Classifier, "language_model": Generator,
+PREDICTORS: dict[str, type[Forecaster | Classifier | Generator]] = {
+    "forecast": Forecaster,
+    "classify": Classifier,
+    "language_model": Generator,
 }
 
 
-def write_bundle(spec_json: dict[str, Any], features_dir: Path, model_path: Path, bundle_dir: Path) -> tuple[Any, pd.DataFrame]:
+def write_bundle(
+    spec_json: dict[str, Any], features_dir: Path, model_path: Path, bundle_dir: Path
+) -> tuple[Any, pd.DataFrame]:
     """Write the bundle the pyfunc loads; returns the predictor it makes and an example request."""
     import shutil
 

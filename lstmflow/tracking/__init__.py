@@ -27,7 +27,7 @@ def tracking_uri(project: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project / 'mlflow.db').resolve()}"
 
 
-def _client(uri: str):  # noqa: ANN202 - MlflowClient is imported lazily
+def _client(uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -66,7 +66,9 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
         yield items[start : start + size]
 
 
-def start_run(uri: str, experiment: str, artifact_root: Path, params: dict[str, str], tags: dict[str, str], run_name: str) -> str:
+def start_run(
+    uri: str, experiment: str, artifact_root: Path, params: dict[str, str], tags: dict[str, str], run_name: str
+) -> str:
     """Create a run in the experiment named ``experiment`` (made on first use); returns its id."""
     from mlflow.entities import Param, RunTag
 
@@ -155,7 +157,9 @@ def _fluent_uri(uri: str) -> Iterator[Any]:
                 os.environ[key] = value
 
 
-def register_model(uri: str, run_id: str, name: str, bundle_dir: Path, input_example: Any, output_example: Any) -> dict[str, str]:
+def register_model(
+    uri: str, run_id: str, name: str, bundle_dir: Path, input_example: Any, output_example: Any
+) -> dict[str, str]:
     """Log the pyfunc forecaster to the run and register it under ``name``; returns its URIs and version."""
     import mlflow
     import torch
@@ -197,11 +201,13 @@ def _installed(names: list[str]) -> list[str]:
     return pins
 
 
-def load_model(uri: str, model_uri: str):  # noqa: ANN201 - an mlflow PyFuncModel
+def load_model(uri: str, model_uri: str):
     """Load a logged or registered model of the store at ``uri``; one that is not there is a named error."""
     with _fluent_uri(uri) as mlflow:
         try:
             return mlflow.pyfunc.load_model(model_uri)
         except mlflow.exceptions.MlflowException as exc:
             first_line = next(iter(str(exc).strip().splitlines()), "")
-            raise LstmflowError(f"cannot load {model_uri} from {uri}: {first_line} (run the pipeline first to register a model)") from None
+            raise LstmflowError(
+                f"cannot load {model_uri} from {uri}: {first_line} (run the pipeline first to register a model)"
+            ) from None

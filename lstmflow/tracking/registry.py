@@ -30,7 +30,7 @@ def history_tag(alias: str) -> str:
     return f"lstmflow.alias.{alias}.history"
 
 
-def _registered(uri: str, name: str):  # noqa: ANN202 - an mlflow RegisteredModel
+def _registered(uri: str, name: str):
     from mlflow.exceptions import MlflowException
 
     client = _client(uri)
@@ -103,4 +103,6 @@ def download_bundle(uri: str, name: str, version: str, dst_dir: Path) -> Path:
 
     location = _client(uri).get_model_version_download_uri(name, str(version))  # the logged model's artifact folder
     dst_dir.mkdir(parents=True, exist_ok=True)
-    return Path(download_artifacts(artifact_uri=f"{location}/artifacts/bundle", dst_path=str(dst_dir), tracking_uri=uri))
+    return Path(
+        download_artifacts(artifact_uri=f"{location}/artifacts/bundle", dst_path=str(dst_dir), tracking_uri=uri)
+    )

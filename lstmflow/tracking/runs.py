@@ -62,13 +62,17 @@ def choose_version(uri: str, name: str, version: str | None = None, alias: str |
         raise ConfigError(f"no registered model {name!r} in {uri}; run the pipeline first (`lstmflow run {name}`)")
     numbers = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     if not numbers:
-        raise ConfigError(f"registered model {name!r} in {uri} has no versions; run the pipeline first (`lstmflow run {name}`)")
+        raise ConfigError(
+            f"registered model {name!r} in {uri} has no versions; run the pipeline first (`lstmflow run {name}`)"
+        )
     latest = str(numbers[-1])
     if version is not None:
         if version == "latest":
             return ModelChoice(name, latest, f"models:/{name}/{latest}", None)
         if not version.isdigit() or int(version) not in numbers:
-            raise ConfigError(f"model {name}: no version {version!r}; it has versions {', '.join(map(str, numbers))} (or `latest`)")
+            raise ConfigError(
+                f"model {name}: no version {version!r}; it has versions {', '.join(map(str, numbers))} (or `latest`)"
+            )
         return ModelChoice(name, version, f"models:/{name}/{version}", None)
     wanted = alias or DEFAULT_ALIAS
     aliases = client.get_registered_model(name).aliases  # {alias: version}
@@ -77,11 +81,13 @@ def choose_version(uri: str, name: str, version: str | None = None, alias: str |
     if alias is not None:  # asked for by name: a typo must not silently serve something else
         known = ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items())) or "none"
         raise ConfigError(f"model {name}: alias @{alias} is not set; its aliases: {known}")
-    note = f"model {name} has no @{DEFAULT_ALIAS} alias yet (no version was promoted); using the latest version, {latest}"
+    note = (
+        f"model {name} has no @{DEFAULT_ALIAS} alias yet (no version was promoted); using the latest version, {latest}"
+    )
     return ModelChoice(name, latest, f"models:/{name}/{latest}", None, note)
 
 
-def predict(model: Any, frame: Any, model_uri: str) -> Any:  # noqa: ANN401 - an mlflow PyFuncModel and DataFrames
+def predict(model: Any, frame: Any, model_uri: str) -> Any:
     """The model's answer to ``frame``; a request it refuses is a :class:`DataError` with the model's message.
 
     A refusal is MLflow's invalid-parameter error (a failed signature check, or the predictor's ``BadRequest``): the
@@ -95,7 +101,7 @@ def predict(model: Any, frame: Any, model_uri: str) -> Any:  # noqa: ANN401 - an
         raise DataError(f"{model_uri} refused the input: {exc}") from None
 
 
-def served_predictor(model: Any) -> Any:  # noqa: ANN401 - an mlflow PyFuncModel in, a serving predictor out
+def served_predictor(model: Any) -> Any:
     """The :mod:`lstmflow.serving.predictors` predictor inside a loaded pyfunc: its spec says what input it reads."""
     return model.unwrap_python_model().predictor
 
@@ -139,7 +145,9 @@ def pipeline_runs(uri: str, name: str) -> list[RunRecord]:
         raise ConfigError(f"no MLflow experiment {name!r} in {uri}; run the pipeline first (`lstmflow run {name}`)")
     found, token = [], None
     while True:
-        page = client.search_runs([experiment.experiment_id], max_results=PAGE, order_by=["attributes.start_time DESC"], page_token=token)
+        page = client.search_runs(
+            [experiment.experiment_id], max_results=PAGE, order_by=["attributes.start_time DESC"], page_token=token
+        )
         found.extend(page)
         token = page.token
         if not token:
@@ -220,7 +228,9 @@ class RecordedRun:
             if recorded[0] != data_md5
             else f"features md5 {recorded[1]}, this workspace builds {features_md5} from the same data (the data code changed)"
         )
-        dirty = " (it had uncommitted changes then)" if self.tags.get("lstmflow.git_commit", "").endswith("-dirty") else ""
+        dirty = (
+            " (it had uncommitted changes then)" if self.tags.get("lstmflow.git_commit", "").endswith("-dirty") else ""
+        )
         raise DataError(
             f"run {self.run_id} was trained on {what}; check out its version first: "
             f"`git checkout {self.commit} && dvc checkout`{dirty}, then run `lstmflow reproduce {self.run_id}` again"
@@ -235,11 +245,15 @@ def recorded_run(uri: str, run_id: str) -> RecordedRun:
     except Exception as exc:
         if getattr(exc, "error_code", None) not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise  # not an unknown id: a store that is down, say
-        raise ConfigError(f"no MLflow run {run_id!r} in {uri} (`lstmflow compare NAME` lists a pipeline's runs)") from None
+        raise ConfigError(
+            f"no MLflow run {run_id!r} in {uri} (`lstmflow compare NAME` lists a pipeline's runs)"
+        ) from None
     tags = dict(run.data.tags)
     if SEARCH_PARENT_TAG in tags:
         best = tags.get("lstmflow.search.best_run_id", "its best trial's run (tag lstmflow.search.best_run_id)")
-        raise ConfigError(f"run {run_id} is a search's parent run and trained nothing itself; reproduce its best trial, run {best}")
+        raise ConfigError(
+            f"run {run_id} is a search's parent run and trained nothing itself; reproduce its best trial, run {best}"
+        )
     if SPEC_ARTIFACT not in {artifact.path for artifact in client.list_artifacts(run_id)}:
         raise LstmflowError(
             f"run {run_id} has no {SPEC_ARTIFACT} artifact (it was logged by an older lstmflow); its params hold the "

@@ -342,7 +342,7 @@ class _GlobalBatchNorm1d(nn.BatchNorm1d):
 
     contributes: bool = True  # False while this rank trains on a borrowed row that is not its own
 
-    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - BatchNorm1d's name; (N, C) or (N, C, L)
+    def forward(self, input: Tensor) -> Tensor:
         if not self.training:
             return super().forward(input)
         x = input.float()  # statistics in fp32, also under autocast

@@ -48,6 +48,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from lstmflow.config import GradClipSpec, PipelineSpec
+from lstmflow.errors import CheckpointError, ConfigError, TrainingError
+from lstmflow.models.lstm import LSTMNet, build_model
 from lstmflow.training.distributed import (
     DataParallelNet,
     Shard,
@@ -56,9 +58,7 @@ from lstmflow.training.distributed import (
     device_type,
     excluded_from_batch_statistics,
 )
-from lstmflow.errors import CheckpointError, ConfigError, TrainingError
 from lstmflow.training.loggers import MetricLogger
-from lstmflow.models.lstm import LSTMNet, build_model
 from lstmflow.training.objectives import Objective, make_objective
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,13 @@ def fit(
     objective = make_objective(spec, Path(features_dir))
     where = f"pipelines.{spec.name}.model"
     model = build_model(
-        spec.model, objective.n_features, objective.n_outputs, where=where, needs=objective.needs,
-        per_step=objective.per_step, lstm_kernel=train_spec.lstm_kernel,
+        spec.model,
+        objective.n_features,
+        objective.n_outputs,
+        where=where,
+        needs=objective.needs,
+        per_step=objective.per_step,
+        lstm_kernel=train_spec.lstm_kernel,
     ).to(device)
     trained = world.parallel(model)  # what the loss calls: the model, or the model under DDP
     if world.rank:
@@ -167,7 +172,9 @@ def fit(
         """Every rank sends its own part to rank 0, which writes the one checkpoint."""
         ranks = world.gather(state.rank_snapshot(objective))
         if world.is_main:
-            save_checkpoint(state.to_checkpoint(spec, model, optimizer, scheduler, precision.scaler, ranks), checkpoint_dir)
+            save_checkpoint(
+                state.to_checkpoint(spec, model, optimizer, scheduler, precision.scaler, ranks), checkpoint_dir
+            )
 
     patience, min_delta = train_spec.early_stopping.patience, train_spec.early_stopping.min_delta
     with _progress_bar(progress and world.is_main) as bar:
@@ -360,7 +367,11 @@ class Precision:
 
 
 def _evaluate(
-    objective: Objective, model: LSTMNet, spec: PipelineSpec, precision: Precision, device: torch.device,
+    objective: Objective,
+    model: LSTMNet,
+    spec: PipelineSpec,
+    precision: Precision,
+    device: torch.device,
     order: dict[str, Any],
 ) -> tuple[dict[str, float], dict[str, float]]:
     """The epoch's validation metrics (``loss`` among them) and facts about its training batches."""

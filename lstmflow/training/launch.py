@@ -39,9 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from lstmflow.config import PipelineSpec
-from lstmflow.training.distributed import RENDEZVOUS_FILE, Plan, join, plan, socket_environment
 from lstmflow.errors import LstmflowError, TrainingError
-from lstmflow.training.loggers import MetricLogger
+from lstmflow.training.distributed import RENDEZVOUS_FILE, Plan, join, plan, socket_environment
 from lstmflow.training.fit import (
     CHECKPOINT_DIR,
     RESULT_FILE,
@@ -51,6 +50,7 @@ from lstmflow.training.fit import (
     load_checkpoint,
     train_threads,
 )
+from lstmflow.training.loggers import MetricLogger
 
 LOG_FILE = "train.log"
 ERROR_FILE = "train_error.json"
@@ -204,7 +204,12 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def _child_main(
-    spec: PipelineSpec, features_dir: Path, run_dir: Path, logger: MetricLogger, progress: bool, workers: Plan,
+    spec: PipelineSpec,
+    features_dir: Path,
+    run_dir: Path,
+    logger: MetricLogger,
+    progress: bool,
+    workers: Plan,
     local_rank: int,
 ) -> None:
     """A child's entry point: log to its log file, join the other workers if any, run ``fit``, and leave a record

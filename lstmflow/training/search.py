@@ -51,7 +51,12 @@ HEARTBEAT_SECONDS = 30
 #: A trial claimed by another machine whose last heartbeat is older than this is taken as interrupted.
 STALE_SECONDS = 300
 #: The user attributes lstmflow keeps on each trial.
-OWNER_HOST, OWNER_PID, OWNER_STARTED, HEARTBEAT = "lstmflow.host", "lstmflow.pid", "lstmflow.pid_started", "lstmflow.heartbeat"
+OWNER_HOST, OWNER_PID, OWNER_STARTED, HEARTBEAT = (
+    "lstmflow.host",
+    "lstmflow.pid",
+    "lstmflow.pid_started",
+    "lstmflow.heartbeat",
+)
 INTERRUPTED, RETRY_OF = "lstmflow.interrupted", "lstmflow.retry_of"
 #: Settings of `search` that steer the search without changing what a trial's value means.
 STEERING = {"trials", "timeout", "parallel", "storage", "sampler", "pruner", "startup_trials", "min_epochs"}
@@ -91,7 +96,7 @@ def storage_location(spec: PipelineSpec, root: Path) -> str:
     return _search(spec).storage or str(root / "runs" / spec.name / JOURNAL_FILE)
 
 
-def _storage(location: str) -> Any:  # noqa: ANN401 - an Optuna storage, or the URL Optuna opens itself
+def _storage(location: str) -> Any:
     """A journal file (several processes may append at once: it takes a file lock) or an SQLAlchemy URL."""
     if "://" in location:
         return location  # Optuna wraps an RDB URL in its caching storage itself
@@ -136,7 +141,9 @@ def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
     if search.sampler == "grid":
         return optuna.samplers.GridSampler(search.grid(), seed=seed)
     if importlib.util.find_spec("cmaes") is None:
-        raise ConfigError("search.sampler: cmaes needs the cmaes package (pip install cmaes); tpe, random and grid do not")
+        raise ConfigError(
+            "search.sampler: cmaes needs the cmaes package (pip install cmaes); tpe, random and grid do not"
+        )
     # Categorical keys have no CMA-ES form: Optuna samples them at random, which the docs of `sampler` say.
     return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
 
@@ -148,7 +155,9 @@ def make_pruner(search: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
     if search.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=search.startup_trials, n_warmup_steps=search.min_epochs - 1)
     if search.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=search.min_epochs, max_resource=max(epochs, search.min_epochs))
+        return optuna.pruners.HyperbandPruner(
+            min_resource=search.min_epochs, max_resource=max(epochs, search.min_epochs)
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -210,7 +219,7 @@ def _seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
 
-def _suggest(trial: optuna.Trial, key: str, param: SearchParam) -> Any:  # noqa: ANN401 - the entry's value type
+def _suggest(trial: optuna.Trial, key: str, param: SearchParam) -> Any:
     if param.categorical is not None:
         return trial.suggest_categorical(key, param.categorical)
     low, high = param.bounds
