@@ -1,4 +1,4 @@
-"""pipelines.yaml validation: exact messages, defaults, overrides, schedules and promotion rules, the generated reference."""
+"""pipelines.yaml validation: exact messages, defaults, overrides, schedules, promotion rules, the reference."""
 
 from __future__ import annotations
 
@@ -54,8 +54,10 @@ def problems(tmp_path: Path, override: list[str], pipeline: dict | None = None) 
         ),
         (
             "model.layers[1].dense.activation=swishy",
-            "pipelines.p.model.layers[1].dense.activation: must be one of 'linear', 'relu', 'tanh', 'sigmoid', 'softmax', "
-            "'gelu', 'elu', 'selu' or 'softplus', got 'swishy'",
+            (
+                "pipelines.p.model.layers[1].dense.activation: must be one of 'linear', 'relu', 'tanh', 'sigmoid', "
+                "'softmax', 'gelu', 'elu', 'selu' or 'softplus', got 'swishy'"
+            ),
         ),
         (
             "train.grad_clip={norm: 1, value: 2}",
@@ -112,7 +114,10 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_a_layer_needs_exactly_one_kind(tmp_path: Path) -> None:
     pipeline = {**BASE, "model": {"layers": [{"lstm": {"units": 8}, "dense": {}}]}}
     assert problems(tmp_path, [], pipeline) == [
-        "pipelines.p.model.layers[0]: a layer must have exactly one of embedding, lstm, dense, dropout, batchnorm, layernorm, got ['lstm', 'dense']"
+        (
+            "pipelines.p.model.layers[0]: a layer must have exactly one of embedding, lstm, dense, dropout, batchnorm, "
+            "layernorm, got ['lstm', 'dense']"
+        )
     ]
 
 
@@ -152,7 +157,8 @@ def test_data_path_is_relative_to_the_yaml_file(tmp_path: Path) -> None:
 def test_bare_layer_kind_means_defaults(tmp_path: Path) -> None:
     path = tmp_path / "pipelines.yaml"
     path.write_text(
-        "pipelines:\n  p:\n    data: {path: s.csv, target: y}\n    model:\n      layers:\n        - lstm: {units: 4}\n        - dense:\n"
+        "pipelines:\n  p:\n    data: {path: s.csv, target: y}\n"
+        "    model:\n      layers:\n        - lstm: {units: 4}\n        - dense:\n"
     )
     layer = Config.load(path).pipeline("p").model.layers[1]
     assert layer.kind == "dense" and layer.dense.units is None and layer.dense.activation == "linear"
@@ -197,8 +203,10 @@ def test_task_must_fit_the_data_kind(tmp_path: Path) -> None:
         "pipelines.p: task 'classify' needs data.kind 'sequences', 'images', 'text', 'audio', got 'timeseries'"
     ]
     assert problems(tmp_path, ["data.kind=bogus"]) == [
-        "pipelines.p.data: kind must be one of 'timeseries', 'sequences', 'images', 'text', 'audio', 'corpus', got 'bogus' "
-        "(from --set data.kind=bogus)"
+        (
+            "pipelines.p.data: kind must be one of 'timeseries', 'sequences', 'images', 'text', 'audio', 'corpus', "
+            "got 'bogus' (from --set data.kind=bogus)"
+        )
     ]
 
 

@@ -10,7 +10,11 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from lstmflow.config import DATA_SPECS, ConfigFile, LayerSpec, PipelineSpec, _model_in
+from lstmflow.config.base import model_in
+from lstmflow.config.data import DATA_SPECS
+from lstmflow.config.loading import ConfigFile
+from lstmflow.config.model import LayerSpec
+from lstmflow.config.pipeline import PipelineSpec
 
 
 def _type_name(annotation: Any) -> str:
@@ -26,7 +30,8 @@ def _type_name(annotation: Any) -> str:
     return text or str(annotation).replace("typing.", "").replace("pathlib.", "")
 
 
-def _default(field: Any) -> str:
+def _default_text(field: Any) -> str:
+    """A key's default as the table shows it: JSON, ``required``, or nothing for a section listed key by key."""
     if field.default_factory is not None:
         value = field.default_factory()
         structured = isinstance(value, BaseModel) or (
@@ -46,55 +51,48 @@ def fields_of(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, 
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         if model is PipelineSpec and name == "data":
-            rows.append(
-                (
-                    key,
-                    "mapping",
-                    "required",
-                    f"{field.description} Its keys depend on `data.kind`: see the tables below.",
-                )
-            )
+            meaning = f"{field.description} Its keys depend on `data.kind`: see the tables below."
+            rows.append((key, "mapping", "required", meaning))
             continue
-        nested = _model_in(field.annotation)
-        type_name = (
-            "mapping" if nested and not str(field.annotation).startswith("list") else _type_name(field.annotation)
-        )
+        nested = model_in(field.annotation)
         if nested is LayerSpec:
             type_name = "list of layers"
-        rows.append((key, type_name, _default(field), field.description or ""))
+        elif nested and not str(field.annotation).startswith("list"):
+            type_name = "mapping"
+        else:
+            type_name = _type_name(field.annotation)
+        rows.append((key, type_name, _default_text(field), field.description or ""))
         if nested is LayerSpec:
             rows.extend(fields_of(nested, f"{key}[]."))
-        elif (
-            nested is not None and typing.get_origin(field.annotation) is dict
-        ):  # named entries: `search.space.<key>.int`
-            rows.extend(fields_of(nested, f"{key}.<key>."))
+        elif nested is not None and typing.get_origin(field.annotation) is dict:
+            rows.extend(fields_of(nested, f"{key}.<key>."))  # named entries: `search.space.<key>.int`
         elif nested is not None:
             rows.extend(fields_of(nested, f"{key}."))
     return rows
 
 
+def _markdown_table(rows: list[tuple[str, str, str, str]]) -> str:
+    """Rows from :func:`fields_of` as a Markdown table, with the pipes inside cells escaped."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, type_name, default, description in rows:
+        cells = [
+            f"`{key}`",
+            type_name.replace("|", "\\|"),
+            f"`{default}`" if default else "",
+            description.replace("|", "\\|"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def reference_markdown() -> str:
-    """Two tables: the file's top level, then every key of a pipeline."""
-
-    def table(rows: list[tuple[str, str, str, str]]) -> str:
-        lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-        for key, type_name, default, description in rows:
-            cells = [
-                f"`{key}`",
-                type_name.replace("|", "\\|"),
-                f"`{default}`" if default else "",
-                description.replace("|", "\\|"),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
+    """The file's top level, every key of a pipeline, then the keys of each kind of data: one table each."""
     sections = [
-        "Top level of the file:\n\n" + table(fields_of(ConfigFile)),
+        "Top level of the file:\n\n" + _markdown_table(fields_of(ConfigFile)),
         "Keys of each pipeline (`pipelines.NAME.…`, or `defaults.…`):\n\n"
-        + table([r for r in fields_of(PipelineSpec) if r[0] != "name"]),
+        + _markdown_table([r for r in fields_of(PipelineSpec) if r[0] != "name"]),
     ]
     for kind, spec in DATA_SPECS.items():
-        sections.append(
-            f"`data` with `kind: {kind}` ({spec.__doc__.strip().rstrip('.')}):\n\n" + table(fields_of(spec, "data."))
-        )
+        summary = (spec.__doc__ or "").strip().rstrip(".")
+        sections.append(f"`data` with `kind: {kind}` ({summary}):\n\n" + _markdown_table(fields_of(spec, "data.")))
     return "\n\n".join(sections) + "\n"

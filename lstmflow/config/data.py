@@ -1,0 +1,298 @@
+"""The `data` section: one spec per data kind (its file, columns and tokenizer), and their union by `kind`.
+
+How each kind is split into parts is in :mod:`lstmflow.config.splits`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_validator
+
+from lstmflow.config.base import Strict
+from lstmflow.config.splits import ClassSplitSpec, CorpusSplitSpec, SplitSpec
+
+
+class TimeSeriesDataSpec(Strict):
+    """A table of one or more numeric series indexed by time (CSV or Parquet)."""
+
+    kind: Literal["timeseries"] = Field(
+        "timeseries",
+        description=(
+            "Kind of data: `timeseries` (forecasting; the default), `sequences`, `images`, `text` and `audio` "
+            "(classification) or `corpus` (language modelling): each kind's keys are in its own table."
+        ),
+    )
+    path: Path = Field(description="CSV or Parquet file, relative to the YAML file that declares it.")
+    time_column: str | None = Field(
+        None,
+        description=(
+            "Column holding the timestamps (dates or numbers); rows must be strictly increasing. Omit to use row order."
+        ),
+    )
+    target: list[str] = Field(min_length=1, description="Column(s) to forecast; a single name is accepted too.")
+    features: list[str] = Field(
+        default_factory=list,
+        description="Extra input columns (covariates) fed to the model beside the targets; not forecast.",
+    )
+    window: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Past steps the model sees. Default: max(2 × season, 4 × horizon, 8), capped so the training part holds at "
+            "least 8 windows."
+        ),
+    )
+    horizon: int | None = Field(
+        None, gt=0, description="Future steps forecast at once. Default: the season when it is > 1, else 1."
+    )
+    stride: int = Field(1, gt=0, description="Steps between the starts of consecutive training windows.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Chronological train/validation/test split.")
+    scale: Literal["standard", "minmax", "none"] = Field(
+        "standard",
+        description=(
+            "Per-column scaling fitted on the training part only: `standard` (zero mean, unit variance), `minmax` (to "
+            "[0, 1]) or `none`."
+        ),
+    )
+    transform: Literal["auto", "none", "log", "difference"] = Field(
+        "auto",
+        description=(
+            "Transform of the targets before scaling, inverted for reporting. `auto` looks at the training part only: "
+            "`difference` when a straight line explains more than 80% of its variance (a trend), else `log` when every "
+            "value is > 0 and max/min exceeds 10, else `none`."
+        ),
+    )
+    gaps: Literal["interpolate", "error"] = Field(
+        "interpolate",
+        description="Missing values inside the series: `interpolate` linearly (and count them in the run) or `error`.",
+    )
+
+    @field_validator("target", "features", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class SequenceTableSpec(Strict):
+    """Labelled sequences in a table (CSV or Parquet), one sequence per label: time-series classification."""
+
+    kind: Literal["sequences"] = Field(description="Kind of data; `sequences` for time-series classification.")
+    path: Path = Field(description="CSV or Parquet file, relative to the YAML file that declares it.")
+    format: Literal["long", "wide"] = Field(
+        "long",
+        description=(
+            "`long`: one row per time step, with `id_column` naming the sequence; `wide`: one row per sequence, one "
+            "column per step (univariate)."
+        ),
+    )
+    label_column: str = Field(
+        "label", description="Column holding each sequence's class (constant within a sequence in long format)."
+    )
+    id_column: str | None = Field(
+        None, description="Long format: column naming the sequence each row belongs to (required there)."
+    )
+    time_column: str | None = Field(
+        None, description="Long format: column ordering the steps within a sequence. Default: row order."
+    )
+    value_columns: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Long format: the numeric columns, one feature each (required there). Wide format: the step columns, in "
+            "order; default: every column but the label, id and split columns."
+        ),
+    )
+    max_length: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Keep only the last `max_length` steps of longer sequences (explicit truncation); default: keep all."
+        ),
+    )
+    scale: Literal["standard", "none"] = Field(
+        "standard", description="Per-feature standardisation fitted on the training sequences only."
+    )
+    split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
+
+    @field_validator("value_columns", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _long_format_needs_ids_and_values(self) -> SequenceTableSpec:
+        if self.format == "long" and (self.id_column is None or not self.value_columns):
+            raise ValueError("format: long needs id_column and value_columns")
+        return self
+
+
+class ImagesSpec(Strict):
+    """Labelled images read as sequences of pixel rows: each row is one time step."""
+
+    kind: Literal["images"] = Field(description="Kind of data; `images` for image classification by rows.")
+    path: Path = Field(
+        description=(
+            "A folder with one subfolder of image files per label, or a CSV/Parquet table of pixels (one row per "
+            "image)."
+        )
+    )
+    label_column: str = Field("label", description="Table only: the column holding each image's class.")
+    shape: list[int] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="Table only: `[height, width]` of the images; the pixel columns are read row by row.",
+    )
+    grayscale: bool = Field(
+        True, description="Convert images to one channel; otherwise each step has width × 3 features (RGB)."
+    )
+    scale: Literal["standard", "none"] = Field(
+        "standard", description="Per-feature standardisation fitted on the training images only."
+    )
+    split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
+
+
+class TokenizerSpec(Strict):
+    """How text becomes token ids; fitted on the training texts only and saved beside the model."""
+
+    kind: Literal["word", "char", "bpe"] = Field(
+        "word",
+        description=(
+            "`word`: runs of letters/digits and single punctuation marks; `char`: characters; `bpe`: subword byte-pair "
+            "encoding (the `tokenizers` library)."
+        ),
+    )
+    vocab_size: int = Field(
+        20000,
+        gt=2,
+        description="Largest vocabulary, padding and unknown tokens included; the most frequent tokens are kept.",
+    )
+    min_frequency: int = Field(
+        1, ge=1, description="Tokens seen fewer times in the training texts become the unknown token."
+    )
+    lowercase: bool = Field(True, description="Lowercase the text before tokenizing.")
+    unknown_token: str = Field("<unk>", min_length=1, description="The token for anything outside the vocabulary.")
+    padding_token: str = Field("<pad>", min_length=1, description="The token (id 0) that pads batches.")
+
+
+class TextSpec(Strict):
+    """Labelled texts in a table (CSV, Parquet or JSONL): text classification."""
+
+    kind: Literal["text"] = Field(description="Kind of data; `text` for text classification.")
+    path: Path = Field(description="CSV, Parquet or JSON Lines file, relative to the YAML file that declares it.")
+    text_column: str = Field("text", description="Column holding each text.")
+    label_column: str = Field("label", description="Column holding each text's class.")
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec, description="Tokenization.")
+    max_length: int | None = Field(
+        256,
+        gt=0,
+        description=(
+            "Keep only the first `max_length` tokens of longer texts (explicit truncation; counted); null keeps all."
+        ),
+    )
+    split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
+
+
+class AudioSpec(Strict):
+    """Labelled audio clips: audio classification on log-mel or MFCC frames, computed with librosa."""
+
+    kind: Literal["audio"] = Field(description="Kind of data; `audio` for audio classification.")
+    path: Path = Field(
+        description=(
+            "A folder with one subfolder of clips per label, or a manifest CSV with `path` and `label` columns (and "
+            "optionally the split column); paths in a manifest are relative to it."
+        )
+    )
+    sample_rate: int = Field(
+        16000, gt=0, description="Clips are resampled to this rate (Hz) before features are computed."
+    )
+    features: Literal["logmel", "mfcc"] = Field("logmel", description="Per-frame features: log-mel energies or MFCCs.")
+    n_mels: int = Field(40, gt=0, description="Mel bands (for both kinds of features).")
+    n_mfcc: int = Field(13, gt=0, description="MFCC coefficients, for `features: mfcc`.")
+    deltas: bool = Field(False, description="Append first and second time derivatives of the features.")
+    n_fft: int = Field(400, gt=0, description="FFT window in samples (400 = 25 ms at 16 kHz).")
+    hop_length: int = Field(
+        160, gt=0, description="Samples between frames (160 = 10 ms at 16 kHz): one frame is one time step."
+    )
+    max_seconds: float | None = Field(
+        None, gt=0, description="Keep only the first `max_seconds` of longer clips; null keeps all."
+    )
+    bad_files: Literal["skip", "fail"] = Field(
+        "skip",
+        description=(
+            "An unreadable, empty, silent or too-short clip: `skip` it (named and counted in the run) or `fail`."
+        ),
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Most processes computing features; one more starts per ~100 MB of clips to compute, since a process costs "
+            "seconds to start. Default: the CPU count."
+        ),
+    )
+    scale: Literal["standard", "none"] = Field(
+        "standard", description="Per-feature standardisation fitted on the training clips only."
+    )
+    split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
+
+
+class CorpusSpec(Strict):
+    """Plain UTF-8 text for language modelling: the model learns to predict each next token."""
+
+    kind: Literal["corpus"] = Field(description="Kind of data; `corpus` for language modelling.")
+    path: Path = Field(
+        description=(
+            "A UTF-8 text file, or a folder whose `*.txt` files are read in name order and joined by line breaks; "
+            "relative to the YAML file."
+        )
+    )
+    tokenizer: TokenizerSpec = Field(
+        default_factory=lambda: TokenizerSpec(kind="char", lowercase=False),
+        description=(
+            "Tokenization, fitted on the training part. For a corpus `kind` defaults to `char` and `lowercase` to "
+            "false (a character model also reports bits per character)."
+        ),
+    )
+    sequence_length: int = Field(
+        100,
+        ge=2,
+        description=(
+            "Tokens per training sequence: the span of truncated back-propagation through time. A `stateful` lstm "
+            "carries its state from one such span to the next."
+        ),
+    )
+    split: CorpusSplitSpec = Field(default_factory=CorpusSplitSpec, description="Train/validation/test division.")
+
+    @field_validator("tokenizer", mode="before")
+    @classmethod
+    def _character_defaults(cls, value: Any) -> Any:
+        """Unset tokenizer keys take the corpus defaults (characters, case kept), not the classifier's."""
+        return {"kind": "char", "lowercase": False, **value} if isinstance(value, dict) else value
+
+
+def _data_kind(value: Any) -> str:
+    """The data spec's `kind`; `timeseries` when omitted (forecasting is the original task)."""
+    return value.get("kind", "timeseries") if isinstance(value, dict) else getattr(value, "kind", "timeseries")
+
+
+#: The data spec model of each `data.kind`.
+DATA_SPECS: dict[str, type[BaseModel]] = {
+    "timeseries": TimeSeriesDataSpec,
+    "sequences": SequenceTableSpec,
+    "images": ImagesSpec,
+    "text": TextSpec,
+    "audio": AudioSpec,
+    "corpus": CorpusSpec,
+}
+DATA_KINDS = tuple(DATA_SPECS)
+DataSpec = Annotated[
+    Annotated[TimeSeriesDataSpec, Tag("timeseries")]
+    | Annotated[SequenceTableSpec, Tag("sequences")]
+    | Annotated[ImagesSpec, Tag("images")]
+    | Annotated[TextSpec, Tag("text")]
+    | Annotated[AudioSpec, Tag("audio")]
+    | Annotated[CorpusSpec, Tag("corpus")],
+    Discriminator(_data_kind),
+]

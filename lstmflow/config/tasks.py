@@ -1,0 +1,39 @@
+"""What each task accepts: its data kinds, losses, search metrics, promotion metrics and significance test.
+
+Every per-task table lives here, so a new task is declared in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+#: The way a metric improves.
+Direction = Literal["minimize", "maximize"]
+
+#: Which data kinds each task can learn from.
+TASK_DATA_KINDS = {
+    "forecast": ("timeseries",),
+    "classify": ("sequences", "images", "text", "audio"),
+    "language_model": ("corpus",),
+}
+#: The losses each task can train on; the first is its default.
+TASK_LOSSES = {
+    "forecast": ("mse", "mae", "huber"),
+    "classify": ("cross_entropy",),
+    "language_model": ("cross_entropy",),
+}
+#: The per-epoch validation metrics each task logs, which a search can optimise, and the way each improves.
+SEARCH_METRICS: dict[str, dict[str, Direction]] = {
+    "forecast": {"val_loss": "minimize"},
+    "classify": {"val_loss": "minimize", "val_accuracy": "maximize"},
+    "language_model": {"val_loss": "minimize", "val_perplexity": "minimize"},
+}
+#: Per task: the test metrics a champion can be chosen by (each as evaluation logs it, without `test_`), and the way
+#: each improves; the first is the default.
+PROMOTE_METRICS: dict[str, dict[str, Direction]] = {
+    "forecast": {"mae": "minimize", "rmse": "minimize", "smape": "minimize", "mase": "minimize"},
+    "classify": {"accuracy": "maximize", "macro_f1": "maximize", "log_loss": "minimize"},
+    "language_model": {"cross_entropy": "minimize", "perplexity": "minimize", "bits_per_character": "minimize"},
+}
+#: The significance test each task's gate uses under `test: auto`; the one test (besides `none`) that fits the task.
+PROMOTE_TESTS = {"forecast": "diebold_mariano", "classify": "mcnemar", "language_model": "none"}
