@@ -100,7 +100,7 @@ def test_audio_demo_is_deterministic_chirps_whose_class_is_the_pitch_order(tmp_p
             assert rate == AUDIO_DEMO_RATE and samples.ndim == 1 and 0.5 <= len(samples) / rate <= 1.0
             # Zero crossings per third of the clip follow the pitch: low, high or in between as the class says.
             thirds = [np.count_nonzero(np.diff(np.signbit(part))) for part in np.array_split(samples, 3)]
-            start, middle, end = CHIRP_CLASSES[folder.name]
+            start, _middle, end = CHIRP_CLASSES[folder.name]
             if start < end:
                 assert thirds[0] < thirds[2], (file, thirds)
             elif start > end:

@@ -269,7 +269,7 @@ def test_load_splits_into_parts(tmp_path: Path) -> None:
     train = features.part("train")
     assert len(train) == 3 and train.lengths.tolist() == [4, 2, 5] and train.labels.tolist() == [0, 1, 1]
     assert len(features.part("val")) == 1 and features.part("test").labels.tolist() == [1]
-    assert list(features.part("val").batches(4))[0].x.shape == (1, 1, 1)
+    assert next(iter(features.part("val").batches(4))).x.shape == (1, 1, 1)
 
 
 # -------------------------------------------------------------------------------------------- errors

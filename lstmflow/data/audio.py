@@ -22,7 +22,8 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, cast
@@ -114,7 +115,7 @@ def clip_features(samples: np.ndarray, source_rate: int, spec: AudioSpec) -> np.
     if samples.ndim != 1:
         raise DataError(f"audio samples must be (n,) or (n, channels), got shape {samples.shape}")
     if spec.max_seconds is not None:
-        samples = samples[: int(round(spec.max_seconds * source_rate))]
+        samples = samples[: round(spec.max_seconds * source_rate)]
     if len(samples) == 0:
         raise DataError("no samples (empty clip)")
     if not np.isfinite(samples).all():
@@ -212,7 +213,7 @@ def _compute(path: Path, key: str, spec: AudioSpec, cache_dir: Path) -> np.ndarr
 
 def read_clips(spec: AudioSpec, where: str) -> ClipListing:
     """The clips ``spec.path`` names (and those of ``split.files``) in a deterministic order, with their given parts."""
-    from lstmflow.data.sequences import read_parts
+    from lstmflow.data.parts import read_parts
 
     return read_parts(spec, where, _list_source)
 
@@ -267,8 +268,7 @@ def _list_manifest(spec: AudioSpec, manifest: Path, where: str) -> ClipListing:
     """Rows of path, label (and the split column); a path that does not exist is an error naming its line."""
     import pandas as pd
 
-    from lstmflow.data.sequences import _cell
-    from lstmflow.data.tables import listing, row_namer
+    from lstmflow.data.tables import cell_text, listing, row_namer
 
     if manifest.suffix.lower() != ".csv":
         raise DataError(f"{where}.path: {manifest} must be a folder of label folders or a .csv manifest")
@@ -283,7 +283,7 @@ def _list_manifest(spec: AudioSpec, manifest: Path, where: str) -> ClipListing:
         raise DataError(f"{where}.path: {manifest} has a header but no data rows")
     line = row_namer(manifest)
     clips, bad, absent, given = [], [], [], []
-    for i, (cell, label) in enumerate(zip(table["path"].map(_cell), table["label"].map(_cell))):
+    for i, (cell, label) in enumerate(zip(table["path"].map(cell_text), table["label"].map(cell_text))):
         if cell is None or label is None:
             column = "path" if cell is None else "label"
             raise DataError(f"{where}.path: {manifest} {line(i)} has an empty {column} cell")
@@ -334,6 +334,10 @@ def compute_features(clips: Sequence[Clip], spec: AudioSpec, cache_dir: Path) ->
             results[i] = _compute(clips[i].path, keys[i], spec, cache_dir)
             progress.advance(task)
 
+    def advance_when_done(done: Future[list[np.ndarray | str]], clips_in_chunk: int) -> None:
+        if not done.cancelled():
+            progress.advance(task, clips_in_chunk)
+
     with _progress_bar() as progress:
         task = progress.add_task("audio features", total=len(todo))
         if helpers == 0:
@@ -346,9 +350,7 @@ def compute_features(clips: Sequence[Clip], spec: AudioSpec, cache_dir: Path) ->
                     for chunk in chunks
                 ]
                 for chunk, future in zip(chunks, futures):
-                    future.add_done_callback(
-                        lambda done, n=len(chunk): None if done.cancelled() else progress.advance(task, n)
-                    )
+                    future.add_done_callback(partial(advance_when_done, clips_in_chunk=len(chunk)))
                 for chunk, future in zip(reversed(chunks), reversed(futures)):
                     if future.cancel():  # no worker has it yet
                         compute_here(chunk)
@@ -379,7 +381,8 @@ def prepare_audio_features(spec: AudioSpec, out_dir: Path, where: str, cache_dir
     ``cached`` (clips computed this run vs taken from ``cache_dir``). ``skipped.json`` in ``out_dir`` lists each
     skipped file and why.
     """
-    from lstmflow.data.sequences import assign_parts, write_sequences
+    from lstmflow.data.parts import assign_parts
+    from lstmflow.data.sequences import write_sequences
     from lstmflow.data.tables import listing
 
     if spec.features == "mfcc" and spec.n_mfcc > spec.n_mels:
@@ -405,7 +408,7 @@ def prepare_audio_features(spec: AudioSpec, out_dir: Path, where: str, cache_dir
     extra = {**feature_params(spec), "skipped": len(bad)}
     summary = write_sequences(
         out_dir,
-        [results[i] for i in good],
+        [result for result in results if not isinstance(result, str)],  # the good clips' features
         labels,
         parts,
         spec.scale,

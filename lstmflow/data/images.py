@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from lstmflow.config import ImagesSpec
-from lstmflow.data.sequences import assign_parts, read_parts, write_sequences
+from lstmflow.data.parts import assign_parts, read_parts
+from lstmflow.data.sequences import write_sequences
 from lstmflow.data.tables import listing, numeric_values, read_table, row_namer
 from lstmflow.errors import DataError
 

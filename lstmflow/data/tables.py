@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,9 @@ from lstmflow.errors import DataError
 
 #: How many offending rows or cells an error message lists before "and N more".
 SHOWN = 5
+
+#: Names a data row, given its position (a Python or numpy integer), as the user finds it: ``line 7``, ``row 6``.
+RowLabel = Callable[[int | np.integer[Any]], str]
 
 
 def read_table(path: Path, where: str) -> pd.DataFrame:
@@ -28,11 +32,16 @@ def read_table(path: Path, where: str) -> pd.DataFrame:
     raise DataError(f"{where}.path: {path} must be a .csv or .parquet file, got suffix {path.suffix!r}")
 
 
-def row_namer(path: Path) -> Callable[[int], str]:
+def row_namer(path: Path) -> RowLabel:
     """Name a data row as the user finds it: the line in a CSV (header is line 1, one line per row), else the row."""
     if path.suffix.lower() == ".csv":
         return lambda position: f"line {position + 2}"
     return lambda position: f"row {position + 1}"
+
+
+def cell_text(value: Any) -> str | None:
+    """A table cell as text; an empty cell (None or NaN) as None."""
+    return None if pd.api.types.is_scalar(value) and pd.isna(value) else str(value)
 
 
 def listing(items: list[str]) -> str:
@@ -42,7 +51,7 @@ def listing(items: list[str]) -> str:
 
 
 def numeric_values(
-    table: pd.DataFrame, columns: list[str], path: Path, row_label: Callable[[int], str], where: str
+    table: pd.DataFrame, columns: list[str], path: Path, row_label: RowLabel, where: str
 ) -> pd.DataFrame:
     """Convert the value columns to float64; every non-numeric or infinite cell is reported, not coerced."""
     converted: dict[str, pd.Series] = {}

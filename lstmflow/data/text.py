@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 
 from lstmflow.config import TextSpec, TokenizerSpec
-from lstmflow.data.sequences import _cell, assign_parts, read_parts, write_sequences
-from lstmflow.data.tables import listing
+from lstmflow.data.parts import assign_parts, read_parts
+from lstmflow.data.sequences import write_sequences
+from lstmflow.data.tables import cell_text, listing
 from lstmflow.errors import DataError
 
 #: The ids every tokenizer reserves: padding (what pads a batch, and the embedding's zero vector) and unknown.
@@ -86,13 +87,13 @@ def _read_text_file(spec: TextSpec, where: str) -> TextTable:
     if not rows:
         raise DataError(f"{where}.path: {path} has no texts")
 
-    texts = [_cell(row.get(spec.text_column)) for row in rows]
+    texts = [cell_text(row.get(spec.text_column)) for row in rows]
     empty = [names[i] for i, text in enumerate(texts) if text is None or not text.strip()]
     if empty:
         raise DataError(
             f"{where}.text_column: {path} has {len(empty)} empty text(s) in {spec.text_column!r}: {listing(empty)}"
         )
-    labels = [_cell(row.get(spec.label_column)) for row in rows]
+    labels = [cell_text(row.get(spec.label_column)) for row in rows]
     no_label = [names[i] for i, label in enumerate(labels) if label is None or label == ""]
     if no_label:
         raise DataError(
@@ -101,7 +102,7 @@ def _read_text_file(spec: TextSpec, where: str) -> TextTable:
         )
     given = None
     if spec.split.column is not None:
-        given = [_cell(row.get(spec.split.column)) or None for row in rows]
+        given = [cell_text(row.get(spec.split.column)) or None for row in rows]
     return TextTable(cast(list[str], texts), cast(list[str], labels), names, given)  # no None left: checked above
 
 
@@ -187,7 +188,10 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         """Ids in use, padding and unknown included: the embedding's number of rows."""
-        return self.bpe.get_vocab_size() if self.bpe is not None else len(self.tokens)
+        if self.bpe is not None:
+            return self.bpe.get_vocab_size()
+        assert self.tokens is not None, "a word or char tokenizer keeps its vocabulary"
+        return len(self.tokens)
 
     def pieces(self, text: str) -> list[str]:
         """The text cut into tokens before the vocabulary lookup (word and char)."""
@@ -200,6 +204,7 @@ class Tokenizer:
         if self.bpe is not None:
             return self.bpe.encode(text).ids
         ids = self._ids
+        assert ids is not None, "a word or char tokenizer keeps its vocabulary"
         return [ids.get(piece, UNK_ID) for piece in self.pieces(text)]
 
     def save(self, path: Path) -> None:

@@ -1,0 +1,296 @@
+"""Preparing a series for training: resolve the window, horizon and season, split it by time, and write the
+feature folder (``series.npy``, ``raw.npy``, ``meta.json``) that :func:`load_features` reads back.
+
+The series is split by time into train | val | test at row counts from ``data.split``, or at the boundaries of
+given files (``split.files``: the validation file continues the training series and the test file continues the
+validation file; the three are read as one series). Everything fitted (the ``auto`` transform choice, the scaler)
+sees the training rows only, so no statistic of the future leaks into the model.
+
+When any target is differenced, the first row has no difference: it is stored as zeros in ``series.npy`` and no
+window reads it (windows start one row later), which keeps row ``t`` of ``series.npy`` aligned with row ``t`` of
+``raw.npy`` and of the time index.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lstmflow.config import PipelineSpec, SplitSpec, TimeSeriesDataSpec
+from lstmflow.data.parts import PARTS, Part
+from lstmflow.data.timeseries.preprocessing import Preprocessing, choose_transforms
+from lstmflow.data.timeseries.read import infer_season, read_series
+from lstmflow.data.timeseries.windows import WindowSet, window_origins
+from lstmflow.errors import DataError
+
+#: Bumped when the layout of the feature directory changes.
+FEATURES_FORMAT = 1
+#: Per-row timestamps are written to meta.json (for plots) up to this many rows.
+MAX_TIME_LABELS = 100_000
+
+
+# ---------------------------------------------------------------------------------- split and defaults
+
+
+def split_boundaries(rows: int, split: SplitSpec) -> tuple[int, int]:
+    """``(train_end, val_end)``: rows ``[0, train_end)`` train, ``[train_end, val_end)`` val, the rest test."""
+    n_val, n_test = int(rows * split.val), int(rows * split.test)
+    return rows - n_val - n_test, rows - n_test
+
+
+def part_ends(frame: pd.DataFrame, split: SplitSpec) -> tuple[int, int]:
+    """``(train_end, val_end)`` of a series from :func:`read_series`: its file boundaries, else by the fractions."""
+    return frame.attrs.get("part_ends") or split_boundaries(len(frame), split)
+
+
+def _default_window(season: int, horizon: int, train_end: int, stride: int, lost: int, where: str) -> int:
+    """max(2 × season, 4 × horizon, 8), capped so the training part holds at least 8 windows."""
+    largest = train_end - horizon - lost - 7 * stride
+    if largest < 1:
+        raise DataError(
+            f"{where}: the training part has {train_end} rows but 8 training windows of horizon {horizon} with "
+            f"stride {stride} need at least {horizon + lost + 7 * stride + 1}"
+            + (" (one row is lost to differencing)" if lost else "")
+            + "; use a longer series or set data.window explicitly"
+        )
+    return min(max(2 * season, 4 * horizon, 8), largest)
+
+
+def _check_lengths(
+    rows: int, ends: tuple[int, int], split: SplitSpec, window: int, horizon: int, lost: int, season: int, where: str
+) -> None:
+    """Every part must hold at least one window (a given file always; a fraction when > 0); name the lengths."""
+    train_end, val_end = ends
+    if split.files is None:
+        advice = (
+            f"the series has {rows} rows; use a longer series, a smaller window or horizon, or smaller split fractions"
+        )
+    else:
+        advice = f"the three files hold {rows} rows; use longer files, or a smaller window or horizon"
+    if train_end < window + horizon + lost:
+        raise DataError(
+            f"{where}: the training part has {train_end} rows but window {window} + horizon {horizon} "
+            f"needs at least {window + horizon + lost}"
+            + (" (one row is lost to differencing)" if lost else "")
+            + f"; {advice}"
+        )
+    held_out = (("validation", split.val, val_end - train_end), ("test", split.test, rows - val_end))
+    for part, fraction, length in held_out:
+        if (fraction > 0 or split.files is not None) and length < horizon:
+            raise DataError(
+                f"{where}: the {part} part has {length} rows but horizon {horizon} needs at least {horizon}; {advice}"
+            )
+    if train_end <= season:
+        raise DataError(
+            f"{where}: the training part has {train_end} rows but season {season} needs at least {season + 1} "
+            f"for the seasonal-naive baseline; {advice}"
+        )
+
+
+def resolve_data(spec: PipelineSpec) -> PipelineSpec:
+    """Fill ``data.window``, ``data.horizon`` and ``evaluate.season`` from the data; explicit values are kept."""
+    where = f"pipelines.{spec.name}.data"
+    data = spec.data
+    if not isinstance(data, TimeSeriesDataSpec):
+        raise TypeError(f"resolve_data is for a time series; {where}.kind is {data.kind!r}")
+    frame = read_series(data, where)
+    season = spec.evaluate.season or infer_season(frame)
+    horizon = data.horizon or (max(1, season))
+    ends = part_ends(frame, data.split)
+    lost = int("difference" in choose_transforms(frame, data, ends[0], where))
+    window = data.window or _default_window(season, horizon, ends[0], data.stride, lost, where)
+    _check_lengths(len(frame), ends, data.split, window, horizon, lost, season, where)
+    return spec.model_copy(
+        update={
+            "data": data.model_copy(update={"window": window, "horizon": horizon}),
+            "evaluate": spec.evaluate.model_copy(update={"season": season}),
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------- features
+
+
+def _time_labels(index: pd.Index) -> list[str]:
+    if isinstance(index, pd.DatetimeIndex):
+        dates_only = bool((index == index.normalize()).all())  # no time of day: "2001-10-01", not "...T00:00:00"
+        return [stamp.date().isoformat() if dates_only else stamp.isoformat() for stamp in index]
+    return [str(value) for value in index]
+
+
+def prepare_features(
+    data: TimeSeriesDataSpec, season: int | None, out_dir: Path, where: str = "data"
+) -> dict[str, Any]:
+    """Write series.npy, raw.npy and meta.json for a resolved data spec; return a small summary for logging.
+
+    Takes the data spec and season alone (not the whole pipeline) because that is all the DVC
+    stage depends on: a change to the model must not rebuild the features.
+
+    ``series.npy`` (T, F) float32 is the model space (transformed, scaled; targets then features), ``raw.npy``
+    (T, n_targets) float64 the targets in original units after gap filling. Output bytes are deterministic.
+    """
+    if data.window is None or data.horizon is None or season is None:
+        raise ValueError("prepare_features needs a resolved spec: call resolve_data(spec) first")
+    frame = read_series(data, where)
+    rows = len(frame)
+    train_end, val_end = part_ends(frame, data.split)
+    transforms = choose_transforms(frame, data, train_end, where)
+    lost = int("difference" in transforms)
+    _check_lengths(rows, (train_end, val_end), data.split, data.window, data.horizon, lost, season, where)
+
+    raw = frame.to_numpy(np.float64)
+    preprocessing = Preprocessing.fit(raw[:train_end], tuple(frame.columns), transforms, data.scale)
+    series = np.zeros(raw.shape, dtype=np.float32)
+    series[lost:] = preprocessing.encode(raw)
+    counts = {
+        split: len(window_origins(split, rows, train_end, val_end, data.window, data.horizon, data.stride, lost))
+        for split in PARTS
+    }
+    meta = _features_meta(data, season, frame, (train_end, val_end), lost, counts, preprocessing)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "series.npy", series)
+    np.save(out_dir / "raw.npy", raw[:, : len(data.target)])
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return _features_summary(data, meta, transforms)
+
+
+def _features_meta(
+    data: TimeSeriesDataSpec,
+    season: int,
+    frame: pd.DataFrame,
+    ends: tuple[int, int],
+    lost: int,
+    counts: dict[Part, int],
+    preprocessing: Preprocessing,
+) -> dict[str, Any]:
+    """``meta.json``: what :class:`Features` needs to cut the windows again, and the time labels for plots."""
+    labels = _time_labels(frame.index)
+    split = {"train_end": ends[0], "val_end": ends[1]}
+    return {
+        "format": FEATURES_FORMAT,
+        "columns": list(frame.columns),
+        "targets": list(data.target),
+        "features": list(data.features),
+        "rows": len(frame),
+        "gaps_filled": frame.attrs["gaps_filled"],
+        "window": data.window,
+        "horizon": data.horizon,
+        "stride": data.stride,
+        "season": season,
+        "first_usable_row": lost,
+        "split": {**split, "by": "files"} if data.split.files is not None else split,
+        "windows": counts,
+        "preprocessing": preprocessing.to_dict(),
+        "time": {
+            "column": data.time_column,
+            "first": labels[0],
+            "last": labels[-1],
+            "values": labels if len(frame) <= MAX_TIME_LABELS else None,
+        },
+    }
+
+
+def _features_summary(data: TimeSeriesDataSpec, meta: dict[str, Any], transforms: tuple[str, ...]) -> dict[str, Any]:
+    """The few numbers the data stage logs about the features it wrote."""
+    rows, counts = meta["rows"], meta["windows"]
+    train_end, val_end = meta["split"]["train_end"], meta["split"]["val_end"]
+    return {
+        "rows": rows,
+        "gaps_filled": meta["gaps_filled"],
+        "transform": ",".join(transforms),
+        "scale": data.scale,
+        "window": data.window,
+        "horizon": data.horizon,
+        "season": meta["season"],
+        "n_targets": len(data.target),
+        "n_features": len(meta["columns"]),
+        "split": "files" if data.split.files is not None else "fractions",
+        "train_rows": train_end,
+        "val_rows": val_end - train_end,
+        "test_rows": rows - val_end,
+        "n_train": counts["train"],
+        "n_val": counts["val"],
+        "n_test": counts["test"],
+    }
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+@dataclass(frozen=True, eq=False)
+class Features:
+    """A prepared feature directory, loaded: the arrays, the metadata, and the fitted preprocessing."""
+
+    series: np.ndarray
+    raw: np.ndarray
+    meta: dict[str, Any]
+    preprocessing: Preprocessing
+
+    @property
+    def window(self) -> int:
+        return self.meta["window"]
+
+    @property
+    def horizon(self) -> int:
+        return self.meta["horizon"]
+
+    @property
+    def season(self) -> int:
+        return self.meta["season"]
+
+    @property
+    def columns(self) -> list[str]:
+        return self.meta["columns"]
+
+    @property
+    def targets(self) -> list[str]:
+        return self.meta["targets"]
+
+    @property
+    def n_features(self) -> int:
+        return self.series.shape[1]
+
+    @property
+    def n_targets(self) -> int:
+        return self.raw.shape[1]
+
+    def windows(self, split: Part) -> WindowSet:
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        meta = self.meta
+        origins = window_origins(
+            split,
+            meta["rows"],
+            meta["split"]["train_end"],
+            meta["split"]["val_end"],
+            self.window,
+            self.horizon,
+            meta["stride"],
+            meta["first_usable_row"],
+        )
+        return WindowSet(self.series, self.raw, self.window, self.horizon, origins)
+
+
+def load_features(path: Path) -> Features:
+    """Load what :func:`prepare_features` wrote into ``path``."""
+    path = Path(path)
+    missing = [name for name in ("series.npy", "raw.npy", "meta.json") if not (path / name).is_file()]
+    if missing:
+        raise DataError(f"no prepared features in {path}: missing {missing} (run the data stage first)")
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("format") != FEATURES_FORMAT:
+        raise DataError(
+            f"{path / 'meta.json'} has format {meta.get('format')}, expected {FEATURES_FORMAT}: prepare the data again"
+        )
+    return Features(
+        series=np.load(path / "series.npy"),
+        raw=np.load(path / "raw.npy"),
+        meta=meta,
+        preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
+    )
