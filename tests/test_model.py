@@ -287,10 +287,14 @@ def test_lstm_after_a_single_vector_names_the_earlier_lstm() -> None:
 def test_forecast_must_end_with_one_vector_per_sample() -> None:
     message = build_error(spec({"lstm": {"units": 4}}, {"lstm": {"units": 12, "return_sequences": True}}))
     assert message.splitlines()[1:] == [
-        "  - pipelines.sunspots.model.layers[1].lstm: needs a sequence, but layers[0] emits one vector per sample; "
-        "set return_sequences: true on pipelines.sunspots.model.layers[0].lstm",
-        "  - pipelines.sunspots.model.layers[1].lstm.return_sequences: a forecast needs one vector per sample at the "
-        "end, but this last lstm emits a sequence; set return_sequences: false (or leave it out)",
+        (
+            "  - pipelines.sunspots.model.layers[1].lstm: needs a sequence, but layers[0] emits one vector per "
+            "sample; set return_sequences: true on pipelines.sunspots.model.layers[0].lstm"
+        ),
+        (
+            "  - pipelines.sunspots.model.layers[1].lstm.return_sequences: a forecast needs one vector per sample "
+            "at the end, but this last lstm emits a sequence; set return_sequences: false (or leave it out)"
+        ),
     ]
     alone = build_error(spec({"lstm": {"units": 12, "return_sequences": True}}))
     assert alone == (

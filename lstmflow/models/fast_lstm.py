@@ -5,83 +5,30 @@ Where the time goes in ``nn.LSTM`` training on a CPU, and what this layer does i
 
 - the input projection ``x·W_ihᵀ + b`` of every step is one (B·T, I) × (I, 4H) matrix multiply, not T small ones;
 - the recurrence (one (B, H) × (H, 4H) multiply and the gate arithmetic per step) runs in a compiled loop
-  (``csrc/lstm_cpu.cpp``, built on first use with the machine's C++ compiler into a cache folder; the gate
-  arithmetic fused into one vectorised loop, float32's tanh a rational approximation within a few ulp) with the
-  batch split across threads, each running the whole sequence on its rows: threads meet once per sequence instead
-  of once per operation, which is what collapses on a busy machine;
+  (``csrc/lstm_cpu.cpp``, built on first use with the machine's C++ compiler by :mod:`~lstmflow.models.kernel_build`;
+  the gate arithmetic fused into one vectorised loop, float32's tanh a rational approximation within a few ulp)
+  with the batch split across threads, each running the whole sequence on its rows: threads meet once per sequence
+  instead of once per operation, which is what collapses on a busy machine;
 - the backward recurrence keeps only the gradient of the gates; the weight gradients are then two matrix
   multiplies over all steps (``dW_ih = dGᵀ·x``, ``dW_hh = dGᵀ·h_prev``) instead of one accumulation per step.
 
 Without a compiler (or when the build fails, with a warning) the same algorithm runs as a Python loop over
 PyTorch operations, on any device. Packed sequences are not read (a :class:`~torch.nn.utils.rnn.PackedSequence`
 raises ``TypeError``): with right-padded batches, the output at step ``lengths[b] - 1`` is packed ``nn.LSTM``'s
-final h of sample b, since one direction never looks ahead. :class:`lstmflow.models.lstm.LSTMBlock` runs
+final h of sample b, since one direction never looks ahead. :class:`lstmflow.models.lstm_block.LSTMBlock` runs
 :class:`LSTMFunction` on its ``nn.LSTM``'s own parameters that way, both directions and padded batches included.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
-import os
-import platform
-import shutil
-import warnings
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "lstm_cpu.cpp"
-#: Where the compiled recurrence is cached, one folder per source and torch version; overridable for CI caches.
-CACHE_ENV = "LSTMFLOW_EXTENSIONS_DIR"
-#: What happens without the compiled recurrence, as its warning says.
-FALLBACK = "lstmflow's LSTM runs its PyTorch loop instead (train.lstm_kernel auto keeps nn.LSTM)"
-
-
-def extension_cache_dir() -> Path:
-    """``$LSTMFLOW_EXTENSIONS_DIR``, else ``$XDG_CACHE_HOME/lstmflow/extensions`` (``~/.cache`` by default)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lstmflow" / "extensions"
-
-
-@functools.cache
-def compiled_kernels() -> ModuleType | None:
-    """The compiled recurrence, built on the first call of a process (a minute the first time on a machine, then
-    loaded from the cache), or None when there is no C++ compiler or the build fails (a warning says why)."""
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
-        warnings.warn(f"FastLSTM: no C++ compiler ({compiler!r} not on PATH); {FALLBACK}", stacklevel=2)
-        return None
-    from torch.utils.cpp_extension import load  # imports setuptools: only when a build is wanted
-
-    signature = SOURCE.read_bytes() + torch.__version__.encode() + _cpu_flags().encode()
-    digest = hashlib.sha256(signature).hexdigest()[:16]
-    build_dir = extension_cache_dir() / f"lstm_cpu_{digest}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        return load(
-            name=f"lstmflow_lstm_cpu_{digest}", sources=[str(SOURCE)], build_directory=str(build_dir),
-            extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], verbose=False,
-        )  # fmt: skip
-    except (OSError, RuntimeError, ImportError) as error:
-        warnings.warn(f"FastLSTM: building {SOURCE.name} failed ({error}); {FALLBACK}", stacklevel=2)
-        return None
-
-
-def _cpu_flags() -> str:
-    """The CPU's instruction-set flags: the build uses ``-march=native``, so a cache shared between machines (a CI
-    cache, a network home) keeps one build per kind of CPU."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    return next((line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))), "")
+from lstmflow.models.kernel_build import SOURCE, compiled_kernels
 
 
 def recurrence_kernels(device: torch.device, compiled: bool | None = None) -> Any:

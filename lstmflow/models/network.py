@@ -1,0 +1,163 @@
+"""The compiled network, :class:`LSTMNet`: one submodule per spec layer, in order, run with the variable-length
+masking and the carried lstm state that the model's overview (:mod:`lstmflow.models.lstm`) describes."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import torch
+from torch import Tensor, nn
+
+from lstmflow.config import (
+    BatchNormLayer,
+    DenseLayer,
+    DropoutLayer,
+    EmbeddingLayer,
+    LayerNormLayer,
+    LayerSpec,
+    LSTMLayer,
+    ModelSpec,
+)
+from lstmflow.models.layers import Dense, FeatureBatchNorm, TokenEmbedding
+from lstmflow.models.lstm_block import LSTMBlock, LSTMKernel
+from lstmflow.models.shapes import output_layer
+
+#: An lstm layer's (h, c), each (D, B, H), keyed by the layer's index in ``model.layers``.
+LSTMState: TypeAlias = dict[int, tuple[Tensor, Tensor]]
+
+
+class LSTMNet(nn.Module):
+    """The compiled network: ``layers[i]`` is the spec's ``layers[i]``.
+
+    Build it with :func:`~lstmflow.models.lstm.build_model`, which checks the shape rules and fills in the last
+    dense's units; this constructor takes a spec that has passed them (``model.spec`` is one, for rebuilding from a
+    checkpoint). ``lstm_kernel`` is every lstm layer's :attr:`LSTMBlock.kernel`; it changes no parameter.
+    """
+
+    def __init__(self, spec: ModelSpec, n_features: int, lstm_kernel: LSTMKernel = "auto") -> None:
+        super().__init__()
+        self.spec = spec
+        self.n_features = n_features  # the vocabulary size when the first layer is an embedding
+        width = n_features
+        layers: list[nn.Module] = []
+        for index, layer in enumerate(spec.layers):
+            block, width = layer_module(layer, index, width, n_features, lstm_kernel)
+            layers.append(block)
+        self.layers = nn.ModuleList(layers)
+        self.out_features = width
+        head = output_layer(spec)
+        head_dense = spec.layers[head].dense
+        #: The output dense whose softmax :meth:`logits` leaves out (classification folds it into the loss).
+        self.softmax_head = head if head_dense is not None and head_dense.activation == "softmax" else None
+
+    def lstm_kernels_trained(self) -> list[str]:
+        """The implementations that ran this model's lstm layers in gradient-recording passes so far, sorted:
+        ``"lstmflow"`` (compiled), ``"lstmflow-loop"``, ``"torch"`` (see :class:`LSTMBlock`)."""
+        return sorted({name for layer in self.layers if isinstance(layer, LSTMBlock) for name in layer.trained_with})
+
+    @property
+    def input_width(self) -> int:
+        """Values per input step: 1 (a token id) for an embedding-first model, else ``n_features``."""
+        return 1 if self.spec.layers[0].embedding is not None else self.n_features
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """x (B, T, F) → (B, n_outputs), or (B, T, n) when the network ends in a sequence.
+
+        ``lengths`` (B,) gives each sample's valid steps (the rest of x is padding): each sample's result is then
+        what it would be alone, and an output that is a sequence is zero at the padded steps.
+        """
+        return self._run(x, lengths, softmax=True)
+
+    def logits(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """:meth:`forward` without the output dense's softmax (if it has one): the input of a cross-entropy loss.
+
+        When that dense is the last layer, ``forward(x) == softmax(logits(x))``.
+        """
+        return self._run(x, lengths, softmax=False)
+
+    def logits_carrying(self, x: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """:meth:`logits` of a full-length batch (no padding) with each lstm starting from ``state[i]`` (zeros where
+        missing), and every lstm's final (h, c): the state to start the continuation of the same streams from.
+
+        The returned state is part of the autograd graph; detach it to truncate back-propagation there.
+        """
+        final: LSTMState = {}
+        return self._run(x, None, softmax=False, state=state or {}, final=final), final
+
+    def _run(
+        self,
+        x: Tensor,
+        lengths: Tensor | None,
+        softmax: bool,
+        state: LSTMState | None = None,
+        final: LSTMState | None = None,
+    ) -> Tensor:
+        """The layers in order; with ``final`` (a dict to fill) each lstm starts from ``state`` and reports its end."""
+        mask = None  # (B, T) bool, True at the valid steps
+        if lengths is not None:
+            steps = torch.arange(x.shape[1], device=x.device)
+            mask = steps.unsqueeze(0) < lengths.to(x.device).unsqueeze(1)  # (1, T) < (B, 1) → (B, T)
+        for index, layer in enumerate(self.layers):
+            if isinstance(layer, LSTMBlock) and final is not None:
+                x, final[index] = layer.carrying(x, (state or {}).get(index))
+                if not layer.return_sequences:  # each direction's final h, as forward() gives it
+                    x = final[index][0].transpose(0, 1).reshape(x.shape[0], layer.out_features)  # (D, B, H) → (B, D·H)
+            elif isinstance(layer, LSTMBlock):
+                x = layer(x, lengths)
+            elif isinstance(layer, FeatureBatchNorm):
+                x = layer(x, mask if x.dim() == 3 else None)
+            elif isinstance(layer, Dense) and index == self.softmax_head and not softmax:
+                x = layer.linear(x)
+            else:
+                x = layer(x)
+            if mask is not None and x.dim() == 3:
+                x = x.masked_fill(~mask.unsqueeze(-1), 0.0)  # a dense bias or a norm's shift would fill the padding
+        return x
+
+    def regularization_penalty(self) -> Tensor:
+        """``l1·Σ|w| + l2·Σw²`` over the weight matrices (dense kernels, LSTM input and recurrent kernels).
+
+        Biases, normalisation scales and embeddings are left out, as Keras' kernel and recurrent regularizers do
+        (Keras regularizes embeddings only through their own ``embeddings_regularizer``); the trainer adds this to
+        the loss.
+        """
+        matrices = [
+            param
+            for layer in self.layers
+            if not isinstance(layer, TokenEmbedding)
+            for param in layer.parameters()
+            if param.dim() >= 2
+        ]
+        penalty = torch.zeros((), device=matrices[0].device)
+        if self.spec.l1:
+            penalty = penalty + self.spec.l1 * sum(param.abs().sum() for param in matrices)
+        if self.spec.l2:
+            penalty = penalty + self.spec.l2 * sum(param.square().sum() for param in matrices)
+        return penalty
+
+
+def layer_module(
+    layer: LayerSpec, index: int, width: int, n_features: int, lstm_kernel: LSTMKernel
+) -> tuple[nn.Module, int]:
+    """The module of spec layer ``index``, which reads ``width`` values per step, and the width it emits."""
+    args = layer.args
+    match args:
+        case EmbeddingLayer():
+            embedding = TokenEmbedding(n_features, args.dim, args.frozen)
+            return embedding, embedding.out_features
+        case LSTMLayer():
+            lstm = LSTMBlock(width, args.units, args.return_sequences, args.bidirectional, args.dropout, lstm_kernel)
+            return lstm, lstm.out_features
+        case DenseLayer():
+            if args.units is None:
+                raise ValueError(f"layers[{index}].dense.units is unset: build the model with build_model")
+            return Dense(width, args.units, args.activation), args.units
+        case DropoutLayer():
+            return nn.Dropout(args.rate), width
+        case BatchNormLayer():
+            # Keras: running = m·running + (1 − m)·batch; PyTorch weighs the batch by its momentum
+            return FeatureBatchNorm(width, eps=args.epsilon, momentum=1.0 - args.momentum), width
+        case LayerNormLayer():
+            return nn.LayerNorm(width, eps=args.epsilon), width  # normalises the last axis of (B, H) or (B, T, H)
+        case _:
+            raise TypeError(f"layers[{index}]: no module for layer kind {layer.kind!r}")
