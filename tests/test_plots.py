@@ -81,7 +81,7 @@ def test_loss_curves_with_learning_rate_and_log_scale(tmp_path: Path) -> None:
         }
         for e in range(1, 41)
     ]
-    width, height = assert_png(plot_loss_curves(tmp_path / "loss.png", history))
+    _, height = assert_png(plot_loss_curves(tmp_path / "loss.png", history))
     assert height > 600  # the learning-rate panel is there
 
 

@@ -153,7 +153,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     servers = {
         "tiny": start(root, "tiny", [str(BIN / "lstmflow"), "serve", "tiny"]),
         "chirps": start(root, "chirps", [str(BIN / "lstmflow"), "serve", "chirps@champion"]),
-        "agents": start(root, "agents", [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/agents@champion",
+        "agents": start(root, "agents", [sys.executable, "-m", "mlflow", "models", "serve",
+                                         "-m", "models:/agents@champion",
                                          "--env-manager", "local", "--host", "127.0.0.1"]),
     }  # fmt: skip
     try:
@@ -279,7 +280,8 @@ def test_a_bad_request_is_a_400_with_its_reason_and_the_server_keeps_serving(
 
 
 def lstmflow(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "lstmflow"), *args], cwd=root, capture_output=True, text=True, timeout=300)
+    command = [str(BIN / "lstmflow"), *args]
+    return subprocess.run(command, check=False, cwd=root, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
@@ -339,10 +341,8 @@ def test_choosing_a_version_names_what_exists(served: tuple[Path, dict[str, Serv
     uri = f"sqlite:///{root / 'mlflow.db'}"
     assert choose_version(uri, "agents").model_uri == "models:/agents@champion"
     fallback = choose_version(uri, "tiny")
-    assert (fallback.model_uri, fallback.alias) == (
-        "models:/tiny/1",
-        None,
-    ) and "no @champion alias yet" in fallback.note
+    assert (fallback.model_uri, fallback.alias) == ("models:/tiny/1", None)
+    assert "no @champion alias yet" in (fallback.note or "")
     assert choose_version(uri, "tiny", version="latest").model_uri == "models:/tiny/1"
     for kwargs, message in (
         ({"name": "agents", "version": "7"}, "no version '7'; it has versions 1"),

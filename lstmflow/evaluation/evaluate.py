@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lstmflow.config import PipelineSpec
+from lstmflow.config import CorpusSpec, PipelineSpec
 from lstmflow.data.sequences import SequenceSet, load_sequences
 from lstmflow.data.timeseries import Features, WindowSet, load_features
 from lstmflow.errors import DataError
@@ -55,7 +55,8 @@ def evaluate_forecast(
     test = features.windows("test")
     if len(test) == 0:
         raise DataError(
-            f"pipelines.{spec.name}.data.split.test: the test part holds no full window; raise split.test or lower horizon"
+            f"pipelines.{spec.name}.data.split.test: the test part holds no full window; "
+            "raise split.test or lower horizon"
         )
     model = load_trained(spec, features, model_path)
     forecast = predict(model, test, features)
@@ -178,6 +179,7 @@ def evaluate_language_model(
         }
 
     plot_dir.mkdir(parents=True, exist_ok=True)
+    assert isinstance(spec.data, CorpusSpec)  # the config gives task language_model corpus data only
     prompt = split_corpus(spec.data, f"pipelines.{spec.name}.data")["test"][:SAMPLE_PROMPT_CHARACTERS]
     sample = plot_dir / "sample.txt"
     written = generate(model, features.tokenizer, prompt, SAMPLE_TOKENS, temperature=0.8, seed=spec.train.seed)

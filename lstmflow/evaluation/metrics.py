@@ -1,9 +1,10 @@
 """Test scores, always beside the naive baseline they must beat: forecasts (seasonal-naive) and classifiers
 (the majority class).
 
-Pure numpy, so evaluation, tests and the served model share one definition. For forecasts, MASE divides by the
-in-sample MAE of the seasonal-naive forecast on the training part (Hyndman & Koehler, 2006), which makes scores
-comparable across series of different scales; with several targets one pooled scale is used.
+Evaluation and the gate share these definitions. For forecasts, MASE divides by the in-sample MAE of the
+seasonal-naive forecast on the training part (Hyndman & Koehler, 2006), which makes scores comparable across series
+of different scales; with several targets one pooled scale is used. Classification rates come from scikit-learn;
+the confusion matrix and log loss stay here (see their docstrings for why).
 """
 
 from __future__ import annotations
@@ -84,19 +85,21 @@ def forecast_metrics(y: np.ndarray, yhat: np.ndarray, naive: np.ndarray, scale: 
 #
 # Per-class rates follow scikit-learn's ``zero_division=0``: a class never predicted has precision 0 and a class
 # absent from the truth has recall 0, silently, since both are ordinary on a small test part. Macro-F1 averages
-# only over classes that occur in the truth or the predictions: a class absent from both says nothing about the
-# model, and counting it as F1 = 0 (or 1) would move the score with the number of labels the training part held.
+# only over classes that occur in the truth or the predictions (scikit-learn's default label set): a class absent
+# from both says nothing about the model, and counting it as F1 = 0 (or 1) would move the score with the number of
+# labels the training part held. scikit-learn is imported where it is used: it costs seconds, and forecasts and
+# the CLI never need it.
 
 _METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Counts (n_classes, n_classes) int64: row = true class, column = predicted class."""
-    y_true, y_pred = _labels(y_true, n_classes, "truth"), _labels(y_pred, n_classes, "prediction")
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"truth and prediction must have the same shape, got {y_true.shape} and {y_pred.shape}")
-    if y_true.size == 0:
-        raise ValueError("cannot score an empty set of predictions")
+    """Counts (n_classes, n_classes) int64: row = true class, column = predicted class.
+
+    One ``bincount`` rather than scikit-learn's ``confusion_matrix``, which would replace no line here: the labels
+    must be checked first either way, as scikit-learn drops a label outside ``labels`` without a word.
+    """
+    y_true, y_pred = _label_pair(y_true, y_pred, n_classes)
     return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
@@ -106,9 +109,13 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
     Class names become part of MLflow metric keys, which allow only letters, digits and ``_ - . / space``: any
     other character turns into ``_`` (a name that then collides with another gets ``_<class index>`` appended).
     """
-    matrix = confusion_matrix(y_true, y_pred, len(class_names))
-    metrics = _summary(matrix)
-    precision, recall, _ = _per_class(matrix)
+    from sklearn.metrics import precision_recall_fscore_support
+
+    y_true, y_pred = _label_pair(y_true, y_pred, len(class_names))
+    metrics = _summary(y_true, y_pred)
+    precision, recall, _, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(len(class_names)), zero_division=0
+    )
     for name, class_precision, class_recall in zip(metric_names(class_names), precision, recall, strict=True):
         metrics[f"precision_{name}"] = float(class_precision)
         metrics[f"recall_{name}"] = float(class_recall)
@@ -125,13 +132,18 @@ def majority_baseline(train_labels: np.ndarray, y_true: np.ndarray, n_classes: i
         raise ValueError("the majority baseline needs at least one training label")
     majority = int(np.argmax(np.bincount(train_labels, minlength=n_classes)))
     y_true = np.asarray(y_true)
-    summary = _summary(confusion_matrix(y_true, np.full(y_true.shape, majority), n_classes))
+    summary = _summary(*_label_pair(y_true, np.full(y_true.shape, majority), n_classes))
     return {"majority_accuracy": summary["accuracy"], "majority_macro_f1": summary["macro_f1"]}
 
 
 def log_loss(y_true: np.ndarray, probabilities: np.ndarray, eps: float = 1e-12) -> float:
     """Mean negative log-probability of the true class (nats); probabilities are clipped to ``eps`` so that a
-    confidently wrong prediction costs about 27.6, not infinity."""
+    confidently wrong prediction costs about 27.6, not infinity.
+
+    Kept rather than scikit-learn's ``log_loss``, which clips at float64's machine epsilon (a cost of 36.0) and
+    cannot be told otherwise, rescales rows that do not sum to 1, and refuses the gate's one-column table (the
+    probability each sample's true label got, scored with every label 0).
+    """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2:
         raise ValueError(f"probabilities must be (N, classes), got shape {probabilities.shape}")
@@ -161,19 +173,21 @@ def _labels(values: np.ndarray, n_classes: int, what: str) -> np.ndarray:
     return array
 
 
-def _per_class(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision, recall and F1 per class; 0 where a denominator is 0."""
-    hits = np.diag(matrix).astype(np.float64)
-    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
-    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
-    recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
-    # 2TP / (2TP + FP + FN), the harmonic mean of precision and recall without its 0/0 cases
-    f1 = np.divide(2 * hits, predicted + actual, out=np.zeros_like(hits), where=predicted + actual > 0)
-    return precision, recall, f1
+def _label_pair(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Truth and prediction as checked class indices of the same, non-zero length."""
+    y_true, y_pred = _labels(y_true, n_classes, "truth"), _labels(y_pred, n_classes, "prediction")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"truth and prediction must have the same shape, got {y_true.shape} and {y_pred.shape}")
+    if y_true.size == 0:
+        raise ValueError("cannot score an empty set of predictions")
+    return y_true, y_pred
 
 
-def _summary(matrix: np.ndarray) -> dict[str, float]:
+def _summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """Accuracy, and macro-F1 over the classes that occur in the truth or the predictions."""
-    _, _, f1 = _per_class(matrix)
-    occurring = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
-    return {"accuracy": float(np.trace(matrix) / matrix.sum()), "macro_f1": float(f1[occurring].mean())}
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 MAX_PANELS = 4
@@ -40,74 +41,23 @@ def plot_forecast(
     labels those rows on the x axis; a longer sequence (the whole series' times) is cut to its last rows, as the
     test part ends the series. ``None`` numbers the test steps. One panel per target, at most four.
     """
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-    actual, forecast = np.asarray(actual, dtype=float), np.asarray(forecast, dtype=float)
-    naive = None if naive is None else np.asarray(naive, dtype=float)
-    for name, array in (("forecast", forecast), ("naive", naive)):
-        if array is not None and array.shape != actual.shape:
-            raise ValueError(f"{name} has shape {array.shape}, actual {actual.shape}: both must be (N, horizon, k)")
-    if actual.ndim != 3 or actual.shape[0] == 0:
-        raise ValueError(f"actual must be (N, horizon, k) with N >= 1, got shape {actual.shape}")
+    actual, forecast, naive = _test_windows(actual, forecast, naive)
     n_windows, horizon, n_targets = actual.shape
-    rows = n_windows + horizon - 1
     names = list(target_names) if target_names is not None else [f"target {j}" for j in range(n_targets)]
     if len(names) != n_targets:
         raise ValueError(f"{len(names)} target names for {n_targets} targets")
-
-    x: np.ndarray = np.arange(rows)
-    labels: np.ndarray | None = None
-    if times is not None:
-        given = np.asarray(times)
-        if len(given) < rows:
-            raise ValueError(f"times has {len(given)} labels, the test windows cover {rows} rows")
-        given = given[len(given) - rows :]
-        if np.issubdtype(given.dtype, np.datetime64) or np.issubdtype(given.dtype, np.number):
-            x = given  # matplotlib places dates and numbers itself
-        else:
-            labels = given  # text labels: placed at integer positions, a few shown
+    x, labels = _test_period_axis(times, rows=n_windows + horizon - 1)
 
     shown = min(n_targets, MAX_PANELS)
     fig = _figure(width=11.0, height=1.0 + 3.0 * shown)
     axes = fig.subplots(shown, 1, sharex=True, squeeze=False)[:, 0]
-    fans = np.unique(np.linspace(0, n_windows - 1, min(FANS, n_windows)).round().astype(int)) if horizon > 1 else []
-    over = f"over all {horizon} steps" if horizon > 1 else "1 step ahead"
+    fans = _fan_origins(n_windows, horizon)
     for j, ax in enumerate(axes):
-        series = np.concatenate([actual[:, 0, j], actual[-1, 1:, j]])  # (N + horizon − 1,)
-        ax.plot(x, series, color="black", linewidth=1.8, label="actual")
-        for number, start in enumerate(fans):
-            steps = x[start : start + horizon]
-            ax.axvspan(steps[0], steps[-1], color="tab:orange", alpha=0.08, linewidth=0)
-            ax.plot(
-                steps,
-                forecast[start, :, j],
-                ".-",
-                color="tab:orange",
-                linewidth=1.4,
-                markersize=5,
-                label=f"forecast, all {horizon} steps, from {len(fans)} origins (shaded)" if number == 0 else None,
-            )
-        ax.plot(x[:n_windows], forecast[:, 0, j], color="tab:blue", linewidth=1.3, label="forecast, 1 step ahead")
-        scores = f"MAE {over}: model {_mae(forecast[..., j], actual[..., j]):.4g}"
-        if naive is not None:
-            ax.plot(
-                x[:n_windows],
-                naive[:, 0, j],
-                color="tab:gray",
-                linestyle="--",
-                linewidth=1.2,
-                label="naive, 1 step ahead",
-            )
-            scores += f", naive {_mae(naive[..., j], actual[..., j]):.4g}"
-        ax.set_title(f"{names[j]}   ({scores})", fontsize=10, loc="left")
-        ax.set_ylabel(f"{names[j]} (original units)")
-        ax.grid(alpha=0.3)
+        target_naive = None if naive is None else naive[..., j]
+        _forecast_panel(ax, x, actual[..., j], forecast[..., j], target_naive, names[j], fans)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize=9, frameon=False)
     if labels is not None:
-        axes[-1].xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
-        axes[-1].xaxis.set_major_formatter(
-            FuncFormatter(lambda value, _pos: str(labels[int(value)]) if 0 <= int(value) < rows else "")
-        )
+        _label_ticks(axes[-1], labels)
     axes[-1].set_xlabel("time" if times is not None else "test step")
     heading = title or "Forecast on the test period"
     if n_targets > shown:
@@ -116,6 +66,93 @@ def plot_forecast(
     if np.issubdtype(x.dtype, np.datetime64):
         fig.autofmt_xdate()
     return _save(fig, path)
+
+
+def _test_windows(
+    actual: np.ndarray, forecast: np.ndarray, naive: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The three window arrays as floats, checked to share one (N, horizon, k) shape with N >= 1."""
+    actual, forecast = np.asarray(actual, dtype=float), np.asarray(forecast, dtype=float)
+    naive = None if naive is None else np.asarray(naive, dtype=float)
+    for name, array in (("forecast", forecast), ("naive", naive)):
+        if array is not None and array.shape != actual.shape:
+            raise ValueError(f"{name} has shape {array.shape}, actual {actual.shape}: both must be (N, horizon, k)")
+    if actual.ndim != 3 or actual.shape[0] == 0:
+        raise ValueError(f"actual must be (N, horizon, k) with N >= 1, got shape {actual.shape}")
+    return actual, forecast, naive
+
+
+def _test_period_axis(times: Sequence[Any] | np.ndarray | None, rows: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x positions, text labels or None) of the test period's ``rows`` rows.
+
+    Dates and numbers are the positions themselves (matplotlib places them); text labels sit at integer positions.
+    """
+    if times is None:
+        return np.arange(rows), None
+    given = np.asarray(times)
+    if len(given) < rows:
+        raise ValueError(f"times has {len(given)} labels, the test windows cover {rows} rows")
+    given = given[len(given) - rows :]
+    if np.issubdtype(given.dtype, np.datetime64) or np.issubdtype(given.dtype, np.number):
+        return given, None
+    return np.arange(rows), given
+
+
+def _fan_origins(n_windows: int, horizon: int) -> np.ndarray:
+    """Up to ``FANS`` windows spread evenly over the test period, drawn over their full horizon; none when the
+    horizon is one step, as the 1-step-ahead line already shows every such forecast."""
+    if horizon == 1:
+        return np.array([], dtype=int)
+    return np.unique(np.linspace(0, n_windows - 1, min(FANS, n_windows)).round().astype(int))
+
+
+def _forecast_panel(
+    ax: Axes,
+    x: np.ndarray,
+    actual: np.ndarray,
+    forecast: np.ndarray,
+    naive: np.ndarray | None,
+    name: str,
+    fans: np.ndarray,
+) -> None:
+    """One target's panel from its (N, horizon) windows: the actual series, a full-horizon forecast from each origin
+    in ``fans``, the 1-step-ahead model and naive lines, and both MAEs in the title."""
+    n_windows, horizon = actual.shape
+    series = np.concatenate([actual[:, 0], actual[-1, 1:]])  # (N + horizon − 1,)
+    ax.plot(x, series, color="black", linewidth=1.8, label="actual")
+    for number, start in enumerate(fans):
+        steps = x[start : start + horizon]
+        ax.axvspan(steps[0], steps[-1], color="tab:orange", alpha=0.08, linewidth=0)
+        ax.plot(
+            steps,
+            forecast[start],
+            ".-",
+            color="tab:orange",
+            linewidth=1.4,
+            markersize=5,
+            label=f"forecast, all {horizon} steps, from {len(fans)} origins (shaded)" if number == 0 else None,
+        )
+    ax.plot(x[:n_windows], forecast[:, 0], color="tab:blue", linewidth=1.3, label="forecast, 1 step ahead")
+    over = f"over all {horizon} steps" if horizon > 1 else "1 step ahead"
+    scores = f"MAE {over}: model {_mae(forecast, actual):.4g}"
+    if naive is not None:
+        ax.plot(
+            x[:n_windows], naive[:, 0], color="tab:gray", linestyle="--", linewidth=1.2, label="naive, 1 step ahead"
+        )
+        scores += f", naive {_mae(naive, actual):.4g}"
+    ax.set_title(f"{name}   ({scores})", fontsize=10, loc="left")
+    ax.set_ylabel(f"{name} (original units)")
+    ax.grid(alpha=0.3)
+
+
+def _label_ticks(ax: Axes, labels: np.ndarray) -> None:
+    """A few of the text ``labels`` under the x axis, each at its row's integer position."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+    ax.xaxis.set_major_formatter(
+        FuncFormatter(lambda value, _pos: str(labels[int(value)]) if 0 <= int(value) < len(labels) else "")
+    )
 
 
 def plot_confusion_matrix(path: Path, matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> Path:

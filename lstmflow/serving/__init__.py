@@ -1,1 +1,7 @@
-"""Serving: predictors that turn raw inputs into answers (no MLflow), predict and generate."""
+"""Serving: the predictors that turn raw requests into answers, without MLflow.
+
+``predictors`` writes a model's bundle and rebuilds the predictor it holds: ``forecaster``, ``classifier`` or
+``generator``, one module each. ``bundle`` names the bundle's files and reads the network back, ``request_checks``
+holds the :class:`BadRequest` every predictor raises for a request it cannot answer. ``generate`` samples text from
+a language model; ``predict`` turns ``lstmflow predict``'s command-line inputs into a request.
+"""

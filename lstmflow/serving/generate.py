@@ -53,6 +53,7 @@ def decode(tokenizer: Tokenizer, ids: list[int], after: str = "") -> str:
     if tokenizer.bpe is not None:
         pieces = [tokenizer.bpe.id_to_token(i) for i in ids]
     else:
+        assert tokenizer.tokens is not None, "a word or char tokenizer keeps its vocabulary"
         pieces = [tokenizer.tokens[i] for i in ids]
     if tokenizer.kind == "char":
         return "".join(pieces)

@@ -30,7 +30,8 @@ def request_table(spec: Any, inputs: list[str], series_columns: list[str] | None
         if len(tables) != len(inputs):
             others = [text for text in inputs if text not in tables]
             raise DataError(
-                f"INPUTs mix tables ({', '.join(tables)}) with other values ({', '.join(others[:3])}); give one or the other"
+                f"INPUTs mix tables ({', '.join(tables)}) with other values ({', '.join(others[:3])}); "
+                "give one or the other"
             )
         return pd.concat([_read_table(Path(path)) for path in tables], ignore_index=True)
     kind = spec.data.kind

@@ -1,0 +1,245 @@
+"""The served classifier: raw sequences (a long or wide table), texts, audio clips or images (file paths or pixel
+columns) in, a label and one probability per class for each out.
+
+It reads a request as the data stage read the training data (the bundle's fitted preprocessing and tokenizer), and
+:meth:`Classifier.requests` builds such requests, with their true labels, from a pipeline's raw data so that the
+gate can score any model on the same samples. No MLflow needed: :mod:`lstmflow.tracking.serving` wraps it as a
+pyfunc.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lstmflow.serving.bundle import load_network
+from lstmflow.serving.request_checks import BadRequest, decoded, require_columns
+
+PIXEL_PREFIX = "pixel_"
+#: What a classifier needs from its features' metadata to read a request like the training data.
+SERVED_META = {"image_shape", "channels", "grayscale", "max_length", "vocab_size"}
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Samples of a classification data set in the layout :meth:`Classifier.predict` takes, with their true labels.
+
+    Built from the raw data, not from prepared features, so that any model (one trained on an older version of the
+    data, with its own scaler, tokenizer or audio features) can be scored on exactly these samples. Sample ``i`` is
+    rows ``offsets[i]:offsets[i + 1]`` of ``frame`` and ``predict`` answers it with key ``keys[i]``.
+    """
+
+    frame: pd.DataFrame
+    keys: list[Any]
+    labels: list[str]
+    offsets: np.ndarray
+
+    def chunks(self, size: int) -> Iterator[tuple[list[Any], pd.DataFrame]]:
+        """(keys, rows) of up to ``size`` samples at a time: a request of bounded size."""
+        for begin in range(0, len(self.keys), size):
+            end = min(begin + size, len(self.keys))
+            yield self.keys[begin:end], self.frame.iloc[self.offsets[begin] : self.offsets[end]]
+
+
+class Classifier:
+    """Raw sequences or images in, a label and per-class probabilities out; no MLflow needed."""
+
+    def __init__(self, bundle_dir: Path, spec: Any, info: dict[str, Any]) -> None:
+        from lstmflow.data.sequences import SequencePreprocessing
+
+        self.spec = spec
+        self.classes: list[str] = info["classes"]
+        self.meta: dict[str, Any] = info["meta"]
+        self.preprocessing = SequencePreprocessing.from_dict(info["preprocessing"])
+        self.model = load_network(bundle_dir, spec, info["n_features"], len(self.classes))
+        self.tokenizer = None
+        if spec.data.kind == "text":
+            from lstmflow.data.text import TOKENIZER_FILE, Tokenizer
+
+            self.tokenizer = Tokenizer.load(bundle_dir / TOKENIZER_FILE)
+
+    @staticmethod
+    def bundle_info(features_dir: Path) -> dict[str, Any]:
+        from lstmflow.data.sequences import load_sequences
+        from lstmflow.training.objectives import classifier_input_size
+
+        features = load_sequences(features_dir)
+        return {
+            "classes": features.classes,
+            "n_features": classifier_input_size(features),
+            "preprocessing": features.preprocessing.to_dict(),
+            "meta": {k: v for k, v in features.meta.get("extra_meta", {}).items() if k in SERVED_META},
+        }
+
+    def samples(self, frame: pd.DataFrame) -> tuple[list[Any], list[np.ndarray]]:
+        """Split a request into (keys, raw (T, F) arrays), in the layout the pipeline's data has."""
+        data = self.spec.data
+        keys = list(frame.index)
+        if data.kind == "text":
+            from lstmflow.data.text import text_steps
+
+            require_columns(frame, [data.text_column])
+            texts = frame[data.text_column]
+            not_text = {key: text for key, text in zip(keys, texts) if not isinstance(text, str)}
+            if not_text:
+                found = ", ".join(
+                    f"{key!r}: {'a missing value' if pd.isna(v) else type(v).__name__}"
+                    for key, v in list(not_text.items())[:5]
+                )
+                raise BadRequest(f"column {data.text_column!r} must hold text in every sample; got {found}")
+            assert self.tokenizer is not None  # loaded in __init__ for text data
+            return keys, [text_steps(self.tokenizer, text, self.meta.get("max_length")) for text in texts]
+        if data.kind == "audio":
+            from lstmflow.data.audio import clip_features, read_clip
+
+            require_columns(frame, ["path"])
+            paths = [Path(str(p)) for p in frame["path"]]
+            return keys, [decoded(str(p), lambda p=p: clip_features(*read_clip(p), data)) for p in paths]
+        if data.kind == "images":
+            if "path" in frame.columns:
+                from lstmflow.data.images import load_image
+
+                paths = [Path(str(p)) for p in frame["path"]]
+                return keys, [decoded(str(p), lambda p=p: load_image(p, data.grayscale)) for p in paths]
+            height, width = self.meta["image_shape"]
+            columns = [f"{PIXEL_PREFIX}{i}" for i in range(height * width * self.meta.get("channels", 1))]
+            require_columns(frame, columns)
+            pixels = decoded("pixels", lambda: frame[columns].to_numpy(np.float32))
+            return keys, list(pixels.reshape(len(frame), height, -1))  # (N, H, W × C)
+        if data.format == "wide":
+            steps = frame[[c for c in frame.columns if c not in {data.label_column, data.id_column, data.split.column}]]
+            rows = decoded("steps", lambda: steps.to_numpy(np.float32))
+            return keys, [row[~np.isnan(row)][:, None] for row in rows]  # (T, 1) each
+        require_columns(frame, [data.id_column, *([data.time_column] if data.time_column else []), *data.value_columns])
+        ordered = frame.sort_values([data.id_column, data.time_column]) if data.time_column else frame
+        groups = ordered.groupby(data.id_column, sort=True)
+        values = [decoded(key, lambda g=group: g[data.value_columns].to_numpy(np.float32)) for key, group in groups]
+        return [key for key, _ in groups], values
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """One row per sequence or image: the predicted label and a probability per class."""
+        import torch
+        from torch.nn.utils.rnn import pad_sequence
+
+        keys, raw = self.samples(frame)
+        if not raw:
+            raise BadRequest("the request holds no sequence or image")
+        empty = [key for key, sample in zip(keys, raw) if len(sample) == 0]
+        if empty:
+            raise BadRequest(f"sample(s) {empty} hold no steps (an empty text, or only missing values)")
+        steps = [torch.from_numpy(self.preprocessing.encode(sample)) for sample in raw]
+        lengths = torch.tensor([len(s) for s in steps], dtype=torch.int64)
+        with torch.no_grad():
+            logits = self.model.logits(pad_sequence(steps, batch_first=True), lengths)  # (N, C)
+        probabilities = torch.softmax(logits, dim=-1).numpy()
+        result = pd.DataFrame(probabilities, columns=[f"prob_{c}" for c in self.classes])
+        result.insert(0, "label", [self.classes[i] for i in probabilities.argmax(axis=1)])
+        result.insert(0, "key", keys)
+        return result
+
+    @staticmethod
+    def requests(spec: Any, features_dir: Path, part: str = "test") -> Requests:
+        """The samples of one part of ``spec``'s data, read from its raw source, in the request layout.
+
+        The raw source is read in the order the data stage read it, so sample ``i`` is sample ``i`` of the prepared
+        features in ``features_dir``; their parts (``parts.npy``) pick the samples. Labels must agree sample by sample,
+        else the raw data changed since the features were prepared: a DataError. Long tables get ids ``0..N-1`` and
+        steps ``0..T-1`` (the request's id and time columns), wide ones a ``step_<j>`` column per step (trailing cells
+        empty), images their pixel columns, texts their text column and clips their paths.
+        """
+        from lstmflow.data.sequences import PARTS, load_sequences
+        from lstmflow.errors import DataError
+
+        features = load_sequences(features_dir)
+        data, where = spec.data, f"pipelines.{spec.name}.data"
+        prepared = [features.classes[code] for code in features.labels]
+        read, samples = _read_labelled_samples(data, where, Path(features_dir))
+        if [str(label) for label in read] != prepared:
+            raise DataError(
+                f"{where}: the raw data no longer match the features prepared in {features_dir} ({len(read)} "
+                f"samples read, {len(prepared)} prepared, or their labels differ); prepare the data again"
+            )
+        chosen = np.flatnonzero(features.parts == PARTS.index(part))
+        frame, offsets = _request_table(data, [samples[i] for i in chosen])
+        return Requests(frame, list(range(len(chosen))), [prepared[i] for i in chosen], offsets)
+
+    def example(self, info: dict[str, Any]) -> pd.DataFrame:
+        """A few raw training samples in the request layout."""
+        data = self.spec.data
+        if data.kind == "text":
+            from lstmflow.data.text import read_texts
+
+            return pd.DataFrame({data.text_column: read_texts(data, f"pipelines.{self.spec.name}.data").texts[:3]})
+        if data.kind == "audio":
+            from lstmflow.data.audio import list_clips
+
+            clips, _ = list_clips(data, f"pipelines.{self.spec.name}.data")
+            return pd.DataFrame({"path": [str(clip.path) for clip in clips[:2]]})
+        if data.kind == "images":
+            from lstmflow.data.images import read_images
+
+            images = read_images(data, f"pipelines.{self.spec.name}.data").images
+            flat = np.stack([image.reshape(-1) for image in images[:3]])
+            return pd.DataFrame(flat, columns=[f"{PIXEL_PREFIX}{i}" for i in range(flat.shape[1])])
+        table = pd.read_parquet(data.path) if data.path.suffix == ".parquet" else pd.read_csv(data.path)
+        if data.format == "wide":
+            return table.drop(columns=[c for c in (data.label_column, data.split.column) if c], errors="ignore").head(3)
+        first = table[data.id_column].drop_duplicates().head(2)
+        columns = [data.id_column, *([data.time_column] if data.time_column else []), *data.value_columns]
+        return table[table[data.id_column].isin(first)][columns].reset_index(drop=True)
+
+
+def _read_labelled_samples(data: Any, where: str, features_dir: Path) -> tuple[list[Any], list[Any]]:
+    """(labels, samples) of every sample of the raw source, in the order the data stage read them: texts, clip
+    paths, images (H, W, C) or sequences (T, F)."""
+    if data.kind == "text":
+        from lstmflow.data.text import read_texts
+
+        texts = read_texts(data, where)
+        return texts.labels, texts.texts
+    if data.kind == "audio":
+        from lstmflow.data.audio import read_clips
+
+        skipped = {entry["file"] for entry in json.loads((features_dir / "skipped.json").read_text())}
+        clips = [clip for clip in read_clips(data, where).clips if clip.name not in skipped]  # as the stage kept them
+        return [clip.label for clip in clips], [clip.path for clip in clips]
+    if data.kind == "images":
+        from lstmflow.data.images import read_images
+
+        images = read_images(data, where)
+        return images.labels, images.images
+    from lstmflow.data.sequences import read_sequence_table
+
+    table = read_sequence_table(data, where)
+    return table.labels, table.sequences
+
+
+def _request_table(data: Any, samples: list[Any]) -> tuple[pd.DataFrame, np.ndarray]:
+    """``samples`` (as :func:`_read_labelled_samples` gives them) as one request, and each sample's first row in
+    it (N + 1 offsets): one row per sample, but for a long table."""
+    one_row_each = np.arange(len(samples) + 1)
+    if data.kind == "text":
+        return pd.DataFrame({data.text_column: samples}), one_row_each
+    if data.kind == "audio":
+        return pd.DataFrame({"path": [str(path) for path in samples]}), one_row_each
+    if data.kind == "images":
+        flat = np.stack([image.reshape(-1) for image in samples])  # (N, H × W × C)
+        return pd.DataFrame(flat, columns=[f"{PIXEL_PREFIX}{j}" for j in range(flat.shape[1])]), one_row_each
+    lengths = [len(sample) for sample in samples]
+    if data.format == "wide":
+        grid = np.full((len(samples), max(lengths)), np.nan)
+        for row, sample in enumerate(samples):
+            grid[row, : len(sample)] = sample[:, 0]  # (T, 1) → its row
+        return pd.DataFrame(grid, columns=[f"step_{j}" for j in range(grid.shape[1])]), one_row_each
+    values = np.concatenate(samples)  # (sum of T, F)
+    columns: dict[str, Any] = {data.id_column: np.repeat(np.arange(len(samples)), lengths)}
+    if data.time_column is not None:
+        columns[data.time_column] = np.concatenate([np.arange(length) for length in lengths])
+    columns |= {name: values[:, j] for j, name in enumerate(data.value_columns)}
+    return pd.DataFrame(columns), np.concatenate([[0], np.cumsum(lengths)])

@@ -1,0 +1,118 @@
+"""The served forecaster: recent raw rows of a series in, the next ``horizon`` steps in original units out.
+
+It reads a request as the data stage read the training series (the bundle's fitted preprocessing), so a caller
+sends raw values, never scaled ones. No MLflow needed: :mod:`lstmflow.tracking.serving` wraps it as a pyfunc.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lstmflow.serving.bundle import load_network
+from lstmflow.serving.request_checks import BadRequest, decoded, require_columns
+
+
+class Forecaster:
+    """Raw recent rows in, forecast in original units out; no MLflow needed."""
+
+    def __init__(self, bundle_dir: Path, spec: Any, info: dict[str, Any]) -> None:
+        from lstmflow.data.timeseries import Preprocessing
+
+        self.spec = spec
+        self.columns: list[str] = info["columns"]
+        self.targets: list[str] = info["targets"]
+        self.window: int = info["window"]
+        self.horizon: int = info["horizon"]
+        self.preprocessing = Preprocessing.from_dict(info["preprocessing"])
+        self.model = load_network(bundle_dir, spec, len(self.columns), self.horizon * len(self.targets))
+
+    @staticmethod
+    def bundle_info(features_dir: Path) -> dict[str, Any]:
+        from lstmflow.data.timeseries import load_features
+
+        features = load_features(features_dir)
+        return {
+            "columns": features.columns,
+            "targets": features.targets,
+            "window": features.window,
+            "horizon": features.horizon,
+            "preprocessing": features.preprocessing.to_dict(),
+            "train_end": features.meta["split"]["train_end"],
+        }
+
+    def example(self, info: dict[str, Any]) -> pd.DataFrame:
+        """The last rows of the training part: a realistic request."""
+        from lstmflow.data.timeseries import read_series
+
+        end = info["train_end"]
+        return read_series(self.spec.data).iloc[end - self.context_rows : end].reset_index(drop=True)
+
+    @property
+    def context_rows(self) -> int:
+        return self.preprocessing.context_rows(self.window)
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Forecast the ``horizon`` steps after the last row of ``frame``."""
+        import torch
+
+        require_columns(frame, self.columns)
+        if len(frame) < self.context_rows:
+            raise BadRequest(f"the request has {len(frame)} rows; this model needs the last {self.context_rows}")
+        raw = decoded("rows", lambda: frame[self.columns].to_numpy(dtype=np.float64)[-self.context_rows :])
+        if not np.isfinite(raw).all():
+            raise BadRequest(f"the request's last {self.context_rows} rows hold missing or infinite values")
+        encoded = self.preprocessing.encode(raw)[-self.window :]  # (W, F)
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(encoded, dtype=np.float32))[None])  # (1, H*K)
+        pred = out.numpy().reshape(1, self.horizon, len(self.targets))  # (1, H, K)
+        last_raw = raw[-1:, : len(self.targets)]  # (1, K)
+        forecast = self.preprocessing.decode(pred, last_raw)[0]  # (H, K)
+        result = pd.DataFrame(forecast, columns=self.targets)
+        result.insert(0, "step", np.arange(1, self.horizon + 1))
+        return result
+
+    def forecast_at(self, frame: pd.DataFrame, origins: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Forecasts (N, horizon, targets) in original units from many points of one series, in batches.
+
+        ``frame`` is the whole series in time order (this model's columns among its columns) and ``origins[i]`` the
+        row of forecast ``i``'s first step. Each forecast reads only the rows before its origin, as :meth:`predict`
+        of those rows would; the series is encoded once. For scoring on the same test windows as another model
+        whose window, scaler or transform differ.
+        """
+        import torch
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        require_columns(frame, self.columns)
+        origins = np.asarray(origins, dtype=np.intp)
+        if origins.size == 0 or origins.min() < self.context_rows or origins.max() > len(frame):
+            shown = f"{origins.min()}..{origins.max()}" if origins.size else "none"
+            raise BadRequest(
+                f"forecast origins must lie in {self.context_rows}..{len(frame)} (this model reads the "
+                f"{self.context_rows} rows before each, of {len(frame)}); got {shown}"
+            )
+        first = int(origins.min()) - self.context_rows
+        raw = decoded("rows", lambda: frame[self.columns].to_numpy(dtype=np.float64)[first : int(origins.max())])
+        with np.errstate(invalid="ignore", divide="ignore"):  # a log of values <= 0 is reported just below
+            encoded = self.preprocessing.encode(raw)  # (R - lost, F): row j is raw row j + lost
+        if not np.isfinite(encoded).all():
+            raise BadRequest(
+                f"rows {first}..{int(origins.max()) - 1} hold missing or infinite values, or values this model's "
+                f"transform {list(self.preprocessing.transforms)} cannot take"
+            )
+        lost = self.context_rows - self.window
+        starts = origins - first - lost - self.window  # each window's first row in `encoded`
+        windows = sliding_window_view(encoded, (self.window, encoded.shape[1]))[:, 0]  # (R' - W + 1, W, F) view
+        k = len(self.targets)
+        outputs = []
+        with torch.no_grad():
+            for begin in range(0, len(starts), batch_size):
+                x = torch.from_numpy(
+                    np.ascontiguousarray(windows[starts[begin : begin + batch_size]], dtype=np.float32)
+                )
+                outputs.append(self.model(x).numpy().reshape(len(x), self.horizon, k))  # (B, H*K) → (B, H, K)
+        last_raw = raw[origins - first - 1, :k]  # (N, K): the row before each origin anchors differences
+        return self.preprocessing.decode(np.concatenate(outputs), last_raw)

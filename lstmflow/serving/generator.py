@@ -1,0 +1,92 @@
+"""The served language model: prompts in, the text it writes after each out; and the score of a text, for the gate.
+
+No MLflow needed: :mod:`lstmflow.tracking.serving` wraps it as a pyfunc. The sampling itself is
+:func:`lstmflow.serving.generate.generate`, shared with evaluation's sample text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from lstmflow.serving.bundle import load_network
+from lstmflow.serving.request_checks import BadRequest, decoded, require_columns
+
+
+class Generator:
+    """Prompts in, generated text out: a ``prompt`` column, and optionally per row ``tokens``, ``temperature`` and
+    ``seed`` (defaults: 200 tokens, temperature 0.8, seed 0); no MLflow needed."""
+
+    DEFAULTS: ClassVar[dict[str, float]] = {"tokens": 200, "temperature": 0.8, "seed": 0}
+
+    def __init__(self, bundle_dir: Path, spec: Any, info: dict[str, Any]) -> None:
+        from lstmflow.data.text import TOKENIZER_FILE, Tokenizer
+
+        self.spec = spec
+        self.tokenizer = Tokenizer.load(bundle_dir / TOKENIZER_FILE)
+        self.model = load_network(bundle_dir, spec, info["vocab_size"], info["vocab_size"], per_step=True)
+
+    @staticmethod
+    def bundle_info(features_dir: Path) -> dict[str, Any]:
+        meta = json.loads((features_dir / "meta.json").read_text())
+        return {"vocab_size": meta["vocab_size"], "tokenizer_kind": meta["tokenizer_kind"]}
+
+    def example(self, info: dict[str, Any]) -> pd.DataFrame:
+        """The start of the training text as a prompt, with a short continuation."""
+        from lstmflow.data.corpus import read_text
+
+        start = read_text(self.spec.data.path, f"pipelines.{self.spec.name}.data.path")[:40]
+        return pd.DataFrame({"prompt": [start], "tokens": [20], "temperature": [0.8], "seed": [0]})
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """One row per prompt: the prompt and the text generated after it."""
+        from lstmflow.serving.generate import generate
+
+        require_columns(frame, ["prompt"])
+        rows = frame.to_dict("records")
+        settings = [{key: row.get(key, default) for key, default in self.DEFAULTS.items()} for row in rows]
+        texts = [
+            decoded(
+                index,
+                lambda row=row, s=s: generate(
+                    self.model,
+                    self.tokenizer,
+                    str(row["prompt"]),
+                    int(s["tokens"]),
+                    float(s["temperature"]),
+                    int(s["seed"]),
+                ),
+            )
+            for index, (row, s) in enumerate(zip(rows, settings))
+        ]
+        return pd.DataFrame({"prompt": [str(row["prompt"]) for row in rows], "text": texts})
+
+    def score_text(self, text: str) -> tuple[float, int]:
+        """(summed cross-entropy in nats, tokens scored) of every token of ``text`` after the first, read as one
+        stream in spans of ``data.sequence_length`` with the stateful layers' state carried, as evaluation reads a
+        part. Divided by the characters of ``text``, it compares models whose tokenizers differ."""
+        import torch
+        import torch.nn.functional as F
+
+        from lstmflow.training.objectives import stateful_layers
+
+        ids = self.tokenizer.encode(text)
+        if len(ids) < 2:
+            raise BadRequest(
+                f"the text holds {len(ids)} token(s) for this {self.tokenizer.kind} tokenizer; scoring needs 2"
+            )
+        stream = torch.tensor(ids, dtype=torch.int64)
+        steps, stateful = self.spec.data.sequence_length, stateful_layers(self.spec)
+        carry: dict[int, Any] = {}
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(ids) - 1, steps):
+                end = min(start + steps, len(ids) - 1)
+                x = stream[start:end].float().view(1, -1, 1)  # (1, T, 1): the embedding's input
+                logits, final = self.model.logits_carrying(x, carry)  # (1, T, V)
+                carry = {index: state for index, state in final.items() if index in stateful}
+                total += F.cross_entropy(logits[0].double(), stream[start + 1 : end + 1], reduction="sum").item()
+        return total, len(ids) - 1
