@@ -23,7 +23,7 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from uuid import UUID
 
 from prefect import Flow, flow
@@ -31,6 +31,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowFilter, FlowFilterName
 from prefect.client.schemas.objects import WorkPool
+from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron, Interval, Schedule
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -40,6 +41,9 @@ from pydantic.fields import FieldInfo
 from flows.pipeline import run_pipeline
 from lstmflow.config import Config, ScheduleSpec
 from lstmflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prefect.server.schemas.schedules import CronSchedule, IntervalSchedule
 
 #: The folder holding ``flows/`` and ``tasks/``: a worker loads the flow from here, so it must exist at the same
 #: path on every worker machine (a checkout at a fixed path, or a shared mount).
@@ -172,7 +176,7 @@ def _deploy_retraining(loaded: Config, pipeline: str, spec: ScheduleSpec) -> Sch
     )
     defaults = {"pipeline": pipeline}
     deployment_id = _deploy(ENTRYPOINT, loaded, spec.pool, name, defaults, None, schedule, None, description)
-    next_run = run_coro_as_sync(_server_schedule(schedule).get_dates(1))[0] if spec.active else None
+    next_run = _next_date(schedule) if spec.active else None
     full_name = f"{run_pipeline.name}/{name}"
     return ScheduledDeployment(pipeline, full_name, deployment_id, action, spec.pool, text, next_run)
 
@@ -216,7 +220,14 @@ def schedule_text(spec: ScheduleSpec) -> str:
 _UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 
 
-def _server_schedule(schedule: Schedule) -> Any:
+def _next_date(schedule: Schedule) -> datetime.datetime:
+    """When the schedule fires next, by the server's own date logic."""
+    # Prefect's run_coro_as_sync is generic in a TypeVar mypy cannot solve (infer_variance): the cast names its result.
+    dates = cast("list[datetime.datetime]", run_coro_as_sync(_server_schedule(schedule).get_dates(1)))
+    return dates[0]
+
+
+def _server_schedule(schedule: Schedule) -> CronSchedule | IntervalSchedule:
     """The server's model of ``schedule``: its ``get_dates`` is the very date logic of Prefect's scheduler."""
     from prefect.server.schemas.schedules import CronSchedule, IntervalSchedule
 
@@ -294,22 +305,26 @@ def _deploy(
     variables = {**(job_variables or {}), **({GPUS_VARIABLE: gpus} if gpus is not None else {})}
     choices = loaded.names if entrypoint == ENTRYPOINT else _search_pipelines(loaded)
     ensure_work_pool(pool)
-    source = flow.from_source(source=str(CODE_ROOT), entrypoint=entrypoint)
-    deployment = source.to_deployment(
-        name=name,
-        work_pool_name=pool,
-        parameters=parameters,
-        job_variables=variables,
-        schedules=[schedule] if schedule is not None else [],
-        description=description,
-        enforce_parameter_schema=True,  # the server refuses a run whose parameters break the form's schema
+    # Called from synchronous code, Prefect's dual sync/async methods return their results, not coroutines.
+    source = cast("Flow[..., Any]", flow.from_source(source=str(CODE_ROOT), entrypoint=entrypoint))
+    deployment = cast(
+        RunnerDeployment,
+        source.to_deployment(
+            name=name,
+            work_pool_name=pool,
+            parameters=parameters,
+            job_variables=variables,
+            schedules=[schedule] if schedule is not None else [],
+            description=description,
+            enforce_parameter_schema=True,  # the server refuses a run whose parameters break the form's schema
+        ),
     )
     # Prefect builds the schema from the signature; the form is ours. (The private attribute is what Prefect's
     # own `freeze` of a parameter edits; tests read the stored schema back from the server.)
     deployment._parameter_openapi_schema.properties = form_properties(
         deployment._parameter_openapi_schema.properties, source, choices, str(loaded.path)
     )
-    return deployment.apply()
+    return cast(UUID, deployment.apply())
 
 
 def form_properties(

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import NotSet
 from pydantic import Field
 
 from lstmflow.errors import ConfigError
@@ -75,38 +76,22 @@ def run_pipeline(
     study continues where it stopped, so a re-run with nothing changed starts no trial. The gate scores the new
     version and the current champion on the same test data by the pipeline's ``promote`` rule.
     """
-    logger = get_run_logger()
     root = str(project_root(config))
     config_path = str(Path(config).expanduser().resolve())
+    refresh = True if force else NotSet  # NotSet: each task's own setting (Prefect's default: use the cache)
     prepared = prepare(config_path, pipeline, overrides_from(epochs, learning_rate, batch_size, overrides, trials))
-    searched = None
-    if prepared["spec"]["search"] is not None:
-        searched = search_trials(prepared, root)
-        prepared, trained = searched["prepared"], searched["trained"]
-        cached = not searched["summary"]["ran"]
-        best = searched["summary"]["best"]
-        logger.info(
-            "Best trial %d (%s %.6g): reusing its MLflow run %s, no retraining.",
-            best["number"], searched["summary"]["metric"], best["value"], trained["run_id"],
-        )  # fmt: skip
+    searched = search_best(prepared, root) if prepared["spec"]["search"] is not None else None
+    if searched:
+        prepared, trained, cached = searched["prepared"], searched["trained"], not searched["summary"]["ran"]
     else:
-        train_state = train.with_options(refresh_cache=force or None)(prepared, root, return_state=True)
-        trained = train_state.result()
-        cached = train_state.name == "Cached"
-        if cached:
-            logger.info(
-                "Nothing changed (spec, data, code): reusing MLflow run %s, no training started.", trained["run_id"]
-            )
-    metrics = evaluate.with_options(refresh_cache=force or None)(prepared, trained, root)
-    registered = register.with_options(refresh_cache=force or None)(prepared, trained, root)
+        trained, cached = train_or_reuse(prepared, root, refresh)
+    metrics = evaluate.with_options(refresh_cache=refresh)(prepared, trained, root)
+    registered = register.with_options(refresh_cache=refresh)(prepared, trained, root)
     decision = gate(prepared, trained, registered, root)
-    logger.info(
+    get_run_logger().info(
         "Gate: version %s %s (%s); %s.",
-        registered["version"],
-        decision["decision"],
-        decision["alias"],
-        decision["reason"],
-    )
+        registered["version"], decision["decision"], decision["alias"], decision["reason"],
+    )  # fmt: skip
     return {
         "pipeline": pipeline,
         "mlflow_run_id": trained["run_id"],
@@ -122,6 +107,29 @@ def run_pipeline(
         "gate": decision,
         **({"search": searched["summary"]} if searched else {}),
     }
+
+
+def train_or_reuse(prepared: dict[str, Any], root: str, refresh: bool | type[NotSet]) -> tuple[dict[str, Any], bool]:
+    """The train task's run, trained now or reused from the cache when spec, data and code are unchanged; and which."""
+    state = train.with_options(refresh_cache=refresh)(prepared, root, return_state=True)
+    trained = state.result()
+    cached = state.name == "Cached"
+    if cached:
+        get_run_logger().info(
+            "Nothing changed (spec, data, code): reusing MLflow run %s, no training started.", trained["run_id"]
+        )
+    return trained, cached
+
+
+def search_best(prepared: dict[str, Any], root: str) -> dict[str, Any]:
+    """The pipeline's search, run to its budget; its best trial's run goes on to evaluate and register as is."""
+    searched = search_trials(prepared, root)
+    best = searched["summary"]["best"]
+    get_run_logger().info(
+        "Best trial %d (%s %.6g): reusing its MLflow run %s, no retraining.",
+        best["number"], searched["summary"]["metric"], best["value"], searched["trained"]["run_id"],
+    )  # fmt: skip
+    return searched
 
 
 @flow(name="search_pipeline", log_prints=True, validate_parameters=True)

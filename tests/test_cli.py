@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_project
+from conftest import REPO, TINY_PIPELINES, free_port, make_project
+from conftest import run_lstmflow as lstmflow
+
+#: Every command, in the order `lstmflow --help` lists them.
+COMMANDS = [
+    "validate", "list", "summary", "run", "search", "join", "generate", "deploy", "promote", "rollback", "worker",
+    "up", "down", "status", "serve", "predict", "compare", "reproduce", "reference",
+]  # fmt: skip
 
 
-def lstmflow(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "lstmflow"), *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+def help_commands(help_text: str) -> dict[str, str]:
+    """The commands of `lstmflow --help`'s Commands panel, in order, with the first line of each one's help."""
+    panel = help_text.split("─ Commands ─", 1)[1]
+    return dict(re.findall(r"^│ ([a-z]+) {2,}(\S.*?)\s*│$", panel, flags=re.MULTILINE))
+
+
+def readme_commands() -> set[str]:
+    """The commands the README's "The command line" block shows: `lstmflow NAME ...` lines and their `| NAME`s."""
+    section = (REPO / "README.md").read_text().split("## The command line", 1)[1]
+    block = section.split("```", 2)[1]
+    commands = set()
+    for line in block.splitlines():
+        if line.startswith("lstmflow "):
+            commands.add(line.split()[1])
+            commands.update(re.findall(r"\| ([a-z]+)\b", line))
+    return commands
 
 
 def test_bad_config_exits_2_with_the_path_and_value(tiny_project: Path) -> None:
@@ -79,22 +99,46 @@ pipelines:
     )
 
 
-def test_help_explains_every_command() -> None:
+def test_help_lists_every_command_with_its_help() -> None:
     done = lstmflow(REPO, "--help")
-    commands = (
-        "run",
-        "validate",
-        "list",
-        "summary",
-        "generate",
-        "deploy",
-        "worker",
-        "reference",
-        "promote",
-        "rollback",
-    )
-    for command in (*commands, "serve", "predict", "compare", "reproduce", "up", "down", "status"):
-        assert command in done.stdout
+    assert done.returncode == 0, done.stderr
+    listed = help_commands(done.stdout)
+    assert list(listed) == COMMANDS
+    assert all(len(first_line) > 20 for first_line in listed.values()), listed
+
+
+def test_readme_command_list_matches_help() -> None:
+    """Each command of `lstmflow --help` is in the README's command list, and the list names no other."""
+    assert readme_commands() == set(COMMANDS)
+
+
+def test_tables_are_not_cut_in_a_pipe(tiny_project: Path) -> None:
+    """Through a pipe (a file, a CI log) rich would assume 80 columns and cut the table; every cell stays whole."""
+    description = "A monthly series with a slow trend and a yearly season, " * 3
+    pipelines = TINY_PIPELINES.replace("    evaluate:", f"    description: {description.strip()}\n    evaluate:")
+    (tiny_project / "pipelines.yaml").write_text(pipelines)
+    done = lstmflow(tiny_project, "list")
+    assert done.returncode == 0, done.stderr
+    assert description.strip() in done.stdout
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_prefect_logs_only_with_verbose(verbose: bool) -> None:
+    """Quiet by default: Prefect's INFO lines (the temporary server's tip among them) stay off the console while its
+    warnings show; with -v they all show."""
+    script = f"""
+from lstmflow.cli.shared import quiet_logs
+quiet_logs(verbose={verbose})
+from prefect.logging import get_logger
+from prefect.logging.configuration import setup_logging
+setup_logging()
+get_logger().info("Starting temporary server")
+get_logger().warning("a warning")
+"""
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "a warning" in done.stderr
+    assert ("Starting temporary server" in done.stderr) == verbose
 
 
 @pytest.mark.parametrize("command", ["deploy", "worker"])
@@ -104,6 +148,7 @@ def test_deploy_and_worker_need_a_prefect_server(tiny_project: Path, command: st
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     done = subprocess.run(
         [str(Path(sys.executable).parent / "lstmflow"), command],
+        check=False,
         cwd=tiny_project,
         capture_output=True,
         text=True,
@@ -116,14 +161,7 @@ def test_deploy_and_worker_need_a_prefect_server(tiny_project: Path, command: st
 @pytest.mark.slow
 def test_two_machines_train_one_model_with_run_and_join(tmp_path: Path) -> None:
     """Machine 0 runs the flow, machine 1 joins: two project checkouts on 127.0.0.1 stand for two machines."""
-    import socket
-
-    from conftest import TINY_PIPELINES
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    nodes = f'  train: {{nodes: {{count: 2, endpoint: "127.0.0.1:{port}", timeout: 240}}}}\n'
+    nodes = f'  train: {{nodes: {{count: 2, endpoint: "127.0.0.1:{free_port()}", timeout: 240}}}}\n'
     pipelines = TINY_PIPELINES.replace(
         "    evaluate: {season: 12}\n", "    evaluate: {season: 12}\n" + nodes.replace("  train", "    train")
     )
@@ -146,3 +184,6 @@ def test_two_machines_train_one_model_with_run_and_join(tmp_path: Path) -> None:
     assert result["epochs_run"] == 3 and result["model_uri"] == "models:/tiny/1"
     assert "machine 1 of tiny: trained 3 epochs with 2 processes in all" in out1
     assert not (machines[1] / "mlflow.db").exists(), "machine 1 neither tracks nor registers"
+    # quiet by default, and not cut at 80 columns in a pipe: the result lines (on stderr with --json) stay whole
+    assert "dedicated Prefect server" not in err0 and "Beginning flow run" not in err0, err0[-3000:]
+    assert f"MLflow run {result['mlflow_run_id']} · training 3 epochs, best 3 · data {result['data_version']}" in err0

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import threading
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -158,7 +159,7 @@ def test_schedules_become_deployments_that_follow_pipelines_yaml(tmp_path: Path,
     assert {run.state_name for run in runs} == {"Scheduled"}
     assert all(run.parameters == {"pipeline": "tiny", "config": config} for run in runs)
     assert starts[0] == tiny.next_run, "the next run deploy_schedules reports is the server's"
-    assert {(b - a).total_seconds() for a, b in zip(starts, starts[1:])} == {86400}
+    assert {(b - a).total_seconds() for a, b in pairwise(starts)} == {86400}
     local = tiny.next_run.astimezone(ZoneInfo("Europe/Berlin"))  # type: ignore[union-attr]
     assert (local.hour, local.minute) == (0, 0), "a daily interval fires at midnight of its time zone, redeploy or not"
     assert scheduled_runs(other.deployment_id) == [], "a paused schedule makes no runs"
@@ -179,7 +180,7 @@ def test_schedules_become_deployments_that_follow_pipelines_yaml(tmp_path: Path,
     assert names.count("retrain-tiny") == 1 and "retrain-other" not in names
     assert tiny_schedule.schedule.interval.total_seconds() == 12 * 3600  # type: ignore[union-attr]
     starts = [run.expected_start_time for run in scheduled_runs(tiny.deployment_id)]
-    assert {(b - a).total_seconds() for a, b in zip(starts, starts[1:])} == {12 * 3600}, "the daily runs were replaced"
+    assert {(b - a).total_seconds() for a, b in pairwise(starts)} == {12 * 3600}, "the daily runs were replaced"
 
     unscheduled = make_project(tmp_path / "another")
     assert deploy_schedules(unscheduled / "pipelines.yaml") == [], "nothing scheduled there, nothing deployed"
