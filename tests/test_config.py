@@ -245,3 +245,14 @@ def test_shipped_pipelines_validate_and_dvc_params_exist() -> None:
     for name, spec in specs.items():
         assert name in params, f"params.yaml lacks {name}: run `lstmflow run {name}` or `lstmflow validate`"
         assert Path(REPO / params[name]["data"]["path"]).resolve() == spec.data.path
+
+
+def test_a_pipeline_added_to_the_shipped_file_gets_the_documented_defaults(tmp_path: Path) -> None:
+    """Demo settings stay inside the demo pipelines: a newcomer's pipeline trains exactly as the reference says."""
+    shipped = yaml.safe_load((REPO / "pipelines.yaml").read_text())
+    shipped["pipelines"]["mine"] = {"data": {"path": str(tmp_path / "mine.csv"), "time_column": "t", "target": "y"}}
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(shipped))
+    spec = Config.load(path).pipeline("mine", [])
+    assert spec.train == PipelineSpec.model_validate({"name": "mine", **shipped["pipelines"]["mine"]}).train
+    assert spec.model == PipelineSpec.model_validate({"name": "mine", **shipped["pipelines"]["mine"]}).model
