@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +46,32 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """A state dict or checkpoint saved by training, loaded on the CPU without unpickling code."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def mlflow_client(root: Path) -> Any:
+    """An MLflow client on the project's own SQLite store (tracking and registry)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def run_lstmflow(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The `lstmflow` command of this environment, run as a user runs it; never raises on a non-zero exit."""
+    command = [str(Path(sys.executable).parent / "lstmflow"), *args]
+    return subprocess.run(command, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def write_sine_csv(path: Path, rows: int = 240, season: int = 12, seed: int = 0) -> Path:

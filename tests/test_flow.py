@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, git, make_project
+from conftest import REPO, git, make_project, mlflow_client
 
 pytestmark = pytest.mark.slow
 
@@ -33,30 +33,23 @@ def first_run(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -
     return root, run_pipeline(pipeline="tiny", config=str(root / "pipelines.yaml"))
 
 
-def client(root: Path):
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
 def test_run_logs_params_epoch_metrics_and_test_metrics(first_run: tuple[Path, dict[str, Any]]) -> None:
     root, result = first_run
-    run = client(root).get_run(result["mlflow_run_id"])
+    run = mlflow_client(root).get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "3" and run.data.params["model.layers.0.lstm.units"] == "8"
-    history = client(root).get_metric_history(result["mlflow_run_id"], "train_loss")
+    history = mlflow_client(root).get_metric_history(result["mlflow_run_id"], "train_loss")
     assert [m.step for m in history] == list(range(1, result["epochs_run"] + 1))
     for key in ("rmse", "mae", "smape", "mase", "naive_rmse", "naive_mae"):
         assert np.isfinite(run.data.metrics[f"test_{key}"])
         assert result["metrics"][key] == pytest.approx(run.data.metrics[f"test_{key}"])
-    artifacts = {a.path for a in client(root).list_artifacts(result["mlflow_run_id"], "plots")}
+    artifacts = {a.path for a in mlflow_client(root).list_artifacts(result["mlflow_run_id"], "plots")}
     assert artifacts == {"plots/forecast.png", "plots/loss_curves.png"}
 
 
 def test_lineage_tags_point_at_code_data_and_flow_run(first_run: tuple[Path, dict[str, Any]]) -> None:
     root, result = first_run
-    tags = client(root).get_run(result["mlflow_run_id"]).data.tags
+    tags = mlflow_client(root).get_run(result["mlflow_run_id"]).data.tags
     assert tags["lstmflow.git_commit"].split("-")[0] == git(root, "rev-parse", "HEAD").strip()
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["features@tiny"]
     assert tags["lstmflow.data_md5"] == lock["deps"][0]["md5"]
@@ -173,12 +166,13 @@ def test_cached_rerun_starts_no_training(first_run: tuple[Path, dict[str, Any]])
 
     root, result = first_run
     runs_before = sorted((root / "runs" / "tiny").iterdir())
+    experiment = mlflow_client(root).get_experiment_by_name("tiny")
+    mlflow_runs_before = len(mlflow_client(root).search_runs([experiment.experiment_id]))
     again = run_pipeline(pipeline="tiny", config=str(root / "pipelines.yaml"))
     assert again["cached"] is True
     assert again["mlflow_run_id"] == result["mlflow_run_id"]
     assert sorted((root / "runs" / "tiny").iterdir()) == runs_before
-    experiment = client(root).get_experiment_by_name("tiny")
-    assert len(client(root).search_runs([experiment.experiment_id])) == 1
+    assert len(mlflow_client(root).search_runs([experiment.experiment_id])) == mlflow_runs_before
 
 
 def test_changed_override_trains_again_and_force_bypasses_cache(first_run: tuple[Path, dict[str, Any]]) -> None:
@@ -190,7 +184,8 @@ def test_changed_override_trains_again_and_force_bypasses_cache(first_run: tuple
     assert changed["epochs_run"] == 2
     forced = run_pipeline(pipeline="tiny", epochs=2, force=True, config=str(root / "pipelines.yaml"))
     assert forced["cached"] is False and forced["mlflow_run_id"] != changed["mlflow_run_id"]
-    assert forced["model_uri"] == "models:/tiny/3"
+    changed_version = int(changed["model_uri"].rsplit("/", 1)[1])
+    assert forced["model_uri"] == f"models:/tiny/{changed_version + 1}", "a forced run registers a new version"
 
 
 def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_harness: None) -> None:
@@ -281,9 +276,9 @@ def test_killed_training_is_retried_from_its_checkpoint_in_the_same_mlflow_run(
     [run_dir] = (root / "runs" / "tiny").iterdir()
     fit_result = json.loads((run_dir / "fit_result.json").read_text())
     assert fit_result["resumed_from_epoch"] is not None and fit_result["epochs_run"] == 40
-    runs = client(root).search_runs([client(root).get_experiment_by_name("tiny").experiment_id])
+    runs = mlflow_client(root).search_runs([mlflow_client(root).get_experiment_by_name("tiny").experiment_id])
     assert [r.info.run_id for r in runs] == [result["mlflow_run_id"]] and runs[0].info.status == "FINISHED"
-    steps = sorted({m.step for m in client(root).get_metric_history(result["mlflow_run_id"], "val_loss")})
+    steps = sorted({m.step for m in mlflow_client(root).get_metric_history(result["mlflow_run_id"], "val_loss")})
     assert steps == list(range(1, 41)), "every epoch logged once to the one run, none skipped"
 
 
