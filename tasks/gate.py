@@ -1,4 +1,5 @@
-"""The gate task: the newly registered version against the champion on the same test data; the alias moves if it wins."""
+"""The gate task: the newly registered version against the champion on the same test data; the alias moves if it
+wins."""
 
 from __future__ import annotations
 
@@ -17,4 +18,5 @@ from tasks.policy import retry_unless_user_error
 def gate(prepared: dict[str, Any], trained: dict[str, Any], registered: dict[str, str], root: str) -> dict[str, Any]:
     """Never cached: the champion may have moved (a newer version, a rollback) since the last run. Idempotent all the
     same: a version the gate has judged keeps its recorded decision, so a re-run or a retry judges nothing twice."""
-    return judging.gate(steps.Prepared(**prepared), trained, registered, Path(root))
+    data = steps.Prepared(**prepared)
+    return judging.gate(data.pipeline, Path(data.features_dir), trained, registered, Path(root))

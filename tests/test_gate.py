@@ -14,11 +14,12 @@ import pytest
 import torch
 from conftest import prepare_pipeline_features, prepared_corpus, write_sine_csv
 
-from lstmflow.config import PromoteSpec, validate_pipeline
+from lstmflow.config import CorpusSpec, PromoteSpec, validate_pipeline
 from lstmflow.data.kinds import build_features, resolve
+from lstmflow.evaluation import significance
 from lstmflow.models.lstm import build_model
 from lstmflow.ops import gate, steps
-from lstmflow.serving.predictors import load_predictor, write_bundle
+from lstmflow.serving.predictors import Forecaster, load_predictor, write_bundle
 from lstmflow.tracking import registry, tracking_uri
 from lstmflow.training.fit import fit
 from lstmflow.training.loggers import ListLogger
@@ -32,7 +33,7 @@ def test_mcnemar_exact_is_the_one_sided_binomial_test(b: int, c: int) -> None:
 
     challenger = np.array([True] * b + [False] * c + [True] * 10 + [False] * 4)
     champion = np.array([False] * b + [True] * c + [True] * 10 + [False] * 4)
-    result = gate.mcnemar(challenger, champion)
+    result = significance.mcnemar(challenger, champion)
     expected = binomtest(b, b + c, 0.5, alternative="greater").pvalue if b + c else 1.0
     assert result.p_value == pytest.approx(expected, rel=1e-12) and result.n == b + c + 14
 
@@ -44,10 +45,10 @@ def test_mcnemar_chi_square_matches_statsmodels_halved_to_one_side() -> None:
     challenger = np.array([True] * b + [False] * c + [True] * 30 + [False] * 5)
     champion = np.array([False] * b + [True] * c + [True] * 30 + [False] * 5)
     expected = reference([[30, b], [c, 5]], exact=False, correction=True)
-    ours, reverse = gate.mcnemar(challenger, champion), gate.mcnemar(champion, challenger)
+    ours, reverse = significance.mcnemar(challenger, champion), significance.mcnemar(champion, challenger)
     assert ours.statistic == pytest.approx(expected.statistic) and ours.p_value == pytest.approx(expected.pvalue / 2)
     assert reverse.p_value == pytest.approx(1 - expected.pvalue / 2), "the champion better: no evidence at all"
-    assert "chi-square" in ours.detail and "exact" in gate.mcnemar(challenger[:20], champion[:20]).detail
+    assert "chi-square" in ours.detail and "exact" in significance.mcnemar(challenger[:20], champion[:20]).detail
 
 
 def test_diebold_mariano_with_horizon_one_is_the_one_sided_t_test() -> None:
@@ -56,7 +57,7 @@ def test_diebold_mariano_with_horizon_one_is_the_one_sided_t_test() -> None:
 
     rng = np.random.default_rng(3)
     champion, challenger = rng.gamma(2.0, 1.0, 60), rng.gamma(2.0, 0.8, 60)
-    result = gate.diebold_mariano(champion, challenger, horizon=1)
+    result = significance.diebold_mariano(champion, challenger, horizon=1)
     expected = ttest_1samp(champion - challenger, 0.0, alternative="greater")
     assert result.statistic == pytest.approx(expected.statistic) and result.p_value == pytest.approx(expected.pvalue)
 
@@ -74,7 +75,7 @@ def test_diebold_mariano_long_run_variance_matches_statsmodels_hac() -> None:
         cov_type="HAC", cov_kwds={"maxlags": horizon - 1, "kernel": "uniform", "use_correction": False}
     )
     factor = math.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
-    result = gate.diebold_mariano(d + 1.0, np.ones(n), horizon)
+    result = significance.diebold_mariano(d + 1.0, np.ones(n), horizon)
     assert result.statistic == pytest.approx(factor * fitted.tvalues[0], rel=1e-9)
     assert result.p_value == pytest.approx(student.sf(factor * fitted.tvalues[0], n - 1), rel=1e-9)
 
@@ -82,11 +83,15 @@ def test_diebold_mariano_long_run_variance_matches_statsmodels_hac() -> None:
 def test_diebold_mariano_finds_a_real_difference_and_none_where_there_is_none() -> None:
     rng = np.random.default_rng(5)
     champion = np.abs(rng.normal(0, 1.0, 200))
-    assert gate.diebold_mariano(champion, 0.5 * champion + 0.01, horizon=3).p_value < 1e-6
+    assert significance.diebold_mariano(champion, 0.5 * champion + 0.01, horizon=3).p_value < 1e-6
     twin = np.abs(rng.normal(0, 1.0, 200))
-    assert gate.diebold_mariano(champion, twin, horizon=3).p_value > 0.05
-    assert gate.diebold_mariano(champion, champion, horizon=3).p_value == 1.0, "identical forecasts: never better"
-    assert gate.diebold_mariano(champion[:3], champion[:3] - 1, horizon=3).p_value == 1.0, "fewer windows than h"
+    assert significance.diebold_mariano(champion, twin, horizon=3).p_value > 0.05
+    assert significance.diebold_mariano(champion, champion, horizon=3).p_value == 1.0, (
+        "identical forecasts: never better"
+    )
+    assert significance.diebold_mariano(champion[:3], champion[:3] - 1, horizon=3).p_value == 1.0, (
+        "fewer windows than h"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ decision
@@ -95,7 +100,7 @@ def test_diebold_mariano_finds_a_real_difference_and_none_where_there_is_none() 
 def comparison(
     challenger: float, champion: float, direction: str = "minimize", p_value: float | None = 0.001
 ) -> gate.Comparison:
-    test = None if p_value is None else gate.Significance("diebold_mariano", 3.0, p_value, 50, "DM")
+    test = None if p_value is None else significance.Significance("diebold_mariano", 3.0, p_value, 50, "DM")
     return gate.Comparison("mae", direction, challenger, champion, 50, test)
 
 
@@ -181,6 +186,82 @@ def test_a_forecaster_that_does_not_fit_the_test_windows_is_named_not_comparable
     assert data.outputs(untrained_bundle(spec, tmp_path / "features", 1, 6, tmp_path / "n")).shape == (data.n, 6, 1)
 
 
+# ------------------------------------------------------------------- when a version cannot be scored: the rule
+
+
+@dataclass
+class Shapes:
+    """The current data (horizon 6) and bundles: one that fits it, one of an older shape (horizon 3)."""
+
+    spec: Any
+    features_dir: Path
+    fits: Path
+    older_shape: Path
+
+
+@pytest.fixture
+def shapes(tmp_path: Path) -> Shapes:
+    spec = series_spec(tmp_path, window=24)
+    prepare_pipeline_features(spec, tmp_path / "features")
+    short = series_spec(tmp_path / "short", window=24, horizon=3)
+    prepare_pipeline_features(short, tmp_path / "short" / "features")
+    untrained_bundle(spec, tmp_path / "features", 1, 6, tmp_path / "fits")
+    untrained_bundle(short, tmp_path / "short" / "features", 1, 3, tmp_path / "older")
+    return Shapes(spec, tmp_path / "features", tmp_path / "fits" / "bundle", tmp_path / "older" / "bundle")
+
+
+def broken_copy(bundle: Path, folder: Path, breakage: str) -> Path:
+    """A copy of ``bundle`` that does not load: a spec this lstmflow no longer accepts, or its weights gone."""
+    import shutil
+
+    copy = Path(shutil.copytree(bundle, folder))
+    if breakage == "spec":
+        (copy / "spec.json").write_text('{"name": "tiny", "task": "forecast"}')
+    else:
+        (copy / "model.pt").unlink()
+    return copy
+
+
+def test_a_champion_of_an_older_data_shape_gives_way_and_the_reason_says_so(shapes: Shapes) -> None:
+    decided = gate.judge_bundles(shapes.spec, shapes.features_dir, shapes.fits, shapes.older_shape, "1")
+    assert decided["decision"] == "promoted" and decided["unscored"] == "champion"
+    assert decided["reason"].startswith("promoted: the data or the task changed shape: the champion (version 1)")
+    assert "forecasts 3 steps, the test windows have 6" in decided["reason"]
+
+
+def test_a_champion_of_another_task_gives_way(shapes: Shapes, tmp_path: Path) -> None:
+    from lstmflow.data.corpus import load_corpus
+
+    (tmp_path / "lm").mkdir()
+    lm = prepared_corpus(tmp_path / "lm", repeats=12)
+    vocab = load_corpus(tmp_path / "lm" / "features").vocab_size
+    untrained_bundle(lm, tmp_path / "lm" / "features", vocab, vocab, tmp_path / "lm" / "m", per_step=True)
+    decided = gate.judge_bundles(shapes.spec, shapes.features_dir, shapes.fits, tmp_path / "lm" / "m" / "bundle", "1")
+    assert decided["decision"] == "promoted" and decided["unscored"] == "champion"
+    assert "it is a Generator, not a forecaster" in decided["reason"]
+
+
+@pytest.mark.parametrize("breakage", ["spec", "weights"])
+def test_a_champion_that_does_not_load_keeps_the_alias(shapes: Shapes, tmp_path: Path, breakage: str) -> None:
+    broken = broken_copy(shapes.fits, tmp_path / "broken", breakage)
+    decided = gate.judge_bundles(shapes.spec, shapes.features_dir, shapes.fits, broken, "4")
+    assert decided["decision"] == "kept" and decided["unscored"] == "champion"
+    assert decided["reason"].startswith("kept: the champion (version 4) does not load (")
+    assert ("ValidationError" if breakage == "spec" else "FileNotFoundError") in decided["reason"]
+    assert "`lstmflow promote tiny --version N`" in decided["reason"]
+
+
+def test_a_challenger_that_cannot_be_scored_is_never_promoted(shapes: Shapes, tmp_path: Path) -> None:
+    """Whatever the champion: one that fits, one of an older shape, one that does not load."""
+    broken = broken_copy(shapes.fits, tmp_path / "broken", "spec")
+    for challenger in (shapes.older_shape, broken):
+        for champion in (shapes.fits, shapes.older_shape, broken):
+            decided = gate.judge_bundles(shapes.spec, shapes.features_dir, challenger, champion, "1")
+            assert decided["decision"] == "kept" and decided["unscored"] == "challenger", (challenger, champion)
+            assert decided["reason"].startswith("kept: this version cannot be scored on the current test data (")
+            assert decided["reason"].endswith("; it is never promoted")
+
+
 def assert_requests_match_the_features(spec: Any, features_dir: Path, predictor: Any) -> None:
     """Each test request, read the way the served model reads it, is the stored test sample; labels agree."""
     from lstmflow.data.sequences import load_sequences
@@ -241,7 +322,7 @@ def prepared_classifier(root: Path, spec: Any) -> tuple[Path, Any]:
 @pytest.mark.parametrize("layout", ["long", "wide"])
 def test_requests_of_a_table_are_the_prepared_test_sequences(tmp_path: Path, layout: str) -> None:
     path = write_pattern_table(tmp_path / "patterns.csv", 20, layout)
-    data = {"kind": "sequences", "path": str(path), "format": layout, "label_column": "label"}
+    data: dict[str, Any] = {"kind": "sequences", "path": str(path), "format": layout, "label_column": "label"}
     data |= {"id_column": "sid", "time_column": "t", "value_columns": ["x"]} if layout == "long" else {}
     spec = classify_spec(tmp_path, data)
     features_dir, predictor = prepared_classifier(tmp_path, spec)
@@ -294,6 +375,11 @@ def test_raw_data_that_no_longer_match_the_features_are_refused(tmp_path: Path) 
         Classifier.requests(spec, features_dir, "test")
 
 
+def corpus_of(spec: Any) -> CorpusSpec:
+    assert isinstance(spec.data, CorpusSpec)
+    return spec.data
+
+
 def test_score_text_is_the_evaluation_cross_entropy_of_one_stream(tmp_path: Path) -> None:
     from lstmflow.data.corpus import load_corpus, split_corpus
     from lstmflow.training.objectives import LanguageModelObjective, token_cross_entropy
@@ -303,7 +389,7 @@ def test_score_text_is_the_evaluation_cross_entropy_of_one_stream(tmp_path: Path
     generator = untrained_bundle(
         spec, tmp_path / "features", features.vocab_size, features.vocab_size, tmp_path / "m", per_step=True
     )
-    nats, tokens = generator.score_text(split_corpus(spec.data, "lm")["test"])
+    nats, tokens = generator.score_text(split_corpus(corpus_of(spec), "lm")["test"])
     expected, count = token_cross_entropy(generator.model, LanguageModelObjective(spec, features), "test", 1, "cpu")
     assert tokens == count and nats == pytest.approx(expected, rel=1e-6)
 
@@ -322,7 +408,7 @@ def test_compare_language_models_per_character_without_a_test(tmp_path: Path) ->
     assert (
         result.metric == "cross_entropy"
         and result.test is None
-        and result.n == len(split_corpus(spec.data, "lm")["test"])
+        and result.n == len(split_corpus(corpus_of(spec), "lm")["test"])
     )
     assert result.challenger < result.champion < math.log(vocab) + 0.5
     assert gate.decide(result, spec.promote).promote
@@ -349,7 +435,8 @@ def fit_and_register(root: Path, spec: Any, features_dir: Path, label: str) -> R
 
 
 def judge(root: Path, entry: Registered) -> dict[str, Any]:
-    return gate.gate(entry.prepared, entry.trained, {"version": entry.version}, root)
+    prepared = entry.prepared
+    return gate.gate(prepared.pipeline, Path(prepared.features_dir), entry.trained, {"version": entry.version}, root)
 
 
 @pytest.fixture(scope="module")
@@ -412,6 +499,7 @@ def test_a_champion_of_an_older_data_version_is_scored_on_the_new_test_windows(f
     features = load_features(root / "features-v2")
     test = features.windows("test")
     champion = load_predictor(Path(v1.trained["run_dir"]) / "bundle")
+    assert isinstance(champion, Forecaster)
     frame = read_series(v1.prepared.pipeline.data.model_copy(update={"path": root / "data" / "tiny.csv"})).reset_index(
         drop=True
     )
@@ -438,9 +526,14 @@ def test_a_judged_version_is_not_judged_again(forecasts: dict[str, Any]) -> None
 
 
 @pytest.mark.slow
-def test_promote_by_hand_and_rollback_move_the_alias_back_step_by_step(forecasts: dict[str, Any]) -> None:
-    """The last test of the forecast module: it moves the alias."""
-    root, (v1, v2, v3) = forecasts["root"], forecasts["entries"]
+def test_promote_by_hand_and_rollback_move_the_alias_back_step_by_step(
+    forecasts: dict[str, Any], tmp_path: Path
+) -> None:
+    """On a copy of the registry, so that the alias the other tests read stays where the gate put it."""
+    import shutil
+
+    root, (v1, v2, v3) = tmp_path, forecasts["entries"]
+    shutil.copyfile(forecasts["root"] / "mlflow.db", root / "mlflow.db")  # judged versions are never downloaded
     uri = tracking_uri(root)
     with pytest.raises(registry.RegistryError, match=r"no version 9; its versions: 1, 2, 3"):
         gate.promote(uri, "tiny", 9)
@@ -500,3 +593,35 @@ def test_classification_gate_promotes_a_clearly_better_version_and_keeps_a_worse
     worse = judge(tmp_path, v3)
     assert worse["decision"] == "kept" and worse["champion_version"] == v2.version
     assert registry.alias_version(tracking_uri(tmp_path), "patterns", "champion") == v2.version
+
+
+@pytest.mark.slow
+def test_the_gate_records_on_the_version_why_it_could_not_compare(tmp_path: Path) -> None:
+    """v1 forecasts 3 steps; the horizon becomes 6 and v2 is promoted over it. Then v2's registered bundle breaks:
+    v3 is kept, and v2 stays the champion."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(tmp_path)
+    short = series_spec(tmp_path, window=24, horizon=3)
+    prepare_pipeline_features(short, tmp_path / "features-v1")
+    assert judge(tmp_path, fit_and_register(tmp_path, short, tmp_path / "features-v1", "v1"))["decision"] == "promoted"
+    spec = series_spec(tmp_path, window=24)
+    prepare_pipeline_features(spec, tmp_path / "features-v2")
+    v2 = fit_and_register(tmp_path, spec, tmp_path / "features-v2", "v2")
+    second = judge(tmp_path, v2)
+    tags = registry.version_tags(uri, "tiny", v2.version)
+    assert second["decision"] == "promoted" and "changed shape" in second["reason"]
+    assert tags["lstmflow.gate.unscored"] == "champion" and tags["lstmflow.gate.reason"] == second["reason"]
+    assert registry.alias_version(uri, "tiny", "champion") == v2.version
+
+    location = MlflowClient(tracking_uri=uri).get_model_version_download_uri("tiny", v2.version)
+    (Path(url2pathname(urlparse(location).path)) / "artifacts" / "bundle" / "spec.json").write_text("{}")
+    v3 = fit_and_register(tmp_path, spec, tmp_path / "features-v2", "v3")
+    third = judge(tmp_path, v3)
+    tags = registry.version_tags(uri, "tiny", v3.version)
+    assert third["decision"] == "kept" and f"the champion (version {v2.version}) does not load" in third["reason"]
+    assert tags["lstmflow.gate.unscored"] == "champion" and tags["lstmflow.gate.decision"] == "kept"
+    assert registry.alias_version(uri, "tiny", "champion") == v2.version

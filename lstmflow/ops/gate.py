@@ -6,17 +6,23 @@ audio features, window), on the test part of the current data version, read from
 trained on an older data version is judged on exactly the samples the new version is judged on:
 
 - forecasts: every test window of the current features, each model reading the rows before the window's origin;
-  the paired per-window losses go to a one-sided Diebold–Mariano test with the Harvey–Leybourne–Newbold
-  small-sample correction (h = the horizon, since windows one step apart share h - 1 forecast steps);
+  the paired per-window losses go to a one-sided Diebold–Mariano test (h = the horizon, since windows one step
+  apart share h - 1 forecast steps);
 - classification: every test sample as a raw request; whether each model got it right goes to a one-sided
-  McNemar test (exact binomial on the discordant pairs when they are fewer than :data:`MCNEMAR_EXACT_BELOW`,
-  else chi-square with continuity correction);
+  McNemar test;
 - language models: the test text's cross-entropy per character (tokenizers may differ), no test.
 
-The rule: with no champion, the new version is promoted; else it must be better in the metric's direction by at
-least ``min_gain`` (relative to the champion's value) and, unless the test is ``none``, significantly so
-(p < ``alpha``). A champion that cannot be scored on the current data (other targets, a shorter horizon, columns
-the data no longer has) cannot serve it either: the new version is promoted and the reason says why.
+The tests are in :mod:`lstmflow.evaluation.significance`. The rule: with no champion, the new version is promoted;
+else it must be better in the metric's direction by at least ``min_gain`` (relative to the champion's value) and,
+unless the test is ``none``, significantly so (p < ``alpha``). When one of the two cannot be scored, nothing is
+compared, and the decision records which one (``unscored``) and why (``reason``):
+
+- the champion loads but does not fit the current test data (other targets, a shorter horizon, columns the data
+  no longer has, another task): the data or the task changed shape, so the champion cannot serve them either, and
+  the new version is promoted;
+- the champion does not load (a broken bundle, a spec this lstmflow no longer accepts): it is kept, since nothing
+  says the new version is better; a person decides (``lstmflow promote``);
+- the new version itself cannot be scored: it is never promoted.
 
 The decision and its figures are tags ``lstmflow.gate.*`` on the new model version, and metrics ``gate_*`` on its
 MLflow run. A version with a recorded decision is not judged again, so the gate is safe to run on every flow run.
@@ -31,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from pydantic import ValidationError
@@ -39,11 +45,12 @@ from pydantic import ValidationError
 from lstmflow import tracking
 from lstmflow.config import PipelineSpec, PromoteSpec
 from lstmflow.errors import DataError, LstmflowError
-from lstmflow.ops.steps import Prepared
+from lstmflow.evaluation.significance import Significance, diebold_mariano, mcnemar
 from lstmflow.tracking import registry
 
-#: McNemar's test is exact (binomial) below this many discordant pairs, chi-square with continuity correction above.
-MCNEMAR_EXACT_BELOW = 25
+if TYPE_CHECKING:
+    from lstmflow.config import CorpusSpec, TimeSeriesDataSpec
+
 #: Samples per request when a classifier scores the test part: bounds the padded batch in memory.
 REQUEST_SAMPLES = 512
 #: Prefix of the decision tags on a model version.
@@ -51,99 +58,21 @@ GATE_TAG = "lstmflow.gate."
 #: The decision's fields, in the order the tags list them; numbers are read back as floats.
 DECISION_FIELDS = (
     "decision", "alias", "champion_version", "metric", "direction", "challenger_value", "champion_value", "gain",
-    "min_gain", "test", "statistic", "p_value", "alpha", "n", "reason", "decided_at",
+    "min_gain", "test", "statistic", "p_value", "alpha", "n", "unscored", "reason", "decided_at",
 )  # fmt: skip
 _NUMBERS = {"challenger_value", "champion_value", "gain", "min_gain", "statistic", "p_value", "alpha"}
+#: What loading a bundle raises when it cannot be loaded: a file missing or unreadable, a spec that no longer
+#: validates (pydantic's ValidationError), weights that do not fit the network the spec builds (torch's
+#: RuntimeError), a task this lstmflow does not know.
+_LOAD_ERRORS = (LstmflowError, ValidationError, OSError, ValueError, KeyError, RuntimeError)
 
 
 class NotComparable(LstmflowError):
     """A model whose forecasts or answers do not fit the current test data (other targets, a shorter horizon)."""
 
 
-# --------------------------------------------------------------------------------------------------- statistics
-
-
-@dataclass(frozen=True)
-class Significance:
-    """A one-sided test of "the challenger is better"; ``p_value`` small means it is."""
-
-    name: str
-    statistic: float
-    p_value: float
-    n: int
-    detail: str
-
-
-def mcnemar(challenger_correct: np.ndarray, champion_correct: np.ndarray) -> Significance:
-    """McNemar's test on paired right/wrong answers, one-sided toward the challenger being right more often.
-
-    Only discordant pairs count: ``b`` samples the challenger alone gets right, ``c`` the champion alone. Under the
-    null each is a fair coin, so the exact p is P(X >= b) for X ~ Binomial(b + c, 1/2); from
-    :data:`MCNEMAR_EXACT_BELOW` pairs on, the normal approximation with continuity correction (the chi-square
-    statistic ``(|b - c| - 1)² / (b + c)``, halved to one side). The statistic reported is that chi-square.
-    """
-    from scipy import stats
-
-    challenger = np.asarray(challenger_correct, dtype=bool)
-    champion = np.asarray(champion_correct, dtype=bool)
-    if challenger.shape != champion.shape or challenger.ndim != 1:
-        raise ValueError(
-            f"need one answer per sample from each model, got shapes {challenger.shape} and {champion.shape}"
-        )
-    b, c = int((challenger & ~champion).sum()), int((champion & ~challenger).sum())
-    pairs = b + c
-    chi_square = (max(abs(b - c) - 1, 0) ** 2 / pairs) if pairs else 0.0
-    if pairs < MCNEMAR_EXACT_BELOW:
-        p_value = float(stats.binom.sf(b - 1, pairs, 0.5)) if pairs else 1.0
-        how = "exact binomial"
-    else:
-        z = math.copysign(math.sqrt(chi_square), b - c)
-        p_value = float(stats.norm.sf(z))
-        how = "chi-square with continuity correction"
-    detail = f"McNemar ({how}): challenger alone right on {b}, champion alone on {c} of {len(challenger)} samples"
-    return Significance("mcnemar", chi_square, p_value, len(challenger), detail)
-
-
-def diebold_mariano(champion_loss: np.ndarray, challenger_loss: np.ndarray, horizon: int) -> Significance:
-    """Diebold–Mariano's test of equal forecast accuracy, one-sided toward the challenger's loss being lower, with
-    the Harvey–Leybourne–Newbold (1997) small-sample correction and Student's t with T - 1 degrees of freedom.
-
-    ``d_t = champion_loss_t - challenger_loss_t``; its long-run variance sums the autocovariances up to lag
-    ``horizon - 1`` (h-step forecasts made one step apart overlap). When that sum is not positive (it can be, in
-    small samples), the lag-0 variance alone is used and the detail says so.
-    """
-    from scipy import stats
-
-    champion = np.asarray(champion_loss, dtype=np.float64)
-    challenger = np.asarray(challenger_loss, dtype=np.float64)
-    if champion.shape != challenger.shape or champion.ndim != 1:
-        raise ValueError(
-            f"need one loss per forecast from each model, got shapes {champion.shape} and {challenger.shape}"
-        )
-    if horizon < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon}")
-    d = champion - challenger
-    n = len(d)
-    if n <= horizon:
-        return Significance(
-            "diebold_mariano", 0.0, 1.0, n, f"Diebold–Mariano: {n} forecasts, too few for horizon {horizon}"
-        )
-    mean = float(d.mean())
-    centred = d - mean
-    autocovariance = [float(centred[lag:] @ centred[: n - lag]) / n for lag in range(horizon)]
-    variance = autocovariance[0] + 2 * sum(autocovariance[1:])
-    note = ""
-    if variance <= 0 < autocovariance[0]:
-        variance, note = autocovariance[0], "; long-run variance not positive, lag-0 variance used"
-    if variance <= 0:  # every difference the same
-        statistic = math.inf if mean > 0 else -math.inf if mean < 0 else 0.0
-        p_value = 0.0 if mean > 0 else 1.0
-    else:
-        correction = math.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
-        statistic = correction * mean / math.sqrt(variance / n)
-        p_value = float(stats.t.sf(statistic, n - 1))
-    detail = f"Diebold–Mariano (HLN-corrected, h={horizon}): mean loss difference {mean:.6g} over {n} forecasts{note}"
-    return Significance("diebold_mariano", statistic, p_value, n, detail)
+class Unloadable(LstmflowError):
+    """A model bundle that this lstmflow cannot load."""
 
 
 # ------------------------------------------------------------------------------------------------- comparison
@@ -173,11 +102,12 @@ class _ForecastData:
         windows = features.windows("test")
         if len(windows) == 0:
             raise DataError(f"{where}.split.test: the test part holds no full window; the gate has nothing to compare")
-        self.frame = read_series(spec.data, where)
+        self.frame = read_series(cast("TimeSeriesDataSpec", spec.data), where)  # a forecast reads a series
         targets = self.frame[features.targets].to_numpy(np.float64)
         if len(self.frame) != features.meta["rows"] or not np.array_equal(targets, features.raw):
             raise DataError(
-                f"{where}: the raw series no longer matches the features prepared in {features_dir}; prepare the data again"
+                f"{where}: the raw series no longer matches the features prepared in {features_dir}; "
+                "prepare the data again"
             )
         self.origins = windows.origins
         self.truth = windows.targets_original()  # (N, H, K)
@@ -224,7 +154,8 @@ class _ClassifyData:
         self.requests = Classifier.requests(spec, features_dir, "test")
         if not self.requests.keys:
             raise DataError(
-                f"pipelines.{spec.name}.data.split.test: the test part holds no samples; the gate has nothing to compare"
+                f"pipelines.{spec.name}.data.split.test: the test part holds no samples; "
+                "the gate has nothing to compare"
             )
         self.truth = np.array(self.requests.labels, dtype=object)
         self.n = len(self.truth)
@@ -276,7 +207,7 @@ class _CorpusData:
     def __init__(self, spec: PipelineSpec, features_dir: Path) -> None:
         from lstmflow.data.corpus import split_corpus
 
-        self.text = split_corpus(spec.data, f"pipelines.{spec.name}.data")["test"]
+        self.text = split_corpus(cast("CorpusSpec", spec.data), f"pipelines.{spec.name}.data")["test"]
         self.n = len(self.text)
 
     def outputs(self, predictor: Any) -> float:
@@ -368,66 +299,94 @@ def decide(comparison: Comparison, rule: PromoteSpec) -> Decision:
     return Decision(True, gain, f"promoted: {figures}, {better}{significance}")
 
 
+def judge_bundles(
+    spec: PipelineSpec, features_dir: Path, challenger: Path, champion: Path, champion_version: str
+) -> dict[str, Any]:
+    """The decision on the bundle ``challenger`` against the champion's bundle, on the test part of ``spec``'s
+    current data: the fields of :data:`DECISION_FIELDS` that depend on the two models.
+
+    When one of them cannot be scored, the rule of this module's docstring decides, and ``unscored`` names which.
+    """
+    from lstmflow.serving.predictors import BadRequest
+
+    data = scoring_data(spec, features_dir)
+    try:
+        ours = _outputs(data, challenger)
+    except (Unloadable, NotComparable, BadRequest) as exc:
+        why = f"this version cannot be scored on the current test data ({exc})"
+        return {"decision": "kept", "unscored": "challenger", "reason": f"kept: {why}; it is never promoted"}
+    try:
+        theirs = _outputs(data, champion)
+    except Unloadable as exc:
+        why = f"the champion (version {champion_version}) does not load ({exc}), so nothing was compared"
+        hint = f"`lstmflow promote {spec.name} --version N` moves the alias by hand"
+        return {"decision": "kept", "unscored": "champion", "reason": f"kept: {why}; {hint}"}
+    except (NotComparable, BadRequest) as exc:
+        why = f"the champion (version {champion_version}) cannot be scored on the current test data ({exc})"
+        reason = f"promoted: the data or the task changed shape: {why}, so it cannot serve them either"
+        return {"decision": "promoted", "unscored": "champion", "reason": reason}
+    comparison = _compared(spec, data, ours, theirs)
+    decision = decide(comparison, spec.promote)
+    test = comparison.test
+    return {
+        "decision": "promoted" if decision.promote else "kept", "challenger_value": comparison.challenger,
+        "champion_value": comparison.champion, "gain": decision.gain, "n": comparison.n,
+        "statistic": test.statistic if test else None, "p_value": test.p_value if test else None,
+        "reason": decision.reason,
+    }  # fmt: skip
+
+
+def _outputs(data: Any, bundle: Path) -> Any:
+    """What the predictor in ``bundle`` answers to ``data``; a bundle that does not load is :class:`Unloadable`."""
+    from lstmflow.serving.predictors import load_predictor
+
+    try:
+        predictor = load_predictor(bundle)
+    except _LOAD_ERRORS as exc:
+        raise Unloadable(f"{type(exc).__name__}: {' '.join(str(exc).split())}") from exc
+    return data.outputs(predictor)
+
+
 # ------------------------------------------------------------------------------------------------------ the step
 
 
-def gate(prepared: Prepared, trained: dict[str, Any], registered: dict[str, str], root: Path) -> dict[str, Any]:
+def gate(
+    spec: PipelineSpec, features_dir: Path, trained: dict[str, Any], registered: dict[str, str], root: Path
+) -> dict[str, Any]:
     """Judge the newly registered version against the alias's version and move the alias if it wins; record why.
 
-    Returns the decision (``promoted``, ``kept`` or ``already_champion``), its figures (the keys of
+    ``features_dir`` holds the current features of ``spec``'s data, ``trained`` the new version's ``run_id`` and
+    ``run_dir``. Returns the decision (``promoted``, ``kept`` or ``already_champion``), its figures (the keys of
     :data:`DECISION_FIELDS`, None where they do not apply, e.g. a first version's) and ``version``; ``recorded`` is
     True when it was read back from an earlier run's tags instead of judged now (a version is judged once).
     """
-    from lstmflow.serving.predictors import BadRequest, load_predictor
-
-    spec: PipelineSpec = prepared.pipeline
     uri, name, version, alias = tracking.tracking_uri(root), spec.name, str(registered["version"]), spec.promote.alias
     tags = registry.version_tags(uri, name, version)
     if tags.get(GATE_TAG + "decision") and tags.get(GATE_TAG + "alias") == alias:
-        result = _read_decision(tags, version)
-        if result["decision"] == "promoted" and _since_tag(alias) not in tags:  # stopped between its tags and the move
-            _move_alias(uri, name, alias, version, "gate", result["reason"])
-        return result
-    champion = registry.alias_version(uri, name, alias)
+        return _recorded(uri, name, version, tags)
     result: dict[str, Any] = {**dict.fromkeys(DECISION_FIELDS), "alias": alias, "version": version, "recorded": False}
+    champion = registry.alias_version(uri, name, alias)
     if champion == version:
         return result | {"decision": "already_champion", "reason": f"version {version} already is {alias!r}"}
-    rule = spec.promote
-    result |= {
-        "decision": "promoted", "champion_version": champion, "metric": rule.resolved_metric(spec.task),
-        "direction": rule.resolved_direction(spec.task), "min_gain": rule.min_gain, "test": rule.resolved_test(spec.task),
-        "alpha": rule.alpha,
-    }  # fmt: skip
+    result |= _rule_fields(spec) | {"champion_version": champion}
     if champion is None:
-        result["reason"] = f"first version: {name!r} has no {alias!r} yet"
+        result |= {"decision": "promoted", "reason": f"first version: {name!r} has no {alias!r} yet"}
     else:
-        data = scoring_data(spec, Path(prepared.features_dir))
-        ours = data.outputs(load_predictor(_local_bundle(uri, name, version, Path(trained["run_dir"]) / "bundle")))
+        ours = _local_bundle(uri, name, version, Path(trained["run_dir"]) / "bundle")
         with tempfile.TemporaryDirectory(prefix="lstmflow-champion-") as scratch:
-            try:
-                theirs = data.outputs(load_predictor(registry.download_bundle(uri, name, champion, Path(scratch))))
-            except (LstmflowError, BadRequest, ValidationError) as exc:  # it cannot serve the current data either
-                theirs = None
-                result["reason"] = (
-                    f"promoted: the champion (version {champion}) cannot be scored on the current test data: {exc}"
-                )
-        if theirs is not None:
-            comparison = _compared(spec, data, ours, theirs)
-            decision = decide(comparison, rule)
-            test = comparison.test
-            result |= {
-                "decision": "promoted" if decision.promote else "kept", "challenger_value": comparison.challenger,
-                "champion_value": comparison.champion, "gain": decision.gain, "n": comparison.n,
-                "statistic": test.statistic if test else None, "p_value": test.p_value if test else None,
-                "reason": decision.reason,
-            }  # fmt: skip
+            theirs = registry.download_bundle(uri, name, champion, Path(scratch))
+            result |= judge_bundles(spec, Path(features_dir), ours, theirs, champion)
     result["decided_at"] = _now()
-    tags = {GATE_TAG + key: str(result[key]) for key in DECISION_FIELDS if result[key] is not None}
-    registry.set_version_tags(uri, name, version, tags)  # written before the move: see the repair above
-    if result["decision"] == "promoted":
-        _move_alias(uri, name, alias, version, "gate", result["reason"])
-    _log_on_run(uri, trained["run_id"], version, result)
+    _record(uri, name, version, result, trained["run_id"])
     return result
+
+
+def _rule_fields(spec: PipelineSpec) -> dict[str, Any]:
+    rule, task = spec.promote, spec.task
+    return {
+        "metric": rule.resolved_metric(task), "direction": rule.resolved_direction(task), "min_gain": rule.min_gain,
+        "test": rule.resolved_test(task), "alpha": rule.alpha,
+    }  # fmt: skip
 
 
 def _local_bundle(uri: str, name: str, version: str, bundle: Path) -> Path:
@@ -439,14 +398,29 @@ def _local_bundle(uri: str, name: str, version: str, bundle: Path) -> Path:
     return registry.download_bundle(uri, name, version, bundle.parent / f"bundle-v{version}")
 
 
-def _read_decision(tags: dict[str, str], version: str) -> dict[str, Any]:
+def _recorded(uri: str, name: str, version: str, tags: dict[str, str]) -> dict[str, Any]:
+    """The decision an earlier run recorded on ``version``; a promotion stopped between its tags and the alias move
+    (see :func:`_record`) is finished now."""
     result: dict[str, Any] = {"version": version, "recorded": True}
     for key in DECISION_FIELDS:
         value = tags.get(GATE_TAG + key)
         result[key] = float(value) if value is not None and key in _NUMBERS else value
     if result["n"] is not None:
         result["n"] = int(result["n"])
+    alias = result["alias"]
+    if result["decision"] == "promoted" and registry.alias_tag(alias, "since") not in tags:
+        _move_alias(uri, name, alias, version, "gate", result["reason"])
     return result
+
+
+def _record(uri: str, name: str, version: str, result: dict[str, Any], run_id: str) -> None:
+    """The decision as tags on the version, written before the alias moves (so a stop in between is repaired by
+    :func:`_recorded`), then the move, then the figures on the version's MLflow run."""
+    tags = {GATE_TAG + key: str(result[key]) for key in DECISION_FIELDS if result[key] is not None}
+    registry.set_version_tags(uri, name, version, tags)
+    if result["decision"] == "promoted":
+        _move_alias(uri, name, result["alias"], version, "gate", result["reason"])
+    _log_on_run(uri, run_id, version, result)
 
 
 def _log_on_run(uri: str, run_id: str, version: str, result: dict[str, Any]) -> None:
@@ -471,10 +445,6 @@ def _log_on_run(uri: str, run_id: str, version: str, result: dict[str, Any]) -> 
 # ------------------------------------------------------------------------------------------- people: promote, rollback
 
 
-def _since_tag(alias: str) -> str:
-    return f"lstmflow.alias.{alias}.since"
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -496,9 +466,12 @@ def _move_alias(uri: str, name: str, alias: str, version: str, by: str, reason: 
 
 
 def _note_move(uri: str, name: str, alias: str, version: str, by: str, reason: str, user: str) -> None:
-    prefix = f"lstmflow.alias.{alias}."
-    tags = {_since_tag(alias): _now(), prefix + "by": by, prefix + "user": user, prefix + "reason": reason}
-    registry.set_version_tags(uri, name, version, tags)
+    _note(uri, name, alias, version, {"since": _now(), "by": by, "user": user, "reason": reason})
+
+
+def _note(uri: str, name: str, alias: str, version: str, notes: dict[str, str]) -> None:
+    """Tags ``lstmflow.alias.<alias>.<key>`` on the version: what happened to it as the alias's version."""
+    registry.set_version_tags(uri, name, version, {registry.alias_tag(alias, key): text for key, text in notes.items()})
 
 
 def promote(
@@ -538,12 +511,8 @@ def rollback(uri: str, name: str, alias: str = "champion", user: str | None = No
     registry.set_alias(uri, name, alias, target)
     registry.set_history(uri, name, alias, past)
     who = user or _user()
-    _note_move(
-        uri, name, alias, target, "rollback", f"rolled back from version {current}" if current else "rolled back", who
-    )
+    reason = f"rolled back from version {current}" if current else "rolled back"
+    _note_move(uri, name, alias, target, "rollback", reason, who)
     if current is not None:
-        prefix = f"lstmflow.alias.{alias}."
-        registry.set_version_tags(
-            uri, name, current, {prefix + "rolled_back_at": _now(), prefix + "rolled_back_by": who}
-        )
+        _note(uri, name, alias, current, {"rolled_back_at": _now(), "rolled_back_by": who})
     return {"name": name, "alias": alias, "version": target, "previous": current}

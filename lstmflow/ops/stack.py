@@ -5,6 +5,10 @@
 stay visible) and returns once each answers its health check. What is running is recorded in
 ``.lstmflow/stack.json``; while the stack is up, :func:`environment` points every lstmflow command at its servers.
 ``lstmflow down`` stops them all. Each service logs to ``.lstmflow/stack/<service>.log``.
+
+A recorded PID alone does not say the process is still the service: after a reboot, or long after the service
+stopped, another process may hold it, and ``down`` would signal that process's group. So each service records its
+process's start time and command line at ``up``, and is taken as running only while both still match.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
 from lstmflow.errors import ConfigError, LstmflowError
 
 STATE_FILE = Path(".lstmflow") / "stack.json"
@@ -28,25 +34,34 @@ LOG_DIR = Path(".lstmflow") / "stack"
 HOST = "127.0.0.1"
 #: The work pool the stack's worker serves: flows deployed there run on this machine.
 LOCAL_POOL = "local"
+#: Seconds a process's start time may differ between two readings and still be the same process: psutil derives it
+#: from the boot time, which Linux reports in whole seconds and which moves when the clock is adjusted.
+START_TIME_SLACK = 1.0
 
 
 @dataclass(frozen=True)
 class Service:
-    """One background process of the stack."""
+    """One background process of the stack, and what tells it from a later process that gets the same PID."""
 
     name: str
     pid: int
     url: str  # what a client points at; the health check is derived from it
     log: str
+    started: float = 0.0  # the process's start time (psutil's create_time); 0 where a state file lacks it
+    command: tuple[str, ...] = ()  # its command line as started
 
     def running(self) -> bool:
+        """Whether the PID still runs this service: alive, with the recorded start time and command line.
+
+        Another user's process, a zombie (our exited child not collected yet) and an entry recorded without its
+        identity (by an older lstmflow) are not this service running.
+        """
         try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+            process = psutil.Process(self.pid)
+            same_start = abs(process.create_time() - self.started) <= START_TIME_SLACK
+            return same_start and tuple(process.cmdline()) == self.command
+        except psutil.Error:  # gone, a zombie, or not ours to read
             return False
-        except PermissionError:  # alive, but another user's: not ours to report as running
-            return False
-        return True
 
 
 def up(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120.0) -> list[Service]:
@@ -137,7 +152,23 @@ def _start(root: Path, name: str, command: list[str], url: str, environment: dic
             command, cwd=root, env=environment, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    return Service(name, process.pid, url, str(log))
+    return Service(name, process.pid, url, str(log), _settled(process.pid), tuple(command))
+
+
+def _settled(pid: int, timeout: float = 2.0) -> float:
+    """The start time of the process just started as ``pid``, once its command line reads as what it runs.
+
+    For a moment after exec, Linux shows a process's command line empty; :meth:`Service.running` must not see that.
+    A process that exited at once keeps its start time readable (nothing collected it) and is found not running.
+    """
+    process = psutil.Process(pid)
+    deadline = time.monotonic() + timeout
+    try:
+        while not process.cmdline() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    except psutil.Error:  # exited already
+        pass
+    return process.create_time()
 
 
 def _health_url(service: Service) -> str:
@@ -237,7 +268,7 @@ def _read_state(root: Path) -> list[Service]:
     path = root / STATE_FILE
     if not path.exists():
         return []
-    return [Service(**entry) for entry in json.loads(path.read_text())]
+    return [Service(**{**entry, "command": tuple(entry.get("command", ()))}) for entry in json.loads(path.read_text())]
 
 
 def _write_state(root: Path, services: list[Service]) -> None:

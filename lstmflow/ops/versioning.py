@@ -1,7 +1,8 @@
 """DVC, driven from this one module: the params file, ``dvc repro``, the lock, the local remote.
 
 DVC commands never run concurrently in one workspace (two would lock each other
-out), so every call here holds an exclusive file lock on ``.dvc/tmp/lstmflow.lock``.
+out), so every call here holds an exclusive file lock on ``.lstmflow/dvc.lock`` (beside
+the project's other lstmflow state; not DVC's own ``dvc.lock``, which holds the stages' hashes).
 
 Stage params come from ``params.yaml``, which lstmflow writes from ``pipelines.yaml``
 with ``defaults`` merged, ``--set`` overrides applied and data defaults (window,
@@ -26,6 +27,8 @@ from lstmflow.errors import DataError, LstmflowError
 
 PARAMS_FILE = "params.yaml"
 LOCAL_REMOTE = ".dvc-storage"
+#: The file lock that keeps lstmflow's DVC commands in one workspace one at a time.
+LOCK_FILE = Path(".lstmflow") / "dvc.lock"
 PARAMS_HEADER = (
     "# Written by lstmflow from pipelines.yaml (defaults merged, overrides applied, data defaults resolved).\n"
     "# DVC stages read their params from here; edit pipelines.yaml instead.\n"
@@ -46,10 +49,10 @@ def _env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def workspace_lock(root: Path) -> Iterator[None]:
-    """Hold the workspace's DVC lock; blocks while another lstmflow process runs DVC here."""
-    lock_dir = root / ".lstmflow"
-    lock_dir.mkdir(exist_ok=True)
-    with open(lock_dir / "dvc.lock", "w") as handle:
+    """Hold the workspace's DVC lock, :data:`LOCK_FILE`; blocks while another lstmflow process runs DVC here."""
+    lock = root / LOCK_FILE
+    lock.parent.mkdir(exist_ok=True)
+    with open(lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -77,14 +80,13 @@ def ensure_repo(root: Path) -> None:
         dvc(root, "init", "--quiet", *([] if scm else ["--no-scm"]))
         dvc(root, "config", "core.analytics", "false")
     remotes = dvc(root, "remote", "list")
-    if not remotes.strip():
-        dvc(
-            root, "remote", "add", "--local", "--default", "local", LOCAL_REMOTE
-        )  # relative to root; DVC rewrites it for .dvc/
+    if not remotes.strip():  # the remote's path is relative to root; DVC rewrites it for .dvc/
+        dvc(root, "remote", "add", "--local", "--default", "local", LOCAL_REMOTE)
 
 
 def write_params(root: Path, entries: dict[str, dict[str, Any]], versions: dict[str, str]) -> Path:
-    """Write ``params.yaml``: one entry per pipeline, and lstmflow's code versions; unchanged content is not rewritten."""
+    """Write ``params.yaml``: one entry per pipeline, and lstmflow's code versions; unchanged content is not
+    rewritten."""
     path = root / PARAMS_FILE
     text = PARAMS_HEADER + yaml.safe_dump({"lstmflow": versions, "pipelines": entries}, sort_keys=True)
     if not path.exists() or path.read_text() != text:

@@ -148,8 +148,9 @@ def _fluent_uri(uri: str) -> Iterator[Any]:
     try:
         yield mlflow
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        # None puts back "not set" (MLflow's default store), though MLflow annotates these as taking a str only
+        mlflow.set_tracking_uri(previous[0])  # type: ignore[arg-type]
+        mlflow.set_registry_uri(previous[1])  # type: ignore[arg-type]
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -26,8 +26,14 @@ class RegistryError(LstmflowError):
     exit_code = 2
 
 
+def alias_tag(alias: str, field: str) -> str:
+    """``lstmflow.alias.<alias>.<field>``: the alias's ``history`` on the registered model, and on a version when,
+    by whom and why the alias moved to it (``since``, ``by``, ``user``, ``reason``) or left it."""
+    return f"lstmflow.alias.{alias}.{field}"
+
+
 def history_tag(alias: str) -> str:
-    return f"lstmflow.alias.{alias}.history"
+    return alias_tag(alias, "history")
 
 
 def _registered(uri: str, name: str):

@@ -163,7 +163,8 @@ def pipeline_runs(uri: str, name: str) -> list[RunRecord]:
     return [
         RunRecord(
             run.info.run_id, run.info.run_name or "", run.info.status, run.info.start_time, dict(run.data.metrics),
-            dict(run.data.params), dict(run.data.tags), sorted(versions.get(run.info.run_id, []), key=lambda v: int(v[0])),
+            dict(run.data.params), dict(run.data.tags),
+            sorted(versions.get(run.info.run_id, []), key=lambda v: int(v[0])),
         )
         for run in found
     ]  # fmt: skip
@@ -226,7 +227,8 @@ class RecordedRun:
         what = (
             f"data md5 {recorded[0]}, this workspace has {data_md5}"
             if recorded[0] != data_md5
-            else f"features md5 {recorded[1]}, this workspace builds {features_md5} from the same data (the data code changed)"
+            else f"features md5 {recorded[1]}, this workspace builds {features_md5} from the same data "
+            "(the data code changed)"
         )
         dirty = (
             " (it had uncommitted changes then)" if self.tags.get("lstmflow.git_commit", "").endswith("-dirty") else ""

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from lstmflow.serving.predictors import BadRequest, load_predictor
 
 
-class LstmflowModel(mlflow.pyfunc.PythonModel):
+class LstmflowModel(PythonModel):
     """MLflow's wrapper around the bundle's :class:`Forecaster`, :class:`Classifier` or :class:`Generator`."""
 
     def load_context(self, context: Any) -> None:
