@@ -23,10 +23,10 @@ def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def step_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """A step is reused when its resolved spec, its data's DVC hash and the code version are unchanged."""
+    """A step is reused when its resolved spec, its data's DVC hash and the version of the code that decides what
+    trains (:func:`~lstmflow.ops.steps.code_version`: not the CLI's or the operations') are unchanged."""
     prepared = parameters["prepared"]
-    trains = {
-        key: value for key, value in prepared["spec"].items() if key not in OPERATIONS
-    }  # a new schedule retrains nothing
+    # The operations sections (schedule, promote) change when a pipeline runs and what it registers, not what trains.
+    trains = {key: value for key, value in prepared["spec"].items() if key not in OPERATIONS}
     spec_hash = hashlib.sha256(json.dumps(trains, sort_keys=True).encode()).hexdigest()[:16]
     return f"{context.task.name}-{prepared['spec']['name']}-{spec_hash}-{prepared['features_md5']}-{code_version()}"

@@ -188,11 +188,18 @@ def test_bad_settings_fail_together_before_any_worker_starts(data_dir: Path, tmp
     with pytest.raises(ConfigError) as caught:
         train_in_child(spec, data_dir / "features", tmp_path, ListLogger(), progress=False)
     assert caught.value.problems == [
-        "pipelines.sine.train.precision: fp16 needs CUDA (PyTorch's CPU LSTM has no fp16 kernels); use bf16 or fp32 on cpu",
-        "pipelines.sine.train.batch_size: the global batch of 1 is shared by 2 workers; give at least 2 so that each "
-        "has rows of its own",
-        f"pipelines.sine.train.backend: nccl needs CUDA devices and a PyTorch built with NCCL, but training runs on cpu "
-        f"(torch {torch.__version__}); use backend: gloo or auto",
+        (
+            "pipelines.sine.train.precision: fp16 needs CUDA (PyTorch's CPU LSTM has no fp16 kernels); "
+            "use bf16 or fp32 on cpu"
+        ),
+        (
+            "pipelines.sine.train.batch_size: the global batch of 1 is shared by 2 workers; give at least 2 so that "
+            "each has rows of its own"
+        ),
+        (
+            "pipelines.sine.train.backend: nccl needs CUDA devices and a PyTorch built with NCCL, but training runs "
+            f"on cpu (torch {torch.__version__}); use backend: gloo or auto"
+        ),
     ]
     assert not (tmp_path / "train.log").exists(), "no worker started"
 

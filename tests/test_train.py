@@ -17,7 +17,8 @@ from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.timeseries import load_features, resolve_data
 from lstmflow.errors import CheckpointError, ConfigError, DataError, TrainingError
 from lstmflow.models.lstm import build_model
-from lstmflow.training.fit import CHECKPOINT_KEYS, FitResult, atomic_torch_save, clip_gradients, fit
+from lstmflow.training.checkpoint import CHECKPOINT_KEYS, atomic_torch_save
+from lstmflow.training.fit import FitResult, clip_gradients, fit
 from lstmflow.training.loggers import ListLogger
 from lstmflow.training.objectives import evaluate_loss, make_objective
 
@@ -74,8 +75,8 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 def assert_same_tensors(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> None:
     assert left.keys() == right.keys()
-    for name in left:
-        assert torch.equal(left[name], right[name]), name
+    for name, tensor in left.items():
+        assert torch.equal(tensor, right[name]), name
 
 
 # ------------------------------------------------------------------------------------------------ learning

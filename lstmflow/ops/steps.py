@@ -45,17 +45,29 @@ def project_root(config_path: str | Path) -> Path:
     return Path(config_path).expanduser().resolve().parent
 
 
-@functools.cache
-def code_version(*parts: str) -> str:
-    """A hash of lstmflow's source, or of some of its files and folders: cached steps rerun when that code changes.
+#: lstmflow's own source folder, which the code versions hash.
+PACKAGE = Path(__file__).parents[1]
+#: The code that decides what a pipeline trains, beside its spec (hashed on its own) and its data (DVC's hash): the
+#: data preparation, the models and the training.
+TRAINING_CODE = ("data", "models", "training")
+#: In TRAINING_CODE but not deciding what trains: the demo data builder (its own stage version keys it, and DVC the
+#: data it writes), where metrics go, and the search's choice of values (a trial's values are in the trial's spec).
+NOT_TRAINING_CODE = ("data/demo.py", "training/loggers.py", "training/search.py")
+#: What a source file is: the Python modules, and the C++ of the compiled LSTM.
+SOURCE_SUFFIXES = (".py", ".cpp")
 
-    Computed once per process: it is part of every step's cache key.
+
+@functools.cache
+def source_hash(parts: tuple[str, ...], leave_out: tuple[str, ...] = (), package: Path = PACKAGE) -> str:
+    """A hash of the source files in ``parts`` of ``package`` (files or folders), less those in ``leave_out``.
+
+    Names count as well as contents, so a moved module changes it. Computed once per process and arguments.
     """
-    package = Path(__file__).parents[1]
     files = sorted(
-        f
-        for part in parts or ("",)
-        for f in ((package / part).rglob("*.py") if (package / part).is_dir() else [package / part])
+        path
+        for part in parts
+        for path in _source_files(package / part)
+        if not any(_within(path.relative_to(package), Path(out)) for out in leave_out)
     )
     digest = hashlib.sha256()
     for path in files:
@@ -64,9 +76,32 @@ def code_version(*parts: str) -> str:
     return digest.hexdigest()[:12]
 
 
+def _source_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return [file for file in path.rglob("*") if file.suffix in SOURCE_SUFFIXES and file.is_file()]
+    return [path]
+
+
+def _within(path: Path, folder_or_file: Path) -> bool:
+    return path == folder_or_file or folder_or_file in path.parents
+
+
+def code_version(package: Path | None = None) -> str:
+    """The version of the code that decides what a pipeline trains: part of the train step's cache key and the
+    MLflow tag ``lstmflow.code_version``. A change anywhere else (the CLI, operations, tracking, evaluation,
+    serving) keeps every cached training."""
+    return source_hash(TRAINING_CODE, NOT_TRAINING_CODE, package or PACKAGE)
+
+
+def data_code_version() -> str:
+    """The version of the data preparation, the features stage's own: the demo data builder aside, whose data DVC
+    hashes once it has written them."""
+    return source_hash(("data",), ("data/demo.py",))
+
+
 def stage_versions() -> dict[str, str]:
     """Versions of the code behind DVC stages that have no data dependency (the demo data builder)."""
-    return {"datasets_version": code_version("data/demo.py")}
+    return {"datasets_version": source_hash(("data/demo.py",))}
 
 
 def params_entry(spec: PipelineSpec, root: Path) -> dict[str, Any]:
@@ -81,7 +116,7 @@ def params_entry(spec: PipelineSpec, root: Path) -> dict[str, Any]:
     files = data["split"].get("files")
     if files:
         files.update({part: relative(path) for part, path in files.items()})
-    entry = {"data": data, "inputs": stage_inputs(data), "code_version": code_version("data")}
+    entry: dict[str, Any] = {"data": data, "inputs": stage_inputs(data), "code_version": data_code_version()}
     if spec.task == "forecast":
         entry["season"] = spec.evaluate.season
     return entry
@@ -315,6 +350,7 @@ def open_search(prepared: Prepared, root: Path, flow_run_id: str | None) -> dict
     from lstmflow.training import search
 
     spec = prepared.pipeline
+    settings = search.search_settings(spec)
     ref = search.StudyRef(search.storage_location(spec, root), search.study_name(spec, prepared.features_md5))
     study, created = search.open_study(ref, spec, create=True)
     uri = tracking.tracking_uri(root)
@@ -324,11 +360,10 @@ def open_search(prepared: Prepared, root: Path, flow_run_id: str | None) -> dict
     if parent is None or not tracking.reopen_run(uri, parent, finished_too=True):
         space = {
             f"search.space.{dotted_key(key)}": json.dumps(param.model_dump(exclude_defaults=True))
-            for key, param in spec.search.space.items()
+            for key, param in settings.space.items()
         }
         parent = start_tracked_run(prepared, root, flow_run_id, run_name=f"{spec.name}-search", extra_params=space)
         study.set_user_attr(PARENT_RUN_ATTR, parent)
-    settings = spec.search
     tracking.set_tags(uri, parent, {
         "lstmflow.search.study": ref.name,
         "lstmflow.search.storage": re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", ref.storage),  # no password in MLflow
@@ -361,7 +396,7 @@ def drive_trials(
     from lstmflow.training import search
 
     spec = prepared.pipeline
-    settings = spec.search
+    settings = search.search_settings(spec)
     study, _ = search.open_study(search.StudyRef(study_ref["storage"], study_ref["study"]), spec)
     uri = tracking.tracking_uri(root)
     deadline = time.monotonic() + settings.timeout if settings.timeout else math.inf
@@ -409,44 +444,20 @@ def run_trial(
     curve, its state as the tag ``lstmflow.search.state`` and, when complete, its weights.
     """
     from lstmflow.training import search
-    from lstmflow.training.launch import train_in_child
 
-    base = prepared.pipeline
     ref = search.StudyRef(study_ref["storage"], study_ref["study"])
-    study, _ = search.open_study(ref, base)
+    study, _ = search.open_study(ref, prepared.pipeline)
     trial = search.running_trial(study, number)
     params = dict(trial.params)
     uri = tracking.tracking_uri(root)
-    run_dir = Path(study_ref["trials_dir"]) / f"trial-{number:04d}"
     run_id: str | None = None
-    attrs: dict[str, Any] = {}
-    value = None
+    value: float | None = None
     with search.heartbeat(trial):
         try:
-            spec = search.trial_spec(base, params)
-            tags = {
-                "mlflow.parentRunId": study_ref["parent_run_id"],
-                "lstmflow.search.study": ref.name,
-                "lstmflow.search.trial": str(number),
-            }
-            trial_prepared = replace(prepared, spec=spec.model_dump(mode="json"))
-            run_id = start_tracked_run(
-                trial_prepared, root, flow_run_id, run_name=f"{base.name}-trial-{number}", extra_tags=tags
-            )
+            spec, run_id = _start_trial_run(prepared, root, study_ref, number, params, flow_run_id)
             trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
-            logger = search.PruningLogger(tracking.MlflowMetricLogger(uri, run_id), ref, base, number)
-            result = train_in_child(spec, Path(prepared.features_dir), run_dir, logger, progress=progress)
-            state, value = "complete", search.trial_value(result.history, result.best_epoch, base.search.metric)
-            attrs = {
-                "lstmflow.best_epoch": result.best_epoch,
-                "lstmflow.epochs_run": result.epochs_run,
-                "lstmflow.stopped_early": int(result.stopped_early),
-                "lstmflow.train_seconds": result.seconds,
-            }
-            tracking.log_summary_metrics(
-                uri, run_id, {key.removeprefix("lstmflow."): float(v) for key, v in attrs.items()}
-            )
-            tracking.log_artifacts(uri, run_id, [Path(result.model_path)], TRIAL_MODEL_ARTIFACT)
+            value, attrs = _train_trial(prepared, spec, uri, run_id, study_ref, number, progress)
+            state = "complete"
         except search.TrialPruned as pruned:
             state, attrs = "pruned", {"lstmflow.epochs_run": pruned.epoch}
         except Exception as exc:  # noqa: BLE001 - a failing trial is recorded as failed; the study goes on
@@ -457,16 +468,69 @@ def run_trial(
                 tracking.end_run(uri, run_id, "KILLED")
             raise
     state = search.record(study, number, state, value, attrs)
-    outcome = {"number": number, "state": state, "value": value, "params": params, "run_id": run_id}
+    outcome: dict[str, Any] = {"number": number, "state": state, "value": value, "params": params, "run_id": run_id}
     outcome.update({key.removeprefix("lstmflow."): attr for key, attr in attrs.items()})
     if run_id is not None:
-        tags = {
-            "lstmflow.search.state": state,
-            **({"lstmflow.search.error": outcome["error"]} if "error" in outcome else {}),
-        }
+        tags = {"lstmflow.search.state": state}
+        if "error" in outcome:
+            tags["lstmflow.search.error"] = outcome["error"]
         tracking.set_tags(uri, run_id, tags)
         tracking.end_run(uri, run_id, {"complete": "FINISHED", "failed": "FAILED"}.get(state, "KILLED"))
     return outcome
+
+
+def _start_trial_run(
+    prepared: Prepared,
+    root: Path,
+    study_ref: dict[str, str],
+    number: int,
+    params: dict[str, Any],
+    flow_run_id: str | None,
+) -> tuple[PipelineSpec, str]:
+    """The trial's spec (the pipeline's with the trial's values) and its MLflow run, a child of the search's."""
+    from lstmflow.training import search
+
+    base = prepared.pipeline
+    spec = search.trial_spec(base, params)
+    tags = {
+        "mlflow.parentRunId": study_ref["parent_run_id"],
+        "lstmflow.search.study": study_ref["study"],
+        "lstmflow.search.trial": str(number),
+    }
+    trial_prepared = replace(prepared, spec=spec.model_dump(mode="json"))
+    run_name = f"{base.name}-trial-{number}"
+    return spec, start_tracked_run(trial_prepared, root, flow_run_id, run_name=run_name, extra_tags=tags)
+
+
+def _train_trial(
+    prepared: Prepared,
+    spec: PipelineSpec,
+    uri: str,
+    run_id: str,
+    study_ref: dict[str, str],
+    number: int,
+    progress: bool,
+) -> tuple[float, dict[str, Any]]:
+    """Train a trial in a child process that reports to the pruner; returns its value and the attributes to record,
+    which also go to its MLflow run with its weights."""
+    from lstmflow.training import search
+    from lstmflow.training.launch import train_in_child
+
+    base = prepared.pipeline
+    ref = search.StudyRef(study_ref["storage"], study_ref["study"])
+    logger = search.PruningLogger(tracking.MlflowMetricLogger(uri, run_id), ref, base, number)
+    run_dir = Path(study_ref["trials_dir"]) / f"trial-{number:04d}"
+    result = train_in_child(spec, Path(prepared.features_dir), run_dir, logger, progress=progress)
+    value = search.trial_value(result.history, result.best_epoch, search.search_settings(base).metric)
+    attrs = {
+        "lstmflow.best_epoch": result.best_epoch,
+        "lstmflow.epochs_run": result.epochs_run,
+        "lstmflow.stopped_early": int(result.stopped_early),
+        "lstmflow.train_seconds": result.seconds,
+    }
+    tracking.log_summary_metrics(uri, run_id, {key.removeprefix("lstmflow."): float(v) for key, v in attrs.items()})
+    tracking.log_artifacts(uri, run_id, [Path(result.model_path)], TRIAL_MODEL_ARTIFACT)
+    return value, attrs
 
 
 def close_search(
@@ -484,34 +548,24 @@ def close_search(
     from lstmflow.training import search
 
     spec = prepared.pipeline
-    ref = search.StudyRef(study_ref["storage"], study_ref["study"])
-    study, _ = search.open_study(ref, spec)
+    settings = search.search_settings(spec)
+    study, _ = search.open_study(search.StudyRef(study_ref["storage"], study_ref["study"]), spec)
     uri = tracking.tracking_uri(root)
     parent = study_ref["parent_run_id"]
     found = search.counts(study)
     trials_dir = Path(study_ref["trials_dir"])
-    tracking.log_artifacts(uri, parent, search.plot_study(study, spec.search.metric, trials_dir / "plots"), "plots")
+    tracking.log_artifacts(uri, parent, search.plot_study(study, settings.metric, trials_dir / "plots"), "plots")
     ended = ("complete", "pruned", "failed", "interrupted")
     tracking.log_summary_metrics(uri, parent, {f"trials_{state}": float(found[state]) for state in ended})
-    ranked = [
-        {
-            "number": trial.number,
-            "state": search.trial_state(trial),
-            "value": trial.value,
-            "epochs_run": trial.user_attrs.get("lstmflow.epochs_run"),
-            "params": trial.params,
-        }
-        for trial in search.ranked_trials(study)
-    ]
     summary = {
-        "study": ref.name,
+        "study": study_ref["study"],
         "parent_run_id": parent,
-        "metric": spec.search.metric,
-        "direction": spec.search.resolved_direction(),
+        "metric": settings.metric,
+        "direction": settings.resolved_direction(),
         "counts": dict(found),
         "ran": dict(Counter(outcome["state"] for outcome in outcomes)),
         "best": None,
-        "trials": ranked,
+        "trials": _ranked_rows(study),
     }
     best = search.best_trial(study)
     if best is None and not need_best:
@@ -521,35 +575,58 @@ def close_search(
         tracking.end_run(uri, parent, "FAILED")
         states = ", ".join(f"{count} {state}" for state, count in sorted(found.items()))
         raise TrainingError(
-            f"pipelines.{spec.name}.search: no trial of study {ref.name} completed ({states or 'none ran'}); the failed "
-            f"trials' errors are in their MLflow runs (experiment {spec.name!r}, tag lstmflow.search.error)"
+            f"pipelines.{spec.name}.search: no trial of study {study_ref['study']} completed ({states or 'none ran'}); "
+            f"the failed trials' errors are in their MLflow runs (experiment {spec.name!r}, tag lstmflow.search.error)"
         )
-    best_run = best.user_attrs[TRIAL_RUN_ATTR]
-    tracking.log_summary_metrics(uri, parent, {f"best_{spec.search.metric}": float(best.value)})
+    _record_best(uri, parent, settings.metric, best)
+    tracking.end_run(uri, parent)
+    trained = _best_trained(uri, trials_dir, best)
+    summary["best"] = {"number": best.number, "value": best.value, "params": best.params, "run_id": trained["run_id"]}
+    best_prepared = replace(prepared, spec=search.trial_spec(spec, best.params).model_dump(mode="json"))
+    return {"prepared": asdict(best_prepared), "trained": trained, "summary": summary}
+
+
+def _ranked_rows(study: Any) -> list[dict[str, Any]]:
+    """The study's trials, best first, as the summary lists them."""
+    from lstmflow.training import search
+
+    return [
+        {
+            "number": trial.number,
+            "state": search.trial_state(trial),
+            "value": trial.value,
+            "epochs_run": trial.user_attrs.get("lstmflow.epochs_run"),
+            "params": trial.params,
+        }
+        for trial in search.ranked_trials(study)
+    ]
+
+
+def _record_best(uri: str, parent: str, metric: str, best: Any) -> None:
+    """The best trial's value, number, run and values on the search's parent run."""
+    tracking.log_summary_metrics(uri, parent, {f"best_{metric}": float(best.value)})
     tracking.set_tags(uri, parent, {
         "lstmflow.search.best_trial": str(best.number),
-        "lstmflow.search.best_run_id": best_run,
+        "lstmflow.search.best_run_id": best.user_attrs[TRIAL_RUN_ATTR],
         **{f"lstmflow.search.best.{dotted_key(key)}": json.dumps(value) for key, value in best.params.items()},
     })  # fmt: skip
-    tracking.end_run(uri, parent)
 
+
+def _best_trained(uri: str, trials_dir: Path, best: Any) -> dict[str, Any]:
+    """The best trial as the train step hands a run on: its run, folder and weights (fetched from MLflow when
+    another machine trained it), and its summary."""
+    run_id = best.user_attrs[TRIAL_RUN_ATTR]
     run_dir = trials_dir / f"trial-{best.number:04d}"
     model_path = run_dir / "model.pt"
     if not model_path.exists():  # trained by a worker on another machine
-        model_path = tracking.download_artifact(uri, best_run, f"{TRIAL_MODEL_ARTIFACT}/model.pt", run_dir)
-    trained = {
-        "run_id": best_run,
+        model_path = tracking.download_artifact(uri, run_id, f"{TRIAL_MODEL_ARTIFACT}/model.pt", run_dir)
+    summary_keys = ("best_epoch", "epochs_run", "stopped_early", "train_seconds")
+    return {
+        "run_id": run_id,
         "run_dir": str(run_dir),
         "model_path": str(model_path),
-        **{
-            key: best.user_attrs[f"lstmflow.{key}"]
-            for key in ("best_epoch", "epochs_run", "stopped_early", "train_seconds")
-        },
+        **{key: best.user_attrs[f"lstmflow.{key}"] for key in summary_keys},
     }
-    best_spec = search.trial_spec(spec, best.params)
-    summary["best"] = {"number": best.number, "value": best.value, "params": best.params, "run_id": best_run}
-    best_prepared = replace(prepared, spec=best_spec.model_dump(mode="json"))
-    return {"prepared": asdict(best_prepared), "trained": trained, "summary": summary}
 
 
 def run_search(
@@ -557,8 +634,10 @@ def run_search(
 ) -> dict[str, Any]:
     """The whole search without Prefect (a worker process, tests, benchmarks): trials on ``search.parallel`` threads,
     each training in its own child process; returns what :func:`close_search` returns."""
+    from lstmflow.training import search
+
     study_ref = open_search(prepared, root, flow_run_id)
-    parallel = prepared.pipeline.search.parallel
+    parallel = search.search_settings(prepared.pipeline).parallel
     with concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix="trial") as pool:
         outcomes = drive_trials(
             prepared,

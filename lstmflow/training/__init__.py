@@ -1,1 +1,2 @@
-"""Training: the fit loop, its objectives per task, checkpoints, DDP, the launcher of training children, loggers, search."""
+"""Training: the fit loop, checkpoints and resume, objectives per task, DDP, the launcher of training children,
+metric loggers, hyperparameter search."""

@@ -1,7 +1,7 @@
 """Data-parallel training over ``torch.distributed``: who trains, where the processes meet, and what they share.
 
-The launcher (:mod:`lstmflow.training.launch`) makes the :class:`Plan` in its own process, so that bad settings fail before
-any worker starts; each worker then meets the others through :func:`join` and hands its :class:`World` to
+The launcher (:mod:`lstmflow.training.launch`) makes the :class:`Plan` in its own process, so that bad settings fail
+before any worker starts; each worker then meets the others through :func:`join` and hands its :class:`World` to
 :func:`lstmflow.training.fit.fit`. The training loop stays task-agnostic: every rank builds the same *global* batch from
 the objective, keeps the rows ``rank::size`` of it (:meth:`World.shard`) and weights its mean loss by
 ``rows * size / global rows``, so that DDP's average of the ranks' gradients is the gradient of the global batch's
@@ -284,9 +284,10 @@ def _store(plan: Plan, rank: int) -> dist.Store:
 def _check_same_spec(spec: PipelineSpec, world: World, where: str) -> None:
     """Machines that train one model must run one spec, apart from their own ``nodes.rank`` and where their copy of
     the data lives (each checkout may sit in another folder; the data's name and every other key must agree)."""
-    nodes = spec.train.nodes.model_copy(update={"rank": 0})
+    nodes = spec.train.nodes
+    machine_zero = None if nodes is None else nodes.model_copy(update={"rank": 0})
+    train = spec.train.model_copy(update={"nodes": machine_zero})
     data = spec.data.model_copy(update={"path": Path(spec.data.path.name)})
-    train = spec.train.model_copy(update={"nodes": nodes})
     common = spec.model_copy(update={"train": train, "data": data}).spec_hash()
     hashes = world.gather(common)
     if len(set(hashes)) > 1:
@@ -354,12 +355,13 @@ class _GlobalBatchNorm1d(nn.BatchNorm1d):
         mean, count = sums[:-1] / sums[-1], sums[-1]
         centred = x - mean.view(shape)
         var = _AllReduceSum.apply(centred.square().sum(dims) * weight) / count  # biased, as for normalising
-        if self.track_running_stats:
+        tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        if tracked is not None and running_mean is not None and running_var is not None:  # track_running_stats
             with torch.no_grad():
-                self.num_batches_tracked += 1
-                factor = 1.0 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
-                self.running_mean.lerp_(mean, factor)
-                self.running_var.lerp_(var * count / (count - 1), factor)  # unbiased, as BatchNorm1d keeps it
+                tracked.add_(1)
+                factor = 1.0 / tracked.item() if self.momentum is None else self.momentum
+                running_mean.lerp_(mean, factor)
+                running_var.lerp_(var * count / (count - 1), factor)  # unbiased, as BatchNorm1d keeps it
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)

@@ -3,8 +3,8 @@
 Training runs in child processes made with the ``spawn`` start method, so that a crash, an out-of-memory kill or a
 ``kill -9`` ends the children only: the caller (a Prefect task, the CLI) sees a
 :class:`~lstmflow.errors.TrainingError` and can retry, which resumes from the last checkpoint. With
-``train.workers`` (or ``train.nodes``) above one, the children form a DDP group (:mod:`lstmflow.training.distributed`); when
-one of them fails, the launcher stops the others (they would wait for it forever) and reports the first failure.
+``train.workers`` (or ``train.nodes``) above one, the children form a DDP group (:mod:`lstmflow.training.distributed`);
+when one of them fails, the launcher stops the others (they would wait for it forever) and reports the first failure.
 
 Nothing comes back through a pipe. The children write, in ``run_dir`` (rank 0's names; rank ``r`` > 0 writes
 ``train.rank<r>.log`` and ``train_error.rank<r>.json``):
@@ -32,7 +32,7 @@ import threading
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -40,16 +40,9 @@ from typing import Any
 
 from lstmflow.config import PipelineSpec
 from lstmflow.errors import LstmflowError, TrainingError
+from lstmflow.training.checkpoint import CHECKPOINT_DIR, atomic_write_bytes, load_checkpoint
 from lstmflow.training.distributed import RENDEZVOUS_FILE, Plan, join, plan, socket_environment
-from lstmflow.training.fit import (
-    CHECKPOINT_DIR,
-    RESULT_FILE,
-    FitResult,
-    atomic_write_bytes,
-    fit,
-    load_checkpoint,
-    train_threads,
-)
+from lstmflow.training.fit import RESULT_FILE, FitResult, fit, train_threads
 from lstmflow.training.loggers import MetricLogger
 
 LOG_FILE = "train.log"
@@ -83,9 +76,10 @@ def train_in_child(
 
     ``logger`` is pickled into every child; rank 0 alone calls it. Calling this again on the same ``run_dir``
     after a failure resumes from the last checkpoint. Bad settings (more GPU workers than GPUs, nccl without CUDA)
-    raise a ConfigError, and a checkpoint in ``run_dir`` of another spec a CheckpointError, before any child starts. ``on_start`` is called with the first child (rank 0 on machine 0,
-    the one that logs and checkpoints) once all have started (tests kill it from there; a supervisor could record
-    its pid). Raises the failed child's ``LstmflowError`` as itself, and ``TrainingError`` for anything else.
+    raise a ConfigError, and a checkpoint in ``run_dir`` of another spec a CheckpointError, before any child starts.
+    ``on_start`` is called with the first child (rank 0 on machine 0, the one that logs and checkpoints) once all
+    have started (tests kill it from there; a supervisor could record its pid). Raises the failed child's
+    ``LstmflowError`` as itself, and ``TrainingError`` for anything else.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,14 +121,15 @@ def train_in_child(
     raise _child_error(run_dir, rank, pid, exitcode)
 
 
-def _first_failure(processes: list[BaseProcess]) -> int | None:
+def _first_failure(processes: Sequence[BaseProcess]) -> int | None:
     """Wait until every process has ended or one has failed; the index of the first to fail, else None.
 
     Of several that ended together, the lowest rank counts as first: a worker whose peer died fails soon after it.
     """
     running = {process.sentinel: index for index, process in enumerate(processes)}
     while running:
-        ended = sorted(running.pop(sentinel) for sentinel in multiprocessing.connection.wait(list(running)))
+        ready = multiprocessing.connection.wait(list(running))
+        ended = sorted(running.pop(sentinel) for sentinel in ready if isinstance(sentinel, int))  # all are ints
         for index in ended:
             processes[index].join()
         failed = [index for index in ended if processes[index].exitcode != 0]
@@ -143,7 +138,7 @@ def _first_failure(processes: list[BaseProcess]) -> int | None:
     return None
 
 
-def _stop(processes: list[BaseProcess]) -> None:
+def _stop(processes: Sequence[BaseProcess]) -> None:
     """End whatever still runs: SIGTERM, and SIGKILL for any still alive after the grace period."""
     alive = [process for process in processes if process.is_alive()]
     for process in alive:
@@ -158,21 +153,19 @@ def _stop(processes: list[BaseProcess]) -> None:
 def child_environment(spec: PipelineSpec) -> dict[str, str]:
     """Settings the children must have before they import torch (OpenMP, cuBLAS and gloo read them once, at load).
 
-    ``OMP_WAIT_POLICY=PASSIVE`` makes idle OpenMP threads sleep instead of spinning: on a shared
-    machine the spinning is what made two threads up to 22× slower than one (STACK.md).
+    ``OMP_WAIT_POLICY=PASSIVE`` makes idle OpenMP threads sleep instead of spinning: on a shared machine the
+    spinning is what makes two threads many times slower than one.
     ``CUBLAS_WORKSPACE_CONFIG`` makes cuBLAS deterministic under ``train.deterministic``; the socket interfaces keep
     gloo and NCCL on loopback when every worker is on this machine.
 
     ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` (glibc; other C libraries ignore them), each unless
     the caller set it: an LSTM's training step allocates and frees tensors of all time steps every batch, which
-    glibc by default maps fresh from the kernel (zeroing every page on first touch: 7,000 page faults a step at
-    100 steps, batch 64, 128 units; 75,000 at 500 steps) and gives back when freed. Kept in the heap instead, a
-    training step took 1.5-1.8× less time in nn.LSTM (2026-11-25, one thread, median of 3: 55 → 37 ms at 100
-    steps, 346 → 188 ms at 500, 244 → 145 ms at batch 256) and 1.1-1.5× in lstmflow's kernel (46 → 41, 293 →
-    199, 219 → 150 ms). Both are needed: the threshold alone left half the faults, as freed blocks at the heap's
-    top were still trimmed. The cost: a training child keeps up to 256 MiB of freed memory for reuse, and blocks
-    of up to 256 MiB come from its heap (larger ones are mapped as before); it is a process of its own that ends
-    with the run.
+    glibc by default maps fresh from the kernel (zeroing every page on first touch: thousands of page faults a
+    step) and gives back when freed. Kept in the heap instead, those faults are gone and a training step is
+    markedly faster, in nn.LSTM and in lstmflow's kernel alike (the figures are in benchmarks/RESULTS.md). Both
+    settings are needed: the threshold alone leaves half the faults, as freed blocks at the heap's top are still
+    trimmed. The cost: a training child keeps up to 256 MiB of freed memory for reuse, and blocks of up to 256 MiB
+    come from its heap (larger ones are mapped as before); it is a process of its own that ends with the run.
     """
     threads = str(train_threads(spec))
     environment = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
@@ -229,7 +222,7 @@ def _child_main(
     try:
         with join(spec, workers, local_rank) if workers.world_size > 1 else nullcontext() as world:
             fit(spec, features_dir, run_dir, logger, progress=progress, world=world)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - recorded for the parent whatever it is, then the child exits
         if isinstance(exc, LstmflowError) and exc.planned:
             log.info("training stopped: %s", exc)
         else:

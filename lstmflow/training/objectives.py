@@ -13,7 +13,7 @@ how batches look, what the loss is and what else is worth logging per epoch:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lstmflow.config import PipelineSpec
+from lstmflow.config import CorpusSpec, PipelineSpec
 from lstmflow.errors import ConfigError, DataError
 from lstmflow.models.lstm import LSTMNet, LSTMState, output_layer
 
@@ -30,13 +30,14 @@ if TYPE_CHECKING:
     from lstmflow.data.corpus import CorpusFeatures
     from lstmflow.data.sequences import SequenceFeatures
     from lstmflow.data.timeseries import Features, WindowSet
+    from lstmflow.training.distributed import DataParallelNet
 
 Part = Literal["train", "val", "test"]
 #: (the model's inputs, the target): ``model(*inputs)`` is what the loss compares with the target.
 Batch = tuple[tuple[Tensor, ...], Tensor]
 
 #: On scaled values; huber's delta is 1, about one standard deviation under `scale: standard`.
-FORECAST_LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
+FORECAST_LOSSES: dict[str, Callable[..., Tensor]] = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
 
 #: Activations a classifier's output dense may have: both leave the scores as logits once the softmax is removed.
 CLASSIFIER_ACTIVATIONS = ("softmax", "linear")
@@ -60,7 +61,7 @@ class Objective(Protocol):
         """Every sample of ``part`` once; a shuffled order is a pure function of (seed, epoch), so resume replays it."""
         ...
 
-    def loss(self, model: LSTMNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
+    def loss(self, model: LSTMNet | DataParallelNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
         """The batch's mean loss, differentiable."""
         ...
 
@@ -152,7 +153,7 @@ class ForecastObjective(Stateless):
         for x, y in self.features.windows(part).batches(batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
             yield (x,), y
 
-    def loss(self, model: LSTMNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
+    def loss(self, model: LSTMNet | DataParallelNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
         (x,) = inputs
         prediction = model(x).view(target.shape)  # (B, H*K) -> (B, H, K)
         return FORECAST_LOSSES[self.loss_name](prediction, target)
@@ -242,7 +243,7 @@ class ClassifyObjective(Stateless):
         for batch in self.features.part(part).batches(batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
             yield (batch.x, batch.lengths), batch.y
 
-    def loss(self, model: LSTMNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
+    def loss(self, model: LSTMNet | DataParallelNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
         x, lengths = inputs
         return F.cross_entropy(model.logits(x, lengths), target)  # logits (B, n_classes), target (B,)
 
@@ -255,7 +256,7 @@ class ClassifyObjective(Stateless):
             (x, lengths), target = to_device(inputs, device), target.to(device)
             logits = model.logits(x, lengths)  # (B, n_classes)
             total += F.cross_entropy(logits, target, reduction="sum").item()
-            correct += (logits.argmax(dim=1) == target).sum().item()
+            correct += int((logits.argmax(dim=1) == target).sum().item())
             count += len(target)
         return {"loss": total / count, "accuracy": correct / count}
 
@@ -283,6 +284,7 @@ class LanguageModelObjective:
     """
 
     def __init__(self, spec: PipelineSpec, features: CorpusFeatures) -> None:
+        assert isinstance(spec.data, CorpusSpec)  # the config gives task language_model corpus data only
         self.features = features
         self.steps = spec.data.sequence_length
         self.stateful = stateful_layers(spec)
@@ -313,7 +315,7 @@ class LanguageModelObjective:
         """(x (B, T, 1) ids, y (B, T) next ids) of ``part``, in stream order unless ``order`` is given."""
         return self.features.stream(part).batches(self.rows(part, batch_size), self.steps, order)
 
-    def loss(self, model: LSTMNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
+    def loss(self, model: LSTMNet | DataParallelNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
         (x,) = inputs
         logits, final = model.logits_carrying(x, self._carry)  # (B, T, V)
         self._carry = {index: (h.detach(), c.detach()) for index, (h, c) in final.items() if index in self.stateful}

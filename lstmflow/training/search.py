@@ -2,8 +2,8 @@
 
 A search is a loop of ask → train → tell. The asking happens in one place per process (:func:`ask`): it checks the
 budget, draws every ``search.space`` key for a new trial and claims the trial for this process. Each trial then
-trains like a plain run, in a child process started by :mod:`lstmflow.training.launch`, with the pipeline's spec plus the
-trial's values (:func:`trial_spec`). Pruning happens inside that child: :class:`PruningLogger` reports the metric to
+trains like a plain run, in a child process started by :mod:`lstmflow.training.launch`, with the pipeline's spec plus
+the trial's values (:func:`trial_spec`). Pruning happens inside that child: :class:`PruningLogger` reports the metric to
 the trial after each epoch and raises :class:`TrialPruned` when the pruner says stop; the launcher raises it again in
 the parent, which records the trial PRUNED.
 
@@ -12,7 +12,10 @@ value its meaning (:func:`study_name`): the same spec, space, metric and data co
 starts a new one. Several processes, here or on other machines, can work on one study at once; each trial is
 claimed by the process that runs it (host, pid and a heartbeat), so that a trial whose process died is found
 (:func:`requeue_interrupted`), marked interrupted and queued again with the same values, instead of counting as
-running forever.
+running forever. The claim is lstmflow's own rather than Optuna's heartbeat (``heartbeat_interval`` and
+``fail_stale_trials``): Optuna's exists for RDB storage only, not for the journal file that is the default; it beats
+only inside ``study.optimize``, which an ask-and-tell search does not call; and it judges a trial by time alone,
+where the pid and its start time show a dead process on the same host at once.
 
 Nothing here imports MLflow or Prefect; Optuna is imported inside the functions that use it.
 """
@@ -29,11 +32,11 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import psutil
 
@@ -81,10 +84,10 @@ class StudyRef:
 
 
 def study_name(spec: PipelineSpec, data_version: str) -> str:
-    """``<pipeline>-<hash>``: a hash of the spec (search steering settings, data paths and description left out), the
-    resolved direction and the data version, so that the same search continues one study and any change starts a new one.
-    """
-    search = _search(spec)
+    """``<pipeline>-<hash>``: a hash of the spec (search steering settings, data paths and description left out),
+    the resolved direction and the data version, so that the same search continues one study and any change starts
+    a new one."""
+    search = search_settings(spec)
     identity = spec.model_dump(mode="json", exclude={"data": True, "description": True, "search": STEERING})
     identity["search"]["direction"] = search.resolved_direction()
     digest = hashlib.sha256(json.dumps({"spec": identity, "data": data_version}, sort_keys=True).encode()).hexdigest()
@@ -93,7 +96,7 @@ def study_name(spec: PipelineSpec, data_version: str) -> str:
 
 def storage_location(spec: PipelineSpec, root: Path) -> str:
     """``search.storage``, else the pipeline's journal file in the project."""
-    return _search(spec).storage or str(root / "runs" / spec.name / JOURNAL_FILE)
+    return search_settings(spec).storage or str(root / "runs" / spec.name / JOURNAL_FILE)
 
 
 def _storage(location: str) -> Any:
@@ -114,7 +117,7 @@ def open_study(ref: StudyRef, spec: PipelineSpec, create: bool = False) -> tuple
     """
     import optuna
 
-    search = _search(spec)
+    search = search_settings(spec)
     options = {
         "study_name": ref.name,
         "storage": _storage(ref.storage),
@@ -191,7 +194,7 @@ def ask(study: optuna.Study, spec: PipelineSpec) -> int | None:
     again, a resumed search does not repeat earlier draws, and workers sharing a study do not repeat each other
     (a grid is walked in one seeded order, by trial number).
     """
-    search = _search(spec)
+    search = search_settings(spec)
     if trials_left(study, search) <= 0:
         return None
     expected = len(study.get_trials(deepcopy=False))
@@ -363,8 +366,8 @@ def record(
 
 
 class PruningLogger:
-    """A :class:`~lstmflow.training.loggers.MetricLogger` for a trial: forwards every epoch to ``inner`` (the trial's MLflow
-    run), reports ``search.metric`` to the trial and raises :class:`TrialPruned` when the pruner says stop.
+    """A :class:`~lstmflow.training.loggers.MetricLogger` for a trial: forwards every epoch to ``inner`` (the trial's
+    MLflow run), reports ``search.metric`` to the trial and raises :class:`TrialPruned` when the pruner says stop.
 
     It crosses into the training child by pickle: it holds the study's reference, not the study, and opens the study
     there on first use. It also stops the child when the process that runs the trial is gone (a ``kill -9``): nobody
@@ -384,7 +387,7 @@ class PruningLogger:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.inner.log_metrics(metrics, step)
-        metric = _search(self.spec).metric
+        metric = search_settings(self.spec).metric
         if metric not in metrics:
             return
         if os.getpid() != self.owner_pid and os.getppid() != self.owner_pid:  # a child whose owner died
@@ -417,7 +420,7 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    complete.sort(key=lambda t: t.value, reverse=study.direction == StudyDirection.MAXIMIZE)
+    complete.sort(key=lambda t: cast(float, t.value), reverse=study.direction == StudyDirection.MAXIMIZE)  # set
     return complete + [t for t in trials if t.state in (TrialState.PRUNED, TrialState.FAIL)]
 
 
@@ -447,7 +450,7 @@ def plot_study(study: optuna.Study, metric: str, out_dir: Path) -> list[Path]:
     from optuna.visualization import matplotlib as optuna_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = {"optimization_history.png": optuna_plots.plot_optimization_history}
+    plots: dict[str, Callable[..., Any]] = {"optimization_history.png": optuna_plots.plot_optimization_history}
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 2:
         plots["param_importances.png"] = optuna_plots.plot_param_importances
     paths = []
@@ -456,13 +459,15 @@ def plot_study(study: optuna.Study, metric: str, out_dir: Path) -> list[Path]:
         warnings.simplefilter("ignore", UserWarning)  # "few trials per regime" from the importance evaluator
         for name, plot in plots.items():
             axes = plot(study, target_name=metric)
-            axes.figure.savefig(out_dir / name, dpi=110, bbox_inches="tight")
-            plt.close(axes.figure)
+            figure = axes.figure.figure  # the Figure itself (a subfigure's .figure would be its parent)
+            figure.savefig(out_dir / name, dpi=110, bbox_inches="tight")
+            plt.close(figure)
             paths.append(out_dir / name)
     return paths
 
 
-def _search(spec: PipelineSpec) -> SearchSpec:
+def search_settings(spec: PipelineSpec) -> SearchSpec:
+    """The pipeline's ``search`` section; a ConfigError names the pipeline when it has none."""
     if spec.search is None:
         raise ConfigError(f"pipelines.{spec.name}.search: not set; add a search section to search this pipeline")
     return spec.search
