@@ -1,8 +1,8 @@
 """DDP on CPU: start-up overhead and training throughput, 1 worker against 2 (gloo, one thread each); or one GPU.
 
 Writes a seeded seasonal series (no downloads), prepares its windows with the real features code, and trains the
-same spec through :func:`lstmflow.training.launch.train_in_child` with ``train.workers`` 1 and 2 (same global batch), and,
-as a control, 1 worker with half the batch (what each of the 2 workers computes per step: on CPU a smaller batch
+same spec through :func:`lstmflow.training.launch.train_in_child` with ``train.workers`` 1 and 2 (same global batch),
+and, as a control, 1 worker with half the batch (what each of the 2 workers computes per step: on CPU a smaller batch
 can be cheaper per sample, which alone makes 2 workers look better than 2×). For each run it measures:
 
 - time to first batch: from the launcher's call to the moment rank 0 logs "training ... rank 0 of N", which comes
@@ -145,14 +145,20 @@ def report(args: argparse.Namespace, train_windows: int, measured: dict[str, lis
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     device = torch.cuda.get_device_name(0) if args.gpu else f"{os.cpu_count()} cores"
     lines = [
-        f"## {dt.date.today().isoformat()} · {'one GPU' if args.gpu else 'DDP on CPU (gloo)'}: "
-        f"`python benchmarks/ddp.py{' --gpu' if args.gpu else ''}`",
+        (
+            f"## {dt.date.today().isoformat()} · {'one GPU' if args.gpu else 'DDP on CPU (gloo)'}: "
+            f"`python benchmarks/ddp.py{' --gpu' if args.gpu else ''}`"
+        ),
         "",
-        f"{platform.machine()}, {device}, {platform.system()} · Python {platform.python_version()}, "
-        f"torch {torch.__version__} · load average after the runs {load} (1/5/15 min)",
+        (
+            f"{platform.machine()}, {device}, {platform.system()} · Python {platform.python_version()}, "
+            f"torch {torch.__version__} · load average after the runs {load} (1/5/15 min)"
+        ),
         "",
-        f"{train_windows:,} training windows of 48 steps, LSTM {args.units} units, global batch {args.batch}, "
-        f"{args.epochs} epochs, one thread per worker; median of {args.repeats} runs.",
+        (
+            f"{train_windows:,} training windows of 48 steps, LSTM {args.units} units, global batch {args.batch}, "
+            f"{args.epochs} epochs, one thread per worker; median of {args.repeats} runs."
+        ),
         "",
         "| run | time to first batch (s) | training samples/s | whole launch (s) | final val loss |",
         "| --- | --- | --- | --- | --- |",

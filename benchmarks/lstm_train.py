@@ -22,8 +22,9 @@ the environment before it imports anything; the parent sends every measurement i
 Keras runs from a separate virtual environment (``--keras-python``, default ``/tmp/kerasvenv/bin/python`` with
 ``tensorflow-cpu`` and ``keras``; never a dependency of lstmflow); without one it is skipped with a message.
 
-Every variant runs with the malloc settings of lstmflow's training children (``lstmflow.training.launch.MALLOC_SETTINGS``:
-freed memory stays in the heap, which made training steps 1.5-1.8× faster here).
+Every variant runs with the malloc settings of lstmflow's training children
+(``lstmflow.training.launch.MALLOC_SETTINGS``: freed memory stays in the heap, which made training steps 1.5-1.8×
+faster here).
 
 Achieved GFLOP/s counts 3 × 8·T·B·H·(I+H) per layer per training step (forward, and twice that for the backward),
 with T the mean real length for the padded configuration.
@@ -394,13 +395,17 @@ def main() -> None:
     names = list(workers)
     passes = [("quiet", False)] + ([("busy", True)] if args.busy else [])
     lines = [
-        f"\n## {dt.date.today().isoformat()} · CPU LSTM training: `python benchmarks/lstm_train.py"
-        f"{' --busy' if args.busy else ''}`\n",
+        (
+            f"\n## {dt.date.today().isoformat()} · CPU LSTM training: `python benchmarks/lstm_train.py"
+            f"{' --busy' if args.busy else ''}`\n"
+        ),
         f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} · Python {platform.python_version()}, "
         + ", ".join(f"{key} {value}" for key, value in versions.items())
         + f" · {args.repeats} repeats of ≥ {args.seconds:g} s per measurement, variants interleaved\n",
-        "Threads: `1t` = OMP_NUM_THREADS=1; `2t` = 2 threads with OMP_WAIT_POLICY=PASSIVE; Keras/TF = TensorFlow's "
-        "default pool. GFLOP/s counts 3 × 8·T·B·H·(I+H) per layer per training step.\n",
+        (
+            "Threads: `1t` = OMP_NUM_THREADS=1; `2t` = 2 threads with OMP_WAIT_POLICY=PASSIVE; Keras/TF = TensorFlow's "
+            "default pool. GFLOP/s counts 3 × 8·T·B·H·(I+H) per layer per training step.\n"
+        ),
     ]
     if keras_note:
         lines.append(keras_note + "\n")
@@ -433,8 +438,10 @@ def main() -> None:
     )
     for label, busy, load_before, load_after, samples in measured:
         lines += [
-            f"### {label}{' (a second CPU-bound process running)' if busy else ''}: load average (1/5/15 min) "
-            f"{load_before} before, {load_after} after\n",
+            (
+                f"### {label}{' (a second CPU-bound process running)' if busy else ''}: load average (1/5/15 min) "
+                f"{load_before} before, {load_after} after\n"
+            ),
             *table(configs, names, samples, max(peaks.values())),
             "",
         ]

@@ -42,7 +42,8 @@ def main() -> None:
     plain = padded_fraction(lengths, random_batches)
 
     print(
-        f"\n{args.sequences} sequences, lengths 10-500 (log-uniform, mean {lengths.mean():.0f}), batch {args.batch_size}"
+        f"\n{args.sequences} sequences, lengths 10-500 (log-uniform, mean {lengths.mean():.0f}), "
+        f"batch {args.batch_size}"
     )
     print(f"{'batching':<32}{'padded fraction':>16}")
     print(f"{'random batches':<32}{plain:>16.3f}")

@@ -7,8 +7,8 @@ Python process, with a fixed number of epochs and no early stopping, so that tim
 
 Reported per size: the wall time of the whole pipeline and of its training, and the peak resident memory of the
 pipeline's own process and of its training child (``getrusage``'s ``ru_maxrss``). Ratios are against 1× of the
-same pipeline in the same run: linear growth reads 4.0 and 16.0. A discarded warm-up run goes first. Prints a table and appends it to
-``benchmarks/RESULTS.md``.
+same pipeline in the same run: linear growth reads 4.0 and 16.0. A discarded warm-up run goes first. Prints a table
+and appends it to ``benchmarks/RESULTS.md``.
 
     python benchmarks/scaling.py [--rows 4000] [--sequences 400] [--epochs 2] [--no-append]
 """
@@ -133,8 +133,11 @@ def run_size(pipeline: str, factor: int, args: argparse.Namespace) -> dict[str, 
 def report(args: argparse.Namespace, results: dict[str, dict[int, dict[str, float]]]) -> str:
     lines = [
         heading("scaling with the data", "python benchmarks/scaling.py"),
-        f"{args.epochs} epochs, no early stopping, one training thread; 1× is {args.rows:,} series points (forecast, "
-        f"window 48, LSTM 64) and {args.sequences:,} sequences of 60 steps (classify, LSTM 64). Ratios against 1×.",
+        (
+            f"{args.epochs} epochs, no early stopping, one training thread; 1× is {args.rows:,} series points "
+            f"(forecast, window 48, LSTM 64) and {args.sequences:,} sequences of 60 steps (classify, LSTM 64). "
+            "Ratios against 1×."
+        ),
         "",
         "| pipeline | data | wall (s) | × | training (s) | × | peak RSS pipeline (MB) | peak RSS training child (MB) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -56,7 +56,7 @@ def write_series(path: Path, points: int) -> None:
 
 def make_spec(folder: Path, args: argparse.Namespace, search: dict[str, Any]) -> PipelineSpec:
     raw = {
-        "data": {"path": "series.csv", "time_column": "t", "target": "value", "window": 48, "horizon": 1, "transform": "none"},
+        "data": {"path": "series.csv", "time_column": "t", "target": "value", "window": 48, "horizon": 1},
         "model": {"layers": [{"lstm": {"units": 16}}, {"dense": {}}]},
         "train": {"epochs": args.epochs, "batch_size": 64, "threads": 1, "early_stopping": {"patience": None}},
         "evaluate": {"season": 12},
@@ -68,6 +68,7 @@ def make_spec(folder: Path, args: argparse.Namespace, search: dict[str, Any]) ->
             },
         },
     }  # fmt: skip
+    raw["data"]["transform"] = "none"
     return resolve_data(validate_pipeline("bench", raw, folder))
 
 
@@ -123,12 +124,16 @@ def report(args: argparse.Namespace, measured: dict[str, dict[str, Any]]) -> str
     lines = [
         f"## {dt.date.today().isoformat()} · hyperparameter search: `python benchmarks/search.py`",
         "",
-        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} · Python {platform.python_version()}, "
-        f"torch {torch.__version__}, optuna {optuna.__version__} · load average after the runs {load} (1/5/15 min)",
+        (
+            f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} · Python {platform.python_version()}, "
+            f"torch {torch.__version__}, optuna {optuna.__version__} · load average after the runs {load} (1/5/15 min)"
+        ),
         "",
-        f"{args.trials} trials (TPE, seeded; lr and LSTM units searched) of up to {args.epochs} epochs on a {args.points:,}-point "
-        f"series, one thread per trial, each trial in its own child process; {'the same' if same else 'NOT the same'} "
-        "configurations in every run.",
+        (
+            f"{args.trials} trials (TPE, seeded; lr and LSTM units searched) of up to {args.epochs} epochs on a "
+            f"{args.points:,}-point series, one thread per trial, each trial in its own child process; "
+            f"{'the same' if same else 'NOT the same'} configurations in every run."
+        ),
         "",
         "| run | wall time (s) | epochs trained | trials pruned | best val_loss |",
         "| --- | --- | --- | --- | --- |",
@@ -139,11 +144,16 @@ def report(args: argparse.Namespace, measured: dict[str, dict[str, Any]]) -> str
     lines += [
         "",
         f"- 2 trials at once vs 1: {reference['seconds'] / parallel['seconds']:.2f}× faster.",
-        f"- each trial costs about {overhead:.1f} s beyond its fit (unpruned run: wall time less the children's `fit` "
-        "time, per trial): the child process's start and imports, its MLflow run, the study's bookkeeping.",
-        f"- pruning trained {reference['epochs']} of the {unpruned['epochs']} epochs the same trials take unpruned "
-        f"({1 - reference['epochs'] / unpruned['epochs']:.0%} fewer) and took {reference['seconds']:.1f} s instead of "
-        f"{unpruned['seconds']:.1f} s ({1 - reference['seconds'] / unpruned['seconds']:.0%} less wall time).",
+        (
+            f"- each trial costs about {overhead:.1f} s beyond its fit (unpruned run: wall time less the children's "
+            "`fit` time, per trial): the child process's start and imports, its MLflow run, the study's bookkeeping."
+        ),
+        (
+            f"- pruning trained {reference['epochs']} of the {unpruned['epochs']} epochs the same trials take unpruned "
+            f"({1 - reference['epochs'] / unpruned['epochs']:.0%} fewer) and took {reference['seconds']:.1f} s "
+            f"instead of {unpruned['seconds']:.1f} s ({1 - reference['seconds'] / unpruned['seconds']:.0%} less wall "
+            "time)."
+        ),
     ]
     return "\n".join(lines) + "\n"
 

@@ -3,8 +3,8 @@
 Writes a seeded seasonal series (no downloads), prepares its windows with the real features code, and trains the
 guide's example model (1 feature → LSTM(128) → Dense) on windows of 100 steps, batch 64, one thread:
 
-- ``lstmflow fit``: :func:`lstmflow.training.fit.fit` in this process on the prepared features: shuffled batches from the
-  window store, loss and metric sums, a validation pass and a checkpoint each epoch, the metric logger, the best
+- ``lstmflow fit``: :func:`lstmflow.training.fit.fit` in this process on the prepared features: shuffled batches from
+  the window store, loss and metric sums, a validation pass and a checkpoint each epoch, the metric logger, the best
   model saved at the end. Timed as the whole call (model building included).
 - ``bare loop``: the same model (same spec, seed and optimizer) on every training window materialised as one
   tensor before timing, a ``randperm`` per epoch, forward, MSE, backward, Adam, and the same validation pass.
@@ -133,11 +133,15 @@ def main() -> None:
     overhead = medians["bare loop"] / medians["lstmflow fit"] - 1
     lines = [
         f"\n## {dt.date.today().isoformat()} · Trainer overhead: `python benchmarks/trainer_overhead.py`\n",
-        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} · Python {platform.python_version()}, "
-        f"torch {torch.__version__} · one thread · load average (1/5/15 min) {load_before} before, {load_after} "
-        "after\n",
-        f"{len(train[0]):,} training windows of {WINDOW} steps (+ {len(val[0]):,} validation), LSTM({UNITS}) → "
-        f"Dense, batch {BATCH}, {args.epochs} epochs, {args.repeats} alternating repeats.\n",
+        (
+            f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} · Python {platform.python_version()}, "
+            f"torch {torch.__version__} · one thread · load average (1/5/15 min) {load_before} before, {load_after} "
+            "after\n"
+        ),
+        (
+            f"{len(train[0]):,} training windows of {WINDOW} steps (+ {len(val[0]):,} validation), LSTM({UNITS}) → "
+            f"Dense, batch {BATCH}, {args.epochs} epochs, {args.repeats} alternating repeats.\n"
+        ),
         "| loop | training windows/s median (min–max) | seconds median |",
         "| --- | --- | --- |",
         *(

@@ -11,7 +11,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_import_contracts_hold() -> None:
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=REPO, capture_output=True, text=True
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 kept, 0 broken" in done.stdout
@@ -26,5 +30,5 @@ def test_importing_the_core_does_no_work(tmp_path: Path) -> None:
         "assert set(os.listdir('.')) == before, set(os.listdir('.')) - before;"
         "assert 'prefect' not in sys.modules, 'prefect imported by the core'"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

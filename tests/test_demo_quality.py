@@ -71,7 +71,7 @@ def test_chirps_demo_needs_the_frame_order(tmp_path: Path) -> None:
     def prepare(data: Any, out_dir: Path, where: str) -> dict:
         return prepare_audio_features(data, out_dir, where, tmp_path / "cache")
 
-    spec, lstm = lstm_accuracy(tmp_path, "chirps", "chirps", prepare)
+    _spec, lstm = lstm_accuracy(tmp_path, "chirps", "chirps", prepare)
     features = load_sequences(tmp_path / "features")
     train, test = features.part("train"), features.part("test")
 
