@@ -116,7 +116,8 @@ def test_a_layer_needs_exactly_one_kind(tmp_path: Path) -> None:
     assert problems(tmp_path, [], pipeline) == [
         (
             "pipelines.p.model.layers[0]: a layer must have exactly one of embedding, lstm, dense, dropout, batchnorm, "
-            "layernorm, got ['lstm', 'dense']"
+            "layernorm, activation, conv1d, max_pool1d, average_pool1d, global_max_pool, global_average_pool, "
+            "attention_pool, branches, got ['lstm', 'dense']"
         )
     ]
 

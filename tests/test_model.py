@@ -268,10 +268,10 @@ def test_initialisation_follows_keras_defaults() -> None:
 # --------------------------------------------------------------------------------------------- shape rules
 
 
-def test_first_layer_must_be_lstm() -> None:
+def test_first_layer_must_read_the_sequence() -> None:
     message = build_error(spec({"dense": {"units": 4}}, {"lstm": {"units": 4}}, {"dense": {}}))
     assert message == (
-        "pipelines.sunspots.model.layers[0]: the first layer must be lstm "
+        "pipelines.sunspots.model.layers[0]: the first layer must be lstm, conv1d or branches "
         "(it reads the (batch, time, features) input), got dense"
     )
 
@@ -611,7 +611,7 @@ def test_embedding_only_as_the_first_layer_and_an_lstm_must_read_its_vectors() -
         "pipelines.sunspots.model.layers[1].embedding: an embedding reads token ids, so it can only be the first layer"
     )
     assert build_error(spec({"embedding": {"dim": 3}}, {"dense": {"units": 4}}, {"dense": {}})) == (
-        "pipelines.sunspots.model.layers[1]: the first layer after an embedding must be lstm "
+        "pipelines.sunspots.model.layers[1]: the first layer after an embedding must be lstm, conv1d or branches "
         "(it reads the (batch, time, features) input), got dense"
     )
 

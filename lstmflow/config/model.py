@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
+from typing_extensions import TypeAliasType
 
 from lstmflow.config.base import Strict
 
@@ -89,6 +90,69 @@ class EmbeddingLayer(Strict):
 
     dim: int = Field(gt=0, description="Size of each token's vector.")
     frozen: bool = Field(False, description="Keep the vectors at their initial values (no training).")
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Fraction of token occurrences whose whole vector is zeroed during training (the rest scaled up), as "
+            "Keras `Dropout(rate, noise_shape=(None, None, 1))` after the embedding: the model cannot lean on any "
+            "single word. Default 0 (none)."
+        ),
+    )
+
+
+class ActivationLayer(Strict):
+    """Keras `Activation(activation)`: a function applied to every value, e.g. after a batchnorm."""
+
+    activation: Activation = Field(
+        description="The function, by its Keras name; `- activation: relu` is short for `{activation: relu}`."
+    )
+
+
+class Conv1DLayer(Strict):
+    """Keras `Conv1D(filters, kernel_size, strides, padding, activation)`: a convolution over time."""
+
+    filters: int = Field(gt=0, description="Output features per step (the number of kernels).")
+    kernel_size: int = Field(gt=0, description="Steps each kernel reads.")
+    strides: int = Field(1, gt=0, description="Steps between kernel positions; above 1 the sequence shortens.")
+    padding: Literal["same", "valid"] = Field(
+        "same",
+        description=(
+            "`same` (the default, unlike Keras' `valid`): zeros around each sample, so it keeps ceil(steps / "
+            "strides) steps and no short sample vanishes; `valid`: kernels only where they fit, (steps − "
+            "kernel_size) // strides + 1 steps."
+        ),
+    )
+    activation: Activation = Field("linear", description="Activation applied after the convolution.")
+
+
+class Pool1DLayer(Strict):
+    """Keras `MaxPooling1D` / `AveragePooling1D(pool_size, strides, padding)` over time."""
+
+    pool_size: int = Field(2, gt=0, description="Steps in each window.")
+    strides: int | None = Field(None, gt=0, description="Steps between windows; null: `pool_size`.")
+    padding: Literal["valid", "same"] = Field(
+        "valid",
+        description=(
+            "`valid` (Keras' default): whole windows only; `same`: also the last partial windows, ceil(steps / "
+            "strides) steps (a partial window covers only the sample's own steps)."
+        ),
+    )
+
+
+class GlobalPoolLayer(Strict):
+    """Keras `GlobalMaxPooling1D()` / `GlobalAveragePooling1D()`: one vector per sample from a sequence, over each
+    sample's own steps only (padding never wins a max or counts in a mean)."""
+
+
+class AttentionPoolLayer(Strict):
+    """Learned attention over time (Yang et al. 2016): a weighted mean of the steps, weights from a small tanh layer,
+    padded steps weighted 0. Not a Keras built-in."""
+
+    units: int | None = Field(
+        None, gt=0, description="Size of the scoring layer's hidden tanh layer; null: the input's width."
+    )
 
 
 class LayerSpec(Strict):
@@ -100,13 +164,35 @@ class LayerSpec(Strict):
     dropout: DropoutLayer | None = Field(None, description="A dropout layer.")
     batchnorm: BatchNormLayer | None = Field(None, description="Batch normalization over features.")
     layernorm: LayerNormLayer | None = Field(None, description="Layer normalization over features.")
+    activation: ActivationLayer | None = Field(None, description="An activation function as a layer of its own.")
+    conv1d: Conv1DLayer | None = Field(None, description="A convolution over time.")
+    max_pool1d: Pool1DLayer | None = Field(None, description="Max pooling over windows of steps.")
+    average_pool1d: Pool1DLayer | None = Field(None, description="Average pooling over windows of steps.")
+    global_max_pool: GlobalPoolLayer | None = Field(None, description="Each feature's maximum over all steps.")
+    global_average_pool: GlobalPoolLayer | None = Field(None, description="Each feature's mean over all steps.")
+    attention_pool: AttentionPoolLayer | None = Field(
+        None, description="A learned attention-weighted mean over all steps."
+    )
+    branches: list[Branch] | None = Field(
+        None,
+        min_length=2,
+        description=(
+            "Two or more lists of layers (each layer with the keys of `model.layers[]`) that each read this point's "
+            "input; their outputs are concatenated on the feature axis (Keras functional API's `Concatenate`), e.g. "
+            "an lstm beside convolutions (LSTM-FCN). "
+            "Every branch must end alike: one vector per sample (e.g. a global pool), or sequences of the same steps."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _bare_kind_means_defaults(cls, value: Any) -> Any:
-        """`- dense:` in YAML (a null value) means a dense layer with default arguments."""
+        """`- dense:` in YAML (a null value) means a dense layer with default arguments; `- activation: relu` is
+        short for `{activation: {activation: relu}}`."""
         if isinstance(value, dict):
-            return {key: {} if arg is None and key in cls.model_fields else arg for key, arg in value.items()}
+            value = {key: {} if arg is None and key in cls.model_fields else arg for key, arg in value.items()}
+            if isinstance(value.get("activation"), str):
+                value["activation"] = {"activation": value["activation"]}
         return value
 
     @model_validator(mode="after")
@@ -127,8 +213,41 @@ class LayerSpec(Strict):
         return next(name for name in type(self).model_fields if getattr(self, name) is not None)
 
     @property
-    def args(self) -> Strict:
+    def args(self) -> Strict | list[list[LayerSpec]]:
         return getattr(self, self.kind)
+
+
+#: One branch of a `branches` layer: a list of layers (a named alias, so that a layer may hold layers).
+Branch = TypeAliasType("Branch", Annotated[list[LayerSpec], Field(min_length=1)])
+LayerSpec.model_rebuild()
+
+
+def _conv_block(filters: int, kernel_size: int) -> list[dict[str, Any]]:
+    return [{"conv1d": {"filters": filters, "kernel_size": kernel_size}}, {"batchnorm": {}}, {"activation": "relu"}]
+
+
+#: The default classifier of values over time (data kinds sequences, images read by rows, audio features): LSTM-FCN
+#: (Karim et al. 2017), an lstm beside a fully convolutional network (conv 128-8, 256-5, 128-3, each with batchnorm
+#: and relu, then global average pooling). The paper's lstm reads the series as one step of T values ("dimension
+#: shuffle") with 8-128 cells; here it reads the steps in time order, as every lstmflow input arrives, with 64 cells.
+SEQUENCE_CLASSIFIER_LAYERS: list[dict[str, Any]] = [
+    {
+        "branches": [
+            [{"lstm": {"units": 64}}, {"dropout": {"rate": 0.8}}],
+            [*_conv_block(64, 8), *_conv_block(128, 5), *_conv_block(64, 3), {"global_average_pool": {}}],
+        ]
+    },
+    {"dense": {"activation": "softmax"}},
+]
+#: The default text classifier: token vectors with whole-token dropout, a bidirectional lstm over every step, each
+#: feature's maximum over the text, dropout, then the class scores.
+TEXT_CLASSIFIER_LAYERS: list[dict[str, Any]] = [
+    {"embedding": {"dim": 64, "dropout": 0.25}},
+    {"lstm": {"units": 64, "bidirectional": True, "return_sequences": True}},
+    {"global_max_pool": {}},
+    {"dropout": {"rate": 0.5}},
+    {"dense": {"activation": "softmax"}},
+]
 
 
 def _default_layers() -> list[LayerSpec]:
@@ -142,8 +261,9 @@ class ModelSpec(Strict):
         default_factory=_default_layers,
         min_length=1,
         description=(
-            "Layers in order; the first must be `lstm`, the last should be `dense`. Default: `[{lstm: {units: 64}}, "
-            "{dense: {}}]`."
+            "Layers in order; the first (after an `embedding`) must read the sequence (`lstm`, `conv1d` or "
+            "`branches`), the last should be `dense`. Default: `[{lstm: {units: 64}}, {dense: {}}]`, unless the "
+            "pipeline's data kind gives another (see `model`)."
         ),
     )
     l1: float = Field(0.0, ge=0.0, description="L1 penalty on all weights (not biases or norms), added to the loss.")

@@ -13,7 +13,7 @@ from lstmflow.config.base import Strict
 from lstmflow.config.data import DataSpec
 from lstmflow.config.keys import dotted_key, flatten, parse_key, set_key
 from lstmflow.config.messages import describe_error, did_you_mean, location_text
-from lstmflow.config.model import ModelSpec
+from lstmflow.config.model import SEQUENCE_CLASSIFIER_LAYERS, TEXT_CLASSIFIER_LAYERS, ModelSpec
 from lstmflow.config.operations import OPERATIONS, PromoteSpec, ScheduleSpec
 from lstmflow.config.search import SEARCHABLE_SECTIONS, SearchParam, SearchSpec
 from lstmflow.config.tasks import PROMOTE_METRICS, PROMOTE_TESTS, SEARCH_METRICS, TASK_DATA_KINDS, TASK_LOSSES
@@ -41,9 +41,12 @@ class PipelineSpec(Strict):
     model: ModelSpec = Field(
         default_factory=ModelSpec,
         description=(
-            "The network. Default: one `lstm` of 64 units and a `dense` output layer; for token ids (kinds `text` and "
-            "`corpus`) an `embedding` of 64 first; for a language model a stateful `lstm` of 256 units that returns "
-            "sequences."
+            "The network. Default: for a forecast one `lstm` of 64 units and a `dense` output layer; for classifying "
+            "`sequences`, `images` or `audio` LSTM-FCN (`branches`: an `lstm` of 64 and dropout 0.8 beside `conv1d` "
+            "128-8, 256-5, 128-3 each with `batchnorm` and relu, then `global_average_pool`; a softmax `dense`); for "
+            "`text` an `embedding` of 64 with dropout 0.25, a bidirectional `lstm` of 64 returning sequences, "
+            "`global_max_pool`, dropout 0.5 and a softmax `dense`; for a language model an `embedding` of 64 and a "
+            "stateful `lstm` of 256 units that returns sequences."
         ),
     )
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training settings.")
@@ -73,10 +76,12 @@ class PipelineSpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_model_for_the_data(cls, value: Any) -> Any:
-        """Without a `model`, token ids get an embedding first, and a language model a stateful sequence lstm."""
+        """Without a `model`: a language model gets a stateful sequence lstm, a text classifier a bidirectional lstm
+        with max pooling over time, and other classifiers LSTM-FCN (see lstmflow.config.model)."""
         if not isinstance(value, dict) or "model" in value or not isinstance(value.get("data"), dict):
             return value
         kind, task = value["data"].get("kind"), value.get("task")
+        layers: list[dict[str, Any]]
         if task == "language_model":
             layers = [
                 {"embedding": {"dim": 64}},
@@ -84,7 +89,9 @@ class PipelineSpec(Strict):
                 {"dense": {"activation": "softmax"}},
             ]
         elif kind == "text":
-            layers = [{"embedding": {"dim": 64}}, {"lstm": {"units": 64}}, {"dense": {"activation": "softmax"}}]
+            layers = TEXT_CLASSIFIER_LAYERS
+        elif task == "classify" and kind in ("sequences", "images", "audio"):
+            layers = SEQUENCE_CLASSIFIER_LAYERS
         else:
             return value
         return {**value, "model": {"layers": layers}}

@@ -78,4 +78,4 @@ def build_model(
     problems += output_problems
     if problems:
         raise ConfigError(problems)
-    return LSTMNet(resolved, n_features, lstm_kernel)
+    return LSTMNet(resolved, n_features, lstm_kernel, where)

@@ -3,7 +3,7 @@ masking and the carried lstm state that the model's overview (:mod:`lstmflow.mod
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,19 @@ from lstmflow.config import (
     LSTMLayer,
     ModelSpec,
 )
-from lstmflow.models.layers import Dense, FeatureBatchNorm, TokenEmbedding
+from lstmflow.config.model import ActivationLayer, AttentionPoolLayer, Conv1DLayer, GlobalPoolLayer, Pool1DLayer
+from lstmflow.models.layers import (
+    ACTIVATIONS,
+    AttentionPool,
+    Conv1D,
+    Dense,
+    FeatureBatchNorm,
+    GlobalPool,
+    Pool1D,
+    TimeWindows,
+    TokenEmbedding,
+    valid_steps,
+)
 from lstmflow.models.lstm_block import LSTMBlock, LSTMKernel
 from lstmflow.models.shapes import output_layer
 
@@ -31,17 +43,20 @@ class LSTMNet(nn.Module):
 
     Build it with :func:`~lstmflow.models.lstm.build_model`, which checks the shape rules and fills in the last
     dense's units; this constructor takes a spec that has passed them (``model.spec`` is one, for rebuilding from a
-    checkpoint). ``lstm_kernel`` is every lstm layer's :attr:`LSTMBlock.kernel`; it changes no parameter.
+    checkpoint). ``lstm_kernel`` is every lstm layer's :attr:`LSTMBlock.kernel`; it changes no parameter. ``where``
+    is the spec's YAML path, named by the error a too short sample raises in a layer that shortens sequences.
     """
 
-    def __init__(self, spec: ModelSpec, n_features: int, lstm_kernel: LSTMKernel = "auto") -> None:
+    def __init__(
+        self, spec: ModelSpec, n_features: int, lstm_kernel: LSTMKernel = "auto", where: str = "model"
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.n_features = n_features  # the vocabulary size when the first layer is an embedding
         width = n_features
         layers: list[nn.Module] = []
         for index, layer in enumerate(spec.layers):
-            block, width = layer_module(layer, index, width, n_features, lstm_kernel)
+            block, width = layer_module(layer, f"{where}.layers[{index}]", width, n_features, lstm_kernel)
             layers.append(block)
         self.layers = nn.ModuleList(layers)
         self.out_features = width
@@ -53,7 +68,7 @@ class LSTMNet(nn.Module):
     def lstm_kernels_trained(self) -> list[str]:
         """The implementations that ran this model's lstm layers in gradient-recording passes so far, sorted:
         ``"lstmflow"`` (compiled), ``"lstmflow-loop"``, ``"torch"`` (see :class:`LSTMBlock`)."""
-        return sorted({name for layer in self.layers if isinstance(layer, LSTMBlock) for name in layer.trained_with})
+        return sorted({name for layer in self.modules() if isinstance(layer, LSTMBlock) for name in layer.trained_with})
 
     @property
     def input_width(self) -> int:
@@ -93,25 +108,18 @@ class LSTMNet(nn.Module):
         final: LSTMState | None = None,
     ) -> Tensor:
         """The layers in order; with ``final`` (a dict to fill) each lstm starts from ``state`` and reports its end."""
-        mask = None  # (B, T) bool, True at the valid steps
         if lengths is not None:
-            steps = torch.arange(x.shape[1], device=x.device)
-            mask = steps.unsqueeze(0) < lengths.to(x.device).unsqueeze(1)  # (1, T) < (B, 1) → (B, T)
+            lengths = lengths.to(x.device)
+            x = x.masked_fill(~valid_steps(lengths, x.shape[1]).unsqueeze(-1), 0.0)  # padding reads as zeros
         for index, layer in enumerate(self.layers):
             if isinstance(layer, LSTMBlock) and final is not None:
                 x, final[index] = layer.carrying(x, (state or {}).get(index))
                 if not layer.return_sequences:  # each direction's final h, as forward() gives it
                     x = final[index][0].transpose(0, 1).reshape(x.shape[0], layer.out_features)  # (D, B, H) → (B, D·H)
-            elif isinstance(layer, LSTMBlock):
-                x = layer(x, lengths)
-            elif isinstance(layer, FeatureBatchNorm):
-                x = layer(x, mask if x.dim() == 3 else None)
             elif isinstance(layer, Dense) and index == self.softmax_head and not softmax:
-                x = layer.linear(x)
+                x, lengths = masked(layer.linear(x), lengths)
             else:
-                x = layer(x)
-            if mask is not None and x.dim() == 3:
-                x = x.masked_fill(~mask.unsqueeze(-1), 0.0)  # a dense bias or a norm's shift would fill the padding
+                x, lengths = run_layer(layer, x, lengths)
         return x
 
     def regularization_penalty(self) -> Tensor:
@@ -136,21 +144,73 @@ class LSTMNet(nn.Module):
         return penalty
 
 
+class Branches(nn.Module):
+    """Keras' functional ``Concatenate`` of branches that all read this layer's input: ``branches[j][k]`` is the
+    spec's ``branches[j][k]``, and the branches' outputs are joined on the feature axis. The shape rules make every
+    branch end alike (one vector per sample, or sequences of the input's steps), so any branch's lengths are all's."""
+
+    def __init__(self, branches: list[list[nn.Module]]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(nn.ModuleList(branch) for branch in branches)
+
+    def layers_of(self) -> list[list[nn.Module]]:
+        """Each branch's modules, in order."""
+        return [list(cast(nn.ModuleList, branch)) for branch in self.branches]
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        outputs: list[Tensor] = []
+        out_lengths = lengths
+        for branch in self.layers_of():
+            out, out_lengths = x, lengths
+            for module in branch:
+                out, out_lengths = run_layer(module, out, out_lengths)
+            outputs.append(out)
+        return torch.cat(outputs, dim=-1), out_lengths  # (B, ΣF) or (B, T, ΣF)
+
+
+def masked(x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """``x`` with its padded steps zeroed (a bias or a norm's shift would fill them) and the lengths that still
+    apply: none once the time axis is gone."""
+    if x.dim() != 3:
+        return x, None
+    if lengths is not None:
+        x = x.masked_fill(~valid_steps(lengths, x.shape[1]).unsqueeze(-1), 0.0)
+    return x, lengths
+
+
+def run_layer(layer: nn.Module, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """One layer's module on ``x`` with each sample's valid ``lengths`` (None: every step is valid), and the
+    lengths of what it emits."""
+    if isinstance(layer, LSTMBlock):
+        x = layer(x, lengths)
+    elif isinstance(layer, FeatureBatchNorm):
+        x = layer(x, valid_steps(lengths, x.shape[1]) if lengths is not None and x.dim() == 3 else None)
+    elif isinstance(layer, (TimeWindows, Branches)):
+        x, lengths = layer(x, lengths)
+    elif isinstance(layer, (GlobalPool, AttentionPool)):
+        x = layer(x, lengths)
+    else:
+        x = layer(x)
+    return masked(x, lengths)
+
+
 def layer_module(
-    layer: LayerSpec, index: int, width: int, n_features: int, lstm_kernel: LSTMKernel
+    layer: LayerSpec, path: str, width: int, n_features: int, lstm_kernel: LSTMKernel
 ) -> tuple[nn.Module, int]:
-    """The module of spec layer ``index``, which reads ``width`` values per step, and the width it emits."""
+    """The module of the spec layer at YAML ``path``, which reads ``width`` values per step, and the width it
+    emits."""
     args = layer.args
+    name = f"{path}.{layer.kind}"
     match args:
         case EmbeddingLayer():
-            embedding = TokenEmbedding(n_features, args.dim, args.frozen)
+            embedding = TokenEmbedding(n_features, args.dim, args.frozen, args.dropout)
             return embedding, embedding.out_features
         case LSTMLayer():
             lstm = LSTMBlock(width, args.units, args.return_sequences, args.bidirectional, args.dropout, lstm_kernel)
             return lstm, lstm.out_features
         case DenseLayer():
             if args.units is None:
-                raise ValueError(f"layers[{index}].dense.units is unset: build the model with build_model")
+                raise ValueError(f"{name}.units is unset: build the model with build_model")
             return Dense(width, args.units, args.activation), args.units
         case DropoutLayer():
             return nn.Dropout(args.rate), width
@@ -159,5 +219,37 @@ def layer_module(
             return FeatureBatchNorm(width, eps=args.epsilon, momentum=1.0 - args.momentum), width
         case LayerNormLayer():
             return nn.LayerNorm(width, eps=args.epsilon), width  # normalises the last axis of (B, H) or (B, T, H)
+        case ActivationLayer():
+            return ACTIVATIONS[args.activation](), width
+        case Conv1DLayer():
+            conv = Conv1D(width, args.filters, args.kernel_size, args.strides, args.padding, args.activation, name)
+            return conv, args.filters
+        case Pool1DLayer():
+            mode = "max" if layer.kind == "max_pool1d" else "average"
+            return Pool1D(mode, args.pool_size, args.strides, args.padding, name), width
+        case GlobalPoolLayer():
+            return GlobalPool("max" if layer.kind == "global_max_pool" else "average"), width
+        case AttentionPoolLayer():
+            return AttentionPool(width, args.units), width
+        case list():
+            return _branches_module(args, name, width, n_features, lstm_kernel)
         case _:
-            raise TypeError(f"layers[{index}]: no module for layer kind {layer.kind!r}")
+            raise TypeError(f"{path}: no module for layer kind {layer.kind!r}")
+
+
+def _branches_module(
+    branches: list[list[LayerSpec]], name: str, width: int, n_features: int, lstm_kernel: LSTMKernel
+) -> tuple[Branches, int]:
+    """The modules of every branch, each reading ``width`` values per step, and the concatenated width."""
+    modules: list[list[nn.Module]] = []
+    total = 0
+    for number, branch in enumerate(branches):
+        branch_width, branch_modules = width, []
+        for position, layer in enumerate(branch):
+            module, branch_width = layer_module(
+                layer, f"{name}[{number}][{position}]", branch_width, n_features, lstm_kernel
+            )
+            branch_modules.append(module)
+        modules.append(branch_modules)
+        total += branch_width
+    return Branches(modules), total

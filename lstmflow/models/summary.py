@@ -1,15 +1,17 @@
 """A Keras-style ``model.summary()`` of a compiled network, with each layer's Keras parameter count beside
-PyTorch's (which counts one more bias vector per lstm direction)."""
+PyTorch's (which counts one more bias vector per lstm direction). Branches list their layers in order, branch by
+branch, then a ``Concatenate`` row, as Keras' functional models do."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lstmflow.config import LayerSpec
-from lstmflow.models.network import LSTMNet
+from lstmflow.models.network import Branches, LSTMNet
+from lstmflow.models.shapes import shortest_input
 
 _KERAS_NAMES = {
     "embedding": ("embedding", "Embedding"),
@@ -18,20 +20,30 @@ _KERAS_NAMES = {
     "dropout": ("dropout", "Dropout"),
     "batchnorm": ("batch_normalization", "BatchNormalization"),
     "layernorm": ("layer_normalization", "LayerNormalization"),
+    "activation": ("activation", "Activation"),
+    "conv1d": ("conv1d", "Conv1D"),
+    "max_pool1d": ("max_pooling1d", "MaxPooling1D"),
+    "average_pool1d": ("average_pooling1d", "AveragePooling1D"),
+    "global_max_pool": ("global_max_pooling1d", "GlobalMaxPooling1D"),
+    "global_average_pool": ("global_average_pooling1d", "GlobalAveragePooling1D"),
+    "attention_pool": ("attention_pool", "AttentionPool"),  # not a Keras built-in: lstmflow's name
+    "branches": ("concatenate", "Concatenate"),
 }
 
 
 def summary(model: LSTMNet, n_features: int) -> str:
     """A Keras-like ``model.summary()`` table, with each layer's Keras parameter count beside PyTorch's.
 
-    Output shapes are read from a forward pass of two samples of three steps (in eval mode, without gradients);
-    batch and time print as ``None``. Param # counts, like Keras, the batchnorm running statistics (non-trainable).
-    An embedding-first model's input is a sequence of token ids, ``Input(shape=(None,))`` as in Keras.
+    Output shapes are read from a forward pass of two samples of three steps, or as many as the layers need (in eval
+    mode, without gradients); batch and time print as ``None``. Param # counts, like Keras, the batchnorm running
+    statistics (non-trainable). An embedding-first model's input is a sequence of token ids, ``Input(shape=(None,))``
+    as in Keras.
     """
     rows = [("Layer (type)", "Output Shape", "Param #", "Keras Param #")]
     seen: Counter[str] = Counter()
     trainable = non_trainable = keras_total = 0
-    for layer, block, shape in zip(model.spec.layers, model.layers, _output_shapes(model), strict=True):
+    leaves = _leaves(model.spec.layers, list(model.layers))
+    for (layer, block), shape in zip(leaves, _output_shapes(model, [block for _, block in leaves]), strict=True):
         name, kind = _keras_name(layer)
         label = f"{name}_{seen[name]}" if seen[name] else name
         seen[name] += 1
@@ -79,9 +91,24 @@ def _keras_name(layer: LayerSpec) -> tuple[str, str]:
     return _KERAS_NAMES[layer.kind]
 
 
+def _leaves(layers: list[LayerSpec], blocks: list[nn.Module]) -> list[tuple[LayerSpec, nn.Module]]:
+    """The summary's rows in order: each layer with its module, a branches layer as its branches' rows, branch by
+    branch, then itself (the concatenation)."""
+    rows: list[tuple[LayerSpec, nn.Module]] = []
+    for layer, block in zip(layers, blocks, strict=True):
+        if layer.branches is not None and isinstance(block, Branches):
+            for branch, modules in zip(layer.branches, block.layers_of(), strict=True):
+                rows += _leaves(branch, modules)
+        rows.append((layer, block))
+    return rows
+
+
 def _parameter_counts(block: nn.Module) -> tuple[int, int, int]:
     """The module's trainable and non-trainable values (frozen weights and the running statistics, as Keras counts
-    them), and how many of them are PyTorch's second lstm bias, which Keras does not have."""
+    them), and how many of them are PyTorch's second lstm bias, which Keras does not have. A concatenation has none
+    of its own (its branches' rows count them)."""
+    if isinstance(block, Branches):
+        return 0, 0, 0
     learned = sum(param.numel() for param in block.parameters() if param.requires_grad)
     fixed = sum(param.numel() for param in block.parameters() if not param.requires_grad)
     fixed += sum(buffer.numel() for buffer in block.buffers() if buffer.is_floating_point())  # running stats
@@ -89,18 +116,23 @@ def _parameter_counts(block: nn.Module) -> tuple[int, int, int]:
     return learned, fixed, second_bias
 
 
-def _output_shapes(model: LSTMNet) -> list[str]:
-    """Each layer's output shape, Keras style: ``(None, None, 64)`` for a sequence, ``(None, 12)`` for vectors."""
-    shapes: list[torch.Size] = []
-    hooks = [layer.register_forward_hook(lambda _m, _i, out: shapes.append(out.shape)) for layer in model.layers]
+def _output_shapes(model: LSTMNet, blocks: list[nn.Module]) -> list[str]:
+    """Each block's output shape, Keras style: ``(None, None, 64)`` for a sequence, ``(None, 12)`` for vectors."""
+    shapes: dict[nn.Module, torch.Size] = {}
+
+    def record(module: nn.Module, _inputs: object, out: Tensor | tuple[Tensor, Tensor | None]) -> None:
+        shapes[module] = (out[0] if isinstance(out, tuple) else out).shape  # layers over time also return lengths
+
+    hooks = [block.register_forward_hook(record) for block in blocks]
     reference = next(model.parameters())
+    steps = max(3, shortest_input(model.spec.layers))
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(2, 3, model.input_width, dtype=reference.dtype, device=reference.device))  # (B, T, F)
+            model(torch.zeros(2, steps, model.input_width, dtype=reference.dtype, device=reference.device))  # (B, T, F)
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return ["(" + ", ".join(["None"] * (len(shape) - 1) + [str(shape[-1])]) + ")" for shape in shapes]
+    return ["(" + ", ".join(["None"] * (len(shapes[b]) - 1) + [str(shapes[b][-1])]) + ")" for b in blocks]
