@@ -245,3 +245,64 @@ def test_two_workers_write_the_same_bytes_as_one(tmp_path: Path, monkeypatch: py
         assert summary["computed"] == 16
     for name in ("values.npy", "offsets.npy", "labels.npy", "parts.npy", "meta.json", "skipped.json"):
         assert (tmp_path / "out1" / name).read_bytes() == (tmp_path / "out2" / name).read_bytes(), name
+
+
+# ---------------------------------------------------------------------------------- keyword-spotting layout
+
+
+PARTS_BY_CODE = {0: "train", 1: "val", 2: "test"}
+
+
+def speech_commands_folder(root: Path, lists: tuple[str, ...] = ("validation_list.txt", "testing_list.txt")) -> Path:
+    """The Speech Commands layout: label folders of `<speaker>_nohash_<n>.wav`, a `_background_noise_` folder, a
+    README, and list files naming the validation (speaker b) and test (speaker c) clips."""
+    for label, frequency in (("yes", 300.0), ("no", 2000.0)):
+        for speaker in "abcd":
+            for n in range(2):
+                write_clip(root / label / f"{speaker}_nohash_{n}.wav", tone(0.2, frequency + 50 * n, seed=n))
+    write_clip(root / "_background_noise_" / "white_noise.wav", np.random.default_rng(0).normal(0, 0.3, RATE))
+    (root / "README.md").write_text("Speech Commands, a tiny copy\n")
+    named = {"validation_list.txt": "b", "testing_list.txt": "c"}
+    for name in lists:
+        lines = [f"{label}/{named[name]}_nohash_{n}.wav" for label in ("yes", "no") for n in range(2)]
+        (root / name).write_text(
+            "\n".join([*lines, f"left/{named[name]}_nohash_0.wav"]) + "\n"
+        )  # a class this copy lacks
+    return root
+
+
+def test_keyword_spotting_layout_uses_the_list_files_and_ignores_the_noise_folder(tmp_path: Path) -> None:
+    root = speech_commands_folder(tmp_path / "speech")
+    summary = prepare_audio_features(audio_spec(root), tmp_path / "out", WHERE, tmp_path / "cache")
+    assert summary["n_classes"] == 2 and summary["skipped"] == 0  # noise is no class; README and lists no bad file
+    assert (summary["n_train"], summary["n_val"], summary["n_test"], summary["split"]) == (8, 4, 4, "lists")
+    features = load_sequences(tmp_path / "out")
+    assert features.classes == ["no", "yes"] and features.meta["split"] == {"by": "lists"}
+    clips, _ = list_clips(audio_spec(root), WHERE)
+    speakers = {
+        PARTS_BY_CODE[part]: {clip.path.name[0] for clip, p in zip(clips, features.parts) if p == part}
+        for part in (0, 1, 2)
+    }
+    assert speakers == {"train": {"a", "d"}, "val": {"b"}, "test": {"c"}}  # no speaker in two parts
+
+
+def test_keyword_spotting_layout_without_a_validation_list_draws_it_from_training(tmp_path: Path) -> None:
+    root = speech_commands_folder(tmp_path / "speech", lists=("testing_list.txt",))
+    summary = prepare_audio_features(audio_spec(root, split={"val": 0.2}), tmp_path / "out", WHERE, tmp_path / "c")
+    assert (summary["n_train"], summary["n_val"], summary["n_test"]) == (10, 2, 4)
+    drawn = load_sequences(tmp_path / "out").meta["split"]["val_drawn_from_train"]
+    assert len(drawn["samples"]) == 2 and not any(name.split("/")[1].startswith("c") for name in drawn["samples"])
+
+
+def test_keyword_spotting_list_files_are_checked(tmp_path: Path) -> None:
+    root = speech_commands_folder(tmp_path / "speech", lists=("validation_list.txt",))
+    with pytest.raises(
+        DataError, match=r"validation_list.txt names the validation clips but .*testing_list.txt is missing"
+    ):
+        list_clips(audio_spec(root), WHERE)
+    (root / "testing_list.txt").write_text("yes/b_nohash_0.wav\n")
+    with pytest.raises(DataError, match=r"1 clip\(s\) in both list files, yes/b_nohash_0.wav"):
+        list_clips(audio_spec(root), WHERE)
+    given = audio_spec(root, split={"files": {"test": str(root / "yes")}})
+    with pytest.raises(DataError, match=r"split.files: .* holds testing_list.txt and validation_list.txt"):
+        list_clips(given, WHERE)

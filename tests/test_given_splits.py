@@ -230,7 +230,7 @@ def test_a_split_file_of_another_form_is_named(tmp_path: Path) -> None:
         read_sequence_table(sequences_spec(train, **given(parquet, test)), WHERE)
     assert str(excinfo.value) == (
         f"{WHERE}.split.files.val: {parquet} is a .parquet file but {WHERE}.path is a .csv file; "
-        "give the three parts in the same form"
+        "give the parts in the same form"
     )
     folder, val_folder = image_folder(tmp_path / "images", 1), image_folder(tmp_path / "images_val", 1)
     with pytest.raises(DataError, match=r"split\.files\.test: .* is a \.csv file but .*\.path is a folder"):
@@ -366,5 +366,122 @@ def test_series_files_need_the_same_columns_and_a_horizon_each(tmp_path: Path) -
         resolve_data(series_spec(train, window=6, horizon=3, split=given(val, test)))
     assert str(excinfo.value) == (
         "pipelines.given.data: the test part has 2 rows but horizon 3 needs at least 3; "
-        "the three files hold 52 rows; use longer files, or a smaller window or horizon"
+        "the files hold 52 rows; use longer files, or a smaller window or horizon"
     )
+
+
+# ------------------------------------------------------------------------------- test file, no val file
+
+
+def iris_files(tmp_path: Path) -> tuple[Path, Path]:
+    """scikit-learn's iris as wide sequences (4 measurements each), the usual 120 / 30 train/test files."""
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    rows = [
+        {"label": str(iris.target_names[y]), **{f"t{j}": float(v) for j, v in enumerate(x)}}
+        for x, y in zip(iris.data, iris.target)
+    ]
+    order = np.random.default_rng(0).permutation(len(rows))
+    return (
+        write_csv(tmp_path / "train.csv", [rows[i] for i in order[:120]]),
+        write_csv(tmp_path / "test.csv", [rows[i] for i in order[120:]]),
+    )
+
+
+def test_a_test_file_alone_draws_a_stratified_seeded_validation_part_from_train(tmp_path: Path) -> None:
+    train, test = iris_files(tmp_path)
+    spec = sequences_spec(train, files={"test": str(test)})
+    summary = prepare_sequence_features(spec, tmp_path / "out", WHERE)
+    features = load_sequences(tmp_path / "out")
+    counts = features.meta["counts"]
+    train_labels = pd.read_csv(train)["label"].value_counts()
+    for label, n in train_labels.items():  # round(n × 0.15) of each class validates, drawn from the training file
+        assert counts["val"][label] == int(n * 0.15 + 0.5) and counts["train"][label] == n - counts["val"][label]
+    assert summary["n_test"] == 30 and summary["split"] == "files"
+    drawn = features.meta["split"]["val_drawn_from_train"]
+    assert (drawn["fraction"], drawn["seed"], len(drawn["samples"])) == (0.15, 0, summary["n_val"])
+    table = read_sequence_table(spec, WHERE)
+    val_names = [name for name, part in zip(table.names, features.parts) if part == 1]
+    assert drawn["samples"] == val_names and all(name.startswith("train.csv line ") for name in val_names)
+
+    again = prepare_sequence_features(spec, tmp_path / "again", WHERE)
+    assert again == summary and load_sequences(tmp_path / "again").meta == features.meta  # seeded: the same draw
+    other = sequences_spec(train, files={"test": str(test)}, seed=1)
+    prepare_sequence_features(other, tmp_path / "other", WHERE)
+    assert load_sequences(tmp_path / "other").meta["split"]["val_drawn_from_train"]["samples"] != val_names
+
+
+def test_text_with_a_test_file_alone_fits_the_tokenizer_on_what_trains(tmp_path: Path) -> None:
+    words = [
+        "crisp",
+        "warm",
+        "vivid",
+        "bright",
+        "lush",
+        "rich",
+        "deft",
+        "dull",
+        "flat",
+        "limp",
+        "drab",
+        "stale",
+        "bland",
+        "weak",
+    ]
+    texts = [
+        (f"good film {word}" if i < 7 else f"bad film {word}", "pos" if i < 7 else "neg")
+        for i, word in enumerate(words)
+    ]
+    train = write_csv(tmp_path / "train.csv", [{"text": t, "label": y} for t, y in texts])
+    test = write_csv(tmp_path / "test.csv", [{"text": "good plot", "label": "pos"}, {"text": "bad", "label": "neg"}])
+    spec = TextSpec.model_validate(
+        {
+            "kind": "text",
+            "path": train,
+            "split": {"files": {"test": str(test)}, "val": 0.3},
+            "tokenizer": {"min_frequency": 1},
+        }
+    )
+    summary = prepare_text_features(spec, tmp_path / "out", WHERE)
+    assert (summary["n_train"], summary["n_val"], summary["n_test"]) == (10, 4, 2)
+    features = load_sequences(tmp_path / "out")
+    assert len(features.meta["split"]["val_drawn_from_train"]["samples"]) == 4
+    kept = {word for (text, _), part in zip(texts, features.parts) if part == 0 for word in text.split()}
+    # Fitted on the training samples that remain, not on those drawn for validation (each text has a word of its own).
+    assert set(load_tokenizer(tmp_path / "out").tokens[2:]) == kept
+
+
+def test_a_corpus_with_a_test_file_alone_validates_on_the_end_of_the_training_text(tmp_path: Path) -> None:
+    from lstmflow.config import CorpusSpec
+    from lstmflow.data.corpus import split_corpus
+
+    lines = [f"line {i} of the training text\n" for i in range(40)]
+    (tmp_path / "train.txt").write_text("".join(lines))
+    (tmp_path / "test.txt").write_text("the test text\n")
+    spec = CorpusSpec.model_validate(
+        {
+            "kind": "corpus",
+            "path": tmp_path / "train.txt",
+            "split": {"files": {"test": tmp_path / "test.txt"}, "val": 0.25},
+        }
+    )
+    parts = split_corpus(spec, WHERE)
+    assert parts["train"] + parts["val"] == "".join(lines) and parts["test"] == "the test text\n"
+    assert parts["val"] == "".join(lines[30:])  # the last quarter, cut at a line break
+
+
+def test_a_series_with_a_test_file_alone_validates_on_the_end_of_the_training_file(tmp_path: Path) -> None:
+    frame = monthly(100)
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    frame.iloc[:80].to_csv(train, index=False)
+    frame.iloc[80:].to_csv(test, index=False)
+    spec = resolve_data(series_spec(train, window=12, horizon=3, split={"files": {"test": str(test)}, "val": 0.25}))
+    summary = prepare_features(spec.data, spec.evaluate.season, tmp_path / "out")
+    assert (summary["train_rows"], summary["val_rows"], summary["test_rows"]) == (60, 20, 20)
+    assert load_features(tmp_path / "out").meta["split"] == {
+        "train_end": 60,
+        "val_end": 80,
+        "by": "files",
+        "val": "train tail",
+    }

@@ -134,7 +134,7 @@ CORPUS = ["The cat sat.", "the cat ran", "A dog sat", "the dog, the cat"]
 
 
 def test_word_tokenizer_vocabulary_is_most_frequent_first_with_pad_and_unk() -> None:
-    tokenizer = fit_tokenizer(TokenizerSpec(kind="word"), CORPUS)
+    tokenizer = fit_tokenizer(TokenizerSpec(kind="word", min_frequency=1), CORPUS)
     # counts: the 4, cat 3, dog 2, sat 2, then once each (ties by the token)
     assert tokenizer.tokens == ["<pad>", "<unk>", "the", "cat", "dog", "sat", ",", ".", "a", "ran"]
     assert tokenizer.vocab_size == 10
@@ -144,7 +144,12 @@ def test_word_tokenizer_vocabulary_is_most_frequent_first_with_pad_and_unk() -> 
 
 
 def test_word_tokenizer_vocab_size_min_frequency_and_lowercase() -> None:
-    assert fit_tokenizer(TokenizerSpec(kind="word", vocab_size=4), CORPUS).tokens == ["<pad>", "<unk>", "the", "cat"]
+    assert fit_tokenizer(TokenizerSpec(kind="word", vocab_size=4, min_frequency=1), CORPUS).tokens == [
+        "<pad>",
+        "<unk>",
+        "the",
+        "cat",
+    ]
     assert fit_tokenizer(TokenizerSpec(kind="word", min_frequency=2), CORPUS).tokens == [
         "<pad>",
         "<unk>",
@@ -153,13 +158,13 @@ def test_word_tokenizer_vocab_size_min_frequency_and_lowercase() -> None:
         "dog",
         "sat",
     ]
-    cased = fit_tokenizer(TokenizerSpec(kind="word", lowercase=False), CORPUS)
+    cased = fit_tokenizer(TokenizerSpec(kind="word", lowercase=False, min_frequency=1), CORPUS)
     assert cased.encode("The") != cased.encode("the") and UNK_ID not in cased.encode("The the A")
     assert cased.encode("THE") == [UNK_ID]
 
 
 def test_char_tokenizer_keeps_spaces_and_maps_unseen_characters_to_unknown() -> None:
-    tokenizer = fit_tokenizer(TokenizerSpec(kind="char"), ["abba", "ab c"])
+    tokenizer = fit_tokenizer(TokenizerSpec(kind="char", min_frequency=1), ["abba", "ab c"])
     assert tokenizer.tokens == ["<pad>", "<unk>", "a", "b", " ", "c"]
     assert tokenizer.encode("Cab z") == [5, 2, 3, 4, UNK_ID]
 
@@ -183,7 +188,7 @@ def test_bpe_tokenizer_round_trips_known_words_and_caps_the_vocabulary() -> None
 
 def test_bpe_min_frequency_stops_rare_merges_and_lowercase_can_be_off() -> None:
     corpus = ["abab abab xyz"]
-    merged = fit_tokenizer(TokenizerSpec(kind="bpe", vocab_size=50), corpus)
+    merged = fit_tokenizer(TokenizerSpec(kind="bpe", vocab_size=50, min_frequency=1), corpus)
     chars_only = fit_tokenizer(TokenizerSpec(kind="bpe", vocab_size=50, min_frequency=3), corpus)
     assert len(merged.encode("xyz")) == 1  # seen once, merged at min_frequency 1
     assert len(chars_only.encode("xyz")) == 3 and len(chars_only.encode("abab")) == 2  # "ab" occurs 4 times
@@ -211,7 +216,9 @@ def test_features_fit_the_tokenizer_on_train_only_and_truncate_counted(tmp_path:
         {"text": "two three zebra", "label": "a", "part": "val"},  # zebra only outside train: unknown
         {"text": "three giraffe", "label": "b", "part": "test"},
     ]
-    spec = text_spec(write_rows(tmp_path / "t.jsonl", rows), max_length=4, split={"column": "part"})
+    spec = text_spec(
+        write_rows(tmp_path / "t.jsonl", rows), max_length=4, split={"column": "part"}, tokenizer={"min_frequency": 1}
+    )
     summary = prepare_text_features(spec, tmp_path / "features", WHERE)
     assert summary["vocab_size"] == 8  # pad, unk and the six training words
     assert (summary["truncated_sequences"], summary["truncated_steps"]) == (1, 2)
@@ -272,3 +279,23 @@ def test_a_text_classifier_learns_word_order(tmp_path: Path) -> None:
 
     result = fit(spec, tmp_path / "features", tmp_path / "run", ListLogger(), progress=False)
     assert max(row["val_accuracy"] for row in result.history) >= 0.95  # a bag of words is at chance (0.5)
+
+
+def test_text_classification_maps_words_seen_once_to_unknown_by_default(tmp_path: Path) -> None:
+    rows = [
+        {"text": "a gripping thriller", "label": "good", "part": "train"},
+        {"text": "a gripping drama", "label": "good", "part": "train"},
+        {"text": "a dull plot", "label": "bad", "part": "train"},
+        {"text": "a dull script", "label": "bad", "part": "train"},
+        {"text": "gripping", "label": "good", "part": "val"},
+        {"text": "dull", "label": "bad", "part": "test"},
+    ]
+    path = write_rows(tmp_path / "t.csv", rows)
+    prepare_text_features(text_spec(path, split={"column": "part"}), tmp_path / "default", WHERE)
+    tokenizer = load_tokenizer(tmp_path / "default")
+    assert tokenizer.tokens == ["<pad>", "<unk>", "a", "dull", "gripping"]  # thriller, drama, plot, script: once each
+    assert tokenizer.encode("a gripping thriller") == [2, 4, UNK_ID]
+    prepare_text_features(
+        text_spec(path, split={"column": "part"}, tokenizer={"min_frequency": 1}), tmp_path / "all", WHERE
+    )
+    assert "thriller" in load_tokenizer(tmp_path / "all").tokens

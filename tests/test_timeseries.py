@@ -244,7 +244,7 @@ def test_preprocessing_is_fitted_on_training_rows_only(tmp_path: Path) -> None:
 
 def test_standard_scaling_of_a_differenced_target_uses_training_differences(tmp_path: Path) -> None:
     values = 100 + 0.8 * np.arange(200.0) + seasonal(200)
-    summary, features = prepared(tmp_path, monthly_csv(tmp_path, values))
+    summary, features = prepared(tmp_path, monthly_csv(tmp_path, values), transform="difference")
     assert summary["transform"] == "difference"
     steps = np.diff(values[:140])
     assert features.preprocessing.offset == pytest.approx([steps.mean()])
@@ -372,6 +372,128 @@ def test_demo_data_pass_the_checks(tmp_path: Path) -> None:
         "LICENSE-DATA.md",
     ]
     sunspots = resolve_data(spec_for(tmp_path / "sunspots.csv", time_column="year", target="sunactivity"))
-    assert (sunspots.data.window, sunspots.data.horizon, sunspots.evaluate.season) == (8, 1, 1)
+    # Yearly: the calendar gives no season, the data's ~11-year solar cycle does (window two cycles, horizon 1).
+    assert (sunspots.data.window, sunspots.data.horizon, sunspots.evaluate.season) == (22, 1, 11)
     co2 = read_series(spec_for(tmp_path / "co2.csv", time_column="date", target="co2").data)
     assert len(co2) == 526 and co2.attrs["gaps_filled"] == 5 and infer_season(co2) == 12
+
+
+# ------------------------------------------------------------------------- test start and test points
+
+
+def test_test_points_and_test_start_place_the_test_part(tmp_path: Path) -> None:
+    path = monthly_csv(tmp_path, seasonal(120))
+    by_points = resolve_data(spec_for(path, time_column="t", split={"test_points": 24}))
+    summary = prepare_features(by_points.data, by_points.evaluate.season, tmp_path / "points")
+    assert (summary["train_rows"], summary["val_rows"], summary["test_rows"]) == (82, 14, 24)  # val: 15% of 96
+    assert summary["split"] == "test_points"
+    by_date = resolve_data(spec_for(path, time_column="t", split={"test_start": "2008-01-01"}))
+    summary = prepare_features(by_date.data, by_date.evaluate.season, tmp_path / "date")
+    assert (summary["train_rows"], summary["val_rows"], summary["test_rows"]) == (82, 14, 24)
+    assert load_features(tmp_path / "date").meta["time"]["values"][96] == "2008-01-01"  # the first test row
+
+    years = write(tmp_path, "year,y\n" + "".join(f"{1900 + i},{np.sin(i / 2):.4f}\n" for i in range(60)), "years.csv")
+    by_year = resolve_data(spec_for(years, time_column="year", split={"test_start": 1950, "val": 0.2}))
+    summary = prepare_features(by_year.data, by_year.evaluate.season, tmp_path / "year")
+    assert (summary["train_rows"], summary["val_rows"], summary["test_rows"]) == (40, 10, 10)
+    rows = write(tmp_path, "y\n" + "".join(f"{np.sin(i / 2):.4f}\n" for i in range(60)), "rows.csv")
+    by_row = resolve_data(spec_for(rows, split={"test_start": 45, "val": 0.2}))
+    summary = prepare_features(by_row.data, by_row.evaluate.season, tmp_path / "row")
+    assert (summary["train_rows"], summary["val_rows"], summary["test_rows"]) == (36, 9, 15)
+
+
+def test_the_test_part_is_given_one_way_and_inside_the_series(tmp_path: Path) -> None:
+    path = monthly_csv(tmp_path, seasonal(120))
+    with pytest.raises(
+        ValueError, match="give the test part one way: test, test_start or test_points; got test 0.2, test_points 12"
+    ):
+        spec_for(path, time_column="t", split={"test": 0.2, "test_points": 12})
+    with pytest.raises(ValueError, match="give the test part as files or as test_start '2008-01-01', not both"):
+        spec_for(path, time_column="t", split={"test_start": "2008-01-01", "files": {"test": str(path)}})
+    with pytest.raises(DataError) as caught:
+        resolve_data(spec_for(path, time_column="t", split={"test_start": "2030-01-01"}))
+    assert str(caught.value) == (
+        "pipelines.demo.data.split.test_start: '2030-01-01' leaves no test rows; "
+        "the series runs from 2000-01-01 00:00:00 to 2009-12-01 00:00:00 (120 rows)"
+    )
+    with pytest.raises(DataError, match=r"split.test_start: 'soon' is neither a date nor a row number"):
+        resolve_data(spec_for(path, time_column="t", split={"test_start": "soon"}))
+    with pytest.raises(DataError, match=r"split.test_points: 120 test points leave no training rows"):
+        resolve_data(spec_for(path, time_column="t", split={"test_points": 120}))
+
+
+# ---------------------------------------------------------------------------- season from the data
+
+
+def yearly_csv(tmp_path: Path, values: np.ndarray, name: str = "yearly.csv") -> Path:
+    frame = pd.DataFrame({"t": np.arange(1700, 1700 + len(values)), "y": values})
+    frame.to_csv(tmp_path / name, index=False)
+    return tmp_path / name
+
+
+def test_yearly_data_get_the_season_of_their_own_cycle(tmp_path: Path) -> None:
+    import statsmodels.api as sm
+
+    sunspots = sm.datasets.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy()
+    resolved = resolve_data(spec_for(yearly_csv(tmp_path, sunspots), time_column="t"))
+    assert (resolved.evaluate.season, resolved.data.horizon, resolved.data.window) == (11, 1, 22)
+    # Noise and a random walk have no cycle: season 1, and the window stays the plain default.
+    rng = np.random.default_rng(0)
+    for values in (rng.normal(size=300), 50 + np.cumsum(rng.normal(size=300))):
+        plain = resolve_data(spec_for(yearly_csv(tmp_path, values, "plain.csv"), time_column="t", transform="none"))
+        assert (plain.evaluate.season, plain.data.window) == (1, 8)
+
+
+# ------------------------------------------------------------------- multiplicative seasonality, undone
+
+
+AIRLINE = [  # Box & Jenkins' monthly airline passengers (thousands), 1949-1960: the classic multiplicative series
+    *(112, 118, 132, 129, 121, 135, 148, 148, 136, 119, 104, 118, 115, 126, 141, 135, 125, 149, 170, 170, 158, 133),
+    *(114, 140, 145, 150, 178, 163, 172, 178, 199, 199, 184, 162, 146, 166, 171, 180, 193, 181, 183, 218, 230, 242),
+    *(209, 191, 172, 194, 196, 196, 236, 235, 229, 243, 264, 272, 237, 211, 180, 201, 204, 188, 235, 227, 234, 264),
+    *(302, 293, 259, 229, 203, 229, 242, 233, 267, 269, 270, 315, 364, 347, 312, 274, 237, 278, 284, 277, 317, 313),
+    *(318, 374, 413, 405, 355, 306, 271, 306, 315, 301, 356, 348, 355, 422, 465, 467, 404, 347, 305, 336, 340, 318),
+    *(362, 348, 363, 435, 491, 505, 404, 359, 310, 337, 360, 342, 406, 396, 420, 472, 548, 559, 463, 407, 362, 405),
+    *(417, 391, 419, 461, 472, 535, 622, 606, 508, 461, 390, 432),
+]
+
+
+def test_auto_takes_logs_and_a_seasonal_difference_of_a_multiplicative_series_and_undoes_them(tmp_path: Path) -> None:
+    values = np.array(AIRLINE, dtype=np.float64)
+    assert auto_transform(values[:120], 12) == "log+seasonal_difference"
+    assert auto_transform(values[:120], 1) != "log+seasonal_difference"  # no calendar season, no seasonal difference
+    path = monthly_csv(tmp_path, values, feature=seasonal(144, seed=1))
+    summary, features = prepared(tmp_path, path, features=["x"], split={"test_points": 12})
+    assert summary["transform"] == "log+seasonal_difference" and features.meta["first_usable_row"] == 12
+    expected = np.log(values[12:]) - np.log(values[:-12])
+    offset, factor = features.preprocessing.offset[0], features.preprocessing.factor[0]
+    np.testing.assert_allclose(features.series[12:, 0] * factor + offset, expected, rtol=1e-5, atol=1e-6)
+
+    test = features.windows("test")
+    np.testing.assert_allclose(features.preprocessing.decode(test.targets, test.history()), test.targets_original())
+    with pytest.raises(ValueError, match=r"decode needs the last 12 raw row\(s\) before each forecast"):
+        features.preprocessing.decode(test.targets, test.last_raw())
+
+    # Served: the raw context rows before an origin encode to the training inputs, and a forecast decodes from them.
+    prep = Preprocessing.from_dict(json.loads(json.dumps(features.preprocessing.to_dict())))
+    raw_rows = np.column_stack([values, seasonal(144, seed=1)])
+    t0, window = int(test.origins[0]), features.window
+    encoded = prep.encode(raw_rows[t0 - prep.context_rows(window) : t0])
+    np.testing.assert_allclose(encoded, features.series[t0 - window : t0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("transform", ["seasonal_difference", "log+seasonal_difference+difference", "log+difference"])
+def test_every_chain_is_undone_exactly_beyond_a_season(tmp_path: Path, transform: str) -> None:
+    values = np.array(AIRLINE, dtype=np.float64)
+    _, features = prepared(tmp_path, monthly_csv(tmp_path, values), transform=transform, horizon=18, window=24)
+    for part in ("train", "val", "test"):
+        windows = features.windows(part)
+        restored = features.preprocessing.decode(windows.targets, windows.history())
+        np.testing.assert_allclose(restored, windows.targets_original(), rtol=1e-5)
+
+
+def test_transform_steps_are_named_and_ordered() -> None:
+    with pytest.raises(ValueError, match="steps joined by \\+ in the order log, seasonal_difference, difference"):
+        spec_for(Path("x.csv"), transform="difference+log")
+    with pytest.raises(ValueError, match="got 'sqrt'"):
+        spec_for(Path("x.csv"), transform="sqrt")

@@ -40,12 +40,17 @@ class TimeSeriesDataSpec(Strict):
         None,
         gt=0,
         description=(
-            "Past steps the model sees. Default: max(2 × season, 4 × horizon, 8), capped so the training part holds at "
-            "least 8 windows."
+            "Past steps the model sees. Default: max(2 × season, 4 × horizon, 8), the 2 × season term at most a "
+            "third of the training rows, and capped so the training part holds at least 8 windows."
         ),
     )
     horizon: int | None = Field(
-        None, gt=0, description="Future steps forecast at once. Default: the season when it is > 1, else 1."
+        None,
+        gt=0,
+        description=(
+            "Future steps forecast at once. Default: the season when the calendar or `evaluate.season` gives one > "
+            "1, else 1 (a cycle inferred from the data's autocorrelation sets the window, not the horizon)."
+        ),
     )
     stride: int = Field(1, gt=0, description="Steps between the starts of consecutive training windows.")
     split: SplitSpec = Field(default_factory=SplitSpec, description="Chronological train/validation/test split.")
@@ -56,12 +61,17 @@ class TimeSeriesDataSpec(Strict):
             "[0, 1]) or `none`."
         ),
     )
-    transform: Literal["auto", "none", "log", "difference"] = Field(
+    transform: str = Field(
         "auto",
         description=(
-            "Transform of the targets before scaling, inverted for reporting. `auto` looks at the training part only: "
-            "`difference` when a straight line explains more than 80% of its variance (a trend), else `log` when every "
-            "value is > 0 and max/min exceeds 10, else `none`."
+            "Transform of the targets before scaling, undone exactly for evaluation and serving: `none`, or steps "
+            "joined by `+` in the order `log`, `seasonal_difference` (minus the value a season earlier), `difference` "
+            "(minus the previous value), e.g. `log+seasonal_difference`. `auto` tests the training part only, each "
+            "test on the result of the steps before it: `log` when every value is > 0 and the seasonal (or, without "
+            "a season, local) spread grows with the level (a Guerrero-style regression, slope > 0.5, p < 0.05) or "
+            "max/min exceeds 10; `seasonal_difference` when the calendar (or `evaluate.season`) gives a season and "
+            "STL's seasonal strength exceeds 0.64 (R's nsdiffs rule); `difference` when a straight line explains "
+            "more than 80% of the variance (a trend)."
         ),
     )
     gaps: Literal["interpolate", "error"] = Field(
@@ -73,6 +83,24 @@ class TimeSeriesDataSpec(Strict):
     @classmethod
     def _one_name_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("transform")
+    @classmethod
+    def _known_steps_in_order(cls, value: str) -> str:
+        if value in ("auto", "none"):
+            return value
+        steps = value.split("+")
+        known = ("log", "seasonal_difference", "difference")
+        if (
+            any(step not in known for step in steps)
+            or sorted(steps, key=known.index) != steps
+            or len(set(steps)) < len(steps)
+        ):
+            raise ValueError(
+                f"must be auto, none, or steps joined by + in the order log, seasonal_difference, difference "
+                f"(each at most once), got {value!r}"
+            )
+        return value
 
 
 class SequenceTableSpec(Strict):
@@ -153,6 +181,10 @@ class ImagesSpec(Strict):
     split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
 
 
+#: Text classification's default `tokenizer.min_frequency`: words seen once in training become the unknown token.
+TEXT_MIN_FREQUENCY = 2
+
+
 class TokenizerSpec(Strict):
     """How text becomes token ids; fitted on the training texts only and saved beside the model."""
 
@@ -169,7 +201,14 @@ class TokenizerSpec(Strict):
         description="Largest vocabulary, padding and unknown tokens included; the most frequent tokens are kept.",
     )
     min_frequency: int = Field(
-        1, ge=1, description="Tokens seen fewer times in the training texts become the unknown token."
+        1,
+        ge=1,
+        description=(
+            "Tokens seen fewer times in the training texts become the unknown token (for `bpe`: the fewest times a "
+            "pair must occur to be merged). Default 1, but 2 for text classification (`kind: text`): a word seen once "
+            "could only be memorised, and mapping it to the unknown token teaches the model what an unknown word "
+            "means in context."
+        ),
     )
     lowercase: bool = Field(True, description="Lowercase the text before tokenizing.")
     unknown_token: str = Field("<unk>", min_length=1, description="The token for anything outside the vocabulary.")
@@ -183,7 +222,10 @@ class TextSpec(Strict):
     path: Path = Field(description="CSV, Parquet or JSON Lines file, relative to the YAML file that declares it.")
     text_column: str = Field("text", description="Column holding each text.")
     label_column: str = Field("label", description="Column holding each text's class.")
-    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec, description="Tokenization.")
+    tokenizer: TokenizerSpec = Field(
+        default_factory=lambda: TokenizerSpec(min_frequency=TEXT_MIN_FREQUENCY),
+        description="Tokenization; `min_frequency` defaults to 2 here.",
+    )
     max_length: int | None = Field(
         256,
         gt=0,
@@ -192,6 +234,12 @@ class TextSpec(Strict):
         ),
     )
     split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
+
+    @field_validator("tokenizer", mode="before")
+    @classmethod
+    def _rare_words_are_unknown(cls, value: Any) -> Any:
+        """An unset `min_frequency` takes the classifier's default (2), not the tokenizer's (1)."""
+        return {"min_frequency": TEXT_MIN_FREQUENCY, **value} if isinstance(value, dict) else value
 
 
 class AudioSpec(Strict):

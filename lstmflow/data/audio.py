@@ -1,10 +1,15 @@
 """Audio clips as sequences: each frame of log-mel energies or MFCCs is one time step, computed with librosa.
 
 Two sources, chosen by ``data.path``: a folder with one subfolder of clips per label, or a manifest CSV with
-``path`` and ``label`` columns (paths relative to the manifest) and optionally the split column. A clip is read
-with soundfile, mixed down to mono, cut to ``max_seconds``, resampled to ``sample_rate`` and turned into
-(frames, F) float32 features by :func:`clip_features`; a served model calls the same function on uploaded audio,
-so training and serving compute identical features.
+``path`` and ``label`` columns (paths relative to the manifest) and optionally the split column. A folder may use the
+keyword-spotting layout (Speech Commands): subfolders whose name starts with ``_`` (``_background_noise_``) are
+never a class and are ignored, and ``testing_list.txt`` (with ``validation_list.txt``, optionally) at the root name
+the test (and validation) clips, so that the published split, which keeps each speaker in one part, is the one used.
+The background-noise recordings are not used for augmentation: ignoring them is cheap and never hurts a split.
+
+A clip is read with soundfile, mixed down to mono, cut to ``max_seconds``, resampled to ``sample_rate`` and turned
+into (frames, F) float32 features by :func:`clip_features`; a served model calls the same function on uploaded
+audio, so training and serving compute identical features.
 
 Features are the expensive part, so they are computed in worker processes and cached per clip outside the output
 folder (DVC deletes a stage's outputs before re-running it): ``<cache_dir>/<sha256 of file bytes + feature
@@ -50,6 +55,9 @@ FEATURES_VERSION = 1
 BYTES_PER_PROCESS = 100_000_000
 #: Most clips sent to a worker at once: fewer round trips, yet a progress bar that still moves.
 CHUNK_CLIPS = 16
+#: Files at the root of a folder of label folders that name the clips of a part, one path per line relative to the
+#: root (the Speech Commands layout); every other clip trains.
+LIST_FILES = {"test": "testing_list.txt", "val": "validation_list.txt"}
 #: Window of librosa.feature.delta (its default); edges use the nearest frame so that any clip length works.
 DELTA_WIDTH = 9
 
@@ -215,6 +223,12 @@ def read_clips(spec: AudioSpec, where: str) -> ClipListing:
     """The clips ``spec.path`` names (and those of ``split.files``) in a deterministic order, with their given parts."""
     from lstmflow.data.parts import read_parts
 
+    lists = [name for name in LIST_FILES.values() if (Path(spec.path) / name).is_file()]
+    if lists and spec.split.files is not None:
+        raise DataError(
+            f"{where}.split.files: {spec.path} holds {' and '.join(lists)}, which give the split already; "
+            "remove split.files or those list files"
+        )
     return read_parts(spec, where, _list_source)
 
 
@@ -234,30 +248,58 @@ def _list_source(spec: AudioSpec, where: str) -> ClipListing:
 
 
 def _list_folder(spec: AudioSpec, root: Path, where: str) -> ClipListing:
-    """One subfolder per label, files in name order; hidden entries are ignored, loose files are bad files."""
+    """One subfolder per label, files in name order; hidden entries and folders starting with ``_`` are ignored, and
+    so are loose files that are not audio (a README, the list files); a loose audio file is a bad file."""
     if spec.split.column is not None:
         raise DataError(
             f"{where}.split.column: {spec.split.column!r} needs a manifest CSV; clips in label folders have no "
             f"columns (use split fractions, or a manifest with path, label and {spec.split.column} columns)"
         )
     entries = sorted((entry for entry in root.iterdir() if not entry.name.startswith(".")), key=lambda e: e.name)
-    folders = [entry for entry in entries if entry.is_dir()]
+    folders = [entry for entry in entries if entry.is_dir() and not entry.name.startswith("_")]
     if not folders:
         raise DataError(
             f"{where}.path: {root} has no label folders; put each class's clips in a subfolder named after it"
         )
-    bad = [BadClip(entry.name, "not inside a label folder") for entry in entries if not entry.is_dir()]
+    loose = [entry for entry in entries if not entry.is_dir() and entry.suffix.lower() in AUDIO_SUFFIXES]
+    bad = [BadClip(entry.name, "not inside a label folder") for entry in loose]
     clips = []
     for folder in folders:
         for file in sorted((f for f in folder.iterdir() if not f.name.startswith(".")), key=lambda f: f.name):
-            name = str(file.relative_to(root))
+            name = file.relative_to(root).as_posix()
             if not file.is_file():
                 bad.append(BadClip(name, "not a file"))
             elif file.suffix.lower() not in AUDIO_SUFFIXES:
                 bad.append(BadClip(name, _wrong_extension(file)))
             else:
                 clips.append(Clip(file, folder.name, name))
-    return ClipListing(clips, bad, None)
+    return ClipListing(clips, bad, _listed_parts(root, [clip.name for clip in clips], where))
+
+
+def _listed_parts(root: Path, names: list[str], where: str) -> list[str] | None:
+    """Each clip's part from the root's list files (None without them): listed test or val clips there, the rest
+    train; without ``validation_list.txt`` the rest is :data:`~lstmflow.data.parts.TRAIN_OR_VAL` (``split.val`` of it
+    validates). Listed paths that name no clip here (a trimmed copy of a data set) are ignored."""
+    from lstmflow.data.parts import TRAIN_OR_VAL
+    from lstmflow.data.tables import listing
+
+    present = {part: root / name for part, name in LIST_FILES.items() if (root / name).is_file()}
+    if not present:
+        return None
+    if "test" not in present:
+        raise DataError(
+            f"{where}.path: {present['val']} names the validation clips but {root / LIST_FILES['test']} is missing; "
+            "give both list files, or neither (the split fractions then apply)"
+        )
+    listed = {
+        part: {line.strip().replace("\\", "/") for line in path.read_text().splitlines() if line.strip()}
+        for part, path in present.items()
+    }
+    both = sorted(listed["test"] & listed.get("val", set()))
+    if both:
+        raise DataError(f"{where}.path: {len(both)} clip(s) in both list files, {listing(both)}; a clip has one part")
+    rest = "train" if "val" in listed else TRAIN_OR_VAL
+    return [next((part for part, chosen in listed.items() if name in chosen), rest) for name in names]
 
 
 def _wrong_extension(path: Path) -> str:
@@ -417,6 +459,7 @@ def prepare_audio_features(spec: AudioSpec, out_dir: Path, where: str, cache_dir
         extra,
         names=names,
         split=spec.split,
+        given=given,
     )
     skipped = [{"file": clip.name, "reason": clip.reason} for clip in bad]
     (Path(out_dir) / "skipped.json").write_text(json.dumps(skipped, indent=1) + "\n")

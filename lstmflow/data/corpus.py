@@ -2,9 +2,9 @@
 
 The corpus is one stream of text per part. Fractions take contiguous stretches (train first, then validation, then
 test at the end), cut at line breaks so that no line is shared by two parts; or ``split.files`` names the
-validation and test texts. The tokenizer (:mod:`lstmflow.data.text`) is fitted on the training text only and saved
-as ``tokenizer.json`` in the feature folder, beside ``train.npy``, ``val.npy`` and ``test.npy`` (token ids,
-int32) and ``meta.json``.
+test text and optionally the validation text (else the end of the training text validates). The tokenizer
+(:mod:`lstmflow.data.text`) is fitted on the training text only and saved as ``tokenizer.json`` in the feature
+folder, beside ``train.npy``, ``val.npy`` and ``test.npy`` (token ids, int32) and ``meta.json``.
 
 :class:`TokenStream` lays a part out the way truncated back-propagation through time wants it (the classic
 "batchify"): the ids are cut into ``rows`` equal streams side by side, and batch ``k`` holds steps
@@ -56,13 +56,17 @@ def read_text(path: Path, where: str) -> str:
 
 
 def split_corpus(spec: CorpusSpec, where: str) -> dict[Part, str]:
-    """The training, validation and test text: given files, or contiguous fractions cut at line breaks."""
-    if spec.split.files is not None:
-        return {
-            "train": read_text(spec.path, f"{where}.path"),
-            "val": read_text(spec.split.files.val, f"{where}.split.files.val"),
-            "test": read_text(spec.split.files.test, f"{where}.split.files.test"),
-        }
+    """The training, validation and test text: given files (the validation part, when no file gives it, the last
+    ``split.val`` of the training text), or contiguous fractions cut at line breaks."""
+    files = spec.split.files
+    if files is not None:
+        train = read_text(spec.path, f"{where}.path")
+        test = read_text(files.test, f"{where}.split.files.test")
+        if files.val is not None:
+            return {"train": train, "val": read_text(files.val, f"{where}.split.files.val"), "test": test}
+        # No validation file: the end of the training text validates, as the end of a whole corpus tests.
+        val_start = _line_start_near(train, round(len(train) * (1 - spec.split.val)))
+        return {"train": train[:val_start], "val": train[val_start:], "test": test}
     text = read_text(spec.path, f"{where}.path")
     size = len(text)
     val_start = _line_start_near(text, round(size * (1 - spec.split.val - spec.split.test)))

@@ -192,6 +192,16 @@ def prepare_image_features(spec: ImagesSpec, out_dir: Path, where: str) -> dict[
         "skipped_files": found.skipped,
     }
     summary = write_sequences(
-        out_dir, found.images, found.labels, parts, spec.scale, None, where, meta, names=found.names, split=spec.split
+        out_dir,
+        found.images,
+        found.labels,
+        parts,
+        spec.scale,
+        None,
+        where,
+        meta,
+        names=found.names,
+        split=spec.split,
+        given=found.given_parts,
     )
     return {**summary, "skipped_files": found.skipped}

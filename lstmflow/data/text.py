@@ -313,7 +313,17 @@ def prepare_text_features(spec: TextSpec, out_dir: Path, where: str) -> dict[str
     # Ids are stored unscaled (scale "none") and already cut to their first max_length tokens: the sequence
     # writer's own max_length would keep the last steps, which is right for a series but not for a text.
     summary = write_sequences(
-        out_dir, sequences, table.labels, parts, "none", None, where, extra, names=table.names, split=spec.split
+        out_dir,
+        sequences,
+        table.labels,
+        parts,
+        "none",
+        None,
+        where,
+        extra,
+        names=table.names,
+        split=spec.split,
+        given=table.given_parts,
     )
     tokenizer.save(Path(out_dir) / TOKENIZER_FILE)
     unknown = sum(int((seq == UNK_ID).sum()) for seq, part in zip(sequences, parts) if part != 0)

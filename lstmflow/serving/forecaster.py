@@ -69,8 +69,8 @@ class Forecaster:
         with torch.no_grad():
             out = self.model(torch.from_numpy(np.ascontiguousarray(encoded, dtype=np.float32))[None])  # (1, H*K)
         pred = out.numpy().reshape(1, self.horizon, len(self.targets))  # (1, H, K)
-        last_raw = raw[-1:, : len(self.targets)]  # (1, K)
-        forecast = self.preprocessing.decode(pred, last_raw)[0]  # (H, K)
+        history = raw[None, -self.preprocessing.anchor_rows :, : len(self.targets)]  # (1, L, K): undoes differences
+        forecast = self.preprocessing.decode(pred, history)[0]  # (H, K)
         result = pd.DataFrame(forecast, columns=self.targets)
         result.insert(0, "step", np.arange(1, self.horizon + 1))
         return result
@@ -114,5 +114,6 @@ class Forecaster:
                     np.ascontiguousarray(windows[starts[begin : begin + batch_size]], dtype=np.float32)
                 )
                 outputs.append(self.model(x).numpy().reshape(len(x), self.horizon, k))  # (B, H*K) → (B, H, K)
-        last_raw = raw[origins - first - 1, :k]  # (N, K): the row before each origin anchors differences
-        return self.preprocessing.decode(np.concatenate(outputs), last_raw)
+        before = np.arange(-self.preprocessing.anchor_rows, 0)
+        history = raw[(origins - first)[:, None] + before, :k]  # (N, L, K): the rows before each origin
+        return self.preprocessing.decode(np.concatenate(outputs), history)

@@ -20,7 +20,6 @@ from lstmflow.data.sequences.prepare import (
     SequenceFeatures,
     load_sequences,
     prepare_sequence_features,
-    split_by,
     write_sequences,
 )
 from lstmflow.data.sequences.preprocessing import SequencePreprocessing
@@ -40,6 +39,5 @@ __all__ = [
     "load_sequences",
     "prepare_sequence_features",
     "read_sequence_table",
-    "split_by",
     "write_sequences",
 ]

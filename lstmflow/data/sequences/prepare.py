@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lstmflow.config import ClassSplitSpec, SequenceTableSpec
-from lstmflow.data.parts import PARTS, Part, assign_parts
+from lstmflow.data.parts import PARTS, Part, assign_parts, split_record
 from lstmflow.data.sequences.batches import SequenceSet
 from lstmflow.data.sequences.preprocessing import SequencePreprocessing
 from lstmflow.data.sequences.read import read_sequence_table
@@ -53,6 +53,7 @@ def prepare_sequence_features(spec: SequenceTableSpec, out_dir: Path, where: str
         extra,
         names=table.names,
         split=spec.split,
+        given=table.given_parts,
     )
 
 
@@ -75,14 +76,17 @@ def write_sequences(
     extra_meta: dict[str, Any],
     names: Sequence[str] | None = None,
     split: ClassSplitSpec | None = None,
+    given: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """Check, fit the preprocessing on the training part, and write the ragged store; return a summary for logging.
 
     ``sequences`` are raw (T, F) arrays; ``names`` say how messages name them (ids, file names), by default
     ``sequence <i>``. ``extra_meta`` is stored under ``meta["extra_meta"]`` (e.g. the source's column names or
-    an image shape, for serving). ``split`` is the spec the parts came from: the summary says how they were given,
-    and so does ``meta["split"]`` for given files (absent otherwise, so that folders prepared before given files
-    existed keep their bytes). Output bytes depend only on the inputs.
+    an image shape, for serving). ``split`` is the spec the parts came from and ``given`` the given parts they were
+    assigned from (:func:`~lstmflow.data.parts.assign_parts`): the summary says how the parts were given, and so
+    does ``meta["split"]`` for given files or list files, with the validation samples drawn from the training
+    samples when those were drawn (absent for fractions and a split column, so that folders prepared before given
+    files existed keep their bytes). Output bytes depend only on the inputs.
     """
     if not len(sequences) == len(labels) == len(parts):
         raise ValueError(f"{len(sequences)} sequences, {len(labels)} labels and {len(parts)} parts must match")
@@ -102,8 +106,9 @@ def write_sequences(
     index = {label: code for code, label in enumerate(classes)}
     label_codes = np.array([index[label] for label in labels], dtype=np.int64)
     meta = _store_meta(classes, label_codes, parts, raw_lengths, lengths, preprocessing, extra_meta)
-    if split is not None and split.files is not None:
-        meta["split"] = {"by": "files"}
+    record = split_record(split, given, parts, names) if split is not None else None
+    if record is not None and record["by"] not in ("fractions", "column"):
+        meta["split"] = record
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +117,7 @@ def write_sequences(
     np.save(out_dir / "labels.npy", label_codes)
     np.save(out_dir / "parts.npy", parts)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    return _store_summary(meta, max_length, scale, split)
+    return _store_summary(meta, max_length, scale, record)
 
 
 def _end_to_end(
@@ -160,7 +165,7 @@ def _store_meta(
 
 
 def _store_summary(
-    meta: dict[str, Any], max_length: int | None, scale: str, split: ClassSplitSpec | None
+    meta: dict[str, Any], max_length: int | None, scale: str, record: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The few numbers the data stage logs about the store it wrote."""
     return {
@@ -173,13 +178,8 @@ def _store_summary(
         "truncated_steps": meta["truncated"]["steps_dropped"],
         "max_length": max_length,
         "scale": scale,
-        **({"split": split_by(split)} if split is not None else {}),
+        **({"split": record["by"]} if record is not None else {}),
     }
-
-
-def split_by(split: ClassSplitSpec) -> str:
-    """How the parts are given: ``files``, ``column`` or (drawn) ``fractions``."""
-    return "files" if split.files is not None else "column" if split.column is not None else "fractions"
 
 
 def _check_sequences(sequences: Sequence[np.ndarray], names: list[str], where: str) -> None:

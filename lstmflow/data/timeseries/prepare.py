@@ -1,14 +1,15 @@
 """Preparing a series for training: resolve the window, horizon and season, split it by time, and write the
 feature folder (``series.npy``, ``raw.npy``, ``meta.json``) that :func:`load_features` reads back.
 
-The series is split by time into train | val | test at row counts from ``data.split``, or at the boundaries of
-given files (``split.files``: the validation file continues the training series and the test file continues the
-validation file; the three are read as one series). Everything fitted (the ``auto`` transform choice, the scaler)
-sees the training rows only, so no statistic of the future leaks into the model.
+The series is split by time into train | val | test at row counts from ``data.split`` (fractions, a test start or
+a number of test points), or at the boundaries of given files (``split.files``: the validation file continues the
+training series and the test file continues the validation file; they are read as one series). Everything fitted
+(the season found in the data, the ``auto`` transform choice, the scaler) sees the training rows only, so no
+statistic of the future leaks into the model.
 
-When any target is differenced, the first row has no difference: it is stored as zeros in ``series.npy`` and no
-window reads it (windows start one row later), which keeps row ``t`` of ``series.npy`` aligned with row ``t`` of
-``raw.npy`` and of the time index.
+When any target is differenced, the first rows have no difference (one, or a season for a seasonal difference):
+they are stored as zeros in ``series.npy`` and no window reads them (``first_usable_row``), which keeps row ``t``
+of ``series.npy`` aligned with row ``t`` of ``raw.npy`` and of the time index.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from lstmflow.config import PipelineSpec, SplitSpec, TimeSeriesDataSpec
 from lstmflow.data.parts import PARTS, Part
 from lstmflow.data.timeseries.preprocessing import Preprocessing, choose_transforms
 from lstmflow.data.timeseries.read import infer_season, read_series
+from lstmflow.data.timeseries.seasonality import season_from_autocorrelation
 from lstmflow.data.timeseries.windows import WindowSet, window_origins
 from lstmflow.errors import DataError
 
@@ -37,28 +39,80 @@ MAX_TIME_LABELS = 100_000
 # ---------------------------------------------------------------------------------- split and defaults
 
 
-def split_boundaries(rows: int, split: SplitSpec) -> tuple[int, int]:
-    """``(train_end, val_end)``: rows ``[0, train_end)`` train, ``[train_end, val_end)`` val, the rest test."""
-    n_val, n_test = int(rows * split.val), int(rows * split.test)
+def split_boundaries(rows: int, split: SplitSpec, test_begins: int | None = None) -> tuple[int, int]:
+    """``(train_end, val_end)``: rows ``[0, train_end)`` train, ``[train_end, val_end)`` val, the rest test.
+
+    By the fractions of the whole series; or, when ``test_begins`` gives the first test row, ``split.val`` of the
+    rows before it validates.
+    """
+    if test_begins is not None:
+        return test_begins - int(test_begins * split.val), test_begins
+    n_val, n_test = int(rows * split.val), int(rows * split.test_fraction)
     return rows - n_val - n_test, rows - n_test
 
 
-def part_ends(frame: pd.DataFrame, split: SplitSpec) -> tuple[int, int]:
-    """``(train_end, val_end)`` of a series from :func:`read_series`: its file boundaries, else by the fractions."""
-    return frame.attrs.get("part_ends") or split_boundaries(len(frame), split)
+def part_ends(frame: pd.DataFrame, split: SplitSpec, where: str = "data") -> tuple[int, int]:
+    """``(train_end, val_end)`` of a series from :func:`read_series`: its file boundaries, else by ``split``."""
+    if frame.attrs.get("part_ends"):
+        return frame.attrs["part_ends"]
+    return split_boundaries(len(frame), split, _test_begins(frame, split, where))
+
+
+def _test_begins(frame: pd.DataFrame, split: SplitSpec, where: str) -> int | None:
+    """The first test row that ``split.test_points`` or ``split.test_start`` gives; None for the fraction."""
+    rows = len(frame)
+    if split.test_points is not None:
+        if split.test_points >= rows:
+            raise DataError(
+                f"{where}.split.test_points: {split.test_points} test points leave no training rows; "
+                f"the series has {rows} rows"
+            )
+        return rows - split.test_points
+    if split.test_start is None:
+        return None
+    begins = _row_at(frame.index, split.test_start, f"{where}.split.test_start")
+    if not 0 < begins < rows:
+        raise DataError(
+            f"{where}.split.test_start: {split.test_start!r} leaves "
+            + ("no training rows" if begins <= 0 else "no test rows")
+            + f"; the series runs from {frame.index[0]} to {frame.index[-1]} ({rows} rows)"
+        )
+    return begins
+
+
+def _row_at(index: pd.Index, start: object, where: str) -> int:
+    """The first row at or after ``start``: a time of the index's type, or a row number without a time column."""
+    if isinstance(index, pd.RangeIndex) and index.name is None:  # no time column: rows are numbered from 0
+        if not isinstance(start, int):
+            raise DataError(f"{where}: {start!r} is not a row number, and the series has no time column")
+        return start
+    if isinstance(index, pd.DatetimeIndex):
+        if isinstance(start, int):
+            return start  # a row number, since a date column holds no numbers
+        try:
+            moment = pd.Timestamp(str(start))
+        except ValueError:
+            raise DataError(f"{where}: {start!r} is neither a date nor a row number") from None
+        return int(index.searchsorted(moment))
+    try:
+        value = float(str(start))
+    except ValueError:
+        raise DataError(f"{where}: {start!r} is not a number like the time column {index.name!r}") from None
+    return int(index.searchsorted(value))
 
 
 def _default_window(season: int, horizon: int, train_end: int, stride: int, lost: int, where: str) -> int:
-    """max(2 × season, 4 × horizon, 8), capped so the training part holds at least 8 windows."""
+    """max(2 × season, 4 × horizon, 8), capped so the training part holds at least 8 windows; the 2 × season term is
+    at most a third of the training rows, so that a long season does not leave too few windows to learn from."""
     largest = train_end - horizon - lost - 7 * stride
     if largest < 1:
         raise DataError(
             f"{where}: the training part has {train_end} rows but 8 training windows of horizon {horizon} with "
             f"stride {stride} need at least {horizon + lost + 7 * stride + 1}"
-            + (" (one row is lost to differencing)" if lost else "")
+            + (f" ({lost} row(s) are lost to differencing)" if lost else "")
             + "; use a longer series or set data.window explicitly"
         )
-    return min(max(2 * season, 4 * horizon, 8), largest)
+    return min(max(min(2 * season, train_end // 3), 4 * horizon, 8), largest)
 
 
 def _check_lengths(
@@ -71,17 +125,18 @@ def _check_lengths(
             f"the series has {rows} rows; use a longer series, a smaller window or horizon, or smaller split fractions"
         )
     else:
-        advice = f"the three files hold {rows} rows; use longer files, or a smaller window or horizon"
+        advice = f"the files hold {rows} rows; use longer files, or a smaller window or horizon"
     if train_end < window + horizon + lost:
         raise DataError(
             f"{where}: the training part has {train_end} rows but window {window} + horizon {horizon} "
             f"needs at least {window + horizon + lost}"
-            + (" (one row is lost to differencing)" if lost else "")
+            + (f" ({lost} row(s) are lost to differencing)" if lost else "")
             + f"; {advice}"
         )
-    held_out = (("validation", split.val, val_end - train_end), ("test", split.test, rows - val_end))
+    held_out = (("validation", split.val, val_end - train_end), ("test", split.test_fraction, rows - val_end))
     for part, fraction, length in held_out:
-        if (fraction > 0 or split.files is not None) and length < horizon:
+        given = split.files is not None or (part == "test" and not split.test_by_fraction)
+        if (fraction > 0 or given) and length < horizon:
             raise DataError(
                 f"{where}: the {part} part has {length} rows but horizon {horizon} needs at least {horizon}; {advice}"
             )
@@ -93,16 +148,25 @@ def _check_lengths(
 
 
 def resolve_data(spec: PipelineSpec) -> PipelineSpec:
-    """Fill ``data.window``, ``data.horizon`` and ``evaluate.season`` from the data; explicit values are kept."""
+    """Fill ``data.window``, ``data.horizon`` and ``evaluate.season`` from the data; explicit values are kept.
+
+    The season: ``evaluate.season``, else the calendar's (monthly 12, ...), else, when the calendar gives none or
+    1, the data's own cycle (:func:`~lstmflow.data.timeseries.seasonality.season_from_autocorrelation` on the
+    first target's training part). A cycle found so sets the window and the scores' season, but not the horizon
+    (which defaults to the calendar's or the declared season) and not seasonal differencing.
+    """
     where = f"pipelines.{spec.name}.data"
     data = spec.data
     if not isinstance(data, TimeSeriesDataSpec):
         raise TypeError(f"resolve_data is for a time series; {where}.kind is {data.kind!r}")
     frame = read_series(data, where)
-    season = spec.evaluate.season or infer_season(frame)
-    horizon = data.horizon or (max(1, season))
-    ends = part_ends(frame, data.split)
-    lost = int("difference" in choose_transforms(frame, data, ends[0], where))
+    ends = part_ends(frame, data.split, where)
+    declared = spec.evaluate.season or infer_season(frame)
+    season = declared
+    if declared == 1:
+        season = season_from_autocorrelation(frame[data.target[0]].to_numpy(np.float64)[: ends[0]])
+    horizon = data.horizon or declared
+    lost = _lost_rows(choose_transforms(frame, data, ends[0], season, where), season)
     window = data.window or _default_window(season, horizon, ends[0], data.stride, lost, where)
     _check_lengths(len(frame), ends, data.split, window, horizon, lost, season, where)
     return spec.model_copy(
@@ -111,6 +175,11 @@ def resolve_data(spec: PipelineSpec) -> PipelineSpec:
             "evaluate": spec.evaluate.model_copy(update={"season": season}),
         }
     )
+
+
+def _lost_rows(transforms: tuple[str, ...], season: int) -> int:
+    """Rows at the start of the series that the transforms leave without a value."""
+    return Preprocessing(("",) * len(transforms), transforms, "none", (), (), season).lost_rows
 
 
 # --------------------------------------------------------------------------------------- features
@@ -138,13 +207,13 @@ def prepare_features(
         raise ValueError("prepare_features needs a resolved spec: call resolve_data(spec) first")
     frame = read_series(data, where)
     rows = len(frame)
-    train_end, val_end = part_ends(frame, data.split)
-    transforms = choose_transforms(frame, data, train_end, where)
-    lost = int("difference" in transforms)
+    train_end, val_end = part_ends(frame, data.split, where)
+    transforms = choose_transforms(frame, data, train_end, season, where)
+    lost = _lost_rows(transforms, season)
     _check_lengths(rows, (train_end, val_end), data.split, data.window, data.horizon, lost, season, where)
 
     raw = frame.to_numpy(np.float64)
-    preprocessing = Preprocessing.fit(raw[:train_end], tuple(frame.columns), transforms, data.scale)
+    preprocessing = Preprocessing.fit(raw[:train_end], tuple(frame.columns), transforms, data.scale, season)
     series = np.zeros(raw.shape, dtype=np.float32)
     series[lost:] = preprocessing.encode(raw)
     counts = {
@@ -184,7 +253,7 @@ def _features_meta(
         "stride": data.stride,
         "season": season,
         "first_usable_row": lost,
-        "split": {**split, "by": "files"} if data.split.files is not None else split,
+        "split": _split_meta(data, split),
         "windows": counts,
         "preprocessing": preprocessing.to_dict(),
         "time": {
@@ -194,6 +263,18 @@ def _features_meta(
             "values": labels if len(frame) <= MAX_TIME_LABELS else None,
         },
     }
+
+
+def _split_meta(data: TimeSeriesDataSpec, ends: dict[str, int]) -> dict[str, Any]:
+    """The part boundaries, and how they were given when not by the fractions alone."""
+    split = data.split
+    if split.files is not None:
+        return {**ends, "by": "files"} if split.files.val is not None else {**ends, "by": "files", "val": "train tail"}
+    if split.test_points is not None:
+        return {**ends, "by": "test_points"}
+    if split.test_start is not None:
+        return {**ends, "by": "test_start", "test_start": str(split.test_start)}
+    return ends
 
 
 def _features_summary(data: TimeSeriesDataSpec, meta: dict[str, Any], transforms: tuple[str, ...]) -> dict[str, Any]:
@@ -210,7 +291,7 @@ def _features_summary(data: TimeSeriesDataSpec, meta: dict[str, Any], transforms
         "season": meta["season"],
         "n_targets": len(data.target),
         "n_features": len(meta["columns"]),
-        "split": "files" if data.split.files is not None else "fractions",
+        "split": meta["split"].get("by", "fractions"),
         "train_rows": train_end,
         "val_rows": val_end - train_end,
         "test_rows": rows - val_end,
@@ -274,7 +355,7 @@ class Features:
             meta["stride"],
             meta["first_usable_row"],
         )
-        return WindowSet(self.series, self.raw, self.window, self.horizon, origins)
+        return WindowSet(self.series, self.raw, self.window, self.horizon, origins, self.preprocessing.anchor_rows)
 
 
 def load_features(path: Path) -> Features:

@@ -1,7 +1,14 @@
 """The transform and scaler of a series: chosen and fitted on the training rows only, applied alike in serving.
 
-Transforms apply to the targets only; features (covariates) are scaled but otherwise fed as given. A differenced
-series loses its first row, which has no difference.
+A target's transform is a chain of up to three steps, always in this order: ``log``, ``seasonal_difference``
+(``x[t] - x[t - season]``) and ``difference`` (``x[t] - x[t - 1]``), written joined by ``+``
+(``log+seasonal_difference``) or ``none``. Transforms apply to the targets only; features (covariates) are scaled
+but otherwise fed as given.
+Each difference costs rows at the start (1, or ``season``): every column loses the most any target loses, so that
+row ``t`` of the model space stays row ``t + lost_rows`` of the raw series.
+
+Every step is undone exactly in :meth:`Preprocessing.decode`, from the raw rows just before a forecast's first
+step (:attr:`Preprocessing.anchor_rows` of them), so evaluation and serving report original units.
 """
 
 from __future__ import annotations
@@ -14,16 +21,37 @@ import pandas as pd
 
 from lstmflow.config import TimeSeriesDataSpec
 from lstmflow.data.tables import listing
+from lstmflow.data.timeseries.seasonality import SEASONAL_STRENGTH, amplitude_grows_with_level, seasonal_strength
 from lstmflow.errors import DataError
 
+#: The steps a transform chains, in the order they apply.
+STEPS = ("log", "seasonal_difference", "difference")
+#: A straight line must explain more than this share of the (transformed) training variance for `difference`.
+TREND_R2 = 0.8
 
-def choose_transforms(frame: pd.DataFrame, spec: TimeSeriesDataSpec, train_end: int, where: str) -> tuple[str, ...]:
-    """One transform per target: the declared one, or the `auto` rule applied to the training rows only."""
+
+def steps_of(transform: str) -> tuple[str, ...]:
+    """``log+difference`` → ``("log", "difference")``; ``none`` → ``()``."""
+    return tuple(step for step in transform.split("+") if step != "none")
+
+
+def choose_transforms(
+    frame: pd.DataFrame, spec: TimeSeriesDataSpec, train_end: int, season: int, where: str
+) -> tuple[str, ...]:
+    """One transform per target: the declared one, or the `auto` rule applied to the training rows only.
+
+    ``season`` is the resolved season. The `auto` rule considers seasonal differencing only when it is the
+    calendar's season: a cycle inferred from the data or set for the scores (sunspots' 11 years) is too irregular to
+    subtract. A declared `seasonal_difference` uses ``season`` whatever its origin.
+    """
+    from lstmflow.data.timeseries.read import infer_season
+
+    auto_season = season if season > 1 and infer_season(frame) == season else 1
     chosen = []
     for name in spec.target:
         values = frame[name].to_numpy(np.float64)
-        transform = spec.transform if spec.transform != "auto" else auto_transform(values[:train_end])
-        if transform == "log":
+        transform = spec.transform if spec.transform != "auto" else auto_transform(values[:train_end], auto_season)
+        if "log" in steps_of(transform):
             nonpositive = np.flatnonzero(values <= 0)
             if nonpositive.size:
                 cells = [f"{values[i]} at {frame.index[i]}" for i in nonpositive]
@@ -32,19 +60,51 @@ def choose_transforms(frame: pd.DataFrame, spec: TimeSeriesDataSpec, train_end: 
                     f"{where}.transform: log ({origin}) needs values > 0, but column {name!r} has "
                     f"{len(cells)} value(s) <= 0: {listing(cells)}; set transform: none or difference"
                 )
+        if "seasonal_difference" in steps_of(transform) and season < 2:
+            raise DataError(
+                f"{where}.transform: {transform!r} needs a season of 2 or more, but the season is {season}; "
+                "set evaluate.season, or use a time column whose calendar gives one"
+            )
         chosen.append(transform)
     return tuple(chosen)
 
 
-def auto_transform(train: np.ndarray) -> str:
-    """`difference` when a straight line explains > 80% of the variance, else `log` when all > 0 and max/min > 10."""
-    if train.size > 2 and np.ptp(train) > 0:
-        explained = np.corrcoef(np.arange(train.size), train)[0, 1] ** 2
-        if explained > 0.8:
-            return "difference"
-    if train.min() > 0 and train.max() / train.min() > 10:
-        return "log"
-    return "none"
+def auto_transform(train: np.ndarray, season: int = 1) -> str:
+    """The `auto` rule on a target's training values; each test sees the result of the steps before it.
+
+    - ``log`` when every value is > 0 and the spread grows with the level
+      (:func:`~lstmflow.data.timeseries.seasonality.amplitude_grows_with_level`), or, for a series without a trend,
+      max/min exceeds 10;
+    - ``seasonal_difference`` when ``season`` >= 2, STL's seasonal strength exceeds 0.64 (R's ``nsdiffs`` rule)
+      and the level trends: a stable season is better learnt than subtracted (subtracting it doubles its noise);
+    - ``difference`` when a straight line still explains more than 80% of the variance (a trend).
+    """
+    values = np.asarray(train, dtype=np.float64)
+    chosen = []
+    if values.size and values.min() > 0:
+        spans_decades = values.max() / values.min() > 10 and not _trends(values)
+        if spans_decades or amplitude_grows_with_level(values, season):
+            chosen.append("log")
+            values = np.log(values)
+    if season >= 2 and _trends(values) and seasonal_strength(values, season) > SEASONAL_STRENGTH:
+        chosen.append("seasonal_difference")
+        values = values[season:] - values[:-season]
+    if _trends(values):
+        chosen.append("difference")
+    return "+".join(chosen) or "none"
+
+
+def _trends(values: np.ndarray) -> bool:
+    """Whether a straight line explains more than :data:`TREND_R2` of the variance."""
+    if values.size <= 2 or np.ptp(values) == 0:
+        return False
+    return bool(np.corrcoef(np.arange(values.size), values)[0, 1] ** 2 > TREND_R2)
+
+
+def _lag(transform: str, season: int) -> int:
+    """Rows a transform loses at the start: 1 per difference, ``season`` per seasonal difference."""
+    steps = steps_of(transform)
+    return int("difference" in steps) + season * int("seasonal_difference" in steps)
 
 
 @dataclass(frozen=True)
@@ -52,6 +112,7 @@ class Preprocessing:
     """The fitted transform and scaler: model space = (transform(raw) - offset) / factor, per column.
 
     Columns are targets first (``transforms`` holds one entry per target), then features (scaled only).
+    ``season`` is the lag of a ``seasonal_difference`` step.
     """
 
     columns: tuple[str, ...]
@@ -59,21 +120,28 @@ class Preprocessing:
     scale: str
     offset: tuple[float, ...]
     factor: tuple[float, ...]
+    season: int = 1
 
     @property
     def n_targets(self) -> int:
         return len(self.transforms)
 
     @property
-    def differencing(self) -> bool:
-        return "difference" in self.transforms
+    def lost_rows(self) -> int:
+        """Raw rows at the start that have no transformed value (the longest chain of differences)."""
+        return max((_lag(transform, self.season) for transform in self.transforms), default=0)
+
+    @property
+    def anchor_rows(self) -> int:
+        """Raw rows before a forecast's first step that :meth:`decode` needs to undo the differences (at least 1)."""
+        return max(1, self.lost_rows)
 
     @classmethod
     def fit(
-        cls, train_raw: np.ndarray, columns: tuple[str, ...], transforms: tuple[str, ...], scale: str
+        cls, train_raw: np.ndarray, columns: tuple[str, ...], transforms: tuple[str, ...], scale: str, season: int = 1
     ) -> Preprocessing:
         """Fit the scaler on the transformed training rows; a constant column keeps factor 1 (no division by 0)."""
-        transformed = _apply_transforms(train_raw, transforms)
+        transformed = _apply_transforms(train_raw, transforms, season)
         if scale == "standard":
             offset, factor = transformed.mean(axis=0), transformed.std(axis=0)
         elif scale == "minmax":
@@ -81,36 +149,46 @@ class Preprocessing:
         else:
             offset, factor = np.zeros(len(columns)), np.ones(len(columns))
         factor = np.where(factor > 1e-12 * np.maximum(1.0, np.abs(offset)), factor, 1.0)
-        return cls(tuple(columns), tuple(transforms), scale, tuple(map(float, offset)), tuple(map(float, factor)))
+        return cls(
+            tuple(columns), tuple(transforms), scale, tuple(map(float, offset)), tuple(map(float, factor)), season
+        )
 
     def context_rows(self, window: int) -> int:
-        """Raw rows needed to encode one input window (one more when differencing)."""
-        return window + int(self.differencing)
+        """Raw rows needed to encode one input window (more when differencing)."""
+        return window + self.lost_rows
 
     def encode(self, raw: np.ndarray) -> np.ndarray:
-        """(R, F) raw rows, columns in order → (R', F) float32 model space; R' = R - 1 when differencing."""
+        """(R, F) raw rows, columns in order → (R - lost_rows, F) float32 model space."""
         raw = np.asarray(raw, dtype=np.float64)
         if raw.ndim != 2 or raw.shape[1] != len(self.columns):
             raise ValueError(
                 f"encode expects (rows, {len(self.columns)}) for columns {list(self.columns)}, got {raw.shape}"
             )
-        if raw.shape[0] < 1 + int(self.differencing):
-            raise ValueError(f"encode needs at least {1 + int(self.differencing)} rows, got {raw.shape[0]}")
-        return ((_apply_transforms(raw, self.transforms) - self.offset) / self.factor).astype(np.float32)
+        if raw.shape[0] < 1 + self.lost_rows:
+            raise ValueError(f"encode needs at least {1 + self.lost_rows} rows, got {raw.shape[0]}")
+        transformed = _apply_transforms(raw, self.transforms, self.season)
+        return ((transformed - self.offset) / self.factor).astype(np.float32)
 
-    def decode(self, pred: np.ndarray, last_raw: np.ndarray) -> np.ndarray:
-        """(N, horizon, n_targets) model space → original units; ``last_raw`` (N, n_targets) anchors differences."""
+    def decode(self, pred: np.ndarray, history: np.ndarray) -> np.ndarray:
+        """(N, horizon, n_targets) model space → original units.
+
+        ``history`` holds the raw target rows just before each forecast's first step: (N, L, n_targets) with
+        L >= :attr:`anchor_rows`, or (N, n_targets) for the last row alone (enough when ``anchor_rows`` is 1).
+        """
         values = np.asarray(pred, dtype=np.float64)
         k = self.n_targets
         if values.ndim != 3 or values.shape[2] != k:
             raise ValueError(f"decode expects (N, horizon, {k}), got {values.shape}")
         values = values * np.asarray(self.factor[:k]) + np.asarray(self.offset[:k])
-        anchor = np.asarray(last_raw, dtype=np.float64).reshape(values.shape[0], k)
+        before = np.asarray(history, dtype=np.float64)
+        before = before.reshape(values.shape[0], 1, k) if before.ndim == 2 else before
+        if before.ndim != 3 or before.shape[0] != values.shape[0] or before.shape[1] < self.anchor_rows:
+            raise ValueError(
+                f"decode needs the last {self.anchor_rows} raw row(s) before each forecast, "
+                f"(N, {self.anchor_rows}, {k}); got {np.shape(history)}"
+            )
         for j, transform in enumerate(self.transforms):
-            if transform == "log":
-                values[:, :, j] = np.exp(values[:, :, j])
-            elif transform == "difference":
-                values[:, :, j] = anchor[:, None, j] + np.cumsum(values[:, :, j], axis=1)
+            values[:, :, j] = _undo(steps_of(transform), values[:, :, j], before[:, :, j], self.season)
         return values
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,20 +198,59 @@ class Preprocessing:
             "scale": self.scale,
             "offset": list(self.offset),
             "factor": list(self.factor),
+            "season": self.season,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        return cls(tuple(d["columns"]), tuple(d["transforms"]), d["scale"], tuple(d["offset"]), tuple(d["factor"]))
+        return cls(
+            tuple(d["columns"]),
+            tuple(d["transforms"]),
+            d["scale"],
+            tuple(d["offset"]),
+            tuple(d["factor"]),
+            d.get("season", 1),  # saved before seasonal differencing existed
+        )
 
 
-def _apply_transforms(raw: np.ndarray, transforms: tuple[str, ...]) -> np.ndarray:
-    """Log or difference the target columns (the first ``len(transforms)``); differencing drops the first row."""
+def _step(step: str, values: np.ndarray, season: int) -> np.ndarray:
+    """One step along the last axis of ``values``; a difference of lag k drops the first k entries."""
+    if step == "log":
+        return np.log(values)
+    lag = season if step == "seasonal_difference" else 1
+    return values[..., lag:] - values[..., :-lag]
+
+
+def _apply_transforms(raw: np.ndarray, transforms: tuple[str, ...], season: int) -> np.ndarray:
+    """Each target column (the first ``len(transforms)``) through its steps; every column then loses the most rows
+    any target lost, so the rows stay aligned."""
     out = np.array(raw, dtype=np.float64)
-    logged = [j for j, t in enumerate(transforms) if t == "log"]
-    differenced = [j for j, t in enumerate(transforms) if t == "difference"]
-    out[:, logged] = np.log(out[:, logged])
-    if differenced:
-        out[1:, differenced] = np.diff(out[:, differenced], axis=0)
-        out = out[1:]
-    return out
+    lost = max((_lag(transform, season) for transform in transforms), default=0)
+    columns = [out[lost:, j] for j in range(out.shape[1])]
+    for j, transform in enumerate(transforms):
+        column = out[:, j]
+        for step in steps_of(transform):
+            column = _step(step, column, season)
+        columns[j] = column[len(column) - (len(out) - lost) :]
+    return np.column_stack(columns) if columns else out[lost:]
+
+
+def _undo(steps: tuple[str, ...], values: np.ndarray, before: np.ndarray, season: int) -> np.ndarray:
+    """(N, H) forecasts after ``steps`` → (N, H) raw values, given (N, L) raw values before each forecast.
+
+    The history goes through the steps too, so each difference is undone from its own level: a forecast of a lag-k
+    difference at step h adds the level k steps earlier, from the history or from the forecast already undone.
+    """
+    levels = [before]
+    for step in steps:
+        levels.append(_step(step, levels[-1], season))
+    for step, level in zip(reversed(steps), reversed(levels[:-1])):
+        if step == "log":
+            values = np.exp(values)
+            continue
+        lag = season if step == "seasonal_difference" else 1
+        undone = np.concatenate([level[:, -lag:], np.empty_like(values)], axis=1)  # (N, lag + H)
+        for h in range(values.shape[1]):
+            undone[:, lag + h] = undone[:, h] + values[:, h]
+        values = undone[:, lag:]
+    return values

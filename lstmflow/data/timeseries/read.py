@@ -1,7 +1,8 @@
 """Reading a time series: the table (or the three given files), checked cell by cell, and its season.
 
 Interior gaps are interpolated linearly or refused (``gaps``); a time column must increase strictly. The season
-implied by the time index (hourly 24, daily 7, ...) is the default for ``evaluate.season``.
+implied by the time index (hourly 24, daily 7, ...) is the default for ``evaluate.season``; where the calendar
+implies none, the data's own cycle may (:mod:`~lstmflow.data.timeseries.seasonality`).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def read_series(spec: TimeSeriesDataSpec, where: str = "data") -> pd.DataFrame:
     empty cells before the first or after the last observation of a column are an error, because filling them
     would invent data rather than interpolate it.
 
-    With ``split.files`` the three files are each read so (gaps are filled within a file), checked to continue one
-    another in time, and joined; ``attrs["part_ends"]`` holds (train_end, val_end), the file boundaries.
+    With ``split.files`` the files are each read so (gaps are filled within a file), checked to continue one
+    another in time, and joined; ``attrs["part_ends"]`` holds (train_end, val_end), the file boundaries (without a
+    validation file, train_end cuts the last ``split.val`` of the training file off for validation).
     """
     if spec.split.files is None:
         return _read_series_file(spec, where)
@@ -48,11 +50,13 @@ def read_series(spec: TimeSeriesDataSpec, where: str = "data") -> pd.DataFrame:
         for (_, before_path, before), (part, path, after) in pairwise(frames):
             _check_continues(before, before_path, after, path, f"{where}.split.files.{part}", spec.time_column)
     joined = pd.concat([frame for _, _, frame in frames], ignore_index=spec.time_column is None)
-    train_rows, val_rows = len(frames[0][2]), len(frames[1][2])
-    joined.attrs = {
-        "gaps_filled": sum(frame.attrs["gaps_filled"] for _, _, frame in frames),
-        "part_ends": (train_rows, train_rows + val_rows),
-    }
+    train_rows = len(frames[0][2])
+    if spec.split.files is not None and spec.split.files.val is None:
+        # No validation file: the last `split.val` of the training file validates, as fractions would cut it.
+        ends = (train_rows - int(train_rows * spec.split.val), train_rows)
+    else:
+        ends = (train_rows, train_rows + len(frames[1][2]))
+    joined.attrs = {"gaps_filled": sum(frame.attrs["gaps_filled"] for _, _, frame in frames), "part_ends": ends}
     return joined
 
 
@@ -175,7 +179,7 @@ def _fill_gaps(
 
 
 def infer_season(frame: pd.DataFrame) -> int:
-    """The seasonal period implied by the time index: 24 hourly, 7 daily, 52 weekly, 12 monthly, 4 quarterly, else 1.
+    """The seasonal period the calendar implies: 24 hourly, 7 daily, 52 weekly, 12 monthly, 4 quarterly, else 1.
 
     The median spacing is used rather than ``pd.infer_freq`` so that a few missing rows do not hide a monthly
     series; numeric or row-order indexes carry no calendar and give 1.

@@ -36,12 +36,15 @@ class WindowSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     columns) and its target ``series[t0 : t0 + horizon, :n_targets]``.
     """
 
-    def __init__(self, series: np.ndarray, raw: np.ndarray, window: int, horizon: int, origins: range) -> None:
+    def __init__(
+        self, series: np.ndarray, raw: np.ndarray, window: int, horizon: int, origins: range, anchor_rows: int = 1
+    ) -> None:
         if len(origins) and (origins[0] < window or origins[-1] + horizon > len(series)):
             raise ValueError(
                 f"origins {origins} need window {window} rows before and horizon {horizon} after, in {len(series)} rows"
             )
         self.window, self.horizon, self.n_targets = window, horizon, raw.shape[1]
+        self.anchor_rows = anchor_rows
         self._origins = origins
         k = self.n_targets
         every_input = sliding_window_view(series, (window, series.shape[1]))[:, 0]  # (T - window + 1, window, F)
@@ -88,8 +91,14 @@ class WindowSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return np.array(self._raw_targets, dtype=np.float64)
 
     def last_raw(self) -> np.ndarray:
-        """(N, n_targets) raw value just before each window's first forecast step (anchors differencing)."""
+        """(N, n_targets) raw value just before each window's first forecast step (anchors a difference)."""
         return np.array(self._raw[self.origins - 1], dtype=np.float64)
+
+    def history(self) -> np.ndarray:
+        """(N, anchor_rows, n_targets) raw values just before each window's first forecast step: what
+        ``Preprocessing.decode`` needs to undo the transform (a season of them for a seasonal difference)."""
+        steps = np.arange(-self.anchor_rows, 0)
+        return np.array(self._raw[self.origins[:, None] + steps], dtype=np.float64)
 
 
 def _rows_of(origins: range, shift: int = 0) -> slice:
