@@ -100,6 +100,20 @@ def test_child_trains_with_the_thread_environment_set_before_torch(data_dir: Pat
     assert {name: os.environ.get(name) for name in names} == parent_before  # the parent's own are put back
 
 
+def test_the_childs_budget_line_reaches_the_console_and_its_log_but_its_epoch_lines_only_the_log(
+    data_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    spec = make_spec(data_dir, epochs=3, budget={"steps": 12})  # 9 batches an epoch: cut in epoch 2
+    result = train_in_child(spec, data_dir / "features", tmp_path, ListLogger(), progress=False)
+
+    assert result.stopped_by == "budget" and result.steps == 12 and result.epochs_run == 2 and result.batch_size == 16
+    line = "sine: training stopped by its budget (train.budget: 10m00s, 12 steps) after 2 epoch(s), 12 steps"
+    console = capfd.readouterr().err
+    assert line in console and "epoch 1/3 train_loss" not in console  # the epochs' lines stay in the log
+    log = (tmp_path / "train.log").read_text()
+    assert line in log and "epoch 1/3 train_loss" in log
+
+
 def test_a_malloc_setting_of_the_caller_is_kept(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lstmflow.training.launch import child_environment
 

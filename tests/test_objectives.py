@@ -62,8 +62,15 @@ def test_classify_batches_loss_and_metrics_follow_the_sequences(patterns: Patter
     with torch.no_grad():
         val = [(model(x, lengths), y) for (x, lengths), y in objective.batches("val", 8)]
     probabilities, labels = torch.cat([p for p, _ in val]), torch.cat([y for _, y in val])
-    assert metrics.keys() == {"loss", "accuracy"}
-    assert metrics["accuracy"] == (probabilities.argmax(dim=1) == labels).sum().item() / len(labels)
+    assert metrics.keys() == {"loss", "accuracy", "macro_f1"}
+    predicted = probabilities.argmax(dim=1)
+    assert metrics["accuracy"] == (predicted == labels).sum().item() / len(labels)
+    seen = torch.unique(torch.cat([labels, predicted])).tolist()  # scikit-learn's macro average: these classes
+    f1 = [
+        2 * ((predicted == c) & (labels == c)).sum().item() / ((predicted == c).sum() + (labels == c).sum()).item()
+        for c in seen
+    ]
+    assert metrics["macro_f1"] == pytest.approx(sum(f1) / len(f1))
     assert metrics["loss"] == pytest.approx(F.nll_loss(torch.log(probabilities), labels).item(), rel=1e-5)
 
     stats = objective.batch_stats("train", 16, shuffle=True, seed=3, epoch=2)

@@ -98,20 +98,22 @@ def test_fit_learns_logs_once_per_epoch_and_writes_its_result(sine: Sine, tmp_pa
 
 
 def test_early_stopping_stops_and_restores_the_best_epochs_weights(sine: Sine, tmp_path: Path) -> None:
-    # A min_delta no loss can beat: only the first epoch counts as an improvement.
-    spec = sine.spec(train={"epochs": 6, "early_stopping": {"patience": 2, "min_delta": 1000.0}})
+    # A min_delta no loss can beat: only the first epoch counts as an improvement. Patience in epochs alone.
+    early_stopping = {"patience": 2, "min_delta": 1000.0, "min_steps": 0, "patience_steps": 0}
+    train = {"epochs": 6, "early_stopping": early_stopping, "lr_schedule": {"name": "none"}}
+    spec = sine.spec(train=train)
     result = sine.fit(spec, tmp_path / "stopped")
 
-    assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
-    assert result.best_val_loss == result.history[0]["val_loss"]
+    assert result.stopped_early and result.stopped_by == "early_stopping" and result.epochs_run == 3
+    assert result.best_epoch == 1 and result.best_val_loss == result.history[0]["val_loss"] == result.best_score
     # The same seed trained for exactly one epoch gives the first epoch's weights (no schedule depends on epochs).
-    one_epoch = sine.fit(sine.spec(train={"epochs": 1}), tmp_path / "one")
+    one_epoch = sine.fit(sine.spec(train={"epochs": 1, "lr_schedule": {"name": "none"}}), tmp_path / "one")
     assert_same_tensors(load_state(result.model_path), load_state(one_epoch.model_path))
 
     features = load_features(sine.features_dir)
     model = build_model(spec.model, features.n_features, features.horizon * features.n_targets)
     model.load_state_dict(load_state(result.model_path))
-    recomputed = evaluate_loss(model, features.windows("val"), spec.loss, spec.train.batch_size)
+    recomputed = evaluate_loss(model, features.windows("val"), spec.loss, result.batch_size)
     assert recomputed == pytest.approx(result.best_val_loss, rel=1e-6)
 
 
@@ -238,12 +240,14 @@ def test_checkpoint_holds_everything_needed_to_resume(sine: Sine, tmp_path: Path
     assert checkpoint["spec"] == spec.model_dump(mode="json") and checkpoint["spec_hash"] == spec.spec_hash()
     assert without_timing(checkpoint["history"]) == without_timing(result.history)
     assert checkpoint["best_epoch"] == result.best_epoch and checkpoint["best_val_loss"] == result.best_val_loss
-    assert checkpoint["epochs_without_improvement"] == 4 - result.best_epoch and checkpoint["stopped_early"] is False
+    assert checkpoint["epochs_without_improvement"] == 4 - result.best_epoch and checkpoint["stopped_by"] == "epochs"
+    assert checkpoint["best_score"] == result.best_score == result.best_val_loss  # forecasts select by val_loss
+    assert 0 < checkpoint["elapsed"] == result.train_seconds
     assert_same_tensors(checkpoint["best_model"], load_state(result.model_path))
     assert checkpoint["model"].keys() == checkpoint["best_model"].keys()
     assert "exp_avg" in checkpoint["optimizer"]["state"][0]  # Adam's moments
     assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine's end
-    assert checkpoint["scheduler"]["last_epoch"] == 4
+    assert checkpoint["scheduler"]["epoch"]["last_epoch"] == 4 and checkpoint["scheduler"]["step"] is None
     assert checkpoint["batches_done"] == 0 and checkpoint["step"] == 4 * 9  # 139 training windows: 9 batches
     [rank] = checkpoint["ranks"]  # one training process
     assert {"torch", "cuda", "numpy", "python"} <= rank["rng"].keys() and isinstance(rank["rng"]["torch"], torch.Tensor)
@@ -316,15 +320,20 @@ class FailingAt:
             raise RuntimeError(f"failed at epoch {step}")
 
 
-@pytest.mark.parametrize("lstm_kernel", ["torch", "lstmflow"])
+@pytest.mark.parametrize(
+    ("lstm_kernel", "schedule", "patience"),
+    [("torch", "onecycle", 10), ("lstmflow", "onecycle", 10), ("torch", "auto", 10), ("torch", "auto", None)],
+)
 def test_a_mid_epoch_checkpoint_resumes_to_exactly_the_uninterrupted_result(
-    sine: Sine, tmp_path: Path, lstm_kernel: str
+    sine: Sine, tmp_path: Path, lstm_kernel: str, schedule: str, patience: int | None
 ) -> None:
-    # Dropout draws from the RNG and onecycle moves the lr every batch: both must continue where they stopped.
+    # Dropout draws from the RNG, and onecycle and auto's warm-up (then plateau, or cosine without early stopping)
+    # move the lr every batch: all must continue where they stopped.
     layers = [{"lstm": {"units": 8, "dropout": 0.2}}, {"dropout": {"rate": 0.2}}, {"dense": {}}]
     train = {
         "checkpoint_every": 4,
-        "lr_schedule": {"name": "onecycle"},
+        "lr_schedule": {"name": schedule, "warmup": 0.4},
+        "early_stopping": {"patience": patience},
         "deterministic": True,
         "lstm_kernel": lstm_kernel,
     }
@@ -398,7 +407,8 @@ def test_bf16_trains_on_cpu_and_fp16_is_refused_before_training(sine: Sine, tmp_
 
 
 def test_a_finished_run_resumes_to_the_same_result_without_training(sine: Sine, tmp_path: Path) -> None:
-    spec = sine.spec(train={"epochs": 6, "early_stopping": {"patience": 1, "min_delta": 1000.0}})
+    early_stopping = {"patience": 1, "min_delta": 1000.0, "min_steps": 0, "patience_steps": 0}
+    spec = sine.spec(train={"epochs": 6, "early_stopping": early_stopping})
     first = sine.fit(spec, tmp_path)
     logger = ListLogger()
     again = sine.fit(spec, tmp_path, logger)
@@ -430,6 +440,7 @@ def test_forecast_history_holds_only_the_forecast_metrics(sine: Sine, tmp_path: 
     assert list(result.history[0]) == [
         "epoch", "train_loss", "val_loss", "penalty", "best_val_loss", "lr", "epoch_seconds"
     ]  # fmt: skip
+    assert (result.batch_size, result.steps, result.select) == (16, 9, "val_loss")  # the batch size BASE gives
 
 
 def test_classifier_learns_an_order_pattern_in_variable_length_sequences(patterns: Patterns, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ TASK_LOSSES = {
 #: The per-epoch validation metrics each task logs, which a search can optimise, and the way each improves.
 SEARCH_METRICS: dict[str, dict[str, Direction]] = {
     "forecast": {"val_loss": "minimize"},
-    "classify": {"val_loss": "minimize", "val_accuracy": "maximize"},
+    "classify": {"val_loss": "minimize", "val_accuracy": "maximize", "val_macro_f1": "maximize"},
     "language_model": {"val_loss": "minimize", "val_perplexity": "minimize"},
 }
 #: Per task: the test metrics a champion can be chosen by (each as evaluation logs it, without `test_`), and the way

@@ -24,18 +24,31 @@ class OptimizerSpec(Strict):
 class LRScheduleSpec(Strict):
     """How the learning rate changes over training."""
 
-    name: Literal["none", "cosine", "step", "plateau", "onecycle"] = Field(
-        "none",
+    name: Literal["auto", "none", "cosine", "step", "plateau", "onecycle"] = Field(
+        "auto",
         description=(
-            "`cosine` anneals to `min_lr` over the epochs; `step` multiplies by `gamma` every `step_size` epochs; "
-            "`plateau` multiplies by `gamma` after `patience` epochs without improvement; `onecycle` warms up then "
-            "anneals per batch."
+            "`auto` (default) warms up linearly over the first `warmup` of the run's steps (at most one epoch), then, "
+            "while early stopping watches the run, multiplies the lr by `gamma` after half the early-stopping "
+            "patience without a better `train.select` (so it anneals whenever the run stops), or, without early "
+            "stopping, follows a cosine to `min_lr` at the last step the run may take (`epochs` or `budget.steps`). "
+            "`none` keeps the lr; `cosine` anneals to `min_lr` over the epochs; `step` multiplies by `gamma` every "
+            "`step_size` epochs; `plateau` multiplies by `gamma` after `patience` epochs without a better "
+            "`train.select`; `onecycle` warms up then anneals per batch."
         ),
     )
-    min_lr: float = Field(0.0, ge=0.0, description="Lowest learning rate for `cosine` and `plateau`.")
+    min_lr: float = Field(0.0, ge=0.0, description="Lowest learning rate for `auto`, `cosine` and `plateau`.")
     step_size: int = Field(10, gt=0, description="Epochs between decays for `step`.")
-    gamma: float = Field(0.5, gt=0.0, lt=1.0, description="Decay factor for `step` and `plateau`.")
+    gamma: float = Field(0.5, gt=0.0, lt=1.0, description="Decay factor for `auto`, `step` and `plateau`.")
     patience: int = Field(3, ge=0, description="Epochs without improvement before `plateau` decays.")
+    warmup: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "`auto` only: the share of the run's most steps spent warming the lr up from a tenth of "
+            "`optimizer.lr`, at most one epoch; 0 turns the warm-up off."
+        ),
+    )
 
 
 class GradClipSpec(Strict):
@@ -61,13 +74,60 @@ class GradClipSpec(Strict):
 
 
 class EarlyStoppingSpec(Strict):
-    """Stop when the validation loss stops improving and restore the best weights."""
+    """Stop when `train.select` stops improving; the best epoch's weights are the ones kept."""
 
     patience: int | None = Field(
-        10, ge=1, description="Epochs without improvement before stopping; null disables early stopping."
+        10,
+        ge=1,
+        description=(
+            "Epochs without improvement before stopping (at least `patience_steps` optimizer steps' worth); null "
+            "disables early stopping."
+        ),
     )
     min_delta: float = Field(
-        0.0, ge=0.0, description="Smallest decrease of the validation loss that counts as improvement."
+        0.0, ge=0.0, description="Smallest gain of `train.select` (in its own units) that counts as improvement."
+    )
+    patience_steps: int = Field(
+        200,
+        ge=0,
+        description=(
+            "Patience in optimizer steps as well: the run waits max(patience, ceil(patience_steps / steps per "
+            "epoch)) epochs, so that a small set with few steps per epoch is not stopped by noise. Default 200."
+        ),
+    )
+    min_steps: int = Field(
+        300,
+        ge=0,
+        description=(
+            "Optimizer steps before early stopping may act (`epochs` and `budget` still end the run). Default 300: "
+            "a few epochs of a small set are too few to tell a plateau from the start of learning."
+        ),
+    )
+    min_val_samples: int = Field(
+        30,
+        ge=0,
+        description=(
+            "Classification: with fewer validation samples than this (default 30) one sample moves the accuracy by "
+            "over 3 points, too little to decide on; early stopping is then off, the lr follows `auto`'s warm-up and "
+            "cosine to the run's end, and the last epoch's weights are kept (the run's log says so)."
+        ),
+    )
+
+
+class BudgetSpec(Strict):
+    """When training stops at the latest, whatever `epochs` says; every task honours it, checked at every step."""
+
+    seconds: float | None = Field(
+        600.0,
+        gt=0.0,
+        description=(
+            "Wall-clock seconds of training (validation included); the epoch under way is cut there, validated, and "
+            "the best weights are kept. A resumed run continues the time its checkpoint had used. Default 600: a "
+            "multi-MB corpus stops within minutes, small sets end well before. null: no time limit."
+        ),
+    )
+    steps: int | None = Field(
+        None, gt=0, description="Optimizer steps of training at most; null (default): `epochs` alone limits them."
     )
 
 
@@ -110,8 +170,35 @@ class NodesSpec(Strict):
 class TrainSpec(Strict):
     """How the model is fitted."""
 
-    epochs: int = Field(100, gt=0, description="Maximum number of passes over the training windows.")
-    batch_size: int = Field(64, gt=0, description="Windows per batch.")
+    epochs: int = Field(
+        100, gt=0, description="Maximum number of passes over the training data (`budget` may end the run sooner)."
+    )
+    batch_size: int | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Samples (windows, sequences, text streams) per batch. `auto` (default): the largest power of two up to "
+            "a sixteenth of the training samples, from 8 to 64, so a small set still gets 16 or more optimizer "
+            "steps per epoch and a large one the usual 64; `fit_result.json` records the number used (`batch_size`)."
+        ),
+    )
+    budget: BudgetSpec = Field(default_factory=BudgetSpec, description="The most time and steps training may take.")
+    select: Literal["auto", "val_loss", "val_accuracy", "val_macro_f1"] = Field(
+        "auto",
+        description=(
+            "The validation metric that picks the kept epoch and drives early stopping and the `auto` and `plateau` "
+            "schedules. `auto` (default): `val_accuracy` for classify, `val_loss` otherwise. `val_accuracy` and "
+            "`val_macro_f1` are for classify only, and an epoch that ties the best on them wins with a lower "
+            "`val_loss`."
+        ),
+    )
+    class_weight: Literal["auto", "none", "balanced"] = Field(
+        "auto",
+        description=(
+            "Classify: weights of the classes in the training loss. `balanced` weighs each class by the inverse of "
+            "its training frequency; `auto` (default) uses the square root of those weights, and only when the most "
+            "frequent training class has 3 or more times the samples of the rarest; `none` weighs all alike."
+        ),
+    )
     loss: Literal["mse", "mae", "huber", "cross_entropy"] | None = Field(
         None,
         description=(
@@ -124,7 +211,7 @@ class TrainSpec(Strict):
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec, description="Learning-rate schedule.")
     grad_clip: GradClipSpec = Field(default_factory=GradClipSpec, description="Gradient clipping.")
     early_stopping: EarlyStoppingSpec = Field(
-        default_factory=EarlyStoppingSpec, description="Early stopping on the validation loss."
+        default_factory=EarlyStoppingSpec, description="Early stopping on `select`."
     )
     seed: int = Field(
         0,
@@ -189,6 +276,16 @@ class TrainSpec(Strict):
         ),
     )
 
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _size_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        raise ValueError(
+            f"must be > 0, got {value}" if whole else f"must be a whole number > 0 or 'auto', got {value!r}"
+        )
+
     @field_validator("workers", mode="before")
     @classmethod
     def _count_or_auto(cls, value: Any) -> Any:
@@ -205,6 +302,7 @@ class EvaluateSpec(Strict):
         gt=0,
         description=(
             "Seasonal period for MASE and the seasonal-naive baseline. Default: inferred from the time column's "
-            "frequency (12 monthly, 4 quarterly, 52 weekly, 7 daily, 24 hourly), else 1."
+            "frequency (12 monthly, 4 quarterly, 52 weekly, 7 daily, 24 hourly); when the calendar gives none or 1, "
+            "the data's own cycle if its autocorrelation shows one clearly (e.g. 11 for yearly sunspots), else 1."
         ),
     )

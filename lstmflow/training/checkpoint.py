@@ -5,7 +5,8 @@ Everything needed to continue lives in ``run_dir/checkpoints``:
 
 - ``last.pt`` and ``prev.pt``: written after every epoch and every ``train.checkpoint_every`` batches, atomically
   (temp file in the same folder, fsync, ``os.replace``). ``prev.pt`` is the one before, so a corrupt ``last.pt``
-  costs one checkpoint interval, not the run. Besides the model, optimizer, scheduler and gradient scaler, a
+  costs one checkpoint interval, not the run. Besides the model, optimizer, lr schedule and gradient scaler, the
+  seconds of training used so far (a resumed run continues its ``train.budget``) and why the run stopped, a
   checkpoint holds each rank's RNG states, running loss sums and the objective's carried state (a stateful LSTM's),
   gathered to rank 0: one file, whatever the number of ranks.
 
@@ -34,15 +35,16 @@ from lstmflow.config import PipelineSpec
 from lstmflow.errors import CheckpointError
 from lstmflow.training.distributed import World
 from lstmflow.training.objectives import Objective
+from lstmflow.training.schedules import Schedule
 
 CHECKPOINT_DIR = "checkpoints"
 LAST, PREVIOUS = "last.pt", "prev.pt"
 
 #: What a checkpoint must hold to resume; anything missing makes it unusable.
 CHECKPOINT_KEYS = (
-    "epoch", "batches_done", "step", "epoch_lr", "model", "optimizer", "scheduler", "scaler", "ranks",
-    "best_val_loss", "best_epoch", "best_model", "epochs_without_improvement", "stopped_early", "history", "spec",
-    "spec_hash",
+    "epoch", "batches_done", "step", "epoch_lr", "elapsed", "model", "optimizer", "scheduler", "scaler", "ranks",
+    "best_val_loss", "best_score", "best_epoch", "best_model", "epochs_without_improvement", "stopped_by", "history",
+    "spec", "spec_hash",
 )  # fmt: skip
 
 
@@ -54,11 +56,13 @@ class TrainingState:
     batches_done: int = 0  # batches of epoch ``epoch + 1`` trained: non-zero only within an epoch
     step: int = 0  # batches trained in all, the clock of ``train.checkpoint_every``
     epoch_lr: float = math.nan  # the lr at the start of the epoch under way, logged as that epoch's
-    best_val_loss: float = math.inf
+    elapsed: float = 0.0  # seconds of training used, as of the last checkpoint (train.budget counts them)
+    best_val_loss: float = math.inf  # the kept epoch's
+    best_score: float = math.nan  # the kept epoch's train.select value; NaN until an epoch is kept
     best_epoch: int = 0
     best_model: dict[str, torch.Tensor] | None = None
     epochs_without_improvement: int = 0
-    stopped_early: bool = False
+    stopped_by: str | None = None  # "budget", "early_stopping" or "epochs" once the run has ended
     history: list[dict[str, float]] = field(default_factory=list)
     # This rank's own: its (rows, data loss sum, penalty sum) in the epoch under way, and after a mid-epoch resume
     # the objective's carried state to put back at the first batch.
@@ -83,7 +87,7 @@ class TrainingState:
         spec: PipelineSpec,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: Any,
+        scheduler: Schedule,
         scaler: torch.amp.GradScaler,
         ranks: list[dict[str, Any]],
     ) -> dict[str, Any]:
@@ -92,16 +96,18 @@ class TrainingState:
             "batches_done": self.batches_done,
             "step": self.step,
             "epoch_lr": self.epoch_lr,
+            "elapsed": self.elapsed,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "ranks": ranks,
             "best_val_loss": self.best_val_loss,
+            "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "best_model": self.best_model,
             "epochs_without_improvement": self.epochs_without_improvement,
-            "stopped_early": self.stopped_early,
+            "stopped_by": self.stopped_by,
             "history": self.history,
             "spec": spec.model_dump(mode="json"),
             "spec_hash": spec.spec_hash(),
@@ -114,7 +120,7 @@ class TrainingState:
         checkpoint: dict[str, Any],
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: Any,
+        scheduler: Schedule,
         scaler: torch.amp.GradScaler,
         world: World,
     ) -> TrainingState:
@@ -127,8 +133,7 @@ class TrainingState:
             )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(checkpoint["scheduler"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         mine = ranks[world.rank]
         _set_rng_state(mine["rng"])
@@ -137,11 +142,13 @@ class TrainingState:
             batches_done=checkpoint["batches_done"],
             step=checkpoint["step"],
             epoch_lr=checkpoint["epoch_lr"],
+            elapsed=checkpoint["elapsed"],
             best_val_loss=checkpoint["best_val_loss"],
+            best_score=checkpoint["best_score"],
             best_epoch=checkpoint["best_epoch"],
             best_model=checkpoint["best_model"],
             epochs_without_improvement=checkpoint["epochs_without_improvement"],
-            stopped_early=checkpoint["stopped_early"],
+            stopped_by=checkpoint["stopped_by"],
             history=checkpoint["history"],
             sums=torch.tensor(mine["sums"], dtype=torch.float64, device=world.device),
             carried=mine["carried"],

@@ -90,7 +90,7 @@ def plan(spec: PipelineSpec, rendezvous_file: Path) -> Plan:
             f"use workers: auto or at most {gpus}"
         )
     world_size = workers * (train.nodes.count if train.nodes else 1)
-    if train.batch_size < world_size:
+    if train.batch_size != "auto" and train.batch_size < world_size:  # auto is never below the world size
         problems.append(
             f"{where}.batch_size: the global batch of {train.batch_size} is shared by {world_size} workers; "
             f"give at least {world_size} so that each has rows of its own"

@@ -15,6 +15,9 @@ Nothing comes back through a pipe. The children write, in ``run_dir`` (rank 0's 
   same message (the CLI exits 2 on those), anything else as a ``TrainingError``;
 - ``train.log``: its log lines, warnings, tracebacks and, through :mod:`faulthandler`, the
   Python stack of a hard crash. Its tail goes into every ``TrainingError``.
+
+A child's warnings and errors, and its progress lines (at most one per 30 s, and the line saying that
+``train.budget`` ended the run), also reach the parent's stderr: the console of ``lstmflow run``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 
 from lstmflow.config import PipelineSpec
 from lstmflow.errors import LstmflowError, TrainingError
+from lstmflow.training.budget import PROGRESS_LOGGER
 from lstmflow.training.checkpoint import CHECKPOINT_DIR, atomic_write_bytes, load_checkpoint
 from lstmflow.training.distributed import RENDEZVOUS_FILE, Plan, join, plan, socket_environment
 from lstmflow.training.fit import RESULT_FILE, FitResult, fit, train_threads
@@ -212,8 +216,8 @@ def _child_main(
     faulthandler.enable(file=log_stream)  # a segfault's Python stack lands in the log
     file_handler = logging.StreamHandler(log_stream)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    console_handler = logging.StreamHandler(sys.stderr)
-    console_handler.setLevel(logging.WARNING)
+    console_handler = logging.StreamHandler(_CurrentStderr())
+    console_handler.addFilter(_for_the_console)
     logging.basicConfig(level=logging.INFO, handlers=[file_handler, console_handler], force=True)
     logging.captureWarnings(True)
     log = logging.getLogger("lstmflow.training.launch")
@@ -229,6 +233,23 @@ def _child_main(
             log.error("training failed\n%s", traceback.format_exc())
         _write_error(run_dir / rank_file(ERROR_FILE, rank), exc)
         sys.exit(1)
+
+
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is at the moment of writing: while the rich progress bar is live it is rich's proxy,
+    which prints a line above the bar instead of through it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _for_the_console(record: logging.LogRecord) -> bool:
+    """What a child prints on the console (the parent's stderr, the terminal of ``lstmflow run``): warnings, errors,
+    and the progress lines of :mod:`lstmflow.training.budget`; everything else goes to its log file only."""
+    return record.levelno >= logging.WARNING or record.name == PROGRESS_LOGGER
 
 
 def rank_file(name: str, rank: int) -> str:

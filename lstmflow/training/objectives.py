@@ -5,7 +5,8 @@ how batches look, what the loss is and what else is worth logging per epoch:
 
 - :class:`ForecastObjective`: windows of a series, the output reshaped to (B, horizon, targets), ``train.loss``.
 - :class:`ClassifyObjective`: padded, length-bucketed sequences, cross-entropy on the model's logits (its output
-  softmax folded into the loss), validation accuracy and the padding fraction of the training batches.
+  softmax folded into the loss; classes weighted by ``train.class_weight``), validation accuracy and macro F1, and
+  the padding fraction of the training batches.
 - :class:`LanguageModelObjective`: spans of a token stream, cross-entropy of the next token at every step,
   validation perplexity; a ``stateful`` lstm's state carried from one span to the next (truncated BPTT).
 """
@@ -42,6 +43,14 @@ FORECAST_LOSSES: dict[str, Callable[..., Tensor]] = {"mse": F.mse_loss, "mae": F
 #: Activations a classifier's output dense may have: both leave the scores as logits once the softmax is removed.
 CLASSIFIER_ACTIVATIONS = ("softmax", "linear")
 
+#: ``train.batch_size: auto``: the largest power of two up to the training samples over AUTO_BATCH_DIVISOR, within
+#: these bounds. 16 or more steps per epoch whatever the set's size; 8 keeps gradients (and batch norm's statistics)
+#: from being a handful of samples' noise; 64 is what large sets trained with before.
+AUTO_BATCH_DIVISOR = 16
+AUTO_BATCH_BOUNDS = (8, 64)
+#: ``train.class_weight: auto`` weighs the classes only from this ratio of the largest to the smallest training class.
+IMBALANCE_RATIO = 3.0
+
 
 class Objective(Protocol):
     """A task as the training loop sees it."""
@@ -50,6 +59,11 @@ class Objective(Protocol):
     n_outputs: int  # per sample, the network's output width
     needs: str  # where n_outputs comes from, for build_model's messages (e.g. "3 classes in the training labels")
     per_step: bool  # n_outputs at every time step (next-token scores), not once per sample
+
+    def samples(self, part: Part) -> int:
+        """Independent samples in ``part``: windows, sequences, or spans of ``data.sequence_length`` tokens; what
+        ``train.batch_size: auto`` and the small-validation rule count."""
+        ...
 
     def batch_count(self, part: Part, batch_size: int) -> int:
         """Batches per pass over ``part`` (the progress bar's total, and onecycle's steps per epoch)."""
@@ -117,6 +131,18 @@ def make_objective(spec: PipelineSpec, features_dir: Path) -> Objective:
     raise ValueError(f"pipelines.{spec.name}.task: no objective for task {spec.task!r}")
 
 
+def resolve_batch_size(spec: PipelineSpec, objective: Objective, world_size: int = 1) -> int:
+    """``train.batch_size`` as a number: a given one as it is, ``auto`` from the training samples (see
+    ``AUTO_BATCH_BOUNDS``), and never below the number of training processes, which share every batch."""
+    given = spec.train.batch_size
+    if given != "auto":
+        return given
+    low, high = AUTO_BATCH_BOUNDS
+    share = objective.samples("train") // AUTO_BATCH_DIVISOR
+    power = 1 << (share.bit_length() - 1) if share > 0 else 1  # the largest power of two <= share
+    return max(min(max(power, low), high), world_size)
+
+
 def to_device(inputs: tuple[Tensor, ...], device: torch.device | str) -> tuple[Tensor, ...]:
     """A batch's model inputs on ``device`` (the model moves ``lengths`` back to the CPU for packing itself)."""
     return tuple(tensor.to(device) for tensor in inputs)
@@ -143,6 +169,9 @@ class ForecastObjective(Stateless):
         self.n_outputs = features.horizon * features.n_targets
         self.needs = f"horizon {features.horizon} × {features.n_targets} target(s)"
         self.per_step = False
+
+    def samples(self, part: Part) -> int:
+        return len(self.features.windows(part))
 
     def batch_count(self, part: Part, batch_size: int) -> int:
         return math.ceil(len(self.features.windows(part)) / batch_size)
@@ -233,6 +262,11 @@ class ClassifyObjective(Stateless):
         self.n_outputs = features.n_classes
         self.needs = f"{features.n_classes} classes in the training labels"
         self.per_step = False
+        weights = class_weights(features.part("train").labels, features.n_classes, spec.train.class_weight)
+        self.class_weights = None if weights is None else torch.from_numpy(weights)
+
+    def samples(self, part: Part) -> int:
+        return len(self.features.part(part))
 
     def batch_count(self, part: Part, batch_size: int) -> int:
         return len(self.features.part(part).batch_indices(batch_size))
@@ -245,24 +279,52 @@ class ClassifyObjective(Stateless):
 
     def loss(self, model: LSTMNet | DataParallelNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
         x, lengths = inputs
-        return F.cross_entropy(model.logits(x, lengths), target)  # logits (B, n_classes), target (B,)
+        logits = model.logits(x, lengths)  # (B, n_classes)
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return F.cross_entropy(logits, target, weight=weight)  # target (B,)
 
     @torch.no_grad()
     def evaluate(self, model: LSTMNet, part: Part, batch_size: int, device: torch.device | str) -> dict[str, float]:
-        """Mean cross-entropy per sample and accuracy."""
+        """Mean cross-entropy per sample (unweighted: the true log loss), accuracy and macro-averaged F1."""
+        from sklearn.metrics import accuracy_score, f1_score  # here: a forecast's training child never pays for it
+
         model.eval()
-        total, correct, count = 0.0, 0, 0
+        total, truth, predicted = 0.0, [], []
         for inputs, target in self.batches(part, batch_size):
             (x, lengths), target = to_device(inputs, device), target.to(device)
             logits = model.logits(x, lengths)  # (B, n_classes)
             total += F.cross_entropy(logits, target, reduction="sum").item()
-            correct += int((logits.argmax(dim=1) == target).sum().item())
-            count += len(target)
-        return {"loss": total / count, "accuracy": correct / count}
+            truth.append(target.cpu().numpy())
+            predicted.append(logits.argmax(dim=1).cpu().numpy())
+        y_true, y_pred = np.concatenate(truth), np.concatenate(predicted)
+        return {
+            "loss": total / len(y_true),
+            "accuracy": float(accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        }
 
     def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
         sequences = self.features.part(part)
         return {"padding_fraction": sequences.padding_fraction(batch_size, shuffle=shuffle, seed=seed, epoch=epoch)}
+
+
+def class_weights(labels: np.ndarray, n_classes: int, rule: str) -> np.ndarray | None:
+    """``train.class_weight``'s weights of the classes in the training loss (float32, one per class), or None.
+
+    ``balanced`` is scikit-learn's (n_samples / (n_classes * count)); ``auto`` softens it to its square root (full
+    inverse frequency over-corrects a rare class seen a few times) and applies only from ``IMBALANCE_RATIO``. A class
+    the training labels lack gets weight 0: no training target has it.
+    """
+    from sklearn.utils.class_weight import compute_class_weight
+
+    counts = np.bincount(labels, minlength=n_classes)
+    present = np.flatnonzero(counts)
+    imbalanced = counts[present].max() >= IMBALANCE_RATIO * counts[present].min()
+    if rule == "none" or (rule == "auto" and not imbalanced):
+        return None
+    weights = np.zeros(n_classes, dtype=np.float32)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return np.sqrt(weights) if rule == "auto" else weights
 
 
 # ------------------------------------------------------------------------------------------ language model
@@ -293,6 +355,9 @@ class LanguageModelObjective:
         self.needs = f"a vocabulary of {features.vocab_size} tokens"
         self.per_step = True
         self._carry: LSTMState = {}
+
+    def samples(self, part: Part) -> int:
+        return (len(self.features.stream(part)) - 1) // (self.steps + 1)
 
     def rows(self, part: Part, batch_size: int) -> int:
         return self.features.stream(part).rows_for(batch_size, self.steps)
