@@ -13,6 +13,8 @@ from prefect.utilities.annotations import NotSet
 from pydantic import Field
 
 from lstmflow.errors import ConfigError
+from lstmflow.evaluation.baselines import read_record
+from lstmflow.ops import gate as judging
 from lstmflow.ops.steps import Prepared, drive_trials, project_root
 from tasks.data import prepare
 from tasks.evaluate import evaluate
@@ -88,10 +90,13 @@ def run_pipeline(
     metrics = evaluate.with_options(refresh_cache=refresh)(prepared, trained, root)
     registered = register.with_options(refresh_cache=refresh)(prepared, trained, root)
     decision = gate(prepared, trained, registered, root)
-    get_run_logger().info(
+    logger = get_run_logger()
+    logger.info(
         "Gate: version %s %s (%s); %s.",
         registered["version"], decision["decision"], decision["alias"], decision["reason"],
     )  # fmt: skip
+    if refused := judging.warning(pipeline, decision):  # the run worked; its model is not worth deploying
+        logger.warning(refused)
     return {
         "pipeline": pipeline,
         "mlflow_run_id": trained["run_id"],
@@ -104,6 +109,7 @@ def run_pipeline(
         "epochs_run": trained["epochs_run"],
         "best_epoch": trained["best_epoch"],
         "metrics": metrics,
+        "baseline": (read_record(Path(trained["run_dir"]) / "plots") or {}).get("method"),
         "gate": decision,
         **({"search": searched["summary"]} if searched else {}),
     }

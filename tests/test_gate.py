@@ -123,6 +123,46 @@ def test_decide_needs_significance_unless_the_test_is_none() -> None:
     assert gate.decide(comparison(0.99, 1.0, p_value=None), rule).promote, "test none: the metric alone decides"
 
 
+# ------------------------------------------------------------------------------------------------ baselines
+
+
+def test_a_version_that_loses_to_or_ties_a_baseline_does_not_beat_it() -> None:
+    lost = gate.check_baselines("forecast", "mae", "minimize", {"mae": 38.3, "naive_mae": 25.8})
+    assert lost.beaten is False and lost.baseline == "seasonal-naive baseline" and lost.baseline_value == 25.8
+    assert lost.summary == "mae 38.3 is worse than the seasonal-naive baseline's 25.8"
+    tied = gate.check_baselines("classify", "accuracy", "maximize", {"accuracy": 0.5, "majority_accuracy": 0.5})
+    assert tied.beaten is False and "no better than the majority-class baseline's 0.5" in tied.summary
+    broken = gate.check_baselines("forecast", "mae", "minimize", {"mae": math.nan, "naive_mae": 1.0})
+    assert broken.beaten is False and "not a number" in broken.summary
+
+
+def test_every_logged_baseline_must_be_beaten_and_the_strongest_is_named() -> None:
+    metrics = {"accuracy": 0.8, "majority_accuracy": 0.4, "baseline_accuracy": 0.85}
+    check = gate.check_baselines("classify", "accuracy", "maximize", metrics)
+    assert check.beaten is False and check.baseline == "classical baseline" and check.baseline_value == 0.85
+    assert check.summary == "accuracy 0.8 is worse than the classical baseline's 0.85", "only the one it loses to"
+    both = gate.check_baselines("classify", "accuracy", "maximize", metrics | {"accuracy": 0.9}, classical="ridge")
+    assert both.beaten is True and both.baseline == "ridge baseline"
+    assert both.summary == "accuracy 0.9 beats the majority-class baseline's 0.4 and the ridge baseline's 0.85"
+
+
+def test_a_baseline_that_was_not_logged_is_named_not_invented() -> None:
+    naive_only = gate.check_baselines("language_model", "cross_entropy", "minimize", {
+        "cross_entropy": 1.2, "unigram_cross_entropy": 3.0,
+    })  # fmt: skip
+    assert naive_only.beaten is True and "no test_baseline_cross_entropy was logged" in naive_only.summary
+    no_baseline = gate.check_baselines("classify", "log_loss", "minimize", {"log_loss": 0.3, "accuracy": 0.9})
+    assert no_baseline.beaten is None and no_baseline.baseline is None
+    assert no_baseline.summary.endswith("no test_majority_log_loss or test_baseline_log_loss")
+    unevaluated = gate.check_baselines("forecast", "rmse", "minimize", {"naive_rmse": 1.0})
+    assert unevaluated.beaten is None and unevaluated.summary.endswith("the run logged no test_rmse")
+
+
+def test_beat_baseline_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    assert series_spec(tmp_path).promote.beat_baseline is True
+    assert series_spec(tmp_path, promote={"beat_baseline": False}).promote.beat_baseline is False
+
+
 # ----------------------------------------------------------------------------- scoring through the served predictors
 
 
@@ -136,9 +176,17 @@ def untrained_bundle(spec: Any, features_dir: Path, n_in: int, n_out: int, folde
     return predictor
 
 
-def series_spec(root: Path, rows: int = 240, train: dict[str, Any] | None = None, **data: Any) -> Any:
-    """The tiny sine pipeline on a ``rows``-row series (the same values, more of them, as ``rows`` grows); resolved."""
-    write_sine_csv(root / "data" / "tiny.csv", rows=rows)
+def series_spec(
+    root: Path,
+    rows: int = 240,
+    train: dict[str, Any] | None = None,
+    promote: dict[str, Any] | None = None,
+    period: int = 12,
+    **data: Any,
+) -> Any:
+    """The tiny sine pipeline on a ``rows``-row series (the same values, more of them, as ``rows`` grows), whose cycle
+    is ``period`` steps (the pipeline's season stays 12); resolved."""
+    write_sine_csv(root / "data" / "tiny.csv", rows=rows, season=period)
     raw = {
         "data": {
             "path": "data/tiny.csv",
@@ -151,6 +199,7 @@ def series_spec(root: Path, rows: int = 240, train: dict[str, Any] | None = None
         "model": {"layers": [{"lstm": {"units": 8}}, {"dense": {}}]},
         "train": {"epochs": 1, "batch_size": 16, "seed": 0, **(train or {})},
         "evaluate": {"season": 12},
+        "promote": promote or {},
     }
     return resolve(validate_pipeline("tiny", raw, root))
 
@@ -625,3 +674,125 @@ def test_the_gate_records_on_the_version_why_it_could_not_compare(tmp_path: Path
     assert third["decision"] == "kept" and f"the champion (version {v2.version}) does not load" in third["reason"]
     assert tags["lstmflow.gate.unscored"] == "champion" and tags["lstmflow.gate.decision"] == "kept"
     assert registry.alias_version(uri, "tiny", "champion") == v2.version
+
+
+# ------------------------------------------------------------ the baselines on a real registry, through evaluate (slow)
+
+
+def fit_evaluate_register(root: Path, spec: Any, features_dir: Path, label: str) -> Registered:
+    """As :func:`fit_and_register`, with the real evaluate step between: the run logs its test metrics and baselines."""
+    prepared = steps.Prepared(spec.model_dump(mode="json"), str(features_dir), "d" * 32, "f" * 32)
+    run_dir = root / "runs" / label
+    result = fit(spec, features_dir, run_dir, ListLogger(), progress=False)
+    run_id = steps.start_tracked_run(prepared, root, None, run_name=label)
+    trained = {"run_id": run_id, "run_dir": str(run_dir), "model_path": result.model_path}
+    steps.evaluate(prepared, trained, root)
+    return Registered(prepared, trained, steps.register(prepared, trained, root)["version"])
+
+
+def logged_test_metrics(root: Path, entry: Registered) -> dict[str, float]:
+    from mlflow import MlflowClient
+
+    metrics = MlflowClient(tracking_uri=tracking_uri(root)).get_run(entry.trained["run_id"]).data.metrics
+    return {key.removeprefix("test_"): value for key, value in metrics.items() if key.startswith("test_")}
+
+
+def strongest_mae(logged: dict[str, float]) -> float:
+    """The lowest baseline MAE the run logged: seasonal naive's, or the classical method's where evaluate ran one."""
+    return min(logged["naive_mae"], logged.get("baseline_mae", math.inf))
+
+
+UNTRAINED = {"epochs": 1, "optimizer": {"lr": 1e-6}}  # a network that has learnt nothing: its forecasts sit near 0
+TRAINED = {"epochs": 60, "optimizer": {"lr": 0.01}}
+
+
+def cycle_of_10(root: Path, train: dict[str, Any], **promote: Any) -> Any:
+    """A sine of period 10 declared with season 12: seasonal naive (lag 12) is a weak baseline, a trained network
+    (on differences, so the trend does not leave its range) beats it, an untrained one does not."""
+    return series_spec(root, 300, train, promote, period=10, window=18, transform="difference")
+
+
+@pytest.mark.slow
+def test_the_gate_refuses_a_first_version_that_loses_to_its_seasonal_naive_baseline(tmp_path: Path) -> None:
+    """v1 learnt nothing: registered, not promoted, and says why; v2 beats the baseline and becomes the champion."""
+    uri = tracking_uri(tmp_path)
+    weak = cycle_of_10(tmp_path, UNTRAINED)
+    prepare_pipeline_features(weak, tmp_path / "features")
+    v1 = fit_evaluate_register(tmp_path, weak, tmp_path / "features", "v1")
+    logged = logged_test_metrics(tmp_path, v1)
+    assert logged["mae"] > logged["naive_mae"], "the untrained network must lose for this test to mean anything"
+    first = judge(tmp_path, v1)
+    assert first["decision"] == "kept" and first["verdict"] == "below_baseline" and first["promoted"] is False
+    assert first["test_value"] == logged["mae"] and first["baseline_value"] == strongest_mae(logged)
+    expected = f"mae {logged['mae']:.4g} is worse than the seasonal-naive baseline's {logged['naive_mae']:.4g}"
+    why = f"{first['baselines']} (promote.beat_baseline)"
+    assert first["baselines"].startswith(expected) and first["reason"] == f"kept: {why}"
+    assert gate.warning("tiny", first) == f"warning: tiny version {v1.version} is not promoted: {why}"
+    assert registry.alias_version(uri, "tiny", "champion") is None, "no champion rather than a useless one"
+    tags = registry.version_tags(uri, "tiny", v1.version)
+    assert tags["lstmflow.gate.verdict"] == "below_baseline" and tags["lstmflow.gate.reason"] == first["reason"]
+    again = judge(tmp_path, v1)
+    assert again["recorded"] and again["verdict"] == "below_baseline" and again["promoted"] is False
+    assert again["beat_baseline"] is True and again["baselines"] == first["baselines"]
+
+    v2 = fit_evaluate_register(tmp_path, cycle_of_10(tmp_path, TRAINED), tmp_path / "features", "v2")
+    second = judge(tmp_path, v2)
+    assert second["decision"] == "promoted" and second["verdict"] == "promoted" and second["promoted"] is True
+    assert "beats the seasonal-naive baseline's" in second["reason"] and second["champion_version"] is None
+    assert second["test_value"] < second["baseline_value"] == strongest_mae(logged_test_metrics(tmp_path, v2))
+    assert registry.alias_version(uri, "tiny", "champion") == v2.version and gate.warning("tiny", second) is None
+
+
+@pytest.mark.slow
+def test_the_classical_baseline_is_read_from_the_run_and_must_be_beaten_too(tmp_path: Path) -> None:
+    """A trained version beats seasonal naive; a classical method that did better on its run keeps it out."""
+    spec = cycle_of_10(tmp_path, TRAINED)
+    prepare_pipeline_features(spec, tmp_path / "features")
+    entry = fit_evaluate_register(tmp_path, spec, tmp_path / "features", "v1")
+    logged = logged_test_metrics(tmp_path, entry)
+    assert logged["mae"] < logged["naive_mae"]
+    from lstmflow import tracking
+    from lstmflow.evaluation.baselines import BASELINE_TAG
+
+    stronger = 0.9 * logged["mae"]  # what a classical method logs beside it on the same test windows, and its name
+    tracking.log_summary_metrics(tracking_uri(tmp_path), entry.trained["run_id"], {"test_baseline_mae": stronger})
+    tracking.set_tags(tracking_uri(tmp_path), entry.trained["run_id"], {BASELINE_TAG: "auto_ets"})
+    result = judge(tmp_path, entry)
+    assert result["verdict"] == "below_baseline" and result["baseline"] == "auto_ets baseline"
+    assert result["baselines"] == f"mae {logged['mae']:.4g} is worse than the auto_ets baseline's {stronger:.4g}"
+
+
+@pytest.mark.slow
+def test_beat_baseline_false_restores_the_old_rule_the_first_version_is_promoted(tmp_path: Path) -> None:
+    spec = cycle_of_10(tmp_path, UNTRAINED, beat_baseline=False)
+    prepare_pipeline_features(spec, tmp_path / "features")
+    entry = fit_evaluate_register(tmp_path, spec, tmp_path / "features", "v1")
+    logged = logged_test_metrics(tmp_path, entry)
+    assert logged["mae"] > logged["naive_mae"]
+    result = judge(tmp_path, entry)
+    assert result["decision"] == "promoted" and result["verdict"] == "promoted" and result["baselines"] is None
+    assert result["reason"] == "first version: 'tiny' has no 'champion' yet" and result["beat_baseline"] is False
+    assert registry.alias_version(tracking_uri(tmp_path), "tiny", "champion") == entry.version
+
+
+@pytest.mark.slow
+def test_run_exits_0_and_its_json_and_last_line_say_the_version_is_not_promoted(tmp_path: Path) -> None:
+    """The whole command as a user runs it: an untrained model on the tiny project loses to seasonal naive."""
+    import json
+
+    from conftest import make_project, run_lstmflow
+
+    project = make_project(tmp_path / "project")
+    done = run_lstmflow(
+        project, "run", "tiny", "--json", "--set", "train.epochs=1", "--set", "train.optimizer.lr=1e-6", timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    verdict = result["gate"]
+    assert verdict["promoted"] is False and verdict["verdict"] == "below_baseline"
+    assert result["metrics"]["mae"] > result["metrics"]["naive_mae"]
+    figures = f"mae {result['metrics']['mae']:.4g} is worse than the seasonal-naive baseline's"
+    assert verdict["reason"].startswith(f"kept: {figures}")
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"warning: tiny version {result['model_version']} is not promoted: {figures}"), last
+    assert last.endswith("(promote.beat_baseline)")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import git, make_project
+from conftest import TINY_PIPELINES, git, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,12 @@ def two_runs(
     """The tiny pipeline as declared (3 epochs), then with other epochs and learning rate: two runs, two versions."""
     from flows.pipeline import run_pipeline
 
-    root = make_project(tmp_path_factory.mktemp("lineage") / "project")
+    # A 3-epoch model loses to seasonal naive; lineage is about versions, not about the baseline rule of the gate.
+    pipelines = TINY_PIPELINES.replace(
+        "    evaluate: {season: 12}\n", "    evaluate: {season: 12}\n    promote: {beat_baseline: false}\n"
+    )
+    assert pipelines != TINY_PIPELINES
+    root = make_project(tmp_path_factory.mktemp("lineage") / "project", pipelines)
     config = str(root / "pipelines.yaml")
     first = run_pipeline(pipeline="tiny", config=config)
     second = run_pipeline(pipeline="tiny", epochs=2, learning_rate=0.01, config=config)

@@ -77,10 +77,12 @@ def test_forecast_metrics_beside_the_naive_baseline() -> None:
     metrics = forecast_metrics(y, yhat=np.array([[[3.0], [4.0]]]), naive=np.array([[[1.0], [1.0]]]), scale=2.0)
     assert metrics == pytest.approx(
         {
+            "mse": 0.5,
             "rmse": math.sqrt(0.5),
             "mae": 0.5,
             "smape": 100 * (2 / 5) / 2,
             "mase": 0.25,
+            "naive_mse": 5.0,
             "naive_rmse": math.sqrt(5),
             "naive_mae": 2.0,
             "naive_smape": 100 * (2 / 3 + 6 / 5) / 2,
@@ -88,6 +90,18 @@ def test_forecast_metrics_beside_the_naive_baseline() -> None:
         }
     )
     assert math.isnan(forecast_metrics(y, y, y, scale=0.0)["mase"])
+
+
+def test_forecast_metrics_of_the_strong_baseline_share_the_model_names() -> None:
+    y = np.array([[[2.0], [4.0]]])
+    metrics = forecast_metrics(y, y + 1.0, y, scale=2.0, baseline=np.array([[[2.0], [1.0]]]))
+    assert metrics["baseline_mse"] == pytest.approx(4.5)
+    assert metrics["baseline_rmse"] == pytest.approx(math.sqrt(4.5))
+    assert metrics["baseline_mae"] == pytest.approx(1.5)
+    assert metrics["baseline_mase"] == pytest.approx(0.75)
+    assert {key.removeprefix("baseline_") for key in metrics if key.startswith("baseline_")} == {
+        key for key in metrics if "_" not in key
+    }
 
 
 # ------------------------------------------------------------------------------------------------ classification

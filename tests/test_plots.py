@@ -48,6 +48,17 @@ def test_forecast_with_dates_naive_and_fans(tmp_path: Path, seasonal: np.ndarray
     assert_png(path)
 
 
+def test_forecast_with_the_strong_baseline_beside_the_naive_one(tmp_path: Path, seasonal: np.ndarray) -> None:
+    actual = windows(seasonal, horizon=2)  # (59, 2, 1)
+    naive = windows(np.roll(seasonal, 12, axis=0), horizon=2)
+    alone = assert_png(plot_forecast(tmp_path / "naive.png", None, actual, actual + 2.0, naive))
+    both = plot_forecast(tmp_path / "both.png", None, actual, actual + 2.0, naive, baseline=actual - 1.0)
+    assert assert_png(both) == alone
+    assert both.read_bytes() != (tmp_path / "naive.png").read_bytes()  # the baseline's line is drawn
+    with pytest.raises(ValueError, match=r"baseline has shape \(59, 1, 1\)"):
+        plot_forecast(tmp_path / "f.png", None, actual, actual, naive, baseline=actual[:, :1])
+
+
 def test_forecast_with_text_labels_and_several_targets(tmp_path: Path, seasonal: np.ndarray) -> None:
     series = np.concatenate([seasonal, seasonal * 0.5 + 3, -seasonal, seasonal**0.5, seasonal + 1], axis=1)
     actual = windows(series, horizon=3)  # (58, 3, 5)

@@ -29,7 +29,7 @@ def run_command(
         typer.Option(
             "--json",
             help="Print one JSON line per pipeline (the last line of stdout is the last pipeline's): pipeline, run id, "
-            "model URI, data version, metrics.",
+            "model URI, data version, metrics, and the gate's verdict (gate.promoted, gate.verdict, gate.reason).",
         ),
     ] = False,
     verbose: VerboseOption = False,
@@ -186,7 +186,7 @@ def generate_command(
 
 #: The headline metrics of each task and the baseline each is shown beside.
 HEADLINE = {
-    "forecast": ("seasonal naive", [(key, f"naive_{key}") for key in ("rmse", "mae", "smape", "mase")]),
+    "forecast": ("seasonal naive", [(key, f"naive_{key}") for key in ("mse", "rmse", "mae", "smape", "mase")]),
     "classify": ("majority class", [("accuracy", "majority_accuracy"), ("macro_f1", "majority_macro_f1")]),
     "language_model": (
         "unigram",
@@ -201,11 +201,12 @@ def _print_result(spec: PipelineSpec, result: dict[str, Any], console: Console) 
         _print_trials(result["search"], console)
     metrics = result["metrics"]
     baseline, rows = HEADLINE[spec.task]
-    table = Table("metric (test part)", "LSTM", baseline, title=f"{spec.name}: {result['model_uri']}")
+    strong = result.get("baseline") or "classical baseline"
+    table = Table("metric (test part)", "LSTM", baseline, strong, title=f"{spec.name}: {result['model_uri']}")
     for key, baseline_key in rows:
         if key in metrics:
-            other = metrics.get(baseline_key)
-            table.add_row(key, f"{metrics[key]:.4g}", "-" if other is None else f"{other:.4g}")
+            others = (metrics.get(baseline_key), metrics.get(f"baseline_{key}"))
+            table.add_row(key, f"{metrics[key]:.4g}", *("-" if v is None else f"{v:.4g}" for v in others))
     console.print(table)
     state = (
         "reused (nothing changed)"
@@ -217,6 +218,16 @@ def _print_result(spec: PipelineSpec, result: dict[str, Any], console: Console) 
     console.print(f"MLflow run {result['mlflow_run_id']} · training {state} · data {result['data_version']}")
     if gate := result.get("gate"):
         console.print(f"{_gate_line(gate)} (version {result['model_version']})", markup=False, highlight=False)
+        _warn_if_refused(spec.name, gate)
+
+
+def _warn_if_refused(name: str, decision: dict[str, Any]) -> None:
+    """The run's last line, on stderr, when the gate refused its version for losing to a baseline: the pipeline
+    worked (exit 0), but its model is not worth deploying."""
+    from lstmflow.ops.gate import warning
+
+    if line := warning(name, decision):
+        err.print(line, style="bold yellow", markup=False, highlight=False)
 
 
 def _gate_line(decision: dict[str, Any]) -> str:

@@ -102,7 +102,8 @@ class ScheduleSpec(Strict):
 
 
 class PromoteSpec(Strict):
-    """The retraining gate: a new model version replaces the champion only when it is better on the same test data."""
+    """The retraining gate: a new model version replaces the champion only when it is better on the same test data,
+    and (``beat_baseline``) better than its run's baselines."""
 
     alias: str = Field(
         "champion", description="The MLflow model alias the gate moves; `lstmflow serve NAME` serves it."
@@ -129,6 +130,17 @@ class PromoteSpec(Strict):
     )
     alpha: float = Field(
         0.05, gt=0.0, lt=1.0, description="Significance level: the new version must be better with p below it."
+    )
+    beat_baseline: bool = Field(
+        True,
+        description=(
+            "Promote a version only when its test `metric` beats the baselines its own run logged on the same test "
+            "part: the naive one (seasonal naive, majority class, unigram) and the classical one "
+            "(`test_baseline_*`) where the task has one; the first version too. A version that does not is "
+            "registered but not promoted (tag `lstmflow.gate.verdict: below_baseline`) and the run ends with a "
+            "warning. `false`: only the comparison with the champion decides, and a first version is always "
+            "promoted. Default `true`."
+        ),
     )
 
     def resolved_metric(self, task: str) -> str:

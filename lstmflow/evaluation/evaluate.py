@@ -1,6 +1,10 @@
 """Scoring a trained model on the test part beside the naive baseline it must beat: a forecaster in original
 units beside the seasonal-naive forecast, a classifier beside always predicting the majority training class, a
-language model beside the unigram model (every token drawn with its training frequency, whatever came before)."""
+language model beside the unigram model (every token drawn with its training frequency, whatever came before).
+
+Forecasters and classifiers are also scored beside a strong classical baseline on the same split
+(:mod:`lstmflow.evaluation.baselines`), returned as ``baseline_<metric>``; one that fails is skipped with a warning.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,13 @@ from lstmflow.config import CorpusSpec, PipelineSpec
 from lstmflow.data.sequences import SequenceSet, load_sequences
 from lstmflow.data.timeseries import Features, WindowSet, load_features
 from lstmflow.errors import DataError
+from lstmflow.evaluation.baselines import (
+    MAX_BIGRAM_VOCABULARY,
+    bigram_baseline,
+    classifier_baseline,
+    ets_baseline,
+    run_baseline,
+)
 from lstmflow.evaluation.metrics import (
     classification_metrics,
     confusion_matrix,
@@ -26,7 +37,12 @@ from lstmflow.evaluation.metrics import (
 )
 from lstmflow.evaluation.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
 from lstmflow.models.lstm import LSTMNet, build_model
-from lstmflow.training.objectives import LanguageModelObjective, classifier_input_size, token_cross_entropy
+from lstmflow.training.objectives import (
+    LanguageModelObjective,
+    classifier_input_size,
+    resolve_batch_size,
+    token_cross_entropy,
+)
 
 
 def load_trained(spec: PipelineSpec, features: Features, model_path: Path) -> LSTMNet:
@@ -44,13 +60,14 @@ def predict(model: LSTMNet, windows: WindowSet, features: Features, batch_size: 
         for x, _ in windows.batches(batch_size):
             outputs.append(model(x).reshape(len(x), features.horizon, features.n_targets).numpy())  # (B, H, K)
     scaled = np.concatenate(outputs)
-    return features.preprocessing.decode(scaled, windows.last_raw())
+    return features.preprocessing.decode(scaled, windows.history())
 
 
 def evaluate_forecast(
     spec: PipelineSpec, features_dir: Path, model_path: Path, plot_dir: Path
 ) -> tuple[dict[str, float], list[Path]]:
-    """Test metrics (rmse, mae, smape, mase and their naive_* twins) and the forecast and loss-curve plots."""
+    """Test metrics (mse, rmse, mae, smape, mase, their naive_* and AutoETS baseline_* twins) and the forecast
+    and loss-curve plots."""
     features = load_features(features_dir)
     test = features.windows("test")
     if len(test) == 0:
@@ -64,9 +81,15 @@ def evaluate_forecast(
     naive = seasonal_naive(features.raw, test.origins, features.horizon, features.season)
     train_end = features.meta["split"]["train_end"]
     scale = mase_scale(features.raw[:train_end], features.season)
-    metrics = forecast_metrics(actual, forecast, naive, scale)
-
     plot_dir.mkdir(parents=True, exist_ok=True)
+    strong = run_baseline(
+        "auto_ets",
+        lambda: ets_baseline(features.raw, train_end, test.origins, features.horizon, features.season),
+        plot_dir,
+    )
+    baseline = None if strong is None else strong.forecast
+    metrics = forecast_metrics(actual, forecast, naive, scale, baseline)
+
     plots = [
         plot_forecast(
             plot_dir / "forecast.png",
@@ -76,6 +99,7 @@ def evaluate_forecast(
             naive,
             title=f"{spec.name}: test forecasts vs actual",
             target_names=features.targets,
+            baseline=baseline,
         ),
     ]
     plots += _loss_curves(model_path, plot_dir)
@@ -107,7 +131,8 @@ def evaluate_classifier(
     spec: PipelineSpec, features_dir: Path, model_path: Path, plot_dir: Path
 ) -> tuple[dict[str, float], list[Path]]:
     """Test accuracy, macro-F1, per-class precision and recall and log-loss, beside the majority-class baseline
-    (``majority_accuracy``, ``majority_macro_f1``); the confusion-matrix and loss-curve plots."""
+    (``majority_accuracy``, ``majority_macro_f1``) and the strong one (``baseline_accuracy``,
+    ``baseline_macro_f1``); the confusion-matrix and loss-curve plots."""
     features = load_sequences(features_dir)
     test = features.part("test")
     if len(test) == 0:
@@ -130,6 +155,8 @@ def evaluate_classifier(
         "log_loss": log_loss(test.labels, probabilities),
         **majority_baseline(features.part("train").labels, test.labels, features.n_classes),
     }
+    strong = run_baseline(f"{spec.data.kind} baseline", lambda: classifier_baseline(spec, features), plot_dir)
+    metrics |= {} if strong is None else strong.prefixed()
     plots = [
         plot_confusion_matrix(
             plot_dir / "confusion_matrix.png",
@@ -151,8 +178,9 @@ def evaluate_language_model(
     spec: PipelineSpec, features_dir: Path, model_path: Path, plot_dir: Path
 ) -> tuple[dict[str, float], list[Path]]:
     """Test cross-entropy per token (nats), perplexity and, for character models, bits per character, each beside
-    the unigram baseline's (``unigram_*``, add-one smoothed training frequencies, on the same tokens); the
-    loss-curve plot and ``sample.txt``, text the model wrote after the start of the test part."""
+    the unigram baseline's (``unigram_*``, add-one smoothed training frequencies, on the same tokens) and, for
+    small (character) vocabularies, the add-one bigram's (``baseline_*``); the loss-curve plot and ``sample.txt``,
+    text the model wrote after the start of the test part."""
     from lstmflow.data.corpus import load_corpus, split_corpus
     from lstmflow.serving.generate import generate
 
@@ -162,23 +190,27 @@ def evaluate_language_model(
         spec.model, features.vocab_size, features.vocab_size, where=f"pipelines.{spec.name}.model", per_step=True
     )
     _load_weights(model, model_path)
-    total, count = token_cross_entropy(model, objective, "test", spec.train.batch_size, "cpu")
-    stream = features.stream("test")
-    targets = stream.layout(objective.rows("test", spec.train.batch_size))[:, 1:]  # the tokens that were scored
+    batch_size = resolve_batch_size(spec, objective)
+    total, count = token_cross_entropy(model, objective, "test", batch_size, "cpu")
+    streams = features.stream("test").layout(objective.rows("test", batch_size))  # scored: all but each row's first
     counts = np.asarray(features.meta["unigram_counts"], dtype=np.float64) + 1.0  # add-one: no token impossible
-    unigram_total = -np.log(counts[targets] / counts.sum()).sum()
+    unigram_total = -np.log(counts[streams[:, 1:]] / counts.sum()).sum()
     metrics = {"cross_entropy": total / count, "unigram_cross_entropy": unigram_total / count}
-    metrics |= {
-        "perplexity": math.exp(metrics["cross_entropy"]),
-        "unigram_perplexity": math.exp(metrics["unigram_cross_entropy"]),
-    }
-    if features.meta["tokenizer_kind"] == "char":
-        metrics |= {
-            "bits_per_character": metrics["cross_entropy"] / math.log(2),
-            "unigram_bits_per_character": metrics["unigram_cross_entropy"] / math.log(2),
-        }
-
     plot_dir.mkdir(parents=True, exist_ok=True)
+    if features.vocab_size <= MAX_BIGRAM_VOCABULARY:  # a word or subword model keeps the unigram alone
+        bigram = run_baseline(
+            "bigram_add_one",
+            lambda: bigram_baseline(features.stream("train").ids, streams, features.vocab_size),
+            plot_dir,
+        )
+        metrics |= {} if bigram is None else bigram.prefixed()
+    for prefix in ("", "unigram_", "baseline_"):
+        if f"{prefix}cross_entropy" not in metrics:
+            continue
+        metrics[f"{prefix}perplexity"] = math.exp(metrics[f"{prefix}cross_entropy"])
+        if features.meta["tokenizer_kind"] == "char":
+            metrics[f"{prefix}bits_per_character"] = metrics[f"{prefix}cross_entropy"] / math.log(2)
+
     assert isinstance(spec.data, CorpusSpec)  # the config gives task language_model corpus data only
     prompt = split_corpus(spec.data, f"pipelines.{spec.name}.data")["test"][:SAMPLE_PROMPT_CHARACTERS]
     sample = plot_dir / "sample.txt"

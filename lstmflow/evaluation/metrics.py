@@ -25,9 +25,13 @@ def _pair(y: np.ndarray, yhat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y, yhat
 
 
-def rmse(y: np.ndarray, yhat: np.ndarray) -> float:
+def mse(y: np.ndarray, yhat: np.ndarray) -> float:
     y, yhat = _pair(y, yhat)
-    return float(np.sqrt(np.mean((y - yhat) ** 2)))
+    return float(np.mean((y - yhat) ** 2))
+
+
+def rmse(y: np.ndarray, yhat: np.ndarray) -> float:
+    return float(np.sqrt(mse(y, yhat)))
 
 
 def mae(y: np.ndarray, yhat: np.ndarray) -> float:
@@ -69,11 +73,16 @@ def mase_scale(train: np.ndarray, season: int) -> float:
     return float(np.mean(np.abs(train[season:] - train[:-season])))
 
 
-def forecast_metrics(y: np.ndarray, yhat: np.ndarray, naive: np.ndarray, scale: float) -> dict[str, float]:
-    """RMSE, MAE, sMAPE and MASE of the model and of the naive forecast; MASE is NaN when the scale is 0."""
+def forecast_metrics(
+    y: np.ndarray, yhat: np.ndarray, naive: np.ndarray, scale: float, baseline: np.ndarray | None = None
+) -> dict[str, float]:
+    """MSE, RMSE, MAE, sMAPE and MASE of the model, of the naive forecast (``naive_*``) and, when given, of the
+    strong baseline's (``baseline_*``); MASE is NaN when the scale is 0."""
     metrics: dict[str, float] = {}
-    for prefix, forecast in (("", yhat), ("naive_", naive)):
+    forecasts = [("", yhat), ("naive_", naive)] + ([("baseline_", baseline)] if baseline is not None else [])
+    for prefix, forecast in forecasts:
         error = mae(y, forecast)
+        metrics[f"{prefix}mse"] = mse(y, forecast)
         metrics[f"{prefix}rmse"] = rmse(y, forecast)
         metrics[f"{prefix}mae"] = error
         metrics[f"{prefix}smape"] = smape(y, forecast)

@@ -33,15 +33,20 @@ def plot_forecast(
     naive: np.ndarray | None = None,
     title: str = "",
     target_names: Sequence[str] | None = None,
+    baseline: np.ndarray | None = None,
 ) -> Path:
-    """The test period: the actual series, the 1-step-ahead forecasts, a few full-horizon fans, the naive forecast.
+    """The test period: the actual series, the 1-step-ahead forecasts, a few full-horizon fans, the naive forecast
+    and the strong baseline's (AutoETS).
 
-    ``actual``, ``forecast`` and ``naive`` are the test windows in original units, shape (N, horizon, k), window
+    ``actual``, ``forecast``, ``naive`` and ``baseline`` are the test windows in original units, shape
+    (N, horizon, k), window
     ``i`` starting one step after window ``i - 1``; the test period they cover is N + horizon − 1 rows. ``times``
     labels those rows on the x axis; a longer sequence (the whole series' times) is cut to its last rows, as the
     test part ends the series. ``None`` numbers the test steps. One panel per target, at most four.
     """
-    actual, forecast, naive = _test_windows(actual, forecast, naive)
+    actual, forecast = _test_windows(actual, forecast)
+    naive = None if naive is None else _same_windows("naive", naive, actual)
+    baseline = None if baseline is None else _same_windows("baseline", baseline, actual)
     n_windows, horizon, n_targets = actual.shape
     names = list(target_names) if target_names is not None else [f"target {j}" for j in range(n_targets)]
     if len(names) != n_targets:
@@ -53,8 +58,10 @@ def plot_forecast(
     axes = fig.subplots(shown, 1, sharex=True, squeeze=False)[:, 0]
     fans = _fan_origins(n_windows, horizon)
     for j, ax in enumerate(axes):
-        target_naive = None if naive is None else naive[..., j]
-        _forecast_panel(ax, x, actual[..., j], forecast[..., j], target_naive, names[j], fans)
+        references = {
+            label: array[..., j] for label, array in (("naive", naive), ("baseline", baseline)) if array is not None
+        }
+        _forecast_panel(ax, x, actual[..., j], forecast[..., j], references, names[j], fans)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize=9, frameon=False)
     if labels is not None:
         _label_ticks(axes[-1], labels)
@@ -68,18 +75,27 @@ def plot_forecast(
     return _save(fig, path)
 
 
-def _test_windows(
-    actual: np.ndarray, forecast: np.ndarray, naive: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The three window arrays as floats, checked to share one (N, horizon, k) shape with N >= 1."""
-    actual, forecast = np.asarray(actual, dtype=float), np.asarray(forecast, dtype=float)
-    naive = None if naive is None else np.asarray(naive, dtype=float)
-    for name, array in (("forecast", forecast), ("naive", naive)):
-        if array is not None and array.shape != actual.shape:
-            raise ValueError(f"{name} has shape {array.shape}, actual {actual.shape}: both must be (N, horizon, k)")
+def _test_windows(actual: np.ndarray, forecast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The actual and forecast windows as floats, checked to share one (N, horizon, k) shape with N >= 1."""
+    actual = np.asarray(actual, dtype=float)
     if actual.ndim != 3 or actual.shape[0] == 0:
         raise ValueError(f"actual must be (N, horizon, k) with N >= 1, got shape {actual.shape}")
-    return actual, forecast, naive
+    return actual, _same_windows("forecast", forecast, actual)
+
+
+def _same_windows(name: str, array: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """``array`` as floats, checked to have the windows' (N, horizon, k) shape."""
+    array = np.asarray(array, dtype=float)
+    if array.shape != actual.shape:
+        raise ValueError(f"{name} has shape {array.shape}, actual {actual.shape}: both must be (N, horizon, k)")
+    return array
+
+
+#: How each reference forecast is drawn beside the model's (1 step ahead): its legend label and line style.
+REFERENCE_LINES: dict[str, dict[str, Any]] = {
+    "naive": {"label": "naive, 1 step ahead", "color": "tab:gray", "linestyle": "--"},
+    "baseline": {"label": "AutoETS baseline, 1 step ahead", "color": "tab:green", "linestyle": ":"},
+}
 
 
 def _test_period_axis(times: Sequence[Any] | np.ndarray | None, rows: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -111,12 +127,13 @@ def _forecast_panel(
     x: np.ndarray,
     actual: np.ndarray,
     forecast: np.ndarray,
-    naive: np.ndarray | None,
+    references: dict[str, np.ndarray],
     name: str,
     fans: np.ndarray,
 ) -> None:
     """One target's panel from its (N, horizon) windows: the actual series, a full-horizon forecast from each origin
-    in ``fans``, the 1-step-ahead model and naive lines, and both MAEs in the title."""
+    in ``fans``, the 1-step-ahead lines of the model and of each reference (``naive``, ``baseline``), and every
+    MAE in the title."""
     n_windows, horizon = actual.shape
     series = np.concatenate([actual[:, 0], actual[-1, 1:]])  # (N + horizon − 1,)
     ax.plot(x, series, color="black", linewidth=1.8, label="actual")
@@ -135,11 +152,9 @@ def _forecast_panel(
     ax.plot(x[:n_windows], forecast[:, 0], color="tab:blue", linewidth=1.3, label="forecast, 1 step ahead")
     over = f"over all {horizon} steps" if horizon > 1 else "1 step ahead"
     scores = f"MAE {over}: model {_mae(forecast, actual):.4g}"
-    if naive is not None:
-        ax.plot(
-            x[:n_windows], naive[:, 0], color="tab:gray", linestyle="--", linewidth=1.2, label="naive, 1 step ahead"
-        )
-        scores += f", naive {_mae(naive, actual):.4g}"
+    for key, reference in references.items():
+        ax.plot(x[:n_windows], reference[:, 0], linewidth=1.2, **REFERENCE_LINES[key])
+        scores += f", {key} {_mae(reference, actual):.4g}"
     ax.set_title(f"{name}   ({scores})", fontsize=10, loc="left")
     ax.set_ylabel(f"{name} (original units)")
     ax.grid(alpha=0.3)

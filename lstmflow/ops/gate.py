@@ -12,10 +12,15 @@ trained on an older data version is judged on exactly the samples the new versio
   McNemar test;
 - language models: the test text's cross-entropy per character (tokenizers may differ), no test.
 
-The tests are in :mod:`lstmflow.evaluation.significance`. The rule: with no champion, the new version is promoted;
-else it must be better in the metric's direction by at least ``min_gain`` (relative to the champion's value) and,
-unless the test is ``none``, significantly so (p < ``alpha``). When one of the two cannot be scored, nothing is
-compared, and the decision records which one (``unscored``) and why (``reason``):
+The tests are in :mod:`lstmflow.evaluation.significance`. The rule: under ``beat_baseline`` (the default) the new
+version must first beat the baselines its own run logged on the same test part (``test_<metric>`` against
+``test_naive_*``, ``test_majority_*`` or ``test_unigram_*``, and the classical ``test_baseline_<metric>`` where the task
+has one): the run's logged metrics are the one source of those figures, so the table a run prints and the gate agree.
+A version that does not is registered, never promoted, first version included (verdict ``below_baseline``). Then,
+with no champion, the new version is promoted; else it must be better in the metric's direction by at least
+``min_gain`` (relative to the champion's value) and, unless the test is ``none``, significantly so (p < ``alpha``).
+When one of the two cannot be scored, nothing is compared, and the decision records which one (``unscored``) and
+why (``reason``):
 
 - the champion loads but does not fit the current test data (other targets, a shorter horizon, columns the data
   no longer has, another task): the data or the task changed shape, so the champion cannot serve them either, and
@@ -24,7 +29,8 @@ compared, and the decision records which one (``unscored``) and why (``reason``)
   says the new version is better; a person decides (``lstmflow promote``);
 - the new version itself cannot be scored: it is never promoted.
 
-The decision and its figures are tags ``lstmflow.gate.*`` on the new model version, and metrics ``gate_*`` on its
+The decision, its ``verdict`` (one of :data:`VERDICTS`) and its figures are tags ``lstmflow.gate.*`` on the new model
+version, and metrics ``gate_*`` on its
 MLflow run. A version with a recorded decision is not judged again, so the gate is safe to run on every flow run.
 """
 
@@ -57,10 +63,23 @@ REQUEST_SAMPLES = 512
 GATE_TAG = "lstmflow.gate."
 #: The decision's fields, in the order the tags list them; numbers are read back as floats.
 DECISION_FIELDS = (
-    "decision", "alias", "champion_version", "metric", "direction", "challenger_value", "champion_value", "gain",
-    "min_gain", "test", "statistic", "p_value", "alpha", "n", "unscored", "reason", "decided_at",
+    "decision", "verdict", "alias", "champion_version", "metric", "direction", "challenger_value", "champion_value",
+    "gain", "min_gain", "test", "statistic", "p_value", "alpha", "n", "unscored", "beat_baseline", "test_value",
+    "baseline", "baseline_value", "baselines", "reason", "decided_at",
 )  # fmt: skip
-_NUMBERS = {"challenger_value", "champion_value", "gain", "min_gain", "statistic", "p_value", "alpha"}
+_NUMBERS = {
+    "challenger_value", "champion_value", "gain", "min_gain", "statistic", "p_value", "alpha", "test_value",
+    "baseline_value",
+}  # fmt: skip
+#: What the gate concluded, finer than ``decision``: ``promoted``; ``already_champion`` (the alias pointed at it
+#: before the gate judged it); ``below_baseline`` (kept: it does not beat its run's baselines); ``not_better`` (kept:
+#: not better than the champion by the rule); ``unscored`` (kept: it or the champion could not be scored).
+VERDICTS = ("promoted", "already_champion", "below_baseline", "not_better", "unscored")
+#: Per task, the name of the naive baseline the evaluate step logs beside each test metric as
+#: ``test_<prefix>_<metric>`` (prefix: :data:`lstmflow.tracking.runs.BASELINE_PREFIX`).
+NAIVE_BASELINE_NAMES = {"forecast": "seasonal-naive", "classify": "majority-class", "language_model": "unigram"}
+#: The strong classical baseline's prefix: ``test_baseline_<metric>``, logged where the task has one.
+CLASSICAL_PREFIX = "baseline"
 #: What loading a bundle raises when it cannot be loaded: a file missing or unreadable, a spec that no longer
 #: validates (pydantic's ValidationError), weights that do not fit the network the spec builds (torch's
 #: RuntimeError), a task this lstmflow does not know.
@@ -299,6 +318,86 @@ def decide(comparison: Comparison, rule: PromoteSpec) -> Decision:
     return Decision(True, gain, f"promoted: {figures}, {better}{significance}")
 
 
+# ---------------------------------------------------------------------------------------------------- baselines
+
+
+@dataclass(frozen=True)
+class BaselineCheck:
+    """A version's own test metric beside the baselines its run logged. ``beaten`` is None when there was nothing to
+    check (the metric or every baseline unlogged); ``summary`` says what was compared, or why nothing was."""
+
+    beaten: bool | None
+    value: float | None
+    baseline: str | None  # the strongest baseline found: the one to beat
+    baseline_value: float | None
+    summary: str
+
+
+def check_baselines(
+    task: str, metric: str, direction: str, metrics: dict[str, float], classical: str | None = None
+) -> BaselineCheck:
+    """Does ``metrics[metric]`` (a run's test metrics, without ``test_``) beat every baseline logged beside it?
+
+    Strictly better in ``direction``: a classifier that only ties its majority class has learnt nothing worth
+    serving. A baseline not logged, or not a number, is left out and named in the summary. ``classical`` names the
+    strong baseline's method (e.g. ``auto_ets``) where the run recorded it.
+    """
+    from lstmflow.tracking.runs import BASELINE_PREFIX
+
+    keys = {
+        f"{NAIVE_BASELINE_NAMES[task]} baseline": f"{BASELINE_PREFIX[task]}_{metric}",
+        f"{classical or 'classical'} baseline": f"{CLASSICAL_PREFIX}_{metric}",
+    }
+    found = {name: float(metrics[key]) for name, key in keys.items() if _finite(metrics.get(key))}
+    unlogged = " or ".join(f"test_{key}" for name, key in keys.items() if name not in found)
+    value = metrics.get(metric)
+    if value is None or not found:
+        missing = f"test_{metric}" if value is None else unlogged
+        return BaselineCheck(None, value, None, None, f"baselines not checked: the run logged no {missing}")
+    ranked = sorted(found.items(), key=lambda item: item[1], reverse=direction == "maximize")
+    baseline, baseline_value = ranked[0]
+    losing = [(name, other) for name, other in found.items() if not _better(value, other, direction)]
+    if losing:
+        relations = [f"{_relation(value, other, direction)} the {name}'s {other:.4g}" for name, other in losing]
+        summary = f"{metric} {value:.4g} is {' and '.join(relations)}"
+        return BaselineCheck(False, value, baseline, baseline_value, summary)
+    beats = " and ".join(f"the {name}'s {other:.4g}" for name, other in found.items())
+    note = f"; no {unlogged} was logged, so it was not checked" if unlogged else ""
+    return BaselineCheck(True, value, baseline, baseline_value, f"{metric} {value:.4g} beats {beats}{note}")
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _better(value: float, other: float, direction: str) -> bool:
+    return math.isfinite(value) and (value < other if direction == "minimize" else value > other)
+
+
+def _relation(value: float, other: float, direction: str) -> str:
+    if not math.isfinite(value):
+        return "not a number, so not better than"
+    return "no better than" if value == other else "worse than"
+
+
+def run_baselines(spec: PipelineSpec, uri: str, run_id: str) -> BaselineCheck:
+    """The check of :func:`check_baselines` on the test metrics (and the strong baseline's method, a run tag) that
+    ``run_id``'s evaluate step logged."""
+    from lstmflow.evaluation.baselines import BASELINE_TAG
+    from lstmflow.tracking.runs import recorded_run
+
+    rule, run = spec.promote, recorded_run(uri, run_id)
+    metric, direction = rule.resolved_metric(spec.task), rule.resolved_direction(spec.task)
+    return check_baselines(spec.task, metric, direction, run.test_metrics, run.tags.get(BASELINE_TAG))
+
+
+def warning(name: str, result: dict[str, Any]) -> str | None:
+    """The line a run ends with when the gate refused its version for losing to a baseline; None otherwise."""
+    if result.get("verdict") != "below_baseline":
+        return None
+    return f"warning: {name} version {result['version']} is not promoted: {result['baselines']} (promote.beat_baseline)"
+
+
 def judge_bundles(
     spec: PipelineSpec, features_dir: Path, challenger: Path, champion: Path, champion_version: str
 ) -> dict[str, Any]:
@@ -355,10 +454,11 @@ def gate(
 ) -> dict[str, Any]:
     """Judge the newly registered version against the alias's version and move the alias if it wins; record why.
 
-    ``features_dir`` holds the current features of ``spec``'s data, ``trained`` the new version's ``run_id`` and
-    ``run_dir``. Returns the decision (``promoted``, ``kept`` or ``already_champion``), its figures (the keys of
-    :data:`DECISION_FIELDS`, None where they do not apply, e.g. a first version's) and ``version``; ``recorded`` is
-    True when it was read back from an earlier run's tags instead of judged now (a version is judged once).
+    ``features_dir`` holds the current features of ``spec``'s data, ``trained`` the new version's ``run_id`` (whose
+    evaluate step logged the test metrics and baselines) and ``run_dir``. Returns the decision (``promoted``, ``kept``
+    or ``already_champion``), its figures (the keys of :data:`DECISION_FIELDS`, None where they do not apply, e.g. a
+    first version's), ``version`` and ``promoted``; ``recorded`` is True when it was read back from an earlier run's
+    tags instead of judged now (a version is judged once).
     """
     uri, name, version, alias = tracking.tracking_uri(root), spec.name, str(registered["version"]), spec.promote.alias
     tags = registry.version_tags(uri, name, version)
@@ -367,17 +467,39 @@ def gate(
     result: dict[str, Any] = {**dict.fromkeys(DECISION_FIELDS), "alias": alias, "version": version, "recorded": False}
     champion = registry.alias_version(uri, name, alias)
     if champion == version:
-        return result | {"decision": "already_champion", "reason": f"version {version} already is {alias!r}"}
+        reason = f"version {version} already is {alias!r}"
+        return _concluded(result | {"decision": "already_champion", "reason": reason})
     result |= _rule_fields(spec) | {"champion_version": champion}
-    if champion is None:
-        result |= {"decision": "promoted", "reason": f"first version: {name!r} has no {alias!r} yet"}
+    check = run_baselines(spec, uri, trained["run_id"]) if spec.promote.beat_baseline else None
+    if check is not None:
+        result |= {
+            "test_value": check.value, "baseline": check.baseline, "baseline_value": check.baseline_value,
+            "baselines": check.summary,
+        }  # fmt: skip
+    if check is not None and check.beaten is False:
+        reason = f"kept: {check.summary} (promote.beat_baseline)"
+        result |= {"decision": "kept", "verdict": "below_baseline", "reason": reason}
+    elif champion is None:
+        beats = f"; {check.summary}" if check is not None else ""
+        result |= {"decision": "promoted", "reason": f"first version: {name!r} has no {alias!r} yet{beats}"}
     else:
         ours = _local_bundle(uri, name, version, Path(trained["run_dir"]) / "bundle")
         with tempfile.TemporaryDirectory(prefix="lstmflow-champion-") as scratch:
             theirs = registry.download_bundle(uri, name, champion, Path(scratch))
             result |= judge_bundles(spec, Path(features_dir), ours, theirs, champion)
     result["decided_at"] = _now()
-    _record(uri, name, version, result, trained["run_id"])
+    _record(uri, name, version, _concluded(result), trained["run_id"])
+    return result
+
+
+def _concluded(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with its ``verdict`` (see :data:`VERDICTS`) and ``promoted``: whether the version is the alias's
+    version by the gate's decision (promoted now, or already)."""
+    decision = result["decision"]
+    if not result.get("verdict"):
+        kept = "unscored" if result.get("unscored") else "not_better"
+        result["verdict"] = decision if decision in ("promoted", "already_champion") else kept
+    result["promoted"] = decision != "kept"
     return result
 
 
@@ -385,7 +507,7 @@ def _rule_fields(spec: PipelineSpec) -> dict[str, Any]:
     rule, task = spec.promote, spec.task
     return {
         "metric": rule.resolved_metric(task), "direction": rule.resolved_direction(task), "min_gain": rule.min_gain,
-        "test": rule.resolved_test(task), "alpha": rule.alpha,
+        "test": rule.resolved_test(task), "alpha": rule.alpha, "beat_baseline": rule.beat_baseline,
     }  # fmt: skip
 
 
@@ -407,10 +529,12 @@ def _recorded(uri: str, name: str, version: str, tags: dict[str, str]) -> dict[s
         result[key] = float(value) if value is not None and key in _NUMBERS else value
     if result["n"] is not None:
         result["n"] = int(result["n"])
+    if result["beat_baseline"] is not None:
+        result["beat_baseline"] = result["beat_baseline"] == "True"
     alias = result["alias"]
     if result["decision"] == "promoted" and registry.alias_tag(alias, "since") not in tags:
         _move_alias(uri, name, alias, version, "gate", result["reason"])
-    return result
+    return _concluded(result)  # a decision recorded before verdicts were: derived from it
 
 
 def _record(uri: str, name: str, version: str, result: dict[str, Any], run_id: str) -> None:
@@ -437,7 +561,8 @@ def _log_on_run(uri: str, run_id: str, version: str, result: dict[str, Any]) -> 
     finite = {key: value for key, value in numbers.items() if value is not None and math.isfinite(value)}
     tracking.log_summary_metrics(uri, run_id, finite)
     tracking.set_tags(uri, run_id, {
-        GATE_TAG + "decision": result["decision"], GATE_TAG + "model_version": version,
+        GATE_TAG + "decision": result["decision"], GATE_TAG + "verdict": result["verdict"],
+        GATE_TAG + "model_version": version,
         GATE_TAG + "champion_version": result.get("champion_version") or "none", GATE_TAG + "reason": result["reason"],
     })  # fmt: skip
 

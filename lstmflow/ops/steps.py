@@ -157,7 +157,7 @@ def probe(spec: PipelineSpec, root: Path) -> PipelineSpec:
         raise DataError(f"pipelines.{spec.name}.data.path: no such file or folder: {spec.data.path}")
     if (files := spec.data.split.files) is not None:
         for part, path in (("val", files.val), ("test", files.test)):
-            if not path.exists():
+            if path is not None and not path.exists():
                 raise DataError(f"pipelines.{spec.name}.data.split.files.{part}: no such file or folder: {path}")
     return resolve(spec)
 
@@ -259,11 +259,18 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
         "epochs_run": result.epochs_run,
         "stopped_early": int(result.stopped_early),
         "train_seconds": result.seconds,
+        "steps": result.steps,
+        "batch_size_used": result.batch_size,
     }
     tracking.log_summary_metrics(uri, run_id, {k: float(v) for k, v in summary.items()})
-    tracking.set_tags(
-        uri, run_id, {"lstmflow.lstm_kernels": ",".join(result.lstm_kernels) or "none"}
-    )  # what trained each lstm
+    resolved = {  # what the automatic settings chose, and why training stopped
+        "lstmflow.lstm_kernels": ",".join(result.lstm_kernels) or "none",
+        "lstmflow.stopped_by": result.stopped_by,
+        "lstmflow.kept": result.kept,
+        "lstmflow.select": result.select,
+        "lstmflow.lr_schedule": result.lr_schedule,
+    }
+    tracking.set_tags(uri, run_id, resolved)
     return {"run_id": run_id, "run_dir": str(run_dir), "model_path": result.model_path, **summary}
 
 
@@ -294,9 +301,10 @@ def join_training(prepared: Prepared, root: Path, progress: bool = True) -> dict
 
 
 def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, float]:
-    """Score the test part beside its baseline (seasonal naive, the majority class, the unigram model); log metrics
-    and plots."""
+    """Score the test part beside its naive baseline (seasonal naive, the majority class, the unigram model) and its
+    strong classical one (tagged with its method); log metrics and plots."""
     from lstmflow.evaluation import evaluate as scoring
+    from lstmflow.evaluation.baselines import BASELINE_TAG, read_record
 
     spec = prepared.pipeline
     run_dir = Path(trained["run_dir"])
@@ -309,6 +317,10 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
     uri = tracking.tracking_uri(root)
     tracking.log_summary_metrics(uri, trained["run_id"], {f"test_{k}": v for k, v in metrics.items()})
     tracking.log_artifacts(uri, trained["run_id"], plots, "plots")
+    record = read_record(run_dir / "plots")
+    if record is not None:
+        skipped = " (skipped)" if "skipped" in record else ""
+        tracking.set_tags(uri, trained["run_id"], {BASELINE_TAG: record["method"] + skipped})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 

@@ -1,0 +1,357 @@
+"""The strong classical baselines on tiny real data: each scores under the model's metric names, AutoETS forecasts
+in original units without look-ahead and beats seasonal naive on a trending seasonal series, TF-IDF + logistic
+regression and the sequence classifier beat the majority class, and a failing baseline is skipped with a warning."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lstmflow.config import PipelineSpec, validate_pipeline
+from lstmflow.data.sequences import load_sequences, write_sequences
+from lstmflow.data.text import prepare_text_features
+from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
+from lstmflow.evaluation import baselines
+from lstmflow.evaluation.baselines import (
+    BaselineSkipped,
+    bigram_baseline,
+    classifier_baseline,
+    ets_forecasts,
+    read_record,
+    run_baseline,
+)
+from lstmflow.evaluation.evaluate import evaluate_classifier, evaluate_forecast
+from lstmflow.evaluation.metrics import mae, majority_baseline, seasonal_naive
+from lstmflow.models.lstm import build_model
+
+FORECAST_KEYS = {"mse", "rmse", "mae", "smape", "mase"}
+
+
+def airline_like(rows: int = 120, seed: int = 0) -> np.ndarray:
+    """Monthly, trending, multiplicatively seasonal and positive, like the airline passengers series."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(rows)
+    return (100 + 2.0 * t) * (1 + 0.25 * np.sin(2 * np.pi * t / 12)) * (1 + rng.normal(0, 0.02, rows))
+
+
+# ------------------------------------------------------------------------------------------------ forecasts
+
+
+def test_ets_forecasts_in_original_units_beat_seasonal_naive_on_a_trending_seasonal_series() -> None:
+    raw = airline_like()[:, None]  # (T, 1)
+    train_end, horizon, season = 84, 3, 12
+    origins = np.arange(96, len(raw) - horizon + 1)
+    forecasts, forms = ets_forecasts(raw, train_end, origins, horizon, season)
+
+    actual = np.stack([raw[t0 : t0 + horizon] for t0 in origins])  # (N, horizon, 1)
+    assert forecasts.shape == actual.shape
+    assert abs(forecasts.mean() / actual.mean() - 1) < 0.05  # original units, not a scaled or differenced space
+    naive = seasonal_naive(raw, origins, horizon, season)
+    assert mae(actual, forecasts) < 0.5 * mae(actual, naive)
+    assert len(forms) == 1 and forms[0].startswith("ETS(") and forms[0].endswith(",M)")  # multiplicative season
+
+
+def test_ets_forecasts_use_only_the_rows_before_each_origin() -> None:
+    raw = airline_like()[:, None]
+    origins = np.arange(90, 110)
+    forecasts, _ = ets_forecasts(raw, 84, origins, 4, 12)
+    changed = raw.copy()
+    changed[100:] *= 3.0  # the future after origin 100 changes
+    again, _ = ets_forecasts(changed, 84, origins, 4, 12)
+    np.testing.assert_allclose(again[origins <= 100], forecasts[origins <= 100])
+    assert not np.allclose(again[origins > 100], forecasts[origins > 100])
+
+
+def test_ets_on_data_with_zeros_and_no_season_keeps_to_additive_forms() -> None:
+    rng = np.random.default_rng(1)
+    raw = np.cumsum(rng.normal(0, 1, 80))[:, None] - 5.0  # a random walk through zero
+    forecasts, forms = ets_forecasts(raw, 60, np.arange(62, 78), 2, 1)
+    assert np.isfinite(forecasts).all()
+    assert forms[0].startswith("ETS(A,") and forms[0].endswith(",N)")
+
+
+def forecast_spec(tmp_path: Path) -> PipelineSpec:
+    months = pd.date_range("2000-01-01", periods=120, freq="MS").strftime("%Y-%m-%d")
+    pd.DataFrame({"t": months, "y": airline_like()}).to_csv(tmp_path / "series.csv", index=False)
+    raw = {
+        "name": "air",
+        "data": {
+            "path": str(tmp_path / "series.csv"),
+            "target": "y",
+            "time_column": "t",
+            "horizon": 2,
+            "split": {"val": 0.15, "test": 0.2},
+        },
+        "model": {"layers": [{"lstm": {"units": 4}}, {"dense": {}}]},
+    }
+    return resolve_data(PipelineSpec.model_validate(raw))
+
+
+def test_evaluate_forecast_scores_the_ets_baseline_under_the_model_names(tmp_path: Path) -> None:
+    spec = forecast_spec(tmp_path)
+    prepare_features(spec.data, spec.evaluate.season, tmp_path / "features")  # type: ignore[arg-type]
+    features = load_features(tmp_path / "features")
+    torch.manual_seed(0)
+    model = build_model(spec.model, features.n_features, features.horizon * features.n_targets, where="model")
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+
+    metrics, plots = evaluate_forecast(spec, tmp_path / "features", tmp_path / "model.pt", tmp_path / "plots")
+
+    for prefix in ("", "naive_", "baseline_"):
+        assert {f"{prefix}{key}" for key in FORECAST_KEYS} <= set(metrics)
+    assert metrics["baseline_mse"] == pytest.approx(metrics["baseline_rmse"] ** 2)
+    assert metrics["baseline_mae"] < metrics["naive_mae"]
+    assert [path.name for path in plots] == ["forecast.png"]
+    record = read_record(tmp_path / "plots")
+    assert record is not None and record["method"] == "auto_ets" and len(record["forms"]) == 1
+
+
+# ------------------------------------------------------------------------------------------------ classifiers
+
+
+def shapes(length: int, label: str, rng: np.random.Generator) -> np.ndarray:
+    """(T, 2): a rising ramp, a falling ramp or a bump, plus a noise feature."""
+    t = np.linspace(0.0, 1.0, length)
+    signal = {"rising": t, "falling": 1.0 - t, "bump": np.sin(np.pi * t)}[label]
+    return np.stack([signal + rng.normal(0, 0.1, length), rng.normal(0, 1, length)], axis=1)
+
+
+def shapes_features(tmp_path: Path, per_class: tuple[int, int, int] = (8, 3, 5)) -> Path:
+    """A prepared store of ramps and bumps of 6 to 30 steps; the training majority is no help on the test part."""
+    rng = np.random.default_rng(0)
+    sequences, labels, parts = [], [], []
+    for label in ("bump", "falling", "rising"):
+        for part, count in enumerate(per_class):
+            for _ in range(count + (label == "rising") * (part == 0)):  # rising is the training majority
+                sequences.append(shapes(int(rng.integers(6, 31)), label, rng))
+                labels.append(label)
+                parts.append(part)
+    out = tmp_path / "features"
+    write_sequences(out, sequences, labels, np.array(parts, dtype=np.int8), "standard", None, "pipelines.t.data", {})
+    return out
+
+
+def sequences_spec(tmp_path: Path) -> PipelineSpec:
+    raw = {
+        "task": "classify",
+        "data": {"kind": "sequences", "path": "shapes.csv", "format": "wide"},
+        "model": {"layers": [{"lstm": {"units": 4}}, {"dense": {"activation": "softmax"}}]},
+    }
+    return validate_pipeline("t", raw, tmp_path)
+
+
+def majority(features: Any) -> float:
+    labels = (features.part("train").labels, features.part("test").labels)
+    return majority_baseline(*labels, features.n_classes)["majority_accuracy"]
+
+
+def test_sequence_baseline_beats_the_majority_class(tmp_path: Path) -> None:
+    features = load_sequences(shapes_features(tmp_path))
+    baseline = classifier_baseline(sequences_spec(tmp_path), features)
+    assert baseline.method in {"ridge_resampled", "nn1_euclidean"}
+    assert set(baseline.prefixed()) == {"baseline_accuracy", "baseline_macro_f1"}
+    assert baseline.metrics["accuracy"] >= 0.8 > majority(features) + 0.3
+
+
+def test_without_a_validation_part_the_ridge_classifier_is_used(tmp_path: Path) -> None:
+    features = load_sequences(shapes_features(tmp_path, per_class=(8, 0, 5)))
+    baseline = classifier_baseline(sequences_spec(tmp_path), features)
+    assert baseline.method == "ridge_resampled" and baseline.metrics["accuracy"] > majority(features)
+
+
+def test_audio_baseline_reads_the_mean_and_spread_of_the_stored_features(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    loud = [rng.normal(0, 3, (int(rng.integers(10, 20)), 3)) for _ in range(24)]  # loud and quiet differ in spread
+    quiet = [rng.normal(0, 1, (int(rng.integers(10, 20)), 3)) for _ in range(24)]
+    parts = np.array([0] * 14 + [1] * 4 + [2] * 6, dtype=np.int8)
+    out = tmp_path / "features"
+    labels = ["loud"] * 24 + ["quiet"] * 24
+    write_sequences(out, loud + quiet, labels, np.concatenate([parts, parts]), "standard", None, "data", {})
+    spec = SimpleNamespace(name="a", data=SimpleNamespace(kind="audio"))
+
+    baseline = classifier_baseline(spec, load_sequences(out))  # type: ignore[arg-type]
+
+    assert baseline.method == "logistic_mean_std"
+    assert baseline.metrics["accuracy"] >= 0.9
+
+
+TOPICS = {
+    "cooking": [
+        "oven",
+        "flour",
+        "sugar",
+        "bake",
+        "simmer",
+        "garlic",
+        "onion",
+        "recipe",
+        "pan",
+        "butter",
+        "salt",
+        "pepper",
+    ],
+    "football": [
+        "goal",
+        "striker",
+        "referee",
+        "penalty",
+        "match",
+        "league",
+        "keeper",
+        "pitch",
+        "corner",
+        "midfield",
+        "coach",
+        "score",
+    ],
+    "weather": [
+        "rain",
+        "cloud",
+        "storm",
+        "forecast",
+        "sunny",
+        "wind",
+        "snow",
+        "humid",
+        "thunder",
+        "degrees",
+        "cold",
+        "fog",
+    ],
+}
+FILLER = ["the", "a", "of", "and", "to", "in", "it", "was", "very", "today", "we", "they", "this", "that"]
+
+
+def text_rows(rng: np.random.Generator) -> list[dict[str, str]]:
+    """Short texts of three topics, each a few topic words among common filler words; the majority is football."""
+    rows = []
+    for topic, count in (("cooking", 20), ("football", 34), ("weather", 20)):
+        for _ in range(count):
+            words = list(rng.choice(TOPICS[topic], 3)) + list(rng.choice(FILLER, 6))
+            rows.append({"text": " ".join(rng.permutation(words)), "label": topic})
+    return rows
+
+
+def test_tfidf_logistic_beats_the_majority_class_on_small_texts(tmp_path: Path) -> None:
+    pd.DataFrame(text_rows(np.random.default_rng(3))).to_csv(tmp_path / "texts.csv", index=False)
+    raw = {
+        "task": "classify",
+        "data": {"kind": "text", "path": "texts.csv", "tokenizer": {"kind": "word"}},
+        "model": {"layers": [{"embedding": {"dim": 8}}, {"lstm": {"units": 4}}, {"dense": {}}]},
+    }
+    spec = validate_pipeline("texts", raw, tmp_path)
+    prepare_text_features(spec.data, tmp_path / "features", "pipelines.texts.data")  # type: ignore[arg-type]
+    features = load_sequences(tmp_path / "features")
+
+    baseline = classifier_baseline(spec, features)
+
+    assert baseline.method == "tfidf_logistic"
+    assert baseline.metrics["accuracy"] >= 0.9 > majority(features) + 0.3
+
+
+def test_text_baseline_refuses_raw_texts_that_no_longer_match(tmp_path: Path) -> None:
+    rows = text_rows(np.random.default_rng(4))
+    pd.DataFrame(rows).to_csv(tmp_path / "texts.csv", index=False)
+    raw = {"task": "classify", "data": {"kind": "text", "path": "texts.csv"}, "model": {"layers": [{"dense": {}}]}}
+    spec = validate_pipeline("texts", raw, tmp_path)
+    prepare_text_features(spec.data, tmp_path / "features", "data")  # type: ignore[arg-type]
+    pd.DataFrame(rows[:-3]).to_csv(tmp_path / "texts.csv", index=False)  # edited after the data stage
+    with pytest.raises(ValueError, match="no longer match the prepared ones"):
+        classifier_baseline(spec, load_sequences(tmp_path / "features"))
+
+
+def test_evaluate_classifier_adds_the_baseline_or_skips_it_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    features_dir = shapes_features(tmp_path)
+    spec = sequences_spec(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(spec.model, 2, 3, where="model")
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+
+    metrics, _ = evaluate_classifier(spec, features_dir, tmp_path / "model.pt", tmp_path / "plots")
+    assert metrics["baseline_accuracy"] > metrics["majority_accuracy"]
+    assert read_record(tmp_path / "plots")["method"] in {"ridge_resampled", "nn1_euclidean"}  # type: ignore[index]
+
+    def broken(*_: object) -> baselines.Baseline:
+        raise np.linalg.LinAlgError("singular matrix")
+
+    monkeypatch.setattr("lstmflow.evaluation.evaluate.classifier_baseline", broken)
+    with pytest.warns(BaselineSkipped, match="strong baseline sequences baseline skipped: LinAlgError: singular"):
+        metrics, plots = evaluate_classifier(spec, features_dir, tmp_path / "model.pt", tmp_path / "plots")
+    assert not any(key.startswith("baseline_") for key in metrics) and "majority_accuracy" in metrics
+    assert [path.name for path in plots] == ["confusion_matrix.png"]
+    assert read_record(tmp_path / "plots") == {
+        "method": "sequences baseline",
+        "skipped": "LinAlgError: singular matrix",
+    }
+
+
+def test_run_baseline_records_the_method_and_its_details(tmp_path: Path) -> None:
+    made = baselines.Baseline("tfidf_logistic", {"accuracy": 0.5}, details={"c": 10.0})
+    assert run_baseline("text baseline", lambda: made, tmp_path) is made
+    record = json.loads((tmp_path / "baseline.json").read_text())
+    assert record["method"] == "tfidf_logistic" and record["c"] == 10.0 and record["seconds"] >= 0
+    assert read_record(tmp_path / "elsewhere") is None
+
+
+# ------------------------------------------------------------------------------------------------ language models
+
+
+def test_bigram_baseline_by_hand_and_beside_the_unigram() -> None:
+    train = np.array([0, 1, 0, 1, 0, 1, 2])  # 0 is always followed by 1
+    streams = np.array([[0, 1, 0], [1, 2, 1]])  # scored: 1 after 0, 0 after 1; 2 after 1, 1 after 2
+    baseline = bigram_baseline(train, streams, vocab_size=3)
+    # add-one counts: from 0 → (1, 4, 1) of 6; from 1 → (3, 1, 2) of 6; from 2 → (1, 1, 1) of 3
+    expected = -np.mean(np.log([4 / 6, 3 / 6, 2 / 6, 1 / 3]))
+    assert baseline.metrics["cross_entropy"] == pytest.approx(expected)
+    unigram = np.bincount(train, minlength=3) + 1.0
+    unigram_entropy = -np.mean(np.log(unigram[streams[:, 1:]] / unigram.sum()))
+    assert baseline.metrics["cross_entropy"] < unigram_entropy
+    with pytest.raises(ValueError, match="too large for a bigram table"):
+        bigram_baseline(train, streams, vocab_size=5000)
+    assert math.isfinite(baseline.metrics["cross_entropy"])
+
+
+def test_evaluate_language_model_scores_the_char_bigram_under_the_model_names(tmp_path: Path) -> None:
+    from lstmflow.data.corpus import load_corpus, prepare_corpus_features
+    from lstmflow.evaluation.evaluate import evaluate_language_model
+
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat, the dog sat on the log. " * 40, encoding="utf-8")
+    raw = {
+        "task": "language_model",
+        "data": {"kind": "corpus", "path": "corpus.txt", "sequence_length": 12},
+        "model": {
+            "layers": [{"embedding": {"dim": 4}}, {"lstm": {"units": 4, "return_sequences": True}}, {"dense": {}}]
+        },
+        "train": {"batch_size": 4},
+    }
+    spec = validate_pipeline("lm", raw, tmp_path)
+    prepare_corpus_features(spec.data, tmp_path / "f", "lm.data")  # type: ignore[arg-type]
+    vocab = load_corpus(tmp_path / "f").vocab_size
+    torch.manual_seed(0)
+    model = build_model(spec.model, vocab, vocab, where="model", per_step=True)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+
+    metrics, _ = evaluate_language_model(spec, tmp_path / "f", tmp_path / "model.pt", tmp_path / "plots")
+
+    for key in ("cross_entropy", "perplexity", "bits_per_character"):
+        assert {key, f"unigram_{key}", f"baseline_{key}"} <= set(metrics)
+    assert metrics["baseline_cross_entropy"] < 0.6 * metrics["unigram_cross_entropy"]  # the text repeats itself
+    assert read_record(tmp_path / "plots")["method"] == "bigram_add_one"  # type: ignore[index]
+
+
+def test_one_step_ets_forecasts_equal_the_dynamic_predictions_from_each_origin() -> None:
+    raw = airline_like()[:, None]
+    origins = np.arange(90, 118)
+    one_step, _ = ets_forecasts(raw, 84, origins, 1, 12)  # the fitted values' fast path
+    two_steps, _ = ets_forecasts(raw, 84, origins, 2, 12)  # one dynamic prediction per origin
+    np.testing.assert_allclose(one_step[:, 0], two_steps[:, 0], rtol=1e-9)
