@@ -69,16 +69,21 @@ QUIET_LOGS = {
 }
 
 
-def configure_environment(root: Path) -> None:
+def configure_environment(root: Path, use_stack: bool = True) -> None:
     """Keep Prefect's, MLflow's and DVC's state in the project and everything offline and quiet; while the
-    project's stack (``lstmflow up``) runs, point Prefect and MLflow at its servers.
+    project's stack (``lstmflow up``) runs, point Prefect and MLflow at its servers (unless ``use_stack`` is false).
+
+    A recorded stack that is not healthy stops the command with an :class:`~lstmflow.errors.LstmflowError` naming
+    what is wrong, rather than let it use other servers; not so where ``PREFECT_API_URL`` and
+    ``MLFLOW_TRACKING_URI`` are both set already, since the stack's servers would not be used anyway.
 
     Must run before Prefect is imported; values already in the environment win.
     """
     from lstmflow.ops.stack import environment
 
+    servers_given = all(key in os.environ for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"))
     defaults = {
-        **environment(root),
+        **(environment(root) if use_stack and not servers_given else {}),
         "PREFECT_HOME": str(root / ".prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lstmflow.cli.shared import ConfigOption, load_config, out
+from lstmflow.cli.shared import ConfigOption, configure_environment, out
+from lstmflow.config import Config
+from lstmflow.errors import LstmflowError
 
 
 def up_command(
@@ -27,7 +29,8 @@ def up_command(
     """
     from lstmflow.ops import stack
 
-    root = load_config(config).path.parent
+    root = Config.load(config).path.parent
+    configure_environment(root, use_stack=False)  # `up` itself says what is wrong with a stack already recorded
     for service in stack.up(root, prefect_port=prefect_port, mlflow_port=mlflow_port):
         url = service.url.removesuffix("/api") if service.name == "prefect" else service.url
         where = f"work pool {stack.LOCAL_POOL}" if service.name == "worker" else url
@@ -35,7 +38,8 @@ def up_command(
 
 
 def down_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
-    """Stop the servers and the worker that `lstmflow up` started for this project."""
+    """Stop the servers and the worker that `lstmflow up` started for this project, with every process they started,
+    also those a crashed server left behind."""
     from lstmflow.ops import stack
 
     stopped = stack.down(Path(config).expanduser().resolve().parent)
@@ -43,14 +47,18 @@ def down_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
 
 
 def status_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
-    """Show the services `lstmflow up` started for this project and whether each answers."""
+    """Show the services `lstmflow up` started for this project and whether each answers; exit 1 if any does not."""
     from lstmflow.ops import stack
 
-    services = stack.status(Path(config).expanduser().resolve().parent)
+    root = Path(config).expanduser().resolve().parent
+    services = stack.health(root)
     if not services:
         out.print("the stack is down (start it with `lstmflow up`)")
         return
     table = Table("service", "pid", "url", "healthy")
-    for service, healthy in services:
-        table.add_row(service.name, str(service.pid), service.url, "yes" if healthy else "[red]no[/]")
+    for service, problem in services:
+        table.add_row(service.name, str(service.pid), service.url, "yes" if problem is None else "[red]no[/]")
     out.print(table)
+    problems = [problem for _, problem in services if problem]
+    if problems:
+        raise LstmflowError(stack.unhealthy_message(root, problems))

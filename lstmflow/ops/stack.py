@@ -9,20 +9,32 @@ stay visible) and returns once each answers its health check. What is running is
 A recorded PID alone does not say the process is still the service: after a reboot, or long after the service
 stopped, another process may hold it, and ``down`` would signal that process's group. So each service records its
 process's start time and command line at ``up``, and is taken as running only while both still match.
+
+A service is a tree of processes: the MLflow server runs a dozen (uvicorn workers, job consumers), and when its main
+process dies (``kill -9``, the OOM killer) they live on, answering on its port. So each service starts in its own
+session and process group, with a token of its own in its environment (``LSTMFLOW_STACK_SERVICE``, which its
+children inherit), and ``up`` records the children it has once the stack is healthy. ``down`` stops every process of
+the service's tree: the group and session of a main process that still runs, and otherwise each process of the
+recorded group, session or children that proves to be the service's own (recorded start time, or the token in its
+environment), and their descendants; SIGTERM, then SIGKILL after a grace period. A process that merely holds a
+recorded PID or group id is never signalled. ``status`` and every command that would use the stack (see
+:func:`environment`) name what is unhealthy instead of quietly falling back to other servers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -37,6 +49,13 @@ LOCAL_POOL = "local"
 #: Seconds a process's start time may differ between two readings and still be the same process: psutil derives it
 #: from the boot time, which Linux reports in whole seconds and which moves when the clock is adjusted.
 START_TIME_SLACK = 1.0
+#: The environment variable that carries a service's token to every process of its tree.
+TOKEN_VARIABLE = "LSTMFLOW_STACK_SERVICE"
+#: Seconds ``down`` waits after SIGKILL for the processes to go.
+KILL_WAIT = 5.0
+#: Seconds a running server has to answer its health check before ``status`` and the commands call it unhealthy (a
+#: closed port answers at once; a busy machine can take seconds).
+HEALTH_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,8 @@ class Service:
     log: str
     started: float = 0.0  # the process's start time (psutil's create_time); 0 where a state file lacks it
     command: tuple[str, ...] = ()  # its command line as started
+    token: str = ""  # the value of TOKEN_VARIABLE in its environment; "" where a state file lacks it
+    children: tuple[tuple[int, float], ...] = ()  # (pid, start time) of its descendants once the stack was healthy
 
     def running(self) -> bool:
         """Whether the PID still runs this service: alive, with the recorded start time and command line.
@@ -63,6 +84,25 @@ class Service:
         except psutil.Error:  # gone, a zombie, or not ours to read
             return False
 
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this service's tree: what ``down`` stops; empty once the whole tree is gone."""
+        return _tree(self)
+
+    def problem(self) -> str | None:
+        """Why this service is not healthy, in a line; ``None`` when it runs and its server answers."""
+        if self.running():
+            if _healthy(self, timeout=HEALTH_TIMEOUT):
+                return None
+            return f"{self.name} does not answer on {urllib.parse.urlsplit(self.url).netloc}"
+        left = self.processes()
+        if left:
+            pids = ", ".join(str(process.pid) for process in left[:5]) + (", …" if len(left) > 5 else "")
+            return (
+                f"the {self.name} process (pid {self.pid}) is gone but {len(left)} of its processes still run "
+                f"(pid {pids})"
+            )
+        return f"{self.name} (pid {self.pid}) is not running"
+
 
 def up(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120.0) -> list[Service]:
     """Start the Prefect server, the MLflow server and a worker of the local pool; return once all are healthy.
@@ -71,11 +111,14 @@ def up(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, timeout: f
     ``timeout`` seconds, everything already started is stopped again and the error quotes its log.
     """
     root = Path(root).resolve()
-    running = [service for service in _read_state(root) if service.running()]
-    if running:
+    recorded = _read_state(root)
+    running = [service for service in recorded if service.running()]
+    if running and len(running) == len(recorded) and all(service.problem() is None for service in recorded):
         raise ConfigError(
             f"the stack of {root} is already up ({', '.join(s.name for s in running)}); `lstmflow down` first"
         )
+    if any(service.processes() for service in recorded):
+        raise LstmflowError(unhealthy_message(root, [p for p in map(Service.problem, recorded) if p]))
     for name, port in (("Prefect", prefect_port), ("MLflow", mlflow_port)):
         if not _port_free(port):
             flag = "--prefect-port" if name == "Prefect" else "--mlflow-port"
@@ -101,6 +144,8 @@ def up(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, timeout: f
             if name != "worker":
                 _wait_healthy(started[-1], timeout)
         _wait_for_worker(prefect_url, started[-1], timeout)
+        started = [_with_children(service) for service in started]
+        _write_state(root, started)
     except BaseException:
         _stop(started)
         (root / STATE_FILE).unlink(missing_ok=True)
@@ -109,9 +154,10 @@ def up(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, timeout: f
 
 
 def down(root: Path, timeout: float = 30.0) -> list[Service]:
-    """Stop every service of the stack (SIGTERM, then SIGKILL after ``timeout``); return those that were running."""
+    """Stop every process of every service of the stack (SIGTERM, then SIGKILL after ``timeout``), also those a
+    crashed service left behind; return the services that had anything running."""
     root = Path(root).resolve()
-    services = [service for service in _read_state(root) if service.running()]
+    services = [service for service in _read_state(root) if service.processes()]
     _stop(services, timeout)
     (root / STATE_FILE).unlink(missing_ok=True)
     return services
@@ -119,12 +165,34 @@ def down(root: Path, timeout: float = 30.0) -> list[Service]:
 
 def status(root: Path) -> list[tuple[Service, bool]]:
     """Each recorded service with whether it is healthy now (running, and its server answering)."""
-    return [(service, service.running() and _healthy(service)) for service in _read_state(Path(root).resolve())]
+    return [(service, problem is None) for service, problem in health(root)]
+
+
+def health(root: Path) -> list[tuple[Service, str | None]]:
+    """Each recorded service with why it is not healthy now (see :meth:`Service.problem`), ``None`` when it is."""
+    return [(service, service.problem()) for service in _read_state(Path(root).resolve())]
+
+
+def unhealthy_message(root: Path, problems: list[str]) -> str:
+    """The one message for a recorded stack that is not healthy: what is wrong, and what to do."""
+    return (
+        f"the stack recorded in {Path(root).resolve() / STATE_FILE} is not healthy: {'; '.join(problems)}; "
+        "run `lstmflow down` then `lstmflow up`"
+    )
 
 
 def environment(root: Path) -> dict[str, str]:
-    """``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` of the stack while its servers run, else nothing."""
-    services = {service.name: service for service in _read_state(Path(root).resolve()) if service.running()}
+    """``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` of the project's stack; nothing when no stack is recorded.
+
+    A recorded stack that is not healthy (a service gone, a server not answering, processes left by a crash) is an
+    :class:`~lstmflow.errors.LstmflowError` naming it: a command must not quietly use other servers instead.
+    """
+    root = Path(root).resolve()
+    checked = health(root)
+    problems = [problem for _, problem in checked if problem]
+    if problems:
+        raise LstmflowError(unhealthy_message(root, problems))
+    services = {service.name: service for service, _ in checked}
     if "prefect" not in services or "mlflow" not in services:
         return {}
     return {"PREFECT_API_URL": services["prefect"].url, "MLFLOW_TRACKING_URI": services["mlflow"].url}
@@ -145,14 +213,88 @@ def _port_free(port: int) -> bool:
 
 
 def _start(root: Path, name: str, command: list[str], url: str, environment: dict[str, str]) -> Service:
-    """Start ``command`` in its own session (so ``down`` stops its children too), logging to its file."""
+    """Start ``command`` in its own session and with a token of its own (so ``down`` finds its children, also after
+    it died), logging to its file."""
     log = root / LOG_DIR / f"{name}.log"
+    token = f"{name}-{secrets.token_hex(8)}"
     with open(log, "ab") as output:
         process = subprocess.Popen(
-            command, cwd=root, env=environment, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, cwd=root, env={**environment, TOKEN_VARIABLE: token}, stdin=subprocess.DEVNULL, stdout=output,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    return Service(name, process.pid, url, str(log), _settled(process.pid), tuple(command))
+    return Service(name, process.pid, url, str(log), _settled(process.pid), tuple(command), token)
+
+
+def _with_children(service: Service) -> Service:
+    """``service`` with its descendants as they are now recorded: ``down`` finds them even where they left its group
+    and its main process died."""
+    try:
+        children = psutil.Process(service.pid).children(recursive=True) if service.running() else []
+    except psutil.Error:
+        children = []
+    known = []
+    for child in children:
+        try:
+            known.append((child.pid, child.create_time()))
+        except psutil.Error:  # exited meanwhile
+            pass
+    return replace(service, children=tuple(known))
+
+
+def _group_of(pid: int) -> tuple[int, int]:
+    """The process group and session of ``pid``."""
+    return os.getpgid(pid), os.getsid(pid)
+
+
+def _tree(service: Service) -> list[psutil.Process]:
+    """The live processes of ``service``'s tree (see the module's docstring)."""
+    leader = service.running()
+    recorded = dict(service.children)
+    found: dict[int, psutil.Process] = {}
+    for process in psutil.process_iter():
+        try:
+            if process.pid == os.getpid():
+                continue
+            in_group = service.pid in _group_of(process.pid)
+            if (in_group or process.pid in recorded) and _owned(process, service, leader, in_group, recorded):
+                found[process.pid] = process
+        except (psutil.Error, OSError):  # gone meanwhile, or not ours to read
+            continue
+    for process in list(found.values()):
+        try:
+            for child in process.children(recursive=True):
+                found.setdefault(child.pid, child)
+        except psutil.Error:
+            continue
+    return [process for process in found.values() if not _gone(process)]
+
+
+def _owned(process: psutil.Process, service: Service, leader: bool, in_group: bool, recorded: dict[int, float]) -> bool:
+    """Whether ``process``, found in the service's group or session or among its recorded children, is its own."""
+    if process.pid == service.pid:
+        return leader  # the recorded PID: only with the recorded start time and command line
+    if leader and in_group:
+        return True  # a group or session whose leader still runs holds only that leader's processes
+    started = recorded.get(process.pid)
+    if started is not None and abs(process.create_time() - started) <= START_TIME_SLACK:
+        return True
+    return bool(service.token) and process.environ().get(TOKEN_VARIABLE) == service.token
+
+
+def _gone(process: psutil.Process) -> bool:
+    """Whether ``process`` has exited; collects it if it is our exited child (else it would linger as a zombie)."""
+    try:
+        if process.status() != psutil.STATUS_ZOMBIE:
+            return not process.is_running()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+    try:
+        os.waitpid(process.pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: its parent collects it
+        pass
+    return True
 
 
 def _settled(pid: int, timeout: float = 2.0) -> float:
@@ -175,11 +317,11 @@ def _health_url(service: Service) -> str:
     return f"{service.url}/health"  # Prefect: /api/health; MLflow: /health
 
 
-def _healthy(service: Service) -> bool:
+def _healthy(service: Service, timeout: float = 2.0) -> bool:
     if service.name == "worker":
         return True  # no endpoint of its own: alive is all it can say
     try:
-        with urllib.request.urlopen(_health_url(service), timeout=2) as answer:
+        with urllib.request.urlopen(_health_url(service), timeout=timeout) as answer:
             return answer.status == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -222,38 +364,35 @@ def _wait_for_worker(prefect_url: str, worker: Service, timeout: float) -> None:
 
 
 def _stop(services: list[Service], timeout: float = 30.0) -> None:
-    """SIGTERM each service's process group, then SIGKILL what is left after ``timeout``."""
-    for service in reversed(services):  # the worker first, the servers after
+    """SIGTERM every process of each service's tree, then SIGKILL what is left after ``timeout``.
+
+    The trees are found again before SIGKILL: a process that the dying ones started meanwhile goes too.
+    """
+    targets = [process for service in reversed(services) for process in service.processes()]  # the worker first
+    _signal(targets, signal.SIGTERM)
+    _wait_gone(targets, timeout)
+    for _ in range(3):
+        left = {process.pid: process for process in targets if not _gone(process)}
+        left.update((process.pid, process) for service in services for process in service.processes())
+        if not left:
+            return
+        targets = list(left.values())
+        _signal(targets, signal.SIGKILL)
+        _wait_gone(targets, KILL_WAIT)
+
+
+def _signal(processes: list[psutil.Process], signum: int) -> None:
+    for process in processes:
         try:
-            os.killpg(service.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
+            process.send_signal(signum)  # psutil checks that the PID still names the same process
+        except psutil.Error:
             pass
+
+
+def _wait_gone(processes: list[psutil.Process], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    for service in services:
-        while _reap(service.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if service.running():
-            try:
-                os.killpg(service.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            while _reap(service.pid):
-                time.sleep(0.1)
-
-
-def _reap(pid: int) -> bool:
-    """Whether ``pid`` still runs; collects it if it is our exited child (else it would linger as a zombie)."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:  # not our child: started by another lstmflow command
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    while not all(_gone(process) for process in processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _log_tail(service: Service, lines: int = 20) -> str:
@@ -268,7 +407,25 @@ def _read_state(root: Path) -> list[Service]:
     path = root / STATE_FILE
     if not path.exists():
         return []
-    return [Service(**{**entry, "command": tuple(entry.get("command", ()))}) for entry in json.loads(path.read_text())]
+    try:
+        return _parse_state(path.read_text())
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise LstmflowError(
+            f"{path} is not a stack record lstmflow wrote ({exc}); stop what it started yourself, then delete it"
+        ) from None
+
+
+def _parse_state(text: str) -> list[Service]:
+    return [
+        Service(
+            **{
+                **entry,
+                "command": tuple(entry.get("command", ())),
+                "children": tuple((int(pid), float(started)) for pid, started in entry.get("children", ())),
+            }
+        )
+        for entry in json.loads(text)
+    ]
 
 
 def _write_state(root: Path, services: list[Service]) -> None:
