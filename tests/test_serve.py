@@ -251,8 +251,27 @@ BAD_REQUESTS = {  # server, body, what the 400's message must say
     ),
     "text: not JSON": ("agents", b"the cat chased the dog", "valid JSON"),
     "audio: a file that does not decode": ("chirps", "undecodable", "not-audio.wav': not readable as audio"),
-    "audio: a file that is not there": ("chirps", "missing", "No such file or directory"),
+    "audio: a file that is not there": ("chirps", "missing", "missing.wav': no such file"),
     "audio: missing field": ("chirps", {"dataframe_records": [{"file": "x.wav"}]}, "missing inputs ['path']"),
+    # issue 14: what crashed the parser, came back as a 200 or a stack trace, or opened files anywhere
+    "any: JSON nested 100,000 deep": ("agents", b"[" * 100_000, "nests 100000 levels deep"),
+    "series: an infinite value": (
+        "tiny",
+        {"dataframe_records": [{"value": 1.0}] * 23 + [{"value": float("inf")}]},
+        "column 'value', row 23: inf (not finite)",
+    ),
+    "series: true/false": ("tiny", {"dataframe_records": [{"value": True}] * 24}, "column 'value', row 0: true"),
+    "text: a list": ("agents", {"dataframe_records": [{"text": [1, 2]}]}, "got 0: list"),
+    "audio: a file outside the data folder": (
+        "chirps",
+        {"dataframe_records": [{"path": "/etc/passwd"}]},
+        "'/etc/passwd' is not a file this model may read",
+    ),
+    "audio: a path climbing out": (
+        "chirps",
+        {"dataframe_records": [{"path": "../../../../../../../etc/hostname"}]},
+        "is not a file this model may read",
+    ),
 }
 
 
@@ -264,13 +283,14 @@ def test_a_bad_request_is_a_400_with_its_reason_and_the_server_keeps_serving(
     root, servers = served
     name, body, reason = BAD_REQUESTS[case]
     if body == "undecodable":
-        (root / "not-audio.wav").write_bytes(b"RIFF\x00\x00 this is not a wave file" * 20)
-        body = {"dataframe_records": [{"path": str(root / "not-audio.wav")}]}
-    elif body == "missing":
-        body = {"dataframe_records": [{"path": str(root / "missing.wav")}]}
+        (root / "data" / "chirps" / "not-audio.wav").write_bytes(b"RIFF\x00\x00 this is not a wave file" * 20)
+        body = {"dataframe_records": [{"path": str(root / "data" / "chirps" / "not-audio.wav")}]}
+    elif body == "missing":  # inside the data folder: outside it, whether a file exists is not told
+        body = {"dataframe_records": [{"path": str(root / "data" / "chirps" / "missing.wav")}]}
     status, answer = servers[name].post(body)
     assert status == 400, (status, answer)
     assert reason in answer["message"], answer
+    assert "\n" not in answer["message"] and "stack_trace" not in answer, answer
     good = {
         "tiny": {"dataframe_records": [{"value": 10.0 + i % 12} for i in range(24)]},
         "agents": {"dataframe_records": [{"text": "the cat chased the dog"}]},
@@ -317,7 +337,8 @@ def test_predict_and_serve_refuse_bad_inputs_with_a_message_not_a_traceback(
             "predict",
             "chirps",
             str(root / "noise.wav"),
-        ): "noise.wav': not readable as audio",  # refused by the model itself
+        ): "noise.wav': not readable as audio",  # refused by the model itself; the current directory is allowed
+        ("predict", "chirps", "/etc/passwd"): "'/etc/passwd' is not a file this model may read",
         ("serve", "agents@challenger"): "alias @challenger is not set; its aliases: @champion (version 1)",
         (
             "serve",

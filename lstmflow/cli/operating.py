@@ -309,6 +309,8 @@ def predict_command(
     choice = _choose_model(name, version, alias, root)
     model = tracking.load_model(tracking.tracking_uri(root), choice.model_uri)
     predictor = runs.served_predictor(model)
+    if hasattr(predictor, "allow_files_under"):
+        predictor.allow_files_under(Path.cwd())  # files named on the command line: the current directory too
     request = request_table(predictor.spec, inputs, getattr(predictor, "columns", None))
     answer = answer_by_input(runs.predict(model, request, choice.model_uri), inputs)
     if as_json:

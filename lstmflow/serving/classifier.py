@@ -9,6 +9,7 @@ pyfunc.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,9 +20,14 @@ import numpy as np
 import pandas as pd
 
 from lstmflow.serving.bundle import load_network
-from lstmflow.serving.request_checks import BadRequest, decoded, require_columns
+from lstmflow.serving.files import ROOTS_KEY, FileGate, recorded_roots
+from lstmflow.serving.request_checks import BadRequest, decoded, describe, numbers, require_columns
 
 PIXEL_PREFIX = "pixel_"
+#: The key of a request frame's ``attrs`` under which :meth:`Classifier.requests` names the data's own folders, so
+#: that any model scored on the pipeline's samples (the gate's champion among them) may read them. A served request
+#: is built from JSON by MLflow and cannot carry it.
+DATA_FOLDERS_ATTR = "lstmflow_data_folders"
 #: What a classifier needs from its features' metadata to read a request like the training data.
 SERVED_META = {"image_shape", "channels", "grayscale", "max_length", "vocab_size"}
 
@@ -63,6 +69,12 @@ class Classifier:
             from lstmflow.data.text import TOKENIZER_FILE, Tokenizer
 
             self.tokenizer = Tokenizer.load(bundle_dir / TOKENIZER_FILE)
+        #: Where request paths may point (audio clips, images): see :mod:`lstmflow.serving.files`.
+        self.files = FileGate(info.get(ROOTS_KEY))
+
+    def allow_files_under(self, *folders: Path | str) -> None:
+        """Let requests name files under ``folders`` too (``lstmflow predict`` adds the current directory)."""
+        self.files.allow(*folders)
 
     @staticmethod
     def bundle_info(features_dir: Path) -> dict[str, Any]:
@@ -88,10 +100,11 @@ class Classifier:
             texts = frame[data.text_column]
             not_text = {key: text for key, text in zip(keys, texts) if not isinstance(text, str)}
             if not_text:
-                found = ", ".join(
-                    f"{key!r}: {'a missing value' if pd.isna(v) else type(v).__name__}"
-                    for key, v in list(not_text.items())[:5]
-                )
+                kinds = {
+                    key: "a missing value" if describe(v) == "a missing value" else type(v).__name__
+                    for key, v in not_text.items()
+                }
+                found = ", ".join(f"{key!r}: {kind}" for key, kind in list(kinds.items())[:5])
                 raise BadRequest(f"column {data.text_column!r} must hold text in every sample; got {found}")
             assert self.tokenizer is not None  # loaded in __init__ for text data
             return keys, [text_steps(self.tokenizer, text, self.meta.get("max_length")) for text in texts]
@@ -99,28 +112,68 @@ class Classifier:
             from lstmflow.data.audio import clip_features, read_clip
 
             require_columns(frame, ["path"])
-            paths = [Path(str(p)) for p in frame["path"]]
+            files = self._files_for(frame)
+            paths = [files.open_path(raw, row) for row, raw in frame["path"].items()]  # checked before opening
             return keys, [decoded(str(p), lambda p=p: clip_features(*read_clip(p), data)) for p in paths]
         if data.kind == "images":
-            if "path" in frame.columns:
-                from lstmflow.data.images import load_image
-
-                paths = [Path(str(p)) for p in frame["path"]]
-                return keys, [decoded(str(p), lambda p=p: load_image(p, data.grayscale)) for p in paths]
-            height, width = self.meta["image_shape"]
-            columns = [f"{PIXEL_PREFIX}{i}" for i in range(height * width * self.meta.get("channels", 1))]
-            require_columns(frame, columns)
-            pixels = decoded("pixels", lambda: frame[columns].to_numpy(np.float32))
-            return keys, list(pixels.reshape(len(frame), height, -1))  # (N, H, W × C)
+            return keys, self._images(frame)
         if data.format == "wide":
-            steps = frame[[c for c in frame.columns if c not in {data.label_column, data.id_column, data.split.column}]]
-            rows = decoded("steps", lambda: steps.to_numpy(np.float32))
+            steps = [c for c in frame.columns if c not in {data.label_column, data.id_column, data.split.column}]
+            rows = numbers(frame, steps, allow_missing=True).astype(np.float32)  # empty cells end a shorter sequence
             return keys, [row[~np.isnan(row)][:, None] for row in rows]  # (T, 1) each
         require_columns(frame, [data.id_column, *([data.time_column] if data.time_column else []), *data.value_columns])
+        numbers(frame, data.value_columns)
         ordered = frame.sort_values([data.id_column, data.time_column]) if data.time_column else frame
         groups = ordered.groupby(data.id_column, sort=True)
         values = [decoded(key, lambda g=group: g[data.value_columns].to_numpy(np.float32)) for key, group in groups]
         return [key for key, _ in groups], values
+
+    def _files_for(self, frame: pd.DataFrame) -> FileGate:
+        """The folders this request may name files in: the model's, and the data's own for a frame built by
+        :meth:`requests` (its ``attrs``)."""
+        folders = frame.attrs.get(DATA_FOLDERS_ATTR)
+        if not folders:
+            return self.files
+        files = copy.copy(self.files)
+        files.roots = list(self.files.roots)
+        files.allow(*folders)
+        return files
+
+    def _images(self, frame: pd.DataFrame) -> list[np.ndarray]:
+        """One (H, W × C) array per row: the image file its ``path`` names, or else its pixel columns (a request
+        may mix the two, row by row)."""
+        from lstmflow.data.images import load_image
+
+        height, width = self.meta["image_shape"]
+        columns = [f"{PIXEL_PREFIX}{i}" for i in range(height * width * self.meta.get("channels", 1))]
+        paths = frame["path"] if "path" in frame.columns else pd.Series(None, index=frame.index, dtype=object)
+        has_path = [describe(raw) != "a missing value" for raw in paths]
+        if not all(has_path):
+            first = frame.index[has_path.index(False)]
+            if "path" not in frame.columns or any(column in frame.columns for column in columns):
+                require_columns(frame, columns)
+            else:
+                raise BadRequest(
+                    f"column 'path', row {first!r}: a missing value; give each image a file path or its "
+                    f"{len(columns)} pixel columns ({columns[0]}..{columns[-1]})"
+                )
+        pixel_rows = frame[[not given for given in has_path]]
+        pixels: Iterator[np.ndarray] = iter(numbers(pixel_rows, columns).astype(np.float32) if len(pixel_rows) else [])
+        images: list[np.ndarray] = []
+        files = self._files_for(frame)
+        for (row, raw), given in zip(paths.items(), has_path):
+            if given:
+                path = files.open_path(raw, row)
+                image = decoded(str(raw), lambda p=path: load_image(p, self.spec.data.grayscale))
+                if image.shape != (height, width * self.meta.get("channels", 1)):
+                    raise BadRequest(
+                        f"column 'path', row {row!r}: {raw!r} is {image.shape[1] // self.meta.get('channels', 1)}x"
+                        f"{image.shape[0]} pixels; this model reads {width}x{height} images"
+                    )
+                images.append(image)
+            else:
+                images.append(next(pixels).reshape(height, -1))  # (H, W × C)
+        return images
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """One row per sequence or image: the predicted label and a probability per class."""
@@ -167,6 +220,8 @@ class Classifier:
             )
         chosen = np.flatnonzero(features.parts == PARTS.index(part))
         frame, offsets = _request_table(data, [samples[i] for i in chosen])
+        if data.kind in ("audio", "images"):
+            frame.attrs[DATA_FOLDERS_ATTR] = recorded_roots(data)
         return Requests(frame, list(range(len(chosen))), [prepared[i] for i in chosen], offsets)
 
     def example(self, info: dict[str, Any]) -> pd.DataFrame:
@@ -184,9 +239,13 @@ class Classifier:
         if data.kind == "images":
             from lstmflow.data.images import read_images
 
-            images = read_images(data, f"pipelines.{self.spec.name}.data").images
-            flat = np.stack([image.reshape(-1) for image in images[:3]])
-            return pd.DataFrame(flat, columns=[f"{PIXEL_PREFIX}{i}" for i in range(flat.shape[1])])
+            found = read_images(data, f"pipelines.{self.spec.name}.data")
+            flat = np.stack([image.reshape(-1) for image in found.images[:3]])
+            example = pd.DataFrame(flat, columns=[f"{PIXEL_PREFIX}{i}" for i in range(flat.shape[1])])
+            if Path(data.path).is_dir():  # a row that names its file: paths and pixels both optional in the signature
+                first = pd.DataFrame({"path": [str(Path(data.path) / found.names[0])]})
+                example = pd.concat([first, example.assign(path=None)], ignore_index=True)[["path", *example.columns]]
+            return example
         table = pd.read_parquet(data.path) if data.path.suffix == ".parquet" else pd.read_csv(data.path)
         if data.format == "wide":
             return table.drop(columns=[c for c in (data.label_column, data.split.column) if c], errors="ignore").head(3)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lstmflow.serving.bundle import load_network
-from lstmflow.serving.request_checks import BadRequest, decoded, require_columns
+from lstmflow.serving.request_checks import BadRequest, decoded, numbers, require_columns
 
 
 class Forecaster:
@@ -62,15 +62,21 @@ class Forecaster:
         require_columns(frame, self.columns)
         if len(frame) < self.context_rows:
             raise BadRequest(f"the request has {len(frame)} rows; this model needs the last {self.context_rows}")
-        raw = decoded("rows", lambda: frame[self.columns].to_numpy(dtype=np.float64)[-self.context_rows :])
-        if not np.isfinite(raw).all():
-            raise BadRequest(f"the request's last {self.context_rows} rows hold missing or infinite values")
-        encoded = self.preprocessing.encode(raw)[-self.window :]  # (W, F)
-        with torch.no_grad():
-            out = self.model(torch.from_numpy(np.ascontiguousarray(encoded, dtype=np.float32))[None])  # (1, H*K)
-        pred = out.numpy().reshape(1, self.horizon, len(self.targets))  # (1, H, K)
-        history = raw[None, -self.preprocessing.anchor_rows :, : len(self.targets)]  # (1, L, K): undoes differences
-        forecast = self.preprocessing.decode(pred, history)[0]  # (H, K)
+        raw = numbers(frame.iloc[-self.context_rows :], self.columns)  # (R, F): finite numbers, else named
+        with np.errstate(all="ignore"):  # what overflows or leaves a transform's domain is refused just below
+            encoded = self.preprocessing.encode(raw)[-self.window :]  # (W, F)
+            if not np.isfinite(encoded).all() or np.abs(encoded).max(initial=0.0) > np.finfo(np.float32).max:
+                raise BadRequest(
+                    f"the request's last {self.context_rows} rows hold values this model's scaling and transform "
+                    f"{list(self.preprocessing.transforms)} cannot take (too large, or not positive for a log)"
+                )
+            with torch.no_grad():
+                out = self.model(torch.from_numpy(np.ascontiguousarray(encoded, dtype=np.float32))[None])  # (1, H*K)
+            pred = out.numpy().reshape(1, self.horizon, len(self.targets))  # (1, H, K)
+            history = raw[None, -self.preprocessing.anchor_rows :, : len(self.targets)]  # (1, L, K): undoes differences
+            forecast = self.preprocessing.decode(pred, history)[0]  # (H, K)
+        if not np.isfinite(forecast).all():
+            raise BadRequest("the forecast is not finite for these rows: their values are too large for this model")
         result = pd.DataFrame(forecast, columns=self.targets)
         result.insert(0, "step", np.arange(1, self.horizon + 1))
         return result

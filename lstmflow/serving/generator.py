@@ -7,13 +7,16 @@ No MLflow needed: :mod:`lstmflow.tracking.serving` wraps it as a pyfunc. The sam
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 
 from lstmflow.serving.bundle import load_network
-from lstmflow.serving.request_checks import BadRequest, decoded, require_columns
+from lstmflow.serving.limits import limits
+from lstmflow.serving.request_checks import BadRequest, decoded, describe, require_columns
 
 
 class Generator:
@@ -46,23 +49,47 @@ class Generator:
         from lstmflow.serving.generate import generate
 
         require_columns(frame, ["prompt"])
+        bounds = limits()
         rows = frame.to_dict("records")
-        settings = [{key: row.get(key, default) for key, default in self.DEFAULTS.items()} for row in rows]
+        settings = []
+        for index, row in zip(frame.index, rows):
+            if not isinstance(row["prompt"], str):
+                raise BadRequest(f"column 'prompt', row {index!r}: {describe(row['prompt'])} is not text")
+            settings.append(self._settings(index, row, bounds.max_tokens))
         texts = [
             decoded(
                 index,
                 lambda row=row, s=s: generate(
-                    self.model,
-                    self.tokenizer,
-                    str(row["prompt"]),
-                    int(s["tokens"]),
-                    float(s["temperature"]),
-                    int(s["seed"]),
+                    self.model, self.tokenizer, row["prompt"], s["tokens"], s["temperature"], s["seed"]
                 ),
             )
             for index, (row, s) in enumerate(zip(rows, settings))
         ]
-        return pd.DataFrame({"prompt": [str(row["prompt"]) for row in rows], "text": texts})
+        return pd.DataFrame({"prompt": [row["prompt"] for row in rows], "text": texts})
+
+    def _settings(self, index: Any, row: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+        """A row's ``tokens``, ``temperature`` and ``seed`` (its defaults where missing), checked."""
+        settings: dict[str, Any] = {}
+        for key, default in self.DEFAULTS.items():
+            value = row.get(key, default)
+            if describe(value) == "a missing value":
+                value = default
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise BadRequest(f"column {key!r}, row {index!r}: {describe(value)} is not a number")
+            if not math.isfinite(value):
+                raise BadRequest(f"column {key!r}, row {index!r}: {value} is not a finite number")
+            settings[key] = value
+        tokens, seed = settings["tokens"], settings["seed"]
+        if tokens != int(tokens) or not 0 <= tokens <= max_tokens:
+            raise BadRequest(
+                f"column 'tokens', row {index!r}: {tokens}; give a whole number from 0 to {max_tokens} "
+                f"(LSTMFLOW_SERVE_MAX_TOKENS)"
+            )
+        if seed != int(seed) or not 0 <= seed < 2**63:
+            raise BadRequest(f"column 'seed', row {index!r}: {seed}; give a whole number >= 0")
+        if settings["temperature"] < 0:
+            raise BadRequest(f"column 'temperature', row {index!r}: {settings['temperature']}; give a number >= 0")
+        return {"tokens": int(tokens), "temperature": float(settings["temperature"]), "seed": int(seed)}
 
     def score_text(self, text: str) -> tuple[float, int]:
         """(summed cross-entropy in nats, tokens scored) of every token of ``text`` after the first, read as one

@@ -21,6 +21,7 @@ import pandas as pd
 
 from lstmflow.serving.bundle import BUNDLE_FILES, BUNDLED_FEATURE_FILES
 from lstmflow.serving.classifier import Classifier, Requests
+from lstmflow.serving.files import ROOTS_KEY, recorded_roots
 from lstmflow.serving.forecaster import Forecaster
 from lstmflow.serving.generator import Generator
 from lstmflow.serving.request_checks import BadRequest
@@ -37,6 +38,9 @@ __all__ = [
     "write_bundle",
 ]
 
+#: The data kinds whose requests name files.
+FILE_KINDS = ("audio", "images")
+
 PREDICTORS: dict[str, type[Forecaster | Classifier | Generator]] = {
     "forecast": Forecaster,
     "classify": Classifier,
@@ -52,6 +56,8 @@ def write_bundle(
 
     spec = PipelineSpec.model_validate(spec_json)
     info = PREDICTORS[spec.task].bundle_info(features_dir)
+    if spec.data.kind in FILE_KINDS:  # where a request's paths may point when served: the data's own folders
+        info[ROOTS_KEY] = recorded_roots(spec.data)
     bundle_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_path, bundle_dir / "model.pt")
     for extra in BUNDLED_FEATURE_FILES:

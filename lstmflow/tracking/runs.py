@@ -98,7 +98,9 @@ def predict(model: Any, frame: Any, model_uri: str) -> Any:
     except Exception as exc:
         if getattr(exc, "error_code", None) != "INVALID_PARAMETER_VALUE":
             raise
-        raise DataError(f"{model_uri} refused the input: {exc}") from None
+        from lstmflow.tracking.serving import one_line
+
+        raise DataError(f"{model_uri} refused the input: {one_line(str(exc))}") from None
 
 
 def served_predictor(model: Any) -> Any:
