@@ -60,6 +60,11 @@ def load_state(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """A training history without its wall-clock entries, which differ between two identical runs."""
+    return [{key: value for key, value in row.items() if key != "epoch_seconds"} for row in history]
+
+
 def mlflow_client(root: Path) -> Any:
     """An MLflow client on the project's own SQLite store (tracking and registry)."""
     from mlflow import MlflowClient

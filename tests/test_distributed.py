@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.process import BaseProcess
@@ -19,7 +18,15 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Patterns, make_project, prepare_pipeline_features, prepared_corpus, write_sine_csv
+from conftest import (
+    Patterns,
+    free_port,
+    load_state,
+    make_project,
+    prepare_pipeline_features,
+    prepared_corpus,
+    write_sine_csv,
+)
 
 from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.timeseries import resolve_data
@@ -86,10 +93,6 @@ def val_losses(result: FitResult) -> list[float]:
     return [row["val_loss"] for row in result.history]
 
 
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def test_two_workers_match_one_process_log_once_and_listen_on_loopback_only(
     data_dir: Path, one_process: FitResult, tmp_path: Path
 ) -> None:
@@ -142,12 +145,6 @@ def test_a_classifier_with_masked_batch_norm_on_two_workers_matches_one_process(
     two = train_in_child(two_workers, patterns.features_dir, tmp_path / "two", ListLogger(), progress=False)
     assert val_losses(two) == pytest.approx(val_losses(one), rel=1e-4)
     assert [row["val_accuracy"] for row in two.history] == [row["val_accuracy"] for row in one.history]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_two_machines_of_one_worker_each_train_one_model(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import prepare_pipeline_features, write_sine_csv
+from conftest import prepare_pipeline_features, without_timing, write_sine_csv
 
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import resolve_data
@@ -26,7 +26,6 @@ from lstmflow.training.loggers import ListLogger
 
 torch.set_num_threads(1)
 
-TIMING = "epoch_seconds"
 
 
 class FileLogger:
@@ -80,10 +79,6 @@ def tensors(tree: Any, prefix: str = "") -> dict[str, torch.Tensor]:
         return {prefix: tree}
     items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else []
     return {path: t for key, value in items for path, t in tensors(value, f"{prefix}/{key}").items()}
-
-
-def without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [{key: value for key, value in row.items() if key != TIMING} for row in history]
 
 
 def test_child_trains_with_the_thread_environment_set_before_torch(data_dir: Path, tmp_path: Path) -> None:

@@ -12,16 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TINY_PIPELINES, git, make_project
+from conftest import TINY_PIPELINES, git, make_project, mlflow_client, run_lstmflow
 
 pytestmark = pytest.mark.slow
-
-
-def client(root: Path):
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +41,7 @@ def test_every_run_of_a_pipeline_logs_the_same_params_and_metric_names(
 ) -> None:
     """What MLflow's compare view needs to line runs up: the same keys, different values where the runs differ."""
     root, first, second = two_runs
-    runs = [client(root).get_run(result["mlflow_run_id"]).data for result in (first, second)]
+    runs = [mlflow_client(root).get_run(result["mlflow_run_id"]).data for result in (first, second)]
     assert set(runs[0].params) == set(runs[1].params)
     # The gate's figures (gate_*) exist only where there was a champion to compare with: not on the first run.
     metric_names = [{key for key in run.metrics if not key.startswith("gate_")} for run in runs]
@@ -64,15 +57,19 @@ def test_a_run_records_its_resolved_spec_and_the_version_its_lineage(
     from lstmflow.tracking.runs import SPEC_ARTIFACT, tag_version_lineage
 
     root, first, _ = two_runs
-    run = client(root).get_run(first["mlflow_run_id"])
+    run = mlflow_client(root).get_run(first["mlflow_run_id"])
     spec = json.loads(
-        Path(client(root).download_artifacts(run.info.run_id, SPEC_ARTIFACT, str(root / "downloaded"))).read_text()
+        Path(
+            mlflow_client(root).download_artifacts(run.info.run_id, SPEC_ARTIFACT, str(root / "downloaded"))
+        ).read_text()
     )
     assert spec["data"]["path"] == "data/tiny.csv", "paths relative to the project, so another clone reads its own copy"
     assert spec["data"]["window"] == 24 and spec["evaluate"]["season"] == 12 and spec["train"]["epochs"] == 3
     assert validate_pipeline("tiny", spec, root).spec_hash() == run.data.tags["lstmflow.spec_hash"]
 
-    tags = client(root).get_model_version("tiny", first["model_version"]).tags  # copied there by the register step
+    tags = (
+        mlflow_client(root).get_model_version("tiny", first["model_version"]).tags
+    )  # copied there by the register step
     assert (
         tag_version_lineage(f"sqlite:///{root / 'mlflow.db'}", "tiny", first["model_version"]).items() <= tags.items()
     )
@@ -138,9 +135,9 @@ def test_reproduce_trains_the_recorded_spec_again_with_the_same_metrics(
     for key, value in second["metrics"].items():
         assert result["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert result["recorded"] == pytest.approx(second["metrics"])
-    run = client(root).get_run(result["mlflow_run_id"])
+    run = mlflow_client(root).get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["lstmflow.reproduces"] == second["mlflow_run_id"]
-    assert run.data.params == client(root).get_run(second["mlflow_run_id"]).data.params
+    assert run.data.params == mlflow_client(root).get_run(second["mlflow_run_id"]).data.params
     assert run.data.tags["lstmflow.prefect_flow_run_id"] == result["flow_run_id"] != second["flow_run_id"]
 
 
@@ -161,10 +158,10 @@ def test_reproduce_on_other_data_names_the_commit_to_check_out(
         assert f"data md5 {first['data_md5']}, this workspace has" in str(refused.value)
     finally:
         csv.write_text(original)
-    experiment = client(root).get_experiment_by_name("tiny")
+    experiment = mlflow_client(root).get_experiment_by_name("tiny")
     assert not [
         run
-        for run in client(root).search_runs([experiment.experiment_id])
+        for run in mlflow_client(root).search_runs([experiment.experiment_id])
         if run.data.tags.get("lstmflow.reproduces") == first["mlflow_run_id"]
     ]
 
@@ -184,17 +181,6 @@ def test_reproduce_from_the_command_line_refuses_an_unknown_run_before_any_flow(
     assert done.returncode == 2 and f"no MLflow run '{'0' * 32}'" in done.stderr and "Traceback" not in done.stderr
 
 
-def lstmflow(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "lstmflow"), *args],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_the_gate_names_its_decision_and_people_promote_and_roll_back(
     two_runs: tuple[Path, dict[str, Any], dict[str, Any]],
 ) -> None:
@@ -205,23 +191,24 @@ def test_the_gate_names_its_decision_and_people_promote_and_roll_back(
         second["gate"]["decision"] in {"promoted", "kept"}
         and second["gate"]["champion_version"] == first["model_version"]
     )
-    champion = str(client(root).get_model_version_by_alias("tiny", "champion").version)
+    champion = str(mlflow_client(root).get_model_version_by_alias("tiny", "champion").version)
     other = str(first["model_version"] if champion == str(second["model_version"]) else second["model_version"])
 
-    promoted = lstmflow(root, "promote", "tiny", "--version", other, "--reason", "a person knows better")
+    promoted = run_lstmflow(root, "promote", "tiny", "--version", other, "--reason", "a person knows better")
     assert promoted.returncode == 0, promoted.stderr[-2000:]
     assert f"tiny@champion: now version {other} (was version {champion})" in promoted.stdout
-    assert str(client(root).get_model_version_by_alias("tiny", "champion").version) == other
+    assert str(mlflow_client(root).get_model_version_by_alias("tiny", "champion").version) == other
     assert (
-        client(root).get_model_version("tiny", other).tags["lstmflow.alias.champion.reason"] == "a person knows better"
+        mlflow_client(root).get_model_version("tiny", other).tags["lstmflow.alias.champion.reason"]
+        == "a person knows better"
     )
 
-    rolled = lstmflow(root, "rollback", "tiny")
+    rolled = run_lstmflow(root, "rollback", "tiny")
     assert rolled.returncode == 0, rolled.stderr[-2000:]
     assert f"back to version {champion} (was version {other})" in rolled.stdout
-    assert str(client(root).get_model_version_by_alias("tiny", "champion").version) == champion
+    assert str(mlflow_client(root).get_model_version_by_alias("tiny", "champion").version) == champion
 
-    missing = lstmflow(root, "promote", "tiny", "--version", "9")
+    missing = run_lstmflow(root, "promote", "tiny", "--version", "9")
     assert (
         missing.returncode == 2
         and "model 'tiny' has no version 9" in missing.stderr

@@ -120,8 +120,8 @@ def test_a_bad_space_key_is_a_config_error_naming_it(patterns: Patterns, space: 
     ("search_section", "message"),
     [
         ({"metric": "val_perplexity", "space": SPACE},
-         ("pipelines.patterns.search: metric for task 'classify' must be one of 'val_loss', 'val_accuracy', 'val_macro_f1', "
-          "got 'val_perplexity'")),
+         ("pipelines.patterns.search: metric for task 'classify' must be one of 'val_loss', 'val_accuracy', "
+          "'val_macro_f1', got 'val_perplexity'")),
         ({"space": {"train.epochs": {"int": [1, 4], "float": [1, 4]}}},
          "pipelines.patterns.search.space.train.epochs: give exactly one of int, float and categorical"),
         ({"space": {"train.optimizer.lr": {"float": [0.0, 0.1], "log": True}}},

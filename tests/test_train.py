@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Patterns, prepare_pipeline_features, prepared_corpus, write_sine_csv
+from conftest import (
+    Patterns,
+    load_state,
+    prepare_pipeline_features,
+    prepared_corpus,
+    without_timing,
+    write_sine_csv,
+)
 
 from lstmflow.config import PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.timeseries import load_features, resolve_data
@@ -63,14 +70,6 @@ def sine(tmp_path_factory: pytest.TempPathFactory) -> Sine:
     sine = Sine(folder, folder / "features")
     prepare_pipeline_features(sine.spec(), sine.features_dir)
     return sine
-
-
-def without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [{key: value for key, value in row.items() if key != TIMING} for row in history]
-
-
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def assert_same_tensors(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> None:
