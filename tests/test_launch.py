@@ -27,7 +27,6 @@ from lstmflow.training.loggers import ListLogger
 torch.set_num_threads(1)
 
 
-
 class FileLogger:
     """A MetricLogger that survives the child: one JSON line per call. ``stall_at`` makes that step hang after
     logging it (the checkpoint of the step before is then on disk), so the test can kill the child there."""
