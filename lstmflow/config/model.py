@@ -71,10 +71,14 @@ class BatchNormLayer(Strict):
     """Keras `BatchNormalization()` over the feature axis."""
 
     momentum: float = Field(
-        0.99,
+        0.9,
         gt=0.0,
         lt=1.0,
-        description="Keras meaning: weight of the old running statistics (PyTorch's momentum is 1 minus this).",
+        description=(
+            "Keras meaning: weight of the old running statistics (PyTorch's momentum is 1 minus this). Default 0.9, "
+            "PyTorch's own default, not Keras' 0.99: a run of a few hundred steps on small data moves its weights "
+            "faster than a 0.99 average follows, and evaluation would use statistics of weights long gone."
+        ),
     )
     epsilon: float = Field(1e-3, gt=0.0, description="Added to the variance for numerical stability.")
 
