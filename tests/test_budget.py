@@ -313,3 +313,12 @@ def test_a_tiny_validation_part_trains_a_fixed_schedule_and_keeps_the_last_weigh
 
     enough = spec_on(tiny_val, train={"epochs": 6, "early_stopping": {"min_val_samples": 15}})
     assert fit_on(tiny_val, enough, tmp_path / "enough").kept == "best"
+
+
+def test_auto_epochs_give_short_epochs_thousands_of_steps_and_keep_given_epochs() -> None:
+    from lstmflow.training.plan import resolve_epochs
+
+    assert resolve_epochs("auto", 5) == 400, "5 steps an epoch: 2,000 steps take 400 epochs"
+    assert resolve_epochs("auto", 100) == 100, "long epochs: the usual 100"
+    assert resolve_epochs("auto", 1) == 1000, "at most 1,000 epochs"
+    assert resolve_epochs(7, 5) == 7, "a given number is the ceiling, as written"

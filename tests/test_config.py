@@ -36,7 +36,7 @@ def problems(tmp_path: Path, override: list[str], pipeline: dict | None = None) 
     [
         ("model.layers[0].lstm.units=-4", "pipelines.p.model.layers[0].lstm.units: must be > 0, got -4"),
         ("train.epochs=0", "pipelines.p.train.epochs: must be > 0, got 0"),
-        ("train.epochs=many", "pipelines.p.train.epochs: must be a whole number, got 'many'"),
+        ("train.epochs=many", "pipelines.p.train.epochs: must be a whole number > 0 or 'auto', got 'many'"),
         (
             "train.optimizer.name=rmsprop",
             "pipelines.p.train.optimizer.name: must be one of 'adam', 'adamw' or 'sgd', got 'rmsprop'",

@@ -167,11 +167,22 @@ class NodesSpec(Strict):
         return self
 
 
+#: `train.epochs: auto`: at least this many optimizer steps, in at most AUTO_MAX_EPOCHS and at least 100 epochs.
+AUTO_EPOCH_STEPS = 2000
+AUTO_MAX_EPOCHS = 1000
+
+
 class TrainSpec(Strict):
     """How the model is fitted."""
 
-    epochs: int = Field(
-        100, gt=0, description="Maximum number of passes over the training data (`budget` may end the run sooner)."
+    epochs: int | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Maximum number of passes over the training data (`budget` may end the run sooner). `auto` (default): "
+            f"100, or more when epochs are short, enough for {AUTO_EPOCH_STEPS:,} optimizer steps (at most "
+            f"{AUTO_MAX_EPOCHS:,} epochs): a set of tens of samples needs thousands of steps, not a hundred epochs of "
+            "a few."
+        ),
     )
     batch_size: int | Literal["auto"] = Field(
         "auto",
@@ -276,7 +287,7 @@ class TrainSpec(Strict):
         ),
     )
 
-    @field_validator("batch_size", mode="before")
+    @field_validator("batch_size", "epochs", mode="before")
     @classmethod
     def _size_or_auto(cls, value: Any) -> Any:
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):

@@ -255,7 +255,7 @@ class EpochLoop:
         if not skip:
             state.epoch_lr, state.sums = optimizer.param_groups[0]["lr"], _zero_sums(self.world.device)
         task = bar.add_task(
-            f"epoch {epoch}/{train_spec.epochs}", total=plan.steps_per_epoch, completed=skip, loss=math.nan, val="",
+            f"epoch {epoch}/{plan.epochs}", total=plan.steps_per_epoch, completed=skip, loss=math.nan, val="",
             lr=state.epoch_lr,
         )  # fmt: skip
         self.model.train()
@@ -290,7 +290,7 @@ class EpochLoop:
         state, plan = self.state, self.plan
         last = f"{state.history[-1][plan.selection.metric]:.4f}" if state.history else "-"
         lines.emit(
-            f"{self.spec.name}: epoch {epoch}/{self.spec.train.epochs} step {state.step}/{plan.max_steps} "
+            f"{self.spec.name}: epoch {epoch}/{plan.epochs} step {state.step}/{plan.max_steps} "
             f"train_loss {state.train_loss():.4f} {plan.selection.metric} {last} "
             f"elapsed {minutes(self.clock.elapsed())} / budget {self._budget().describe()}"
         )
@@ -355,7 +355,7 @@ class EpochLoop:
         waited = plan.patience is not None and state.epochs_without_improvement >= plan.patience
         if waited and state.step >= plan.min_steps:
             return "early_stopping"
-        if epoch >= self.spec.train.epochs:
+        if epoch >= plan.epochs:
             return "epochs"
         return "budget" if self._budget().spent(self.clock, state.step) else None
 
@@ -368,7 +368,7 @@ class EpochLoop:
             logger.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch)
         log.info(
             "epoch %d/%d train_loss=%.5f val_loss=%.5f %s=%.5f lr=%.3g%s",
-            epoch, self.spec.train.epochs, metrics["train_loss"], metrics["val_loss"], self.plan.selection.metric,
+            epoch, self.plan.epochs, metrics["train_loss"], metrics["val_loss"], self.plan.selection.metric,
             metrics[self.plan.selection.metric], state.epoch_lr,
             f" (stopped by {state.stopped_by})" if state.stopped_by else "",
         )  # fmt: skip
@@ -434,7 +434,7 @@ def _say_how_it_ended(loop: EpochLoop, result: FitResult) -> None:
     reasons = {
         "budget": f"its budget (train.budget: {loop._budget().describe()})",
         "early_stopping": f"early stopping ({loop.plan.patience} epochs without a better {result.select})",
-        "epochs": f"its last epoch (train.epochs: {loop.spec.train.epochs})",
+        "epochs": f"its last epoch (train.epochs: {loop.spec.train.epochs}, {loop.plan.epochs} epochs)",
     }
     line = (
         f"{loop.spec.name}: training stopped by {reasons[result.stopped_by]} after {result.epochs_run} epoch(s), "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lstmflow.config import PipelineSpec
+from lstmflow.config.train import AUTO_EPOCH_STEPS, AUTO_MAX_EPOCHS
 from lstmflow.errors import ConfigError
 from lstmflow.training.objectives import Objective, resolve_batch_size
 
@@ -44,6 +45,7 @@ class TrainingPlan:
     """The run's resolved settings; recorded in ``fit_result.json`` and the run's log."""
 
     batch_size: int
+    epochs: int  # train.epochs, `auto` resolved
     steps_per_epoch: int
     max_steps: int  # epochs × steps per epoch, or budget.steps when fewer
     selection: Selection
@@ -60,7 +62,8 @@ def plan_training(spec: PipelineSpec, objective: Objective, world_size: int = 1)
     train = spec.train
     batch_size = resolve_batch_size(spec, objective, world_size)
     steps_per_epoch = max(1, objective.batch_count("train", batch_size))
-    max_steps = train.epochs * steps_per_epoch
+    epochs = resolve_epochs(train.epochs, steps_per_epoch)
+    max_steps = epochs * steps_per_epoch
     if train.budget.steps is not None:
         max_steps = min(max_steps, train.budget.steps)
     note = _too_small_to_decide(spec, objective)
@@ -75,6 +78,7 @@ def plan_training(spec: PipelineSpec, objective: Objective, world_size: int = 1)
     warmup = min(round(train.lr_schedule.warmup * max_steps), steps_per_epoch) if schedule.startswith("auto") else 0
     return TrainingPlan(
         batch_size=batch_size,
+        epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         max_steps=max_steps,
         selection=resolve_selection(spec),
@@ -85,6 +89,14 @@ def plan_training(spec: PipelineSpec, objective: Objective, world_size: int = 1)
         warmup_steps=warmup,
         note=note,
     )
+
+
+def resolve_epochs(epochs: int | str, steps_per_epoch: int) -> int:
+    """``train.epochs``: ``auto`` is 100 epochs, or as many as :data:`AUTO_EPOCH_STEPS` steps take (at most
+    :data:`AUTO_MAX_EPOCHS`)."""
+    if isinstance(epochs, int):
+        return epochs
+    return min(max(100, math.ceil(AUTO_EPOCH_STEPS / steps_per_epoch)), AUTO_MAX_EPOCHS)
 
 
 def resolve_selection(spec: PipelineSpec) -> Selection:

@@ -67,13 +67,13 @@ def make_schedule(spec: PipelineSpec, optimizer: torch.optim.Optimizer, plan: Tr
         chained = lr_scheduler.SequentialLR(optimizer, [warmup, annealing], milestones=[plan.warmup_steps])
         return Schedule(per_step=chained)
     if name == "cosine":
-        return Schedule(per_epoch=lr_scheduler.CosineAnnealingLR(optimizer, spec.train.epochs, schedule.min_lr))
+        return Schedule(per_epoch=lr_scheduler.CosineAnnealingLR(optimizer, plan.epochs, schedule.min_lr))
     if name == "step":
         return Schedule(per_epoch=lr_scheduler.StepLR(optimizer, step_size=schedule.step_size, gamma=schedule.gamma))
     if name == "plateau":
         return Schedule(per_epoch=_plateau(spec, optimizer, plan, schedule.patience), on_metric=True)
     if name == "onecycle":
-        total = spec.train.epochs * plan.steps_per_epoch
+        total = plan.epochs * plan.steps_per_epoch
         return Schedule(per_step=lr_scheduler.OneCycleLR(optimizer, max_lr=spec.train.optimizer.lr, total_steps=total))
     return Schedule()
 

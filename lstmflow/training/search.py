@@ -122,7 +122,7 @@ def open_study(ref: StudyRef, spec: PipelineSpec, create: bool = False) -> tuple
         "study_name": ref.name,
         "storage": _storage(ref.storage),
         "sampler": optuna.samplers.RandomSampler(),
-        "pruner": make_pruner(search, spec.train.epochs),
+        "pruner": make_pruner(search, spec.train.epochs if isinstance(spec.train.epochs, int) else 100),
     }
     if create:
         try:
