@@ -218,6 +218,7 @@ def _child_main(
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     console_handler = logging.StreamHandler(_CurrentStderr())
     console_handler.addFilter(_for_the_console)
+    console_handler.setFormatter(_ConsoleFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[file_handler, console_handler], force=True)
     logging.captureWarnings(True)
     log = logging.getLogger("lstmflow.training.launch")
@@ -244,6 +245,15 @@ class _CurrentStderr:
 
     def flush(self) -> None:
         sys.stderr.flush()
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """Progress lines as they are written; warnings and errors with their level and logger."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == PROGRESS_LOGGER:
+            return record.getMessage()
+        return f"{record.levelname}:{record.name}:{super().format(record)}"
 
 
 def _for_the_console(record: logging.LogRecord) -> bool:
