@@ -143,7 +143,15 @@ def test_every_logged_baseline_must_be_beaten_and_the_strongest_is_named() -> No
     assert check.summary == "accuracy 0.8 is worse than the classical baseline's 0.85", "only the one it loses to"
     both = gate.check_baselines("classify", "accuracy", "maximize", metrics | {"accuracy": 0.9}, classical="ridge")
     assert both.beaten is True and both.baseline == "ridge baseline"
-    assert both.summary == "accuracy 0.9 beats the majority-class baseline's 0.4 and the ridge baseline's 0.85"
+    assert both.summary == "accuracy 0.9 beats the majority-class baseline's 0.4 and beats the ridge baseline's 0.85"
+
+
+def test_a_tie_with_the_classical_baseline_passes_a_tie_with_the_naive_one_does_not() -> None:
+    perfect = {"accuracy": 1.0, "majority_accuracy": 0.34, "baseline_accuracy": 1.0}
+    tied = gate.check_baselines("classify", "accuracy", "maximize", perfect, classical="tfidf_logistic")
+    assert tied.beaten is True and "ties the tfidf_logistic baseline's 1" in tied.summary
+    chance = gate.check_baselines("classify", "accuracy", "maximize", perfect | {"accuracy": 0.34})
+    assert chance.beaten is False and "no better than the majority-class baseline's 0.34" in chance.summary
 
 
 def test_a_baseline_that_was_not_logged_is_named_not_invented() -> None:

@@ -338,14 +338,16 @@ def check_baselines(
 ) -> BaselineCheck:
     """Does ``metrics[metric]`` (a run's test metrics, without ``test_``) beat every baseline logged beside it?
 
-    Strictly better in ``direction``: a classifier that only ties its majority class has learnt nothing worth
-    serving. A baseline not logged, or not a number, is left out and named in the summary. ``classical`` names the
-    strong baseline's method (e.g. ``auto_ets``) where the run recorded it.
+    Strictly better than the naive baseline, in ``direction``: a classifier that only ties its majority class has
+    learnt nothing worth serving. At least as good as the classical one: a model that ties it (both perfect on an
+    easy set) is worth serving. A baseline not logged, or not a number, is left out and named in the summary.
+    ``classical`` names the strong baseline's method (e.g. ``auto_ets``) where the run recorded it.
     """
     from lstmflow.tracking.runs import BASELINE_PREFIX
 
+    naive = f"{NAIVE_BASELINE_NAMES[task]} baseline"
     keys = {
-        f"{NAIVE_BASELINE_NAMES[task]} baseline": f"{BASELINE_PREFIX[task]}_{metric}",
+        naive: f"{BASELINE_PREFIX[task]}_{metric}",
         f"{classical or 'classical'} baseline": f"{CLASSICAL_PREFIX}_{metric}",
     }
     found = {name: float(metrics[key]) for name, key in keys.items() if _finite(metrics.get(key))}
@@ -356,14 +358,20 @@ def check_baselines(
         return BaselineCheck(None, value, None, None, f"baselines not checked: the run logged no {missing}")
     ranked = sorted(found.items(), key=lambda item: item[1], reverse=direction == "maximize")
     baseline, baseline_value = ranked[0]
-    losing = [(name, other) for name, other in found.items() if not _better(value, other, direction)]
+    losing = [
+        (name, other)
+        for name, other in found.items()
+        if not (_better(value, other, direction) or (name != naive and value == other))
+    ]
     if losing:
         relations = [f"{_relation(value, other, direction)} the {name}'s {other:.4g}" for name, other in losing]
         summary = f"{metric} {value:.4g} is {' and '.join(relations)}"
         return BaselineCheck(False, value, baseline, baseline_value, summary)
-    beats = " and ".join(f"the {name}'s {other:.4g}" for name, other in found.items())
+    beats = " and ".join(
+        f"{'ties' if value == other else 'beats'} the {name}'s {other:.4g}" for name, other in found.items()
+    )
     note = f"; no {unlogged} was logged, so it was not checked" if unlogged else ""
-    return BaselineCheck(True, value, baseline, baseline_value, f"{metric} {value:.4g} beats {beats}{note}")
+    return BaselineCheck(True, value, baseline, baseline_value, f"{metric} {value:.4g} {beats}{note}")
 
 
 def _finite(value: float | None) -> bool:
