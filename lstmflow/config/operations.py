@@ -137,8 +137,8 @@ class PromoteSpec(Strict):
             "Promote a version only when its test `metric` beats the baselines its own run logged on the same test "
             "part: strictly better than the naive one (seasonal naive, majority class, unigram), at least as good as "
             "the classical one (`test_baseline_*`) where the task has one; the first version too. A version that "
-            "does not is registered but not promoted (tag `lstmflow.gate.verdict: below_baseline`) and the run ends with a "
-            "warning. `false`: only the comparison with the champion decides, and a first version is always "
+            "does not is registered but not promoted (tag `lstmflow.gate.verdict: below_baseline`) and the run ends "
+            "with a warning. `false`: only the comparison with the champion decides, and a first version is always "
             "promoted. Default `true`."
         ),
     )
