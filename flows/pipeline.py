@@ -96,7 +96,7 @@ def run_pipeline(
         registered["version"], decision["decision"], decision["alias"], decision["reason"],
     )  # fmt: skip
     if refused := judging.warning(pipeline, decision):  # the run worked; its model is not worth deploying
-        logger.warning(refused)
+        logger.info(refused)  # in the flow run's log (the UI); the command line prints it as its last line
     return {
         "pipeline": pipeline,
         "mlflow_run_id": trained["run_id"],
