@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_project
-from test_stack import free_port
+from conftest import free_port, make_project
 
 PIPELINES = """\
 defaults:

@@ -20,28 +20,17 @@ import pandas as pd
 import pytest
 from conftest import make_project
 from PIL import Image
+from test_serve import PIPELINES as SERVED_PIPELINES
 
-PIPELINES = """\
-defaults:
-  train: {epochs: 1, batch_size: 16, seed: 0}
-pipelines:
-  tiny:
-    data: {path: data/tiny.csv, time_column: month, target: value, window: 24, horizon: 6, transform: none}
-    model: {layers: [{lstm: {units: 8}}, {dense: {}}]}
-    evaluate: {season: 12}
-  agents:
-    task: classify
-    data: {kind: text, path: data/agents.csv, tokenizer: {kind: word}, max_length: 16}
-    model: {layers: [{embedding: {dim: 8}}, {lstm: {units: 8}}, {dense: {activation: softmax}}]}
-  chirps:
-    task: classify
-    data: {kind: audio, path: data/chirps, n_mels: 16, workers: 1}
-    model: {layers: [{lstm: {units: 8}}, {dense: {activation: softmax}}]}
+PIPELINES = (
+    SERVED_PIPELINES
+    + """\
   digits:
     task: classify
     data: {kind: images, path: data/digits, grayscale: true}
     model: {layers: [{lstm: {units: 8}}, {dense: {activation: softmax}}]}
 """
+)
 NAMES = ("tiny", "agents", "chirps", "digits")
 
 
