@@ -65,6 +65,18 @@ def without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
     return [{key: value for key, value in row.items() if key != "epoch_seconds"} for row in history]
 
 
+class FailingAt:
+    """A metric logger that fails the run when asked to log epoch ``step``, after the checkpoints of the epochs and
+    batches before it: a crash at a known point, for the resume tests."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if step == self.step:
+            raise RuntimeError(f"failed at epoch {step}")
+
+
 def mlflow_client(root: Path) -> Any:
     """An MLflow client on the project's own SQLite store (tracking and registry)."""
     from mlflow import MlflowClient

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CLASSIFY_BASE, prepared_corpus, write_pattern_sequences
+from conftest import CLASSIFY_BASE, FailingAt, prepared_corpus, write_pattern_sequences
 
 from lstmflow.config import ClassSplitSpec, PipelineSpec, deep_merge, validate_pipeline
 from lstmflow.data.sequences import assign_parts, write_sequences
@@ -140,17 +140,6 @@ def test_a_time_budget_interrupts_a_language_models_first_epoch(tmp_path: Path) 
     assert objective.batch_count("train", 4) > 1
     assert result.stopped_by == "budget" and result.steps == 1 and result.epochs_run == 1
     assert Path(result.model_path).exists() and math.isfinite(result.best_val_loss)
-
-
-class FailingAt:
-    """A logger that fails the run when asked to log epoch ``step``, after the checkpoint of the epoch before."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if step == self.step:
-            raise RuntimeError(f"failed at epoch {step}")
 
 
 def test_a_resumed_run_continues_its_budget_from_the_checkpoint(small: Path, tmp_path: Path) -> None:

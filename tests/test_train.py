@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import (
+    FailingAt,
     Patterns,
     load_state,
     prepare_pipeline_features,
@@ -306,17 +307,6 @@ def test_checkpoint_of_another_pipeline_names_that_pipeline(sine: Sine, tmp_path
     with pytest.raises(CheckpointError, match=r"last\.pt holds a checkpoint of pipeline 'sine' \(spec \w+\), but "
                        r"pipeline 'other' now resolves to spec \w+; train into a new run directory"):  # fmt: skip
         fit(other, sine.features_dir, tmp_path, ListLogger(), progress=False)
-
-
-class FailingAt:
-    """A logger that fails the run when asked to log ``step``: the checkpoints of that epoch's batches exist then."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if step == self.step:
-            raise RuntimeError(f"failed at epoch {step}")
 
 
 @pytest.mark.parametrize(
