@@ -95,7 +95,9 @@ def test_bad_requests_are_invalid_parameters_not_server_errors(first_run: tuple[
     predictor = load_predictor(root / "runs" / "tiny" / result["flow_run_id"] / "bundle")  # no MLflow in front
     with pytest.raises(BadRequest, match=r"lacks column\(s\) \['value'\]; it has \['sales'\]"):
         predictor.predict(history.rename(columns={"value": "sales"}).tail(24))
-    with pytest.raises(BadRequest, match="missing or infinite values"):
+    with pytest.raises(
+        BadRequest, match=r"column .value., row \d+: a missing value \(NaN\); this model takes finite numbers"
+    ):
         predictor.predict(history.tail(24).assign(value=np.nan))
 
 
