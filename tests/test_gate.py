@@ -16,6 +16,7 @@ from conftest import prepare_pipeline_features, prepared_corpus, write_sine_csv
 
 from lstmflow.config import CorpusSpec, PromoteSpec, validate_pipeline
 from lstmflow.data.kinds import build_features, resolve
+from lstmflow.evaluation import comparison as scoring
 from lstmflow.evaluation import significance
 from lstmflow.models.lstm import build_model
 from lstmflow.ops import gate, steps
@@ -99,9 +100,9 @@ def test_diebold_mariano_finds_a_real_difference_and_none_where_there_is_none() 
 
 def comparison(
     challenger: float, champion: float, direction: str = "minimize", p_value: float | None = 0.001
-) -> gate.Comparison:
+) -> scoring.Comparison:
     test = None if p_value is None else significance.Significance("diebold_mariano", 3.0, p_value, 50, "DM")
-    return gate.Comparison("mae", direction, challenger, champion, 50, test)
+    return scoring.Comparison("mae", direction, challenger, champion, 50, test)
 
 
 def test_decide_needs_a_gain_of_at_least_min_gain_in_the_metric_direction() -> None:
@@ -235,10 +236,10 @@ def test_forecast_at_gives_what_predict_gives_at_each_origin(tmp_path: Path) -> 
 def test_a_forecaster_that_does_not_fit_the_test_windows_is_named_not_comparable(tmp_path: Path) -> None:
     spec = series_spec(tmp_path, window=24)
     prepare_pipeline_features(spec, tmp_path / "features")
-    data = gate.scoring_data(spec, tmp_path / "features")
+    data = scoring.scoring_data(spec, tmp_path / "features")
     short = series_spec(tmp_path / "short", window=24, horizon=3)
     prepare_pipeline_features(short, tmp_path / "short" / "features")
-    with pytest.raises(gate.NotComparable, match="forecasts 3 steps, the test windows have 6"):
+    with pytest.raises(scoring.NotComparable, match="forecasts 3 steps, the test windows have 6"):
         data.outputs(untrained_bundle(short, tmp_path / "short" / "features", 1, 3, tmp_path / "m"))
     assert data.outputs(untrained_bundle(spec, tmp_path / "features", 1, 6, tmp_path / "n")).shape == (data.n, 6, 1)
 
@@ -461,7 +462,7 @@ def test_compare_language_models_per_character_without_a_test(tmp_path: Path) ->
     )
     vocab = strong.tokenizer.vocab_size
     weak = untrained_bundle(spec, tmp_path / "features", vocab, vocab, tmp_path / "weak", per_step=True)
-    result = gate.compare(spec, tmp_path / "features", strong, weak)
+    result = scoring.compare(spec, tmp_path / "features", strong, weak)
     assert (
         result.metric == "cross_entropy"
         and result.test is None

@@ -12,10 +12,11 @@ trained on an older data version is judged on exactly the samples the new versio
   McNemar test;
 - language models: the test text's cross-entropy per character (tokenizers may differ), no test.
 
-The tests are in :mod:`lstmflow.evaluation.significance`. The rule: under ``beat_baseline`` (the default) the new
-version must first beat the baselines its own run logged on the same test part (``test_<metric>`` against
-``test_naive_*``, ``test_majority_*`` or ``test_unigram_*``, and the classical ``test_baseline_<metric>`` where the task
-has one): the run's logged metrics are the one source of those figures, so the table a run prints and the gate agree.
+The scoring is :mod:`lstmflow.evaluation.comparison`, the tests :mod:`lstmflow.evaluation.significance`.
+The rule: under ``beat_baseline`` (the default) the new version must first beat the baselines its own run logged
+on the same test part (``test_<metric>`` against ``test_naive_*``, ``test_majority_*`` or ``test_unigram_*``, and
+match the classical ``test_baseline_<metric>`` where the task has one): the run's logged metrics are the one source
+of those figures, so the table a run prints and the gate agree.
 A version that does not is registered, never promoted, first version included (verdict ``below_baseline``). Then,
 with no champion, the new version is promoted; else it must be better in the metric's direction by at least
 ``min_gain`` (relative to the champion's value) and, unless the test is ``none``, significantly so (p < ``alpha``).
@@ -40,25 +41,18 @@ import getpass
 import math
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
 from lstmflow import tracking
 from lstmflow.config import PipelineSpec, PromoteSpec
-from lstmflow.errors import DataError, LstmflowError
-from lstmflow.evaluation.significance import Significance, diebold_mariano, mcnemar
+from lstmflow.errors import LstmflowError
+from lstmflow.evaluation.comparison import Comparison, NotComparable, compared, scoring_data
 from lstmflow.tracking import registry
 
-if TYPE_CHECKING:
-    from lstmflow.config import CorpusSpec, TimeSeriesDataSpec
-
-#: Samples per request when a classifier scores the test part: bounds the padded batch in memory.
-REQUEST_SAMPLES = 512
 #: Prefix of the decision tags on a model version.
 GATE_TAG = "lstmflow.gate."
 #: The decision's fields, in the order the tags list them; numbers are read back as floats.
@@ -86,196 +80,8 @@ CLASSICAL_PREFIX = "baseline"
 _LOAD_ERRORS = (LstmflowError, ValidationError, OSError, ValueError, KeyError, RuntimeError)
 
 
-class NotComparable(LstmflowError):
-    """A model whose forecasts or answers do not fit the current test data (other targets, a shorter horizon)."""
-
-
 class Unloadable(LstmflowError):
     """A model bundle that this lstmflow cannot load."""
-
-
-# ------------------------------------------------------------------------------------------------- comparison
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Both versions' values of the deciding metric on the same test data, and the paired test (None for ``none``)."""
-
-    metric: str
-    direction: str
-    challenger: float
-    champion: float
-    n: int
-    test: Significance | None
-
-
-class _ForecastData:
-    """The test windows of the current series: origins, truth in original units, the series' raw rows."""
-
-    def __init__(self, spec: PipelineSpec, features_dir: Path) -> None:
-        from lstmflow.data.timeseries import load_features, read_series
-        from lstmflow.evaluation.metrics import mase_scale
-
-        where = f"pipelines.{spec.name}.data"
-        features = load_features(features_dir)
-        windows = features.windows("test")
-        if len(windows) == 0:
-            raise DataError(f"{where}.split.test: the test part holds no full window; the gate has nothing to compare")
-        self.frame = read_series(cast("TimeSeriesDataSpec", spec.data), where)  # a forecast reads a series
-        targets = self.frame[features.targets].to_numpy(np.float64)
-        if len(self.frame) != features.meta["rows"] or not np.array_equal(targets, features.raw):
-            raise DataError(
-                f"{where}: the raw series no longer matches the features prepared in {features_dir}; "
-                "prepare the data again"
-            )
-        self.origins = windows.origins
-        self.truth = windows.targets_original()  # (N, H, K)
-        self.targets, self.horizon, self.n = features.targets, features.horizon, len(windows)
-        self.scale = mase_scale(features.raw[: features.meta["split"]["train_end"]], features.season)
-
-    def outputs(self, predictor: Any) -> np.ndarray:
-        from lstmflow.serving.predictors import Forecaster
-
-        if not isinstance(predictor, Forecaster):
-            raise NotComparable(f"it is a {type(predictor).__name__}, not a forecaster")
-        if predictor.targets != self.targets:
-            raise NotComparable(f"it forecasts {predictor.targets}, the data's targets are {self.targets}")
-        if predictor.horizon < self.horizon:
-            raise NotComparable(f"it forecasts {predictor.horizon} steps, the test windows have {self.horizon}")
-        return predictor.forecast_at(self.frame, self.origins)[:, : self.horizon]  # (N, H, K)
-
-    def value(self, metric: str, forecast: np.ndarray) -> float:
-        from lstmflow.evaluation import metrics
-
-        if metric == "mase":
-            return metrics.mae(self.truth, forecast) / self.scale if self.scale > 0 else math.nan
-        return {"mae": metrics.mae, "rmse": metrics.rmse, "smape": metrics.smape}[metric](self.truth, forecast)
-
-    def losses(self, metric: str, forecast: np.ndarray) -> np.ndarray:
-        """One loss per test window: absolute error (mae, mase), squared error (rmse) or sMAPE, averaged over it."""
-        from lstmflow.evaluation.metrics import smape
-
-        if metric == "smape":
-            return np.array([smape(truth, window) for truth, window in zip(self.truth, forecast)])
-        errors = forecast - self.truth
-        return (errors**2 if metric == "rmse" else np.abs(errors)).mean(axis=(1, 2))
-
-    def paired_test(self, metric: str, challenger: np.ndarray, champion: np.ndarray) -> Significance:
-        return diebold_mariano(self.losses(metric, champion), self.losses(metric, challenger), self.horizon)
-
-
-class _ClassifyData:
-    """The test samples as raw requests, with their true labels."""
-
-    def __init__(self, spec: PipelineSpec, features_dir: Path) -> None:
-        from lstmflow.serving.predictors import Classifier
-
-        self.requests = Classifier.requests(spec, features_dir, "test")
-        if not self.requests.keys:
-            raise DataError(
-                f"pipelines.{spec.name}.data.split.test: the test part holds no samples; "
-                "the gate has nothing to compare"
-            )
-        self.truth = np.array(self.requests.labels, dtype=object)
-        self.n = len(self.truth)
-
-    def outputs(self, predictor: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(predicted label per sample, probability of its true label per sample); 0 for a class the model lacks."""
-        import pandas as pd
-
-        from lstmflow.serving.predictors import Classifier
-
-        if not isinstance(predictor, Classifier):
-            raise NotComparable(f"it is a {type(predictor).__name__}, not a classifier")
-        answers = []
-        for keys, rows in self.requests.chunks(REQUEST_SAMPLES):
-            answer = predictor.predict(rows).set_index("key")
-            missing = [key for key in keys if key not in answer.index]
-            if missing:
-                raise NotComparable(f"it answered no prediction for sample(s) {missing[:5]}")
-            answers.append(answer.loc[keys])
-        answer = pd.concat(answers)
-        probabilities = answer[[f"prob_{label}" for label in predictor.classes]].to_numpy(np.float64)  # (N, C)
-        column = {label: i for i, label in enumerate(predictor.classes)}
-        of_truth = np.array(
-            [probabilities[row, column[label]] if label in column else 0.0 for row, label in enumerate(self.truth)]
-        )
-        return answer["label"].astype(str).to_numpy(dtype=object), of_truth
-
-    def value(self, metric: str, outputs: tuple[np.ndarray, np.ndarray]) -> float:
-        from lstmflow.evaluation.metrics import classification_metrics, log_loss
-
-        predicted, of_truth = outputs
-        if metric == "log_loss":  # the true label's probability as a one-column table
-            return log_loss(np.zeros(self.n, dtype=np.int64), of_truth[:, None])
-        classes = sorted(set(self.truth) | set(predicted))
-        index = {label: i for i, label in enumerate(classes)}
-        codes = [np.array([index[label] for label in labels]) for labels in (self.truth, predicted)]
-        return classification_metrics(codes[0], codes[1], classes)[metric]
-
-    def paired_test(
-        self, metric: str, challenger: tuple[np.ndarray, ...], champion: tuple[np.ndarray, ...]
-    ) -> Significance:
-        """McNemar's on right/wrong, whatever the metric: the paired evidence a classifier's answers give."""
-        return mcnemar(challenger[0] == self.truth, champion[0] == self.truth)
-
-
-class _CorpusData:
-    """The test text, scored per character so that models with different tokenizers compare."""
-
-    def __init__(self, spec: PipelineSpec, features_dir: Path) -> None:
-        from lstmflow.data.corpus import split_corpus
-
-        self.text = split_corpus(cast("CorpusSpec", spec.data), f"pipelines.{spec.name}.data")["test"]
-        self.n = len(self.text)
-
-    def outputs(self, predictor: Any) -> float:
-        """Nats per character of the test text."""
-        from lstmflow.serving.predictors import Generator
-
-        if not isinstance(predictor, Generator):
-            raise NotComparable(f"it is a {type(predictor).__name__}, not a language model")
-        nats, _ = predictor.score_text(self.text)
-        return nats / self.n
-
-    def value(self, metric: str, nats_per_character: float) -> float:
-        """cross_entropy in nats per character, perplexity per character, or bits per character."""
-        if metric == "perplexity":
-            return math.exp(nats_per_character)
-        return nats_per_character / math.log(2) if metric == "bits_per_character" else nats_per_character
-
-    def paired_test(self, metric: str, challenger: float, champion: float) -> Significance:
-        raise ValueError("a language model has no significance test; its promote.test is 'none'")
-
-
-_TESTS: dict[str, Callable[[PipelineSpec, Path], Any]] = {
-    "forecast": _ForecastData,
-    "classify": _ClassifyData,
-    "language_model": _CorpusData,
-}
-
-
-def scoring_data(spec: PipelineSpec, features_dir: Path) -> Any:
-    """The test part of ``spec``'s current data, ready to score any predictor on (``outputs(predictor)``)."""
-    return _TESTS[spec.task](spec, Path(features_dir))
-
-
-def compare(spec: PipelineSpec, features_dir: Path, challenger: Any, champion: Any) -> Comparison:
-    """Score two predictors (see :mod:`lstmflow.serving.predictors`) on the test part of ``spec``'s current data.
-
-    A predictor that does not fit the data raises NotComparable or its own BadRequest, naming why.
-    """
-    data = scoring_data(spec, features_dir)
-    return _compared(spec, data, data.outputs(challenger), data.outputs(champion))
-
-
-def _compared(spec: PipelineSpec, data: Any, ours: Any, theirs: Any) -> Comparison:
-    rule = spec.promote
-    metric, test = rule.resolved_metric(spec.task), rule.resolved_test(spec.task)
-    return Comparison(
-        metric, rule.resolved_direction(spec.task), data.value(metric, ours), data.value(metric, theirs), data.n,
-        None if test == "none" else data.paired_test(metric, ours, theirs),
-    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- decision
@@ -432,7 +238,7 @@ def judge_bundles(
         why = f"the champion (version {champion_version}) cannot be scored on the current test data ({exc})"
         reason = f"promoted: the data or the task changed shape: {why}, so it cannot serve them either"
         return {"decision": "promoted", "unscored": "champion", "reason": reason}
-    comparison = _compared(spec, data, ours, theirs)
+    comparison = compared(spec, data, ours, theirs)
     decision = decide(comparison, spec.promote)
     test = comparison.test
     return {
