@@ -402,8 +402,9 @@ def test_an_interrupted_search_resumes_to_the_requested_count_without_repeating_
     worker = start_worker(prepared, tmp_path, "killed")
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and worker.poll() is None:
-        found = search.counts(study_of(prepared, tmp_path)) if (tmp_path / "runs").exists() else {}
-        if found.get("complete", 0) >= 2 and found.get("running", 0) >= 1:
+        trials = study_of(prepared, tmp_path).get_trials() if (tmp_path / "runs").exists() else []
+        training = [t for t in trials if t.state.name == "RUNNING" and steps.TRIAL_RUN_ATTR in t.user_attrs]
+        if sum(t.state.name == "COMPLETE" for t in trials) >= 2 and training:
             break
         time.sleep(0.2)
     assert worker.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]

@@ -204,6 +204,7 @@ def ask(study: optuna.Study, spec: PipelineSpec) -> int | None:
     study.sampler = make_sampler(search, seed)  # grid and cmaes draw during ask()
     try:
         trial = study.ask()
+        _claim(trial)  # at once: a process killed before its claim leaves a trial only the stale timeout ends
         if trial.number != expected and search.sampler in ("tpe", "random"):  # another worker asked in between
             study.sampler = make_sampler(search, _seed(spec.train.seed, trial.number))  # these draw at suggest time
         for key, param in search.space.items():
@@ -212,7 +213,6 @@ def ask(study: optuna.Study, spec: PipelineSpec) -> int | None:
         # Tells go through the placeholder: a grid sampler's tell would call study.stop() on the last point, which
         # Optuna allows inside study.optimize() only; the budget already stops the search there.
         study.sampler = placeholder
-    _claim(trial)
     return trial.number
 
 
