@@ -1,8 +1,8 @@
 """A small hyperparameter search: wall time with 1 and 2 trials at once, and what pruning saves.
 
 Writes a seeded seasonal series (no downloads), prepares its windows with the real features code, and runs the same
-search three times through :func:`lstmflow.ops.steps.run_search` (Optuna journal storage, MLflow on SQLite, each trial
-training in its own child process; Prefect is not involved):
+search three times through :func:`lstmflow.ops.search_steps.run_search` (Optuna journal storage, MLflow on SQLite,
+each trial training in its own child process; Prefect is not involved):
 
 - ``parallel 1, median pruner``: the reference;
 - ``parallel 2, median pruner``: two trials at once, one thread each;
@@ -36,7 +36,7 @@ from _report import RESULTS, publish  # benchmarks/ is the script's folder, so o
 
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import prepare_features, resolve_data
-from lstmflow.ops import steps
+from lstmflow.ops import search_steps, steps
 from lstmflow.training import search
 
 RUNS = {
@@ -78,7 +78,7 @@ def run_once(folder: Path, name: str, spec: PipelineSpec) -> dict[str, Any]:
     root.mkdir()
     prepared = steps.Prepared(spec.model_dump(mode="json"), str(folder / "features"), "bench", "bench")
     started = time.perf_counter()
-    done = steps.run_search(prepared, root, progress=False)
+    done = search_steps.run_search(prepared, root, progress=False)
     seconds = time.perf_counter() - started
     trials = done["summary"]["trials"]
     study = search.open_study(search.StudyRef(search.storage_location(spec, root), done["summary"]["study"]), spec)[0]

@@ -15,7 +15,8 @@ from pydantic import Field
 from lstmflow.errors import ConfigError
 from lstmflow.evaluation.baselines import read_record
 from lstmflow.ops import gate as judging
-from lstmflow.ops.steps import Prepared, drive_trials, project_root
+from lstmflow.ops.search_steps import drive_trials
+from lstmflow.ops.steps import Prepared, project_root
 from tasks.data import prepare
 from tasks.evaluate import evaluate
 from tasks.gate import gate

@@ -19,7 +19,7 @@ from conftest import TINY_PIPELINES, Patterns, make_project
 
 from lstmflow.config import PipelineSpec
 from lstmflow.errors import ConfigError, TrainingError
-from lstmflow.ops import steps
+from lstmflow.ops import search_steps, steps
 from lstmflow.training import search
 from lstmflow.training.loggers import ListLogger
 
@@ -66,9 +66,9 @@ def trial_runs(root: Path, pipeline: str) -> list[Any]:
 WORKER = """
 import json, sys
 from pathlib import Path
-from lstmflow.ops import steps
+from lstmflow.ops import search_steps, steps
 prepared = steps.Prepared(**json.loads(Path(sys.argv[1]).read_text()))
-steps.run_search(prepared, Path(sys.argv[2]), progress=False, need_best=False)
+search_steps.run_search(prepared, Path(sys.argv[2]), progress=False, need_best=False)
 """
 
 
@@ -300,13 +300,13 @@ def test_the_loop_keeps_parallel_trials_running_and_stops_at_the_budget_or_the_t
         return {"number": number, "state": search.record(study, number, "complete", float(number))}
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        first = steps.drive_trials(
+        first = search_steps.drive_trials(
             prepared, tmp_path, ref, lambda n: pool.submit(trial, n), concurrent.futures.as_completed
         )
         assert len(first) == 2 and most[0] == 2, "two at once, then the timeout: no third trial"
         pause[0] = 0.05
         endless = prepared_for(search_spec(patterns, trials=6, parallel=2), patterns)
-        rest = steps.drive_trials(
+        rest = search_steps.drive_trials(
             endless, tmp_path, ref, lambda n: pool.submit(trial, n), concurrent.futures.as_completed
         )
     assert len(rest) == 4 and most[0] == 2 and search.counts(study) == {"complete": 6}
@@ -330,7 +330,7 @@ def test_a_stopped_loop_queues_its_running_trials_again(patterns: Patterns, tmp_
         return stopped
 
     with pytest.raises(KeyboardInterrupt):
-        steps.drive_trials(prepared, tmp_path, ref, start, concurrent.futures.as_completed)
+        search_steps.drive_trials(prepared, tmp_path, ref, start, concurrent.futures.as_completed)
     assert (
         search.record(study, 0, "failed", attrs={"lstmflow.error": "TrainingError: killed by SIGINT"}) == "interrupted"
     )
@@ -347,7 +347,7 @@ def test_a_search_prunes_trials_that_then_train_fewer_epochs(patterns: Patterns,
     """Six trials on the patterns: some pruned, each after fewer epochs; MLflow holds a parent run with the two
     PNGs and the best trial, and one child run per trial with its params, its curve and its state."""
     prepared = prepared_for(search_spec(patterns), patterns)
-    done = steps.run_search(prepared, tmp_path, progress=False)
+    done = search_steps.run_search(prepared, tmp_path, progress=False)
 
     summary = done["summary"]
     assert summary["counts"].get("complete", 0) + summary["counts"].get("pruned", 0) == 6
@@ -387,7 +387,7 @@ def test_a_search_prunes_trials_that_then_train_fewer_epochs(patterns: Patterns,
 
     weights = Path(done["trained"]["model_path"]).read_bytes()
     Path(done["trained"]["model_path"]).unlink()  # as on a machine where another worker trained the best trial
-    again = steps.run_search(prepared, tmp_path, progress=False)
+    again = search_steps.run_search(prepared, tmp_path, progress=False)
     assert again["summary"]["ran"] == {} and again["summary"]["best"] == best, "a finished study starts no trial"
     assert Path(again["trained"]["model_path"]).read_bytes() == weights, "fetched from the trial's MLflow run"
 
@@ -403,7 +403,7 @@ def test_an_interrupted_search_resumes_to_the_requested_count_without_repeating_
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and worker.poll() is None:
         trials = study_of(prepared, tmp_path).get_trials() if (tmp_path / "runs").exists() else []
-        training = [t for t in trials if t.state.name == "RUNNING" and steps.TRIAL_RUN_ATTR in t.user_attrs]
+        training = [t for t in trials if t.state.name == "RUNNING" and search_steps.TRIAL_RUN_ATTR in t.user_attrs]
         if sum(t.state.name == "COMPLETE" for t in trials) >= 2 and training:
             break
         time.sleep(0.2)
@@ -413,7 +413,7 @@ def test_an_interrupted_search_resumes_to_the_requested_count_without_repeating_
     before = {t.number: t.params for t in study_of(prepared, tmp_path).get_trials() if t.state.name == "COMPLETE"}
     [killed] = [t.number for t in study_of(prepared, tmp_path).get_trials() if t.state.name == "RUNNING"]
 
-    done = steps.run_search(prepared, tmp_path, progress=False)
+    done = search_steps.run_search(prepared, tmp_path, progress=False)
     trials = study_of(prepared, tmp_path).get_trials()
     assert done["summary"]["counts"] == {"complete": 4, "interrupted": 1}
     assert {t.number: t.params for t in trials if t.number in before} == before
@@ -476,12 +476,12 @@ def test_a_search_with_no_completed_trial_says_so(patterns: Patterns, tmp_path: 
     """Closing a study where every trial failed is a TrainingError naming the study and its counts."""
     spec = search_spec(patterns, trials=1)
     prepared = prepared_for(spec, patterns)
-    study_ref = steps.open_search(prepared, tmp_path, None)
+    study_ref = search_steps.open_search(prepared, tmp_path, None)
     study = study_of(prepared, tmp_path)
     search.record(study, search.ask(study, spec), "failed", attrs={"lstmflow.error": "TrainingError: diverged"})
     with pytest.raises(TrainingError, match=rf"no trial of study {study_ref['study']} completed \(1 failed\)"):
-        steps.close_search(prepared, tmp_path, study_ref, [])
-    assert steps.close_search(prepared, tmp_path, study_ref, [], need_best=False)["trained"] is None
+        search_steps.close_search(prepared, tmp_path, study_ref, [])
+    assert search_steps.close_search(prepared, tmp_path, study_ref, [], need_best=False)["trained"] is None
 
 
 @pytest.mark.slow
