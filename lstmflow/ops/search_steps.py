@@ -1,7 +1,7 @@
 """The search step: a study of trials, each a training child with its own MLflow run under one parent run.
 
-Split from :mod:`lstmflow.ops.steps`, whose prepare and tracked-run helpers it uses; ``tasks/search.py`` wraps
-these functions for Prefect, and :func:`run_search` runs the whole search without it.
+It starts its runs with :func:`lstmflow.ops.steps.start_tracked_run`, as the train step does; ``tasks/search.py``
+wraps these functions for Prefect, and :func:`run_search` runs the whole search without it.
 """
 
 from __future__ import annotations
