@@ -26,6 +26,7 @@ from lstmflow.data.timeseries import load_features, resolve_data
 from lstmflow.errors import CheckpointError, ConfigError, DataError, TrainingError
 from lstmflow.models.lstm import build_model
 from lstmflow.training.checkpoint import CHECKPOINT_KEYS, atomic_torch_save
+from lstmflow.training.distributed import cpu_runs_bf16_lstm
 from lstmflow.training.fit import FitResult, clip_gradients, fit
 from lstmflow.training.loggers import ListLogger
 from lstmflow.training.objectives import evaluate_loss, make_objective
@@ -384,11 +385,20 @@ def test_train_lstm_kernel_picks_what_trains_and_both_learn_the_same(sine: Sine,
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
 
 
-def test_bf16_trains_on_cpu_and_fp16_is_refused_before_training(sine: Sine, tmp_path: Path) -> None:
-    result = sine.fit(sine.spec(train={"epochs": 2, "precision": "bf16"}), tmp_path / "bf16")
-    assert result.precision == "bf16" and all(math.isfinite(row["val_loss"]) for row in result.history)
-    assert load_state(result.model_path)["layers.0.lstm.weight_ih_l0"].dtype == torch.float32  # weights stay fp32
-    assert result.lstm_kernels == ["torch"]  # lstmflow's kernel has no bf16: autocast keeps nn.LSTM
+def test_bf16_trains_where_the_cpu_can_and_is_refused_before_training_elsewhere(sine: Sine, tmp_path: Path) -> None:
+    bf16 = sine.spec(train={"epochs": 2, "precision": "bf16", "device": "cpu"})
+    if cpu_runs_bf16_lstm():
+        result = sine.fit(bf16, tmp_path / "bf16")
+        assert result.precision == "bf16" and all(math.isfinite(row["val_loss"]) for row in result.history)
+        assert load_state(result.model_path)["layers.0.lstm.weight_ih_l0"].dtype == torch.float32  # weights stay fp32
+        assert result.lstm_kernels == ["torch"]  # lstmflow's kernel has no bf16: autocast keeps nn.LSTM
+    else:  # a CPU without AVX-512: oneDNN would fail inside the first batch
+        with pytest.raises(ConfigError, match=r"pipelines\.sine\.train\.precision: bf16 is not supported by this CPU"):
+            sine.fit(bf16, tmp_path / "bf16")
+        assert not (tmp_path / "bf16").exists()
+
+
+def test_fp16_is_refused_on_cpu_before_training(sine: Sine, tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"pipelines\.sine\.train\.precision: fp16 needs CUDA .*use bf16 or fp32"):
         sine.fit(sine.spec(train={"precision": "fp16", "device": "cpu"}), tmp_path / "fp16")

@@ -126,7 +126,22 @@ def device_problems(spec: PipelineSpec) -> list[str]:
         ]
     if spec.train.precision == "fp16" and device_type(spec) == "cpu":
         return [f"{where}.precision: fp16 needs CUDA (PyTorch's CPU LSTM has no fp16 kernels); use bf16 or fp32 on cpu"]
+    if spec.train.precision == "bf16" and device_type(spec) == "cpu" and not cpu_runs_bf16_lstm():
+        why = "PyTorch's oneDNN LSTM needs AVX-512 for bf16"
+        return [f"{where}.precision: bf16 is not supported by this CPU ({why}); use fp32 on this machine"]
     return []
+
+
+@functools.cache
+def cpu_runs_bf16_lstm() -> bool:
+    """Whether PyTorch's CPU LSTM runs under bf16 autocast here: oneDNN has the kernel only on CPUs with AVX-512."""
+    probe = torch.nn.LSTM(1, 1, batch_first=True)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            probe(torch.zeros(1, 1, 1))
+    except RuntimeError:
+        return False
+    return True
 
 
 def socket_environment(spec: PipelineSpec, environ: dict[str, str]) -> dict[str, str]:
