@@ -48,7 +48,11 @@ from lstmflow.training.objectives import (
 def load_trained(spec: PipelineSpec, features: Features, model_path: Path) -> LSTMNet:
     """Rebuild the network from its spec and load the trained weights, on CPU."""
     model = build_model(
-        spec.model, features.n_features, features.horizon * features.n_targets, where=f"pipelines.{spec.name}.model"
+        spec.model,
+        features.n_features,
+        features.horizon * features.n_targets,
+        where=f"pipelines.{spec.name}.model",
+        ensemble=spec.train.ensemble,
     )
     return _load_weights(model, model_path)
 
@@ -146,6 +150,7 @@ def evaluate_classifier(
         features.n_classes,
         where=f"pipelines.{spec.name}.model",
         needs=f"{features.n_classes} classes in the prepared data",
+        ensemble=spec.train.ensemble,
     )
     _load_weights(model, model_path)
     probabilities = predict_proba(model, test)
@@ -187,7 +192,12 @@ def evaluate_language_model(
     features = load_corpus(features_dir)
     objective = LanguageModelObjective(spec, features)
     model = build_model(
-        spec.model, features.vocab_size, features.vocab_size, where=f"pipelines.{spec.name}.model", per_step=True
+        spec.model,
+        features.vocab_size,
+        features.vocab_size,
+        where=f"pipelines.{spec.name}.model",
+        per_step=True,
+        ensemble=spec.train.ensemble,
     )
     _load_weights(model, model_path)
     batch_size = resolve_batch_size(spec, objective)

@@ -33,11 +33,12 @@ from lstmflow.config import ModelSpec
 from lstmflow.errors import ConfigError
 from lstmflow.models.layers import FeatureBatchNorm
 from lstmflow.models.lstm_block import LSTMBlock, LSTMKernel
-from lstmflow.models.network import LSTMNet, LSTMState
+from lstmflow.models.network import EnsembleNet, LSTMNet, LSTMState
 from lstmflow.models.shapes import output_layer, resolve_outputs, shape_problems
 from lstmflow.models.summary import summary
 
 __all__ = [
+    "EnsembleNet",
     "FeatureBatchNorm",
     "LSTMBlock",
     "LSTMKernel",
@@ -57,6 +58,7 @@ def build_model(
     needs: str | None = None,
     per_step: bool = False,
     lstm_kernel: LSTMKernel = "auto",
+    ensemble: int = 1,
 ) -> LSTMNet:
     """Compile ``spec`` for inputs of ``n_features`` per step and a task that needs ``n_outputs`` per sample.
 
@@ -68,8 +70,9 @@ def build_model(
     in a sequence. ``where`` is the spec's YAML path and ``needs`` says where ``n_outputs`` comes from (e.g.
     ``"horizon 12 × 1 target"``); both go into the error messages. ``per_step`` asks for ``n_outputs`` at every
     time step (a language model's next-token scores) instead of once per sample. ``lstm_kernel`` is
-    ``train.lstm_kernel``: what runs the lstm layers' recurrence on a CPU (:class:`LSTMBlock`). Every broken rule
-    is reported in one ConfigError.
+    ``train.lstm_kernel``: what runs the lstm layers' recurrence on a CPU (:class:`LSTMBlock`). ``ensemble`` is
+    ``train.ensemble``: above 1, an :class:`EnsembleNet` of that many networks. Every broken rule is reported in one
+    ConfigError.
     """
     if n_features < 1:
         raise ValueError(f"n_features must be >= 1, got {n_features}")
@@ -78,4 +81,6 @@ def build_model(
     problems += output_problems
     if problems:
         raise ConfigError(problems)
+    if ensemble > 1:
+        return EnsembleNet([LSTMNet(resolved, n_features, lstm_kernel, where) for _ in range(ensemble)])
     return LSTMNet(resolved, n_features, lstm_kernel, where)

@@ -3,6 +3,7 @@ masking and the carried lstm state that the model's overview (:mod:`lstmflow.mod
 
 from __future__ import annotations
 
+import math
 from typing import TypeAlias, cast
 
 import torch
@@ -142,6 +143,60 @@ class LSTMNet(nn.Module):
         if self.spec.l2:
             penalty = penalty + self.spec.l2 * sum(param.square().sum() for param in matrices)
         return penalty
+
+
+class EnsembleNet(LSTMNet):
+    """``train.ensemble``: ``members[i]`` is a whole :class:`LSTMNet` of one spec, trained from its own seed; the
+    ensemble answers with their average in the space the task predicts in, so that one model is registered and served.
+
+    :meth:`forward` averages the members' outputs: forecast values as the network emits them (scaled, before the
+    data's transform is undone, so a `log` series gets the geometric mean), probabilities when the spec ends in a
+    softmax.
+    :meth:`logits` and :meth:`logits_carrying` return the log of the members' averaged softmax: a softmax or a
+    cross-entropy on them sees the averaged probabilities, which an average of logits would not give. The state dict
+    holds every member's (``members.1.layers.0.lstm.weight_ih_l0``); the members are trained one by one as plain
+    networks (:mod:`lstmflow.training.fit`), so nothing here trains.
+    """
+
+    def __init__(self, members: list[LSTMNet]) -> None:
+        nn.Module.__init__(self)  # no layers of its own: each member has them
+        first = members[0]
+        self.spec, self.n_features, self.out_features = first.spec, first.n_features, first.out_features
+        self.softmax_head = first.softmax_head
+        self.members = nn.ModuleList(members)
+
+    def networks(self) -> list[LSTMNet]:
+        return [cast(LSTMNet, member) for member in self.members]
+
+    def lstm_kernels_trained(self) -> list[str]:
+        return sorted({name for member in self.networks() for name in member.lstm_kernels_trained()})
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return torch.stack([member(x, lengths) for member in self.networks()]).mean(dim=0)
+
+    def logits(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return _log_mean_softmax([member.logits(x, lengths) for member in self.networks()])
+
+    def logits_carrying(self, x: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """Each member carries its own lstm states: member ``m``'s layer ``i`` under key ``m * len(layers) + i``."""
+        state, width = state or {}, len(self.spec.layers)
+        final: LSTMState = {}
+        logits: list[Tensor] = []
+        for number, member in enumerate(self.networks()):
+            mine = {key - number * width: value for key, value in state.items() if key // width == number}
+            member_logits, member_final = member.logits_carrying(x, mine)
+            logits.append(member_logits)
+            final |= {number * width + key: value for key, value in member_final.items()}
+        return _log_mean_softmax(logits), final
+
+    def regularization_penalty(self) -> Tensor:
+        return torch.stack([member.regularization_penalty() for member in self.networks()]).sum()
+
+
+def _log_mean_softmax(logits: list[Tensor]) -> Tensor:
+    """log(mean_m softmax(logits[m])) over the last axis, computed stably: (…, C) each → (…, C)."""
+    log_probabilities = torch.stack([torch.log_softmax(scores, dim=-1) for scores in logits])  # (M, …, C)
+    return torch.logsumexp(log_probabilities, dim=0) - math.log(len(logits))
 
 
 class Branches(nn.Module):

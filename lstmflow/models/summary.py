@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lstmflow.config import LayerSpec
-from lstmflow.models.network import Branches, LSTMNet
+from lstmflow.models.network import Branches, EnsembleNet, LSTMNet
 from lstmflow.models.shapes import shortest_input
 
 _KERAS_NAMES = {
@@ -37,8 +37,10 @@ def summary(model: LSTMNet, n_features: int) -> str:
     Output shapes are read from a forward pass of two samples of three steps, or as many as the layers need (in eval
     mode, without gradients); batch and time print as ``None``. Param # counts, like Keras, the batchnorm running
     statistics (non-trainable). An embedding-first model's input is a sequence of token ids, ``Input(shape=(None,))``
-    as in Keras.
+    as in Keras. An ensemble (``train.ensemble``) shows one member's table and its totals for all the members.
     """
+    if isinstance(model, EnsembleNet):
+        return _ensemble_summary(model, n_features)
     rows = [("Layer (type)", "Output Shape", "Param #", "Keras Param #")]
     seen: Counter[str] = Counter()
     trainable = non_trainable = keras_total = 0
@@ -80,6 +82,20 @@ def summary(model: LSTMNet, n_features: int) -> str:
             f"Non-trainable params: {non_trainable:,}",
             "_" * rule,
             note,
+        ]
+    )
+
+
+def _ensemble_summary(model: EnsembleNet, n_features: int) -> str:
+    """Each member's table once (they share the spec), then the parameters of all of them."""
+    members = model.networks()
+    total = sum(param.numel() for param in model.parameters())
+    total += sum(buffer.numel() for buffer in model.buffers() if buffer.is_floating_point())
+    return "\n".join(
+        [
+            f'Model: "{type(model).__name__}" of {len(members)} members (train.ensemble), each:',
+            summary(members[0], n_features),
+            f"Ensemble total params: {total:,} ({len(members)} × {total // len(members):,})",
         ]
     )
 

@@ -22,6 +22,7 @@ def load_network(bundle_dir: Path, spec: Any, n_features: int, n_outputs: int, p
 
     from lstmflow.models.lstm import build_model
 
-    model = build_model(spec.model, n_features, n_outputs, where=f"pipelines.{spec.name}.model", per_step=per_step)
+    where, ensemble = f"pipelines.{spec.name}.model", spec.train.ensemble
+    model = build_model(spec.model, n_features, n_outputs, where, per_step=per_step, ensemble=ensemble)
     model.load_state_dict(torch.load(bundle_dir / "model.pt", map_location="cpu", weights_only=True))
     return model.eval()

@@ -112,6 +112,9 @@ class FitResult:
     kept: str = "best"  # "best" epoch's weights, or "last" when the validation part was too small to decide on
     lr_schedule: str = ""  # the schedule that ran: a train.lr_schedule name, or auto-plateau / auto-cosine
     class_weights: list[float] | None = None  # the classes' weights in the training loss (train.class_weight)
+    #: train.ensemble above 1: each member's seed, kept epoch and scores (the fields above are the ensemble's then,
+    #: see :mod:`lstmflow.training.ensemble`); empty for one model.
+    members: list[dict[str, Any]] = field(default_factory=list)
 
     def write(self, path: Path) -> None:
         atomic_write_bytes(json.dumps(asdict(self), indent=2).encode(), path)
@@ -138,20 +141,40 @@ def fit(
     """Train ``spec.model`` on the features in ``features_dir``; resumes from ``run_dir`` when it holds a checkpoint.
 
     ``world`` is this process's place among several training processes (see
-    :func:`lstmflow.training.distributed.join`); None trains alone.
+    :func:`lstmflow.training.distributed.join`); None trains alone. With ``train.ensemble`` above 1 it trains the
+    members one after another (:mod:`lstmflow.training.ensemble`).
     """
-    started = time.perf_counter()
     torch.set_num_threads(train_threads(spec))
     world = world or World(_device(spec))
     set_deterministic(spec.train.deterministic)
+    if spec.train.ensemble > 1:
+        from lstmflow.training.ensemble import fit_ensemble  # which calls fit_member: a cycle at import time
+
+        return fit_ensemble(spec, Path(features_dir), Path(run_dir), logger, progress, world)
+    return fit_member(spec, Path(features_dir), Path(run_dir), logger, progress, world)
+
+
+def fit_member(
+    spec: PipelineSpec,
+    features_dir: Path,
+    run_dir: Path,
+    logger: MetricLogger,
+    progress: bool,
+    world: World,
+    member: str = "",
+) -> FitResult:
+    """:func:`fit` of one network after the process-wide settings; ``member`` (e.g. ``"member 2/5"``) names it in
+    the progress lines and the log when it is one of an ensemble."""
+    started = time.perf_counter()
     seed_everything(spec.train.seed)
-    loop = EpochLoop.build(spec, Path(features_dir), Path(run_dir) / CHECKPOINT_DIR, world)
+    loop = EpochLoop.build(spec, features_dir, run_dir / CHECKPOINT_DIR, world)
+    loop.member = member
     resumed_from = loop.resume()
     loop.announce()
     with _progress_bar(progress and world.is_main) as bar:
         while loop.state.stopped_by is None:
             loop.run_epoch(bar, logger)
-    return _finish(loop, Path(run_dir), resumed_from, started)
+    return _finish(loop, run_dir, resumed_from, started)
 
 
 @dataclass
@@ -172,6 +195,11 @@ class EpochLoop:
     clock: Clock = field(default_factory=Clock)
     budget: Budget | None = None
     progress_lines: ProgressLines | None = None
+    member: str = ""  # "member 2/5" in an ensemble, else empty
+
+    def name(self) -> str:
+        """The pipeline's name, and the member's number in an ensemble, as the log lines start."""
+        return f"{self.spec.name} {self.member}" if self.member else self.spec.name
 
     @classmethod
     def build(cls, spec: PipelineSpec, features_dir: Path, checkpoint_dir: Path, world: World) -> EpochLoop:
@@ -218,11 +246,11 @@ class EpochLoop:
 
     def announce(self) -> None:
         """The plan in the log; the reason when the data turned early stopping off, on the console too."""
-        plan, spec, world = self.plan, self.spec, self.world
+        plan, world = self.plan, self.world
         log.info(
             "training %s on %s with %d thread(s), rank %d of %d: batch_size %d, %d steps per epoch, at most %d steps, "
             "budget %s, lr schedule %s (warm-up %d steps), select %s, %s",
-            spec.name, world.device, torch.get_num_threads(), world.rank, world.size, plan.batch_size,
+            self.name(), world.device, torch.get_num_threads(), world.rank, world.size, plan.batch_size,
             plan.steps_per_epoch, plan.max_steps, self._budget().describe(), plan.lr_schedule, plan.warmup_steps,
             plan.selection.metric,
             "no early stopping" if plan.patience is None
@@ -255,8 +283,8 @@ class EpochLoop:
         if not skip:
             state.epoch_lr, state.sums = optimizer.param_groups[0]["lr"], _zero_sums(self.world.device)
         task = bar.add_task(
-            f"epoch {epoch}/{plan.epochs}", total=plan.steps_per_epoch, completed=skip, loss=math.nan, val="",
-            lr=state.epoch_lr,
+            f"{self.member} epoch {epoch}/{plan.epochs}".lstrip(), total=plan.steps_per_epoch, completed=skip,
+            loss=math.nan, val="", lr=state.epoch_lr,
         )  # fmt: skip
         self.model.train()
         batches = self.objective.batches("train", plan.batch_size, **self._order(epoch))
@@ -290,7 +318,7 @@ class EpochLoop:
         state, plan = self.state, self.plan
         last = f"{state.history[-1][plan.selection.metric]:.4f}" if state.history else "-"
         lines.emit(
-            f"{self.spec.name}: epoch {epoch}/{plan.epochs} step {state.step}/{plan.max_steps} "
+            f"{self.name()}: epoch {epoch}/{plan.epochs} step {state.step}/{plan.max_steps} "
             f"train_loss {state.train_loss():.4f} {plan.selection.metric} {last} "
             f"elapsed {minutes(self.clock.elapsed())} / budget {self._budget().describe()}"
         )
@@ -437,7 +465,7 @@ def _say_how_it_ended(loop: EpochLoop, result: FitResult) -> None:
         "epochs": f"its last epoch (train.epochs: {loop.spec.train.epochs}, {loop.plan.epochs} epochs)",
     }
     line = (
-        f"{loop.spec.name}: training stopped by {reasons[result.stopped_by]} after {result.epochs_run} epoch(s), "
+        f"{loop.name()}: training stopped by {reasons[result.stopped_by]} after {result.epochs_run} epoch(s), "
         f"{result.steps} steps, {minutes(result.train_seconds)}; keeping the {result.kept} epoch, "
         f"{result.best_epoch} ({result.select} {result.best_score:.4f})"
     )

@@ -467,7 +467,14 @@ def plot_study(study: optuna.Study, metric: str, out_dir: Path) -> list[Path]:
 
 
 def search_settings(spec: PipelineSpec) -> SearchSpec:
-    """The pipeline's ``search`` section; a ConfigError names the pipeline when it has none."""
+    """The pipeline's ``search`` section; a ConfigError names the pipeline when it has none, or when it trains an
+    ensemble: trials compare values on one model's curve (the pruner reads it epoch by epoch), and N seeds per trial
+    would multiply the search's cost by N without changing which values win."""
     if spec.search is None:
         raise ConfigError(f"pipelines.{spec.name}.search: not set; add a search section to search this pipeline")
+    if spec.train.ensemble > 1:
+        raise ConfigError(
+            f"pipelines.{spec.name}.train.ensemble: {spec.train.ensemble} cannot be searched with; search with 1 "
+            "(the default), then train the best values with train.ensemble in a pipeline without search"
+        )
     return spec.search
