@@ -11,7 +11,9 @@ a rerun copies them instead of building again. ``SOURCES`` says where each set c
 
 from __future__ import annotations
 
+import ast
 import csv
+import datetime
 import itertools
 import json
 import math
@@ -22,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,9 @@ from typing import Any
 BUILD_VERSION = "2"  # bump when a builder changes what it writes, so cached sets are rebuilt
 CACHE = Path(os.environ.get("LSTMFLOW_QUALITY_CACHE", Path.home() / ".cache" / "lstmflow-quality"))
 AEON_WHEEL = "aeon==1.6.0"  # its datasets/data/ folder ships UCR/UEA sets and classic forecasting series
+DJANGO_WHEEL = "django==5.2.8"  # its locale/ folders hold the translated messages of about 100 languages
+SYMPY_WHEEL = "sympy==1.14.0"  # pure Python: docstrings of its subpackages, read with ast (never imported)
+PMDARIMA_WHEEL = "pmdarima==2.1.1"  # its datasets/ modules hold R forecast package series as array literals
 VALIDATION_FRACTION = 0.2
 SEED = 0
 
@@ -57,10 +63,23 @@ SOURCES: dict[str, Source] = {
                       "table); aeon BSD-3-Clause", "Box, Jenkins & Reinsel: monthly airline passengers 1949-1960"),
     "lynx": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/Lynx", "public domain (R datasets::lynx); aeon "
                    "BSD-3-Clause", "Canadian lynx trappings 1821-1934 (Elton & Nicholson 1942)"),
+    "wineind": Source(PMDARIMA_WHEEL + " wheel (PyPI), pmdarima/datasets/wineind.py", "R forecast package data "
+                      "(GPL-3); pmdarima MIT", "Australian wine sales by winemakers, monthly 1980-1994 (Hyndman)"),
+    "ausbeer": Source(PMDARIMA_WHEEL + " wheel (PyPI), pmdarima/datasets/ausbeer.py", "R fpp data (GPL-2+); "
+                      "pmdarima MIT", "Australian quarterly beer production 1956-2008 (ABS, via Hyndman's fpp)"),
+    "elnino": Source("statsmodels (a dependency of lstmflow), statsmodels/datasets/elnino", "public domain (NOAA)",
+                     "Nino 1+2 sea surface temperature (ERSST.V3B), monthly 1950-2010"),
+    "woolyrnq": Source(PMDARIMA_WHEEL + " wheel (PyPI), pmdarima/datasets/woolyrnq.py", "R forecast package data "
+                       "(GPL-3); pmdarima MIT", "Australian quarterly woollen yarn production 1965-1994 (ABS)"),
     "fortunes_en": Source("Debian package `fortunes` (fortune-mod 1.99.1), /usr/share/games/fortunes",
                           "BSD (fortune-mod's Debian copyright file)", "BSD fortune(6) data files, one per topic"),
     "fortunes_de": Source("Debian package `fortunes-de`, /usr/share/games/fortunes/de", "GPL-2+",
                           "German fortune files (Andreas Tille et al.), one per topic"),
+    "romance_lang": Source(DJANGO_WHEEL + " wheel (PyPI), django/**/locale/LANG/LC_MESSAGES/django.po",
+                           "BSD-3-Clause (Django, translations included)", "Django's interface messages as "
+                           "translated into 8 Romance languages by its Transifex teams"),
+    "sympy_docs": Source(SYMPY_WHEEL + " wheel (PyPI), sympy/SUBPACKAGE/**/*.py", "BSD-3-Clause (SymPy)",
+                         "the descriptive part of SymPy's docstrings, labelled by subpackage"),
     "spoken_digits": Source("Debian packages `espeak-ng`, `espeak-ng-data` (+ their libraries)", "GPL-3+ "
                             "(espeak-ng); the clips are generated here", "the words zero..nine spoken by espeak-ng"),
     "jargon": Source("Debian package `jargon-text`, /usr/share/doc/jargon-text/jargon.txt.gz", "public domain "
@@ -272,6 +291,49 @@ def lynx(dest: Path) -> BuiltSet:
     return BuiltSet("lynx", {"task": "forecast", "data": data}, notes)
 
 
+def pmdarima_values(module: str) -> list[float]:
+    """The series a pmdarima dataset module holds as ``rslt = np.array([...])``, read as text (never imported);
+    a trailing ``None`` (ausbeer's missing last quarter) is dropped."""
+    source = (wheel_data(PMDARIMA_WHEEL, "pmdarima/datasets") / f"{module}.py").read_text()
+    literal = re.search(r"rslt = np\.array\((\[.*?\])\)", source, re.DOTALL)
+    if literal is None:
+        raise RuntimeError(f"no `rslt = np.array([...])` in pmdarima/datasets/{module}.py")
+    values = ast.literal_eval(literal.group(1))
+    return [float(value) for value in values if value is not None]
+
+
+def calendar_set(name: str, column: str, first: str, months: int, test_size: int) -> Callable[[Path], BuiltSet]:
+    """A pmdarima series dated from ``first`` every ``months`` months, the last ``test_size`` points as test,
+    forecast one step ahead (the horizon the forecasting target is stated for)."""
+
+    def build(dest: Path) -> BuiltSet:
+        values = pmdarima_values(name)
+        start = datetime.date.fromisoformat(first)
+        dates = [start.replace(year=start.year + (start.month - 1 + i * months) // 12,
+                               month=(start.month - 1 + i * months) % 12 + 1) for i in range(len(values))]  # fmt: skip
+        notes = write_series(dest, column, [(date.isoformat(), value) for date, value in zip(dates, values)], test_size)
+        data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": [column], "horizon": 1,
+                "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
+        return BuiltSet(name, {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
+
+    return build
+
+
+def elnino(dest: Path) -> BuiltSet:
+    """Monthly Nino 1+2 sea temperatures 1950-2010: a strong, stable season without a trend; the last 24 months as
+    test, forecast one step ahead."""
+    from statsmodels.datasets import elnino as source
+
+    table = source.load_pandas().data
+    months = table.columns[1:]
+    rows = [(f"{int(year)}-{number:02d}-01", float(table.loc[i, month]))
+            for i, year in enumerate(table["YEAR"]) for number, month in enumerate(months, start=1)]  # fmt: skip
+    notes = write_series(dest, "celsius", rows, test_size=24)
+    data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": ["celsius"], "horizon": 1,
+            "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
+    return BuiltSet("elnino", {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
+
+
 # ---------------------------------------------------------------- texts (Debian fortune files)
 
 
@@ -320,6 +382,84 @@ def fortune_set(name: str, package: str, folder: str, topics: Sequence[str], cap
         return BuiltSet(name, {"task": "classify", "data": data}, notes)
 
     return build
+
+
+def capped_set(name: str, by_label: dict[str, list[str]], cap: int, what: str) -> Callable[[Path], BuiltSet]:
+    """Texts found under several labels are dropped (they cannot be told apart), each label keeps at most ``cap``
+    distinct texts (seeded sample), and the rest is split like the fortune sets."""
+
+    def build(dest: Path) -> BuiltSet:
+        owners = Counter(text for texts in by_label.values() for text in set(texts))
+        rng = random.Random(SEED)
+        texts: list[str] = []
+        labels: list[str] = []
+        for label, found in by_label.items():
+            unique = sorted({text for text in found if owners[text] == 1})
+            unique = rng.sample(unique, cap) if len(unique) > cap else unique
+            texts += unique
+            labels += [label] * len(unique)
+        sizes = write_texts(dest, texts, labels)
+        notes = [
+            (
+                f"{len(by_label)} {what}, texts found under one label only, at most {cap} per label (seeded sample); "
+                f"no published split: seeded stratified 60/20/20 ({sizes['train']}/{sizes['val']}/{sizes['test']})"
+            )
+        ]
+        data = {"kind": "text", "path": "train.jsonl", "split": {"files": {"val": "val.jsonl", "test": "test.jsonl"}}}
+        return BuiltSet(name, {"task": "classify", "data": data}, notes)
+
+    return build
+
+
+def po_messages(text: str) -> list[str]:
+    """The non-empty translations (``msgstr``, plural forms included) of a gettext .po file, header excluded."""
+    messages, current = [], None
+    for line in [*text.splitlines(), ""]:
+        opening = re.match(r'msgstr(?:\[\d+\])?\s+"(.*)"$', line)
+        if opening:
+            current = [opening.group(1)]
+        elif current is not None and line.startswith('"'):
+            current.append(line[1:-1])
+        elif current is not None:
+            message = "".join(current).replace("\\n", " ").replace('\\"', '"').strip()
+            if message and "Content-Type:" not in message:
+                messages.append(message)
+            current = None
+    return messages
+
+
+def romance_lang(dest: Path) -> BuiltSet:
+    """Language identification of short interface messages among 8 close Romance languages (Django's catalogs)."""
+    with zipfile.ZipFile(wheel(DJANGO_WHEEL)) as archive:
+        by_label: dict[str, list[str]] = {language: [] for language in ROMANCE_LANGUAGES}
+        for member in archive.namelist():
+            found = re.search(r"/locale/([^/]+)/LC_MESSAGES/django\.po$", member)
+            if found and found.group(1) in by_label:
+                by_label[found.group(1)] += po_messages(archive.read(member).decode("utf-8"))
+    return capped_set("romance_lang", by_label, cap=700, what="languages")(dest)
+
+
+def docstring_summary(node: ast.AST) -> str | None:
+    """A docstring's descriptive part: up to its first section (Examples, Parameters, ...) or doctest, one line."""
+    docstring = ast.get_docstring(node) if isinstance(node, DEFINITIONS) else None
+    if not docstring:
+        return None
+    head = re.split(r"\n\s*(?:Examples?|Parameters|Explanation|See Also|References|Notes|>>>)", docstring)[0]
+    text = " ".join(head.split())
+    return text if 20 <= len(text) <= 1000 else None
+
+
+def sympy_docs(dest: Path) -> BuiltSet:
+    """Which SymPy subpackage a docstring comes from: technical prose on 10 topics, tests and benchmarks left out."""
+    by_label: dict[str, list[str]] = {package: [] for package in SYMPY_SUBPACKAGES}
+    with zipfile.ZipFile(wheel(SYMPY_WHEEL)) as archive:
+        for member in sorted(archive.namelist()):
+            parts = member.split("/")
+            wanted = len(parts) > 2 and parts[1] in by_label and not {"tests", "benchmarks"} & set(parts)
+            if member.endswith(".py") and wanted:
+                tree = ast.parse(archive.read(member))
+                by_label[parts[1]] += filter(None, map(docstring_summary, ast.walk(tree)))
+    return capped_set("sympy_docs", by_label, cap=300, what="subpackages")(dest)
 
 
 # ---------------------------------------------------------------- audio (espeak-ng from Debian)
@@ -414,6 +554,10 @@ def jargon(dest: Path) -> BuiltSet:
 # ---------------------------------------------------------------- the registry of sets
 
 FORTUNE_TOPICS_EN = ["computers", "politics", "science", "work", "men-women", "law", "education", "food", "sports"]
+ROMANCE_LANGUAGES = ["es", "pt", "gl", "ast", "ca", "it", "fr", "ro"]
+SYMPY_SUBPACKAGES = ["physics", "polys", "matrices", "combinatorics", "stats", "solvers", "integrals", "geometry",
+                     "printing", "ntheory"]  # fmt: skip
+DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 FORTUNE_TOPICS_DE = ["fussball", "letzteworte", "warmduscher", "woerterbuch", "regeln", "namen", "linuxtag", "zitate"]
 
 BUILDERS: dict[str, Callable[[Path], BuiltSet]] = {
@@ -423,8 +567,14 @@ BUILDERS: dict[str, Callable[[Path], BuiltSet]] = {
     "japanesevowels": ucr_set("japanesevowels", "JapaneseVowels", "long"),
     "airline": airline,
     "lynx": lynx,
+    "wineind": calendar_set("wineind", "sales", "1980-01-01", months=1, test_size=24),
+    "ausbeer": calendar_set("ausbeer", "megalitres", "1956-01-01", months=3, test_size=16),
+    "elnino": elnino,
+    "woolyrnq": calendar_set("woolyrnq", "tonnes", "1965-01-01", months=3, test_size=16),
     "fortunes_en": fortune_set("fortunes_en", "fortunes", "usr/share/games/fortunes", FORTUNE_TOPICS_EN, cap=300),
     "fortunes_de": fortune_set("fortunes_de", "fortunes-de", "usr/share/games/fortunes/de", FORTUNE_TOPICS_DE, cap=300),
+    "romance_lang": romance_lang,
+    "sympy_docs": sympy_docs,
     "spoken_digits": spoken_digits,
     "jargon": jargon,
 }

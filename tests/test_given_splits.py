@@ -103,7 +103,12 @@ def test_text_files_fit_the_tokenizer_on_the_training_file_only(tmp_path: Path) 
         for part, texts in rows.items()
     }
     spec = TextSpec.model_validate(
-        {"kind": "text", "path": paths["train"], "split": given(paths["val"], paths["test"])}
+        {
+            "kind": "text",
+            "path": paths["train"],
+            "split": given(paths["val"], paths["test"]),
+            "tokenizer": {"kind": "word"},
+        }
     )
     summary = prepare_text_features(spec, tmp_path / "out", WHERE)
     assert (summary["n_train"], summary["n_val"], summary["n_test"], summary["split"]) == (4, 2, 2, "files")
@@ -440,7 +445,7 @@ def test_text_with_a_test_file_alone_fits_the_tokenizer_on_what_trains(tmp_path:
             "kind": "text",
             "path": train,
             "split": {"files": {"test": str(test)}, "val": 0.3},
-            "tokenizer": {"min_frequency": 1},
+            "tokenizer": {"kind": "word", "min_frequency": 1},
         }
     )
     summary = prepare_text_features(spec, tmp_path / "out", WHERE)

@@ -446,12 +446,12 @@ def test_values_over_time_default_to_lstm_fcn(kind: str, tmp_path: Any) -> None:
     assert model(x, lengths).shape == (2, 3)
 
 
-def test_text_defaults_to_a_bidirectional_lstm_with_max_pooling(tmp_path: Any) -> None:
+def test_text_defaults_to_a_convolution_with_max_pooling(tmp_path: Any) -> None:
     model_spec = default_model("text", str(tmp_path / "texts.csv"))
     assert [layer.kind for layer in model_spec.layers] == [
-        "embedding", "lstm", "global_max_pool", "dropout", "dense"
+        "embedding", "conv1d", "global_max_pool", "dropout", "dense"
     ]  # fmt: skip
-    assert model_spec.layers[0].embedding.dropout > 0 and model_spec.layers[1].lstm.bidirectional
+    assert model_spec.layers[0].embedding.dropout > 0 and model_spec.layers[1].conv1d.kernel_size == 3
 
 
 def test_the_default_sequence_classifier_trains_with_the_trainer(patterns: Patterns, tmp_path: Any) -> None:

@@ -145,13 +145,20 @@ def test_bad_split_value_names_value_and_row() -> None:
         assign_parts(
             ["a", "b", "a"],
             ClassSplitSpec(column="part"),
-            ["train", "training", None],
+            ["train", "holdout", None],
             WHERE,
             names=["line 2", "line 3", "line 4"],
         )
     assert error_text(excinfo) == (
-        "pipelines.x.data.split.column: 2 value(s) that are not train, val or test: line 3: 'training', line 4: None"
+        "pipelines.x.data.split.column: 2 value(s) that are not train, val or test (or training, validation, valid, "
+        "testing): line 3: 'holdout', line 4: None"
     )
+
+
+def test_split_values_may_be_spelt_out() -> None:
+    given = ["Training", "validation ", "TESTING", "valid", "train"]
+    parts = assign_parts(list("abcab"), ClassSplitSpec(column="part"), given, WHERE, names=list("vwxyz"))
+    assert parts.tolist() == [0, 1, 2, 1, 0]
 
 
 # --------------------------------------------------------------------------------- writing the store

@@ -217,7 +217,10 @@ def test_features_fit_the_tokenizer_on_train_only_and_truncate_counted(tmp_path:
         {"text": "three giraffe", "label": "b", "part": "test"},
     ]
     spec = text_spec(
-        write_rows(tmp_path / "t.jsonl", rows), max_length=4, split={"column": "part"}, tokenizer={"min_frequency": 1}
+        write_rows(tmp_path / "t.jsonl", rows),
+        max_length=4,
+        split={"column": "part"},
+        tokenizer={"kind": "word", "min_frequency": 1},
     )
     summary = prepare_text_features(spec, tmp_path / "features", WHERE)
     assert summary["vocab_size"] == 8  # pad, unk and the six training words
@@ -269,7 +272,12 @@ def test_a_text_classifier_learns_word_order(tmp_path: Path) -> None:
     write_order_texts(tmp_path / "order.csv")
     raw = {
         "task": "classify",
-        "data": {"kind": "text", "path": "order.csv", "split": {"val": 0.25, "test": 0.0}},
+        "data": {
+            "kind": "text",
+            "path": "order.csv",
+            "split": {"val": 0.25, "test": 0.0},
+            "tokenizer": {"kind": "word"},
+        },
         "model": {"layers": [{"embedding": {"dim": 8}}, {"lstm": {"units": 16}}, {"dense": {"activation": "softmax"}}]},
         "train": {"epochs": 8, "batch_size": 16, "optimizer": {"lr": 0.03}, "seed": 0},
     }
@@ -282,6 +290,7 @@ def test_a_text_classifier_learns_word_order(tmp_path: Path) -> None:
 
 
 def test_text_classification_maps_words_seen_once_to_unknown_by_default(tmp_path: Path) -> None:
+    """`min_frequency` defaults to 2 for text whatever the tokenizer kind; here the word tokenizer shows it."""
     rows = [
         {"text": "a gripping thriller", "label": "good", "part": "train"},
         {"text": "a gripping drama", "label": "good", "part": "train"},
@@ -291,11 +300,33 @@ def test_text_classification_maps_words_seen_once_to_unknown_by_default(tmp_path
         {"text": "dull", "label": "bad", "part": "test"},
     ]
     path = write_rows(tmp_path / "t.csv", rows)
-    prepare_text_features(text_spec(path, split={"column": "part"}), tmp_path / "default", WHERE)
+    word = {"kind": "word"}
+    prepare_text_features(text_spec(path, split={"column": "part"}, tokenizer=word), tmp_path / "default", WHERE)
     tokenizer = load_tokenizer(tmp_path / "default")
     assert tokenizer.tokens == ["<pad>", "<unk>", "a", "dull", "gripping"]  # thriller, drama, plot, script: once each
     assert tokenizer.encode("a gripping thriller") == [2, 4, UNK_ID]
     prepare_text_features(
-        text_spec(path, split={"column": "part"}, tokenizer={"min_frequency": 1}), tmp_path / "all", WHERE
+        text_spec(path, split={"column": "part"}, tokenizer={**word, "min_frequency": 1}), tmp_path / "all", WHERE
     )
     assert "thriller" in load_tokenizer(tmp_path / "all").tokens
+
+
+def test_text_classification_reads_unseen_words_as_known_subwords_by_default(tmp_path: Path) -> None:
+    """The text default is subwords (bpe) under a convolution: a word never seen in training, such as a new
+    inflection, still reaches the model as pieces it has learnt, where a word vocabulary gives `<unk>`."""
+    train = ["walking home", "walked home", "talking loud", "talked loud", "walks far", "talks far"]
+    rows = [{"text": text, "label": text.split()[0][:4], "part": "train"} for text in train]
+    rows += [{"text": "walk", "label": "walk", "part": "val"}, {"text": "talk", "label": "talk", "part": "test"}]
+    path = write_rows(tmp_path / "t.csv", rows)
+    raw = {"task": "classify", "data": {"kind": "text", "path": "t.csv", "split": {"column": "part"}}}
+    spec = validate_pipeline("reviews", raw, tmp_path)
+    assert [layer.kind for layer in spec.model.layers] == [
+        "embedding", "conv1d", "global_max_pool", "dropout", "dense"
+    ]  # fmt: skip
+    assert (spec.data.tokenizer.kind, spec.data.tokenizer.min_frequency) == ("bpe", 2)
+    prepare_text_features(spec.data, tmp_path / "features", WHERE)
+    ids = load_tokenizer(tmp_path / "features").encode("walker talker")  # neither word was in training
+    assert UNK_ID not in ids and len(ids) < len("walkertalker")  # pieces longer than a character, none unknown
+    word = text_spec(path, split={"column": "part"}, tokenizer={"kind": "word"})
+    assert prepare_text_features(word, tmp_path / "words", WHERE)["vocab_size"] == 5  # pad, unk, home, loud, far
+    assert load_tokenizer(tmp_path / "words").encode("walker talker") == [UNK_ID, UNK_ID]

@@ -24,6 +24,7 @@ from lstmflow.data.timeseries import (
     read_series,
     resolve_data,
 )
+from lstmflow.data.timeseries.preprocessing import _trends
 from lstmflow.errors import DataError
 
 torch.set_num_threads(1)
@@ -191,20 +192,41 @@ def test_auto_transform_rule() -> None:
     assert auto_transform(np.where(t % 7 == 0, 50.0, 0.0)) == "none"  # ratio > 10 but not all > 0
 
 
-@pytest.mark.parametrize(("explained", "transform"), [(0.81, "difference"), (0.79, "none")])
-def test_auto_difference_threshold_is_80_percent_of_variance(explained: float, transform: str) -> None:
+@pytest.mark.parametrize(("explained", "trends"), [(0.81, True), (0.79, False)])
+def test_a_trend_is_a_line_explaining_80_percent_of_variance(explained: float, trends: bool) -> None:
     t = np.arange(100.0)
     noise = np.random.default_rng(0).normal(size=100)
     noise -= np.polyval(np.polyfit(t, noise, 1), t)  # orthogonal to the line, so R² is exact
     trend_ss = ((t - t.mean()) ** 2).sum()
     noise *= np.sqrt(trend_ss * (1 / explained - 1) / (noise**2).sum())
-    assert auto_transform(100 + t + noise) == transform
+    assert _trends(100 + t + noise) is trends
+
+
+def test_auto_differences_a_wandering_level_but_not_a_stationary_one() -> None:
+    shocks = np.random.default_rng(0).normal(size=300)
+    assert auto_transform(np.cumsum(shocks)) == "difference"  # a random walk: KPSS rejects a stationary level
+    ar = np.zeros(300)
+    for i in range(1, 300):
+        ar[i] = 0.5 * ar[i - 1] + shocks[i]
+    assert auto_transform(ar) == "none"
+
+
+def test_auto_seasonally_differences_a_strong_season_whose_level_wanders() -> None:
+    rng = np.random.default_rng(1)
+    stable = seasonal(144)
+    wandering = stable + np.cumsum(rng.normal(0, 0.3, 144))  # no straight trend; KPSS rejects a stationary level
+    assert auto_transform(wandering, 12) == "seasonal_difference"
+    assert auto_transform(stable, 12) == "none"  # a stationary level keeps its season for the network to learn
+    assert auto_transform(wandering, 1) == "difference"  # no calendar season: the first difference alone
+    weak = 20 + 0.3 * np.sin(2 * np.pi * np.arange(144) / 12) + np.cumsum(rng.normal(0, 1, 144))
+    assert auto_transform(weak, 12) == "difference"  # STL seasonal strength below 0.64
 
 
 def test_auto_looks_at_the_training_part_only(tmp_path: Path) -> None:
     flat_then_trend = np.concatenate([seasonal(140), 20 + np.arange(60.0) * 5])  # the trend is all in val/test
     summary, _ = prepared(tmp_path, monthly_csv(tmp_path, flat_then_trend))
     assert summary["transform"] == "none"
+    assert auto_transform(flat_then_trend, 12) != "none"  # what the whole series would have given
 
 
 def test_log_needs_positive_values_everywhere(tmp_path: Path) -> None:
@@ -497,3 +519,18 @@ def test_transform_steps_are_named_and_ordered() -> None:
         spec_for(Path("x.csv"), transform="difference+log")
     with pytest.raises(ValueError, match="got 'sqrt'"):
         spec_for(Path("x.csv"), transform="sqrt")
+
+
+def test_an_infinite_number_in_the_time_column_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "t,y\n1,1.0\n1e400,2.0\n3,3.0\n")  # found by the fuzzer in tests/test_bad_input.py
+    with pytest.raises(DataError, match=r"infinite time\(s\) in 't': line 3: '1e400'"):
+        read_series(spec_for(path, time_column="t").data, "pipelines.demo.data")
+
+
+def test_values_beyond_the_bound_are_refused_with_the_bound_and_its_key(tmp_path: Path) -> None:
+    path = monthly_csv(tmp_path, np.array([1.0, 2.0, -3e12, 4.0]))
+    with pytest.raises(DataError) as caught:
+        read_series(spec_for(path, time_column="t").data, "pipelines.demo.data")
+    assert "pipelines.demo.data.max_abs_value" in str(caught.value) and "line 4 column 'y': -3e+12" in str(caught.value)
+    assert "±1e+12" in str(caught.value)
+    assert read_series(spec_for(path, time_column="t", max_abs_value=1e13).data)["y"].iloc[2] == -3e12

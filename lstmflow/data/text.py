@@ -119,11 +119,18 @@ def _decoded(path: Path, where: str) -> str:
         ) from None
 
 
+#: The longest CSV cell read: a text of any length that fits in memory (Python's csv module refuses cells over 128 KB).
+LONGEST_FIELD = 2**31 - 1
+
+
 def _read_csv(path: Path, where: str) -> tuple[list[str], list[dict[str, Any]], list[str]]:
     """Rows as dicts and each row's first line: quoted texts may span lines, so lines are counted, not assumed."""
+    csv.field_size_limit(LONGEST_FIELD)  # the default, 128 KB, would refuse a long but valid text
     reader = csv.reader(io.StringIO(_decoded(path, where), newline=""))
     try:
         columns = next(reader, [])
+        if not columns:
+            raise DataError(f"{where}.path: {path} is empty; it needs a header line and one row per text")
         rows, names = [], []
         end_line = reader.line_num
         for cells in reader:

@@ -96,7 +96,7 @@ def write_sequences(
     _check_sequences(sequences, names, where)
     parts = np.asarray(parts, dtype=np.int8)
     classes = sorted(set(labels), key=_class_order)
-    _check_classes(classes, labels, parts, where)
+    check_classes(classes, labels, parts, where)
 
     train = [steps for steps, part in zip(sequences, parts) if part == 0]
     preprocessing = SequencePreprocessing.fit(train, scale, max_length)
@@ -195,7 +195,7 @@ def _check_sequences(sequences: Sequence[np.ndarray], names: list[str], where: s
             raise DataError(f"{where}: {name} has empty, NaN or infinite values")
 
 
-def _check_classes(classes: list[str], labels: Sequence[str], parts: np.ndarray, where: str) -> None:
+def check_classes(classes: list[str], labels: Sequence[str], parts: np.ndarray, where: str) -> None:
     """At least two classes, a training part, and no class that the training part never shows."""
     if len(classes) < 2:
         raise DataError(

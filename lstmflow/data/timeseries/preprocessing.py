@@ -21,7 +21,12 @@ import pandas as pd
 
 from lstmflow.config import TimeSeriesDataSpec
 from lstmflow.data.tables import listing
-from lstmflow.data.timeseries.seasonality import SEASONAL_STRENGTH, amplitude_grows_with_level, seasonal_strength
+from lstmflow.data.timeseries.seasonality import (
+    SEASONAL_STRENGTH,
+    amplitude_grows_with_level,
+    level_is_stationary,
+    seasonal_strength,
+)
 from lstmflow.errors import DataError
 
 #: The steps a transform chains, in the order they apply.
@@ -76,8 +81,11 @@ def auto_transform(train: np.ndarray, season: int = 1) -> str:
       (:func:`~lstmflow.data.timeseries.seasonality.amplitude_grows_with_level`), or, for a series without a trend,
       max/min exceeds 10;
     - ``seasonal_difference`` when ``season`` >= 2, STL's seasonal strength exceeds 0.64 (R's ``nsdiffs`` rule)
-      and the level trends: a stable season is better learnt than subtracted (subtracting it doubles its noise);
-    - ``difference`` when a straight line still explains more than 80% of the variance (a trend).
+      and the level moves (a trend, or a level the KPSS test finds wandering): the network then learns what
+      seasonal naive misses. A stationary level keeps its season, which the network learns better from the levels;
+    - ``difference`` when a straight line still explains more than 80% of the variance (a trend), or, with no
+      seasonal difference taken, when the level wanders (R's ``ndiffs`` rule), which the network could not
+      extrapolate. After a seasonal difference only a straight trend counts: a further difference doubles the noise.
     """
     values = np.asarray(train, dtype=np.float64)
     chosen = []
@@ -86,10 +94,12 @@ def auto_transform(train: np.ndarray, season: int = 1) -> str:
         if spans_decades or amplitude_grows_with_level(values, season):
             chosen.append("log")
             values = np.log(values)
-    if season >= 2 and _trends(values) and seasonal_strength(values, season) > SEASONAL_STRENGTH:
+    moves = _trends(values) or not level_is_stationary(values)
+    if moves and season >= 2 and seasonal_strength(values, season) > SEASONAL_STRENGTH:
         chosen.append("seasonal_difference")
         values = values[season:] - values[:-season]
-    if _trends(values):
+        moves = _trends(values)
+    if moves:
         chosen.append("difference")
     return "+".join(chosen) or "none"
 

@@ -8,7 +8,8 @@ to one data set:
 - :func:`amplitude_grows_with_level`: a Guerrero-style test for a log transform (seasonal swings proportional to
   the level, as in monthly airline passengers);
 - :func:`seasonal_strength`: STL's seasonal strength, the rule R's ``forecast::nsdiffs`` uses for seasonal
-  differencing (> 0.64).
+  differencing (> 0.64);
+- :func:`level_is_stationary`: the KPSS test R's ``forecast::ndiffs`` uses for first differencing.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ SEASONAL_STRENGTH = 0.64
 MIN_LEVEL_CYCLES = 4
 LOG_SLOPE = 0.5
 LEVEL_P_VALUE = 0.05
+#: KPSS level-stationarity is rejected below this p-value (ndiffs' default 5% test).
+KPSS_P_VALUE = 0.05
 
 
 def season_from_autocorrelation(train: np.ndarray) -> int:
@@ -96,3 +99,19 @@ def amplitude_grows_with_level(train: np.ndarray, season: int) -> bool:
         return False
     fit = linregress(np.log(level), np.log(spread))
     return bool(fit.slope > LOG_SLOPE and fit.pvalue < LEVEL_P_VALUE)
+
+
+def level_is_stationary(train: np.ndarray) -> bool:
+    """Whether the KPSS test (statsmodels' ``kpss``, level, automatic lags) keeps stationarity at 5%; a constant or
+    a series too short to test counts as stationary (nothing to difference)."""
+    import warnings
+
+    from statsmodels.tools.sm_exceptions import InterpolationWarning
+    from statsmodels.tsa.stattools import kpss
+
+    values = np.asarray(train, dtype=np.float64)
+    if values.size < 8 or np.ptp(values) == 0:
+        return True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InterpolationWarning)  # p-values beyond the table's 1-10% are clipped
+        return bool(kpss(values, regression="c", nlags="auto", result_object=True).pvalue >= KPSS_P_VALUE)
