@@ -4,7 +4,9 @@ Copies the project's pipelines.yaml and dvc.yaml into a fresh temporary git repo
 (new MLflow, Prefect and DVC stores), runs one pipeline through the real flow, then runs
 it again unchanged (the cached path). DVC, MLflow and training time are measured by timing
 the functions that do that work; Prefect is the rest of the wall time (server start, task
-orchestration, result storage). Two set-ups, each in its own process and project:
+orchestration, result storage). The first run starts as ``lstmflow run`` does (the temporary
+server, Prefect's import and the stores' creation at once), so work done while the server
+starts counts in its own column. Two set-ups, each in its own process and project:
 
 - ``embedded``: the default, a temporary Prefect server inside the process and MLflow on SQLite;
 - ``stack``: ``lstmflow up``'s servers running (Prefect server, MLflow server), the flow talking to them.
@@ -87,12 +89,12 @@ def measure(mode: str, pipeline: str, epochs: int | None) -> list[dict[str, Any]
         for name in ("start_run", "log_summary_metrics", "log_artifacts", "register_model", "end_run", "reopen_run"):
             timed(tracking, name, "mlflow")
         timed(launch, "train_in_child", "training")
-        from flows.pipeline import run_pipeline
-
         rows = []
         for label in ("first run", "unchanged re-run"):
             spent.clear()
             start = time.perf_counter()
+            if label == "first run":
+                run_pipeline = start_as_the_cli(root)
             result = run_pipeline(pipeline=pipeline, epochs=epochs, config=str(root / "pipelines.yaml"))
             total = time.perf_counter() - start
             parts = {key: spent[key] for key in ("dvc", "training", "mlflow")}
@@ -103,6 +105,19 @@ def measure(mode: str, pipeline: str, epochs: int | None) -> list[dict[str, Any]
         if mode == "stack":
             stack.down(root)
         shutil.rmtree(root.parent, ignore_errors=True)
+
+
+def start_as_the_cli(root: Path) -> Callable[..., Any]:
+    """What ``lstmflow run`` does before its first flow: the temporary Prefect server starts (unless one is
+    configured) while Prefect is imported and the stores are created; returns the flow once the server answers."""
+    from flows.embedded import open_stores, prefect_api
+
+    api_ready = prefect_api(root)
+    open_stores(root)
+    from flows.pipeline import run_pipeline
+
+    api_ready()
+    return run_pipeline
 
 
 def free_port() -> int:

@@ -39,15 +39,19 @@ def run_command(
     A pipeline with a search section runs its search instead of one training, and registers the best trial.
     Every named pipeline is validated and its data probed before the first flow starts.
     """
-    from lstmflow.ops.steps import probe
+    from flows.embedded import open_stores, prefect_api
+    from lstmflow.ops.probe import probe
 
     quiet_logs(verbose)
     loaded = load_config(config)
     specs = [loaded.pipeline(name, set_ or []) for name in names]
+    api_ready = prefect_api(loaded.path.parent)  # a temporary server starts here, while the rest prepares
     for spec in specs:
         probe(spec, loaded.path.parent)
+    open_stores(loaded.path.parent)
     from flows.pipeline import run_pipeline
 
+    api_ready()
     for spec in specs:
         result = run_pipeline(
             pipeline=spec.name, overrides=_as_mapping(set_ or []), force=force, config=str(loaded.path)
@@ -85,7 +89,7 @@ def search_command(
     An interrupted search continues where it stopped; with nothing changed and the trials done, no trial starts.
     """
     from lstmflow.errors import ConfigError
-    from lstmflow.ops.steps import probe
+    from lstmflow.ops.probe import probe
 
     quiet_logs(verbose)
     loaded = load_config(config)
@@ -95,9 +99,14 @@ def search_command(
             f"pipelines.{name}.search: not set; add a search section to search this pipeline, or train it once with "
             f"`lstmflow run {name}`"
         )
+    from flows.embedded import open_stores, prefect_api
+
+    api_ready = prefect_api(loaded.path.parent)  # a temporary server starts here, while the rest prepares
     probe(spec, loaded.path.parent)
+    open_stores(loaded.path.parent)
     from flows.pipeline import run_pipeline
 
+    api_ready()
     result = run_pipeline(pipeline=name, overrides=_as_mapping(set_ or []), trials=trials, config=str(loaded.path))
     _print_result(spec, result, err if as_json else out)
     if as_json:
@@ -125,10 +134,11 @@ def join_command(
     evaluates and registers. Start it on every machine but 0, with the same code, data and pipelines.yaml.
     """
     from lstmflow.ops import steps
+    from lstmflow.ops.probe import probe
 
     loaded = load_config(config)
     overrides = [*(set_ or []), f"train.nodes.rank={node_rank}"]
-    steps.probe(loaded.pipeline(name, overrides), loaded.path.parent)
+    probe(loaded.pipeline(name, overrides), loaded.path.parent)
     prepared = steps.prepare(loaded.path, name, overrides)
     done = steps.join_training(prepared, loaded.path.parent)
     out.print(
@@ -215,7 +225,9 @@ def _print_result(spec: PipelineSpec, result: dict[str, Any], console: Console) 
     )
     if "search" in result:
         state = f"of the best trial, {result['search']['best']['number']}, reused (not trained again)"
-    console.print(f"MLflow run {result['mlflow_run_id']} · training {state} · data {result['data_version']}")
+    skipped = result.get("data_skipped_files", 0)
+    left_out = f" · {skipped} data file(s) skipped (listed in the run)" if skipped else ""
+    console.print(f"MLflow run {result['mlflow_run_id']} · training {state} · data {result['data_version']}{left_out}")
     if gate := result.get("gate"):
         console.print(f"{_gate_line(gate)} (version {result['model_version']})", markup=False, highlight=False)
         _warn_if_refused(spec.name, gate)

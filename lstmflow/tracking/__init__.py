@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lstmflow.errors import LstmflowError
+from lstmflow.errors import LstmflowError, writing
 
 #: Tags that tie a run to the exact code, data and orchestration that made it.
 LINEAGE_TAGS = ("lstmflow.git_commit", "lstmflow.data_md5", "lstmflow.features_md5", "lstmflow.prefect_flow_run_id")
@@ -105,14 +105,35 @@ def reopen_run(uri: str, run_id: str, finished_too: bool = False) -> bool:
     return True
 
 
+def run_status(uri: str, run_id: str) -> str | None:
+    """The run's status (``RUNNING``, ``FINISHED``, ``FAILED``, ``KILLED``), or None for a run that is not there."""
+    try:
+        return str(_client(uri).get_run(run_id).info.status)
+    except Exception:  # noqa: BLE001 - a missing run or a new store reads as "no such run"
+        return None
+
+
+def open_store(uri: str) -> None:
+    """Create the tracking store now if it is new (a SQLite file gets MLflow's schema migrations, seconds of disk
+    writes), e.g. while a server starts, rather than inside the first run's training step."""
+    _client(uri).search_experiments(max_results=1)
+
+
 def log_summary_metrics(uri: str, run_id: str, metrics: dict[str, float]) -> None:
     MlflowMetricLogger(uri, run_id).log_metrics(metrics, step=0)
 
 
 def log_artifacts(uri: str, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
     client = _client(uri)
-    for path in paths:
-        client.log_artifact(run_id, str(path), artifact_path)
+    with writing(_artifact_location(uri, run_id)):
+        for path in paths:
+            client.log_artifact(run_id, str(path), artifact_path)
+
+
+def _artifact_location(uri: str, run_id: str) -> str:
+    """Where the run's artifacts go, for an error that names it: a local folder, or the server's URI."""
+    location = str(_client(uri).get_run(run_id).info.artifact_uri)
+    return location.removeprefix("file://")
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
@@ -174,7 +195,12 @@ def register_model(
         *_installed(["numpy", "pandas", "pydantic", "pyyaml"]),
     ]
     package = Path(lstmflow.__file__).parent
-    with _fluent_uri(uri), mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+    with (
+        writing(_artifact_location(uri, run_id)),
+        _fluent_uri(uri),
+        mlflow.start_run(run_id=run_id),
+        warnings.catch_warnings(),
+    ):
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="model",

@@ -1,0 +1,58 @@
+"""The temporary Prefect server of an embedded run (flows/embedded.py): it answers, stops with the command, and a
+project's new database starts from the migrated one kept per machine."""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from flows.embedded import LOG_FILE, TemporaryServer, open_stores, prefect_api
+
+
+def revision(database: Path) -> str:
+    with sqlite3.connect(database) as connection:
+        return connection.execute("select version_num from alembic_version").fetchone()[0]
+
+
+def test_server_answers_and_a_new_database_starts_from_the_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "first" / ".prefect"))
+    first = TemporaryServer(tmp_path / "first")
+    try:
+        first.wait_ready(120)
+        with urllib.request.urlopen(f"{first.url}/health", timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        first.stop()
+    assert first.process.poll() is not None  # stopped, not left running
+    assert first.template.exists()  # kept once the first new database was migrated
+    assert revision(first.template) == revision(tmp_path / "first" / ".prefect" / "prefect.db")
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "second" / ".prefect"))
+    second = TemporaryServer(tmp_path / "second")
+    try:
+        database = tmp_path / "second" / ".prefect" / "prefect.db"
+        assert revision(database) == revision(first.template)  # in place before the server started
+        second.wait_ready(120)
+    finally:
+        second.stop()
+
+
+def test_a_configured_server_starts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    prefect_api(tmp_path)()
+    assert not (tmp_path / LOG_FILE).exists()
+
+
+def test_open_stores_creates_the_dvc_repository_and_the_mlflow_store(tmp_path: Path) -> None:
+    open_stores(tmp_path)
+    assert (tmp_path / ".dvc" / "config.local").read_text().count("remote = local") == 1
+    with sqlite3.connect(tmp_path / "mlflow.db") as connection:
+        assert connection.execute("select name from experiments").fetchall() == [("Default",)]
+    open_stores(tmp_path)  # a second time changes nothing
+    assert (tmp_path / ".dvc" / "config.local").read_text().count("remote = local") == 1
