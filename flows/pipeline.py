@@ -20,6 +20,7 @@ from lstmflow.ops.steps import Prepared, project_root
 from tasks.data import prepare
 from tasks.evaluate import evaluate
 from tasks.gate import gate
+from tasks.recovery import recover
 from tasks.registry import register
 from tasks.search import close_search, open_search, run_trial
 from tasks.train import train
@@ -80,6 +81,7 @@ def run_pipeline(
     version and the current champion on the same test data by the pipeline's ``promote`` rule.
     """
     root = str(project_root(config))
+    recover(root)  # runs that killed processes left RUNNING are marked ended
     config_path = str(Path(config).expanduser().resolve())
     refresh = True if force else NotSet  # NotSet: each task's own setting (Prefect's default: use the cache)
     prepared = prepare(config_path, pipeline, overrides_from(epochs, learning_rate, batch_size, overrides, trials))
@@ -109,6 +111,7 @@ def run_pipeline(
         "cached": cached,
         "epochs_run": trained["epochs_run"],
         "best_epoch": trained["best_epoch"],
+        "data_skipped_files": trained.get("data_skipped_files", 0),  # left out by the features stage
         "metrics": metrics,
         "baseline": (read_record(Path(trained["run_dir"]) / "plots") or {}).get("method"),
         "gate": decision,
@@ -155,6 +158,7 @@ def search_pipeline(
     or ``lstmflow search``), once: it starts no trial when the study is complete.
     """
     root = str(project_root(config))
+    recover(root)  # runs that killed processes left RUNNING are marked ended
     config_path = str(Path(config).expanduser().resolve())
     prepared = prepare(config_path, pipeline, overrides_from(None, None, None, overrides, trials))
     if prepared["spec"]["search"] is None:

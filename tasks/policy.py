@@ -7,16 +7,17 @@ import json
 from typing import Any
 
 from lstmflow.config import OPERATIONS
-from lstmflow.errors import ConfigError, DataError
+from lstmflow.errors import LstmflowError
 from lstmflow.ops.steps import code_version
 
 
 def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry crashes and flaky IO, never a bad config or bad data: the same input fails the same way."""
+    """Retry crashes and flaky IO, never what the user must fix (exit code 2: a bad config or data, a full or
+    unwritable folder): the same input fails the same way."""
     try:
         state.result()
-    except (ConfigError, DataError):
-        return False
+    except LstmflowError as exc:  # a bad config or data, a full disk (exit code 2): the user's to fix
+        return exc.exit_code != 2
     except Exception:  # noqa: BLE001 - anything else may be transient (a killed child, a locked store)
         return True
     return True

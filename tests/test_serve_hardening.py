@@ -57,12 +57,12 @@ def save_pyfunc(root: Path, name: str) -> Path:
 
     from lstmflow.config import Config
     from lstmflow.data.kinds import build_features
-    from lstmflow.ops import steps
+    from lstmflow.ops.probe import probe
     from lstmflow.serving.predictors import write_bundle
     from lstmflow.training.fit import fit
     from lstmflow.training.loggers import ListLogger
 
-    spec = steps.probe(Config.load(root / "pipelines.yaml").pipeline(name, []), root)
+    spec = probe(Config.load(root / "pipelines.yaml").pipeline(name, []), root)
     features = root / "features" / name
     build_features(
         spec.data, spec.evaluate.season, features, f"pipelines.{name}.data", cache_dir=root / ".lstmflow" / "cache"

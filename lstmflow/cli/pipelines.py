@@ -14,16 +14,19 @@ from lstmflow.cli.shared import ConfigOption, SetOption, err, load_config, out
 def validate_command(
     names: Annotated[list[str] | None, typer.Argument(help="Pipelines to check (default: all).")] = None,
     config: ConfigOption = Path("pipelines.yaml"),
+    set_: SetOption = None,
 ) -> None:
-    """Check pipelines.yaml and probe each pipeline's data (windows, horizon, season resolved)."""
-    from lstmflow.ops.steps import probe
+    """Check pipelines.yaml, probe each pipeline's data and build its model on the data's shapes (windows, horizon,
+    season resolved), as `run` does before any flow starts. Named pipelines are checked alone: problems in others
+    do not fail them."""
+    from lstmflow.ops.probe import probe
 
     loaded = load_config(config)
-    specs = loaded.all()
     root = loaded.path.parent
+    specs = {name: loaded.pipeline(name, set_ or []) for name in names} if names else loaded.all(set_ or [])
     table = Table("pipeline", "task", "data", "kind", "window", "horizon", "season", title=str(loaded.path))
-    for name in names or loaded.names:
-        spec = probe(specs[name] if name in specs else loaded.pipeline(name), root)
+    for name, unprobed in specs.items():
+        spec = probe(unprobed, root)
         data = spec.data
         table.add_row(
             name,
@@ -38,7 +41,7 @@ def validate_command(
                 f"[yellow]{name}: {data.path.name} is built by a DVC stage on the first run; defaults resolve then.[/]"
             )
     out.print(table)
-    out.print(f"[green]OK[/]: {len(names or loaded.names)} pipeline(s) valid.")
+    out.print(f"[green]OK[/]: {len(specs)} pipeline(s) valid.")
 
 
 def list_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
@@ -62,15 +65,11 @@ def summary_command(
     set_: SetOption = None,
 ) -> None:
     """Print the model's layers, output shapes and parameter counts, like Keras' summary()."""
-    from lstmflow.data.kinds import model_io
-    from lstmflow.models.lstm import build_model, summary
-    from lstmflow.ops.steps import probe
+    from lstmflow.models.lstm import summary
+    from lstmflow.ops.probe import model_for, probe
 
     loaded = load_config(config)
-    spec = probe(loaded.pipeline(name, set_ or []), loaded.path.parent)
-    n_features, n_outputs = model_io(spec)
-    per_step = spec.task == "language_model"
-    model = build_model(spec.model, n_features, n_outputs, where=f"pipelines.{name}.model", per_step=per_step)
+    model, n_features = model_for(probe(loaded.pipeline(name, set_ or []), loaded.path.parent))
     out.print(summary(model, n_features), highlight=False)
 
 

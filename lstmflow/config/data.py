@@ -70,13 +70,23 @@ class TimeSeriesDataSpec(Strict):
             "test on the result of the steps before it: `log` when every value is > 0 and the seasonal (or, without "
             "a season, local) spread grows with the level (a Guerrero-style regression, slope > 0.5, p < 0.05) or "
             "max/min exceeds 10; `seasonal_difference` when the calendar (or `evaluate.season`) gives a season and "
-            "STL's seasonal strength exceeds 0.64 (R's nsdiffs rule); `difference` when a straight line explains "
-            "more than 80% of the variance (a trend)."
+            "STL's seasonal strength exceeds 0.64 (R's nsdiffs rule) and the level moves (a straight line explains "
+            "more than 80% of the variance, or the KPSS test rejects a stationary level at 5%, R's ndiffs rule); "
+            "`difference` when a straight line explains more than 80% of what is left or, with no seasonal "
+            "difference taken, when the KPSS test rejects a stationary level."
         ),
     )
     gaps: Literal["interpolate", "error"] = Field(
         "interpolate",
         description="Missing values inside the series: `interpolate` linearly (and count them in the run) or `error`.",
+    )
+    max_abs_value: float = Field(
+        1e12,
+        gt=0,
+        description=(
+            "Largest magnitude accepted in a target or feature cell; a larger value is refused as a likely unit or "
+            "parsing error (squared while scaling, values near 1e154 overflow). Raise it for data that are that large."
+        ),
     )
 
     @field_validator("target", "features", mode="before")
@@ -183,6 +193,9 @@ class ImagesSpec(Strict):
 
 #: Text classification's default `tokenizer.min_frequency`: words seen once in training become the unknown token.
 TEXT_MIN_FREQUENCY = 2
+#: Text classification's default `tokenizer.kind`: subwords, so a word unseen in training is read as known pieces
+#: (language and morphology cues that a word vocabulary maps to `<unk>`).
+TEXT_TOKENIZER_KIND = "bpe"
 
 
 class TokenizerSpec(Strict):
@@ -205,9 +218,9 @@ class TokenizerSpec(Strict):
         ge=1,
         description=(
             "Tokens seen fewer times in the training texts become the unknown token (for `bpe`: the fewest times a "
-            "pair must occur to be merged). Default 1, but 2 for text classification (`kind: text`): a word seen once "
-            "could only be memorised, and mapping it to the unknown token teaches the model what an unknown word "
-            "means in context."
+            "pair must occur to be merged). Default 1, but 2 for text classification (`kind: text`): a word (or pair) "
+            "seen once could only be memorised, and mapping it to the unknown token teaches the model what an "
+            "unknown word means in context."
         ),
     )
     lowercase: bool = Field(True, description="Lowercase the text before tokenizing.")
@@ -223,8 +236,8 @@ class TextSpec(Strict):
     text_column: str = Field("text", description="Column holding each text.")
     label_column: str = Field("label", description="Column holding each text's class.")
     tokenizer: TokenizerSpec = Field(
-        default_factory=lambda: TokenizerSpec(min_frequency=TEXT_MIN_FREQUENCY),
-        description="Tokenization; `min_frequency` defaults to 2 here.",
+        default_factory=lambda: TokenizerSpec(kind=TEXT_TOKENIZER_KIND, min_frequency=TEXT_MIN_FREQUENCY),
+        description="Tokenization; `kind` defaults to `bpe` and `min_frequency` to 2 here.",
     )
     max_length: int | None = Field(
         256,
@@ -238,8 +251,9 @@ class TextSpec(Strict):
     @field_validator("tokenizer", mode="before")
     @classmethod
     def _rare_words_are_unknown(cls, value: Any) -> Any:
-        """An unset `min_frequency` takes the classifier's default (2), not the tokenizer's (1)."""
-        return {"min_frequency": TEXT_MIN_FREQUENCY, **value} if isinstance(value, dict) else value
+        """Unset `kind` and `min_frequency` take the classifier's defaults (`bpe`, 2), not the tokenizer's."""
+        defaults = {"kind": TEXT_TOKENIZER_KIND, "min_frequency": TEXT_MIN_FREQUENCY}
+        return {**defaults, **value} if isinstance(value, dict) else value
 
 
 class AudioSpec(Strict):

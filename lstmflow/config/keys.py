@@ -62,7 +62,16 @@ def apply_override(tree: dict[str, Any], assignment: str) -> dict[str, Any]:
     key, sep, raw = assignment.partition("=")
     if not sep:
         raise ConfigError(f"bad override {assignment!r}: expected key=value, e.g. train.epochs=5")
-    return set_key(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None, f"--set {assignment}")
+    origin = f"--set {assignment}"
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(
+            f"{origin}: the value is not valid YAML ({problem}); quote text that holds YAML's special characters, "
+            f"e.g. --set 'key=\"text\"'"
+        ) from None
+    return set_key(tree, key.strip(), value, origin)
 
 
 def set_key(tree: dict[str, Any], key: str, value: Any, origin: str) -> dict[str, Any]:

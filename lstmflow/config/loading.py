@@ -18,6 +18,30 @@ from lstmflow.config.pipeline import PipelineSpec
 from lstmflow.errors import ConfigError
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise ConfigError(f"duplicate key {key!r} on line {seen[key]} and line {line}; give each key once")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """YAML text parsed safely, with a key given twice in a mapping refused; errors name ``source``."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no tags that build objects
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source=source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", source=source) from None
+
+
 class ConfigFile(Strict):
     """The whole `pipelines.yaml`."""
 
@@ -32,6 +56,26 @@ def _unknown_key_hint(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
     data = raw.get("data")
     model = _model_at(loc[:-1], data.get("kind", "timeseries") if isinstance(data, dict) else "timeseries")
     return did_you_mean(str(loc[-1]), model.model_fields if model else ())
+
+
+def _wrong_kind(exc: ValidationError, data: Any) -> str | None:
+    """When every unknown key under ``data`` belongs to another data kind: which, instead of a hint per key."""
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("kind", "timeseries")
+    unknown = {
+        str(e["loc"][-1])
+        for e in exc.errors()
+        if e["type"] == "extra_forbidden" and user_loc(e["loc"])[:1] == ("data",)
+    }
+    owners = [other for other, model in DATA_SPECS.items() if other != kind and unknown <= set(model.model_fields)]
+    if not unknown or not owners or kind not in DATA_SPECS:
+        return None
+    default = " (the default kind)" if "kind" not in data else ""
+    return (
+        f"these keys belong to kind: {' or '.join(owners)}, not {kind!r}{default}: {', '.join(sorted(unknown))}; "
+        f"set data.kind: {owners[0]}"
+    )
 
 
 def _model_at(loc: tuple[Any, ...], data_kind: str) -> type[BaseModel] | None:
@@ -78,6 +122,8 @@ def validate_pipeline(
     try:
         return PipelineSpec.model_validate(raw)
     except ValidationError as exc:
+        if wrong_kind := _wrong_kind(exc, data):
+            raise ConfigError(f"pipelines.{name}.data: {wrong_kind}") from None
         problems = []
         for error in exc.errors():
             loc = user_loc(error["loc"])
@@ -92,6 +138,15 @@ def validate_pipeline(
         raise ConfigError(problems) from None
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start}); save it as UTF-8", source=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read it ({exc.strerror})", source=str(path)) from None
+
+
 class Config:
     """A loaded ``pipelines.yaml``: raw mappings merged with defaults, validated on demand."""
 
@@ -104,10 +159,7 @@ class Config:
         path = Path(path).expanduser().resolve()
         if not path.is_file():
             raise ConfigError(f"no pipelines file at {path} (pass --config FILE or run from the project folder)")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from None
+        tree = load_yaml(_read_text(path), str(path)) or {}
         if not isinstance(tree, dict):
             raise ConfigError(
                 f"the top level must be a mapping with `pipelines`, got {type(tree).__name__}", source=str(path)
@@ -142,13 +194,13 @@ class Config:
         except ConfigError as exc:
             raise ConfigError(exc.problems, source=str(self.path)) from None
 
-    def all(self) -> dict[str, PipelineSpec]:
-        """Every pipeline validated; all problems of all pipelines in one error."""
+    def all(self, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, PipelineSpec]:
+        """Every pipeline validated (with ``overrides`` applied to each); all problems of all pipelines in one error."""
         specs: dict[str, PipelineSpec] = {}
         problems: list[str] = []
         for name in self.names:
             try:
-                tree, origin = self.merged(name)
+                tree, origin = self.merged(name, overrides)
                 specs[name] = validate_pipeline(name, tree, self.path.parent, origin)
             except ConfigError as exc:
                 problems.extend(exc.problems)

@@ -4,6 +4,7 @@ given, and a did-you-mean for a misspelt name."""
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -47,9 +48,10 @@ def describe_error(error: ErrorDetails) -> str:
         limits = {name: f"{limit:g}" if isinstance(limit, float) else limit for name, limit in ctx.items()}
         return f"must be {bounds[kind].format(**limits)}{got}"
     if kind == "literal_error":
-        return f"must be one of {ctx['expected']}{got}"
+        return f"must be one of {ctx['expected']}{got}{_closest(value, ctx['expected'])}"
     if kind == "union_tag_invalid":
-        return f"kind must be one of {ctx['expected_tags']}, got {ctx['tag']!r}"
+        hint = _closest(ctx["tag"], ctx["expected_tags"])
+        return f"kind must be one of {ctx['expected_tags']}, got {ctx['tag']!r}{hint}"
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
@@ -71,6 +73,11 @@ def describe_error(error: ErrorDetails) -> str:
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     return f"{error['msg'][0].lower()}{error['msg'][1:]}{got}"
+
+
+def _closest(value: Any, expected: str) -> str:
+    """A did-you-mean among the quoted choices of a pydantic message (``'a', 'b' or 'c'``) for a text value."""
+    return did_you_mean(value, re.findall(r"'([^']*)'", expected)) if isinstance(value, str) else ""
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -44,7 +44,7 @@ class PipelineSpec(Strict):
             "The network. Default: for a forecast one `lstm` of 64 units and a `dense` output layer; for classifying "
             "`sequences`, `images` or `audio` LSTM-FCN (`branches`: an `lstm` of 64 and dropout 0.8 beside `conv1d` "
             "128-8, 256-5, 128-3 each with `batchnorm` and relu, then `global_average_pool`; a softmax `dense`); for "
-            "`text` an `embedding` of 64 with dropout 0.25, a bidirectional `lstm` of 64 returning sequences, "
+            "`text` an `embedding` of 64 with dropout 0.25, a `conv1d` of 128 filters of 3 tokens with relu, "
             "`global_max_pool`, dropout 0.5 and a softmax `dense`; for a language model an `embedding` of 64 and a "
             "stateful `lstm` of 256 units that returns sequences."
         ),
@@ -76,8 +76,8 @@ class PipelineSpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_model_for_the_data(cls, value: Any) -> Any:
-        """Without a `model`: a language model gets a stateful sequence lstm, a text classifier a bidirectional lstm
-        with max pooling over time, and other classifiers LSTM-FCN (see lstmflow.config.model)."""
+        """Without a `model`: a language model gets a stateful sequence lstm, a text classifier a convolution with
+        max pooling over time, and other classifiers LSTM-FCN (see lstmflow.config.model)."""
         if not isinstance(value, dict) or "model" in value or not isinstance(value.get("data"), dict):
             return value
         kind, task = value["data"].get("kind"), value.get("task")

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from lstmflow.config import DataSpec, PipelineSpec
+from lstmflow.errors import DataError
 
 _DATA_SPEC = TypeAdapter(DataSpec)
 
@@ -59,7 +60,9 @@ def build_features(data: Any, season: int | None, out_dir: Path, where: str, cac
 def model_io(spec: PipelineSpec) -> tuple[int, int | None]:
     """(input features per step, outputs the task needs) read from the resolved spec and its raw data.
 
-    For a series whose horizon is not resolved yet (its data are still to be built), the outputs are unknown: None.
+    A classifier's data are also divided into parts, as the data stage will, so that a bad split column, a single
+    class or a class missing from the training part is refused here too. For a series whose horizon is not resolved
+    yet (its data are still to be built), the outputs are unknown: None.
     """
     data, where = spec.data, f"pipelines.{spec.name}.data"
     if data.kind == "timeseries":
@@ -73,16 +76,55 @@ def model_io(spec: PipelineSpec) -> tuple[int, int | None]:
 
         return corpus_model_io(data, where)
     if data.kind == "audio":
-        from lstmflow.data.audio import list_clips, n_features
+        from lstmflow.data.audio import n_features, read_clips
 
-        clips, _ = list_clips(data, where)
-        return n_features(data), len({clip.label for clip in clips})
+        clips, bad, given = read_clips(data, where)
+        if data.bad_files == "fail":
+            _fail_on_bad_clips(clips, bad, where)
+        return n_features(data), _classes([clip.label for clip in clips], given, data, [c.name for c in clips], where)
     if data.kind == "sequences":
         from lstmflow.data.sequences import read_sequence_table
 
         table = read_sequence_table(data, where)
-        return table.sequences[0].shape[1], len(set(table.labels))
+        classes = _classes(table.labels, table.given_parts, data, table.names, where)
+        return table.sequences[0].shape[1], classes
     from lstmflow.data.images import read_images
 
     images = read_images(data, where)
-    return images.images[0].shape[1], len(set(images.labels))
+    classes = _classes(images.labels, images.given_parts, data, images.names, where)
+    return images.images[0].shape[1], classes
+
+
+def _classes(labels: list[str], given: Any, data: Any, names: list[str], where: str) -> int:
+    """How many classes, after dividing the samples into parts as the data stage will (its errors raised here)."""
+    from lstmflow.data.parts import assign_parts
+    from lstmflow.data.sequences.prepare import check_classes
+
+    if not labels:
+        raise DataError(f"{where}.path: no samples found in {data.path}")
+    parts = assign_parts(labels, data.split, given, where, names=names)
+    check_classes(sorted(set(labels)), labels, parts, where)
+    return len(set(labels))
+
+
+#: How many clips the probe opens to check that they are audio, with ``bad_files: fail``: their headers only.
+PROBED_CLIPS = 256
+
+
+def _fail_on_bad_clips(clips: list[Any], bad: list[Any], where: str) -> None:
+    """With ``bad_files: fail``, the listed files that are not audio, and the first clips that do not open as audio."""
+    import soundfile
+
+    from lstmflow.data.tables import listing
+
+    shown = [f"{clip.name}: {clip.reason}" for clip in bad]
+    for clip in clips[:PROBED_CLIPS]:
+        try:
+            soundfile.info(str(clip.path))
+        except (soundfile.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+            shown.append(f"{clip.name}: not readable as audio ({getattr(exc, 'error_string', None) or exc})")
+    if shown:
+        raise DataError(
+            f"{where}.bad_files: {len(shown)} file(s) that cannot be used (set bad_files: skip to leave them out): "
+            f"{listing(shown)}"
+        )

@@ -76,6 +76,16 @@ def assign_parts(
     return parts
 
 
+#: Other names a split column may give a part (case and surrounding spaces do not matter either).
+PART_SYNONYMS = {"training": "train", "validation": "val", "valid": "val", "testing": "test"}
+
+
+def _part_name(value: Any) -> str | None:
+    """A split cell as a part's name: lowercased and stripped, a reader's own marker kept as it is."""
+    text = cell_text(value)
+    return text if text is None or text == TRAIN_OR_VAL else text.strip().lower()
+
+
 #: The code of :data:`TRAIN_OR_VAL` until :func:`assign_parts` divides those samples.
 _UNDIVIDED = 3
 
@@ -83,12 +93,17 @@ _UNDIVIDED = 3
 def _given_parts(given: Sequence[Any], split: ClassSplitSpec, names: list[str], where: str) -> np.ndarray:
     """The parts a split column (or each sample's file) names; anything but train, val or test is an error."""
     codes: dict[str | None, int] = {part: code for code, part in enumerate(PARTS)}
+    codes.update({synonym: codes[part] for synonym, part in PART_SYNONYMS.items()})
     if split.column is None:
         codes[TRAIN_OR_VAL] = _UNDIVIDED  # only readers give it, never a user's column
-    bad = [f"{names[i]}: {cell_text(value)!r}" for i, value in enumerate(given) if cell_text(value) not in codes]
+    cells = [_part_name(value) for value in given]
+    bad = [f"{names[i]}: {cell_text(value)!r}" for i, value in enumerate(given) if cells[i] not in codes]
     if bad:
-        raise DataError(f"{where}.split.column: {len(bad)} value(s) that are not train, val or test: {listing(bad)}")
-    parts = np.array([codes[cell_text(value)] for value in given], dtype=np.int8)
+        raise DataError(
+            f"{where}.split.column: {len(bad)} value(s) that are not train, val or test (or "
+            f"{', '.join(PART_SYNONYMS)}): {listing(bad)}"
+        )
+    parts = np.array([codes[cell] for cell in cells], dtype=np.int8)
     if split.files is not None:
         # Readers refuse an empty file; this catches a part left empty after dropping bad files (audio).
         wanted = ("val", "test") if split.files.val is not None else ("test",)

@@ -19,17 +19,45 @@ RowLabel = Callable[[int | np.integer[Any]], str]
 
 
 def read_table(path: Path, where: str) -> pd.DataFrame:
-    """CSV cells are read as text so that a bad cell can be reported with its value, not silently coerced."""
+    """CSV cells are read as text so that a bad cell can be reported with its value, not silently coerced; a file
+    that is empty, not valid CSV or not Parquet is a DataError naming it."""
     if not path.is_file():
         raise DataError(f"{where}.path: no file at {path}")
     suffix = path.suffix.lower()
+    if suffix not in {".csv", ".parquet", ".pq"}:
+        raise DataError(f"{where}.path: {path} must be a .csv or .parquet file, got suffix {path.suffix!r}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{where}.path: {path} is empty (0 bytes); it needs a header line and data rows")
     if suffix == ".csv":
-        return pd.read_csv(path, dtype=str)
-    if suffix in {".parquet", ".pq"}:
+        return _read_csv(path, where)
+    try:
         table = pd.read_parquet(path)
-        # A frame saved with its time as the index comes back with it there; make it a column again.
-        return table if isinstance(table.index, pd.RangeIndex) else table.reset_index()
-    raise DataError(f"{where}.path: {path} must be a .csv or .parquet file, got suffix {path.suffix!r}")
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{where}.path: {path} is not a readable Parquet file ({_first_line(exc)})") from None
+    # A frame saved with its time as the index comes back with it there; make it a column again.
+    return table if isinstance(table.index, pd.RangeIndex) else table.reset_index()
+
+
+def _read_csv(path: Path, where: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{where}.path: {path} has no header line (only blank lines)") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(
+            f"{where}.path: {path} is not valid CSV ({_first_line(exc)}); quote cells that hold commas"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{where}.path: {path} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start} "
+            "cannot be decoded; save the file as UTF-8 CSV"
+        ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of a library's error, without its "Error tokenizing data. C error:" preamble."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.replace("Error tokenizing data. C error: ", "")
 
 
 def row_namer(path: Path) -> RowLabel:

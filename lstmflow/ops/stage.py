@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lstmflow.errors import ConfigError, LstmflowError
+from lstmflow.errors import ConfigError, LstmflowError, writing
 from lstmflow.ops import versioning
 
 
@@ -34,9 +34,11 @@ def main(argv: list[str]) -> int:
         print("usage: python -m lstmflow.ops.stage features NAME", file=sys.stderr)
         return 2
     try:
-        print(f"features written to {features(argv[1], Path.cwd())}")
+        with writing(Path.cwd() / "features" / argv[1]):
+            print(f"features written to {features(argv[1], Path.cwd())}")
     except LstmflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        versioning.record_stage_error(Path.cwd(), f"features@{argv[1]}", exc)
         return exc.exit_code
     return 0
 

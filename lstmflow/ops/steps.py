@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,10 @@ from typing import Any
 
 from lstmflow import tracking
 from lstmflow.config import Config, PipelineSpec
-from lstmflow.errors import ConfigError, DataError
-from lstmflow.ops import versioning
+from lstmflow.errors import ConfigError, DataError, writing
+from lstmflow.ops import recovery, versioning
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,28 +138,6 @@ def data_spec_from_params(entry: dict[str, Any], root: Path) -> tuple[Any, int |
     return parse_data_spec(data), entry.get("season")
 
 
-def probe(spec: PipelineSpec, root: Path) -> PipelineSpec:
-    """Check the data before any flow starts, and resolve data defaults (window, horizon, season).
-
-    Data that a DVC stage builds (the demo data on a fresh clone) is not there yet;
-    it is probed by the prepare step, after the stage ran.
-    """
-    from lstmflow.data.kinds import resolve
-    from lstmflow.training.objectives import scoring_problems
-
-    if spec.task != "forecast" and (problems := scoring_problems(spec)):
-        raise ConfigError(problems)
-    if not spec.data.path.exists():
-        if versioning.stage_producing(root, spec.data.path):
-            return spec
-        raise DataError(f"pipelines.{spec.name}.data.path: no such file or folder: {spec.data.path}")
-    if (files := spec.data.split.files) is not None:
-        for part, path in (("val", files.val), ("test", files.test)):
-            if path is not None and not path.exists():
-                raise DataError(f"pipelines.{spec.name}.data.split.files.{part}: no such file or folder: {path}")
-    return resolve(spec)
-
-
 def prepare(config_path: str | Path, name: str, overrides: list[str]) -> Prepared:
     """Resolve the spec, write its params, and let DVC build (or skip) the raw data and features stages."""
     config = Config.load(config_path)
@@ -230,22 +211,33 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
     """Train in a child process, logging each epoch to a new (or, on retry, the same) MLflow run.
 
     The run folder is keyed by the flow run, so a retried task finds its run id and
-    checkpoint and resumes instead of starting over.
+    checkpoint and resumes instead of starting over; a run folder of the same spec, features and code whose process
+    died (a kill of the whole tree) is continued, with its MLflow run, by the next start.
     """
     from lstmflow.training.launch import train_in_child
 
     spec = prepared.pipeline
-    run_dir = root / "runs" / spec.name / (flow_run_id or f"local-{spec.spec_hash()}-{prepared.features_md5[:8]}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    uri = tracking.tracking_uri(root)
+    runs_dir = root / "runs" / spec.name
+    key = {"spec_hash": spec.spec_hash(), "features_md5": prepared.features_md5, "code_version": code_version()}
+    with writing(runs_dir):
+        run_dir = recovery.claim_abandoned(
+            runs_dir,
+            key,
+            lambda run_id: tracking.run_status(uri, run_id) not in (None, "FINISHED"),
+            runs_dir / (flow_run_id or f"local-{spec.spec_hash()}-{prepared.features_md5[:8]}"),
+        )
     run_id_file = run_dir / "mlflow_run_id"
     previous = run_id_file.read_text().strip() if run_id_file.exists() else None
     run_id = start_tracked_run(prepared, root, flow_run_id, resume_run_id=previous)
-    run_id_file.write_text(run_id)
-    uri = tracking.tracking_uri(root)
+    if run_id == previous and flow_run_id and run_dir.name != flow_run_id:
+        log.warning("%s: continuing MLflow run %s from its last checkpoint in %s", spec.name, run_id, run_dir)
     try:
-        result = train_in_child(
-            spec, Path(prepared.features_dir), run_dir, tracking.MlflowMetricLogger(uri, run_id), progress=progress
-        )
+        with writing(run_dir):
+            run_id_file.write_text(run_id)
+            recovery.record_run(run_dir, run_id)
+            logger = tracking.MlflowMetricLogger(uri, run_id)
+            result = train_in_child(spec, Path(prepared.features_dir), run_dir, logger, progress=progress)
     except BaseException:
         tracking.end_run(uri, run_id, "FAILED")
         raise
@@ -256,8 +248,11 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
         "train_seconds": result.seconds,
         "steps": result.steps,
         "batch_size_used": result.batch_size,
+        "data_skipped_files": skipped_files(Path(prepared.features_dir)),
     }
     tracking.log_summary_metrics(uri, run_id, {k: float(v) for k, v in summary.items()})
+    if summary["data_skipped_files"] and (listing := Path(prepared.features_dir) / SKIPPED_LIST).exists():
+        tracking.log_artifacts(uri, run_id, [listing], "data")
     resolved = {  # what the automatic settings chose, and why training stopped
         "lstmflow.lstm_kernels": ",".join(result.lstm_kernels) or "none",
         "lstmflow.stopped_by": result.stopped_by,
@@ -267,6 +262,19 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
     }
     tracking.set_tags(uri, run_id, resolved)
     return {"run_id": run_id, "run_dir": str(run_dir), "model_path": result.model_path, **summary}
+
+
+#: The list of files the features stage left out, and why (audio); logged to the run as ``data/skipped.json``.
+SKIPPED_LIST = "skipped.json"
+
+
+def skipped_files(features_dir: Path) -> int:
+    """How many files of the raw data the features leave out (bad audio clips, loose files beside image folders)."""
+    try:
+        extra = json.loads((features_dir / "meta.json").read_text()).get("extra_meta") or {}
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return int(extra.get("skipped") or extra.get("skipped_files") or 0)
 
 
 def join_training(prepared: Prepared, root: Path, progress: bool = True) -> dict[str, Any]:
@@ -322,16 +330,23 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
 
 def register(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[str, str]:
     """Log the pyfunc model (state dict + spec + preprocessing), register it under the pipeline's name, and copy the
-    run's lineage (git commit, data version, flow run, spec) onto the model version."""
-    from lstmflow.serving.predictors import write_bundle
-    from lstmflow.tracking import runs
+    run's lineage (git commit, data version, flow run, spec) onto the model version.
 
-    bundle = Path(trained["run_dir"]) / "bundle"
-    predictor, example = write_bundle(prepared.spec, Path(prepared.features_dir), Path(trained["model_path"]), bundle)
+    A run registers once: when its version exists already (a cached training whose register task missed its cache:
+    another result store, a changed schedule), that version is returned and no new one is added.
+    """
+    from lstmflow.serving.predictors import write_bundle
+    from lstmflow.tracking import registry, runs
+
     uri = tracking.tracking_uri(root)
-    registered = tracking.register_model(
-        uri, trained["run_id"], prepared.pipeline.name, bundle, example, predictor.predict(example)
-    )
+    registered = registry.version_of_run(uri, prepared.pipeline.name, trained["run_id"])
+    if registered is None:
+        bundle = Path(trained["run_dir"]) / "bundle"
+        model_path = Path(trained["model_path"])
+        predictor, example = write_bundle(prepared.spec, Path(prepared.features_dir), model_path, bundle)
+        registered = tracking.register_model(
+            uri, trained["run_id"], prepared.pipeline.name, bundle, example, predictor.predict(example)
+        )
     runs.tag_version_lineage(uri, prepared.pipeline.name, registered["version"])
     tracking.end_run(uri, trained["run_id"])
     return registered

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -23,12 +24,18 @@ from typing import Any
 
 import yaml
 
-from lstmflow.errors import DataError, LstmflowError
+from lstmflow.errors import ConfigError, DataError, LstmflowError, StorageError
 
 PARAMS_FILE = "params.yaml"
 LOCAL_REMOTE = ".dvc-storage"
 #: The file lock that keeps lstmflow's DVC commands in one workspace one at a time.
 LOCK_FILE = Path(".lstmflow") / "dvc.lock"
+#: Where a failed stage command leaves its config or data error (see :func:`record_stage_error`).
+STAGE_ERRORS = Path(".lstmflow") / "stage-errors"
+#: The error classes a stage's record may name: the user's mistakes, which no retry fixes.
+USER_ERRORS: dict[str, type[LstmflowError]] = {
+    "ConfigError": ConfigError, "DataError": DataError, "StorageError": StorageError
+}  # fmt: skip
 PARAMS_HEADER = (
     "# Written by lstmflow from pipelines.yaml (defaults merged, overrides applied, data defaults resolved).\n"
     "# DVC stages read their params from here; edit pipelines.yaml instead.\n"
@@ -79,9 +86,20 @@ def ensure_repo(root: Path) -> None:
         scm = (root / ".git").exists()
         dvc(root, "init", "--quiet", *([] if scm else ["--no-scm"]))
         dvc(root, "config", "core.analytics", "false")
-    remotes = dvc(root, "remote", "list")
+    if _project_has_remote(root):  # a second of `dvc remote list` saved on every run
+        return
+    remotes = dvc(root, "remote", "list")  # a user's or the system's remotes count too
     if not remotes.strip():  # the remote's path is relative to root; DVC rewrites it for .dvc/
         dvc(root, "remote", "add", "--local", "--default", "local", LOCAL_REMOTE)
+
+
+def _project_has_remote(root: Path) -> bool:
+    """Whether the project's own DVC config (``.dvc/config`` or ``.dvc/config.local``) declares a remote."""
+    return any(
+        "['remote \"" in path.read_text()
+        for path in (root / ".dvc" / "config", root / ".dvc" / "config.local")
+        if path.exists()
+    )
 
 
 def write_params(root: Path, entries: dict[str, dict[str, Any]], versions: dict[str, str]) -> Path:
@@ -118,9 +136,57 @@ def stage_producing(root: Path, output: Path) -> str | None:
     return None
 
 
+def stage_error_file(root: Path, stage: str) -> Path:
+    """Where a stage command leaves the user's error for :func:`repro` (see :func:`record_stage_error`)."""
+    return root / STAGE_ERRORS / f"{stage}.json"
+
+
+def record_stage_error(root: Path, stage: str, error: LstmflowError) -> None:
+    """Called by a failing stage command: its config or data error, for :func:`repro` to raise once, as itself."""
+    if not isinstance(error, ConfigError | DataError | StorageError):
+        return
+    path = stage_error_file(root, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"type": type(error).__name__, "message": str(error)}))
+    os.replace(tmp, path)
+
+
 def repro(root: Path, *stages: str) -> str:
-    """``dvc repro`` of the given stages (and whatever they depend on); unchanged stages are skipped."""
-    return dvc(root, "repro", *stages)
+    """``dvc repro`` of the given stages (and whatever they depend on); unchanged stages are skipped.
+
+    DVC deletes a stage's outputs before running it: when the stage fails, the outputs of its last successful run
+    are checked out again from the cache, so a failed rebuild leaves the previous features in place. A stage that
+    failed on the user's config or data raises that error alone (not wrapped in DVC's output, and not retried).
+    """
+    for stage in stages:
+        stage_error_file(root, stage).unlink(missing_ok=True)
+    try:
+        return dvc(root, "repro", *stages)
+    except DvcError:
+        _restore_outputs(root, stages)
+        for stage in stages:
+            if (path := stage_error_file(root, stage)).exists():
+                record = json.loads(path.read_text())
+                path.unlink()
+                kept = " (the features of its last successful run are kept)" if _locked(root, stage) else ""
+                raise USER_ERRORS[record["type"]](record["message"] + kept) from None
+        raise
+
+
+def _locked(root: Path, stage: str) -> bool:
+    try:
+        lock_entry(root, stage)
+    except DataError:
+        return False
+    return True
+
+
+def _restore_outputs(root: Path, stages: tuple[str, ...]) -> None:
+    """Check out the outputs that ``dvc.lock`` records for ``stages`` (those that ever succeeded) from the cache."""
+    done = [stage for stage in stages if _locked(root, stage)]
+    if done:
+        dvc(root, "checkout", "--quiet", *done)
 
 
 def lock_entry(root: Path, stage: str) -> dict[str, Any]:

@@ -91,6 +91,17 @@ def version_run_id(uri: str, name: str, version: str) -> str | None:
     return _client(uri).get_model_version(name, str(version)).run_id or None
 
 
+def version_of_run(uri: str, name: str, run_id: str) -> dict[str, str] | None:
+    """The version of ``name`` already registered from ``run_id`` (the oldest, if several), as
+    :func:`lstmflow.tracking.register_model` returns it; None when that run has none."""
+    found = _client(uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not found:
+        return None
+    version = str(min(int(model_version.version) for model_version in found))
+    source = next(model_version.source for model_version in found if str(model_version.version) == version)
+    return {"model_uri": f"models:/{name}/{version}", "logged_model_uri": source, "version": version}
+
+
 def history(uri: str, name: str, alias: str) -> list[str]:
     """The versions ``alias`` was moved to by lstmflow, oldest first, without those rolled back."""
     raw = _registered(uri, name).tags.get(history_tag(alias))

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from lstmflow.config import PipelineSpec
-from lstmflow.errors import CheckpointError
+from lstmflow.errors import CheckpointError, writing
 from lstmflow.training.distributed import World
 from lstmflow.training.objectives import Objective
 from lstmflow.training.schedules import Schedule
@@ -276,14 +276,15 @@ def atomic_write_bytes(data: bytes, path: Path) -> None:
 
 @contextmanager
 def _atomic_target(path: Path, previous: Path | None = None) -> Iterator[BinaryIO]:
-    """Yield a temp file beside ``path``; on success fsync it and rename it over ``path``, else delete it.
+    """Yield a temp file beside ``path``; on success fsync it and rename it over ``path``, else delete it (a full or
+    unwritable folder is a :class:`~lstmflow.errors.StorageError` naming ``path``).
 
     Same folder, so same filesystem, so ``os.replace`` is atomic. With ``previous``, the old ``path``
     is first renamed to that name (a reader in between finds only ``previous``, which it falls back to).
     """
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "wb") as file:
+        with writing(path), open(tmp, "wb") as file:
             yield file
             file.flush()
             os.fsync(file.fileno())
@@ -291,7 +292,7 @@ def _atomic_target(path: Path, previous: Path | None = None) -> Iterator[BinaryI
             os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # a full disk gets its space back
         raise
     _fsync_dir(path.parent)
 

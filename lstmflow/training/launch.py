@@ -12,7 +12,8 @@ Nothing comes back through a pipe. The children write, in ``run_dir`` (rank 0's 
 - ``fit_result.json`` on success (see :func:`lstmflow.training.fit.fit`);
 - ``train_error.json`` when it raises: the exception's class, message and state, so that a
   ``DataError`` or ``ConfigError`` is raised again in the parent as the same class with the
-  same message (the CLI exits 2 on those), anything else as a ``TrainingError``;
+  same message (the CLI exits 2 on those), anything else as a ``TrainingError``. Only a class of lstmflow's own
+  modules is looked up: a module named in the file is never imported otherwise (the file is data, not code);
 - ``train.log``: its log lines, warnings, tracebacks and, through :mod:`faulthandler`, the
   Python stack of a hard crash. Its tail goes into every ``TrainingError``.
 
@@ -22,6 +23,7 @@ A child's warnings and errors, and its progress lines (at most one per 30 s, and
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import importlib
 import json
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from lstmflow.config import PipelineSpec
-from lstmflow.errors import LstmflowError, TrainingError
+from lstmflow.errors import LstmflowError, TrainingError, storage_error
 from lstmflow.training.budget import PROGRESS_LOGGER
 from lstmflow.training.checkpoint import CHECKPOINT_DIR, atomic_write_bytes, load_checkpoint
 from lstmflow.training.distributed import RENDEZVOUS_FILE, Plan, join, plan, socket_environment
@@ -52,6 +54,8 @@ from lstmflow.training.loggers import MetricLogger
 LOG_FILE = "train.log"
 ERROR_FILE = "train_error.json"
 LOG_TAIL_LINES = 30
+#: A child's exit code when its disk is too full even for its error file.
+STORAGE_EXIT = 28
 #: Seconds the other workers get to end on their own after one failed, before they are killed.
 STOP_GRACE_SECONDS = 10
 
@@ -220,6 +224,7 @@ def _child_main(
     console_handler.addFilter(_for_the_console)
     console_handler.setFormatter(_ConsoleFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[file_handler, console_handler], force=True)
+    logging.raiseExceptions = False  # a log file on a full disk must not print a traceback per line
     logging.captureWarnings(True)
     log = logging.getLogger("lstmflow.training.launch")
     inherited = " ".join(f"{name}={os.environ.get(name)}" for name in CHILD_VARIABLES)
@@ -228,11 +233,15 @@ def _child_main(
         with join(spec, workers, local_rank) if workers.world_size > 1 else nullcontext() as world:
             fit(spec, features_dir, run_dir, logger, progress=progress, world=world)
     except BaseException as exc:  # noqa: BLE001 - recorded for the parent whatever it is, then the child exits
-        if isinstance(exc, LstmflowError) and exc.planned:
-            log.info("training stopped: %s", exc)
+        full = storage_error(exc, run_dir)
+        if (isinstance(exc, LstmflowError) and exc.planned) or full is not None:
+            log.info("training stopped: %s", full or exc)
         else:
             log.error("training failed\n%s", traceback.format_exc())
-        _write_error(run_dir / rank_file(ERROR_FILE, rank), exc)
+        try:
+            _write_error(run_dir / rank_file(ERROR_FILE, rank), full or exc)
+        except OSError:  # the disk is full: the exit code tells the parent
+            sys.exit(STORAGE_EXIT)
         sys.exit(1)
 
 
@@ -286,6 +295,8 @@ def _child_error(run_dir: Path, rank: int, pid: int | None, exitcode: int | None
     log_path = run_dir / rank_file(LOG_FILE, rank)
     child = f"training child (rank {rank}, pid {pid})" if rank else f"training child (pid {pid})"
     if not path.exists():
+        if exitcode == STORAGE_EXIT:
+            return storage_error(OSError(errno.ENOSPC, "no space left"), run_dir) or TrainingError(f"{child} failed")
         if exitcode is not None and exitcode < 0:
             name = signal.Signals(-exitcode).name
             hint = " (the kernel's out-of-memory killer sends this too)" if name == "SIGKILL" else ""
@@ -299,12 +310,14 @@ def _child_error(run_dir: Path, rank: int, pid: int | None, exitcode: int | None
         )
     record = json.loads(path.read_text())
     module_name, _, qualname = record["type"].partition(":")
-    try:
-        cls: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-    except (ImportError, AttributeError):
-        cls = None
+    cls: Any = None
+    if module_name == "lstmflow" or module_name.startswith("lstmflow."):  # never import what a file names
+        try:
+            cls = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+        except (ImportError, AttributeError):
+            cls = None
     if isinstance(cls, type) and issubclass(cls, LstmflowError):
         # Rebuilt the way pickle rebuilds an exception (args, then state), without calling a constructor
         # whose signature may differ from Exception's.

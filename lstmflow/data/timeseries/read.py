@@ -87,11 +87,23 @@ def _read_series_file(spec: TimeSeriesDataSpec, where: str) -> pd.DataFrame:
     if table.empty:
         raise DataError(f"{where}.path: {path} has a header but no data rows")
     values = numeric_values(table, [*spec.target, *spec.features], path, row_label, where)
+    _check_magnitude(values, spec.max_abs_value, row_label, path, where)
     if spec.time_column is not None:
         values.index = _time_index(table[spec.time_column], path, row_label, where)
     filled, count = _fill_gaps(values, spec.gaps, path, row_label, where)
     filled.attrs["gaps_filled"] = count
     return filled
+
+
+def _check_magnitude(values: pd.DataFrame, bound: float, row_label: RowLabel, path: Path, where: str) -> None:
+    """Refuse cells beyond ``max_abs_value``: numbers that large are a unit or parsing error more often than data."""
+    rows, columns = np.nonzero(np.abs(values.to_numpy()) > bound)
+    if rows.size:
+        cells = [f"{row_label(i)} column {values.columns[j]!r}: {values.iat[i, j]:g}" for i, j in zip(rows, columns)]
+        raise DataError(
+            f"{where}.max_abs_value: {path} has {len(cells)} value(s) beyond ±{bound:g}: {listing(cells)}; fix them, "
+            f"or raise {where}.max_abs_value if they are real"
+        )
 
 
 def _check_columns(spec: TimeSeriesDataSpec, table: pd.DataFrame, path: Path, where: str) -> None:
@@ -119,6 +131,12 @@ def _time_index(cells: pd.Series, path: Path, row_label: RowLabel, where: str) -
         times = cells
     else:
         numbers = pd.to_numeric(cells, errors="coerce")
+        infinite = np.flatnonzero(np.isinf(numbers.to_numpy(np.float64)))
+        if infinite.size:
+            rows = [f"{row_label(i)}: {cells.iloc[i]!r}" for i in infinite]
+            raise DataError(
+                f"{where}.time_column: {path} has {len(rows)} infinite time(s) in {name!r}: {listing(rows)}"
+            )
         if numbers.notna().all():
             times = numbers.astype(np.int64) if (numbers == numbers.round()).all() else numbers
         else:
