@@ -35,8 +35,9 @@ from torch import Tensor
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
 from lstmflow.models.lstm import build_model
-from lstmflow.training.fit import fit, make_optimizer, seed_everything
+from lstmflow.training.fit import fit
 from lstmflow.training.loggers import ListLogger
+from lstmflow.training.step import make_optimizer, seed_everything
 
 WINDOW, UNITS, BATCH = 100, 128, 64
 

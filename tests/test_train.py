@@ -27,9 +27,10 @@ from lstmflow.errors import CheckpointError, ConfigError, DataError, TrainingErr
 from lstmflow.models.lstm import build_model
 from lstmflow.training.checkpoint import CHECKPOINT_KEYS, atomic_torch_save
 from lstmflow.training.distributed import cpu_runs_bf16_lstm
-from lstmflow.training.fit import FitResult, clip_gradients, fit
+from lstmflow.training.fit import FitResult, fit
 from lstmflow.training.loggers import ListLogger
 from lstmflow.training.objectives import evaluate_loss, make_objective
+from lstmflow.training.step import clip_gradients
 
 torch.set_num_threads(1)
 

@@ -27,9 +27,10 @@ from lstmflow.models.lstm import EnsembleNet, build_model
 from lstmflow.training.budget import progress_log
 from lstmflow.training.checkpoint import atomic_torch_save, cpu_copy
 from lstmflow.training.distributed import World
-from lstmflow.training.fit import MODEL_FILE, RESULT_FILE, FitResult, Precision, fit_member
+from lstmflow.training.fit import MODEL_FILE, RESULT_FILE, FitResult, fit_member
 from lstmflow.training.loggers import MetricLogger
 from lstmflow.training.objectives import make_objective
+from lstmflow.training.step import Precision
 
 log = logging.getLogger(__name__)
 

@@ -34,22 +34,17 @@ import itertools
 import json
 import logging
 import math
-import random
 import time
-from collections.abc import Iterable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from torch import Tensor, nn
 
-from lstmflow.config import GradClipSpec, PipelineSpec
-from lstmflow.errors import CheckpointError, ConfigError, TrainingError
+from lstmflow.config import PipelineSpec
+from lstmflow.errors import CheckpointError, TrainingError
 from lstmflow.models.lstm import LSTMNet, build_model
 from lstmflow.training.budget import Budget, Clock, ProgressLines, minutes, progress_log
 from lstmflow.training.checkpoint import (
@@ -64,16 +59,21 @@ from lstmflow.training.checkpoint import (
 )
 from lstmflow.training.distributed import (
     DataParallelNet,
-    Shard,
     World,
-    device_problems,
-    device_type,
-    excluded_from_batch_statistics,
 )
 from lstmflow.training.loggers import MetricLogger
 from lstmflow.training.objectives import Objective, make_objective
 from lstmflow.training.plan import TrainingPlan, plan_training
 from lstmflow.training.schedules import Schedule, make_schedule
+from lstmflow.training.step import (
+    Precision,
+    make_optimizer,
+    seed_everything,
+    set_deterministic,
+    train_step,
+    training_device,
+    zero_sums,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def fit(
     members one after another (:mod:`lstmflow.training.ensemble`).
     """
     torch.set_num_threads(train_threads(spec))
-    world = world or World(_device(spec))
+    world = world or World(training_device(spec))
     set_deterministic(spec.train.deterministic)
     if spec.train.ensemble > 1:
         from lstmflow.training.ensemble import fit_ensemble  # which calls fit_member: a cycle at import time
@@ -281,7 +281,7 @@ class EpochLoop:
         train_spec, state, optimizer, plan = self.spec.train, self.state, self.optimizer, self.plan
         skip = state.batches_done  # trained before this call: non-zero right after a mid-epoch resume
         if not skip:
-            state.epoch_lr, state.sums = optimizer.param_groups[0]["lr"], _zero_sums(self.world.device)
+            state.epoch_lr, state.sums = optimizer.param_groups[0]["lr"], zero_sums(self.world.device)
         task = bar.add_task(
             f"{self.member} epoch {epoch}/{plan.epochs}".lstrip(), total=plan.steps_per_epoch, completed=skip,
             loss=math.nan, val="", lr=state.epoch_lr,
@@ -470,111 +470,6 @@ def _say_how_it_ended(loop: EpochLoop, result: FitResult) -> None:
         f"{result.best_epoch} ({result.select} {result.best_score:.4f})"
     )
     (progress_log if result.stopped_by == "budget" else log).info(line)
-
-
-# ----------------------------------------------------------------------------- pieces of the loop
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every generator a run can touch; batch order is seeded separately, from (seed, epoch)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def set_deterministic(enabled: bool) -> None:
-    """``train.deterministic``: deterministic kernels only (an op without one raises) and deterministic cuDNN.
-
-    cuBLAS also needs ``CUBLAS_WORKSPACE_CONFIG`` before CUDA starts, which the launcher puts in the child's
-    environment. On CPU the kernels lstmflow uses are deterministic anyway; the switch makes it a guarantee.
-    """
-    if torch.are_deterministic_algorithms_enabled() != enabled:  # the first call imports torch._inductor (slow)
-        torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.deterministic = enabled
-
-
-def _device(spec: PipelineSpec) -> torch.device:
-    problems = device_problems(spec)
-    if problems:
-        raise ConfigError(problems)
-    return torch.device(device_type(spec))
-
-
-def train_step(
-    objective: Objective,
-    trained: LSTMNet | DataParallelNet,
-    model: LSTMNet,
-    shard: Shard,
-    optimizer: torch.optim.Optimizer,
-    precision: Precision,
-    clip: GradClipSpec,
-) -> tuple[Tensor, Tensor]:
-    """One optimizer step on this rank's shard; returns the shard's mean data loss and the penalty, detached.
-
-    The shard's loss is weighted by its share of the global batch, so that DDP's average of the ranks' gradients
-    is the gradient of the global batch's mean loss (the weight is 1 for a single process).
-    """
-    *inputs, target = _to_training_device((*shard.inputs, shard.target), next(model.parameters()).device)
-    borrowed = excluded_from_batch_statistics(model) if shard.rows == 0 else nullcontext()
-    with precision.autocast(), borrowed:
-        data_loss = objective.loss(trained, tuple(inputs), target)
-    penalty = model.regularization_penalty()
-    optimizer.zero_grad(set_to_none=True)
-    precision.backward(data_loss * shard.weight + penalty)
-    precision.step(optimizer, model.parameters(), clip)
-    return data_loss.detach(), penalty.detach()
-
-
-def _to_training_device(tensors: tuple[Tensor, ...], device: torch.device) -> tuple[Tensor, ...]:
-    """A batch on the training device; to a GPU through pinned memory, so that the copy does not block the host."""
-    if device.type != "cuda":
-        return tensors
-    return tuple(tensor.pin_memory().to(device, non_blocking=True) for tensor in tensors)
-
-
-class Precision:
-    """``train.precision``: autocast for the forward passes and, for fp16, a gradient scaler, so that small
-    gradients do not underflow to zero. With fp32 both are no-ops and the steps are plain ones."""
-
-    def __init__(self, name: str, device: torch.device) -> None:
-        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-        self.device_type = device.type
-        self.scaler = torch.amp.GradScaler(device.type, enabled=name == "fp16")
-
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
-
-    def backward(self, loss: Tensor) -> None:
-        self.scaler.scale(loss).backward()
-
-    def step(self, optimizer: torch.optim.Optimizer, parameters: Iterable[nn.Parameter], clip: GradClipSpec) -> None:
-        """Clip the true (unscaled) gradients, then step; under fp16 a step whose gradients overflowed is skipped."""
-        self.scaler.unscale_(optimizer)
-        clip_gradients(parameters, clip)
-        self.scaler.step(optimizer)
-        self.scaler.update()
-
-
-def _zero_sums(device: torch.device) -> Tensor:
-    """A rank's running (rows, data loss sum, penalty sum) for an epoch: float64 on the device, read once per epoch."""
-    return torch.zeros(3, dtype=torch.float64, device=device)
-
-
-def make_optimizer(spec: PipelineSpec, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    opt = spec.train.optimizer
-    if opt.name == "adam":
-        return torch.optim.Adam(parameters, lr=opt.lr, weight_decay=opt.weight_decay)
-    if opt.name == "adamw":
-        return torch.optim.AdamW(parameters, lr=opt.lr, weight_decay=opt.weight_decay)
-    return torch.optim.SGD(parameters, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-
-
-def clip_gradients(parameters: Iterable[nn.Parameter], clip: GradClipSpec) -> None:
-    """Clip in place: the global norm to ``clip.norm`` or every element to ``±clip.value``."""
-    if clip.norm is not None:
-        nn.utils.clip_grad_norm_(parameters, clip.norm)
-    elif clip.value is not None:
-        nn.utils.clip_grad_value_(parameters, clip.value)
 
 
 def _progress_bar(enabled: bool) -> Progress:
