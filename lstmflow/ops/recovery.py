@@ -12,15 +12,15 @@ directory (its checkpoint) and MLflow run instead of starting over.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from lstmflow.ops.locks import exclusive_lock
 
 OWNERS = Path(".lstmflow") / "owners"
 RESUME_FILE = "resume.json"
@@ -73,17 +73,9 @@ def dead_flow_runs(root: Path) -> list[str]:
     return dead
 
 
-@contextlib.contextmanager
-def _claim_lock(runs_dir: Path) -> Iterator[None]:
+def _claim_lock(runs_dir: Path) -> contextlib.AbstractContextManager[None]:
     """Two starts of one pipeline must not both claim the same dead run directory."""
-    lock = runs_dir.parents[1] / ".lstmflow" / f"claim-{runs_dir.name}.lock"  # not in runs/: that is runs only
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return exclusive_lock(runs_dir.parents[1] / ".lstmflow" / f"claim-{runs_dir.name}.lock")  # runs/ holds runs only
 
 
 def abandoned_runs(root: Path) -> list[tuple[Path, dict[str, Any]]]:

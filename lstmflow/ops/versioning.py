@@ -12,19 +12,18 @@ horizon) resolved, so ``dvc repro`` sees exactly what a run uses.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lstmflow.errors import ConfigError, DataError, LstmflowError, StorageError
+from lstmflow.ops.locks import exclusive_lock
 
 PARAMS_FILE = "params.yaml"
 LOCAL_REMOTE = ".dvc-storage"
@@ -54,17 +53,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def workspace_lock(root: Path) -> Iterator[None]:
+def workspace_lock(root: Path) -> contextlib.AbstractContextManager[None]:
     """Hold the workspace's DVC lock, :data:`LOCK_FILE`; blocks while another lstmflow process runs DVC here."""
-    lock = root / LOCK_FILE
-    lock.parent.mkdir(exist_ok=True)
-    with open(lock, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return exclusive_lock(root / LOCK_FILE)
 
 
 def dvc(root: Path, *args: str) -> str:
