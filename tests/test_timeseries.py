@@ -504,7 +504,16 @@ def test_auto_takes_logs_and_a_seasonal_difference_of_a_multiplicative_series_an
     np.testing.assert_allclose(encoded, features.series[t0 - window : t0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("transform", ["seasonal_difference", "log+seasonal_difference+difference", "log+difference"])
+@pytest.mark.parametrize(
+    "transform",
+    [
+        "seasonal_difference",
+        "log+seasonal_difference+difference",
+        "log+difference",
+        "log+seasonal_mean_difference",
+        "seasonal_mean_difference+difference",
+    ],
+)
 def test_every_chain_is_undone_exactly_beyond_a_season(tmp_path: Path, transform: str) -> None:
     values = np.array(AIRLINE, dtype=np.float64)
     _, features = prepared(tmp_path, monthly_csv(tmp_path, values), transform=transform, horizon=18, window=24)
@@ -514,9 +523,21 @@ def test_every_chain_is_undone_exactly_beyond_a_season(tmp_path: Path, transform
         np.testing.assert_allclose(restored, windows.targets_original(), rtol=1e-5)
 
 
+def test_a_seasonal_mean_difference_subtracts_the_mean_of_three_past_seasons(tmp_path: Path) -> None:
+    values = np.array(AIRLINE, dtype=np.float64)
+    _, features = prepared(tmp_path, monthly_csv(tmp_path, values), transform="log+seasonal_mean_difference")
+    assert features.meta["first_usable_row"] == 36
+    logs = np.log(values)
+    expected = logs[36:] - (logs[24:-12] + logs[12:-24] + logs[:-36]) / 3
+    offset, factor = features.preprocessing.offset[0], features.preprocessing.factor[0]
+    np.testing.assert_allclose(features.series[36:, 0] * factor + offset, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_transform_steps_are_named_and_ordered() -> None:
-    with pytest.raises(ValueError, match="steps joined by \\+ in the order log, seasonal_difference, difference"):
+    with pytest.raises(ValueError, match="steps joined by \\+ in the order log, seasonal_difference or seasonal_mean"):
         spec_for(Path("x.csv"), transform="difference+log")
+    with pytest.raises(ValueError, match="one of the two"):
+        spec_for(Path("x.csv"), transform="seasonal_difference+seasonal_mean_difference")
     with pytest.raises(ValueError, match="got 'sqrt'"):
         spec_for(Path("x.csv"), transform="sqrt")
 

@@ -65,8 +65,10 @@ class TimeSeriesDataSpec(Strict):
         "auto",
         description=(
             "Transform of the targets before scaling, undone exactly for evaluation and serving: `none`, or steps "
-            "joined by `+` in the order `log`, `seasonal_difference` (minus the value a season earlier), `difference` "
-            "(minus the previous value), e.g. `log+seasonal_difference`. `auto` tests the training part only, each "
+            "joined by `+` in the order `log`, `seasonal_difference` (minus the value a season earlier) or "
+            "`seasonal_mean_difference` (minus the mean of the values 1, 2 and 3 seasons earlier: a smoothed seasonal "
+            "profile that carries less of one year's noise, at the cost of 3 seasons of rows), `difference` (minus "
+            "the previous value), e.g. `log+seasonal_difference`. `auto` tests the training part only, each "
             "test on the result of the steps before it: `log` when every value is > 0 and the seasonal (or, without "
             "a season, local) spread grows with the level (a Guerrero-style regression, slope > 0.5, p < 0.05) or "
             "max/min exceeds 10; `seasonal_difference` when the calendar (or `evaluate.season`) gives a season and "
@@ -100,15 +102,16 @@ class TimeSeriesDataSpec(Strict):
         if value in ("auto", "none"):
             return value
         steps = value.split("+")
-        known = ("log", "seasonal_difference", "difference")
+        known = ("log", "seasonal_difference", "seasonal_mean_difference", "difference")
         if (
             any(step not in known for step in steps)
             or sorted(steps, key=known.index) != steps
             or len(set(steps)) < len(steps)
+            or {"seasonal_difference", "seasonal_mean_difference"} <= set(steps)
         ):
             raise ValueError(
-                f"must be auto, none, or steps joined by + in the order log, seasonal_difference, difference "
-                f"(each at most once), got {value!r}"
+                "must be auto, none, or steps joined by + in the order log, seasonal_difference or "
+                f"seasonal_mean_difference (one of the two), difference (each at most once), got {value!r}"
             )
         return value
 

@@ -1,11 +1,13 @@
 """The transform and scaler of a series: chosen and fitted on the training rows only, applied alike in serving.
 
 A target's transform is a chain of up to three steps, always in this order: ``log``, ``seasonal_difference``
-(``x[t] - x[t - season]``) and ``difference`` (``x[t] - x[t - 1]``), written joined by ``+``
+(``x[t] - x[t - season]``) or ``seasonal_mean_difference`` (``x[t]`` minus the mean of ``x[t - k * season]`` for
+k = 1 to :data:`SEASONS_AVERAGED`: a seasonal profile averaged over past years, so one year's noise is not carried
+into the next), and ``difference`` (``x[t] - x[t - 1]``), written joined by ``+``
 (``log+seasonal_difference``) or ``none``. Transforms apply to the targets only; features (covariates) are scaled
 but otherwise fed as given.
-Each difference costs rows at the start (1, or ``season``): every column loses the most any target loses, so that
-row ``t`` of the model space stays row ``t + lost_rows`` of the raw series.
+Each difference costs rows at the start (1, ``season``, or ``SEASONS_AVERAGED * season``): every column loses the
+most any target loses, so that row ``t`` of the model space stays row ``t + lost_rows`` of the raw series.
 
 Every step is undone exactly in :meth:`Preprocessing.decode`, from the raw rows just before a forecast's first
 step (:attr:`Preprocessing.anchor_rows` of them), so evaluation and serving report original units.
@@ -30,7 +32,9 @@ from lstmflow.data.timeseries.seasonality import (
 from lstmflow.errors import DataError
 
 #: The steps a transform chains, in the order they apply.
-STEPS = ("log", "seasonal_difference", "difference")
+STEPS = ("log", "seasonal_difference", "seasonal_mean_difference", "difference")
+#: Past seasons a ``seasonal_mean_difference`` averages.
+SEASONS_AVERAGED = 3
 #: A straight line must explain more than this share of the (transformed) training variance for `difference`.
 TREND_R2 = 0.8
 
@@ -65,7 +69,7 @@ def choose_transforms(
                     f"{where}.transform: log ({origin}) needs values > 0, but column {name!r} has "
                     f"{len(cells)} value(s) <= 0: {listing(cells)}; set transform: none or difference"
                 )
-        if "seasonal_difference" in steps_of(transform) and season < 2:
+        if {"seasonal_difference", "seasonal_mean_difference"} & set(steps_of(transform)) and season < 2:
             raise DataError(
                 f"{where}.transform: {transform!r} needs a season of 2 or more, but the season is {season}; "
                 "set evaluate.season, or use a time column whose calendar gives one"
@@ -113,8 +117,12 @@ def _trends(values: np.ndarray) -> bool:
 
 def _lag(transform: str, season: int) -> int:
     """Rows a transform loses at the start: 1 per difference, ``season`` per seasonal difference."""
-    steps = steps_of(transform)
-    return int("difference" in steps) + season * int("seasonal_difference" in steps)
+    return sum(_step_lag(step, season) for step in steps_of(transform))
+
+
+def _step_lag(step: str, season: int) -> int:
+    """Rows one step loses at the start."""
+    return {"log": 0, "difference": 1, "seasonal_difference": season}.get(step, SEASONS_AVERAGED * season)
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,10 @@ def _step(step: str, values: np.ndarray, season: int) -> np.ndarray:
     """One step along the last axis of ``values``; a difference of lag k drops the first k entries."""
     if step == "log":
         return np.log(values)
+    if step == "seasonal_mean_difference":
+        lag, n = SEASONS_AVERAGED * season, values.shape[-1]
+        past = [values[..., lag - j * season : n - j * season] for j in range(1, SEASONS_AVERAGED + 1)]
+        return values[..., lag:] - np.mean(past, axis=0)
     lag = season if step == "seasonal_difference" else 1
     return values[..., lag:] - values[..., :-lag]
 
@@ -258,9 +270,13 @@ def _undo(steps: tuple[str, ...], values: np.ndarray, before: np.ndarray, season
         if step == "log":
             values = np.exp(values)
             continue
-        lag = season if step == "seasonal_difference" else 1
+        lag = _step_lag(step, season)
         undone = np.concatenate([level[:, -lag:], np.empty_like(values)], axis=1)  # (N, lag + H)
         for h in range(values.shape[1]):
-            undone[:, lag + h] = undone[:, h] + values[:, h]
+            if step == "seasonal_mean_difference":
+                past = [undone[:, lag + h - j * season] for j in range(1, SEASONS_AVERAGED + 1)]
+                undone[:, lag + h] = np.mean(past, axis=0) + values[:, h]
+            else:
+                undone[:, lag + h] = undone[:, h] + values[:, h]
         values = undone[:, lag:]
     return values
