@@ -555,3 +555,19 @@ def test_values_beyond_the_bound_are_refused_with_the_bound_and_its_key(tmp_path
     assert "pipelines.demo.data.max_abs_value" in str(caught.value) and "line 4 column 'y': -3e+12" in str(caught.value)
     assert "±1e+12" in str(caught.value)
     assert read_series(spec_for(path, time_column="t", max_abs_value=1e13).data)["y"].iloc[2] == -3e12
+
+
+@pytest.mark.parametrize(
+    ("transforms", "changes"),
+    [
+        (("difference",), True),
+        (("log+seasonal_difference",), True),
+        (("seasonal_mean_difference", "difference"), True),
+        (("none",), False),
+        (("log",), False),
+        (("difference", "log"), False),  # one target not differenced: 0 is not naive for it
+    ],
+)
+def test_targets_are_changes_only_when_every_target_is_differenced(transforms: tuple[str, ...], changes: bool) -> None:
+    prep = Preprocessing(("y",) * len(transforms), transforms, "standard", (0.0,) * len(transforms), (1.0,) * 2, 12)
+    assert prep.targets_are_changes is changes

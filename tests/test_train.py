@@ -26,8 +26,8 @@ from lstmflow.data.timeseries import load_features, resolve_data
 from lstmflow.errors import CheckpointError, ConfigError, DataError, TrainingError
 from lstmflow.models.lstm import build_model
 from lstmflow.training.checkpoint import CHECKPOINT_KEYS, atomic_torch_save
-from lstmflow.training.distributed import cpu_runs_bf16_lstm
-from lstmflow.training.fit import FitResult, fit
+from lstmflow.training.distributed import World, cpu_runs_bf16_lstm
+from lstmflow.training.fit import EpochLoop, FitResult, fit
 from lstmflow.training.loggers import ListLogger
 from lstmflow.training.objectives import evaluate_loss, make_objective
 from lstmflow.training.step import clip_gradients
@@ -82,6 +82,25 @@ def assert_same_tensors(left: dict[str, torch.Tensor], right: dict[str, torch.Te
 
 
 # ------------------------------------------------------------------------------------------------ learning
+
+
+@pytest.mark.parametrize(("transform", "starts_at_zero"), [("difference", True), ("none", False)])
+def test_a_differenced_forecast_starts_from_the_naive_forecast(
+    sine: Sine, tmp_path: Path, transform: str, starts_at_zero: bool
+) -> None:
+    """A network whose last linear dense starts at zero forecasts "no change" before its first step."""
+    spec = sine.spec(data={"transform": transform})
+    features_dir = tmp_path / "features"
+    prepare_pipeline_features(spec, features_dir)
+    loop = EpochLoop.build(spec, features_dir, tmp_path / "checkpoints", World(torch.device("cpu")))
+    features = load_features(features_dir)
+    x, _ = next(iter(features.windows("train").batches(8)))
+    with torch.no_grad():
+        answers = loop.model.eval()(x)
+    assert bool((answers == 0).all()) is starts_at_zero
+    untrained = evaluate_loss(loop.model, features.windows("val"), spec.loss, 64)
+    trained = fit(spec, features_dir, tmp_path / "run", ListLogger(), progress=False)
+    assert trained.best_val_loss < untrained  # the zero head still learns: its first step moves it
 
 
 def test_fit_learns_logs_once_per_epoch_and_writes_its_result(sine: Sine, tmp_path: Path) -> None:

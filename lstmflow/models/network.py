@@ -66,6 +66,18 @@ class LSTMNet(nn.Module):
         #: The output dense whose softmax :meth:`logits` leaves out (classification folds it into the loss).
         self.softmax_head = head if head_dense is not None and head_dense.activation == "softmax" else None
 
+    def zero_output(self) -> None:
+        """Zero the last layer's weights and bias when it is a linear dense, so that training starts from a network
+        that answers 0 and moves away only as far as the data lead it. For differenced forecast targets 0 is the
+        naive forecast (no change beyond the mean), which a short series often cannot beat by much: a random start
+        there cost accuracy that early stopping never won back (benchmarks/RESULTS.md). Keras:
+        ``Dense(kernel_initializer="zeros")``."""
+        last = self.spec.layers[-1].dense
+        if last is not None and last.activation == "linear":
+            head = cast(Dense, self.layers[-1])
+            nn.init.zeros_(head.linear.weight)
+            nn.init.zeros_(head.linear.bias)
+
     def lstm_kernels_trained(self) -> list[str]:
         """The implementations that ran this model's lstm layers in gradient-recording passes so far, sorted:
         ``"lstmflow"`` (compiled), ``"lstmflow-loop"``, ``"torch"`` (see :class:`LSTMBlock`)."""

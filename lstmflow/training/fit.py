@@ -216,6 +216,8 @@ class EpochLoop:
             per_step=objective.per_step,
             lstm_kernel=train_spec.lstm_kernel,
         ).to(world.device)
+        if objective.starts_from_zero:
+            model.zero_output()
         trained = world.parallel(model)
         if world.rank:
             seed_everything(train_spec.seed + world.rank)  # common weights above; each rank's own dropout masks below

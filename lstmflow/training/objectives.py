@@ -59,6 +59,7 @@ class Objective(Protocol):
     n_outputs: int  # per sample, the network's output width
     needs: str  # where n_outputs comes from, for build_model's messages (e.g. "3 classes in the training labels")
     per_step: bool  # n_outputs at every time step (next-token scores), not once per sample
+    starts_from_zero: bool  # the output layer starts at zero (see LSTMNet.zero_output): a naive first answer
 
     def samples(self, part: Part) -> int:
         """Independent samples in ``part``: windows, sequences, or spans of ``data.sequence_length`` tokens; what
@@ -169,6 +170,7 @@ class ForecastObjective(Stateless):
         self.n_outputs = features.horizon * features.n_targets
         self.needs = f"horizon {features.horizon} × {features.n_targets} target(s)"
         self.per_step = False
+        self.starts_from_zero = features.preprocessing.targets_are_changes
 
     def samples(self, part: Part) -> int:
         return len(self.features.windows(part))
@@ -262,6 +264,7 @@ class ClassifyObjective(Stateless):
         self.n_outputs = features.n_classes
         self.needs = f"{features.n_classes} classes in the training labels"
         self.per_step = False
+        self.starts_from_zero = False
         weights = class_weights(features.part("train").labels, features.n_classes, spec.train.class_weight)
         self.class_weights = None if weights is None else torch.from_numpy(weights)
 
@@ -354,6 +357,7 @@ class LanguageModelObjective:
         self.n_outputs = features.vocab_size
         self.needs = f"a vocabulary of {features.vocab_size} tokens"
         self.per_step = True
+        self.starts_from_zero = False
         self._carry: LSTMState = {}
 
     def samples(self, part: Part) -> int:

@@ -145,6 +145,13 @@ class Preprocessing:
         return len(self.transforms)
 
     @property
+    def targets_are_changes(self) -> bool:
+        """Whether every target is differenced: a model answering 0 then forecasts the last value (or season's
+        values) moved by the training part's mean change, the naive forecast a network should start from."""
+        differences = set(STEPS) - {"log"}
+        return bool(self.transforms) and all(differences & set(steps_of(t)) for t in self.transforms)
+
+    @property
     def lost_rows(self) -> int:
         """Raw rows at the start that have no transformed value (the longest chain of differences)."""
         return max((_lag(transform, self.season) for transform in self.transforms), default=0)
