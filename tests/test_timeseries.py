@@ -24,6 +24,7 @@ from lstmflow.data.timeseries import (
     read_series,
     resolve_data,
 )
+from lstmflow.data.timeseries.prepare import SMOOTHED_MIN_WINDOWS
 from lstmflow.data.timeseries.preprocessing import _trends
 from lstmflow.errors import DataError
 
@@ -571,3 +572,19 @@ def test_values_beyond_the_bound_are_refused_with_the_bound_and_its_key(tmp_path
 def test_targets_are_changes_only_when_every_target_is_differenced(transforms: tuple[str, ...], changes: bool) -> None:
     prep = Preprocessing(("y",) * len(transforms), transforms, "standard", (0.0,) * len(transforms), (1.0,) * 2, 12)
     assert prep.targets_are_changes is changes
+
+
+def test_auto_smooths_the_seasonal_difference_only_where_enough_training_windows_remain(tmp_path: Path) -> None:
+    path = monthly_csv(tmp_path, np.array(AIRLINE, dtype=np.float64))
+    split = {"test_points": 12}
+    one_step, features = prepared(tmp_path, path, "one", split=split, horizon=1)  # window 24: many windows left
+    assert one_step["transform"] == "log+seasonal_mean_difference" and features.meta["first_usable_row"] == 36
+    assert len(features.windows("train")) >= SMOOTHED_MIN_WINDOWS
+    year_ahead, features = prepared(tmp_path, path, "year", split=split)  # horizon 12, window 48: too few if smoothed
+    assert year_ahead["transform"] == "log+seasonal_difference" and features.meta["first_usable_row"] == 12
+    assert (
+        prepared(tmp_path, path, "declared", split=split, horizon=1, transform="log+seasonal_difference")[0][
+            "transform"
+        ]
+        == "log+seasonal_difference"
+    )  # a declared transform is kept as written

@@ -73,7 +73,8 @@ class TimeSeriesDataSpec(Strict):
             "a season, local) spread grows with the level (a Guerrero-style regression, slope > 0.5, p < 0.05) or "
             "max/min exceeds 10; `seasonal_difference` when the calendar (or `evaluate.season`) gives a season and "
             "STL's seasonal strength exceeds 0.64 (R's nsdiffs rule) and the level moves (a straight line explains "
-            "more than 80% of the variance, or the KPSS test rejects a stationary level at 5%, R's ndiffs rule); "
+            "more than 80% of the variance, or the KPSS test rejects a stationary level at 5%, R's ndiffs rule), "
+            "smoothed to `seasonal_mean_difference` when 30 training windows or more remain after it; "
             "`difference` when a straight line explains more than 80% of what is left or, with no seasonal "
             "difference taken, when the KPSS test rejects a stationary level."
         ),
