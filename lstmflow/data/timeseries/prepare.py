@@ -195,11 +195,12 @@ def _transforms(
     if data.transform != "auto" or smoothed == chosen:
         return chosen
     lost = _lost_rows(smoothed, season)
-    if train_end - horizon - lost - 7 * data.stride < 1:  # not even the default window's 8 windows
+    try:
+        window = data.window or _default_window(season, horizon, train_end, data.stride, lost, where)
+    except DataError:  # the three seasons leave too few rows for even the default window's 8 windows
         return chosen
-    window = data.window or _default_window(season, horizon, train_end, data.stride, lost, where)
-    windows = (train_end - window - horizon - lost) // data.stride + 1
-    return smoothed if windows >= SMOOTHED_MIN_WINDOWS else chosen
+    windows = window_origins("train", train_end, train_end, train_end, window, horizon, data.stride, lost)
+    return smoothed if len(windows) >= SMOOTHED_MIN_WINDOWS else chosen
 
 
 def _lost_rows(transforms: tuple[str, ...], season: int) -> int:
