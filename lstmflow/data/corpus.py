@@ -19,18 +19,17 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lstmflow.config import CorpusSpec
+from lstmflow.data.parts import PARTS, TRAIN_AND_VAL, Part, Parts
 from lstmflow.data.text import LARGEST_EXACT_ID, TOKENIZER_FILE, UNK_ID, Tokenizer, _decoded, fit_tokenizer
 from lstmflow.errors import DataError
 
-Part = Literal["train", "val", "test"]
-PARTS: tuple[Part, ...] = ("train", "val", "test")
 #: Bumped when the feature folder's layout changes.
 CORPUS_FORMAT = 1
 
@@ -149,7 +148,9 @@ class CorpusFeatures:
     def vocab_size(self) -> int:
         return self.meta["vocab_size"]
 
-    def stream(self, part: Part) -> TokenStream:
+    def stream(self, part: Parts) -> TokenStream:
+        if part == TRAIN_AND_VAL:  # train.refit refuses language models: their corpus is never refitted
+            raise ValueError(f"a corpus has no {TRAIN_AND_VAL} part: its parts are separate streams")
         return TokenStream(self.ids[part])
 
 

@@ -23,6 +23,10 @@ from lstmflow.errors import DataError
 
 Part = Literal["train", "val", "test"]
 PARTS: tuple[Part, ...] = ("train", "val", "test")
+#: The training and validation samples as one part: what ``train.refit`` trains on once validation chose the epochs.
+TRAIN_AND_VAL: Literal["train+val"] = "train+val"
+#: A part, or training and validation together.
+Parts = Literal["train", "val", "test", "train+val"]
 #: The given part of training samples when the split gives no validation part: ``split.val`` of them is drawn.
 TRAIN_OR_VAL = "train or val"
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lstmflow.config import ClassSplitSpec, SequenceTableSpec
-from lstmflow.data.parts import PARTS, Part, assign_parts, split_record
+from lstmflow.data.parts import PARTS, TRAIN_AND_VAL, Parts, assign_parts, split_record
 from lstmflow.data.sequences.batches import SequenceSet
 from lstmflow.data.sequences.preprocessing import SequencePreprocessing
 from lstmflow.data.sequences.read import read_sequence_table
@@ -244,9 +244,12 @@ class SequenceFeatures:
     def n_features(self) -> int:
         return self.meta["n_features"]
 
-    def part(self, name: Part) -> SequenceSet:
+    def part(self, name: Parts) -> SequenceSet:
+        if name == TRAIN_AND_VAL:
+            positions = np.flatnonzero(np.isin(self.parts, [PARTS.index("train"), PARTS.index("val")]))
+            return SequenceSet(self.values, self.offsets, self.labels, positions)
         if name not in PARTS:
-            raise ValueError(f"part must be train, val or test, got {name!r}")
+            raise ValueError(f"part must be train, val, test or {TRAIN_AND_VAL}, got {name!r}")
         positions = np.flatnonzero(self.parts == PARTS.index(name))
         return SequenceSet(self.values, self.offsets, self.labels, positions)
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lstmflow.config import PipelineSpec, SplitSpec, TimeSeriesDataSpec
-from lstmflow.data.parts import PARTS, Part
+from lstmflow.data.parts import PARTS, TRAIN_AND_VAL, Part, Parts
 from lstmflow.data.timeseries.preprocessing import Preprocessing, choose_transforms
 from lstmflow.data.timeseries.read import infer_season, read_series
 from lstmflow.data.timeseries.seasonality import season_from_autocorrelation
@@ -367,9 +367,9 @@ class Features:
     def n_targets(self) -> int:
         return self.raw.shape[1]
 
-    def windows(self, split: Part) -> WindowSet:
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be train, val or test, got {split!r}")
+    def windows(self, split: Parts) -> WindowSet:
+        if split not in (*PARTS, TRAIN_AND_VAL):
+            raise ValueError(f"split must be train, val, test or {TRAIN_AND_VAL}, got {split!r}")
         meta = self.meta
         origins = window_origins(
             split,

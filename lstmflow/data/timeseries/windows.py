@@ -16,15 +16,21 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import Dataset
 
-from lstmflow.data.parts import Part
+from lstmflow.data.parts import TRAIN_AND_VAL, Parts
 
 
 def window_origins(
-    split: Part, rows: int, train_end: int, val_end: int, window: int, horizon: int, stride: int, lost: int
+    split: Parts, rows: int, train_end: int, val_end: int, window: int, horizon: int, stride: int, lost: int
 ) -> range:
-    """First forecast step of every window of ``split``: all of its forecast steps lie inside that part."""
+    """First forecast step of every window of ``split``: all of its forecast steps lie inside that part (training and
+    validation together: the training windows' stride carried on to the end of the validation part)."""
     first = window + lost
-    parts = {"train": (first, train_end, stride), "val": (train_end, val_end, 1), "test": (val_end, rows, 1)}
+    parts = {
+        "train": (first, train_end, stride),
+        "val": (train_end, val_end, 1),
+        "test": (val_end, rows, 1),
+        TRAIN_AND_VAL: (first, val_end, stride),
+    }
     begin, end, step = parts[split]
     return range(max(begin, first), end - horizon + 1, step)
 
