@@ -16,7 +16,14 @@ from lstmflow.config.messages import describe_error, did_you_mean, location_text
 from lstmflow.config.model import SEQUENCE_CLASSIFIER_LAYERS, TEXT_CLASSIFIER_LAYERS, ModelSpec
 from lstmflow.config.operations import OPERATIONS, PromoteSpec, ScheduleSpec
 from lstmflow.config.search import SEARCHABLE_SECTIONS, SearchParam, SearchSpec
-from lstmflow.config.tasks import PROMOTE_METRICS, PROMOTE_TESTS, SEARCH_METRICS, TASK_DATA_KINDS, TASK_LOSSES
+from lstmflow.config.tasks import (
+    PROMOTE_METRICS,
+    PROMOTE_TESTS,
+    REFIT_TASKS,
+    SEARCH_METRICS,
+    TASK_DATA_KINDS,
+    TASK_LOSSES,
+)
 from lstmflow.config.train import EvaluateSpec, TrainSpec
 from lstmflow.errors import ConfigError
 
@@ -116,6 +123,7 @@ class PipelineSpec(Strict):
                 f"model.layers[{stateful[0]}].lstm.stateful: carries the state across consecutive batches of one text, "
                 f"which only task 'language_model' has; task {self.task!r} has independent samples"
             )
+        self._refit_fits()
         losses = TASK_LOSSES[self.task]
         if self.train.loss is not None and self.train.loss not in losses:
             raise ValueError(
@@ -123,6 +131,25 @@ class PipelineSpec(Strict):
                 f"got {self.train.loss!r}"
             )
         return self
+
+    def _refit_fits(self) -> None:
+        """``train.refit: true`` needs training samples that validation data can join, one model, and a schedule
+        that does not read the validation scores."""
+        train = self.train
+        if train.refit is not True:
+            return
+        if self.task not in REFIT_TASKS:
+            raise ValueError(
+                f"train.refit: true is for tasks {', '.join(map(repr, REFIT_TASKS))}; a {self.task!r} run trains on "
+                "its corpus until the budget ends it (set refit to auto or false)"
+            )
+        if train.ensemble > 1:
+            raise ValueError(f"train.refit: true is not with train.ensemble ({train.ensemble}); give one of them")
+        if train.lr_schedule.name == "plateau":
+            raise ValueError(
+                "train.refit: true with train.lr_schedule plateau: a refit trains on the validation part, so no "
+                "plateau could be read from it; use auto, cosine, step or onecycle"
+            )
 
     @field_validator("search")
     @classmethod

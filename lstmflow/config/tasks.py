@@ -22,6 +22,9 @@ TASK_LOSSES = {
     "classify": ("cross_entropy",),
     "language_model": ("cross_entropy",),
 }
+#: The tasks whose training samples the validation part can join for ``train.refit``: independent windows or
+#: sequences (a language model's corpus is one stream, trained until its budget ends it).
+REFIT_TASKS = ("classify", "forecast")
 #: The per-epoch validation metrics each task logs, which a search can optimise, and the way each improves.
 SEARCH_METRICS: dict[str, dict[str, Direction]] = {
     "forecast": {"val_loss": "minimize"},

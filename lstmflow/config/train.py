@@ -242,6 +242,21 @@ class TrainSpec(Strict):
             "result noisy; an ensemble of 5 costs 5 times the training and prediction time. Not with `search`."
         ),
     )
+    refit: bool | Literal["auto"] = Field(
+        False,
+        # left out of the spec's hash and dump when off, so a spec without it keeps its cache key and its checkpoints
+        exclude_if=lambda refit: refit is False,
+        description=(
+            "Once the validation part has chosen the epoch, train the model again from the same start on the "
+            "training and validation parts together for that many epochs (warm-up, then a cosine to `min_lr` unless "
+            "another schedule is given), and keep that model; validation scores stay those of the first run. "
+            "`false` (default) keeps the first run's model: on the quality suite a refit helped some sets and hurt "
+            "others (see benchmarks/RESULTS.md). `auto`: for classify and forecast, when the first run kept its best "
+            "epoch (the validation part could decide), was not stopped by `budget`, and the refit fits in what is "
+            "left of it. `true` refits whatever the first run did. Never for a search's trials, an `ensemble` or "
+            "the `plateau` schedule."
+        ),
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` uses a GPU when one is present.")
     threads: int | None = Field(
         None,

@@ -248,6 +248,7 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
         "train_seconds": result.seconds,
         "steps": result.steps,
         "batch_size_used": result.batch_size,
+        "refit_epochs": result.refit["epochs"] if result.refit else 0,
         "data_skipped_files": skipped_files(Path(prepared.features_dir)),
     }
     tracking.log_summary_metrics(uri, run_id, {k: float(v) for k, v in summary.items()})

@@ -35,7 +35,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from lstmflow.config import PipelineSpec
+from lstmflow.data.parts import TRAIN_AND_VAL
 from lstmflow.errors import CheckpointError, TrainingError
 from lstmflow.models.lstm import LSTMNet, build_model
 from lstmflow.training.budget import Budget, Clock, ProgressLines, minutes, progress_log
@@ -62,7 +63,7 @@ from lstmflow.training.distributed import (
     World,
 )
 from lstmflow.training.loggers import MetricLogger
-from lstmflow.training.objectives import Objective, make_objective
+from lstmflow.training.objectives import Objective, Part, make_objective
 from lstmflow.training.plan import TrainingPlan, plan_training
 from lstmflow.training.schedules import Schedule, make_schedule
 from lstmflow.training.step import (
@@ -115,6 +116,8 @@ class FitResult:
     #: train.ensemble above 1: each member's seed, kept epoch and scores (the fields above are the ensemble's then,
     #: see :mod:`lstmflow.training.ensemble`); empty for one model.
     members: list[dict[str, Any]] = field(default_factory=list)
+    #: train.refit: the refit's epochs, steps and training samples when its weights are the kept ones, else None.
+    refit: dict[str, int] | None = None
 
     def write(self, path: Path) -> None:
         atomic_write_bytes(json.dumps(asdict(self), indent=2).encode(), path)
@@ -151,7 +154,9 @@ def fit(
         from lstmflow.training.ensemble import fit_ensemble  # which calls fit_member: a cycle at import time
 
         return fit_ensemble(spec, Path(features_dir), Path(run_dir), logger, progress, world)
-    return fit_member(spec, Path(features_dir), Path(run_dir), logger, progress, world)
+    from lstmflow.training.refit import fit_and_refit  # which calls fit_member: a cycle at import time
+
+    return fit_and_refit(spec, Path(features_dir), Path(run_dir), logger, progress, world)
 
 
 def fit_member(
@@ -165,10 +170,16 @@ def fit_member(
 ) -> FitResult:
     """:func:`fit` of one network after the process-wide settings; ``member`` (e.g. ``"member 2/5"``) names it in
     the progress lines and the log when it is one of an ensemble."""
-    started = time.perf_counter()
     seed_everything(spec.train.seed)
     loop = EpochLoop.build(spec, features_dir, run_dir / CHECKPOINT_DIR, world)
     loop.member = member
+    return run_loop(loop, run_dir, logger, progress)
+
+
+def run_loop(loop: EpochLoop, run_dir: Path, logger: MetricLogger, progress: bool) -> FitResult:
+    """Resume ``loop`` from its checkpoint when it has one, train until something stops it, and write the kept
+    weights and the result into ``run_dir``."""
+    started, world = time.perf_counter(), loop.world
     resumed_from = loop.resume()
     loop.announce()
     with _progress_bar(progress and world.is_main) as bar:
@@ -196,17 +207,23 @@ class EpochLoop:
     budget: Budget | None = None
     progress_lines: ProgressLines | None = None
     member: str = ""  # "member 2/5" in an ensemble, else empty
+    part: Part = "train"  # what it trains on: "train+val" for a refit (see lstmflow.training.refit)
 
     def name(self) -> str:
         """The pipeline's name, and the member's number in an ensemble, as the log lines start."""
         return f"{self.spec.name} {self.member}" if self.member else self.spec.name
 
     @classmethod
-    def build(cls, spec: PipelineSpec, features_dir: Path, checkpoint_dir: Path, world: World) -> EpochLoop:
-        """The objective, plan, model, optimizer, schedule and precision for a fresh start (see :meth:`resume`)."""
+    def build(
+        cls, spec: PipelineSpec, features_dir: Path, checkpoint_dir: Path, world: World, part: Part = "train"
+    ) -> EpochLoop:
+        """The objective, plan, model, optimizer, schedule and precision for a fresh start (see :meth:`resume`),
+        training on ``part``; on ``train+val`` the last epoch is kept (validation data is training data then)."""
         train_spec = spec.train
         objective = make_objective(spec, features_dir)
-        plan = plan_training(spec, objective, world.size)
+        plan = plan_training(spec, objective, world.size, part)
+        if part == TRAIN_AND_VAL:
+            plan = replace(plan, keep_last=True, note=None)
         model = build_model(
             spec.model,
             objective.n_features,
@@ -225,6 +242,7 @@ class EpochLoop:
         schedule = make_schedule(spec, optimizer, plan)
         precision = Precision(train_spec.precision, world.device)
         loop = cls(spec, world, objective, plan, model, trained, optimizer, schedule, precision, checkpoint_dir)
+        loop.part = part
         loop.budget, loop.progress_lines = Budget(spec, world), ProgressLines(world.is_main)
         return loop
 
@@ -289,7 +307,7 @@ class EpochLoop:
             loss=math.nan, val="", lr=state.epoch_lr,
         )  # fmt: skip
         self.model.train()
-        batches = self.objective.batches("train", plan.batch_size, **self._order(epoch))
+        batches = self.objective.batches(self.part, plan.batch_size, **self._order(epoch))
         for index, (inputs, target) in enumerate(itertools.islice(batches, skip, None), start=skip):
             if index == skip and skip:
                 # Only now that the pass has begun: batches() resets the carried state when it starts.
@@ -363,7 +381,7 @@ class EpochLoop:
         batch_size = self.plan.batch_size
         with self.precision.autocast():
             val_metrics = self.objective.evaluate(self.model, "val", batch_size, self.world.device)
-        return val_metrics, self.objective.batch_stats("train", batch_size, **self._order(epoch))
+        return val_metrics, self.objective.batch_stats(self.part, batch_size, **self._order(epoch))
 
     def _keep_if_best(self, epoch: int, selected: float, val_loss: float) -> None:
         """Keep the weights of an epoch that beat the best by ``train.select`` (more than ``min_delta``), or of every

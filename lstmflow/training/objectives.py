@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from lstmflow.data.timeseries import Features, WindowSet
     from lstmflow.training.distributed import DataParallelNet
 
-Part = Literal["train", "val", "test"]
+#: A part of the prepared data, or "train+val" (both, for a refit; not a language model's corpus).
+Part = Literal["train", "val", "test", "train+val"]
 #: (the model's inputs, the target): ``model(*inputs)`` is what the loss compares with the target.
 Batch = tuple[tuple[Tensor, ...], Tensor]
 

@@ -15,7 +15,7 @@ from typing import Literal
 from lstmflow.config import PipelineSpec
 from lstmflow.config.train import AUTO_EPOCH_STEPS, AUTO_MAX_EPOCHS
 from lstmflow.errors import ConfigError
-from lstmflow.training.objectives import Objective, resolve_batch_size
+from lstmflow.training.objectives import Objective, Part, resolve_batch_size
 
 #: The metrics ``train.select`` may name, with the way each improves.
 SELECTABLE: dict[str, Literal["min", "max"]] = {"val_loss": "min", "val_accuracy": "max", "val_macro_f1": "max"}
@@ -57,11 +57,11 @@ class TrainingPlan:
     note: str | None  # why early stopping is off, when the data decided it
 
 
-def plan_training(spec: PipelineSpec, objective: Objective, world_size: int = 1) -> TrainingPlan:
-    """The plan of a run of ``spec`` on ``objective``'s data with ``world_size`` training processes."""
+def plan_training(spec: PipelineSpec, objective: Objective, world_size: int = 1, part: Part = "train") -> TrainingPlan:
+    """The plan of a run of ``spec`` on ``objective``'s ``part`` with ``world_size`` training processes."""
     train = spec.train
     batch_size = resolve_batch_size(spec, objective, world_size)
-    steps_per_epoch = max(1, objective.batch_count("train", batch_size))
+    steps_per_epoch = max(1, objective.batch_count(part, batch_size))
     epochs = resolve_epochs(train.epochs, steps_per_epoch)
     max_steps = epochs * steps_per_epoch
     if train.budget.steps is not None:
