@@ -35,7 +35,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from lstmflow.config import PipelineSpec
-from lstmflow.data.parts import TRAIN_AND_VAL
 from lstmflow.errors import CheckpointError, TrainingError
 from lstmflow.models.lstm import LSTMNet, build_model
 from lstmflow.training.budget import Budget, Clock, ProgressLines, minutes, progress_log
@@ -218,12 +217,10 @@ class EpochLoop:
         cls, spec: PipelineSpec, features_dir: Path, checkpoint_dir: Path, world: World, part: Part = "train"
     ) -> EpochLoop:
         """The objective, plan, model, optimizer, schedule and precision for a fresh start (see :meth:`resume`),
-        training on ``part``; on ``train+val`` the last epoch is kept (validation data is training data then)."""
+        training on ``part``."""
         train_spec = spec.train
         objective = make_objective(spec, features_dir)
         plan = plan_training(spec, objective, world.size, part)
-        if part == TRAIN_AND_VAL:
-            plan = replace(plan, keep_last=True, note=None)
         model = build_model(
             spec.model,
             objective.n_features,

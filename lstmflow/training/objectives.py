@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lstmflow.config import CorpusSpec, PipelineSpec
+from lstmflow.data.parts import Parts as Part
 from lstmflow.errors import ConfigError, DataError
 from lstmflow.models.lstm import LSTMNet, LSTMState, output_layer
 
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from lstmflow.data.timeseries import Features, WindowSet
     from lstmflow.training.distributed import DataParallelNet
 
-#: A part of the prepared data, or "train+val" (both, for a refit; not a language model's corpus).
-Part = Literal["train", "val", "test", "train+val"]
 #: (the model's inputs, the target): ``model(*inputs)`` is what the loss compares with the target.
 Batch = tuple[tuple[Tensor, ...], Tensor]
 

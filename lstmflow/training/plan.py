@@ -14,6 +14,7 @@ from typing import Literal
 
 from lstmflow.config import PipelineSpec
 from lstmflow.config.train import AUTO_EPOCH_STEPS, AUTO_MAX_EPOCHS
+from lstmflow.data.parts import TRAIN_AND_VAL
 from lstmflow.errors import ConfigError
 from lstmflow.training.objectives import Objective, Part, resolve_batch_size
 
@@ -66,7 +67,8 @@ def plan_training(spec: PipelineSpec, objective: Objective, world_size: int = 1,
     max_steps = epochs * steps_per_epoch
     if train.budget.steps is not None:
         max_steps = min(max_steps, train.budget.steps)
-    note = _too_small_to_decide(spec, objective)
+    # A refit trains on its validation part: nothing to decide on, its last epoch is the one kept.
+    note = None if part == TRAIN_AND_VAL else _too_small_to_decide(spec, objective)
     patience = train.early_stopping.patience
     if note is not None or patience is None:
         patience = None
@@ -84,7 +86,7 @@ def plan_training(spec: PipelineSpec, objective: Objective, world_size: int = 1,
         selection=resolve_selection(spec),
         patience=patience,
         min_steps=train.early_stopping.min_steps,
-        keep_last=note is not None,
+        keep_last=note is not None or part == TRAIN_AND_VAL,
         lr_schedule=schedule,
         warmup_steps=warmup,
         note=note,
