@@ -13,7 +13,7 @@ $(BIN)/lstmflow: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
 	touch $@
 
-DEMO_PIPELINES := sunspots co2 order digits agents chirps pydocs
+DEMO_PIPELINES := sunspots co2 order digits agents chirps pydocs numbers
 
 demo: $(BIN)/lstmflow  ## train, evaluate and register every demo pipeline (local Prefect, MLflow, DVC stores)
 	$(BIN)/lstmflow run $(DEMO_PIPELINES)

@@ -117,7 +117,7 @@ def test_a_layer_needs_exactly_one_kind(tmp_path: Path) -> None:
         (
             "pipelines.p.model.layers[0]: a layer must have exactly one of embedding, lstm, dense, dropout, batchnorm, "
             "layernorm, activation, conv1d, max_pool1d, average_pool1d, global_max_pool, global_average_pool, "
-            "attention_pool, branches, got ['lstm', 'dense']"
+            "attention_pool, attention, branches, got ['lstm', 'dense']"
         )
     ]
 
@@ -206,7 +206,7 @@ def test_task_must_fit_the_data_kind(tmp_path: Path) -> None:
     assert problems(tmp_path, ["data.kind=bogus"]) == [
         (
             "pipelines.p.data: kind must be one of 'timeseries', 'sequences', 'images', 'text', 'audio', 'corpus', "
-            "got 'bogus' (from --set data.kind=bogus)"
+            "'pairs', got 'bogus' (from --set data.kind=bogus)"
         )
     ]
 

@@ -389,6 +389,7 @@ def test_demo_data_pass_the_checks(tmp_path: Path) -> None:
         "co2.csv",
         "order_sequences.csv",
         "agents.csv",
+        "numbers_en_fr.csv",
         "python_docs.txt",
         "digits",
         "chirps",

@@ -202,6 +202,7 @@ HEADLINE = {
         "unigram",
         [(key, f"unigram_{key}") for key in ("perplexity", "bits_per_character", "cross_entropy")],
     ),
+    "translate": ("copy source", [(key, f"copy_{key}") for key in ("chrf", "bleu", "exact_match")]),
 }
 
 

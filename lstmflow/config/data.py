@@ -21,7 +21,8 @@ class TimeSeriesDataSpec(Strict):
         "timeseries",
         description=(
             "Kind of data: `timeseries` (forecasting; the default), `sequences`, `images`, `text` and `audio` "
-            "(classification) or `corpus` (language modelling): each kind's keys are in its own table."
+            "(classification), `corpus` (language modelling) or `pairs` (translation): each kind's keys are in its "
+            "own table."
         ),
     )
     path: Path = Field(description="CSV or Parquet file, relative to the YAML file that declares it.")
@@ -338,6 +339,81 @@ class CorpusSpec(Strict):
         return {"kind": "char", "lowercase": False, **value} if isinstance(value, dict) else value
 
 
+#: Translation's default tokenizer, on both sides: characters with their case, like a corpus (no unknown words, and
+#: a small data set of pairs rarely repeats a word often enough to learn it).
+PAIRS_TOKENIZER: dict[str, Any] = {"kind": "char", "lowercase": False, "min_frequency": 1}
+
+
+class PairsSpec(Strict):
+    """Paired texts for translation: a source text and its target text, as one table or as two aligned text files."""
+
+    kind: Literal["pairs"] = Field(description="Kind of data; `pairs` for translation (sequence to sequence).")
+    path: Path = Field(
+        description=(
+            "CSV, Parquet or JSON Lines file with a source and a target column, relative to the YAML file; or, with "
+            "`target_path`, a UTF-8 text file of source sentences, one per line."
+        ),
+    )
+    source_column: str = Field("source", description="Table only: the column holding each source text.")
+    target_column: str = Field("target", description="Table only: the column holding each text's translation.")
+    target_path: Path | None = Field(
+        None,
+        description=(
+            "Aligned text files: a UTF-8 text file of target sentences, one per line, relative to the YAML file; "
+            "line n is the translation of line n of `path`. Null (default): `path` is a table."
+        ),
+    )
+    source_tokenizer: TokenizerSpec = Field(
+        default_factory=lambda: TokenizerSpec.model_validate(PAIRS_TOKENIZER),
+        description=(
+            "Tokenization of the source texts, fitted on the training pairs. Here `kind` defaults to `char`, "
+            "`lowercase` to false and `min_frequency` to 1."
+        ),
+    )
+    target_tokenizer: TokenizerSpec = Field(
+        default_factory=lambda: TokenizerSpec.model_validate(PAIRS_TOKENIZER),
+        description=(
+            "Tokenization of the target texts, fitted on the training pairs, with the same defaults as "
+            "`source_tokenizer`; the decoder writes its tokens plus a start and an end token."
+        ),
+    )
+    max_length: int = Field(
+        100,
+        gt=0,
+        description=(
+            "Most tokens on either side of a pair; longer pairs are left out and counted (`too_long`), never "
+            "truncated: a cut target would teach a wrong translation."
+        ),
+    )
+    bad_pairs: Literal["fail", "skip"] = Field(
+        "fail",
+        description=(
+            "A pair with an empty source or target: `fail` (naming the rows) or `skip` it (counted as `skipped_pairs`)."
+        ),
+    )
+    split: ClassSplitSpec = Field(
+        default_factory=ClassSplitSpec,
+        description=(
+            "Train/validation/test division: seeded random fractions of the pairs (not stratified: pairs have no "
+            "labels), a split column or given files (both for a table only). Every part must hold a pair."
+        ),
+    )
+
+    @field_validator("source_tokenizer", "target_tokenizer", mode="before")
+    @classmethod
+    def _translation_defaults(cls, value: Any) -> Any:
+        """Unset tokenizer keys take the translation defaults (characters, case kept, every token), not the
+        classifier's."""
+        return {**PAIRS_TOKENIZER, **value} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _aligned_files_split_by_fractions(self) -> PairsSpec:
+        if self.target_path is not None and (self.split.column is not None or self.split.files is not None):
+            key = "split.column" if self.split.column is not None else "split.files"
+            raise ValueError(f"{key} needs a table in path; aligned text files (target_path) are split by fractions")
+        return self
+
+
 def _data_kind(value: Any) -> str:
     """The data spec's `kind`; `timeseries` when omitted (forecasting is the original task)."""
     return value.get("kind", "timeseries") if isinstance(value, dict) else getattr(value, "kind", "timeseries")
@@ -351,6 +427,7 @@ DATA_SPECS: dict[str, type[BaseModel]] = {
     "text": TextSpec,
     "audio": AudioSpec,
     "corpus": CorpusSpec,
+    "pairs": PairsSpec,
 }
 DATA_KINDS = tuple(DATA_SPECS)
 DataSpec = Annotated[
@@ -359,6 +436,7 @@ DataSpec = Annotated[
     | Annotated[ImagesSpec, Tag("images")]
     | Annotated[TextSpec, Tag("text")]
     | Annotated[AudioSpec, Tag("audio")]
-    | Annotated[CorpusSpec, Tag("corpus")],
+    | Annotated[CorpusSpec, Tag("corpus")]
+    | Annotated[PairsSpec, Tag("pairs")],
     Discriminator(_data_kind),
 ]

@@ -114,7 +114,7 @@ def validate_pipeline(
     raw = {**raw, "name": name}
     data = raw.get("data")
     if isinstance(data, dict):
-        data = raw["data"] = _paths_resolved(data, "path", base_dir)
+        data = raw["data"] = _paths_resolved(_paths_resolved(data, "path", base_dir), "target_path", base_dir)
         split = data.get("split")
         if isinstance(split, dict) and isinstance(split.get("files"), dict):
             files = _paths_resolved(_paths_resolved(split["files"], "val", base_dir), "test", base_dir)

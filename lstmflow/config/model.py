@@ -159,6 +159,20 @@ class AttentionPoolLayer(Strict):
     )
 
 
+class AttentionLayer(Strict):
+    """Attention of a translation decoder over every encoder step (Luong et al. 2015, global attention): each
+    decoder output scores the source steps, their weighted mean (padding weighted 0) joins the output, and a tanh
+    layer of the lstm's units mixes the two. `model.decoder` only, after its last lstm."""
+
+    score: Literal["luong", "bahdanau"] = Field(
+        "luong",
+        description=(
+            "How a decoder output scores an encoder step: `luong`, a bilinear product (Keras `Attention` with a "
+            "learned kernel); `bahdanau`, a small tanh layer over both (Keras `AdditiveAttention`)."
+        ),
+    )
+
+
 class LayerSpec(Strict):
     """One layer: a mapping with exactly one key naming its kind, e.g. `{lstm: {units: 64}}`."""
 
@@ -176,6 +190,9 @@ class LayerSpec(Strict):
     global_average_pool: GlobalPoolLayer | None = Field(None, description="Each feature's mean over all steps.")
     attention_pool: AttentionPoolLayer | None = Field(
         None, description="A learned attention-weighted mean over all steps."
+    )
+    attention: AttentionLayer | None = Field(
+        None, description="Encoder–decoder attention (task translate; in `model.decoder`, after its last lstm)."
     )
     branches: list[Branch] | None = Field(
         None,
@@ -255,6 +272,19 @@ TEXT_CLASSIFIER_LAYERS: list[dict[str, Any]] = [
     {"dense": {"activation": "softmax"}},
 ]
 
+#: The default translator (task translate): an encoder of token vectors and one lstm, and a decoder started from its
+#: final state that attends over every source step (Luong et al. 2015) before the next-token scores.
+TRANSLATOR_ENCODER_LAYERS: list[dict[str, Any]] = [
+    {"embedding": {"dim": 64}},
+    {"lstm": {"units": 256, "return_sequences": True}},
+]
+TRANSLATOR_DECODER_LAYERS: list[dict[str, Any]] = [
+    {"embedding": {"dim": 64}},
+    {"lstm": {"units": 256, "return_sequences": True}},
+    {"attention": {"score": "luong"}},
+    {"dense": {"activation": "softmax"}},
+]
+
 
 def _default_layers() -> list[LayerSpec]:
     return [LayerSpec(lstm=LSTMLayer(units=64)), LayerSpec(dense=DenseLayer())]
@@ -269,7 +299,18 @@ class ModelSpec(Strict):
         description=(
             "Layers in order; the first (after an `embedding`) must read the sequence (`lstm`, `conv1d` or "
             "`branches`), the last should be `dense`. Default: `[{lstm: {units: 64}}, {dense: {}}]`, unless the "
-            "pipeline's data kind gives another (see `model`)."
+            "pipeline's data kind gives another (see `model`). For task translate: the encoder (an `embedding`, "
+            "then `lstm` layers that return sequences, `dropout` between)."
+        ),
+    )
+    decoder: list[LayerSpec] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Task translate only: the decoder, fed the target so far and started from the encoder's final states "
+            "(Keras `return_state`; its k-th lstm from the encoder's k-th, so both have as many lstm layers, of the "
+            "same units): an `embedding`, `lstm` layers, optionally one `attention`, then `dense` layers, the last "
+            "giving the next-token scores (units inferred from the target vocabulary)."
         ),
     )
     l1: float = Field(0.0, ge=0.0, description="L1 penalty on all weights (not biases or norms), added to the loss.")

@@ -113,7 +113,7 @@ class PromoteSpec(Strict):
         description=(
             "Test metric that decides. Default per task: `mae` (forecast; also `rmse`, `smape`, `mase`), `accuracy` "
             "(classify; also `macro_f1`, `log_loss`), `cross_entropy` (language_model; also `perplexity`, "
-            "`bits_per_character`)."
+            "`bits_per_character`), `chrf` (translate; also `bleu`)."
         ),
     )
     min_gain: float = Field(
@@ -121,11 +121,12 @@ class PromoteSpec(Strict):
         ge=0.0,
         description="Smallest relative improvement over the champion's value that promotes, e.g. 0.02 for 2%.",
     )
-    test: Literal["auto", "mcnemar", "diebold_mariano", "none"] = Field(
+    test: Literal["auto", "mcnemar", "diebold_mariano", "sign", "none"] = Field(
         "auto",
         description=(
-            "Significance test on the paired test predictions: `auto` is McNemar's for classification and "
-            "Diebold–Mariano's for forecasts; language models have none. `none` decides on the metric alone."
+            "Significance test on the paired test predictions: `auto` is McNemar's for classification, "
+            "Diebold–Mariano's for forecasts and the sign test on each test sentence's chrF for translation; language "
+            "models have none. `none` decides on the metric alone."
         ),
     )
     alpha: float = Field(

@@ -13,7 +13,13 @@ from lstmflow.config.base import Strict
 from lstmflow.config.data import DataSpec
 from lstmflow.config.keys import dotted_key, flatten, parse_key, set_key
 from lstmflow.config.messages import describe_error, did_you_mean, location_text
-from lstmflow.config.model import SEQUENCE_CLASSIFIER_LAYERS, TEXT_CLASSIFIER_LAYERS, ModelSpec
+from lstmflow.config.model import (
+    SEQUENCE_CLASSIFIER_LAYERS,
+    TEXT_CLASSIFIER_LAYERS,
+    TRANSLATOR_DECODER_LAYERS,
+    TRANSLATOR_ENCODER_LAYERS,
+    ModelSpec,
+)
 from lstmflow.config.operations import OPERATIONS, PromoteSpec, ScheduleSpec
 from lstmflow.config.search import SEARCHABLE_SECTIONS, SearchParam, SearchSpec
 from lstmflow.config.tasks import (
@@ -36,11 +42,12 @@ class PipelineSpec(Strict):
             "The pipeline's name (its key under `pipelines`); also the MLflow experiment and registered model name."
         )
     )
-    task: Literal["forecast", "classify", "language_model"] = Field(
+    task: Literal["forecast", "classify", "language_model", "translate"] = Field(
         "forecast",
         description=(
             "What the model learns: `forecast` (data kind `timeseries`), `classify` (kinds `sequences`, `images`, "
-            "`text`, `audio`) or `language_model` (kind `corpus`: the next token at every step)."
+            "`text`, `audio`), `language_model` (kind `corpus`: the next token at every step) or `translate` (kind "
+            "`pairs`: an encoder–decoder writes the target text of each source text)."
         ),
     )
     description: str = Field("", description="Free text shown by `lstmflow list`.")
@@ -53,7 +60,9 @@ class PipelineSpec(Strict):
             "128-8, 256-5, 128-3 each with `batchnorm` and relu, then `global_average_pool`; a softmax `dense`); for "
             "`text` an `embedding` of 64 with dropout 0.25, a `conv1d` of 128 filters of 3 tokens with relu, "
             "`global_max_pool`, dropout 0.5 and a softmax `dense`; for a language model an `embedding` of 64 and a "
-            "stateful `lstm` of 256 units that returns sequences."
+            "stateful `lstm` of 256 units that returns sequences; for translate an encoder (`layers`: an `embedding` "
+            "of 64, an `lstm` of 256) and a `decoder` (an `embedding` of 64, an `lstm` of 256, luong `attention`, a "
+            "softmax `dense`)."
         ),
     )
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training settings.")
@@ -89,6 +98,8 @@ class PipelineSpec(Strict):
             return value
         kind, task = value["data"].get("kind"), value.get("task")
         layers: list[dict[str, Any]]
+        if task == "translate":
+            return {**value, "model": {"layers": TRANSLATOR_ENCODER_LAYERS, "decoder": TRANSLATOR_DECODER_LAYERS}}
         if task == "language_model":
             layers = [
                 {"embedding": {"dim": 64}},
@@ -123,6 +134,7 @@ class PipelineSpec(Strict):
                 f"model.layers[{stateful[0]}].lstm.stateful: carries the state across consecutive batches of one text, "
                 f"which only task 'language_model' has; task {self.task!r} has independent samples"
             )
+        self._decoder_fits()
         self._refit_fits()
         losses = TASK_LOSSES[self.task]
         if self.train.loss is not None and self.train.loss not in losses:
@@ -131,6 +143,26 @@ class PipelineSpec(Strict):
                 f"got {self.train.loss!r}"
             )
         return self
+
+    def _decoder_fits(self) -> None:
+        """A decoder (and its attention) belongs to a translator, and a translator has one."""
+        decoder = self.model.decoder
+        if self.task == "translate" and decoder is None:
+            raise ValueError(
+                "model.decoder: task translate needs a decoder (e.g. `[{embedding: {dim: 64}}, {lstm: {units: 256, "
+                "return_sequences: true}}, {attention: {}}, {dense: {activation: softmax}}]`); leave `model` out for "
+                "the default translator"
+            )
+        if self.task != "translate" and decoder is not None:
+            raise ValueError(f"model.decoder: only task 'translate' has a decoder; task {self.task!r} has none")
+        if self.task == "translate" and self.train.ensemble > 1:
+            raise ValueError(f"train.ensemble: a translator is one network, got {self.train.ensemble}")
+        attention = [i for i, layer in enumerate(self.model.layers) if layer.attention is not None]
+        if attention:
+            raise ValueError(
+                f"model.layers[{attention[0]}].attention: encoder–decoder attention belongs in model.decoder "
+                "(task translate); to pool a sequence by attention use attention_pool"
+            )
 
     def _refit_fits(self) -> None:
         """``train.refit: true`` needs training samples that validation data can join, one model, and a schedule

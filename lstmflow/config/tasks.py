@@ -15,12 +15,14 @@ TASK_DATA_KINDS = {
     "forecast": ("timeseries",),
     "classify": ("sequences", "images", "text", "audio"),
     "language_model": ("corpus",),
+    "translate": ("pairs",),
 }
 #: The losses each task can train on; the first is its default.
 TASK_LOSSES = {
     "forecast": ("mse", "mae", "huber"),
     "classify": ("cross_entropy",),
     "language_model": ("cross_entropy",),
+    "translate": ("cross_entropy",),
 }
 #: The tasks whose training samples the validation part can join for ``train.refit``: independent windows or
 #: sequences (a language model's corpus is one stream, trained until its budget ends it).
@@ -30,6 +32,7 @@ SEARCH_METRICS: dict[str, dict[str, Direction]] = {
     "forecast": {"val_loss": "minimize"},
     "classify": {"val_loss": "minimize", "val_accuracy": "maximize", "val_macro_f1": "maximize"},
     "language_model": {"val_loss": "minimize", "val_perplexity": "minimize"},
+    "translate": {"val_loss": "minimize", "val_token_accuracy": "maximize"},
 }
 #: Per task: the test metrics a champion can be chosen by (each as evaluation logs it, without `test_`), and the way
 #: each improves; the first is the default.
@@ -37,6 +40,7 @@ PROMOTE_METRICS: dict[str, dict[str, Direction]] = {
     "forecast": {"mae": "minimize", "rmse": "minimize", "smape": "minimize", "mase": "minimize"},
     "classify": {"accuracy": "maximize", "macro_f1": "maximize", "log_loss": "minimize"},
     "language_model": {"cross_entropy": "minimize", "perplexity": "minimize", "bits_per_character": "minimize"},
+    "translate": {"chrf": "maximize", "bleu": "maximize"},
 }
 #: The significance test each task's gate uses under `test: auto`; the one test (besides `none`) that fits the task.
-PROMOTE_TESTS = {"forecast": "diebold_mariano", "classify": "mcnemar", "language_model": "none"}
+PROMOTE_TESTS = {"forecast": "diebold_mariano", "classify": "mcnemar", "language_model": "none", "translate": "sign"}

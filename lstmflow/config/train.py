@@ -345,3 +345,12 @@ class EvaluateSpec(Strict):
             "the data's own cycle if its autocorrelation shows one clearly (e.g. 11 for yearly sunspots), else 1."
         ),
     )
+    beam_width: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description=(
+            "Translation: candidates beam search keeps at each step, when evaluating and serving; 1 is greedy "
+            "decoding (the likeliest next token each time). The run logs greedy decoding's scores too (`greedy_*`)."
+        ),
+    )

@@ -48,6 +48,10 @@ def build_features(data: Any, season: int | None, out_dir: Path, where: str, cac
         from lstmflow.data.corpus import prepare_corpus_features
 
         return prepare_corpus_features(data, out_dir, where)
+    if data.kind == "pairs":
+        from lstmflow.data.pairs import prepare_pairs_features
+
+        return prepare_pairs_features(data, out_dir, where)
     if data.kind == "audio":
         from lstmflow.data.audio import prepare_audio_features
 
@@ -75,6 +79,10 @@ def model_io(spec: PipelineSpec) -> tuple[int, int | None]:
         from lstmflow.data.corpus import corpus_model_io
 
         return corpus_model_io(data, where)
+    if data.kind == "pairs":
+        from lstmflow.data.pairs import pairs_model_io
+
+        return pairs_model_io(data, where)
     if data.kind == "audio":
         from lstmflow.data.audio import n_features, read_clips
 

@@ -17,7 +17,15 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
-from lstmflow.config import AudioSpec, ClassSplitSpec, ImagesSpec, SequenceTableSpec, TextSpec, TimeSeriesDataSpec
+from lstmflow.config import (
+    AudioSpec,
+    ClassSplitSpec,
+    ImagesSpec,
+    PairsSpec,
+    SequenceTableSpec,
+    TextSpec,
+    TimeSeriesDataSpec,
+)
 from lstmflow.data.tables import cell_text, listing
 from lstmflow.errors import DataError
 
@@ -41,7 +49,7 @@ class _Reading(Protocol):
 
 
 #: A kind's data spec (with ``path`` and ``split``) and what its reader returns for one source.
-SourceSpec = TypeVar("SourceSpec", TimeSeriesDataSpec, SequenceTableSpec, ImagesSpec, TextSpec, AudioSpec)
+SourceSpec = TypeVar("SourceSpec", TimeSeriesDataSpec, SequenceTableSpec, ImagesSpec, TextSpec, AudioSpec, PairsSpec)
 Reading = TypeVar("Reading", bound=_Reading)
 
 

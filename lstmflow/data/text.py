@@ -21,7 +21,7 @@ import io
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -68,18 +68,7 @@ def read_texts(spec: TextSpec, where: str) -> TextTable:
 
 def _read_text_file(spec: TextSpec, where: str) -> TextTable:
     path = Path(spec.path)
-    if not path.is_file():
-        raise DataError(f"{where}.path: no file at {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        columns, rows, names = _read_csv(path, where)
-    elif suffix in {".jsonl", ".ndjson"}:
-        columns, rows, names = _read_jsonl(path, where)
-    elif suffix in {".parquet", ".pq"}:
-        columns, rows, names = _read_parquet(path)
-    else:
-        raise DataError(f"{where}.path: {path} must be a .csv, .jsonl or .parquet file, got suffix {path.suffix!r}")
-
+    columns, rows, names = read_rows(path, where)
     wanted = [spec.text_column, spec.label_column, spec.split.column]
     missing = [name for name in wanted if name is not None and name not in columns]
     if missing:
@@ -106,15 +95,31 @@ def _read_text_file(spec: TextSpec, where: str) -> TextTable:
     return TextTable(cast(list[str], texts), cast(list[str], labels), names, given)  # no None left: checked above
 
 
-def _decoded(path: Path, where: str) -> str:
-    """The file as text; bytes that are not UTF-8 are named by offset and line (a leading BOM is dropped)."""
+def read_rows(path: Path, where: str) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    """(columns, rows as dicts, how messages name each row) of a CSV, JSON Lines or Parquet file, chosen by suffix:
+    shared by every kind that reads texts from a table."""
+    if not path.is_file():
+        raise DataError(f"{where}.path: no file at {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _read_csv(path, where)
+    if suffix in {".jsonl", ".ndjson"}:
+        return _read_jsonl(path, where)
+    if suffix in {".parquet", ".pq"}:
+        return _read_parquet(path)
+    raise DataError(f"{where}.path: {path} must be a .csv, .jsonl or .parquet file, got suffix {path.suffix!r}")
+
+
+def _decoded(path: Path, where: str, key: str = "path") -> str:
+    """The file as text; bytes that are not UTF-8 are named by offset and line (a leading BOM is dropped), under
+    the spec's ``key`` that names the file."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(
-            f"{where}.path: {path} is not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} (line {line}) "
+            f"{where}.{key}: {path} is not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} (line {line}) "
             "cannot be decoded; save the file as UTF-8"
         ) from None
 
@@ -214,6 +219,19 @@ class Tokenizer:
         assert ids is not None, "a word or char tokenizer keeps its vocabulary"
         return [ids.get(piece, UNK_ID) for piece in self.pieces(text)]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ids, for reading a model's output: padding is dropped, the unknown id reads as the
+        unknown token. Lowercasing is not undone, and the word tokenizer's spacing is guessed (:func:`join_words`)."""
+        kept = [int(i) for i in ids if i != PAD_ID]
+        if self.bpe is not None:
+            return self.bpe.decode(kept, skip_special_tokens=False)
+        assert self.tokens is not None, "a word or char tokenizer keeps its vocabulary"
+        outside = [i for i in kept if not 0 <= i < len(self.tokens)]
+        if outside:
+            raise ValueError(f"ids outside the vocabulary of {len(self.tokens)}: {outside[:5]}")
+        pieces = [self.tokens[i] for i in kept]
+        return "".join(pieces) if self.kind == "char" else join_words(pieces)
+
     def save(self, path: Path) -> None:
         """One JSON file; a bpe tokenizer embeds the ``tokenizers`` library's own JSON."""
         saved: dict[str, Any] = {"format": TOKENIZER_FORMAT, "kind": self.kind, "lowercase": self.lowercase}
@@ -236,6 +254,25 @@ class Tokenizer:
 
             return cls("bpe", saved["lowercase"], bpe=BPETokenizer.from_str(json.dumps(saved["bpe"])))
         return cls(saved["kind"], saved["lowercase"], tokens=saved["tokens"])
+
+
+#: Marks written without a space before them, and after them.
+_CLOSING, _OPENING = set(".,;:!?)]}%"), set("([{")
+#: Marks that join the words on both sides (quarante-deux, l'homme) when they stand between two words.
+_JOINERS = set("-'’")
+
+
+def join_words(pieces: list[str]) -> str:
+    """Word pieces as text: spaces between words, none before closing or after opening punctuation, none around a
+    hyphen or apostrophe between two words. Hand-written because no library detokenizes this tokenizer's pieces
+    (``\\w+|[^\\w\\s]`` drops the spacing; Moses-style detokenizers expect their own tokenization)."""
+    words = [len(piece) > 1 or re.match(r"\w", piece) is not None for piece in pieces]  # not one punctuation mark
+    text, glue_next = "", True
+    for i, piece in enumerate(pieces):
+        joining = piece in _JOINERS and 0 < i < len(pieces) - 1 and words[i - 1] and words[i + 1]
+        text += piece if glue_next or joining or piece in _CLOSING else " " + piece
+        glue_next = joining or piece in _OPENING
+    return text
 
 
 def fit_tokenizer(spec: TokenizerSpec, texts: Iterable[str]) -> Tokenizer:

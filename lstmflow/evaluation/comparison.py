@@ -2,7 +2,8 @@
 
 The gate (:mod:`lstmflow.ops.gate`) decides on a :class:`Comparison`; this module only scores. Forecasts are compared
 at the same origins (Diebold-Mariano), classes on the same raw samples rebuilt as requests (McNemar), language models
-by cross-entropy per character (tokenizers may differ; no test).
+by cross-entropy per character (tokenizers may differ; no test), translators on the same test sources (a sign test
+on each sentence's chrF).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from lstmflow.config import PipelineSpec
 from lstmflow.errors import DataError, LstmflowError
-from lstmflow.evaluation.significance import Significance, diebold_mariano, mcnemar
+from lstmflow.evaluation.significance import Significance, diebold_mariano, mcnemar, sign_test
 
 if TYPE_CHECKING:
     from lstmflow.config import CorpusSpec, TimeSeriesDataSpec
@@ -181,10 +182,41 @@ class _CorpusData:
         raise ValueError("a language model has no significance test; its promote.test is 'none'")
 
 
+class _PairsData:
+    """The test pairs: each model translates the raw source texts, scored against the reference translations."""
+
+    def __init__(self, spec: PipelineSpec, features_dir: Path) -> None:
+        from lstmflow.data.pairs import load_pairs
+
+        test = load_pairs(features_dir).part("test")
+        if len(test) == 0:
+            raise DataError(f"pipelines.{spec.name}.data.split.test: the test part holds no pairs; nothing to compare")
+        self.sources, self.references, self.n = test.source_texts, test.target_texts, len(test)
+
+    def outputs(self, predictor: Any) -> list[str]:
+        from lstmflow.serving.predictors import Translator
+
+        if not isinstance(predictor, Translator):
+            raise NotComparable(f"it is a {type(predictor).__name__}, not a translator")
+        return predictor.translate(self.sources)
+
+    def value(self, metric: str, translations: list[str]) -> float:
+        from lstmflow.evaluation.translation import translation_scores
+
+        return translation_scores(translations, self.references)[metric]
+
+    def paired_test(self, metric: str, challenger: list[str], champion: list[str]) -> Significance:
+        """The sign test on each sentence's chrF, whatever the corpus metric: BLEU has no sentence-level form."""
+        from lstmflow.evaluation.translation import sentence_chrf
+
+        return sign_test(sentence_chrf(challenger, self.references), sentence_chrf(champion, self.references))
+
+
 _TESTS: dict[str, Callable[[PipelineSpec, Path], Any]] = {
     "forecast": _ForecastData,
     "classify": _ClassifyData,
     "language_model": _CorpusData,
+    "translate": _PairsData,
 }
 
 

@@ -229,6 +229,27 @@ def plot_confusion_matrix(path: Path, matrix: np.ndarray, class_names: Sequence[
     return _save(fig, path)
 
 
+def plot_attention(path: Path, sentences: Sequence[tuple[list[str], list[str], np.ndarray]], title: str = "") -> Path:
+    """One heat-map per sentence of the decoder's attention: a row per written token (its end mark last), a column
+    per source token, each row's weights summing to 1. A good translator's map follows the words it translates."""
+    if not sentences:
+        raise ValueError("no sentence to plot")
+    fig = _figure(width=4.2 * len(sentences), height=4.6)
+    axes = np.atleast_1d(fig.subplots(1, len(sentences)))
+    for ax, (source, written, weights) in zip(axes, sentences):
+        if weights.shape != (len(written), len(source)):
+            raise ValueError(f"weights of shape {weights.shape} for {len(written)} written and {len(source)} source")
+        ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+        font = float(np.clip(160 / max(len(source), len(written)), 5.0, 10.0))
+        ax.set_xticks(range(len(source)), [_shorten(t) or "␣" for t in source], rotation=90, fontsize=font)
+        ax.set_yticks(range(len(written)), [_shorten(t) or "␣" for t in written], fontsize=font)
+        ax.set_xlabel("source")
+        ax.tick_params(length=0)
+    axes[0].set_ylabel("written")
+    fig.suptitle(title or "Attention")
+    return _save(fig, path)
+
+
 def plot_loss_curves(path: Path, history: list[dict[str, Any]], loss_label: str = "loss (scaled units)") -> Path:
     """Training and validation loss per epoch, the best epoch marked, and the learning rate below when logged.
 

@@ -4,7 +4,10 @@
   one-sided here (statsmodels' test is two-sided only);
 - :func:`diebold_mariano` for per-forecast losses (forecasters), with the Harvey–Leybourne–Newbold small-sample
   correction. Neither scipy nor statsmodels has this test, so it is written out: the long-run variance of the loss
-  differences, the HLN factor and Student's t.
+  differences, the HLN factor and Student's t;
+- :func:`sign_test` for per-sample scores (a translator's per-sentence chrF): scipy's binomial test on the samples
+  where one model scores higher. It asks only which is better on each sentence, not by how much, so a few very
+  long or very odd sentences cannot decide it, and chrF's scale needs no distribution assumed.
 """
 
 from __future__ import annotations
@@ -100,3 +103,16 @@ def diebold_mariano(champion_loss: np.ndarray, challenger_loss: np.ndarray, hori
         p_value = float(stats.t.sf(statistic, n - 1))
     detail = f"Diebold–Mariano (HLN-corrected, h={horizon}): mean loss difference {mean:.6g} over {n} forecasts{note}"
     return Significance("diebold_mariano", statistic, p_value, n, detail)
+
+
+def sign_test(challenger_score: np.ndarray, champion_score: np.ndarray) -> Significance:
+    """The sign test on paired per-sample scores (higher is better), one-sided toward the challenger: the exact
+    binomial P(X >= b), X ~ Binomial(b + c, 1/2), where the challenger scores higher on ``b`` samples and the
+    champion on ``c`` (ties left out). The statistic reported is ``b - c``."""
+    from scipy.stats import binomtest
+
+    challenger, champion = _paired(challenger_score, champion_score, np.float64, "score")
+    b, c = int((challenger > champion).sum()), int((champion > challenger).sum())
+    detail = f"sign test: challenger higher on {b}, champion on {c}, tied on {len(challenger) - b - c} samples"
+    p_value = float(binomtest(b, b + c, 0.5, alternative="greater").pvalue) if b + c else 1.0
+    return Significance("sign", float(b - c), p_value, len(challenger), detail)

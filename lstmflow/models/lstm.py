@@ -34,6 +34,7 @@ from lstmflow.errors import ConfigError
 from lstmflow.models.layers import FeatureBatchNorm
 from lstmflow.models.lstm_block import LSTMBlock, LSTMKernel
 from lstmflow.models.network import EnsembleNet, LSTMNet, LSTMState
+from lstmflow.models.seq2seq import Seq2Seq
 from lstmflow.models.shapes import output_layer, resolve_outputs, shape_problems
 from lstmflow.models.summary import summary
 
@@ -44,10 +45,16 @@ __all__ = [
     "LSTMKernel",
     "LSTMNet",
     "LSTMState",
+    "Network",
+    "Seq2Seq",
     "build_model",
     "output_layer",
     "summary",
 ]
+
+#: What training runs: a layer-list network, or a translator's encoder–decoder (both give ``forward``, ``parameters``,
+#: ``regularization_penalty`` and ``lstm_kernels_trained``).
+Network = LSTMNet | Seq2Seq
 
 
 def build_model(

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from lstmflow.config import LayerSpec
 from lstmflow.models.network import Branches, EnsembleNet, LSTMNet
+from lstmflow.models.seq2seq import Seq2Seq
 from lstmflow.models.shapes import shortest_input
 
 _KERAS_NAMES = {
@@ -27,11 +28,12 @@ _KERAS_NAMES = {
     "global_max_pool": ("global_max_pooling1d", "GlobalMaxPooling1D"),
     "global_average_pool": ("global_average_pooling1d", "GlobalAveragePooling1D"),
     "attention_pool": ("attention_pool", "AttentionPool"),  # not a Keras built-in: lstmflow's name
+    "attention": ("attention", "Attention"),
     "branches": ("concatenate", "Concatenate"),
 }
 
 
-def summary(model: LSTMNet, n_features: int) -> str:
+def summary(model: LSTMNet | Seq2Seq, n_features: int) -> str:
     """A Keras-like ``model.summary()`` table, with each layer's Keras parameter count beside PyTorch's.
 
     Output shapes are read from a forward pass of two samples of three steps, or as many as the layers need (in eval
@@ -39,6 +41,8 @@ def summary(model: LSTMNet, n_features: int) -> str:
     statistics (non-trainable). An embedding-first model's input is a sequence of token ids, ``Input(shape=(None,))``
     as in Keras. An ensemble (``train.ensemble``) shows one member's table and its totals for all the members.
     """
+    if isinstance(model, Seq2Seq):
+        return _translator_summary(model)
     if isinstance(model, EnsembleNet):
         return _ensemble_summary(model, n_features)
     rows = [("Layer (type)", "Output Shape", "Param #", "Keras Param #")]
@@ -54,11 +58,7 @@ def summary(model: LSTMNet, n_features: int) -> str:
         keras_total += learned + fixed - second_bias
         rows.append((f"{label} ({kind})", shape, f"{learned + fixed:,}", f"{learned + fixed - second_bias:,}"))
 
-    widths = [max(len(row[column]) for row in rows) + 3 for column in range(4)]
-    lines = [
-        " " + row[0].ljust(widths[0]) + row[1].ljust(widths[1]) + row[2].rjust(widths[2]) + row[3].rjust(widths[3])
-        for row in rows
-    ]
+    lines = _aligned(rows)
     rule = len(lines[0])
     note = (
         "PyTorch's LSTM keeps two bias vectors (b_ih, b_hh): each lstm layer has 4 × units more parameters "
@@ -84,6 +84,55 @@ def summary(model: LSTMNet, n_features: int) -> str:
             note,
         ]
     )
+
+
+def _aligned(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    """The table's rows as lines: names and shapes to the left, counts to the right."""
+    widths = [max(len(row[column]) for row in rows) + 3 for column in range(4)]
+    return [
+        " " + row[0].ljust(widths[0]) + row[1].ljust(widths[1]) + row[2].rjust(widths[2]) + row[3].rjust(widths[3])
+        for row in rows
+    ]
+
+
+def _translator_summary(model: Seq2Seq) -> str:
+    """The encoder's layers, then the decoder's, each named with its side; every output is a sequence of the
+    layer's width. Keras counts a luong attention's mixing layer as a Dense after it; here it is one row."""
+    rows = [("Layer (type)", "Output Shape", "Param #", "Keras Param #")]
+    total = keras_total = 0
+    decoder = model.spec.decoder or []
+    for side, layers, blocks in (("encoder", model.spec.layers, model.encoder), ("decoder", decoder, model.decoder)):
+        seen: Counter[str] = Counter()
+        width = 0
+        for layer, block in zip(layers, blocks, strict=True):
+            name, kind = _keras_name(layer)
+            if layer.attention is not None and layer.attention.score == "bahdanau":
+                name, kind = "additive_attention", "AdditiveAttention"
+            label = f"{side}_{name}_{seen[name]}" if seen[name] else f"{side}_{name}"
+            seen[name] += 1
+            learned, fixed, second_bias = _parameter_counts(block)
+            width = getattr(block, "out_features", width)  # a dropout keeps its input's width
+            shape = f"(None, None, {width})"
+            total, keras_total = total + learned + fixed, keras_total + learned + fixed - second_bias
+            rows.append((f"{label} ({kind})", shape, f"{learned + fixed:,}", f"{learned + fixed - second_bias:,}"))
+    lines = _aligned(rows)
+    rule = len(lines[0])
+    return "\n".join(
+        [
+            'Model: "Seq2Seq" (encoder-decoder; the decoder starts from the encoder\'s final states)',
+            (
+                f"Inputs: source token ids, vocabulary {model.source_vocab:,}; target token ids so far, vocabulary "
+                f"{model.target_vocab:,} (begin and end marks included)"
+            ),
+            "_" * rule, lines[0], "=" * rule, *lines[1:], "=" * rule,
+            f"Total params: {total:,} (Keras: {keras_total:,})",
+            "_" * rule,
+            (
+                "PyTorch's LSTM keeps two bias vectors (b_ih, b_hh): each lstm layer has 4 × units more parameters "
+                f"than Keras' count (Keras: {keras_total:,})."
+            ),
+        ]
+    )  # fmt: skip
 
 
 def _ensemble_summary(model: EnsembleNet, n_features: int) -> str:

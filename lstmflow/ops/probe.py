@@ -26,7 +26,7 @@ def probe(spec: PipelineSpec, root: Path) -> PipelineSpec:
     from lstmflow.data.kinds import resolve
     from lstmflow.training.objectives import scoring_problems
 
-    if spec.task != "forecast" and (problems := scoring_problems(spec)):
+    if spec.task in ("classify", "language_model") and (problems := scoring_problems(spec)):
         raise ConfigError(problems)
     if not spec.data.path.exists() and _still_to_build(spec, root):
         return spec
@@ -68,6 +68,11 @@ def model_for(spec: PipelineSpec) -> tuple[Any, int]:
     from lstmflow.models.lstm import build_model
 
     n_features, n_outputs = model_io(spec)
+    if spec.task == "translate":
+        from lstmflow.models.seq2seq import Seq2Seq
+
+        assert n_outputs is not None  # the target vocabulary, known from the raw pairs
+        return Seq2Seq(spec.model, n_features, n_outputs, f"pipelines.{spec.name}.model"), n_features
     per_step = spec.task == "language_model"
     where, ensemble = f"pipelines.{spec.name}.model", spec.train.ensemble
     model = build_model(spec.model, n_features, n_outputs, where, per_step=per_step, ensemble=ensemble)

@@ -97,6 +97,10 @@ def data_code_version() -> str:
     return source_hash(("data",), ("data/demo.py",))
 
 
+#: The keys of a data spec that name files (a translator's aligned target file besides ``path``).
+PATH_KEYS = ("path", "target_path")
+
+
 def stage_versions() -> dict[str, str]:
     """Versions of the code behind DVC stages that have no data dependency (the demo data builder)."""
     return {"datasets_version": source_hash(("data/demo.py",))}
@@ -110,7 +114,7 @@ def params_entry(spec: PipelineSpec, root: Path) -> dict[str, Any]:
         return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
     data = spec.data.model_dump(mode="json")
-    data["path"] = relative(data["path"])
+    data.update({key: relative(data[key]) for key in PATH_KEYS if data.get(key) is not None})
     files = data["split"].get("files")
     if files:
         files.update({part: relative(path) for part, path in files.items()})
@@ -122,7 +126,10 @@ def params_entry(spec: PipelineSpec, root: Path) -> dict[str, Any]:
 
 def stage_inputs(data: dict[str, Any]) -> dict[str, str]:
     """The data files of a params entry, for ``dvc.yaml``'s deps: a given split's training, validation and test
-    files, else ``data.path`` three times (DVC accepts a dependency listed twice)."""
+    files, else ``data.path`` three times (DVC accepts a dependency listed twice); aligned translation files are
+    ``data.path`` (the sources), then ``data.target_path`` twice."""
+    if data.get("target_path") is not None:
+        return {"train": data["path"], "val": data["target_path"], "test": data["target_path"]}
     files = data.get("split", {}).get("files") or {}
     return {"train": data["path"], "val": files.get("val", data["path"]), "test": files.get("test", data["path"])}
 
@@ -132,7 +139,7 @@ def data_spec_from_params(entry: dict[str, Any], root: Path) -> tuple[Any, int |
     from lstmflow.data.kinds import parse_data_spec
 
     data = dict(entry["data"])
-    data["path"] = str((root / data["path"]).resolve())
+    data.update({key: str((root / data[key]).resolve()) for key in PATH_KEYS if data.get(key) is not None})
     if files := data["split"].get("files"):
         data["split"] = {**data["split"], "files": {part: str((root / path).resolve()) for part, path in files.items()}}
     return parse_data_spec(data), entry.get("season")
@@ -309,6 +316,7 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
     strong classical one (tagged with its method); log metrics and plots."""
     from lstmflow.evaluation import evaluate as scoring
     from lstmflow.evaluation.baselines import BASELINE_TAG, read_record
+    from lstmflow.evaluation.translation import evaluate_translator
 
     spec = prepared.pipeline
     run_dir = Path(trained["run_dir"])
@@ -316,6 +324,7 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
         "forecast": scoring.evaluate_forecast,
         "classify": scoring.evaluate_classifier,
         "language_model": scoring.evaluate_language_model,
+        "translate": evaluate_translator,
     }[spec.task]
     metrics, plots = scorer(spec, Path(prepared.features_dir), Path(trained["model_path"]), run_dir / "plots")
     uri = tracking.tracking_uri(root)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 BUNDLE_FILES = ("model.pt", "spec.json", "features.json")
-#: Files of a features folder that the served model needs too (the fitted tokenizer).
-BUNDLED_FEATURE_FILES = ("tokenizer.json",)
+#: Files of a features folder that the served model needs too (the fitted tokenizers).
+BUNDLED_FEATURE_FILES = ("tokenizer.json", "source_tokenizer.json", "target_tokenizer.json")
 
 
 def load_network(bundle_dir: Path, spec: Any, n_features: int, n_outputs: int, per_step: bool = False) -> Any:

@@ -5,6 +5,7 @@ The rule, by the data kind of the registered model's own spec (not today's pipel
 - INPUTs that name ``.csv`` or ``.parquet`` files are tables already in the request layout (the columns that
   ``lstmflow serve`` takes); several are stacked. Every pipeline accepts them; sequences need them.
 - ``text``: each INPUT is one text.  ``audio``, ``images``: each INPUT is a file.  ``corpus``: each INPUT is a prompt.
+  ``pairs`` (a translator): each INPUT is a text to translate.
 - ``timeseries``: the INPUTs are the last values of its one input column, oldest first (a series with several input
   columns needs a table of its recent rows).
 """
@@ -44,6 +45,8 @@ def request_table(spec: Any, inputs: list[str], series_columns: list[str] | None
         return pd.DataFrame({"path": [str(Path(text).resolve()) for text in inputs]})
     if kind == "corpus":
         return pd.DataFrame({"prompt": inputs})
+    if kind == "pairs":
+        return pd.DataFrame({"text": inputs})
     if kind == "timeseries" and series_columns is not None and len(series_columns) == 1:
         return pd.DataFrame({series_columns[0]: [_number(text) for text in inputs]})
     needs = "its recent rows" if kind == "timeseries" else "its sequences, in the layout of its data"

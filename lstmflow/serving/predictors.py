@@ -3,7 +3,8 @@
 A forecaster (:mod:`~lstmflow.serving.forecaster`) takes recent raw rows and returns the next ``horizon`` steps; a
 classifier (:mod:`~lstmflow.serving.classifier`) takes raw sequences or images and returns a label and one
 probability per class for each; a language model (:mod:`~lstmflow.serving.generator`) takes prompts and returns the
-text it writes after each. The bundle's files are described in :mod:`lstmflow.serving.bundle`, and a request none
+text it writes after each; a translator (:mod:`~lstmflow.serving.translator`) takes texts and returns their
+translations. The bundle's files are described in :mod:`lstmflow.serving.bundle`, and a request none
 of them can answer raises :class:`BadRequest`.
 
 Nothing here imports MLflow: :mod:`lstmflow.tracking.serving` wraps a predictor as MLflow's pyfunc. The gate, the
@@ -25,6 +26,7 @@ from lstmflow.serving.files import ROOTS_KEY, recorded_roots
 from lstmflow.serving.forecaster import Forecaster
 from lstmflow.serving.generator import Generator
 from lstmflow.serving.request_checks import BadRequest
+from lstmflow.serving.translator import Translator
 
 __all__ = [
     "BUNDLE_FILES",
@@ -34,6 +36,7 @@ __all__ = [
     "Forecaster",
     "Generator",
     "Requests",
+    "Translator",
     "load_predictor",
     "write_bundle",
 ]
@@ -41,10 +44,13 @@ __all__ = [
 #: The data kinds whose requests name files.
 FILE_KINDS = ("audio", "images")
 
-PREDICTORS: dict[str, type[Forecaster | Classifier | Generator]] = {
+Predictor = Forecaster | Classifier | Generator | Translator
+
+PREDICTORS: dict[str, type[Predictor]] = {
     "forecast": Forecaster,
     "classify": Classifier,
     "language_model": Generator,
+    "translate": Translator,
 }
 
 
@@ -69,8 +75,8 @@ def write_bundle(
     return predictor, predictor.example(info)
 
 
-def load_predictor(bundle_dir: Path) -> Forecaster | Classifier | Generator:
-    """Rebuild the forecaster, classifier or generator that a bundle holds."""
+def load_predictor(bundle_dir: Path) -> Predictor:
+    """Rebuild the forecaster, classifier, generator or translator that a bundle holds."""
     from lstmflow.config import PipelineSpec
 
     spec = PipelineSpec.model_validate(json.loads((bundle_dir / "spec.json").read_text()))

@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lstmflow.config import PipelineSpec
 from lstmflow.errors import ConfigError, TrainingError
-from lstmflow.models.lstm import FeatureBatchNorm, LSTMNet
+from lstmflow.models.lstm import FeatureBatchNorm, Network
 
 #: One machine's workers meet through this file in the run folder (a fresh name per launch).
 RENDEZVOUS_FILE = ".rendezvous-{token}"
@@ -218,7 +218,7 @@ class World:
         inputs = tuple(tensor[rows].contiguous() for tensor in inputs)
         return Shard(inputs, target[rows].contiguous(), own, own * self.size / total)
 
-    def parallel(self, net: LSTMNet) -> LSTMNet | DataParallelNet:
+    def parallel(self, net: Network) -> Network | DataParallelNet:
         """What the objective's loss should call: ``net`` itself, or with several ranks ``net`` under DDP.
 
         Replaces the batch norms by ones with global statistics first, so build the optimizer after this.
@@ -326,7 +326,7 @@ class _MethodCall(nn.Module):
     ``model.logits(x, lengths)``, so both must enter there.
     """
 
-    def __init__(self, net: LSTMNet) -> None:
+    def __init__(self, net: Network) -> None:
         super().__init__()
         self.net = net
 
@@ -338,7 +338,7 @@ class DataParallelNet:
     """The network as the objective's ``loss`` sees it under DDP: calls and methods run through DDP's forward,
     other attributes read from the network. One call per batch, as DDP expects one forward per backward."""
 
-    def __init__(self, ddp: DistributedDataParallel, net: LSTMNet) -> None:
+    def __init__(self, ddp: DistributedDataParallel, net: Network) -> None:
         self._ddp, self._net = ddp, net
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -45,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from lstmflow.config import PipelineSpec
 from lstmflow.errors import CheckpointError, TrainingError
-from lstmflow.models.lstm import LSTMNet, build_model
+from lstmflow.models.lstm import LSTMNet, Network
 from lstmflow.training.budget import Budget, Clock, ProgressLines, minutes, progress_log
 from lstmflow.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -195,8 +195,8 @@ class EpochLoop:
     world: World
     objective: Objective
     plan: TrainingPlan
-    model: LSTMNet
-    trained: LSTMNet | DataParallelNet  # what the loss calls: the model, or the model under DDP
+    model: Network
+    trained: Network | DataParallelNet  # what the loss calls: the model, or the model under DDP
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     precision: Precision
@@ -221,16 +221,8 @@ class EpochLoop:
         train_spec = spec.train
         objective = make_objective(spec, features_dir)
         plan = plan_training(spec, objective, world.size, part)
-        model = build_model(
-            spec.model,
-            objective.n_features,
-            objective.n_outputs,
-            where=f"pipelines.{spec.name}.model",
-            needs=objective.needs,
-            per_step=objective.per_step,
-            lstm_kernel=train_spec.lstm_kernel,
-        ).to(world.device)
-        if objective.starts_from_zero:
+        model = objective.network(spec, train_spec.lstm_kernel).to(world.device)
+        if objective.starts_from_zero and isinstance(model, LSTMNet):  # a translator never starts from zero
             model.zero_output()
         trained = world.parallel(model)
         if world.rank:

@@ -9,6 +9,11 @@ how batches look, what the loss is and what else is worth logging per epoch:
   the padding fraction of the training batches.
 - :class:`LanguageModelObjective`: spans of a token stream, cross-entropy of the next token at every step,
   validation perplexity; a ``stateful`` lstm's state carried from one span to the next (truncated BPTT).
+- :class:`TranslateObjective`: source and target texts, the target's cross-entropy token by token under teacher
+  forcing (the true previous token fed to the decoder), validation token accuracy.
+
+Each objective also builds its network (:meth:`Objective.network`): a layer list for the first three, an
+encoder–decoder for translation.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -30,8 +35,11 @@ from lstmflow.models.lstm import LSTMNet, LSTMState, output_layer
 
 if TYPE_CHECKING:
     from lstmflow.data.corpus import CorpusFeatures
+    from lstmflow.data.pairs import PairFeatures
     from lstmflow.data.sequences import SequenceFeatures
     from lstmflow.data.timeseries import Features, WindowSet
+    from lstmflow.models.lstm_block import LSTMKernel
+    from lstmflow.models.seq2seq import Seq2Seq
     from lstmflow.training.distributed import DataParallelNet
 
 #: (the model's inputs, the target): ``model(*inputs)`` is what the loss compares with the target.
@@ -76,11 +84,12 @@ class Objective(Protocol):
         """Every sample of ``part`` once; a shuffled order is a pure function of (seed, epoch), so resume replays it."""
         ...
 
-    def loss(self, model: LSTMNet | DataParallelNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
-        """The batch's mean loss, differentiable."""
+    # The model arguments are typed Any here: each objective takes the kind of network its own ``network`` built.
+    def loss(self, model: Any, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
+        """The batch's mean loss, differentiable (``model``: the network, or the network under DDP)."""
         ...
 
-    def evaluate(self, model: LSTMNet, part: Part, batch_size: int, device: torch.device | str) -> dict[str, float]:
+    def evaluate(self, model: Any, part: Part, batch_size: int, device: torch.device | str) -> dict[str, float]:
         """``loss`` (the mean over the whole part) and the task's metrics, in eval mode and without gradients."""
         ...
 
@@ -96,6 +105,27 @@ class Objective(Protocol):
     def restore_carried_state(self, state: dict[str, Tensor]) -> None:
         """Put back what ``carried_state`` returned, before the training batches after a mid-epoch resume."""
         ...
+
+    def network(self, spec: PipelineSpec, lstm_kernel: LSTMKernel = "auto") -> LSTMNet | Seq2Seq:
+        """The untrained network of ``spec.model`` for this task's inputs and outputs."""
+        ...
+
+
+class LayerListNetwork:
+    """:meth:`Objective.network` for the tasks whose model is one layer list (:func:`build_model`)."""
+
+    n_features: int
+    n_outputs: int
+    needs: str
+    per_step: bool
+
+    def network(self, spec: PipelineSpec, lstm_kernel: LSTMKernel = "auto") -> LSTMNet:
+        from lstmflow.models.lstm import build_model
+
+        where = f"pipelines.{spec.name}.model"
+        return build_model(
+            spec.model, self.n_features, self.n_outputs, where, self.needs, self.per_step, lstm_kernel=lstm_kernel
+        )
 
 
 class Stateless:
@@ -129,6 +159,10 @@ def make_objective(spec: PipelineSpec, features_dir: Path) -> Objective:
         from lstmflow.data.corpus import load_corpus
 
         return LanguageModelObjective(spec, load_corpus(features_dir))
+    if spec.task == "translate":
+        from lstmflow.data.pairs import load_pairs
+
+        return TranslateObjective(load_pairs(features_dir), features_dir)
     raise ValueError(f"pipelines.{spec.name}.task: no objective for task {spec.task!r}")
 
 
@@ -152,7 +186,7 @@ def to_device(inputs: tuple[Tensor, ...], device: torch.device | str) -> tuple[T
 # ------------------------------------------------------------------------------------------------ forecast
 
 
-class ForecastObjective(Stateless):
+class ForecastObjective(Stateless, LayerListNetwork):
     """Forecast ``horizon`` steps of every target from a window of the series."""
 
     def __init__(self, spec: PipelineSpec, features: Features, features_dir: Path) -> None:
@@ -249,7 +283,7 @@ def classifier_input_size(features: SequenceFeatures) -> int:
     return features.meta["extra_meta"].get("vocab_size", features.n_features)
 
 
-class ClassifyObjective(Stateless):
+class ClassifyObjective(Stateless, LayerListNetwork):
     """Give each variable-length sequence one of ``n_classes`` labels."""
 
     def __init__(self, spec: PipelineSpec, features: SequenceFeatures, features_dir: Path) -> None:
@@ -338,7 +372,7 @@ def stateful_layers(spec: PipelineSpec) -> set[int]:
     return {index for index, layer in enumerate(spec.model.layers) if layer.lstm is not None and layer.lstm.stateful}
 
 
-class LanguageModelObjective:
+class LanguageModelObjective(LayerListNetwork):
     """Predict every next token of a text, read in spans of ``data.sequence_length`` tokens.
 
     Batches are the spans of ``batch_size`` parallel streams (:class:`~lstmflow.data.corpus.TokenStream`). With a
@@ -423,3 +457,63 @@ def token_cross_entropy(
         total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
         count += y.numel()
     return total, count
+
+
+# --------------------------------------------------------------------------------------------- translation
+
+
+class TranslateObjective(Stateless):
+    """Write each source text's target text, token by token: the mean cross-entropy per target token (its end
+    included, padding left out), the decoder fed the true target so far (teacher forcing)."""
+
+    def __init__(self, features: PairFeatures, features_dir: Path) -> None:
+        if len(features.part("val")) == 0:
+            raise DataError(
+                f"{features_dir}: the validation part holds no pairs; training needs them for early stopping and to "
+                "choose model.pt, so give split.val > 0"
+            )
+        self.features = features
+        self.n_features = features.source_vocab
+        self.n_outputs = features.target_vocab
+        self.needs = f"a target vocabulary of {features.target_vocab} tokens (begin and end marks included)"
+        self.per_step = True
+        self.starts_from_zero = False
+
+    def network(self, spec: PipelineSpec, lstm_kernel: LSTMKernel = "auto") -> Seq2Seq:
+        from lstmflow.models.seq2seq import Seq2Seq
+
+        return Seq2Seq(spec.model, self.n_features, self.n_outputs, f"pipelines.{spec.name}.model")
+
+    def samples(self, part: Part) -> int:
+        return len(self.features.part(part))
+
+    def batch_count(self, part: Part, batch_size: int) -> int:
+        return self.features.part(part).batch_count(batch_size)
+
+    def batches(
+        self, part: Part, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0
+    ) -> Iterator[Batch]:
+        for batch in self.features.part(part).batches(batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
+            yield (batch.source, batch.source_lengths, batch.decoder_input), batch.decoder_target
+
+    def loss(self, model: Seq2Seq | DataParallelNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
+        logits = model(*inputs)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=0)  # padding is id 0
+
+    @torch.no_grad()
+    def evaluate(self, model: Seq2Seq, part: Part, batch_size: int, device: torch.device | str) -> dict[str, float]:
+        """Mean cross-entropy per target token and the share of target tokens predicted right, both with the true
+        target so far as input."""
+        model.eval()
+        total, right, count = 0.0, 0, 0
+        for inputs, target in self.batches(part, batch_size):
+            inputs, target = to_device(inputs, device), target.to(device)
+            logits = model(*inputs)  # (B, T, V)
+            real = target != 0
+            total += F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=0, reduction="sum").item()
+            right += int((logits.argmax(dim=-1) == target)[real].sum())
+            count += int(real.sum())
+        return {"loss": total / count, "token_accuracy": right / count}
+
+    def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
+        return {}

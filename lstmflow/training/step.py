@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lstmflow.config import GradClipSpec, PipelineSpec
 from lstmflow.errors import ConfigError
-from lstmflow.models.lstm import LSTMNet
+from lstmflow.models.lstm import Network
 from lstmflow.training.distributed import (
     DataParallelNet,
     Shard,
@@ -54,8 +54,8 @@ def training_device(spec: PipelineSpec) -> torch.device:
 
 def train_step(
     objective: Objective,
-    trained: LSTMNet | DataParallelNet,
-    model: LSTMNet,
+    trained: Network | DataParallelNet,
+    model: Network,
     shard: Shard,
     optimizer: torch.optim.Optimizer,
     precision: Precision,
