@@ -223,8 +223,8 @@ class Tokenizer:
         """The text of token ids, for reading a model's output: padding is dropped, the unknown id reads as the
         unknown token. Lowercasing is not undone, and the word tokenizer's spacing is guessed (:func:`join_words`)."""
         kept = [int(i) for i in ids if i != PAD_ID]
-        if self.bpe is not None:
-            return self.bpe.decode(kept, skip_special_tokens=False)
+        if self.bpe is not None:  # subwords (no continuation marks: the pre-tokenizer split on spaces) as words
+            return join_words([self.bpe.id_to_token(i) for i in kept])
         assert self.tokens is not None, "a word or char tokenizer keeps its vocabulary"
         outside = [i for i in kept if not 0 <= i < len(self.tokens)]
         if outside:

@@ -48,15 +48,9 @@ def generate(
 
 
 def decode(tokenizer: Tokenizer, ids: list[int], after: str = "") -> str:
-    """Token ids back to text. Characters join as they are; words and subwords are joined by spaces, except
-    before punctuation, and a space separates them from ``after`` (the text they continue) when it needs one."""
-    if tokenizer.bpe is not None:
-        pieces = [tokenizer.bpe.id_to_token(i) for i in ids]
-    else:
-        assert tokenizer.tokens is not None, "a word or char tokenizer keeps its vocabulary"
-        pieces = [tokenizer.tokens[i] for i in ids]
-    if tokenizer.kind == "char":
-        return "".join(pieces)
-    # A word (or subword) is spaced from what precedes it; punctuation sticks to the word before.
-    text = "".join(" " + piece if piece[:1].isalnum() or piece[:1] == "_" else piece for piece in pieces)
-    return text.lstrip() if not after or after[-1].isspace() else text
+    """Token ids back to text (:meth:`Tokenizer.decode`), with a space between it and ``after`` (the text it
+    continues) when a word follows a word."""
+    text = tokenizer.decode(ids)
+    starts_a_word = text[:1].isalnum() or text[:1] == "_"
+    joined = tokenizer.kind != "char" and starts_a_word and after and not after[-1].isspace()
+    return " " + text if joined else text
