@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-quick bench clean-stores
+.PHONY: demo espeak-ng test test-quick bench clean-stores
 
 $(BIN)/lstmflow: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,10 +13,21 @@ $(BIN)/lstmflow: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
 	touch $@
 
-DEMO_PIPELINES := sunspots co2 order digits agents chirps pydocs numbers
+DEMO_PIPELINES := sunspots co2 order digits agents chirps pydocs numbers spoken
 
-demo: $(BIN)/lstmflow  ## train, evaluate and register every demo pipeline (local Prefect, MLflow, DVC stores)
+demo: $(BIN)/lstmflow espeak-ng  ## train, evaluate and register every demo pipeline (local Prefect, MLflow, DVC stores)
 	$(BIN)/lstmflow run $(DEMO_PIPELINES)
+
+# The speech demo's clips are synthesised with espeak-ng (lstmflow/data/demo.py): installed from Debian when missing,
+# as root with apt-get; otherwise the demo stops here and says what to install.
+espeak-ng:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+	  else \
+	    echo "espeak-ng is missing and this is not root with apt-get: install it (sudo apt-get install espeak-ng)," \
+	      "the demo data's speech clips are synthesised with it" >&2; exit 1; \
+	  fi; }
 
 test: $(BIN)/lstmflow  ## the whole suite but GPU tests (what CI runs)
 	$(BIN)/python -m pytest -m "not gpu"

@@ -206,7 +206,7 @@ def test_task_must_fit_the_data_kind(tmp_path: Path) -> None:
     assert problems(tmp_path, ["data.kind=bogus"]) == [
         (
             "pipelines.p.data: kind must be one of 'timeseries', 'sequences', 'images', 'text', 'audio', 'corpus', "
-            "'pairs', got 'bogus' (from --set data.kind=bogus)"
+            "'pairs', 'speech', got 'bogus' (from --set data.kind=bogus)"
         )
     ]
 

@@ -107,3 +107,36 @@ def test_audio_demo_is_deterministic_chirps_whose_class_is_the_pitch_order(tmp_p
                 assert thirds[0] > thirds[2], (file, thirds)
             else:
                 assert thirds[1] > max(thirds[0], thirds[2]), (file, thirds)
+
+
+@pytest.mark.parametrize(("recorded", "refused"), [("an-older-version", False), (None, True)])
+def test_a_file_missing_from_demo_data_of_an_older_lstmflow_waits_for_the_rebuild(
+    tmp_path: Path, recorded: str | None, refused: bool
+) -> None:
+    """After an upgrade that adds a demo file, the demo data on disk lack it until DVC runs the stage again (its
+    code version changed): the probe lets the run go on to rebuild; with the same version the file is a typo."""
+    import shutil
+
+    import yaml
+
+    from lstmflow.config import validate_pipeline
+    from lstmflow.errors import DataError
+    from lstmflow.ops.probe import probe
+    from lstmflow.ops.steps import stage_versions
+
+    shutil.copy(Path(__file__).parents[1] / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "sunspots.csv").write_text("year,sunactivity\n1700,5\n")
+    version = recorded or stage_versions()["datasets_version"]
+    params = {"params.yaml": {"lstmflow.datasets_version": version}}
+    outs = [{"path": "data/raw", "hash": "md5", "md5": "0" * 32 + ".dir", "size": 1, "nfiles": 1}]
+    lock = {"schema": "2.0", "stages": {"demo_data": {"cmd": "python -m lstmflow.data.demo data/raw", "params": params,
+                                                      "outs": outs}}}  # fmt: skip
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    raw = {"task": "translate", "data": {"kind": "pairs", "path": "data/raw/numbers_en_fr.csv"}}
+    spec = validate_pipeline("numbers", raw, tmp_path)
+    if refused:
+        with pytest.raises(DataError, match="is not in .*which DVC stage 'demo_data' built already"):
+            probe(spec, tmp_path)
+    else:
+        assert probe(spec, tmp_path) == spec  # left for the prepare step, after DVC has rebuilt the demo data

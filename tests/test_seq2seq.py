@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lstmflow.config import ModelSpec
 from lstmflow.errors import ConfigError
-from lstmflow.models.seq2seq import Seq2Seq
+from lstmflow.models.seq2seq import LENGTH_ALPHA, Seq2Seq
 
 SYMBOLS = 8  # ids 2..9 (0 padding, 1 unknown); the target adds BOS 10 and EOS 11
 BOS, EOS = SYMBOLS + 2, SYMBOLS + 3
@@ -72,11 +72,16 @@ def test_learns_to_reverse_short_strings(score: str | None) -> None:
 def test_beam_search_never_scores_below_greedy() -> None:
     model = trained_reverser("luong", steps=25)  # half-trained: greedy's choices are often not the best sequence
     source, lengths, _, _ = reversal_batch(torch.Generator().manual_seed(5), batch=32)
-    _, greedy_scores, _ = model.greedy(source, lengths, BOS, EOS, max_steps=8)
+    greedy_ids, greedy_scores, _ = model.greedy(source, lengths, BOS, EOS, max_steps=8)
     outputs, beam_scores = model.beam_search(source, lengths, BOS, EOS, max_steps=8, width=4)
     assert len(outputs) == 32
-    assert torch.all(beam_scores >= greedy_scores - 1e-5)
-    assert torch.any(beam_scores > greedy_scores + 1e-3)  # and it does find better ones
+
+    def normalised(scores: torch.Tensor, ids: list[list[int]]) -> torch.Tensor:  # the score beam search ranks by
+        return scores / torch.tensor([len(one) + 1.0 for one in ids]) ** LENGTH_ALPHA
+
+    beam, greedy = normalised(beam_scores, outputs), normalised(greedy_scores, greedy_ids)
+    assert torch.all(beam >= greedy - 1e-5)
+    assert torch.any(beam > greedy + 1e-3)  # and it does find better ones
 
 
 def test_beam_scores_are_the_log_probabilities_of_what_it_returns() -> None:

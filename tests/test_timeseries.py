@@ -393,6 +393,7 @@ def test_demo_data_pass_the_checks(tmp_path: Path) -> None:
         "python_docs.txt",
         "digits",
         "chirps",
+        "speech",
         "LICENSE-DATA.md",
     ]
     sunspots = resolve_data(spec_for(tmp_path / "sunspots.csv", time_column="year", target="sunactivity"))

@@ -86,7 +86,7 @@ def test_a_translator_gets_an_encoder_and_an_attending_decoder_by_default(tmp_pa
     [
         ({"task": "translate", "model": {"layers": [{"embedding": {"dim": 4}}, {"lstm": {"units": 4}}]}},
          "model.decoder: task translate needs a decoder"),
-        ({"task": "translate", "train": {"ensemble": 3}}, "train.ensemble: a translator is one network, got 3"),
+        ({"task": "translate", "train": {"ensemble": 3}}, "train.ensemble: a translate model is one network, got 3"),
         ({"task": "translate", "promote": {"test": "mcnemar"}}, "test 'mcnemar' does not fit task 'translate'"),
         ({"task": "classify", "data": {"kind": "text", "path": "t.csv"},
           "model": {"layers": [{"lstm": {"units": 4}}, {"dense": {}}], "decoder": [{"dense": {}}]}},
@@ -224,3 +224,26 @@ def test_two_workers_train_the_translator_as_one_process_does(tmp_path: Path) ->
     two = train_in_child(two_workers, tmp_path / "features", tmp_path / "two", ListLogger(), progress=False)
     assert two.workers == 2
     assert [r["val_loss"] for r in two.history] == pytest.approx([r["val_loss"] for r in one.history], rel=1e-4)
+
+
+def test_a_translator_cut_mid_epoch_resumes_to_the_uninterrupted_model(tmp_path: Path) -> None:
+    from conftest import FailingAt, load_state, without_timing
+
+    write_reversals(tmp_path / "reversals.csv", pairs=150)
+    train = {"epochs": 3, "batch_size": 16, "optimizer": {"lr": 0.01}, "seed": 0, "checkpoint_every": 3}
+    # dropout draws from the RNG: the resumed run must continue its stream too
+    encoder = [
+        {"embedding": {"dim": 16, "dropout": 0.1}},
+        {"lstm": {"units": 48, "return_sequences": True, "dropout": 0.2}},
+    ]
+    spec = translate_spec(tmp_path, train=train, model={**SMALL_TRANSLATOR, "layers": encoder})
+    features = tmp_path / "features"
+    prepare_pairs_features(spec.data, features, "pipelines.rev.data")
+    complete = fit(spec, features, tmp_path / "complete", ListLogger(), progress=False)
+    with pytest.raises(RuntimeError, match="failed at epoch 2"):
+        fit(spec, features, tmp_path / "run", FailingAt(2), progress=False)
+    resumed = fit(spec, features, tmp_path / "run", ListLogger(), progress=False)
+    assert resumed.resumed_from_epoch == 1 and resumed.resumed_from_batch
+    assert without_timing(resumed.history) == without_timing(complete.history)
+    ours, theirs = load_state(resumed.model_path), load_state(complete.model_path)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)

@@ -203,6 +203,7 @@ HEADLINE = {
         [(key, f"unigram_{key}") for key in ("perplexity", "bits_per_character", "cross_entropy")],
     ),
     "translate": ("copy source", [(key, f"copy_{key}") for key in ("chrf", "bleu", "exact_match")]),
+    "transcribe": ("most frequent", [(key, f"frequent_{key}") for key in ("cer", "wer", "exact_match")]),
 }
 
 

@@ -21,8 +21,8 @@ class TimeSeriesDataSpec(Strict):
         "timeseries",
         description=(
             "Kind of data: `timeseries` (forecasting; the default), `sequences`, `images`, `text` and `audio` "
-            "(classification), `corpus` (language modelling) or `pairs` (translation): each kind's keys are in its "
-            "own table."
+            "(classification), `corpus` (language modelling), `pairs` (translation) or `speech` (transcription): "
+            "each kind's keys are in its own table."
         ),
     )
     path: Path = Field(description="CSV or Parquet file, relative to the YAML file that declares it.")
@@ -261,16 +261,13 @@ class TextSpec(Strict):
         return {**defaults, **value} if isinstance(value, dict) else value
 
 
-class AudioSpec(Strict):
-    """Labelled audio clips: audio classification on log-mel or MFCC frames, computed with librosa."""
+class AudioFeaturesSpec(Strict):
+    """The keys of the per-frame features computed from audio clips, shared by every audio kind (`audio`, `speech`),
+    so that a clip's features, and their cache, are the same whatever task reads them."""
 
-    kind: Literal["audio"] = Field(description="Kind of data; `audio` for audio classification.")
-    path: Path = Field(
-        description=(
-            "A folder with one subfolder of clips per label, or a manifest CSV with `path` and `label` columns (and "
-            "optionally the split column); paths in a manifest are relative to it."
-        )
-    )
+    # Declared first, and narrowed and described by each kind, so that every kind's keys read kind, path, features.
+    kind: str
+    path: Path
     sample_rate: int = Field(
         16000, gt=0, description="Clips are resampled to this rate (Hz) before features are computed."
     )
@@ -283,12 +280,19 @@ class AudioSpec(Strict):
         160, gt=0, description="Samples between frames (160 = 10 ms at 16 kHz): one frame is one time step."
     )
     max_seconds: float | None = Field(
-        None, gt=0, description="Keep only the first `max_seconds` of longer clips; null keeps all."
+        None,
+        gt=0,
+        description=(
+            "Keep only the first `max_seconds` of longer clips; null keeps all. A transcript is never cut with its "
+            "clip (`speech`): leave it null there unless clips end in silence."
+        ),
     )
     bad_files: Literal["skip", "fail"] = Field(
         "skip",
         description=(
-            "An unreadable, empty, silent or too-short clip: `skip` it (named and counted in the run) or `fail`."
+            "An unreadable, empty, silent or too-short clip (for `speech` also one with an empty or missing "
+            "transcript, a character that no training transcript holds, or fewer frames than its transcript needs): "
+            "`skip` it (named and counted in the run) or `fail`."
         ),
     )
     workers: int | None = Field(
@@ -302,7 +306,48 @@ class AudioSpec(Strict):
     scale: Literal["standard", "none"] = Field(
         "standard", description="Per-feature standardisation fitted on the training clips only."
     )
+
+
+class AudioSpec(AudioFeaturesSpec):
+    """Labelled audio clips: audio classification on log-mel or MFCC frames, computed with librosa."""
+
+    kind: Literal["audio"] = Field(description="Kind of data; `audio` for audio classification.")
+    path: Path = Field(
+        description=(
+            "A folder with one subfolder of clips per label, or a manifest CSV with `path` and `label` columns (and "
+            "optionally the split column); paths in a manifest are relative to it."
+        )
+    )
     split: ClassSplitSpec = Field(default_factory=ClassSplitSpec, description="Train/validation/test division.")
+
+
+class SpeechSpec(AudioFeaturesSpec):
+    """Audio clips with their transcripts: speech recognition (CTC over characters) on log-mel or MFCC frames."""
+
+    kind: Literal["speech"] = Field(description="Kind of data; `speech` for speech recognition (transcription).")
+    path: Path = Field(
+        description=(
+            "A manifest CSV with `path` and `text` columns (and optionally the split column), paths relative to it; "
+            "or a folder (subfolders too, walked in name order) where each clip `x.wav` (`.flac`, `.ogg`) has its "
+            "transcript in the UTF-8 file `x.txt` beside it."
+        )
+    )
+    text_column: str = Field("text", description="Manifest only: the column holding each clip's transcript.")
+    lowercase: bool = Field(
+        True,
+        description=(
+            "Lowercase the transcripts (after trimming them and making each run of spaces one space), so the model "
+            "spells with one case of each letter."
+        ),
+    )
+    split: ClassSplitSpec = Field(
+        default_factory=ClassSplitSpec,
+        description=(
+            "Train/validation/test division: seeded random fractions of the clips, a split column (manifest only; "
+            "e.g. by speaker, so that the test voices are never heard in training) or given files. The alphabet is "
+            "the training transcripts' characters; every part must hold a clip."
+        ),
+    )
 
 
 class CorpusSpec(Strict):
@@ -428,6 +473,7 @@ DATA_SPECS: dict[str, type[BaseModel]] = {
     "audio": AudioSpec,
     "corpus": CorpusSpec,
     "pairs": PairsSpec,
+    "speech": SpeechSpec,
 }
 DATA_KINDS = tuple(DATA_SPECS)
 DataSpec = Annotated[
@@ -437,6 +483,7 @@ DataSpec = Annotated[
     | Annotated[TextSpec, Tag("text")]
     | Annotated[AudioSpec, Tag("audio")]
     | Annotated[CorpusSpec, Tag("corpus")]
-    | Annotated[PairsSpec, Tag("pairs")],
+    | Annotated[PairsSpec, Tag("pairs")]
+    | Annotated[SpeechSpec, Tag("speech")],
     Discriminator(_data_kind),
 ]

@@ -285,6 +285,14 @@ TRANSLATOR_DECODER_LAYERS: list[dict[str, Any]] = [
     {"dense": {"activation": "softmax"}},
 ]
 
+#: The default transcriber (task transcribe): two bidirectional lstm layers over the frames, then the scores of every
+#: character and the CTC blank at every frame (Graves et al. 2013, smaller).
+TRANSCRIBER_LAYERS: list[dict[str, Any]] = [
+    {"lstm": {"units": 128, "return_sequences": True, "bidirectional": True}},
+    {"lstm": {"units": 128, "return_sequences": True, "bidirectional": True}},
+    {"dense": {"activation": "softmax"}},
+]
+
 
 def _default_layers() -> list[LayerSpec]:
     return [LayerSpec(lstm=LSTMLayer(units=64)), LayerSpec(dense=DenseLayer())]

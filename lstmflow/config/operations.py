@@ -113,7 +113,7 @@ class PromoteSpec(Strict):
         description=(
             "Test metric that decides. Default per task: `mae` (forecast; also `rmse`, `smape`, `mase`), `accuracy` "
             "(classify; also `macro_f1`, `log_loss`), `cross_entropy` (language_model; also `perplexity`, "
-            "`bits_per_character`), `chrf` (translate; also `bleu`)."
+            "`bits_per_character`), `chrf` (translate; also `bleu`), `cer` (transcribe; also `wer`)."
         ),
     )
     min_gain: float = Field(
@@ -125,8 +125,9 @@ class PromoteSpec(Strict):
         "auto",
         description=(
             "Significance test on the paired test predictions: `auto` is McNemar's for classification, "
-            "Diebold–Mariano's for forecasts and the sign test on each test sentence's chrF for translation; language "
-            "models have none. `none` decides on the metric alone."
+            "Diebold–Mariano's for forecasts and the sign test on each test sentence's chrF (translation) or each "
+            "utterance's character error rate (speech recognition); language models have none. `none` decides on "
+            "the metric alone."
         ),
     )
     alpha: float = Field(

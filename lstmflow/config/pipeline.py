@@ -16,6 +16,7 @@ from lstmflow.config.messages import describe_error, did_you_mean, location_text
 from lstmflow.config.model import (
     SEQUENCE_CLASSIFIER_LAYERS,
     TEXT_CLASSIFIER_LAYERS,
+    TRANSCRIBER_LAYERS,
     TRANSLATOR_DECODER_LAYERS,
     TRANSLATOR_ENCODER_LAYERS,
     ModelSpec,
@@ -42,12 +43,13 @@ class PipelineSpec(Strict):
             "The pipeline's name (its key under `pipelines`); also the MLflow experiment and registered model name."
         )
     )
-    task: Literal["forecast", "classify", "language_model", "translate"] = Field(
+    task: Literal["forecast", "classify", "language_model", "translate", "transcribe"] = Field(
         "forecast",
         description=(
             "What the model learns: `forecast` (data kind `timeseries`), `classify` (kinds `sequences`, `images`, "
-            "`text`, `audio`), `language_model` (kind `corpus`: the next token at every step) or `translate` (kind "
-            "`pairs`: an encoder–decoder writes the target text of each source text)."
+            "`text`, `audio`), `language_model` (kind `corpus`: the next token at every step), `translate` (kind "
+            "`pairs`: an encoder–decoder writes the target text of each source text) or `transcribe` (kind "
+            "`speech`: the characters spoken in each clip, by CTC)."
         ),
     )
     description: str = Field("", description="Free text shown by `lstmflow list`.")
@@ -62,7 +64,8 @@ class PipelineSpec(Strict):
             "`global_max_pool`, dropout 0.5 and a softmax `dense`; for a language model an `embedding` of 64 and a "
             "stateful `lstm` of 256 units that returns sequences; for translate an encoder (`layers`: an `embedding` "
             "of 64, an `lstm` of 256) and a `decoder` (an `embedding` of 64, an `lstm` of 256, luong `attention`, a "
-            "softmax `dense`)."
+            "softmax `dense`); for transcribe two bidirectional `lstm` layers of 128 that return sequences and a "
+            "softmax `dense` at every frame (the characters and the CTC blank)."
         ),
     )
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training settings.")
@@ -100,7 +103,9 @@ class PipelineSpec(Strict):
         layers: list[dict[str, Any]]
         if task == "translate":
             return {**value, "model": {"layers": TRANSLATOR_ENCODER_LAYERS, "decoder": TRANSLATOR_DECODER_LAYERS}}
-        if task == "language_model":
+        if task == "transcribe":
+            layers = TRANSCRIBER_LAYERS
+        elif task == "language_model":
             layers = [
                 {"embedding": {"dim": 64}},
                 {"lstm": {"units": 256, "return_sequences": True, "stateful": True}},
@@ -155,8 +160,8 @@ class PipelineSpec(Strict):
             )
         if self.task != "translate" and decoder is not None:
             raise ValueError(f"model.decoder: only task 'translate' has a decoder; task {self.task!r} has none")
-        if self.task == "translate" and self.train.ensemble > 1:
-            raise ValueError(f"train.ensemble: a translator is one network, got {self.train.ensemble}")
+        if self.task in ("translate", "transcribe") and self.train.ensemble > 1:
+            raise ValueError(f"train.ensemble: a {self.task} model is one network, got {self.train.ensemble}")
         attention = [i for i, layer in enumerate(self.model.layers) if layer.attention is not None]
         if attention:
             raise ValueError(

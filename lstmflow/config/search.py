@@ -134,9 +134,9 @@ class SearchSpec(Strict):
     metric: str = Field(
         "val_loss",
         description=(
-            "The per-epoch validation metric to optimise: `val_loss` for every task, `val_accuracy` (classify) or "
-            "`val_perplexity` (language_model). A trial's value is the metric at its best epoch (lowest val_loss: the "
-            "weights it keeps)."
+            "The per-epoch validation metric to optimise: `val_loss` for every task, `val_accuracy` (classify), "
+            "`val_perplexity` (language_model), `val_token_accuracy` (translate) or `val_cer` (transcribe). A "
+            "trial's value is the metric at its best epoch (lowest val_loss: the weights it keeps)."
         ),
     )
     direction: Literal["minimize", "maximize"] | None = Field(

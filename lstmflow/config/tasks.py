@@ -16,6 +16,7 @@ TASK_DATA_KINDS = {
     "classify": ("sequences", "images", "text", "audio"),
     "language_model": ("corpus",),
     "translate": ("pairs",),
+    "transcribe": ("speech",),
 }
 #: The losses each task can train on; the first is its default.
 TASK_LOSSES = {
@@ -23,6 +24,7 @@ TASK_LOSSES = {
     "classify": ("cross_entropy",),
     "language_model": ("cross_entropy",),
     "translate": ("cross_entropy",),
+    "transcribe": ("ctc",),
 }
 #: The tasks whose training samples the validation part can join for ``train.refit``: independent windows or
 #: sequences (a language model's corpus is one stream, trained until its budget ends it).
@@ -33,6 +35,7 @@ SEARCH_METRICS: dict[str, dict[str, Direction]] = {
     "classify": {"val_loss": "minimize", "val_accuracy": "maximize", "val_macro_f1": "maximize"},
     "language_model": {"val_loss": "minimize", "val_perplexity": "minimize"},
     "translate": {"val_loss": "minimize", "val_token_accuracy": "maximize"},
+    "transcribe": {"val_loss": "minimize", "val_cer": "minimize"},
 }
 #: Per task: the test metrics a champion can be chosen by (each as evaluation logs it, without `test_`), and the way
 #: each improves; the first is the default.
@@ -41,6 +44,10 @@ PROMOTE_METRICS: dict[str, dict[str, Direction]] = {
     "classify": {"accuracy": "maximize", "macro_f1": "maximize", "log_loss": "minimize"},
     "language_model": {"cross_entropy": "minimize", "perplexity": "minimize", "bits_per_character": "minimize"},
     "translate": {"chrf": "maximize", "bleu": "maximize"},
+    "transcribe": {"cer": "minimize", "wer": "minimize"},
 }
 #: The significance test each task's gate uses under `test: auto`; the one test (besides `none`) that fits the task.
-PROMOTE_TESTS = {"forecast": "diebold_mariano", "classify": "mcnemar", "language_model": "none", "translate": "sign"}
+PROMOTE_TESTS = {
+    "forecast": "diebold_mariano", "classify": "mcnemar", "language_model": "none", "translate": "sign",
+    "transcribe": "sign",
+}  # fmt: skip

@@ -210,12 +210,13 @@ class TrainSpec(Strict):
             "frequent training class has 3 or more times the samples of the rarest; `none` weighs all alike."
         ),
     )
-    loss: Literal["mse", "mae", "huber", "cross_entropy"] | None = Field(
+    loss: Literal["mse", "mae", "huber", "cross_entropy", "ctc"] | None = Field(
         None,
         description=(
             "Training loss. Forecasting: `mse` (default; the guide compiles with MSE), `mae` or `huber`, on scaled "
-            "values. Classification and language models: `cross_entropy` (the default and only choice; the output "
-            "softmax is folded into it)."
+            "values. Classification, language models and translation: `cross_entropy` (the default and only choice; "
+            "the output softmax is folded into it). Speech recognition: `ctc` (connectionist temporal "
+            "classification, the default and only choice)."
         ),
     )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer and learning rate.")
@@ -350,7 +351,8 @@ class EvaluateSpec(Strict):
         ge=1,
         le=64,
         description=(
-            "Translation: candidates beam search keeps at each step, when evaluating and serving; 1 is greedy "
-            "decoding (the likeliest next token each time). The run logs greedy decoding's scores too (`greedy_*`)."
+            "Translation and speech recognition: candidates beam search keeps at each step (each token; each frame "
+            "for CTC), when evaluating and serving; 1 is greedy decoding (the likeliest token each time). The run "
+            "logs greedy decoding's scores too (`greedy_*`)."
         ),
     )

@@ -38,7 +38,7 @@ import soundfile
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lstmflow.config import AudioSpec
+from lstmflow.config import AudioFeaturesSpec, AudioSpec
 from lstmflow.errors import ConfigError, DataError
 
 #: File name endings read as audio (compared lower-case); any other file is a bad file ("wrong extension").
@@ -63,7 +63,8 @@ DELTA_WIDTH = 9
 
 
 class Clip(NamedTuple):
-    """One listed clip: where it is, its label, and how messages name it."""
+    """One listed clip: where it is, its label (for `speech`: its transcript as written), and how messages name
+    it."""
 
     path: Path
     label: str
@@ -87,7 +88,7 @@ class ClipListing(NamedTuple):
 # ------------------------------------------------------------------------------------------ features
 
 
-def feature_params(spec: AudioSpec) -> dict[str, Any]:
+def feature_params(spec: AudioFeaturesSpec) -> dict[str, Any]:
     """Every setting that changes a clip's features: the cache key and the meta a served model needs."""
     return {
         "sample_rate": spec.sample_rate,
@@ -101,13 +102,13 @@ def feature_params(spec: AudioSpec) -> dict[str, Any]:
     }
 
 
-def n_features(spec: AudioSpec) -> int:
+def n_features(spec: AudioFeaturesSpec) -> int:
     """F of the (frames, F) features: mel bands or MFCCs, times three with deltas."""
     base = spec.n_mfcc if spec.features == "mfcc" else spec.n_mels
     return base * (3 if spec.deltas else 1)
 
 
-def clip_features(samples: np.ndarray, source_rate: int, spec: AudioSpec) -> np.ndarray:
+def clip_features(samples: np.ndarray, source_rate: int, spec: AudioFeaturesSpec) -> np.ndarray:
     """Raw samples (n,) or (n, channels) at ``source_rate`` → (frames, F) float32 features, one frame per step.
 
     Mono mixdown, cut to the first ``max_seconds``, resample to ``spec.sample_rate``, then log-mel (dB re 1.0,
@@ -152,12 +153,13 @@ def clip_features(samples: np.ndarray, source_rate: int, spec: AudioSpec) -> np.
     return np.ascontiguousarray(features.T, dtype=np.float32)  # (frames, F)
 
 
-def read_clip(path: Path) -> tuple[np.ndarray, int]:
-    """A clip's samples (n, channels) float32 and its rate; an unreadable file raises DataError with the reason."""
-    if path.stat().st_size == 0:
+def read_clip(source: Path | BinaryIO) -> tuple[np.ndarray, int]:
+    """A clip's samples (n, channels) float32 and its rate, from a file or its bytes (a served request's); what
+    cannot be read raises DataError with the reason."""
+    if isinstance(source, Path) and source.stat().st_size == 0:
         raise DataError("empty file (0 bytes)")
     try:
-        samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
         detail = getattr(exc, "error_string", None) or str(exc)
         raise DataError(f"not readable as audio ({detail})") from None
@@ -197,12 +199,12 @@ def _cached(cache_dir: Path, key: str) -> np.ndarray | str | None:
     return bad.read_text() if bad.exists() else None
 
 
-def _compute_chunk(jobs: list[tuple[Path, str]], spec: AudioSpec, cache_dir: Path) -> list[np.ndarray | str]:
+def _compute_chunk(jobs: list[tuple[Path, str]], spec: AudioFeaturesSpec, cache_dir: Path) -> list[np.ndarray | str]:
     """:func:`_compute` for several clips: one round trip to a worker per chunk instead of per clip."""
     return [_compute(path, key, spec, cache_dir) for path, key in jobs]
 
 
-def _compute(path: Path, key: str, spec: AudioSpec, cache_dir: Path) -> np.ndarray | str:
+def _compute(path: Path, key: str, spec: AudioFeaturesSpec, cache_dir: Path) -> np.ndarray | str:
     """Read and compute one clip and cache the result (features, or why the clip is bad), in any process."""
     try:
         samples, rate = read_clip(path)
@@ -270,7 +272,7 @@ def _list_folder(spec: AudioSpec, root: Path, where: str) -> ClipListing:
             if not file.is_file():
                 bad.append(BadClip(name, "not a file"))
             elif file.suffix.lower() not in AUDIO_SUFFIXES:
-                bad.append(BadClip(name, _wrong_extension(file)))
+                bad.append(BadClip(name, wrong_extension(file)))
             else:
                 clips.append(Clip(file, folder.name, name))
     return ClipListing(clips, bad, _listed_parts(root, [clip.name for clip in clips], where))
@@ -302,20 +304,37 @@ def _listed_parts(root: Path, names: list[str], where: str) -> list[str] | None:
     return [next((part for part, chosen in listed.items() if name in chosen), rest) for name in names]
 
 
-def _wrong_extension(path: Path) -> str:
+def wrong_extension(path: Path) -> str:
+    """Why a file is not read as a clip: its ending."""
     return f"wrong extension {path.suffix or '(none)'!r}; audio files end in {', '.join(sorted(AUDIO_SUFFIXES))}"
 
 
 def _list_manifest(spec: AudioSpec, manifest: Path, where: str) -> ClipListing:
-    """Rows of path, label (and the split column); a path that does not exist is an error naming its line."""
-    import pandas as pd
-
-    from lstmflow.data.tables import cell_text, listing, row_namer
+    """Rows of path, label (and the split column); an empty label cell is an error naming its line."""
+    from lstmflow.data.tables import listing
 
     if manifest.suffix.lower() != ".csv":
         raise DataError(f"{where}.path: {manifest} must be a folder of label folders or a .csv manifest")
-    table = pd.read_csv(manifest, dtype=str)
-    wanted = ["path", "label"] + ([spec.split.column] if spec.split.column is not None else [])
+    found = manifest_clips(manifest, "label", spec.split.column, where)
+    unlabelled = [clip.name for clip in found.clips if not clip.label]
+    if unlabelled:
+        raise DataError(f"{where}.path: {manifest} has {len(unlabelled)} empty label cell(s): {listing(unlabelled)}")
+    return found
+
+
+def manifest_clips(manifest: Path, column: str, split_column: str | None, where: str) -> ClipListing:
+    """A manifest CSV's clips in row order, each clip's ``label`` the cell of ``column`` (a class, a transcript;
+    "" when empty, for the caller to judge) and its given part the split column's cell.
+
+    Cells are read as written, so a label or transcript such as "NA" or "none" stays text. An empty path cell,
+    or a path to no file, is an error naming its line; a file that is not audio by its ending is a bad clip.
+    """
+    import pandas as pd
+
+    from lstmflow.data.tables import listing, row_namer
+
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    wanted = ["path", column] + ([split_column] if split_column is not None else [])
     missing = [name for name in wanted if name not in table.columns]
     if missing:
         raise DataError(
@@ -325,31 +344,67 @@ def _list_manifest(spec: AudioSpec, manifest: Path, where: str) -> ClipListing:
         raise DataError(f"{where}.path: {manifest} has a header but no data rows")
     line = row_namer(manifest)
     clips, bad, absent, given = [], [], [], []
-    for i, (cell, label) in enumerate(zip(table["path"].map(cell_text), table["label"].map(cell_text))):
-        if cell is None or label is None:
-            column = "path" if cell is None else "label"
-            raise DataError(f"{where}.path: {manifest} {line(i)} has an empty {column} cell")
+    for i, (cell, value) in enumerate(zip(table["path"], table[column])):
+        if not cell.strip():
+            raise DataError(f"{where}.path: {manifest} {line(i)} has an empty path cell")
         file = manifest.parent / cell
         name = f"{cell} ({line(i)})"
         if not file.is_file():
             absent.append(f"{line(i)}: {cell!r}")
         elif file.suffix.lower() not in AUDIO_SUFFIXES:
-            bad.append(BadClip(name, _wrong_extension(file)))
+            bad.append(BadClip(name, wrong_extension(file)))
         else:
-            clips.append(Clip(file, label, name))
-            given.append(table[spec.split.column].iloc[i] if spec.split.column is not None else None)
+            clips.append(Clip(file, value, name))
+            given.append((table[split_column].iloc[i] or None) if split_column is not None else None)
     if absent:
         raise DataError(
             f"{where}.path: {manifest} lists {len(absent)} file(s) that do not exist "
             f"(paths are relative to {manifest.parent}): {listing(absent)}"
         )
-    return ClipListing(clips, bad, given if spec.split.column is not None else None)
+    return ClipListing(clips, bad, given if split_column is not None else None)
+
+
+#: How many clips the probe opens to check that they are audio, with ``bad_files: fail``: their headers only.
+PROBED_CLIPS = 256
+
+
+def unreadable_clips(clips: Sequence[Clip]) -> list[BadClip]:
+    """Those of the first :data:`PROBED_CLIPS` clips whose header does not open as audio: what ``bad_files: fail``
+    can refuse before any features are computed (a model's summary before the data stage)."""
+    bad = []
+    for clip in clips[:PROBED_CLIPS]:
+        try:
+            soundfile.info(str(clip.path))
+        except (soundfile.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+            bad.append(BadClip(clip.name, f"not readable as audio ({getattr(exc, 'error_string', None) or exc})"))
+    return bad
+
+
+def refuse_bad_clips(bad: Sequence[BadClip], where: str) -> None:
+    """Under ``bad_files: fail``: an error naming the clips that cannot be used and why (no error without any)."""
+    from lstmflow.data.tables import listing
+
+    if bad:
+        raise DataError(
+            f"{where}.bad_files: {len(bad)} file(s) that cannot be used (set bad_files: skip to leave them out): "
+            f"{listing([f'{clip.name}: {clip.reason}' for clip in bad])}"
+        )
+
+
+def check_feature_spec(spec: AudioFeaturesSpec, where: str) -> None:
+    """Feature keys each valid alone but not together: MFCCs are taken from the mel bands."""
+    if spec.features == "mfcc" and spec.n_mfcc > spec.n_mels:
+        raise ConfigError(
+            f"{where}.n_mfcc: {spec.n_mfcc} MFCCs need at least as many mel bands, got n_mels {spec.n_mels}"
+        )
 
 
 # ---------------------------------------------------------------------------------------- the stage
 
 
-def compute_features(clips: Sequence[Clip], spec: AudioSpec, cache_dir: Path) -> tuple[list[np.ndarray | str], int]:
+def compute_features(
+    clips: Sequence[Clip], spec: AudioFeaturesSpec, cache_dir: Path
+) -> tuple[list[np.ndarray | str], int]:
     """Each clip's features (or the reason it is bad), in the clips' order, and how many were computed (not cached).
 
     Keys are hashed here, so a run with nothing new starts no process at all. This process always computes; up to
@@ -425,21 +480,13 @@ def prepare_audio_features(spec: AudioSpec, out_dir: Path, where: str, cache_dir
     """
     from lstmflow.data.parts import assign_parts
     from lstmflow.data.sequences import write_sequences
-    from lstmflow.data.tables import listing
 
-    if spec.features == "mfcc" and spec.n_mfcc > spec.n_mels:
-        raise ConfigError(
-            f"{where}.n_mfcc: {spec.n_mfcc} MFCCs need at least as many mel bands, got n_mels {spec.n_mels}"
-        )
+    check_feature_spec(spec, where)
     clips, bad, given_parts = read_clips(spec, where)
     results, computed = compute_features(clips, spec, cache_dir)
     bad = bad + [BadClip(clip.name, result) for clip, result in zip(clips, results) if isinstance(result, str)]
-    if bad and spec.bad_files == "fail":
-        shown = [f"{clip.name}: {clip.reason}" for clip in bad]
-        raise DataError(
-            f"{where}.bad_files: {len(bad)} file(s) that cannot be used (set bad_files: skip to leave them out): "
-            f"{listing(shown)}"
-        )
+    if spec.bad_files == "fail":
+        refuse_bad_clips(bad, where)
     good = [i for i, result in enumerate(results) if not isinstance(result, str)]
     if not good:
         raise DataError(f"{where}.path: no usable clips in {spec.path} ({len(bad)} bad file(s))")

@@ -30,7 +30,8 @@ def resolve(spec: PipelineSpec) -> PipelineSpec:
 def build_features(data: Any, season: int | None, out_dir: Path, where: str, cache_dir: Path) -> dict[str, Any]:
     """Read the raw data of any kind and write the features folder that training reads.
 
-    ``cache_dir`` keeps per-file work (audio features) that must outlive the folder DVC deletes before a rerun.
+    ``cache_dir`` keeps per-file work (audio and speech features) that must outlive the folder DVC deletes before a
+    rerun.
     """
     if data.kind == "timeseries":
         from lstmflow.data.timeseries import prepare_features
@@ -56,6 +57,10 @@ def build_features(data: Any, season: int | None, out_dir: Path, where: str, cac
         from lstmflow.data.audio import prepare_audio_features
 
         return prepare_audio_features(data, out_dir, where, cache_dir)
+    if data.kind == "speech":
+        from lstmflow.data.speech import prepare_speech_features
+
+        return prepare_speech_features(data, out_dir, where, cache_dir)
     from lstmflow.data.images import prepare_image_features
 
     return prepare_image_features(data, out_dir, where)
@@ -83,12 +88,16 @@ def model_io(spec: PipelineSpec) -> tuple[int, int | None]:
         from lstmflow.data.pairs import pairs_model_io
 
         return pairs_model_io(data, where)
+    if data.kind == "speech":
+        from lstmflow.data.speech import speech_model_io
+
+        return speech_model_io(data, where)
     if data.kind == "audio":
-        from lstmflow.data.audio import n_features, read_clips
+        from lstmflow.data.audio import n_features, read_clips, refuse_bad_clips, unreadable_clips
 
         clips, bad, given = read_clips(data, where)
         if data.bad_files == "fail":
-            _fail_on_bad_clips(clips, bad, where)
+            refuse_bad_clips(bad + unreadable_clips(clips), where)
         return n_features(data), _classes([clip.label for clip in clips], given, data, [c.name for c in clips], where)
     if data.kind == "sequences":
         from lstmflow.data.sequences import read_sequence_table
@@ -113,26 +122,3 @@ def _classes(labels: list[str], given: Any, data: Any, names: list[str], where: 
     parts = assign_parts(labels, data.split, given, where, names=names)
     check_classes(sorted(set(labels)), labels, parts, where)
     return len(set(labels))
-
-
-#: How many clips the probe opens to check that they are audio, with ``bad_files: fail``: their headers only.
-PROBED_CLIPS = 256
-
-
-def _fail_on_bad_clips(clips: list[Any], bad: list[Any], where: str) -> None:
-    """With ``bad_files: fail``, the listed files that are not audio, and the first clips that do not open as audio."""
-    import soundfile
-
-    from lstmflow.data.tables import listing
-
-    shown = [f"{clip.name}: {clip.reason}" for clip in bad]
-    for clip in clips[:PROBED_CLIPS]:
-        try:
-            soundfile.info(str(clip.path))
-        except (soundfile.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
-            shown.append(f"{clip.name}: not readable as audio ({getattr(exc, 'error_string', None) or exc})")
-    if shown:
-        raise DataError(
-            f"{where}.bad_files: {len(shown)} file(s) that cannot be used (set bad_files: skip to leave them out): "
-            f"{listing(shown)}"
-        )

@@ -23,6 +23,7 @@ from lstmflow.config import (
     ImagesSpec,
     PairsSpec,
     SequenceTableSpec,
+    SpeechSpec,
     TextSpec,
     TimeSeriesDataSpec,
 )
@@ -49,7 +50,9 @@ class _Reading(Protocol):
 
 
 #: A kind's data spec (with ``path`` and ``split``) and what its reader returns for one source.
-SourceSpec = TypeVar("SourceSpec", TimeSeriesDataSpec, SequenceTableSpec, ImagesSpec, TextSpec, AudioSpec, PairsSpec)
+SourceSpec = TypeVar(
+    "SourceSpec", TimeSeriesDataSpec, SequenceTableSpec, ImagesSpec, TextSpec, AudioSpec, PairsSpec, SpeechSpec
+)
 Reading = TypeVar("Reading", bound=_Reading)
 
 

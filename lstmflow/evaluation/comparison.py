@@ -3,7 +3,7 @@
 The gate (:mod:`lstmflow.ops.gate`) decides on a :class:`Comparison`; this module only scores. Forecasts are compared
 at the same origins (Diebold-Mariano), classes on the same raw samples rebuilt as requests (McNemar), language models
 by cross-entropy per character (tokenizers may differ; no test), translators on the same test sources (a sign test
-on each sentence's chrF).
+on each sentence's chrF), transcribers on the same test clips (a sign test on each clip's character error rate).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from lstmflow.errors import DataError, LstmflowError
 from lstmflow.evaluation.significance import Significance, diebold_mariano, mcnemar, sign_test
 
 if TYPE_CHECKING:
-    from lstmflow.config import CorpusSpec, TimeSeriesDataSpec
+    from lstmflow.config import CorpusSpec, SpeechSpec, TimeSeriesDataSpec
 
 #: Samples per request when a classifier scores the test part: bounds the padded batch in memory.
 REQUEST_SAMPLES = 512
@@ -212,11 +212,52 @@ class _PairsData:
         return sign_test(sentence_chrf(challenger, self.references), sentence_chrf(champion, self.references))
 
 
+class _SpeechData:
+    """The test clips as files (each model computes its own features from them), with their transcripts."""
+
+    def __init__(self, spec: PipelineSpec, features_dir: Path) -> None:
+        from lstmflow.data.speech import load_speech, read_speech
+        from lstmflow.serving.files import recorded_roots
+
+        where = f"pipelines.{spec.name}.data"
+        test = load_speech(features_dir).part("test")
+        if len(test) == 0:
+            raise DataError(f"{where}.split: the test part holds no clips; the gate has nothing to compare")
+        paths = {clip.name: clip.path for clip in read_speech(cast("SpeechSpec", spec.data), where).clips}
+        gone = [name for name in test.names if name not in paths]
+        if gone:
+            raise DataError(f"{where}: test clips {gone[:3]} are no longer in the raw data; prepare the data again")
+        self.paths, self.truth, self.n = [str(paths[name]) for name in test.names], test.texts, len(test)
+        self.roots = recorded_roots(spec.data)
+
+    def outputs(self, predictor: Any) -> list[str]:
+        import pandas as pd
+
+        from lstmflow.serving.predictors import Transcriber
+
+        if not isinstance(predictor, Transcriber):
+            raise NotComparable(f"it is a {type(predictor).__name__}, not a transcriber")
+        predictor.allow_files_under(*self.roots)  # the current data's clips, wherever its own data lay
+        return predictor.transcribe(pd.DataFrame({"path": self.paths}))
+
+    def value(self, metric: str, transcripts: list[str]) -> float:
+        from lstmflow.evaluation.transcription import error_rates
+
+        return error_rates(transcripts, self.truth)[metric]
+
+    def paired_test(self, metric: str, challenger: list[str], champion: list[str]) -> Significance:
+        """The sign test on each clip's character error rate (lower is better, so the scores are negated)."""
+        from lstmflow.evaluation.transcription import utterance_cer
+
+        return sign_test(-utterance_cer(challenger, self.truth), -utterance_cer(champion, self.truth))
+
+
 _TESTS: dict[str, Callable[[PipelineSpec, Path], Any]] = {
     "forecast": _ForecastData,
     "classify": _ClassifyData,
     "language_model": _CorpusData,
     "translate": _PairsData,
+    "transcribe": _SpeechData,
 }
 
 

@@ -250,6 +250,26 @@ def plot_attention(path: Path, sentences: Sequence[tuple[list[str], list[str], n
     return _save(fig, path)
 
 
+def plot_error_by_length(path: Path, lengths: np.ndarray, errors: np.ndarray, title: str = "") -> Path:
+    """Each test utterance's character error rate against its transcript's length (points), with the mean per
+    length (a line): whether long utterances are where the model fails."""
+    lengths, errors = np.asarray(lengths), np.asarray(errors, dtype=np.float64)
+    if lengths.shape != errors.shape or lengths.size == 0:
+        raise ValueError(f"need one error per length, got shapes {lengths.shape} and {errors.shape}")
+    fig = _figure(width=7.0, height=4.2)
+    ax = fig.subplots()
+    jitter = np.random.default_rng(0).uniform(-0.2, 0.2, lengths.size)  # points of one length side by side
+    ax.scatter(lengths + jitter, errors, s=10, alpha=0.4, color="tab:blue", label="one utterance")
+    steps = np.unique(lengths)
+    ax.plot(steps, [errors[lengths == n].mean() for n in steps], color="tab:red", marker="o", label="mean")
+    ax.set_xlabel("transcript length (characters)")
+    ax.set_ylabel("character error rate")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left")
+    ax.set_title(f"{title or 'Character error rate by length'}\nmean {errors.mean():.3f} over {errors.size} utterances")
+    return _save(fig, path)
+
+
 def plot_loss_curves(path: Path, history: list[dict[str, Any]], loss_label: str = "loss (scaled units)") -> Path:
     """Training and validation loss per epoch, the best epoch marked, and the learning rate below when logged.
 

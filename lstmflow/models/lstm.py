@@ -66,6 +66,7 @@ def build_model(
     per_step: bool = False,
     lstm_kernel: LSTMKernel = "auto",
     ensemble: int = 1,
+    generates: bool = True,
 ) -> LSTMNet:
     """Compile ``spec`` for inputs of ``n_features`` per step and a task that needs ``n_outputs`` per sample.
 
@@ -76,15 +77,17 @@ def build_model(
     from it when omitted and must equal it when given. ``None`` keeps what the spec says and lets the network end
     in a sequence. ``where`` is the spec's YAML path and ``needs`` says where ``n_outputs`` comes from (e.g.
     ``"horizon 12 × 1 target"``); both go into the error messages. ``per_step`` asks for ``n_outputs`` at every
-    time step (a language model's next-token scores) instead of once per sample. ``lstm_kernel`` is
-    ``train.lstm_kernel``: what runs the lstm layers' recurrence on a CPU (:class:`LSTMBlock`). ``ensemble`` is
-    ``train.ensemble``: above 1, an :class:`EnsembleNet` of that many networks. Every broken rule is reported in one
-    ConfigError.
+    time step (a language model's next-token scores, a transcriber's per-frame scores) instead of once per sample;
+    ``generates`` (with ``per_step``) says the model writes one token at a time carrying only the lstm layers'
+    state, so only layers that can do that are allowed (a language model; not a transcriber, which may convolve).
+    ``lstm_kernel`` is ``train.lstm_kernel``: what runs the lstm layers' recurrence on a CPU (:class:`LSTMBlock`).
+    ``ensemble`` is ``train.ensemble``: above 1, an :class:`EnsembleNet` of that many networks. Every broken rule is
+    reported in one ConfigError.
     """
     if n_features < 1:
         raise ValueError(f"n_features must be >= 1, got {n_features}")
     problems = shape_problems(spec.layers, where)
-    resolved, output_problems = resolve_outputs(spec, n_outputs, where, needs, per_step)
+    resolved, output_problems = resolve_outputs(spec, n_outputs, where, needs, per_step, generates)
     problems += output_problems
     if problems:
         raise ConfigError(problems)

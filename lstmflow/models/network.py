@@ -135,6 +135,11 @@ class LSTMNet(nn.Module):
                 x, lengths = run_layer(layer, x, lengths)
         return x
 
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Each sample's steps in an output that is a sequence: what the layers that shorten sequences (strided
+        convolutions, pooling) leave of its ``lengths`` (B,) input steps. CTC needs them."""
+        return _steps_through(list(self.layers), lengths)
+
     def regularization_penalty(self) -> Tensor:
         """``l1·Σ|w| + l2·Σw²`` over the weight matrices (dense kernels, LSTM input and recurrent kernels).
 
@@ -233,6 +238,15 @@ class Branches(nn.Module):
                 out, out_lengths = run_layer(module, out, out_lengths)
             outputs.append(out)
         return torch.cat(outputs, dim=-1), out_lengths  # (B, ΣF) or (B, T, ΣF)
+
+
+def _steps_through(layers: list[nn.Module], lengths: Tensor) -> Tensor:
+    for layer in layers:
+        if isinstance(layer, TimeWindows):
+            lengths = layer.steps_out(lengths)
+        elif isinstance(layer, Branches):  # every branch ends in sequences of the same steps
+            lengths = _steps_through(layer.layers_of()[0], lengths)
+    return lengths
 
 
 def masked(x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:

@@ -170,9 +170,10 @@ def _steps_needed(layer: LayerSpec, need: int) -> int:
 
 
 def resolve_outputs(
-    spec: ModelSpec, n_outputs: int | None, where: str, needs: str | None, per_step: bool
+    spec: ModelSpec, n_outputs: int | None, where: str, needs: str | None, per_step: bool, generates: bool = True
 ) -> tuple[ModelSpec, list[str]]:
-    """The spec with the last dense's units filled in, and what stops the output from fitting the task."""
+    """The spec with the last dense's units filled in, and what stops the output from fitting the task; with
+    ``per_step`` and ``generates`` (a language model) only the layers that can carry state token by token."""
     layers = spec.layers
     last = len(layers) - 1
     last_dense = layers[last].dense
@@ -184,7 +185,7 @@ def resolve_outputs(
         raise ValueError(f"n_outputs must be >= 1, got {n_outputs}")
 
     wanted = f"the task needs {n_outputs} outputs" + (f" ({needs})" if needs else "")
-    problems = _per_step_problems(layers, where) if per_step else []
+    problems = _per_step_problems(layers, where) if per_step and generates else []
     problems += _sequence_end_problems(layers, where, per_step)
     if not any(layer.kind in SIZING_KINDS for layer in layers):
         return spec, problems
@@ -241,7 +242,7 @@ def _sequence_end_problems(layers: list[LayerSpec], where: str, per_step: bool) 
             )
         ]
     if per_step:
-        return []  # every kind but lstm is refused by _per_step_problems
+        return []  # a sequence out, as a per-step task reads
     return [
         (
             f"{where}.layers[{index}].{layer.kind}: the task needs one vector per sample at the end, but the network "

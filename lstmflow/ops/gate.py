@@ -11,7 +11,8 @@ trained on an older data version is judged on exactly the samples the new versio
 - classification: every test sample as a raw request; whether each model got it right goes to a one-sided
   McNemar test;
 - language models: the test text's cross-entropy per character (tokenizers may differ), no test;
-- translators: every test source as a raw text; each translation's chrF goes to a one-sided sign test.
+- translators: every test source as a raw text; each translation's chrF goes to a one-sided sign test;
+- transcribers: every test clip as a file; each transcript's character error rate goes to a one-sided sign test.
 
 The scoring is :mod:`lstmflow.evaluation.comparison`, the tests :mod:`lstmflow.evaluation.significance`.
 The rule: under ``beat_baseline`` (the default) the new version must first beat the baselines its own run logged
@@ -74,6 +75,7 @@ VERDICTS = ("promoted", "already_champion", "below_baseline", "not_better", "uns
 #: ``test_<prefix>_<metric>`` (prefix: :data:`lstmflow.tracking.runs.BASELINE_PREFIX`).
 NAIVE_BASELINE_NAMES = {
     "forecast": "seasonal-naive", "classify": "majority-class", "language_model": "unigram", "translate": "copy-source",
+    "transcribe": "most-frequent-transcript",
 }  # fmt: skip
 #: The strong classical baseline's prefix: ``test_baseline_<metric>``, logged where the task has one.
 CLASSICAL_PREFIX = "baseline"

@@ -50,7 +50,7 @@ def _still_to_build(spec: PipelineSpec, root: Path) -> bool:
     if stage is None:
         raise DataError(f"{where}: no such file or folder: {path}")
     built = next((parent for parent in path.parents if parent.exists()), root)
-    if built == root or versioning.stage_producing(root, built) != stage:
+    if built == root or versioning.stage_producing(root, built) != stage or _code_changed(root, stage):
         return True
     siblings = [entry.name for entry in built.iterdir()]
     close = difflib.get_close_matches(path.name, siblings, n=1)
@@ -59,6 +59,18 @@ def _still_to_build(spec: PipelineSpec, root: Path) -> bool:
         f"{where}: {path} is not in {built}, which DVC stage {stage!r} built already (its output exists and the file "
         f"is not in it){hint}"
     )
+
+
+def _code_changed(root: Path, stage: str) -> bool:
+    """Whether the lstmflow code behind ``stage`` (its ``lstmflow.*`` params) changed since ``dvc.lock`` recorded it:
+    DVC runs the stage again then, so its present output (say, demo data of an older lstmflow) is no evidence."""
+    from lstmflow.ops.steps import stage_versions
+
+    try:
+        recorded = versioning.lock_entry(root, stage).get("params", {}).get("params.yaml", {})
+    except DataError:  # never run by DVC: its output was made otherwise, and is what there is
+        return False
+    return any(recorded.get(f"lstmflow.{key}", value) != value for key, value in stage_versions().items())
 
 
 def model_for(spec: PipelineSpec) -> tuple[Any, int]:
@@ -73,7 +85,10 @@ def model_for(spec: PipelineSpec) -> tuple[Any, int]:
 
         assert n_outputs is not None  # the target vocabulary, known from the raw pairs
         return Seq2Seq(spec.model, n_features, n_outputs, f"pipelines.{spec.name}.model"), n_features
-    per_step = spec.task == "language_model"
+    per_step = spec.task in ("language_model", "transcribe")
     where, ensemble = f"pipelines.{spec.name}.model", spec.train.ensemble
-    model = build_model(spec.model, n_features, n_outputs, where, per_step=per_step, ensemble=ensemble)
+    model = build_model(
+        spec.model, n_features, n_outputs, where, per_step=per_step, ensemble=ensemble,
+        generates=spec.task == "language_model",
+    )  # fmt: skip
     return model, n_features

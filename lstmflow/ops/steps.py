@@ -316,6 +316,7 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
     strong classical one (tagged with its method); log metrics and plots."""
     from lstmflow.evaluation import evaluate as scoring
     from lstmflow.evaluation.baselines import BASELINE_TAG, read_record
+    from lstmflow.evaluation.transcription import evaluate_transcriber
     from lstmflow.evaluation.translation import evaluate_translator
 
     spec = prepared.pipeline
@@ -325,6 +326,7 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
         "classify": scoring.evaluate_classifier,
         "language_model": scoring.evaluate_language_model,
         "translate": evaluate_translator,
+        "transcribe": evaluate_transcriber,
     }[spec.task]
     metrics, plots = scorer(spec, Path(prepared.features_dir), Path(trained["model_path"]), run_dir / "plots")
     uri = tracking.tracking_uri(root)

@@ -16,13 +16,17 @@ BUNDLE_FILES = ("model.pt", "spec.json", "features.json")
 BUNDLED_FEATURE_FILES = ("tokenizer.json", "source_tokenizer.json", "target_tokenizer.json")
 
 
-def load_network(bundle_dir: Path, spec: Any, n_features: int, n_outputs: int, per_step: bool = False) -> Any:
+def load_network(
+    bundle_dir: Path, spec: Any, n_features: int, n_outputs: int, per_step: bool = False, generates: bool = True
+) -> Any:
     """The LSTM built from ``spec`` with the bundle's trained weights, on CPU and in eval mode."""
     import torch
 
     from lstmflow.models.lstm import build_model
 
     where, ensemble = f"pipelines.{spec.name}.model", spec.train.ensemble
-    model = build_model(spec.model, n_features, n_outputs, where, per_step=per_step, ensemble=ensemble)
+    model = build_model(
+        spec.model, n_features, n_outputs, where, per_step=per_step, ensemble=ensemble, generates=generates
+    )
     model.load_state_dict(torch.load(bundle_dir / "model.pt", map_location="cpu", weights_only=True))
     return model.eval()

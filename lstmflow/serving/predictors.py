@@ -4,8 +4,9 @@ A forecaster (:mod:`~lstmflow.serving.forecaster`) takes recent raw rows and ret
 classifier (:mod:`~lstmflow.serving.classifier`) takes raw sequences or images and returns a label and one
 probability per class for each; a language model (:mod:`~lstmflow.serving.generator`) takes prompts and returns the
 text it writes after each; a translator (:mod:`~lstmflow.serving.translator`) takes texts and returns their
-translations. The bundle's files are described in :mod:`lstmflow.serving.bundle`, and a request none
-of them can answer raises :class:`BadRequest`.
+translations; a transcriber (:mod:`~lstmflow.serving.transcriber`) takes audio clips and returns what was said.
+The bundle's files are described in :mod:`lstmflow.serving.bundle`, and a request none of them can answer raises
+:class:`BadRequest`.
 
 Nothing here imports MLflow: :mod:`lstmflow.tracking.serving` wraps a predictor as MLflow's pyfunc. The gate, the
 tracking wrapper and the pipeline steps import the predictors and the bundle's names from this module.
@@ -26,6 +27,7 @@ from lstmflow.serving.files import ROOTS_KEY, recorded_roots
 from lstmflow.serving.forecaster import Forecaster
 from lstmflow.serving.generator import Generator
 from lstmflow.serving.request_checks import BadRequest
+from lstmflow.serving.transcriber import Transcriber
 from lstmflow.serving.translator import Translator
 
 __all__ = [
@@ -36,21 +38,23 @@ __all__ = [
     "Forecaster",
     "Generator",
     "Requests",
+    "Transcriber",
     "Translator",
     "load_predictor",
     "write_bundle",
 ]
 
 #: The data kinds whose requests name files.
-FILE_KINDS = ("audio", "images")
+FILE_KINDS = ("audio", "images", "speech")
 
-Predictor = Forecaster | Classifier | Generator | Translator
+Predictor = Forecaster | Classifier | Generator | Translator | Transcriber
 
 PREDICTORS: dict[str, type[Predictor]] = {
     "forecast": Forecaster,
     "classify": Classifier,
     "language_model": Generator,
     "translate": Translator,
+    "transcribe": Transcriber,
 }
 
 
@@ -76,7 +80,7 @@ def write_bundle(
 
 
 def load_predictor(bundle_dir: Path) -> Predictor:
-    """Rebuild the forecaster, classifier, generator or translator that a bundle holds."""
+    """Rebuild the forecaster, classifier, generator, translator or transcriber that a bundle holds."""
     from lstmflow.config import PipelineSpec
 
     spec = PipelineSpec.model_validate(json.loads((bundle_dir / "spec.json").read_text()))

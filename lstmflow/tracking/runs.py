@@ -24,7 +24,10 @@ DEFAULT_ALIAS = "champion"
 #: A search's parent run carries this tag; it trains nothing itself.
 SEARCH_PARENT_TAG = "lstmflow.search.trials"
 #: Where each task's baseline metric of the same kind is logged: ``test_<prefix>_<metric>``.
-BASELINE_PREFIX = {"forecast": "naive", "classify": "majority", "language_model": "unigram", "translate": "copy"}
+BASELINE_PREFIX = {
+    "forecast": "naive", "classify": "majority", "language_model": "unigram", "translate": "copy",
+    "transcribe": "frequent",
+}  # fmt: skip
 #: Runs fetched per page when listing an experiment.
 PAGE = 1000
 

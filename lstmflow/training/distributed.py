@@ -340,6 +340,7 @@ class DataParallelNet:
 
     def __init__(self, ddp: DistributedDataParallel, net: Network) -> None:
         self._ddp, self._net = ddp, net
+        self.net = net  # for what must not run through DDP's forward (a second forward per backward breaks DDP)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._ddp("forward", *args, **kwargs)

@@ -9,8 +9,7 @@ how batches look, what the loss is and what else is worth logging per epoch:
   the padding fraction of the training batches.
 - :class:`LanguageModelObjective`: spans of a token stream, cross-entropy of the next token at every step,
   validation perplexity; a ``stateful`` lstm's state carried from one span to the next (truncated BPTT).
-- :class:`TranslateObjective`: source and target texts, the target's cross-entropy token by token under teacher
-  forcing (the true previous token fed to the decoder), validation token accuracy.
+- translation and speech recognition, whose answer is a sequence, in :mod:`lstmflow.training.sequence_objectives`.
 
 Each objective also builds its network (:meth:`Objective.network`): a layer list for the first three, an
 encoder–decoder for translation.
@@ -35,7 +34,6 @@ from lstmflow.models.lstm import LSTMNet, LSTMState, output_layer
 
 if TYPE_CHECKING:
     from lstmflow.data.corpus import CorpusFeatures
-    from lstmflow.data.pairs import PairFeatures
     from lstmflow.data.sequences import SequenceFeatures
     from lstmflow.data.timeseries import Features, WindowSet
     from lstmflow.models.lstm_block import LSTMKernel
@@ -118,14 +116,16 @@ class LayerListNetwork:
     n_outputs: int
     needs: str
     per_step: bool
+    generates = True  # with per_step: the model writes one token at a time (see build_model)
 
     def network(self, spec: PipelineSpec, lstm_kernel: LSTMKernel = "auto") -> LSTMNet:
         from lstmflow.models.lstm import build_model
 
         where = f"pipelines.{spec.name}.model"
         return build_model(
-            spec.model, self.n_features, self.n_outputs, where, self.needs, self.per_step, lstm_kernel=lstm_kernel
-        )
+            spec.model, self.n_features, self.n_outputs, where, self.needs, self.per_step, lstm_kernel=lstm_kernel,
+            generates=self.generates,
+        )  # fmt: skip
 
 
 class Stateless:
@@ -161,8 +161,14 @@ def make_objective(spec: PipelineSpec, features_dir: Path) -> Objective:
         return LanguageModelObjective(spec, load_corpus(features_dir))
     if spec.task == "translate":
         from lstmflow.data.pairs import load_pairs
+        from lstmflow.training.sequence_objectives import TranslateObjective
 
         return TranslateObjective(load_pairs(features_dir), features_dir)
+    if spec.task == "transcribe":
+        from lstmflow.data.speech import load_speech
+        from lstmflow.training.sequence_objectives import TranscribeObjective
+
+        return TranscribeObjective(load_speech(features_dir), features_dir)
     raise ValueError(f"pipelines.{spec.name}.task: no objective for task {spec.task!r}")
 
 
@@ -457,63 +463,3 @@ def token_cross_entropy(
         total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
         count += y.numel()
     return total, count
-
-
-# --------------------------------------------------------------------------------------------- translation
-
-
-class TranslateObjective(Stateless):
-    """Write each source text's target text, token by token: the mean cross-entropy per target token (its end
-    included, padding left out), the decoder fed the true target so far (teacher forcing)."""
-
-    def __init__(self, features: PairFeatures, features_dir: Path) -> None:
-        if len(features.part("val")) == 0:
-            raise DataError(
-                f"{features_dir}: the validation part holds no pairs; training needs them for early stopping and to "
-                "choose model.pt, so give split.val > 0"
-            )
-        self.features = features
-        self.n_features = features.source_vocab
-        self.n_outputs = features.target_vocab
-        self.needs = f"a target vocabulary of {features.target_vocab} tokens (begin and end marks included)"
-        self.per_step = True
-        self.starts_from_zero = False
-
-    def network(self, spec: PipelineSpec, lstm_kernel: LSTMKernel = "auto") -> Seq2Seq:
-        from lstmflow.models.seq2seq import Seq2Seq
-
-        return Seq2Seq(spec.model, self.n_features, self.n_outputs, f"pipelines.{spec.name}.model")
-
-    def samples(self, part: Part) -> int:
-        return len(self.features.part(part))
-
-    def batch_count(self, part: Part, batch_size: int) -> int:
-        return self.features.part(part).batch_count(batch_size)
-
-    def batches(
-        self, part: Part, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0
-    ) -> Iterator[Batch]:
-        for batch in self.features.part(part).batches(batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
-            yield (batch.source, batch.source_lengths, batch.decoder_input), batch.decoder_target
-
-    def loss(self, model: Seq2Seq | DataParallelNet, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
-        logits = model(*inputs)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=0)  # padding is id 0
-
-    @torch.no_grad()
-    def evaluate(self, model: Seq2Seq, part: Part, batch_size: int, device: torch.device | str) -> dict[str, float]:
-        """Mean cross-entropy per target token and the share of target tokens predicted right, both with the true
-        target so far as input."""
-        model.eval()
-        total, right, count = 0.0, 0, 0
-        for inputs, target in self.batches(part, batch_size):
-            inputs, target = to_device(inputs, device), target.to(device)
-            logits = model(*inputs)  # (B, T, V)
-            real = target != 0
-            total += F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=0, reduction="sum").item()
-            right += int((logits.argmax(dim=-1) == target)[real].sum())
-            count += int(real.sum())
-        return {"loss": total / count, "token_accuracy": right / count}
-
-    def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
-        return {}
