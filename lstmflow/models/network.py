@@ -4,6 +4,7 @@ masking and the carried lstm state that the model's overview (:mod:`lstmflow.mod
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import TypeAlias, cast
 
 import torch
@@ -147,19 +148,24 @@ class LSTMNet(nn.Module):
         (Keras regularizes embeddings only through their own ``embeddings_regularizer``); the trainer adds this to
         the loss.
         """
-        matrices = [
-            param
-            for layer in self.layers
-            if not isinstance(layer, TokenEmbedding)
-            for param in layer.parameters()
-            if param.dim() >= 2
-        ]
-        penalty = torch.zeros((), device=matrices[0].device)
-        if self.spec.l1:
-            penalty = penalty + self.spec.l1 * sum(param.abs().sum() for param in matrices)
-        if self.spec.l2:
-            penalty = penalty + self.spec.l2 * sum(param.square().sum() for param in matrices)
-        return penalty
+        return weight_penalty(self.spec, self.layers)
+
+
+def weight_penalty(spec: ModelSpec, layers: Iterable[nn.Module]) -> Tensor:
+    """``spec.l1·Σ|w| + spec.l2·Σw²`` over the weight matrices of ``layers``, embeddings left out."""
+    matrices = [
+        param
+        for layer in layers
+        if not isinstance(layer, TokenEmbedding)
+        for param in layer.parameters()
+        if param.dim() >= 2
+    ]
+    penalty = torch.zeros((), device=matrices[0].device)
+    if spec.l1:
+        penalty = penalty + spec.l1 * sum(param.abs().sum() for param in matrices)
+    if spec.l2:
+        penalty = penalty + spec.l2 * sum(param.square().sum() for param in matrices)
+    return penalty
 
 
 class EnsembleNet(LSTMNet):

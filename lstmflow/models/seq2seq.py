@@ -24,6 +24,7 @@ from lstmflow.config import LayerSpec, ModelSpec
 from lstmflow.errors import ConfigError
 from lstmflow.models.layers import Dense, TokenEmbedding
 from lstmflow.models.lstm_block import LSTMBlock
+from lstmflow.models.network import weight_penalty
 
 #: Layer kinds each side accepts (in the order given by :func:`translator_problems`).
 ENCODER_KINDS = ("embedding", "lstm", "dropout")
@@ -302,20 +303,8 @@ class Seq2Seq(nn.Module):
         return [ids for _, ids in chosen], torch.tensor([score for score, _ in chosen])
 
     def regularization_penalty(self) -> Tensor:
-        """``l1·Σ|w| + l2·Σw²`` over the weight matrices, embeddings left out (as in LSTMNet)."""
-        matrices = [
-            param
-            for layer in [*self.encoder, *self.decoder]
-            if not isinstance(layer, TokenEmbedding)
-            for param in layer.parameters()
-            if param.dim() >= 2
-        ]
-        penalty = torch.zeros((), device=matrices[0].device)
-        if self.spec.l1:
-            penalty = penalty + self.spec.l1 * sum(param.abs().sum() for param in matrices)
-        if self.spec.l2:
-            penalty = penalty + self.spec.l2 * sum(param.square().sum() for param in matrices)
-        return penalty
+        """``l1·Σ|w| + l2·Σw²`` over both sides' weight matrices, embeddings left out (as in LSTMNet)."""
+        return weight_penalty(self.spec, [*self.encoder, *self.decoder])
 
     def lstm_kernels_trained(self) -> list[str]:
         return ["torch"]  # packed encoder and stepped decoder: nn.LSTM throughout

@@ -30,36 +30,49 @@ if TYPE_CHECKING:
     from lstmflow.training.distributed import DataParallelNet
 
 
-# --------------------------------------------------------------------------------------------- translation
+class SequenceAnswers(Stateless):
+    """What both objectives share: prepared parts (pairs or clips) that batch themselves, a sequence out of every
+    sample, and a validation part to decide on."""
 
+    features: PairFeatures | SpeechFeatures
 
-class TranslateObjective(Stateless):
-    """Write each source text's target text, token by token: the mean cross-entropy per target token (its end
-    included, padding left out), the decoder fed the true target so far (teacher forcing)."""
-
-    def __init__(self, features: PairFeatures, features_dir: Path) -> None:
+    def __init__(self, features: PairFeatures | SpeechFeatures, features_dir: Path, samples: str) -> None:
         if len(features.part("val")) == 0:
             raise DataError(
-                f"{features_dir}: the validation part holds no pairs; training needs them for early stopping and to "
-                "choose model.pt, so give split.val > 0"
+                f"{features_dir}: the validation part holds no {samples}; training needs them for early stopping and "
+                "to choose model.pt, so give split.val > 0"
             )
-        self.features = features
-        self.n_features = features.source_vocab
-        self.n_outputs = features.target_vocab
-        self.needs = f"a target vocabulary of {features.target_vocab} tokens (begin and end marks included)"
         self.per_step = True
         self.starts_from_zero = False
-
-    def network(self, spec: PipelineSpec, lstm_kernel: LSTMKernel = "auto") -> Seq2Seq:
-        from lstmflow.models.seq2seq import Seq2Seq
-
-        return Seq2Seq(spec.model, self.n_features, self.n_outputs, f"pipelines.{spec.name}.model")
 
     def samples(self, part: Part) -> int:
         return len(self.features.part(part))
 
     def batch_count(self, part: Part, batch_size: int) -> int:
         return self.features.part(part).batch_count(batch_size)
+
+    def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
+        return {}  # padding is bucketed away by the stores; nothing more to report
+
+
+# --------------------------------------------------------------------------------------------- translation
+
+
+class TranslateObjective(SequenceAnswers):
+    """Write each source text's target text, token by token: the mean cross-entropy per target token (its end
+    included, padding left out), the decoder fed the true target so far (teacher forcing)."""
+
+    def __init__(self, features: PairFeatures, features_dir: Path) -> None:
+        super().__init__(features, features_dir, "pairs")
+        self.features: PairFeatures = features
+        self.n_features = features.source_vocab
+        self.n_outputs = features.target_vocab
+        self.needs = f"a target vocabulary of {features.target_vocab} tokens (begin and end marks included)"
+
+    def network(self, spec: PipelineSpec, lstm_kernel: LSTMKernel = "auto") -> Seq2Seq:
+        from lstmflow.models.seq2seq import Seq2Seq
+
+        return Seq2Seq(spec.model, self.n_features, self.n_outputs, f"pipelines.{spec.name}.model")
 
     def batches(
         self, part: Part, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0
@@ -86,37 +99,22 @@ class TranslateObjective(Stateless):
             count += int(real.sum())
         return {"loss": total / count, "token_accuracy": right / count}
 
-    def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
-        return {}
-
 
 # ---------------------------------------------------------------------------------------- speech recognition
 
 
-class TranscribeObjective(Stateless, LayerListNetwork):
+class TranscribeObjective(SequenceAnswers, LayerListNetwork):
     """Spell each clip's transcript, one character at a time, from its frames: per-frame scores of the characters
     and the CTC blank (index 0), trained with the CTC loss (the mean over the batch of each clip's negative
     log-likelihood over all alignments, divided by its transcript's length, as PyTorch's ``reduction="mean"``)."""
 
     def __init__(self, features: SpeechFeatures, features_dir: Path) -> None:
-        if len(features.part("val")) == 0:
-            raise DataError(
-                f"{features_dir}: the validation part holds no clips; training needs them for early stopping and to "
-                "choose model.pt, so give split.val > 0"
-            )
-        self.features = features
+        super().__init__(features, features_dir, "clips")
+        self.features: SpeechFeatures = features
         self.n_features = features.n_features
         self.n_outputs = features.n_outputs
         self.needs = f"{len(features.alphabet)} characters in the training transcripts and the CTC blank"
-        self.per_step = True
         self.generates = False
-        self.starts_from_zero = False
-
-    def samples(self, part: Part) -> int:
-        return len(self.features.part(part))
-
-    def batch_count(self, part: Part, batch_size: int) -> int:
-        return self.features.part(part).batch_count(batch_size)
 
     def batches(
         self, part: Part, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0
@@ -165,6 +163,3 @@ class TranscribeObjective(Stateless, LayerListNetwork):
             written += [decode_ids(self.features.alphabet, ids) for ids in output_ids(log_probs, frames)]
             truth += [speech.texts[int(i)] for i in batch.positions]
         return {"loss": total / len(truth), "cer": float(jiwer.cer(truth, written))}
-
-    def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
-        return {}
