@@ -157,3 +157,25 @@ pipelines:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert clip.name in done.stdout and "text" in done.stdout  # the clip and its transcript (8 epochs: any text)
+
+
+def test_two_workers_train_the_transcriber_as_one_process_does(
+    trained: tuple[object, Path, Path], tmp_path: Path
+) -> None:
+    """CTC's frame counts come from the network itself, not through DDP's forward (a second forward per backward
+    would break DDP's gradient sync): two gloo workers match one process."""
+    import torch
+
+    from lstmflow.training.launch import train_in_child
+
+    _, root, _ = trained
+    train = {"epochs": 2, "batch_size": 16, "optimizer": {"lr": 0.005}, "seed": 0, "deterministic": True}
+    one_process = transcribe_spec(root, train=train)
+    try:
+        one = fit(one_process, root / "features", tmp_path / "one", ListLogger(), progress=False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    two_workers = one_process.model_copy(update={"train": one_process.train.model_copy(update={"workers": 2})})
+    two = train_in_child(two_workers, root / "features", tmp_path / "two", ListLogger(), progress=False)
+    assert two.workers == 2
+    assert [r["val_loss"] for r in two.history] == pytest.approx([r["val_loss"] for r in one.history], rel=1e-4)
