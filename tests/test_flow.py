@@ -215,11 +215,17 @@ def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_ha
         "pydocs": lambda raw: pd.DataFrame(
             {"prompt": ["The if statement", "A class"], "tokens": [30, 5], "temperature": [0.8, 0.0], "seed": [1, 1]}
         ),
+        "numbers": lambda raw: pd.DataFrame({"text": ["forty-two", "one hundred and seven"]}),
+        "spoken": lambda raw: (
+            pd.read_csv(raw / "speech" / "manifest.csv").head(2)[["path"]].map(lambda path: str(raw / "speech" / path))
+        ),
     }
     baselines = {
         "forecast": {"naive_mae", "mase"},
         "classify": {"majority_accuracy", "macro_f1"},
         "language_model": {"unigram_perplexity", "perplexity"},
+        "translate": {"copy_chrf", "chrf", "baseline_chrf"},
+        "transcribe": {"frequent_cer", "cer", "wer"},
     }
     for name, pipeline in yaml.safe_load((REPO / "pipelines.yaml").read_text())["pipelines"].items():
         result = run_pipeline(pipeline=name, epochs=1, config=str(root / "pipelines.yaml"))
@@ -238,6 +244,11 @@ def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_ha
             assert len(prediction) == 2 and {"label", "key"} <= set(prediction.columns)
             probabilities = prediction.filter(like="prob_").to_numpy()
             assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+        elif pipeline["task"] == "translate":  # one epoch: some French text, whatever it says
+            assert list(prediction["text"]) == ["forty-two", "one hundred and seven"]
+            assert prediction["translation"].map(type).eq(str).all()
+        elif pipeline["task"] == "transcribe":
+            assert len(prediction) == 2 and prediction["text"].map(type).eq(str).all()
         else:
             horizon = {"sunspots": 1, "co2": 12}[
                 name
