@@ -97,7 +97,8 @@ def test_the_served_transcriber_reads_paths_and_bytes_and_refuses_bad_rows(
 ) -> None:
     spec, root, model_path = trained
     predictor, example = write_bundle(spec.model_dump(mode="json"), root / "features", model_path, tmp_path / "b")
-    assert isinstance(predictor, Transcriber) and list(example.columns) == ["path"]
+    assert isinstance(predictor, Transcriber) and list(example.columns) == ["path", "audio_base64"]
+    assert len(predictor.predict(example)) == 2  # one clip by path, one by bytes
     clip = root / "words" / "en-us+m1-145-left.wav"
     by_path = predictor.predict(pd.DataFrame({"path": [str(clip)]}))
     by_bytes = predictor.predict(pd.DataFrame({"audio_base64": [base64.b64encode(clip.read_bytes()).decode()]}))

@@ -88,11 +88,13 @@ class Transcriber:
         }
 
     def example(self, info: dict[str, Any]) -> pd.DataFrame:
-        """The first two clips of the data as a request."""
+        """The data's first clip by its path and its second by its bytes: both columns optional in the served
+        signature, so a request may use either, row by row."""
         from lstmflow.data.speech import read_speech
 
-        clips = read_speech(self.spec.data, f"pipelines.{self.spec.name}.data").clips
-        return pd.DataFrame({"path": [str(clip.path) for clip in clips[:2]]})
+        first, second = read_speech(self.spec.data, f"pipelines.{self.spec.name}.data").clips[:2]
+        sent = base64.b64encode(second.path.read_bytes()).decode()
+        return pd.DataFrame({"path": [str(first.path), None], "audio_base64": [None, sent]})
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """One row per clip: its key (the request's row) and the transcript."""
