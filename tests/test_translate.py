@@ -247,3 +247,13 @@ def test_a_translator_cut_mid_epoch_resumes_to_the_uninterrupted_model(tmp_path:
     assert without_timing(resumed.history) == without_timing(complete.history)
     ours, theirs = load_state(resumed.model_path), load_state(complete.model_path)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+
+def test_a_search_space_that_breaks_the_translator_is_refused_before_any_trial(tmp_path: Path) -> None:
+    raw = {
+        "task": "translate",
+        "data": {"kind": "pairs", "path": "p.csv"},
+        "search": {"trials": 2, "space": {"model.layers[1].lstm.units": {"int": [32, 64]}}},
+    }
+    with pytest.raises(ConfigError, match=r"model.decoder\[1\].lstm.units: starts from the state of model.layers\[1\]"):
+        validate_pipeline("t", raw, tmp_path)  # the decoder's lstm keeps the default 256 units

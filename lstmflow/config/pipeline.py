@@ -32,6 +32,7 @@ from lstmflow.config.tasks import (
     TASK_LOSSES,
 )
 from lstmflow.config.train import EvaluateSpec, TrainSpec
+from lstmflow.config.translator import translator_problems
 from lstmflow.errors import ConfigError
 
 
@@ -160,6 +161,8 @@ class PipelineSpec(Strict):
             )
         if self.task != "translate" and decoder is not None:
             raise ValueError(f"model.decoder: only task 'translate' has a decoder; task {self.task!r} has none")
+        if self.task == "translate" and (problems := translator_problems(self.model, "model")):
+            raise ValueError("; ".join(problems))
         if self.task in ("translate", "transcribe") and self.train.ensemble > 1:
             raise ValueError(f"train.ensemble: a {self.task} model is one network, got {self.train.ensemble}")
         attention = [i for i, layer in enumerate(self.model.layers) if layer.attention is not None]
@@ -282,5 +285,6 @@ def _space_key_problem(key: str, param: SearchParam, base: dict[str, Any]) -> st
         except ValidationError as exc:
             error = exc.errors()[0]
             where = location_text(error["loc"])
-            return f"space key {key!r}: the value {value!r} is refused at {where}: {describe_error(error)}"
+            at = f" at {where}" if where else ""  # a rule between sections names its keys in the message itself
+            return f"space key {key!r}: the value {value!r} is refused{at}: {describe_error(error)}"
     return None
