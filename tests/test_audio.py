@@ -11,7 +11,7 @@ import pytest
 import soundfile
 
 from lstmflow.config import AudioSpec
-from lstmflow.data import audio
+from lstmflow.data import audio_cache
 from lstmflow.data.audio import clip_features, list_clips, n_features, prepare_audio_features
 from lstmflow.data.sequences import load_sequences
 from lstmflow.errors import ConfigError, DataError
@@ -236,7 +236,7 @@ def test_cache_computes_only_what_is_new(tmp_path: Path) -> None:
 
 
 def test_two_workers_write_the_same_bytes_as_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audio, "BYTES_PER_PROCESS", 1)  # start both processes even for this handful of clips
+    monkeypatch.setattr(audio_cache, "BYTES_PER_PROCESS", 1)  # start both processes even for this handful of clips
     root = make_folder(tmp_path / "clips", per_label=6)
     make_bad_files(root)
     for workers in (1, 2):

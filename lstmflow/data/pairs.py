@@ -265,7 +265,7 @@ def _meta(spec: PairsSpec, pairs: _EncodedPairs) -> dict[str, Any]:
         "bos_id": bos,
         "eos_id": eos,
         "tokenizer_kinds": {"source": pairs.source_tokenizer.kind, "target": pairs.target_tokenizer.kind},
-        "length": {side: _length_stats([len(one) for one in ids]) for side, ids in sides.items()},
+        "length": {side: length_stats([len(one) for one in ids]) for side, ids in sides.items()},
         "unknown_tokens_val_test": {
             side: sum(int((one == UNK_ID).sum()) for one, out in zip(ids, held_out) if out)
             for side, ids in sides.items()
@@ -277,7 +277,7 @@ def _meta(spec: PairsSpec, pairs: _EncodedPairs) -> dict[str, Any]:
     }
 
 
-def _length_stats(lengths: list[int]) -> dict[str, float]:
+def length_stats(lengths: list[int]) -> dict[str, float]:
     return {"min": int(min(lengths)), "median": float(np.median(lengths)), "max": int(max(lengths))}
 
 
@@ -398,10 +398,10 @@ class PairSet:
         for chosen in self._buckets.batch_indices(batch_size, shuffle, seed, epoch):
             sources = [self.sources[i] for i in chosen]
             targets = [self.targets[i] for i in chosen]
-            source = _padded(sources, max(len(one) for one in sources))  # (B, S)
+            source = padded_ids(sources, max(len(one) for one in sources))  # (B, S)
             steps = max(len(one) for one in targets) + 1
-            decoder_input = _padded([np.concatenate(([self.bos_id], one)) for one in targets], steps)  # (B, T)
-            decoder_target = _padded([np.concatenate((one, [self.eos_id])) for one in targets], steps)  # (B, T)
+            decoder_input = padded_ids([np.concatenate(([self.bos_id], one)) for one in targets], steps)  # (B, T)
+            decoder_target = padded_ids([np.concatenate((one, [self.eos_id])) for one in targets], steps)  # (B, T)
             lengths = torch.tensor([len(one) for one in sources], dtype=torch.int64)
             yield PairBatch(source, lengths, decoder_input, decoder_target, torch.from_numpy(chosen.astype(np.int64)))
 
@@ -410,7 +410,7 @@ def _ids(ids: np.ndarray, offsets: np.ndarray, position: int) -> np.ndarray:
     return ids[offsets[position] : offsets[position + 1]].astype(np.int64)
 
 
-def _padded(rows: list[np.ndarray], width: int) -> torch.Tensor:
+def padded_ids(rows: list[np.ndarray], width: int) -> torch.Tensor:
     """(len(rows), width) int64, each row's ids then zeros."""
     out = np.zeros((len(rows), width), dtype=np.int64)
     for i, row in enumerate(rows):

@@ -44,7 +44,6 @@ from lstmflow.data.audio import (
     Clip,
     ClipListing,
     check_feature_spec,
-    compute_features,
     feature_params,
     manifest_clips,
     n_features,
@@ -52,7 +51,8 @@ from lstmflow.data.audio import (
     unreadable_clips,
     wrong_extension,
 )
-from lstmflow.data.pairs import _length_stats, _padded
+from lstmflow.data.audio_cache import compute_features
+from lstmflow.data.pairs import length_stats, padded_ids
 from lstmflow.data.parts import PARTS, Parts, assign_parts, read_parts, split_record
 from lstmflow.data.sequences import SequenceFeatures, SequencePreprocessing, SequenceSet
 from lstmflow.data.sequences.prepare import _end_to_end
@@ -335,8 +335,8 @@ def _meta(
         "n_features": preprocessing.n_features,
         "n_clips": len(done.clips),
         "counts": {part: int((done.parts == code).sum()) for code, part in enumerate(PARTS)},
-        "frames": _length_stats(lengths.tolist()),
-        "text_length": _length_stats([len(clip.label) for clip in done.clips]),
+        "frames": length_stats(lengths.tolist()),
+        "text_length": length_stats([len(clip.label) for clip in done.clips]),
         "lowercase": spec.lowercase,
         "skipped": {reason: len(clips) for reason, clips in done.skipped.items()},
         "skipped_clips": {reason: [clip.name for clip in clips] for reason, clips in done.skipped.items()},
@@ -440,6 +440,6 @@ class SpeechSet:
         for chosen, frames in zip(chosen_batches, self._frames.batches(batch_size, shuffle, seed, epoch)):
             targets = [self._targets[i] for i in chosen]
             target_lengths = torch.tensor([len(one) for one in targets], dtype=torch.int64)
-            padded = _padded(targets, int(target_lengths.max()))  # (B, L)
+            padded = padded_ids(targets, int(target_lengths.max()))  # (B, L)
             positions = torch.from_numpy(chosen.astype(np.int64))
             yield SpeechBatch(frames.x, frames.lengths, padded, target_lengths, positions)

@@ -127,7 +127,7 @@ def dictionary_baseline(features: PairFeatures, test: PairSet, references: list[
     train = features.part("train")
     words = Tokenizer("word", lowercase=False, tokens=[])  # cuts texts into words and punctuation, case kept
     dictionary = word_dictionary(
-        ([*words.pieces(s)], [*words.pieces(t)]) for s, t in zip(train.source_texts, train.target_texts)
+        (words.pieces(s), words.pieces(t)) for s, t in zip(train.source_texts, train.target_texts)
     )
     written = [join_words([dictionary.get(word, word) for word in words.pieces(text)]) for text in test.source_texts]
     return Baseline("word-by-word dictionary (Dice)", translation_scores(written, references), details={
