@@ -19,21 +19,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from _clip_stage import print_runs, time_clip_stage  # benchmarks/ is the script's folder, so on sys.path
 
 from lstmflow.config import AudioSpec
 from lstmflow.data.audio import prepare_audio_features
 from lstmflow.data.demo import build_audio_demo
 
 WHERE = "benchmark.data"
-
-
-def timed(run: Callable[[], dict]) -> tuple[float, dict]:
-    start = time.perf_counter()
-    summary = run()
-    return time.perf_counter() - start, summary
 
 
 def main() -> None:
@@ -49,9 +43,15 @@ def main() -> None:
         build_audio_demo(clips, clips_per_class=per_class, seed=1, seconds=tuple(args.seconds))
         spec = {"kind": "audio", "path": clips, "deltas": True}
 
-        def run(workers: int, cache: str) -> tuple[float, dict]:
+        def run(workers: int, cache: str) -> dict:
             one = AudioSpec.model_validate({**spec, "workers": workers})
-            return timed(lambda: prepare_audio_features(one, work / f"out-{cache}", WHERE, work / cache))
+            return prepare_audio_features(one, work / f"out-{cache}", WHERE, work / cache)
+
+        def add_tenth() -> None:
+            extra = work / "extra"
+            build_audio_demo(extra, clips_per_class=max(1, per_class // 10), seed=3, seconds=tuple(args.seconds))
+            for file in extra.rglob("*.wav"):
+                shutil.copy(file, clips / file.parent.name / f"extra-{file.name}")
 
         # Warm the parent's imports (librosa, numba's cache) so run 1 is not charged for them.
         warm = work / "warm"
@@ -59,47 +59,16 @@ def main() -> None:
         prepare_audio_features(
             AudioSpec.model_validate({**spec, "path": warm, "workers": 1}), work / "o", WHERE, work / "warm-cache"
         )
-
-        one_worker, first = run(1, "cache-1")
-        two_workers, second = run(2, "cache-2")
-        rerun, unchanged = run(2, "cache-2")
-        extra = work / "extra"
-        build_audio_demo(extra, clips_per_class=max(1, per_class // 10), seed=3, seconds=tuple(args.seconds))
-        for file in extra.rglob("*.wav"):
-            shutil.copy(file, clips / file.parent.name / f"extra-{file.name}")
-        added_time, added = run(2, "cache-2")
+        runs = time_clip_stage(
+            run, add_tenth, lambda summary, seconds: f"{summary['n_sequences'] / seconds:.0f} clips/s"
+        )
     finally:
         shutil.rmtree(work)
 
-    n = first["n_sequences"]
-    rows = [
-        ("full, 1 worker", one_worker, first, f"{n / one_worker:.0f} clips/s", ""),
-        (
-            "full, 2 workers",
-            two_workers,
-            second,
-            f"{n / two_workers:.0f} clips/s",
-            f"{one_worker / two_workers:.2f}x vs 1 worker (target >= 1.7x)",
-        ),
-        (
-            "re-run, nothing changed",
-            rerun,
-            unchanged,
-            "",
-            f"{two_workers / rerun:.0f}x faster than full (target >= 50x)",
-        ),
-        (
-            f"+{added['computed']} clips (10%)",
-            added_time,
-            added,
-            "",
-            f"{added_time / two_workers:.0%} of full (target <= 20%)",
-        ),
-    ]
-    print(f"{n} clips of {args.seconds[0]}-{args.seconds[1]} s, log-mel 40 + deltas, 16 kHz")
-    print(f"{'run':<26}{'seconds':>9}{'computed':>10}{'cached':>8}  {'throughput':<14}result")
-    for name, seconds, summary, throughput, result in rows:
-        print(f"{name:<26}{seconds:>9.2f}{summary['computed']:>10}{summary['cached']:>8}  {throughput:<14}{result}")
+    print(
+        f"{runs[0].summary['n_sequences']} clips of {args.seconds[0]}-{args.seconds[1]} s, log-mel 40 + deltas, 16 kHz"
+    )
+    print_runs(runs)
 
 
 if __name__ == "__main__":

@@ -38,20 +38,9 @@ import pandas as pd
 import torch
 
 from lstmflow.config import SpeechSpec
-from lstmflow.data.audio import (
-    AUDIO_SUFFIXES,
-    BadClip,
-    Clip,
-    ClipListing,
-    check_feature_spec,
-    feature_params,
-    manifest_clips,
-    n_features,
-    refuse_bad_clips,
-    unreadable_clips,
-    wrong_extension,
-)
+from lstmflow.data.audio import AUDIO_FILES, check_feature_spec, feature_params, n_features, unreadable_clips
 from lstmflow.data.audio_cache import compute_features
+from lstmflow.data.clips import BadClip, Clip, ClipListing, manifest_clips, refuse_bad_clips, wrong_extension
 from lstmflow.data.pairs import length_stats, padded_ids
 from lstmflow.data.parts import PARTS, Parts, assign_parts, read_parts, split_record
 from lstmflow.data.sequences import SequenceFeatures, SequencePreprocessing, SequenceSet
@@ -126,7 +115,7 @@ def _list_source(spec: SpeechSpec, where: str) -> ClipListing:
         return _list_folder(spec, path, where)
     if path.suffix.lower() != ".csv":
         raise DataError(f"{where}.path: {path} must be a folder of clips with transcripts or a .csv manifest")
-    return manifest_clips(path, spec.text_column, spec.split.column, where)
+    return manifest_clips(path, spec.text_column, spec.split.column, where, AUDIO_FILES)
 
 
 def _list_folder(spec: SpeechSpec, root: Path, where: str) -> ClipListing:
@@ -145,9 +134,9 @@ def _list_folder(spec: SpeechSpec, root: Path, where: str) -> ClipListing:
         name, transcript = file.relative_to(root).as_posix(), file.with_suffix(".txt")
         if file.suffix.lower() == ".txt":
             continue
-        if file.suffix.lower() not in AUDIO_SUFFIXES:
+        if file.suffix.lower() not in AUDIO_FILES.suffixes:
             if transcript.is_file():
-                bad.append(BadClip(name, wrong_extension(file)))
+                bad.append(BadClip(name, wrong_extension(file, AUDIO_FILES)))
         elif not transcript.is_file():
             bad.append(BadClip(name, f"no transcript {transcript.name} beside it"))
         else:
