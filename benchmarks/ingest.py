@@ -1,4 +1,4 @@
-"""The ingestion figures in one place: windowing, padding, audio features and tokenization, one report.
+"""The ingestion figures in one place: windowing, padding, audio features, video frames and tokenization, one report.
 
 Runs each ingestion benchmark as its own process (so none inherits another's imports or caches), one after the
 other, with its default arguments (or ``--quick`` ones), and prints their tables under one heading with the machine
@@ -7,9 +7,10 @@ and date; appends the report to ``benchmarks/RESULTS.md``. Each script also runs
 - ``windowing.py``: memory and batch throughput of the window store vs materialised windows (10M points);
 - ``padding.py``: padded fraction of length-bucketed batches vs random batches;
 - ``audio_features.py``: log-mel extraction with 1 and 2 workers, an unchanged re-run and 10% more clips;
+- ``video_frames.py``: video decoding (frames per second) with 1 and 2 workers, an unchanged re-run and 10% more clips;
 - ``tokenization.py``: fit and encode throughput of the word, char and bpe tokenizers (10 MB).
 
-    python benchmarks/ingest.py [--quick] [--no-append]
+    python benchmarks/ingest.py [--quick] [--no-append] [--only video_frames.py ...]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ BENCHMARKS = {
     "windowing.py": ["--points", "1000000", "--baseline-windows", "200000"],
     "padding.py": [],
     "audio_features.py": ["--clips", "300"],
+    "video_frames.py": ["--clips", "400"],
     "tokenization.py": ["--mb", "1", "--repeats", "1"],
 }
 
@@ -36,9 +38,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller inputs: a check that every script runs")
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run these benchmarks alone")
     args = parser.parse_args()
     sections = []
     for script, quick in BENCHMARKS.items():
+        if args.only and script not in args.only:
+            continue
         command = [sys.executable, str(HERE / script), *(quick if args.quick else [])]
         print(f"running {' '.join(command[1:])} ...", flush=True)
         started = time.perf_counter()

@@ -394,6 +394,7 @@ def test_demo_data_pass_the_checks(tmp_path: Path) -> None:
         "digits",
         "chirps",
         "speech",
+        "shapes",
         "LICENSE-DATA.md",
     ]
     sunspots = resolve_data(spec_for(tmp_path / "sunspots.csv", time_column="year", target="sunactivity"))

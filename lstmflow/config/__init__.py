@@ -40,6 +40,7 @@ from lstmflow.config.data import (
     TextSpec,
     TimeSeriesDataSpec,
     TokenizerSpec,
+    VideoSpec,
 )
 from lstmflow.config.keys import apply_override, deep_merge, dotted_key, flatten, parse_key, set_key
 from lstmflow.config.loading import Config, ConfigFile, validate_pipeline
@@ -132,6 +133,7 @@ __all__ = [
     "TimeSeriesDataSpec",
     "TokenizerSpec",
     "TrainSpec",
+    "VideoSpec",
     "apply_override",
     "deep_merge",
     "dotted_key",

@@ -13,7 +13,7 @@ Direction = Literal["minimize", "maximize"]
 #: Which data kinds each task can learn from.
 TASK_DATA_KINDS = {
     "forecast": ("timeseries",),
-    "classify": ("sequences", "images", "text", "audio"),
+    "classify": ("sequences", "images", "text", "audio", "video"),
     "language_model": ("corpus",),
     "translate": ("pairs",),
     "transcribe": ("speech",),

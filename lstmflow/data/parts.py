@@ -26,6 +26,7 @@ from lstmflow.config import (
     SpeechSpec,
     TextSpec,
     TimeSeriesDataSpec,
+    VideoSpec,
 )
 from lstmflow.data.tables import cell_text, listing
 from lstmflow.errors import DataError
@@ -51,7 +52,15 @@ class _Reading(Protocol):
 
 #: A kind's data spec (with ``path`` and ``split``) and what its reader returns for one source.
 SourceSpec = TypeVar(
-    "SourceSpec", TimeSeriesDataSpec, SequenceTableSpec, ImagesSpec, TextSpec, AudioSpec, PairsSpec, SpeechSpec
+    "SourceSpec",
+    TimeSeriesDataSpec,
+    SequenceTableSpec,
+    ImagesSpec,
+    TextSpec,
+    AudioSpec,
+    PairsSpec,
+    SpeechSpec,
+    VideoSpec,
 )
 Reading = TypeVar("Reading", bound=_Reading)
 
