@@ -117,7 +117,8 @@ def test_a_layer_needs_exactly_one_kind(tmp_path: Path) -> None:
         (
             "pipelines.p.model.layers[0]: a layer must have exactly one of embedding, lstm, dense, dropout, batchnorm, "
             "layernorm, activation, conv1d, max_pool1d, average_pool1d, global_max_pool, global_average_pool, "
-            "attention_pool, attention, branches, got ['lstm', 'dense']"
+            "attention_pool, attention, conv2d, max_pool2d, average_pool2d, flatten, time_distributed, branches, got "
+            "['lstm', 'dense']"
         )
     ]
 
@@ -201,12 +202,12 @@ def test_helpers() -> None:
 
 def test_task_must_fit_the_data_kind(tmp_path: Path) -> None:
     assert problems(tmp_path, ["task=classify"]) == [
-        "pipelines.p: task 'classify' needs data.kind 'sequences', 'images', 'text', 'audio', got 'timeseries'"
+        "pipelines.p: task 'classify' needs data.kind 'sequences', 'images', 'text', 'audio', 'video', got 'timeseries'"
     ]
     assert problems(tmp_path, ["data.kind=bogus"]) == [
         (
             "pipelines.p.data: kind must be one of 'timeseries', 'sequences', 'images', 'text', 'audio', 'corpus', "
-            "'pairs', 'speech', got 'bogus' (from --set data.kind=bogus)"
+            "'pairs', 'speech', 'video', got 'bogus' (from --set data.kind=bogus)"
         )
     ]
 

@@ -173,6 +173,67 @@ class AttentionLayer(Strict):
     )
 
 
+class Conv2DLayer(Strict):
+    """Keras `Conv2D(filters, kernel_size, strides, padding, activation)` over a frame's height and width; only inside
+    `time_distributed`, which applies it to every frame."""
+
+    filters: int = Field(gt=0, description="Output channels (the number of kernels).")
+    kernel_size: int = Field(gt=0, description="Height and width of each kernel, in pixels.")
+    strides: int = Field(1, gt=0, description="Pixels between kernel positions, both ways; above 1 the frame shrinks.")
+    padding: Literal["same", "valid"] = Field(
+        "same",
+        description=(
+            "`same` (the default, unlike Keras' `valid`): zeros around the frame, ceil(size / strides) positions "
+            "each way; `valid`: kernels only where they fit."
+        ),
+    )
+    activation: Activation = Field("linear", description="Activation applied after the convolution.")
+
+
+class Pool2DLayer(Strict):
+    """Keras `MaxPooling2D` / `AveragePooling2D(pool_size, strides, padding)` over a frame; only inside
+    `time_distributed`."""
+
+    pool_size: int = Field(2, gt=0, description="Height and width of each window, in pixels.")
+    strides: int | None = Field(None, gt=0, description="Pixels between windows; null: `pool_size`.")
+    padding: Literal["valid", "same"] = Field(
+        "valid",
+        description=(
+            "`valid` (Keras' default): whole windows only; `same`: also the partial windows at the edges, ceil(size "
+            "/ strides) each way (a partial window covers only the frame's own pixels)."
+        ),
+    )
+
+
+class FlattenLayer(Strict):
+    """Keras `Flatten()`: a frame's (height, width, channels) values as one vector, channels last; only inside
+    `time_distributed`."""
+
+
+class TimeDistributedLayer(Strict):
+    """Keras `TimeDistributed(...)` around a per-frame network: its layers read each frame of a video as an image
+    (height, width, channels) and must end in one vector per frame (`flatten` or a global pool); the frames' vectors
+    then form the sequence the next layers (an lstm) read. Only as the first layer."""
+
+    layers: list[LayerSpec] = Field(
+        min_length=1,
+        description=(
+            "The per-frame layers, in order: `conv2d`, `max_pool2d`, `average_pool2d`, `batchnorm`, `activation` and "
+            "`dropout` on the image, then `flatten`, `global_average_pool` or `global_max_pool` (over the frame's "
+            "pixels), then optionally `dense`, `dropout`, `batchnorm`, `layernorm` and `activation` on the vector."
+        ),
+    )
+    input_shape: list[int] | None = Field(
+        None,
+        min_length=3,
+        max_length=3,
+        description=(
+            "`[height, width, channels]` of each frame. Filled in from the data for `data.kind: video`; give it only "
+            "to read another kind's steps as frames (height × width × channels must equal the features per step)."
+        ),
+    )
+
+
 class LayerSpec(Strict):
     """One layer: a mapping with exactly one key naming its kind, e.g. `{lstm: {units: 64}}`."""
 
@@ -193,6 +254,15 @@ class LayerSpec(Strict):
     )
     attention: AttentionLayer | None = Field(
         None, description="Encoder–decoder attention (task translate; in `model.decoder`, after its last lstm)."
+    )
+    conv2d: Conv2DLayer | None = Field(None, description="A convolution over each frame (in `time_distributed`).")
+    max_pool2d: Pool2DLayer | None = Field(None, description="Max pooling over a frame (in `time_distributed`).")
+    average_pool2d: Pool2DLayer | None = Field(
+        None, description="Average pooling over a frame (in `time_distributed`)."
+    )
+    flatten: FlattenLayer | None = Field(None, description="A frame as one vector (in `time_distributed`).")
+    time_distributed: TimeDistributedLayer | None = Field(
+        None, description="A per-frame network applied to every frame of a video (first layer only)."
     )
     branches: list[Branch] | None = Field(
         None,
@@ -241,6 +311,7 @@ class LayerSpec(Strict):
 #: One branch of a `branches` layer: a list of layers (a named alias, so that a layer may hold layers).
 Branch = TypeAliasType("Branch", Annotated[list[LayerSpec], Field(min_length=1)])
 LayerSpec.model_rebuild()
+TimeDistributedLayer.model_rebuild()
 
 
 def _conv_block(filters: int, kernel_size: int) -> list[dict[str, Any]]:
@@ -269,6 +340,34 @@ TEXT_CLASSIFIER_LAYERS: list[dict[str, Any]] = [
     {"conv1d": {"filters": 128, "kernel_size": 3, "activation": "relu"}},
     {"global_max_pool": {}},
     {"dropout": {"rate": 0.5}},
+    {"dense": {"activation": "softmax"}},
+]
+
+
+def _frame_conv_block(filters: int) -> list[dict[str, Any]]:
+    return [
+        {"conv2d": {"filters": filters, "kernel_size": 3}},
+        {"batchnorm": {}},
+        {"activation": "relu"},
+        {"max_pool2d": {"pool_size": 2}},
+    ]
+
+
+#: The default video classifier: a small convolutional network on every frame (three blocks of conv 3x3, batchnorm,
+#: relu and 2x2 max pooling), flattened, so that where things are in the frame reaches the lstm, and a dense layer,
+#: then an lstm over the frames' vectors (Donahue et al. 2015's LRCN, smaller).
+VIDEO_CLASSIFIER_LAYERS: list[dict[str, Any]] = [
+    {
+        "time_distributed": {
+            "layers": [
+                *[block for filters in (16, 32, 64) for block in _frame_conv_block(filters)],
+                {"flatten": {}},
+                {"dense": {"units": 128, "activation": "relu"}},
+            ]
+        }
+    },
+    {"lstm": {"units": 64}},
+    {"dropout": {"rate": 0.25}},
     {"dense": {"activation": "softmax"}},
 ]
 

@@ -19,6 +19,7 @@ from lstmflow.config.model import (
     TRANSCRIBER_LAYERS,
     TRANSLATOR_DECODER_LAYERS,
     TRANSLATOR_ENCODER_LAYERS,
+    VIDEO_CLASSIFIER_LAYERS,
     ModelSpec,
 )
 from lstmflow.config.operations import OPERATIONS, PromoteSpec, ScheduleSpec
@@ -48,8 +49,8 @@ class PipelineSpec(Strict):
         "forecast",
         description=(
             "What the model learns: `forecast` (data kind `timeseries`), `classify` (kinds `sequences`, `images`, "
-            "`text`, `audio`), `language_model` (kind `corpus`: the next token at every step), `translate` (kind "
-            "`pairs`: an encoder–decoder writes the target text of each source text) or `transcribe` (kind "
+            "`text`, `audio`, `video`), `language_model` (kind `corpus`: the next token at every step), `translate` "
+            "(kind `pairs`: an encoder–decoder writes the target text of each source text) or `transcribe` (kind "
             "`speech`: the characters spoken in each clip, by CTC)."
         ),
     )
@@ -62,7 +63,10 @@ class PipelineSpec(Strict):
             "`sequences`, `images` or `audio` LSTM-FCN (`branches`: an `lstm` of 64 and dropout 0.8 beside `conv1d` "
             "128-8, 256-5, 128-3 each with `batchnorm` and relu, then `global_average_pool`; a softmax `dense`); for "
             "`text` an `embedding` of 64 with dropout 0.25, a `conv1d` of 128 filters of 3 tokens with relu, "
-            "`global_max_pool`, dropout 0.5 and a softmax `dense`; for a language model an `embedding` of 64 and a "
+            "`global_max_pool`, dropout 0.5 and a softmax `dense`; for `video` a `time_distributed` network on every "
+            "frame (three blocks of `conv2d` 3x3 with 16, 32, 64 filters, `batchnorm`, relu and `max_pool2d`, then "
+            "`flatten` and a `dense` of 128 with relu), an `lstm` of 64, dropout 0.25 and a softmax `dense`; for a "
+            "language model an `embedding` of 64 and a "
             "stateful `lstm` of 256 units that returns sequences; for translate an encoder (`layers`: an `embedding` "
             "of 64, an `lstm` of 256) and a `decoder` (an `embedding` of 64, an `lstm` of 256, luong `attention`, a "
             "softmax `dense`); for transcribe two bidirectional `lstm` layers of 128 that return sequences and a "
@@ -97,7 +101,8 @@ class PipelineSpec(Strict):
     @classmethod
     def _default_model_for_the_data(cls, value: Any) -> Any:
         """Without a `model`: a language model gets a stateful sequence lstm, a text classifier a convolution with
-        max pooling over time, and other classifiers LSTM-FCN (see lstmflow.config.model)."""
+        max pooling over time, a video classifier a per-frame convolutional network before an lstm, and other
+        classifiers LSTM-FCN (see lstmflow.config.model)."""
         if not isinstance(value, dict) or "model" in value or not isinstance(value.get("data"), dict):
             return value
         kind, task = value["data"].get("kind"), value.get("task")
@@ -116,6 +121,8 @@ class PipelineSpec(Strict):
             layers = TEXT_CLASSIFIER_LAYERS
         elif task == "classify" and kind in ("sequences", "images", "audio"):
             layers = SEQUENCE_CLASSIFIER_LAYERS
+        elif task == "classify" and kind == "video":
+            layers = VIDEO_CLASSIFIER_LAYERS
         else:
             return value
         return {**value, "model": {"layers": layers}}

@@ -62,8 +62,10 @@ def fields_of(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, 
         else:
             type_name = _type_name(field.annotation)
         rows.append((key, type_name, _default_text(field), field.description or ""))
-        if nested is LayerSpec:
+        if nested is LayerSpec and "[]." not in prefix:  # layers inside a layer have the keys listed once
             rows.extend(fields_of(nested, f"{key}[]."))
+        elif nested is LayerSpec:
+            continue
         elif nested is not None and typing.get_origin(field.annotation) is dict:
             rows.extend(fields_of(nested, f"{key}.<key>."))  # named entries: `search.space.<key>.int`
         elif nested is not None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from lstmflow.config import ModelSpec
 from lstmflow.errors import ConfigError
+from lstmflow.models.frames import frame_problems
 from lstmflow.models.layers import FeatureBatchNorm
 from lstmflow.models.lstm_block import LSTMBlock, LSTMKernel
 from lstmflow.models.network import EnsembleNet, LSTMNet, LSTMState
@@ -86,7 +87,7 @@ def build_model(
     """
     if n_features < 1:
         raise ValueError(f"n_features must be >= 1, got {n_features}")
-    problems = shape_problems(spec.layers, where)
+    problems = shape_problems(spec.layers, where) + frame_problems(spec.layers, where, n_features)
     resolved, output_problems = resolve_outputs(spec, n_outputs, where, needs, per_step, generates)
     problems += output_problems
     if problems:

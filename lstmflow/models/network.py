@@ -20,7 +20,15 @@ from lstmflow.config import (
     LSTMLayer,
     ModelSpec,
 )
-from lstmflow.config.model import ActivationLayer, AttentionPoolLayer, Conv1DLayer, GlobalPoolLayer, Pool1DLayer
+from lstmflow.config.model import (
+    ActivationLayer,
+    AttentionPoolLayer,
+    Conv1DLayer,
+    GlobalPoolLayer,
+    Pool1DLayer,
+    TimeDistributedLayer,
+)
+from lstmflow.models.frames import TimeDistributed
 from lstmflow.models.layers import (
     ACTIVATIONS,
     AttentionPool,
@@ -274,7 +282,7 @@ def run_layer(layer: nn.Module, x: Tensor, lengths: Tensor | None) -> tuple[Tens
         x = layer(x, valid_steps(lengths, x.shape[1]) if lengths is not None and x.dim() == 3 else None)
     elif isinstance(layer, (TimeWindows, Branches)):
         x, lengths = layer(x, lengths)
-    elif isinstance(layer, (GlobalPool, AttentionPool)):
+    elif isinstance(layer, (GlobalPool, AttentionPool, TimeDistributed)):
         x = layer(x, lengths)
     else:
         x = layer(x)
@@ -318,6 +326,9 @@ def layer_module(
             return GlobalPool("max" if layer.kind == "global_max_pool" else "average"), width
         case AttentionPoolLayer():
             return AttentionPool(width, args.units), width
+        case TimeDistributedLayer():
+            frames = TimeDistributed(args, name)
+            return frames, frames.out_features
         case list():
             return _branches_module(args, name, width, n_features, lstm_kernel)
         case _:

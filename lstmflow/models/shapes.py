@@ -10,9 +10,11 @@ from __future__ import annotations
 from lstmflow.config import LayerSpec, ModelSpec
 
 #: The layer kinds that set the width of what follows them (norms, dropout, activations and pools keep it).
-SIZING_KINDS = frozenset({"lstm", "dense", "conv1d", "branches"})
+SIZING_KINDS = frozenset({"lstm", "dense", "conv1d", "branches", "time_distributed"})
 #: What the first layer (after an embedding) may be: the layers that read a (batch, time, features) input.
 SEQUENCE_READERS = ("lstm", "conv1d", "branches")
+#: Layers that read a frame as an image: only inside a ``time_distributed`` layer (see lstmflow.models.frames).
+FRAME_ONLY = frozenset({"conv2d", "max_pool2d", "average_pool2d", "flatten"})
 #: Layers that read a sequence and emit one, possibly of fewer steps.
 OVER_TIME = frozenset({"conv1d", "max_pool1d", "average_pool1d"})
 #: Layers that turn a sequence into one vector per sample.
@@ -36,7 +38,8 @@ def shape_problems(layers: list[LayerSpec], where: str) -> list[str]:
     """The rules on how layers may follow each other."""
     problems: list[str] = []
     reader = 1 if layers[0].embedding is not None else 0  # the layer that reads the input sequence
-    if reader == len(layers) or layers[reader].kind not in SEQUENCE_READERS:
+    reads_frames = layers[0].time_distributed is not None  # a video's frames, as the network's first layer
+    if not reads_frames and (reader == len(layers) or layers[reader].kind not in SEQUENCE_READERS):
         got = layers[reader].kind if reader < len(layers) else "nothing"
         what = "the first layer after an embedding" if reader else "the first layer"
         problems.append(
@@ -66,6 +69,14 @@ def _walk(
         if index == 0 and reads_input and kind not in SEQUENCE_READERS:
             problems.append(
                 f"{where}.{path}: a branch that reads the input must start with {_either(SEQUENCE_READERS)}, got {kind}"
+            )
+        if kind in FRAME_ONLY:
+            problems.append(
+                f"{where}.{path}.{kind}: reads each frame as an image; put it in a `time_distributed` layer's layers"
+            )
+        if kind == "time_distributed" and (index > 0 or not top):
+            problems.append(
+                f"{where}.{path}.time_distributed: reads the input's frames, so it can only be the first layer"
             )
         if kind in TIME_KINDS - {"branches"} and collapsed is not None:
             problems.append(_needs_a_sequence(where, path, kind, collapsed))
@@ -196,8 +207,10 @@ def resolve_outputs(
         "lstm": head.lstm.units * (2 if head.lstm.bidirectional else 1) if head.lstm else None,
         "conv1d": head.conv1d.filters if head.conv1d else None,
     }.get(head.kind)
-    if head.kind in ("lstm", "conv1d", "branches") and width != n_outputs:
-        ends = "the concatenated branches" if width is None else f"this layer's {width} values per sample"
+    if head.kind in ("lstm", "conv1d", "branches", "time_distributed") and width != n_outputs:
+        ends = {"branches": "the concatenated branches", "time_distributed": "a vector per frame"}.get(
+            head.kind, f"this layer's {width} values per sample"
+        )
         problems.append(
             f"{where}.layers[{index}].{head.kind}: the network ends with {ends}, but {wanted}; end it with "
             "`- dense: {}` (its units are inferred)"

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lstmflow.config import LayerSpec
+from lstmflow.models.frames import TimeDistributed
 from lstmflow.models.network import Branches, EnsembleNet, LSTMNet
 from lstmflow.models.seq2seq import Seq2Seq
 from lstmflow.models.shapes import shortest_input
@@ -31,6 +32,15 @@ _KERAS_NAMES = {
     "attention": ("attention", "Attention"),
     "branches": ("concatenate", "Concatenate"),
 }
+#: Keras' classes of the per-frame layers inside ``time_distributed`` (the rest keep their names above).
+_KERAS_FRAME_CLASSES = {
+    "conv2d": "Conv2D",
+    "max_pool2d": "MaxPooling2D",
+    "average_pool2d": "AveragePooling2D",
+    "flatten": "Flatten",
+    "global_max_pool": "GlobalMaxPooling2D",
+    "global_average_pool": "GlobalAveragePooling2D",
+}
 
 
 def summary(model: LSTMNet | Seq2Seq, n_features: int) -> str:
@@ -49,8 +59,10 @@ def summary(model: LSTMNet | Seq2Seq, n_features: int) -> str:
     seen: Counter[str] = Counter()
     trainable = non_trainable = keras_total = 0
     leaves = _leaves(model.spec.layers, list(model.layers))
+    framed = {block for layer, block in _frame_leaves(model.spec.layers, list(model.layers))}
+    leaves = [leaf for layer, block in leaves for leaf in (_frame_leaves([layer], [block]) or [(layer, block)])]
     for (layer, block), shape in zip(leaves, _output_shapes(model, [block for _, block in leaves]), strict=True):
-        name, kind = _keras_name(layer)
+        name, kind = _keras_name(layer, block in framed)
         label = f"{name}_{seen[name]}" if seen[name] else name
         seen[name] += 1
         learned, fixed, second_bias = _parameter_counts(block)
@@ -69,9 +81,7 @@ def summary(model: LSTMNet | Seq2Seq, n_features: int) -> str:
     return "\n".join(
         [
             f'Model: "{type(model).__name__}"',
-            f"Input(shape=(None,)) of token ids, vocabulary {n_features:,}"
-            if model.spec.layers[0].embedding is not None
-            else f"Input(shape=(None, {n_features}))",
+            _input_line(model.spec.layers[0], n_features),
             "_" * rule,
             lines[0],
             "=" * rule,
@@ -84,6 +94,15 @@ def summary(model: LSTMNet | Seq2Seq, n_features: int) -> str:
             note,
         ]
     )
+
+
+def _input_line(first: LayerSpec, n_features: int) -> str:
+    """Keras' ``Input``: token ids for an embedding-first model, frames for a time-distributed one, else steps."""
+    if first.embedding is not None:
+        return f"Input(shape=(None,)) of token ids, vocabulary {n_features:,}"
+    if first.time_distributed is not None and first.time_distributed.input_shape is not None:
+        return f"Input(shape=(None, {', '.join(map(str, first.time_distributed.input_shape))})) of frames"
+    return f"Input(shape=(None, {n_features}))"
 
 
 def _aligned(rows: list[tuple[str, str, str, str]]) -> list[str]:
@@ -149,8 +168,14 @@ def _ensemble_summary(model: EnsembleNet, n_features: int) -> str:
     )
 
 
-def _keras_name(layer: LayerSpec) -> tuple[str, str]:
-    """Keras' default layer name and class for a spec layer; a bidirectional lstm is Keras' ``Bidirectional``."""
+def _keras_name(layer: LayerSpec, framed: bool = False) -> tuple[str, str]:
+    """Keras' default layer name and class for a spec layer; a bidirectional lstm is Keras' ``Bidirectional``, and a
+    per-frame layer (``framed``) is wrapped in Keras' ``TimeDistributed``."""
+    if framed:
+        return (
+            "time_distributed",
+            f"TimeDistributed({_KERAS_FRAME_CLASSES.get(layer.kind) or _KERAS_NAMES[layer.kind][1]})",
+        )
     if layer.lstm is not None and layer.lstm.bidirectional:
         return "bidirectional", "Bidirectional"
     return _KERAS_NAMES[layer.kind]
@@ -166,6 +191,17 @@ def _leaves(layers: list[LayerSpec], blocks: list[nn.Module]) -> list[tuple[Laye
                 rows += _leaves(branch, modules)
         rows.append((layer, block))
     return rows
+
+
+def _frame_leaves(layers: list[LayerSpec], blocks: list[nn.Module]) -> list[tuple[LayerSpec, nn.Module]]:
+    """The per-frame layers of the ``time_distributed`` layers among ``layers``, with their modules: one Keras
+    ``TimeDistributed`` row each."""
+    return [
+        (inner, module)
+        for layer, block in zip(layers, blocks, strict=True)
+        if layer.time_distributed is not None and isinstance(block, TimeDistributed)
+        for inner, module in zip(layer.time_distributed.layers, block.layers, strict=True)
+    ]
 
 
 def _parameter_counts(block: nn.Module) -> tuple[int, int, int]:
@@ -188,6 +224,7 @@ def _output_shapes(model: LSTMNet, blocks: list[nn.Module]) -> list[str]:
     def record(module: nn.Module, _inputs: object, out: Tensor | tuple[Tensor, Tensor | None]) -> None:
         shapes[module] = (out[0] if isinstance(out, tuple) else out).shape  # layers over time also return lengths
 
+    framed = {block for _, block in _frame_leaves(model.spec.layers, list(model.layers))}
     hooks = [block.register_forward_hook(record) for block in blocks]
     reference = next(model.parameters())
     steps = max(3, shortest_input(model.spec.layers))
@@ -200,4 +237,12 @@ def _output_shapes(model: LSTMNet, blocks: list[nn.Module]) -> list[str]:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return ["(" + ", ".join(["None"] * (len(shapes[b]) - 1) + [str(shapes[b][-1])]) + ")" for b in blocks]
+    return [_keras_shape(shapes[block], block in framed) for block in blocks]
+
+
+def _keras_shape(shape: torch.Size, framed: bool) -> str:
+    """Keras' output shape: batch and time as None; a per-frame layer's image (N, C, H, W) channels last."""
+    if framed:
+        sizes = [shape[2], shape[3], shape[1]] if len(shape) == 4 else [shape[-1]]
+        return "(" + ", ".join(["None", "None", *map(str, sizes)]) + ")"
+    return "(" + ", ".join(["None"] * (len(shape) - 1) + [str(shape[-1])]) + ")"
