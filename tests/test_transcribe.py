@@ -110,7 +110,7 @@ def test_the_served_transcriber_reads_paths_and_bytes_and_refuses_bad_rows(
         predictor.predict(pd.DataFrame({"audio_base64": ["%%%"]}))
     with pytest.raises(BadRequest, match="not readable as audio"):
         predictor.predict(pd.DataFrame({"audio_base64": [base64.b64encode(b"not a wav file").decode()]}))
-    with pytest.raises(BadRequest, match="needs a 'path' or an 'audio_base64' column"):
+    with pytest.raises(BadRequest, match="needs a 'path' column or a 'audio_base64' one"):
         predictor.predict(pd.DataFrame({"text": ["hello"]}))
 
 

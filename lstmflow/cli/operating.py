@@ -234,7 +234,8 @@ def serve_command(
     """Serve a registered model over HTTP with `mlflow models serve` (in this environment), until Ctrl-C.
 
     POST raw inputs as JSON to /invocations, in the columns `lstmflow predict` builds: {"dataframe_records":
-    [{"text": "..."}]} for text, [{"path": "clip.wav"}] for audio or images, the recent rows of a series
+    [{"text": "..."}]} for text, [{"path": "clip.wav"}] for audio, images or video (or a clip's bytes:
+    [{"video_base64": "..."}], [{"audio_base64": "..."}] for speech), the recent rows of a series
     ({"value": 1.5}, ...) for a forecast. Answers: a label and per-class probabilities, a forecast in the data's
     units, or generated text; a request the model cannot read is a 400 with the reason.
     """
@@ -283,7 +284,8 @@ def predict_command(
     inputs: Annotated[
         list[str],
         typer.Argument(
-            help="Raw inputs, by the pipeline's data kind: texts (text), files (audio, images), prompts (corpus), the "
+            help="Raw inputs, by the pipeline's data kind: texts (text), files (audio, images, speech, video), prompts "
+            "(corpus), texts to translate (pairs), the "
             "last values of a one-column series, oldest first; or .csv/.parquet tables in the request layout (any "
             "pipeline; needed for sequences and many-column series)."
         ),

@@ -1,5 +1,6 @@
-"""The served classifier: raw sequences (a long or wide table), texts, audio clips or images (file paths or pixel
-columns) in, a label and one probability per class for each out.
+"""The served classifier: raw sequences (a long or wide table), texts, audio clips, images (file paths or pixel
+columns) or video clips (file paths or their bytes, base64-encoded) in, a label and one probability per class for
+each out.
 
 It reads a request as the data stage read the training data (the bundle's fitted preprocessing and tokenizer), and
 :meth:`Classifier.requests` builds such requests, with their true labels, from a pipeline's raw data so that the
@@ -9,6 +10,7 @@ pyfunc.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from collections.abc import Iterator
@@ -20,10 +22,12 @@ import numpy as np
 import pandas as pd
 
 from lstmflow.serving.bundle import load_network
-from lstmflow.serving.files import ROOTS_KEY, FileGate, recorded_roots
+from lstmflow.serving.files import ROOTS_KEY, FileGate, clip_source, recorded_roots, require_clip_columns
 from lstmflow.serving.request_checks import BadRequest, decoded, describe, numbers, require_columns
 
 PIXEL_PREFIX = "pixel_"
+#: The request column that carries a video clip's bytes, base64-encoded (beside ``path``).
+VIDEO_BYTES = "video_base64"
 #: The key of a request frame's ``attrs`` under which :meth:`Classifier.requests` names the data's own folders, so
 #: that any model scored on the pipeline's samples (the gate's champion among them) may read them. A served request
 #: is built from JSON by MLflow and cannot carry it.
@@ -117,6 +121,8 @@ class Classifier:
             return keys, [decoded(str(p), lambda p=p: clip_features(*read_clip(p), data)) for p in paths]
         if data.kind == "images":
             return keys, self._images(frame)
+        if data.kind == "video":
+            return keys, self._videos(frame)
         if data.format == "wide":
             steps = [c for c in frame.columns if c not in {data.label_column, data.id_column, data.split.column}]
             rows = numbers(frame, steps, allow_missing=True).astype(np.float32)  # empty cells end a shorter sequence
@@ -175,6 +181,25 @@ class Classifier:
                 images.append(next(pixels).reshape(height, -1))  # (H, W × C)
         return images
 
+    def _videos(self, frame: pd.DataFrame) -> list[np.ndarray]:
+        """One (frames, H × W × C) array per row: the clip its ``path`` names or its bytes in ``video_base64``,
+        decoded as the data stage decodes (frame rate, size, colour from the pipeline's data)."""
+        from lstmflow.data.video import clip_frames
+
+        require_clip_columns(frame, VIDEO_BYTES)
+        files, clips = self._files_for(frame), []
+        for row, cells in frame.iterrows():
+            name, source = clip_source(files, row, cells, VIDEO_BYTES)
+            frames = decoded(name, lambda source=source: clip_frames(source, self.spec.data))
+            if frames.shape[1] != self.model.n_features:
+                shape = self.spec.model.layers[0].time_distributed.input_shape
+                raise BadRequest(
+                    f"sample {name!r}: its frames hold {frames.shape[1]} values each; this model reads frames of "
+                    f"{' x '.join(map(str, shape or [self.model.n_features]))} (height x width x channels)"
+                )
+            clips.append(frames)
+        return clips
+
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """One row per sequence or image: the predicted label and a probability per class."""
         import torch
@@ -220,7 +245,7 @@ class Classifier:
             )
         chosen = np.flatnonzero(features.parts == PARTS.index(part))
         frame, offsets = _request_table(data, [samples[i] for i in chosen])
-        if data.kind in ("audio", "images"):
+        if data.kind in ("audio", "images", "video"):
             frame.attrs[DATA_FOLDERS_ATTR] = recorded_roots(data)
         return Requests(frame, list(range(len(chosen))), [prepared[i] for i in chosen], offsets)
 
@@ -236,6 +261,12 @@ class Classifier:
 
             clips, _ = list_clips(data, f"pipelines.{self.spec.name}.data")
             return pd.DataFrame({"path": [str(clip.path) for clip in clips[:2]]})
+        if data.kind == "video":
+            from lstmflow.data.video import read_clips
+
+            first, second = read_clips(data, f"pipelines.{self.spec.name}.data").clips[:2]
+            sent = base64.b64encode(second.path.read_bytes()).decode()
+            return pd.DataFrame({"path": [str(first.path), None], VIDEO_BYTES: [None, sent]})
         if data.kind == "images":
             from lstmflow.data.images import read_images
 
@@ -262,11 +293,12 @@ def _read_labelled_samples(data: Any, where: str, features_dir: Path) -> tuple[l
 
         texts = read_texts(data, where)
         return texts.labels, texts.texts
-    if data.kind == "audio":
-        from lstmflow.data.audio import read_clips
+    if data.kind in ("audio", "video"):
+        from lstmflow.data import audio, video
 
         skipped = {entry["file"] for entry in json.loads((features_dir / "skipped.json").read_text())}
-        clips = [clip for clip in read_clips(data, where).clips if clip.name not in skipped]  # as the stage kept them
+        listing = (video if data.kind == "video" else audio).read_clips(data, where)
+        clips = [clip for clip in listing.clips if clip.name not in skipped]  # as the stage kept them
         return [clip.label for clip in clips], [clip.path for clip in clips]
     if data.kind == "images":
         from lstmflow.data.images import read_images
@@ -285,7 +317,7 @@ def _request_table(data: Any, samples: list[Any]) -> tuple[pd.DataFrame, np.ndar
     one_row_each = np.arange(len(samples) + 1)
     if data.kind == "text":
         return pd.DataFrame({data.text_column: samples}), one_row_each
-    if data.kind == "audio":
+    if data.kind in ("audio", "video"):
         return pd.DataFrame({"path": [str(path) for path in samples]}), one_row_each
     if data.kind == "images":
         flat = np.stack([image.reshape(-1) for image in samples])  # (N, H × W × C)

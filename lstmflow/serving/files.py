@@ -15,11 +15,14 @@ one message that does not say whether it exists. The allowed folders are, in ord
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lstmflow.serving.request_checks import BadRequest, describe
 
@@ -98,3 +101,26 @@ class FileGate:
                 f"{os.pathsep!r}, where it is served"
             )
         return f"the pipeline's data folder; {ROOTS_VARIABLE} sets others, separated by {os.pathsep!r}"
+
+
+def clip_source(files: FileGate, row: Any, cells: Any, bytes_column: str) -> tuple[str, Path | BinaryIO]:
+    """A request row's clip (audio or video): its bytes, base64-encoded in ``bytes_column``, or else the file its
+    ``path`` names (checked by ``files``); with how messages name it. A row with neither is a BadRequest."""
+    encoded = cells.get(bytes_column)
+    if isinstance(encoded, str) and encoded:
+        try:
+            return f"row {row!r}", io.BytesIO(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"column {bytes_column!r}, row {row!r}: not base64") from None
+    if "path" not in cells.index or describe(cells["path"]) == "a missing value":
+        raise BadRequest(f"row {row!r}: give the clip's path or its bytes in {bytes_column}")
+    path = files.open_path(cells["path"], row)
+    return str(path), path
+
+
+def require_clip_columns(frame: Any, bytes_column: str) -> None:
+    """A request of clips names each by ``path`` or carries it in ``bytes_column``, and holds at least one."""
+    if "path" not in frame.columns and bytes_column not in frame.columns:
+        raise BadRequest(f"a request needs a 'path' column or a {bytes_column!r} one, one clip per row")
+    if frame.empty:
+        raise BadRequest("the request holds no clip")

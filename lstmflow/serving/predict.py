@@ -4,8 +4,8 @@ The rule, by the data kind of the registered model's own spec (not today's pipel
 
 - INPUTs that name ``.csv`` or ``.parquet`` files are tables already in the request layout (the columns that
   ``lstmflow serve`` takes); several are stacked. Every pipeline accepts them; sequences need them.
-- ``text``: each INPUT is one text.  ``audio``, ``images``, ``speech``: each INPUT is a file.  ``corpus``: each
-  INPUT is a prompt.  ``pairs`` (a translator): each INPUT is a text to translate.
+- ``text``: each INPUT is one text.  ``audio``, ``images``, ``speech``, ``video``: each INPUT is a file.  ``corpus``:
+  each INPUT is a prompt.  ``pairs`` (a translator): each INPUT is a text to translate.
 - ``timeseries``: the INPUTs are the last values of its one input column, oldest first (a series with several input
   columns needs a table of its recent rows).
 """
@@ -38,7 +38,7 @@ def request_table(spec: Any, inputs: list[str], series_columns: list[str] | None
     kind = spec.data.kind
     if kind == "text":
         return pd.DataFrame({spec.data.text_column: inputs})
-    if kind in ("audio", "images", "speech"):
+    if kind in ("audio", "images", "speech", "video"):
         missing = [text for text in inputs if not Path(text).is_file()]
         if missing:
             raise DataError(f"INPUT {missing[0]!r}: no such file (a {kind} pipeline takes one file per INPUT)")

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: The data kinds whose requests name files.
-FILE_KINDS = ("audio", "images", "speech")
+FILE_KINDS = ("audio", "images", "speech", "video")
 
 Predictor = Forecaster | Classifier | Generator | Translator | Transcriber
 

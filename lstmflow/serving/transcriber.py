@@ -9,8 +9,6 @@ wraps it as a pyfunc.
 from __future__ import annotations
 
 import base64
-import binascii
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +17,8 @@ import pandas as pd
 import torch
 
 from lstmflow.serving.bundle import load_network
-from lstmflow.serving.files import ROOTS_KEY, FileGate
-from lstmflow.serving.request_checks import BadRequest, decoded, describe
+from lstmflow.serving.files import ROOTS_KEY, FileGate, clip_source, require_clip_columns
+from lstmflow.serving.request_checks import decoded
 
 if TYPE_CHECKING:
     from lstmflow.models.lstm import LSTMNet
@@ -103,10 +101,7 @@ class Transcriber:
     def transcribe(self, frame: pd.DataFrame, beam_width: int | None = None) -> list[str]:
         """The transcripts of the request's clips (BadRequest naming a row that is neither a readable file nor
         audio bytes)."""
-        if "path" not in frame.columns and "audio_base64" not in frame.columns:
-            raise BadRequest("a request needs a 'path' or an 'audio_base64' column, one clip per row")
-        if frame.empty:
-            raise BadRequest("the request holds no clip")
+        require_clip_columns(frame, "audio_base64")
         clips = [
             torch.from_numpy(self.preprocessing.encode(self._frames(row, cells))) for row, cells in frame.iterrows()
         ]
@@ -117,15 +112,5 @@ class Transcriber:
         """A request row's clip as unscaled (T, F) features."""
         from lstmflow.data.audio import clip_features, read_clip
 
-        data = self.spec.data
-        encoded = cells.get("audio_base64")
-        if isinstance(encoded, str) and encoded:
-            try:
-                raw = io.BytesIO(base64.b64decode(encoded, validate=True))
-            except (binascii.Error, ValueError):
-                raise BadRequest(f"column 'audio_base64', row {row!r}: not base64") from None
-            return decoded(f"row {row!r}", lambda: clip_features(*read_clip(raw), data))
-        if "path" not in cells.index or describe(cells["path"]) == "a missing value":
-            raise BadRequest(f"row {row!r}: give the clip's path or its bytes in audio_base64")
-        path = self.files.open_path(cells["path"], row)
-        return decoded(str(path), lambda: clip_features(*read_clip(path), data))
+        name, source = clip_source(self.files, row, cells, "audio_base64")
+        return decoded(name, lambda: clip_features(*read_clip(source), self.spec.data))
