@@ -13,7 +13,7 @@ $(BIN)/lstmflow: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
 	touch $@
 
-DEMO_PIPELINES := sunspots co2 order digits agents chirps pydocs numbers spoken
+DEMO_PIPELINES := sunspots co2 order digits agents chirps shapes pydocs numbers spoken
 
 demo: $(BIN)/lstmflow espeak-ng  ## train, evaluate and register every demo pipeline (local Prefect, MLflow, DVC stores)
 	$(BIN)/lstmflow run $(DEMO_PIPELINES)

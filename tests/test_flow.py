@@ -192,6 +192,8 @@ def test_changed_override_trains_again_and_force_bypasses_cache(first_run: tuple
 
 def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_harness: None) -> None:
     """The demo pipelines, on their real data built by the DVC stage, one epoch each; each registered model predicts."""
+    import base64
+
     import pandas as pd
 
     from flows.pipeline import run_pipeline
@@ -211,6 +213,12 @@ def test_every_shipped_pipeline_runs_through_the_flow(tmp_path: Path, prefect_ha
         "agents": lambda raw: pd.read_csv(raw / "agents.csv")[["text"]].head(2),
         "chirps": lambda raw: pd.DataFrame(
             {"path": [str(raw / "chirps" / "rising" / "000.wav"), str(raw / "chirps" / "falling" / "000.wav")]}
+        ),
+        "shapes": lambda raw: pd.DataFrame(  # one clip by path, one by its bytes
+            {
+                "path": [str(raw / "shapes" / "left" / "000.mp4"), None],
+                "video_base64": [None, base64.b64encode((raw / "shapes" / "up" / "000.mp4").read_bytes()).decode()],
+            }
         ),
         "pydocs": lambda raw: pd.DataFrame(
             {"prompt": ["The if statement", "A class"], "tokens": [30, 5], "temperature": [0.8, 0.0], "seed": [1, 1]}
