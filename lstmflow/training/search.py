@@ -100,10 +100,14 @@ def storage_location(spec: PipelineSpec, root: Path) -> str:
 
 
 def _storage(location: str) -> Any:
-    """A journal file (several processes may append at once: it takes a file lock) or an SQLAlchemy URL."""
+    """A journal file (several processes may append at once: it takes a file lock) or an SQLAlchemy URL.
+
+    A database connection is tested before each use (``pool_pre_ping``): after the server restarts, a pooled
+    connection is dead, and without the test the next trial's bookkeeping would fail on it."""
+    from optuna.storages import JournalStorage, RDBStorage
+
     if "://" in location:
-        return location  # Optuna wraps an RDB URL in its caching storage itself
-    from optuna.storages import JournalStorage
+        return RDBStorage(location, engine_kwargs={"pool_pre_ping": True})
     from optuna.storages.journal import JournalFileBackend
 
     Path(location).parent.mkdir(parents=True, exist_ok=True)
