@@ -1,19 +1,25 @@
-"""The team's PostgreSQL server (lstmflow.ops.postgres), real: a user-level cluster on loopback, and an Optuna study
-stored in it that keeps going across a server restart."""
+"""The team's PostgreSQL server (lstmflow.ops.postgres), real: a user-level cluster on loopback, an Optuna study
+stored in it that keeps going across a server restart, and an MLflow server on it that `lstmflow run` reports to."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 import sqlalchemy
-from conftest import Patterns
+from conftest import Patterns, make_project
 
 from lstmflow.ops.postgres import HOST, Cluster
 from lstmflow.training import search
@@ -83,3 +89,60 @@ def test_a_study_on_postgresql_keeps_its_trials_across_a_server_restart(cluster:
     trials = reopened.get_trials(deepcopy=False)
     assert [(t.number, t.state.name, t.value) for t in trials] == [(0, "COMPLETE", 0.5), (1, "COMPLETE", 0.25)]
     assert search.trials_left(reopened, spec.search) == 1
+
+
+def start_mlflow_server(cluster: Cluster, artifacts: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """An MLflow server on the cluster's ``mlflow`` database, its URL once it answers. The database URL (with the
+    password) goes in the environment, never on the command line; one web worker and no job runner (2 cores)."""
+    cluster.create_database("mlflow")
+    port = free_port()
+    environment = os.environ | {
+        "MLFLOW_BACKEND_STORE_URI": cluster.url("mlflow"),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", HOST, "--port", str(port)]
+    command += ["--workers", "1", "--artifacts-destination", str(artifacts)]
+    server = subprocess.Popen(
+        command, env=environment, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://{HOST}:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return server, url
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"the MLflow server did not answer in 120 s: {log.read_text()[-3000:]}")
+
+
+def test_a_run_reports_to_an_mlflow_server_on_postgresql(cluster: Cluster, tmp_path: Path) -> None:
+    """`lstmflow run` with MLFLOW_TRACKING_URI set logs its run and registers its model through the server, whose
+    store is PostgreSQL: the run, its test metrics and the version are rows there, nothing in a local mlflow.db."""
+    project = make_project(tmp_path / "project")
+    server, url = start_mlflow_server(cluster, tmp_path / "artifacts", tmp_path / "mlflow.log")
+    try:
+        environment = os.environ | {"MLFLOW_TRACKING_URI": url}
+        lstmflow = str(Path(sys.executable).parent / "lstmflow")
+        done = subprocess.run(
+            [lstmflow, "run", "tiny"],
+            cwd=project,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    assert not (project / "mlflow.db").exists()
+    with sqlalchemy.create_engine(cluster.url("mlflow")).connect() as connection:
+        rows = connection.execute(sqlalchemy.text("SELECT name, version FROM model_versions")).all()
+        tested = connection.execute(sqlalchemy.text("SELECT count(*) FROM metrics WHERE key LIKE 'test_%'")).scalar()
+        finished = connection.execute(sqlalchemy.text("SELECT count(*) FROM runs WHERE status = 'FINISHED'")).scalar()
+    assert [(name, str(version)) for name, version in rows] == [("tiny", "1")]
+    assert tested and finished
+    assert any((tmp_path / "artifacts").rglob("MLmodel")), "the server stored the model's files"
