@@ -1,36 +1,25 @@
 """The team's PostgreSQL server (lstmflow.ops.postgres), real: a user-level cluster on loopback, an Optuna study
-stored in it that keeps going across a server restart, and an MLflow server on it that `lstmflow run` reports to."""
+stored in it that keeps going across a server restart, and `lstmflow up --team`: Prefect and MLflow servers on it that
+a pipeline run reports to."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import stat
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 import sqlalchemy
-from conftest import Patterns, make_project
+from conftest import Patterns, free_port, make_project, run_lstmflow
 
+from lstmflow.ops import stack
 from lstmflow.ops.postgres import HOST, Cluster
 from lstmflow.training import search
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -91,58 +80,41 @@ def test_a_study_on_postgresql_keeps_its_trials_across_a_server_restart(cluster:
     assert search.trials_left(reopened, spec.search) == 1
 
 
-def start_mlflow_server(cluster: Cluster, artifacts: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """An MLflow server on the cluster's ``mlflow`` database, its URL once it answers. The database URL (with the
-    password) goes in the environment, never on the command line; one web worker and no job runner (2 cores)."""
-    cluster.create_database("mlflow")
-    port = free_port()
-    environment = os.environ | {
-        "MLFLOW_BACKEND_STORE_URI": cluster.url("mlflow"),
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", HOST, "--port", str(port)]
-    command += ["--workers", "1", "--artifacts-destination", str(artifacts)]
-    server = subprocess.Popen(
-        command, env=environment, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return server, url
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"the MLflow server did not answer in 120 s: {log.read_text()[-3000:]}")
+def query(cluster: Cluster, database: str, sql: str) -> list[tuple[object, ...]]:
+    with sqlalchemy.create_engine(cluster.url(database)).connect() as connection:
+        return [tuple(row) for row in connection.execute(sqlalchemy.text(sql)).all()]
 
 
-def test_a_run_reports_to_an_mlflow_server_on_postgresql(cluster: Cluster, tmp_path: Path) -> None:
-    """`lstmflow run` with MLFLOW_TRACKING_URI set logs its run and registers its model through the server, whose
-    store is PostgreSQL: the run, its test metrics and the version are rows there, nothing in a local mlflow.db."""
-    project = make_project(tmp_path / "project")
-    server, url = start_mlflow_server(cluster, tmp_path / "artifacts", tmp_path / "mlflow.log")
+def test_up_team_keeps_prefect_and_mlflow_in_postgresql_and_down_stops_it(tmp_path: Path) -> None:
+    """`up --team` starts the project's PostgreSQL, then the servers on it; a run's flow run, MLflow run and model
+    version are rows there (no mlflow.db, artifacts sent through the server); `down` stops the database too."""
+    folder = Path(tempfile.mkdtemp(prefix="lstmflow-team-"))  # a folder the 'postgres' account may enter
+    folder.chmod(0o711)
+    project = make_project(folder / "project")
+    ports = [free_port() for _ in range(3)]
+    flags = ["--prefect-port", str(ports[0]), "--mlflow-port", str(ports[1]), "--postgres-port", str(ports[2])]
+    database = stack.team_database(project)
     try:
-        environment = os.environ | {"MLFLOW_TRACKING_URI": url}
-        lstmflow = str(Path(sys.executable).parent / "lstmflow")
-        done = subprocess.run(
-            [lstmflow, "run", "tiny"],
-            cwd=project,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        up = run_lstmflow(project, "up", "--team", *flags, timeout=600)
+        assert up.returncode == 0, up.stderr[-3000:]
+        database = stack.team_database(project)
+        assert database.port == ports[2] and database.running()
+        assert database.password_file.read_text().strip() not in up.stdout + up.stderr
+        status = run_lstmflow(project, "status", timeout=120)
+        assert status.returncode == 0 and "postgres" in status.stdout, status.stdout + status.stderr
+
+        run = run_lstmflow(project, "run", "tiny", timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        completed = query(database, "prefect", "SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'")
+        assert completed[0][0] >= 1
+        assert query(database, "mlflow", "SELECT name, version FROM model_versions") == [("tiny", 1)]
+        assert ("optuna",) in query(database, "postgres", "SELECT datname FROM pg_database")
+        assert not (project / "mlflow.db").exists() and any((project / "mlartifacts").rglob("MLmodel"))
+
+        down = run_lstmflow(project, "down", timeout=300)
+        assert down.returncode == 0, down.stderr
+        assert not database.running() and all(map(stack._port_free, ports))
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-    assert not (project / "mlflow.db").exists()
-    with sqlalchemy.create_engine(cluster.url("mlflow")).connect() as connection:
-        rows = connection.execute(sqlalchemy.text("SELECT name, version FROM model_versions")).all()
-        tested = connection.execute(sqlalchemy.text("SELECT count(*) FROM metrics WHERE key LIKE 'test_%'")).scalar()
-        finished = connection.execute(sqlalchemy.text("SELECT count(*) FROM runs WHERE status = 'FINISHED'")).scalar()
-    assert [(name, str(version)) for name, version in rows] == [("tiny", "1")]
-    assert tested and finished
-    assert any((tmp_path / "artifacts").rglob("MLmodel")), "the server stored the model's files"
+        run_lstmflow(project, "down", timeout=300)
+        database.stop()
+        shutil.rmtree(folder)

@@ -20,18 +20,36 @@ def up_command(
     mlflow_port: Annotated[
         int, typer.Option("--mlflow-port", min=1, max=65535, help="Port of the MLflow server and UI.")
     ] = 5000,
+    team: Annotated[
+        bool,
+        typer.Option(
+            "--team",
+            help="Keep Prefect's and MLflow's data in a PostgreSQL server of the project (.lstmflow/postgres; "
+            "needs Debian's postgresql package), MLflow's artifacts sent through its server to mlartifacts/.",
+        ),
+    ] = False,
+    postgres_port: Annotated[
+        int, typer.Option("--postgres-port", min=1, max=65535, help="Port of the PostgreSQL server (with --team).")
+    ] = 5433,
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Start a Prefect server, a worker of the `local` work pool and an MLflow server on 127.0.0.1, in the background.
 
-    Their data stay in the project (the same stores as without servers). Returns once each answers; while they
-    run, every lstmflow command of this project uses them. `lstmflow down` stops them.
+    Their data stay in the project: the same stores as without servers, or with --team a PostgreSQL server started
+    first (listening on 127.0.0.1 only; its generated password in .lstmflow/postgres/password, mode 0600). Returns
+    once each answers; while they run, every lstmflow command of this project uses them. `lstmflow down` stops them.
     """
     from lstmflow.ops import stack
 
     root = Config.load(config).path.parent
     configure_environment(root, use_stack=False)  # `up` itself says what is wrong with a stack already recorded
-    for service in stack.up(root, prefect_port=prefect_port, mlflow_port=mlflow_port):
+    services = stack.up(
+        root, prefect_port=prefect_port, mlflow_port=mlflow_port, postgres_port=postgres_port if team else None
+    )
+    if team:
+        database = stack.team_database(root)
+        out.print(f"{'postgres':8} {'':11} {stack.HOST}:{database.port}  data {database.data}")
+    for service in services:
         url = service.url.removesuffix("/api") if service.name == "prefect" else service.url
         where = f"work pool {stack.LOCAL_POOL}" if service.name == "worker" else url
         out.print(f"{service.name:8} pid {service.pid:<7} {where}  log {service.log}")
@@ -56,9 +74,14 @@ def status_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
         out.print("the stack is down (start it with `lstmflow up`)")
         return
     table = Table("service", "pid", "url", "healthy")
+    problems = [problem for _, problem in services if problem]
+    database = stack.team_database(root)
+    if database.data.exists():
+        running = database.running()
+        table.add_row("postgres", "", f"{stack.HOST}:{database.port}", "yes" if running else "[red]no[/]")
+        problems += [] if running else [f"the PostgreSQL server of {database.data} is not running"]
     for service, problem in services:
         table.add_row(service.name, str(service.pid), service.url, "yes" if problem is None else "[red]no[/]")
     out.print(table)
-    problems = [problem for _, problem in services if problem]
     if problems:
         raise LstmflowError(stack.unhealthy_message(root, problems))

@@ -2,7 +2,8 @@
 
 ``lstmflow up`` starts them in the background with their data inside the project (Prefect's database in
 ``.prefect/``, MLflow's in ``mlflow.db`` and ``mlruns/``: the very stores the embedded default uses, so earlier runs
-stay visible) and returns once each answers its health check. What is running is recorded in
+stay visible; with ``--team`` a PostgreSQL cluster of the project holds both servers' data, see
+:mod:`lstmflow.ops.postgres`) and returns once each answers its health check. What is running is recorded in
 ``.lstmflow/stack.json``; while the stack is up, :func:`environment` points every lstmflow command at its servers.
 ``lstmflow down`` stops them all. Each service logs to ``.lstmflow/stack/<service>.log``.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -36,13 +38,17 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
 from lstmflow.errors import ConfigError, LstmflowError
+from lstmflow.ops.postgres import Cluster
 
 STATE_FILE = Path(".lstmflow") / "stack.json"
 LOG_DIR = Path(".lstmflow") / "stack"
+#: The PostgreSQL cluster of a team's stack (``lstmflow up --team``).
+TEAM_DATABASE_DIR = Path(".lstmflow") / "postgres"
 HOST = "127.0.0.1"
 #: The work pool the stack's worker serves: flows deployed there run on this machine.
 LOCAL_POOL = "local"
@@ -104,11 +110,20 @@ class Service:
         return f"{self.name} (pid {self.pid}) is not running"
 
 
-def up(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120.0) -> list[Service]:
+def up(
+    root: Path,
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    timeout: float = 120.0,
+    postgres_port: int | None = None,
+) -> list[Service]:
     """Start the Prefect server, the MLflow server and a worker of the local pool; return once all are healthy.
 
-    A busy port is a :class:`ConfigError` naming it, before anything starts. If a service does not come up in
-    ``timeout`` seconds, everything already started is stopped again and the error quotes its log.
+    With ``postgres_port`` (a team's stack) both servers keep their data in the project's PostgreSQL cluster
+    (``.lstmflow/postgres``, started first on that port) and the MLflow server stores the artifacts clients send it
+    in ``mlartifacts/``; otherwise they use the embedded default's stores. A busy port is a :class:`ConfigError`
+    naming it, before anything starts. If a service does not come up in ``timeout`` seconds, everything already
+    started is stopped again and the error quotes its log.
     """
     root = Path(root).resolve()
     recorded = _read_state(root)
@@ -119,19 +134,21 @@ def up(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, timeout: f
         )
     if any(service.processes() for service in recorded):
         raise LstmflowError(unhealthy_message(root, [p for p in map(Service.problem, recorded) if p]))
-    for name, port in (("Prefect", prefect_port), ("MLflow", mlflow_port)):
+    ports = [("Prefect", prefect_port, "--prefect-port"), ("MLflow", mlflow_port, "--mlflow-port")]
+    if postgres_port is not None and not team_database(root).running():
+        ports.append(("PostgreSQL", postgres_port, "--postgres-port"))
+    for name, port, flag in ports:
         if not _port_free(port):
-            flag = "--prefect-port" if name == "Prefect" else "--mlflow-port"
             raise ConfigError(f"port {port} on {HOST} is busy (another {name} server?); choose another with {flag}")
     (root / LOG_DIR).mkdir(parents=True, exist_ok=True)
     prefect_url = f"http://{HOST}:{prefect_port}/api"
     mlflow_url = f"http://{HOST}:{mlflow_port}"
     environment = {**os.environ, "PREFECT_HOME": str(root / ".prefect"), "PREFECT_API_URL": prefect_url}
+    stores = _team_stores(root, postgres_port) if postgres_port is not None else _embedded_stores(root)
     commands = {
         "prefect": [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(prefect_port)],
         "mlflow": [
-            sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(mlflow_port),
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--default-artifact-root", str(root / "mlruns"),
+            sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(mlflow_port), *stores.mlflow_args
         ],
         "worker": [sys.executable, "-m", "prefect", "worker", "start", "--pool", LOCAL_POOL, "--type", "process"],
     }  # fmt: skip
@@ -139,7 +156,8 @@ def up(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, timeout: f
     started: list[Service] = []
     try:
         for name in ("prefect", "mlflow", "worker"):  # the worker needs the Prefect server up
-            started.append(_start(root, name, commands[name], urls[name], environment))
+            service_environment = environment | stores.environment.get(name, {})
+            started.append(_start(root, name, commands[name], urls[name], service_environment))
             _write_state(root, started)
             if name != "worker":
                 _wait_healthy(started[-1], timeout)
@@ -153,13 +171,58 @@ def up(root: Path, prefect_port: int = 4200, mlflow_port: int = 5000, timeout: f
     return started
 
 
+class _Stores(NamedTuple):
+    """Where the servers keep their data: the MLflow server's arguments, and environment variables per service
+    (a database password goes there rather than on a command line that every user's ``ps`` shows)."""
+
+    mlflow_args: list[str]
+    environment: dict[str, dict[str, str]]
+
+
+def _embedded_stores(root: Path) -> _Stores:
+    """The embedded default's stores, so earlier runs stay visible: ``mlflow.db``, ``mlruns/``, ``.prefect/``."""
+    return _Stores(
+        ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--default-artifact-root", str(root / "mlruns")], {}
+    )
+
+
+def _team_stores(root: Path, postgres_port: int) -> _Stores:
+    """The project's PostgreSQL cluster, started, with a database each for Prefect, MLflow and Optuna; MLflow's
+    artifacts sent through the server (clients never write to its disk). One web worker and no job runner: MLflow 3
+    otherwise starts four web workers and eight job processes."""
+    cluster = Cluster(root / TEAM_DATABASE_DIR, postgres_port)
+    cluster.start()
+    for database in ("prefect", "mlflow", "optuna"):  # optuna: for a search's `search.storage`
+        cluster.create_database(database)
+    return _Stores(
+        ["--artifacts-destination", str(root / "mlartifacts"), "--workers", "1"],
+        {
+            "prefect": {"PREFECT_SERVER_DATABASE_CONNECTION_URL": cluster.url("prefect", "postgresql+asyncpg")},
+            "mlflow": {
+                "MLFLOW_BACKEND_STORE_URI": cluster.url("mlflow"),
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            },
+        },
+    )
+
+
+def team_database(root: Path) -> Cluster:
+    """The project's PostgreSQL cluster, made by ``up --team`` (its port as last started)."""
+    folder = Path(root).resolve() / TEAM_DATABASE_DIR
+    conf = folder / "data" / "postgresql.conf"
+    ports = re.findall(r"^port = (\d+)$", conf.read_text(), re.MULTILINE) if conf.exists() else []
+    return Cluster(folder, int(ports[-1]) if ports else 0)
+
+
 def down(root: Path, timeout: float = 30.0) -> list[Service]:
     """Stop every process of every service of the stack (SIGTERM, then SIGKILL after ``timeout``), also those a
-    crashed service left behind; return the services that had anything running."""
+    crashed service left behind, then the team's PostgreSQL server if it runs; return the services that had
+    anything running."""
     root = Path(root).resolve()
     services = [service for service in _read_state(root) if service.processes()]
     _stop(services, timeout)
     (root / STATE_FILE).unlink(missing_ok=True)
+    team_database(root).stop()
     return services
 
 
