@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 1
 $(BIN)/lstmflow: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,team]"
 	touch $@
 
 DEMO_PIPELINES := sunspots co2 order digits agents chirps shapes pydocs numbers spoken

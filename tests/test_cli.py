@@ -15,7 +15,7 @@ from conftest import run_lstmflow as lstmflow
 #: Every command, in the order `lstmflow --help` lists them.
 COMMANDS = [
     "validate", "list", "summary", "run", "search", "join", "generate", "deploy", "promote", "rollback", "worker",
-    "up", "down", "status", "serve", "predict", "compare", "reproduce", "reference",
+    "up", "down", "status", "connect", "serve", "predict", "compare", "reproduce", "reference",
 ]  # fmt: skip
 
 

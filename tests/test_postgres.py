@@ -1,6 +1,6 @@
-"""The team's PostgreSQL server (lstmflow.ops.postgres), real: a user-level cluster on loopback, an Optuna study
-stored in it that keeps going across a server restart, and `lstmflow up --team`: Prefect and MLflow servers on it that
-a pipeline run reports to."""
+"""The team's PostgreSQL server (lstmflow.ops.postgres), real: a user-level cluster on loopback, and an Optuna study
+stored in it that keeps going across a server restart. `lstmflow up --team`, which runs the servers on it, is tested
+in tests/test_team.py."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 import sqlalchemy
-from conftest import Patterns, free_port, make_project, run_lstmflow
+from conftest import Patterns, free_port
 
-from lstmflow.ops import stack
 from lstmflow.ops.postgres import HOST, Cluster
 from lstmflow.training import search
 
@@ -78,43 +77,3 @@ def test_a_study_on_postgresql_keeps_its_trials_across_a_server_restart(cluster:
     trials = reopened.get_trials(deepcopy=False)
     assert [(t.number, t.state.name, t.value) for t in trials] == [(0, "COMPLETE", 0.5), (1, "COMPLETE", 0.25)]
     assert search.trials_left(reopened, spec.search) == 1
-
-
-def query(cluster: Cluster, database: str, sql: str) -> list[tuple[object, ...]]:
-    with sqlalchemy.create_engine(cluster.url(database)).connect() as connection:
-        return [tuple(row) for row in connection.execute(sqlalchemy.text(sql)).all()]
-
-
-def test_up_team_keeps_prefect_and_mlflow_in_postgresql_and_down_stops_it(tmp_path: Path) -> None:
-    """`up --team` starts the project's PostgreSQL, then the servers on it; a run's flow run, MLflow run and model
-    version are rows there (no mlflow.db, artifacts sent through the server); `down` stops the database too."""
-    folder = Path(tempfile.mkdtemp(prefix="lstmflow-team-"))  # a folder the 'postgres' account may enter
-    folder.chmod(0o711)
-    project = make_project(folder / "project")
-    ports = [free_port() for _ in range(3)]
-    flags = ["--prefect-port", str(ports[0]), "--mlflow-port", str(ports[1]), "--postgres-port", str(ports[2])]
-    database = stack.team_database(project)
-    try:
-        up = run_lstmflow(project, "up", "--team", *flags, timeout=600)
-        assert up.returncode == 0, up.stderr[-3000:]
-        database = stack.team_database(project)
-        assert database.port == ports[2] and database.running()
-        assert database.password_file.read_text().strip() not in up.stdout + up.stderr
-        status = run_lstmflow(project, "status", timeout=120)
-        assert status.returncode == 0 and "postgres" in status.stdout, status.stdout + status.stderr
-
-        run = run_lstmflow(project, "run", "tiny", timeout=600)
-        assert run.returncode == 0, run.stderr[-3000:]
-        completed = query(database, "prefect", "SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'")
-        assert completed[0][0] >= 1
-        assert query(database, "mlflow", "SELECT name, version FROM model_versions") == [("tiny", 1)]
-        assert ("optuna",) in query(database, "postgres", "SELECT datname FROM pg_database")
-        assert not (project / "mlflow.db").exists() and any((project / "mlartifacts").rglob("MLmodel"))
-
-        down = run_lstmflow(project, "down", timeout=300)
-        assert down.returncode == 0, down.stderr
-        assert not database.running() and all(map(stack._port_free, ports))
-    finally:
-        run_lstmflow(project, "down", timeout=300)
-        database.stop()
-        shutil.rmtree(folder)

@@ -47,6 +47,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "up": stack.up_command,
     "down": stack.down_command,
     "status": stack.status_command,
+    "connect": stack.connect_command,
     "serve": operating.serve_command,
     "predict": operating.predict_command,
     "compare": operating.compare_command,

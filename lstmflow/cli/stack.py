@@ -24,27 +24,36 @@ def up_command(
         bool,
         typer.Option(
             "--team",
-            help="Keep Prefect's and MLflow's data in a PostgreSQL server of the project (.lstmflow/postgres; "
-            "needs Debian's postgresql package), MLflow's artifacts sent through its server to mlartifacts/.",
+            help="The team's set-up: Prefect's and MLflow's data in a PostgreSQL server of the project "
+            "(.lstmflow/postgres; needs Debian's postgresql package), MLflow's artifacts and DVC's remote in an S3 "
+            "object store (needs lstmflow[team]); other checkouts join with `lstmflow connect`.",
         ),
     ] = False,
     postgres_port: Annotated[
         int, typer.Option("--postgres-port", min=1, max=65535, help="Port of the PostgreSQL server (with --team).")
     ] = 5433,
+    objects_port: Annotated[
+        int, typer.Option("--objects-port", min=1, max=65535, help="Port of the S3 object store (with --team).")
+    ] = 9000,
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Start a Prefect server, a worker of the `local` work pool and an MLflow server on 127.0.0.1, in the background.
 
-    Their data stay in the project: the same stores as without servers, or with --team a PostgreSQL server started
-    first (listening on 127.0.0.1 only; its generated password in .lstmflow/postgres/password, mode 0600). Returns
-    once each answers; while they run, every lstmflow command of this project uses them. `lstmflow down` stops them.
+    Their data stay in the project: the same stores as without servers, or with --team a PostgreSQL server and an
+    S3 object store started first (on 127.0.0.1 only; generated credentials in .lstmflow/, mode 0600, never
+    printed). Returns once each answers; while they run, every lstmflow command of this project uses them.
+    `lstmflow down` stops them.
     """
     from lstmflow.ops import stack
 
     root = Config.load(config).path.parent
     configure_environment(root, use_stack=False)  # `up` itself says what is wrong with a stack already recorded
     services = stack.up(
-        root, prefect_port=prefect_port, mlflow_port=mlflow_port, postgres_port=postgres_port if team else None
+        root,
+        prefect_port=prefect_port,
+        mlflow_port=mlflow_port,
+        postgres_port=postgres_port if team else None,
+        objects_port=objects_port,
     )
     if team:
         database = stack.team_database(root)
@@ -58,10 +67,42 @@ def up_command(
 def down_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
     """Stop the servers and the worker that `lstmflow up` started for this project, with every process they started,
     also those a crashed server left behind."""
-    from lstmflow.ops import stack
+    from lstmflow.ops import stack, team
 
-    stopped = stack.down(Path(config).expanduser().resolve().parent)
-    out.print(f"stopped {', '.join(s.name for s in stopped)}" if stopped else "nothing was running")
+    root = Path(config).expanduser().resolve().parent
+    joined = team.read_connection(root)
+    stopped = stack.down(root)
+    if stopped:
+        out.print(f"stopped {', '.join(s.name for s in stopped)}")
+    elif joined is not None:
+        out.print(f"disconnected from the team stack at {joined.prefect_url} (DVC's default remote is local again)")
+    else:
+        out.print("nothing was running")
+
+
+def connect_command(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="The checkout that ran `lstmflow up --team`, or a copy of its .lstmflow/team.json.",
+            show_default=False,
+        ),
+    ],
+    config: ConfigOption = Path("pipelines.yaml"),
+) -> None:
+    """Join another checkout's team stack: this checkout's commands then use its Prefect and MLflow servers, DVC
+    pushes and pulls through its object store, and `search.storage: team` means its Optuna database.
+
+    The connection file is copied to .lstmflow/team.json (mode 0600: it holds the database password and the store's
+    keys); `lstmflow down` here disconnects.
+    """
+    from lstmflow.ops import team
+
+    root = Config.load(config).path.parent
+    configure_environment(root, use_stack=False)
+    connection = team.connect(root, Path(source).expanduser().resolve())
+    out.print(f"connected: Prefect {connection.prefect_url}, MLflow {connection.mlflow_url}")
+    out.print(f"DVC remote {team.DVC_REMOTE!r} ({team.DVC_REMOTE_URL} at {connection.endpoint}) is the default")
 
 
 def status_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
@@ -71,7 +112,7 @@ def status_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
     root = Path(config).expanduser().resolve().parent
     services = stack.health(root)
     if not services:
-        out.print("the stack is down (start it with `lstmflow up`)")
+        _print_connection(root)
         return
     table = Table("service", "pid", "url", "healthy")
     problems = [problem for _, problem in services if problem]
@@ -85,3 +126,15 @@ def status_command(config: ConfigOption = Path("pipelines.yaml")) -> None:
     out.print(table)
     if problems:
         raise LstmflowError(stack.unhealthy_message(root, problems))
+
+
+def _print_connection(root: Path) -> None:
+    """What ``status`` says in a checkout without a stack of its own: the team stack it joined, or that none runs."""
+    from lstmflow.ops import team
+
+    joined = team.read_connection(root)
+    if joined is None:
+        out.print("the stack is down (start it with `lstmflow up`)")
+        return
+    out.print(f"joined the team stack at Prefect {joined.prefect_url}, MLflow {joined.mlflow_url}, objects "
+              f"{joined.endpoint} (`lstmflow down` disconnects)")  # fmt: skip

@@ -153,8 +153,9 @@ class SearchSpec(Strict):
         None,
         description=(
             "Where the study lives: null for a journal file in the project (`runs/NAME/optuna.journal`, safe for "
-            "several local processes), or an SQLAlchemy URL (e.g. `postgresql://user:pass@host/db`) that workers on "
-            "several machines share."
+            "several local processes), `team` for the Optuna database of the team stack this checkout started "
+            "(`lstmflow up --team`) or joined (`lstmflow connect`), or an SQLAlchemy URL (e.g. "
+            "`postgresql://user:pass@host/db`) that workers on several machines share."
         ),
     )
     space: dict[str, SearchParam] = Field(
@@ -169,9 +170,10 @@ class SearchSpec(Strict):
     @field_validator("storage")
     @classmethod
     def _a_url(cls, value: str | None) -> str | None:
-        if value is not None and "://" not in value:
+        if value is not None and value != "team" and "://" not in value:
             raise ValueError(
-                f"must be an SQLAlchemy URL such as postgresql://user:pass@host/db or sqlite:///path, got {value!r}"
+                "must be `team` or an SQLAlchemy URL such as postgresql://user:pass@host/db or sqlite:///path, got "
+                f"{value!r}"
             )
         return value
 

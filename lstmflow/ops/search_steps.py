@@ -20,6 +20,7 @@ from typing import Any
 from lstmflow import tracking
 from lstmflow.config import PipelineSpec, dotted_key
 from lstmflow.errors import TrainingError
+from lstmflow.ops import team
 from lstmflow.ops.steps import Prepared, start_tracked_run
 
 #: The study's user attribute naming its MLflow parent run.
@@ -41,7 +42,7 @@ def open_search(prepared: Prepared, root: Path, flow_run_id: str | None) -> dict
 
     spec = prepared.pipeline
     settings = search.search_settings(spec)
-    ref = search.StudyRef(search.storage_location(spec, root), search.study_name(spec, prepared.features_md5))
+    ref = search.StudyRef(_storage_location(spec, root), search.study_name(spec, prepared.features_md5))
     study, created = search.open_study(ref, spec, create=True)
     uri = tracking.tracking_uri(root)
     deadline = time.monotonic() + (0 if created else PARENT_WAIT_SECONDS)
@@ -339,3 +340,13 @@ def run_search(
             concurrent.futures.as_completed,
         )
     return close_search(prepared, root, study_ref, outcomes, need_best)
+
+
+def _storage_location(spec: PipelineSpec, root: Path) -> str:
+    """Where the study lives; ``search.storage: team`` is the team stack's Optuna database (its URL, password
+    included, comes from the checkout's connection file, not from pipelines.yaml)."""
+    from lstmflow.training import search
+
+    if search.search_settings(spec).storage == team.TEAM_STORAGE:
+        return team.optuna_url(root, f"pipelines.{spec.name}.search.storage")
+    return search.storage_location(spec, root)

@@ -38,11 +38,12 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import psutil
 
 from lstmflow.errors import ConfigError, LstmflowError
+from lstmflow.ops import team
 from lstmflow.ops.postgres import Cluster
 
 STATE_FILE = Path(".lstmflow") / "stack.json"
@@ -116,12 +117,14 @@ def up(
     mlflow_port: int = 5000,
     timeout: float = 120.0,
     postgres_port: int | None = None,
+    objects_port: int = 9000,
 ) -> list[Service]:
     """Start the Prefect server, the MLflow server and a worker of the local pool; return once all are healthy.
 
     With ``postgres_port`` (a team's stack) both servers keep their data in the project's PostgreSQL cluster
-    (``.lstmflow/postgres``, started first on that port) and the MLflow server stores the artifacts clients send it
-    in ``mlartifacts/``; otherwise they use the embedded default's stores. A busy port is a :class:`ConfigError`
+    (``.lstmflow/postgres``, started first on that port), an object store starts on ``objects_port`` for MLflow's
+    artifacts and DVC's remote (:mod:`lstmflow.ops.team`), and the connection file for other checkouts is written;
+    otherwise the servers use the embedded default's stores. A busy port is a :class:`ConfigError`
     naming it, before anything starts. If a service does not come up in ``timeout`` seconds, everything already
     started is stopped again and the error quotes its log.
     """
@@ -135,8 +138,10 @@ def up(
     if any(service.processes() for service in recorded):
         raise LstmflowError(unhealthy_message(root, [p for p in map(Service.problem, recorded) if p]))
     ports = [("Prefect", prefect_port, "--prefect-port"), ("MLflow", mlflow_port, "--mlflow-port")]
-    if postgres_port is not None and not team_database(root).running():
-        ports.append(("PostgreSQL", postgres_port, "--postgres-port"))
+    if postgres_port is not None:
+        ports.append(("object store", objects_port, "--objects-port"))
+        if not team_database(root).running():
+            ports.append(("PostgreSQL", postgres_port, "--postgres-port"))
     for name, port, flag in ports:
         if not _port_free(port):
             raise ConfigError(f"port {port} on {HOST} is busy (another {name} server?); choose another with {flag}")
@@ -144,8 +149,10 @@ def up(
     prefect_url = f"http://{HOST}:{prefect_port}/api"
     mlflow_url = f"http://{HOST}:{mlflow_port}"
     environment = {**os.environ, "PREFECT_HOME": str(root / ".prefect"), "PREFECT_API_URL": prefect_url}
-    stores = _team_stores(root, postgres_port) if postgres_port is not None else _embedded_stores(root)
-    commands = {
+    store = team.object_store(root, objects_port) if postgres_port is not None else None
+    stores = _embedded_stores(root) if store is None else _team_stores(root, cast(int, postgres_port), store)
+    commands = {} if store is None else {"objects": team.server_command(objects_port)}
+    commands |= {
         "prefect": [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(prefect_port)],
         "mlflow": [
             sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(mlflow_port), *stores.mlflow_args
@@ -153,17 +160,23 @@ def up(
         "worker": [sys.executable, "-m", "prefect", "worker", "start", "--pool", LOCAL_POOL, "--type", "process"],
     }  # fmt: skip
     urls = {"prefect": prefect_url, "mlflow": mlflow_url, "worker": prefect_url}
+    if store is not None:
+        urls["objects"] = store.endpoint
     started: list[Service] = []
     try:
-        for name in ("prefect", "mlflow", "worker"):  # the worker needs the Prefect server up
+        for name in commands:  # the worker needs the Prefect server up, MLflow's server its object store
             service_environment = environment | stores.environment.get(name, {})
             started.append(_start(root, name, commands[name], urls[name], service_environment))
             _write_state(root, started)
             if name != "worker":
                 _wait_healthy(started[-1], timeout)
+            if name == "objects" and store is not None:
+                team.load(root, store)
         _wait_for_worker(prefect_url, started[-1], timeout)
         started = [_with_children(service) for service in started]
         _write_state(root, started)
+        if store is not None:
+            _connect_team(root, cast(int, postgres_port), prefect_url, mlflow_url, store)
     except BaseException:
         _stop(started)
         (root / STATE_FILE).unlink(missing_ok=True)
@@ -186,24 +199,37 @@ def _embedded_stores(root: Path) -> _Stores:
     )
 
 
-def _team_stores(root: Path, postgres_port: int) -> _Stores:
-    """The project's PostgreSQL cluster, started, with a database each for Prefect, MLflow and Optuna; MLflow's
-    artifacts sent through the server (clients never write to its disk). One web worker and no job runner: MLflow 3
-    otherwise starts four web workers and eight job processes."""
+def _team_stores(root: Path, postgres_port: int, store: team.ObjectStore) -> _Stores:
+    """The project's PostgreSQL cluster, started, with a database each for Prefect, MLflow and Optuna (its schema
+    made here: two searches creating it at once on an empty database collide); MLflow's artifacts sent through the
+    server to the object store (clients never hold its keys). One web worker and no job runner: MLflow 3 otherwise
+    starts four web workers and eight job processes."""
     cluster = Cluster(root / TEAM_DATABASE_DIR, postgres_port)
     cluster.start()
-    for database in ("prefect", "mlflow", "optuna"):  # optuna: for a search's `search.storage`
+    for database in ("prefect", "mlflow", "optuna"):
         cluster.create_database(database)
+    team.create_optuna_schema(cluster.url("optuna"))
     return _Stores(
-        ["--artifacts-destination", str(root / "mlartifacts"), "--workers", "1"],
+        ["--artifacts-destination", team.MLFLOW_ARTIFACTS, "--workers", "1"],
         {
             "prefect": {"PREFECT_SERVER_DATABASE_CONNECTION_URL": cluster.url("prefect", "postgresql+asyncpg")},
             "mlflow": {
                 "MLFLOW_BACKEND_STORE_URI": cluster.url("mlflow"),
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                **store.server_environment(),
             },
         },
     )
+
+
+def _connect_team(root: Path, postgres_port: int, prefect_url: str, mlflow_url: str, store: team.ObjectStore) -> None:
+    """Write the connection file other checkouts join with, and point this checkout's DVC at the object store."""
+    optuna_url = Cluster(root / TEAM_DATABASE_DIR, postgres_port).url("optuna")
+    connection = team.Connection(
+        prefect_url, mlflow_url, optuna_url, store.endpoint, store.access_key_id, store.secret_access_key
+    )
+    team.write_connection(root, connection)
+    team.use_dvc_remote(root, store)
 
 
 def team_database(root: Path) -> Cluster:
@@ -220,9 +246,13 @@ def down(root: Path, timeout: float = 30.0) -> list[Service]:
     anything running."""
     root = Path(root).resolve()
     services = [service for service in _read_state(root) if service.processes()]
+    objects = next((s for s in services if s.name == "objects" and s.problem() is None), None)
+    if objects is not None:  # the store keeps objects in memory only
+        team.save(root, team.object_store(root, urllib.parse.urlsplit(objects.url).port or 0))
     _stop(services, timeout)
     (root / STATE_FILE).unlink(missing_ok=True)
     team_database(root).stop()
+    team.disconnect(root)
     return services
 
 
@@ -256,6 +286,9 @@ def environment(root: Path) -> dict[str, str]:
     if problems:
         raise LstmflowError(unhealthy_message(root, problems))
     services = {service.name: service for service, _ in checked}
+    connection = team.read_connection(root)
+    if not services and connection is not None:  # a checkout that joined another's team stack
+        return {"PREFECT_API_URL": connection.prefect_url, "MLFLOW_TRACKING_URI": connection.mlflow_url}
     if "prefect" not in services or "mlflow" not in services:
         return {}
     return {"PREFECT_API_URL": services["prefect"].url, "MLFLOW_TRACKING_URI": services["mlflow"].url}
@@ -377,6 +410,8 @@ def _settled(pid: int, timeout: float = 2.0) -> float:
 
 
 def _health_url(service: Service) -> str:
+    if service.name == "objects":
+        return f"{service.url}/"  # S3's list of buckets
     return f"{service.url}/health"  # Prefect: /api/health; MLflow: /health
 
 
