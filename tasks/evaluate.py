@@ -9,9 +9,18 @@ from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from lstmflow.ops import steps
+from tasks.policy import TRACKING_RETRY_DELAYS, tracking_retries
 
 
-@task(name="evaluate", cache_policy=TASK_SOURCE + INPUTS, persist_result=True)
+@task(
+    name="evaluate",
+    cache_policy=TASK_SOURCE + INPUTS,
+    persist_result=True,
+    retries=len(TRACKING_RETRY_DELAYS),
+    retry_delay_seconds=TRACKING_RETRY_DELAYS,
+    retry_condition_fn=tracking_retries(others=0),
+)
 def evaluate(prepared: dict[str, Any], trained: dict[str, Any], root: str) -> dict[str, float]:
-    """Cached by its inputs: the same trained run is scored once."""
+    """Cached by its inputs: the same trained run is scored once. Retried only while MLflow's server does not
+    answer."""
     return steps.evaluate(steps.Prepared(**prepared), trained, Path(root))

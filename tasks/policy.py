@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from lstmflow.config import OPERATIONS
 from lstmflow.errors import LstmflowError
 from lstmflow.ops.steps import code_version
+from lstmflow.tracking import TrackingUnavailable
+
+log = logging.getLogger(__name__)
 
 
 def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -21,6 +26,30 @@ def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:  # noqa: BLE001 - anything else may be transient (a killed child, a locked store)
         return True
     return True
+
+
+#: Pauses before the retries of a step that talks to MLflow: together about two minutes, longer than a restart of
+#: its server takes (and each try first spends the MLflow client's own retries, some four minutes by default).
+TRACKING_RETRY_DELAYS: list[float] = [2, 4, 8, 16, 32, 64]
+
+
+def tracking_retries(others: int) -> Callable[[Any, Any, Any], bool]:
+    """The retry condition of a step that talks to MLflow: every retry the task has while MLflow's server does not
+    answer (TrackingUnavailable: what the step made is kept, the retry redoes only its MLflow part), and the first
+    ``others`` failures of any other kind that :func:`retry_unless_user_error` would retry."""
+
+    def condition(task: Any, task_run: Any, state: Any) -> bool:
+        try:
+            state.result()
+        except TrackingUnavailable as exc:  # said on the console: the retries may take minutes
+            what = str(exc).split("; ")[0]
+            log.warning("%s; retry %d of %d", what, task_run.run_count, task.retries)
+            return True
+        except Exception:  # noqa: BLE001 - judged below
+            return task_run.run_count <= others and retry_unless_user_error(task, task_run, state)
+        return True
+
+    return condition
 
 
 def step_cache_key(context: Any, parameters: dict[str, Any]) -> str:

@@ -9,17 +9,18 @@ from prefect import task
 from prefect.runtime import flow_run
 
 from lstmflow.ops import steps
-from tasks.policy import retry_unless_user_error, step_cache_key
+from tasks.policy import TRACKING_RETRY_DELAYS, step_cache_key, tracking_retries
 
 
 @task(
     name="train",
     cache_key_fn=step_cache_key,
     persist_result=True,
-    retries=1,
-    retry_delay_seconds=1,
-    retry_condition_fn=retry_unless_user_error,
+    retries=len(TRACKING_RETRY_DELAYS),
+    retry_delay_seconds=TRACKING_RETRY_DELAYS,
+    retry_condition_fn=tracking_retries(others=1),
 )
 def train(prepared: dict[str, Any], root: str) -> dict[str, Any]:
-    """A retry of this task resumes from the run's last checkpoint and continues the same MLflow run."""
+    """A retry of this task resumes from the run's last checkpoint and continues the same MLflow run: a crash is
+    retried once, an MLflow server that does not answer at each retry (a finished training is not run again)."""
     return steps.train(steps.Prepared(**prepared), Path(root), flow_run.get_id())

@@ -131,7 +131,7 @@ def test_a_bad_space_key_is_a_config_error_naming_it(patterns: Patterns, space: 
         ({"sampler": "grid", "space": SPACE},
          ("pipelines.patterns.search: sampler grid needs a finite set of values for every key; "
           "give train.optimizer.lr")),
-        ({"storage": "optuna.db", "space": SPACE}, "pipelines.patterns.search.storage: must be an SQLAlchemy URL"),
+        ({"storage": "optuna.db", "space": SPACE}, "pipelines.patterns.search.storage: must be `team` or an SQL"),
     ],
 )  # fmt: skip
 def test_bad_search_settings_are_named(patterns: Patterns, search_section: dict[str, Any], message: str) -> None:

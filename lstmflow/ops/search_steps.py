@@ -131,10 +131,13 @@ def run_trial(
     """Train trial ``number`` in a child process, as a child run of the search's MLflow run, and record its outcome.
 
     The outcome is ``complete`` (with the metric at the best epoch), ``pruned`` or ``failed``; a failing trial is
-    recorded, not raised, so that the study goes on. Its MLflow run gets the trial's full params, its per-epoch
-    curve, its state as the tag ``lstmflow.search.state`` and, when complete, its weights.
+    recorded, not raised, so that the study goes on. A trial whose training lost the study's database for longer than
+    the storage waits is ``interrupted``: queued again, not counted, as the database was at fault and not its values.
+    Its MLflow run gets the trial's full params, its per-epoch curve, its state as the tag ``lstmflow.search.state``
+    and, when complete, its weights.
     """
     from lstmflow.training import search
+    from lstmflow.training.study_storage import StudyStorageError
 
     ref = search.StudyRef(study_ref["storage"], study_ref["study"])
     study, _ = search.open_study(ref, prepared.pipeline)
@@ -151,6 +154,8 @@ def run_trial(
             state = "complete"
         except search.TrialPruned as pruned:
             state, attrs = "pruned", {"lstmflow.epochs_run": pruned.epoch}
+        except StudyStorageError as exc:
+            state, attrs = "interrupted", {"lstmflow.error": f"{type(exc).__name__}: {exc}"[:2000]}
         except Exception as exc:  # noqa: BLE001 - a failing trial is recorded as failed; the study goes on
             state, attrs = "failed", {"lstmflow.error": f"{type(exc).__name__}: {exc}"[:2000]}
         except BaseException:

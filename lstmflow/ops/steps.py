@@ -219,8 +219,20 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
 
     The run folder is keyed by the flow run, so a retried task finds its run id and
     checkpoint and resumes instead of starting over; a run folder of the same spec, features and code whose process
-    died (a kill of the whole tree) is continued, with its MLflow run, by the next start.
+    died (a kill of the whole tree) is continued, with its MLflow run, by the next start. An MLflow server that does
+    not answer is a TrackingUnavailable, raised with the checkpoint kept: the retry that resumes trains nothing again.
     """
+    spec = prepared.pipeline
+    uri = tracking.tracking_uri(root)
+    kept = (
+        f"what was trained is kept in {root / 'runs' / spec.name}; once MLflow answers, `lstmflow run {spec.name}` "
+        "continues from it without training again"
+    )
+    with tracking.answering(uri, f"training {spec.name}", kept):
+        return _train(prepared, root, flow_run_id, progress)
+
+
+def _train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: bool) -> dict[str, Any]:
     from lstmflow.training.launch import train_in_child
 
     spec = prepared.pipeline
@@ -330,12 +342,13 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
     }[spec.task]
     metrics, plots = scorer(spec, Path(prepared.features_dir), Path(trained["model_path"]), run_dir / "plots")
     uri = tracking.tracking_uri(root)
-    tracking.log_summary_metrics(uri, trained["run_id"], {f"test_{k}": v for k, v in metrics.items()})
-    tracking.log_artifacts(uri, trained["run_id"], plots, "plots")
-    record = read_record(run_dir / "plots")
-    if record is not None:
-        skipped = " (skipped)" if "skipped" in record else ""
-        tracking.set_tags(uri, trained["run_id"], {BASELINE_TAG: record["method"] + skipped})
+    with tracking.answering(uri, f"evaluating {spec.name}", f"the scores and plots are kept in {run_dir}"):
+        tracking.log_summary_metrics(uri, trained["run_id"], {f"test_{k}": v for k, v in metrics.items()})
+        tracking.log_artifacts(uri, trained["run_id"], plots, "plots")
+        record = read_record(run_dir / "plots")
+        if record is not None:
+            skipped = " (skipped)" if "skipped" in record else ""
+            tracking.set_tags(uri, trained["run_id"], {BASELINE_TAG: record["method"] + skipped})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -345,12 +358,22 @@ def register(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
     run's lineage (git commit, data version, flow run, spec) onto the model version.
 
     A run registers once: when its version exists already (a cached training whose register task missed its cache:
-    another result store, a changed schedule), that version is returned and no new one is added.
+    another result store, a changed schedule, a retry after MLflow failed to answer), that version is returned and
+    no new one is added.
     """
+    uri = tracking.tracking_uri(root)
+    kept = (
+        f"the trained model is kept in {trained['run_dir']}; once MLflow answers, `lstmflow run "
+        f"{prepared.pipeline.name}` registers it without training again"
+    )
+    with tracking.answering(uri, f"registering {prepared.pipeline.name}", kept):
+        return _register(prepared, trained, uri)
+
+
+def _register(prepared: Prepared, trained: dict[str, Any], uri: str) -> dict[str, str]:
     from lstmflow.serving.predictors import write_bundle
     from lstmflow.tracking import registry, runs
 
-    uri = tracking.tracking_uri(root)
     registered = registry.version_of_run(uri, prepared.pipeline.name, trained["run_id"])
     if registered is None:
         bundle = Path(trained["run_dir"]) / "bundle"

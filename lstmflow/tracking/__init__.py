@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,41 @@ from lstmflow.errors import LstmflowError, writing
 
 #: Tags that tie a run to the exact code, data and orchestration that made it.
 LINEAGE_TAGS = ("lstmflow.git_commit", "lstmflow.data_md5", "lstmflow.features_md5", "lstmflow.prefect_flow_run_id")
+
+
+class TrackingUnavailable(LstmflowError):
+    """MLflow's server did not answer (down, restarting, out of reach) after the MLflow client's own retries: what
+    the step made (a trained checkpoint, scores) is kept, and a retry once the server is back redoes its MLflow part."""
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """Why MLflow's server could not be reached, when ``exc`` or an exception it came from is a refused, dropped or
+    timed-out connection; None for anything else (an answer of the server, a bad value)."""
+    import requests
+
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if not any(isinstance(e, requests.exceptions.ConnectionError | requests.exceptions.Timeout) for e in chain):
+        return None
+    return next((e.strerror for e in reversed(chain) if isinstance(e, OSError) and e.strerror), "no connection")
+
+
+@contextlib.contextmanager
+def answering(uri: str, doing: str, kept: str) -> Iterator[None]:
+    """Raise a failure to reach the MLflow server at ``uri`` as :class:`TrackingUnavailable`, saying what was being
+    done and what is ``kept``, for the tasks' retry policy; any other error as it is."""
+    try:
+        yield
+    except TrackingUnavailable:
+        raise
+    except Exception as exc:
+        if (reason := unreachable(exc)) is None:
+            raise
+        shown = re.sub(r"//[^/@]*@", "//", uri)  # no credentials in the message
+        raise TrackingUnavailable(f"{doing}: the MLflow server at {shown} does not answer ({reason}); {kept}") from exc
 
 
 def tracking_uri(project: Path) -> str:
@@ -97,7 +133,9 @@ def reopen_run(uri: str, run_id: str, finished_too: bool = False) -> bool:
     client = _client(uri)
     try:
         status = client.get_run(run_id).info.status
-    except Exception:  # noqa: BLE001 - a missing run or a new store reads as "nothing to reopen"
+    except Exception as exc:
+        if unreachable(exc):  # not "missing": a new run now would leave the trained one behind
+            raise
         return False
     if status == "FINISHED" and not finished_too:
         return False

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import socket
 import threading
@@ -100,18 +101,11 @@ def storage_location(spec: PipelineSpec, root: Path) -> str:
 
 
 def _storage(location: str) -> Any:
-    """A journal file (several processes may append at once: it takes a file lock) or an SQLAlchemy URL.
+    """A journal file, or a database URL whose storage waits out a restart of the server (see
+    :mod:`lstmflow.training.study_storage`): a trial training across the restart then loses nothing."""
+    from lstmflow.training.study_storage import open_storage
 
-    A database connection is tested before each use (``pool_pre_ping``): after the server restarts, a pooled
-    connection is dead, and without the test the next trial's bookkeeping would fail on it."""
-    from optuna.storages import JournalStorage, RDBStorage
-
-    if "://" in location:
-        return RDBStorage(location, engine_kwargs={"pool_pre_ping": True})
-    from optuna.storages.journal import JournalFileBackend
-
-    Path(location).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(location))
+    return open_storage(location)
 
 
 def open_study(ref: StudyRef, spec: PipelineSpec, create: bool = False) -> tuple[optuna.Study, bool]:
@@ -286,11 +280,15 @@ def heartbeat(trial: optuna.Trial) -> Iterator[None]:
     def beat() -> None:
         from optuna.exceptions import UpdateFinishedTrialError
 
+        from lstmflow.training.study_storage import StudyStorageError
+
         while not stop.wait(HEARTBEAT_SECONDS):
             try:
                 trial.set_user_attr(HEARTBEAT, time.time())
             except UpdateFinishedTrialError:
                 return  # another worker took this trial as interrupted; its training stops at the next epoch
+            except StudyStorageError as exc:  # the database is down for long: the next beat tries again
+                logging.getLogger(__name__).warning("trial %d: no heartbeat recorded: %s", trial.number, exc)
 
     thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
     thread.start()
