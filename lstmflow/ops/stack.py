@@ -200,15 +200,13 @@ def _embedded_stores(root: Path) -> _Stores:
 
 
 def _team_stores(root: Path, postgres_port: int, store: team.ObjectStore) -> _Stores:
-    """The project's PostgreSQL cluster, started, with a database each for Prefect, MLflow and Optuna (its schema
-    made here: two searches creating it at once on an empty database collide); MLflow's artifacts sent through the
-    server to the object store (clients never hold its keys). One web worker and no job runner: MLflow 3 otherwise
-    starts four web workers and eight job processes."""
+    """The project's PostgreSQL cluster, started, with a database each for Prefect, MLflow and Optuna; MLflow's
+    artifacts sent through the server to the object store (clients never hold its keys). One web worker and no job
+    runner: MLflow 3 otherwise starts four web workers and eight job processes."""
     cluster = Cluster(root / TEAM_DATABASE_DIR, postgres_port)
     cluster.start()
     for database in ("prefect", "mlflow", "optuna"):
         cluster.create_database(database)
-    team.create_optuna_schema(cluster.url("optuna"))
     return _Stores(
         ["--artifacts-destination", team.MLFLOW_ARTIFACTS, "--workers", "1"],
         {

@@ -200,14 +200,6 @@ def disconnect(root: Path) -> None:
             versioning.dvc(root, "remote", "default", "--local", "local")
 
 
-def create_optuna_schema(url: str) -> None:
-    """Create Optuna's tables in the team's database unless they exist: two searches opening an empty database at
-    once both try to create them, and one fails."""
-    from optuna.storages import RDBStorage
-
-    RDBStorage(url)
-
-
 def optuna_url(root: Path, where: str) -> str:
     """The team's Optuna database for ``search.storage: team``."""
     connection = read_connection(root)
