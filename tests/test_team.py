@@ -6,12 +6,15 @@ over loopback."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -179,3 +182,66 @@ def test_down_saves_the_object_store_and_up_brings_it_back(first: Team) -> None:
     after = run_lstmflow(first.project, "predict", "tiny", "--json", *last_values(first.project), timeout=300)
     assert after.returncode == 0, after.stderr[-2000:]
     assert json.loads(after.stdout) == json.loads(before.stdout)
+
+
+def test_the_object_store_down_while_a_run_logs_its_model_fails_that_step_and_its_retry_registers_once(
+    first: Team,
+) -> None:
+    """moto's server dies as the register step is about to log the model: the MLflow server answers errors, the step
+    fails with a named error and is retried; a store started again on the same port, with the objects it held as
+    training ended (as a persistent store comes back; moto's memory is gone), takes the model, and the run ends with
+    one ready version (nothing half-registered). The stack is then restarted for the other tests (the dead store
+    leaves it unhealthy)."""
+    environment = os.environ | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # as for an outage past the client's retries
+    binary = str(Path(sys.executable).parent / "lstmflow")
+    err = first.project / "outage.err"
+    replacement: subprocess.Popen[bytes] | None = None
+    before = {row[0] for row in first.query("mlflow", "SELECT version FROM model_versions WHERE name = 'tiny'")}
+    earlier = set((first.project / "runs" / "tiny").glob("*"))
+    with err.open("w") as stderr:
+        run = subprocess.Popen([binary, "run", "tiny", "--json", "--set", "train.epochs=2"], cwd=first.project,
+                               env=environment, stdout=subprocess.PIPE, stderr=stderr, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: new_file(first.project, earlier, "fit_result.json"), "training")
+        team.save(first.project, first.store())  # what the store comes back with: the run's spec, the champion's
+        wait_for(lambda: new_file(first.project, earlier, "metrics.json"), "the evaluation")  # register is next
+        objects = next(service for service in stack._read_state(first.project) if service.name == "objects")
+        for process in objects.processes():
+            process.kill()
+        wait_for(lambda: "registering tiny: the MLflow server" in err.read_text(), "the step to fail on the store")
+        replacement = subprocess.Popen(team.server_command(first.ports["objects"]), stderr=subprocess.DEVNULL)
+        wait_for(lambda: not stack._port_free(first.ports["objects"]), "the store to listen again")
+        team.load(first.project, first.store())
+        out, _ = run.communicate(timeout=600)
+        assert run.returncode == 0, err.read_text()[-4000:]
+    finally:
+        run.kill()
+        log = err.read_text()
+        restarted = restart_stack(first, replacement)
+    said = r"registering tiny: the MLflow server at \S+ (answers with errors|does not answer) \(.+?\); retry 1 of 6"
+    assert re.search(said, log), log[-4000:]
+    version = int(json.loads(out.strip().splitlines()[-1])["model_uri"].rsplit("/", 1)[1])
+    rows = first.query("mlflow", "SELECT version, status FROM model_versions WHERE name = 'tiny'")
+    assert {v for v, _ in rows} - before == {version} and (version, "READY") in rows, rows
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr[-3000:]
+
+
+def new_file(project: Path, earlier: set[Path], name: str) -> bool:
+    """Whether a run folder of tiny made after ``earlier`` holds ``name``."""
+    return any(path.parent not in earlier for path in (project / "runs" / "tiny").glob(f"*/{name}"))
+
+
+def restart_stack(first: Team, replacement: subprocess.Popen[bytes] | None) -> subprocess.CompletedProcess[str]:
+    """`down` and `up --team` again, after stopping a store the test started itself."""
+    run_lstmflow(first.project, "down", timeout=300)
+    if replacement is not None:
+        replacement.kill()
+        replacement.wait()
+    return run_lstmflow(first.project, "up", "--team", *first.flags(), timeout=600)
+
+
+def wait_for(met: Callable[[], object], what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not met():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.05)

@@ -24,13 +24,15 @@ LINEAGE_TAGS = ("lstmflow.git_commit", "lstmflow.data_md5", "lstmflow.features_m
 
 
 class TrackingUnavailable(LstmflowError):
-    """MLflow's server did not answer (down, restarting, out of reach) after the MLflow client's own retries: what
-    the step made (a trained checkpoint, scores) is kept, and a retry once the server is back redoes its MLflow part."""
+    """MLflow's server did not answer (down, restarting, out of reach) or kept failing (its database or artifact
+    store down) after the MLflow client's own retries: what the step made (a trained checkpoint, scores) is kept,
+    and a retry once the server is back redoes its MLflow part."""
 
 
 def unreachable(exc: BaseException) -> str | None:
-    """Why MLflow's server could not be reached, when ``exc`` or an exception it came from is a refused, dropped or
-    timed-out connection; None for anything else (an answer of the server, a bad value)."""
+    """Why MLflow's server cannot do its part now, when ``exc`` or an exception it came from is a refused, dropped or
+    timed-out connection, or server errors (5xx) past the client's retries (its database or artifact store is down);
+    None for anything else (a refusal of a bad value, a missing run)."""
     import requests
 
     chain: list[BaseException] = []
@@ -38,9 +40,13 @@ def unreachable(exc: BaseException) -> str | None:
     while seen is not None and seen not in chain:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
+    if any(isinstance(e, requests.exceptions.RetryError) for e in chain):
+        failing = next((str(e) for e in reversed(chain) if "error responses" in str(e)), "server errors")
+        return f"answers with errors ({failing}: its database or artifact store may be down)"
     if not any(isinstance(e, requests.exceptions.ConnectionError | requests.exceptions.Timeout) for e in chain):
         return None
-    return next((e.strerror for e in reversed(chain) if isinstance(e, OSError) and e.strerror), "no connection")
+    reason = next((e.strerror for e in reversed(chain) if isinstance(e, OSError) and e.strerror), "no connection")
+    return f"does not answer ({reason})"
 
 
 @contextlib.contextmanager
@@ -55,7 +61,7 @@ def answering(uri: str, doing: str, kept: str) -> Iterator[None]:
         if (reason := unreachable(exc)) is None:
             raise
         shown = re.sub(r"//[^/@]*@", "//", uri)  # no credentials in the message
-        raise TrackingUnavailable(f"{doing}: the MLflow server at {shown} does not answer ({reason}); {kept}") from exc
+        raise TrackingUnavailable(f"{doing}: the MLflow server at {shown} {reason}; {kept}") from exc
 
 
 def tracking_uri(project: Path) -> str:

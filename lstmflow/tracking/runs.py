@@ -263,8 +263,8 @@ def recorded_run(uri: str, run_id: str) -> RecordedRun:
         )
     if SPEC_ARTIFACT not in {artifact.path for artifact in client.list_artifacts(run_id)}:
         raise LstmflowError(
-            f"run {run_id} has no {SPEC_ARTIFACT} artifact (it was logged by an older lstmflow); its params hold the "
-            f"spec, and its tag lstmflow.git_commit the code to check out"
+            f"run {run_id} has no {SPEC_ARTIFACT} artifact (it was logged by an older lstmflow, or the artifact store "
+            "lost it); its params hold the spec, and its tag lstmflow.git_commit the code to check out"
         )
     with tempfile.TemporaryDirectory(prefix="lstmflow-spec-") as folder:
         spec = json.loads(Path(client.download_artifacts(run_id, SPEC_ARTIFACT, folder)).read_text())
