@@ -30,10 +30,10 @@ espeak-ng:
 	  fi; }
 
 test: $(BIN)/lstmflow  ## the whole suite but GPU tests (what CI runs)
-	$(BIN)/python -m pytest -m "not gpu"
+	$(BIN)/python -m pytest -m "not gpu" -n 2 --dist loadfile
 
 test-quick: $(BIN)/lstmflow  ## the fast loop: no slow and no GPU tests
-	$(BIN)/python -m pytest -m "not slow and not gpu"
+	$(BIN)/python -m pytest -m "not slow and not gpu" -n 2 --dist loadfile
 
 bench: $(BIN)/lstmflow  ## every benchmark; each prints its table and appends it to benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/ingest.py  # windowing, padding, audio features, tokenization

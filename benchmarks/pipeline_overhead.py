@@ -6,13 +6,16 @@ it again unchanged (the cached path). DVC, MLflow and training time are measured
 the functions that do that work; Prefect is the rest of the wall time (server start, task
 orchestration, result storage). The first run starts as ``lstmflow run`` does (the temporary
 server, Prefect's import and the stores' creation at once), so work done while the server
-starts counts in its own column. Two set-ups, each in its own process and project:
+starts counts in its own column. Three set-ups, each in its own process and project:
 
 - ``embedded``: the default, a temporary Prefect server inside the process and MLflow on SQLite;
-- ``stack``: ``lstmflow up``'s servers running (Prefect server, MLflow server), the flow talking to them.
+- ``stack``: ``lstmflow up``'s servers running (Prefect server, MLflow server, both on SQLite), the flow talking to
+  them;
+- ``team``: ``lstmflow up --team`` (both servers on PostgreSQL, MLflow's artifacts and DVC's remote in the S3 object
+  store).
 
-The target: an unchanged re-run costs at most 10% of the first run. Prints a table and appends it to
-``benchmarks/RESULTS.md``.
+The target: an unchanged re-run costs at most 10% of the first run. The last column compares each run with the same
+run embedded, measured in the same invocation. Prints a table and appends it to ``benchmarks/RESULTS.md``.
 
     python benchmarks/pipeline_overhead.py [--pipeline sunspots] [--epochs N] [--no-append]
 """
@@ -37,6 +40,7 @@ from _report import heading, publish  # benchmarks/ is the script's folder, so o
 
 REPO = Path(__file__).resolve().parents[1]
 spent: dict[str, float] = defaultdict(float)
+MODES = ("embedded", "stack", "team")
 
 
 def timed(module: Any, name: str, bucket: str) -> None:
@@ -71,12 +75,18 @@ def make_project(root: Path) -> None:
 
 def measure(mode: str, pipeline: str, epochs: int | None) -> list[dict[str, Any]]:
     """Both runs of ``pipeline`` in a fresh project, in this process; ``mode`` ``stack`` starts the servers first."""
-    root = Path(tempfile.mkdtemp(prefix="lstmflow-bench-")) / "project"
+    folder = Path(tempfile.mkdtemp(prefix="lstmflow-bench-"))
+    folder.chmod(0o711)  # as root, the team's PostgreSQL server runs as 'postgres', which must reach the project
+    root = folder / "project"
     make_project(root)
     from lstmflow.ops import stack
 
-    if mode == "stack":
-        stack.up(root, prefect_port=free_port(), mlflow_port=free_port())
+    if mode != "embedded":
+        team_ports = (free_port(), free_port()) if mode == "team" else (None, 0)
+        stack.up(
+            root, prefect_port=free_port(), mlflow_port=free_port(), postgres_port=team_ports[0],
+            objects_port=team_ports[1],
+        )  # fmt: skip
     try:
         from lstmflow.cli import configure_environment
 
@@ -102,7 +112,7 @@ def measure(mode: str, pipeline: str, epochs: int | None) -> list[dict[str, Any]
             rows.append({"run": label, "total": total, **parts, "cached": result["cached"]})
         return rows
     finally:
-        if mode == "stack":
+        if mode != "embedded":
             stack.down(root)
         shutil.rmtree(root.parent, ignore_errors=True)
 
@@ -131,15 +141,17 @@ def free_port() -> int:
 def report(pipeline: str, measured: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
         heading("pipeline overhead", f"python benchmarks/pipeline_overhead.py --pipeline {pipeline}"),
-        "| set-up | run | total (s) | Prefect + rest | DVC | training | MLflow | cached | re-run / first |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| set-up | run | total (s) | Prefect + rest | DVC | training | MLflow | cached | rerun/first | ÷ embedded |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    embedded = measured["embedded"]
     for mode, rows in measured.items():
         first = rows[0]["total"]
-        for row in rows:
+        for row, same_run in zip(rows, embedded, strict=True):
             lines.append(
                 f"| {mode} | {row['run']} | {row['total']:.1f} | {row['prefect + rest']:.1f} | {row['dvc']:.1f} | "
-                f"{row['training']:.1f} | {row['mlflow']:.1f} | {row['cached']} | {row['total'] / first:.0%} |"
+                f"{row['training']:.1f} | {row['mlflow']:.1f} | {row['cached']} | {row['total'] / first:.0%} | "
+                f"{row['total'] / same_run['total']:.2f}x |"
             )
     return "\n".join(lines) + "\n"
 
@@ -149,13 +161,13 @@ def main() -> None:
     parser.add_argument("--pipeline", default="sunspots")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: the pipeline's own)")
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
-    parser.add_argument("--worker", choices=["embedded", "stack"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(measure(args.worker, args.pipeline, args.epochs)))
         return
     measured = {}
-    for mode in ("embedded", "stack"):
+    for mode in MODES:
         print(f"{mode} ...", flush=True)
         command = [sys.executable, __file__, "--worker", mode, "--pipeline", args.pipeline]
         command += ["--epochs", str(args.epochs)] if args.epochs else []

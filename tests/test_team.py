@@ -9,11 +9,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -160,6 +162,50 @@ def test_two_checkouts_train_one_model_over_loopback_and_log_it_to_the_team_mlfl
     runs = first.query("mlflow", f"SELECT status FROM runs WHERE run_uuid = '{result['mlflow_run_id']}'")
     assert runs == [("FINISHED",)]
     assert not (second / "mlflow.db").exists() and not (second / "mlruns").exists()
+
+
+def test_compare_reproduce_and_serve_work_unchanged_from_a_second_checkout(first: Team) -> None:
+    """A run of the first checkout (cached when an earlier test trained it) is reproduced by the second, which
+    reads its spec and data version through the team's MLflow, ranks both runs with `compare`, and serves the
+    pipeline's model over HTTP from the registry."""
+    run = run_lstmflow(first.project, "run", "tiny", "--json", timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    recorded = json.loads(run.stdout.strip().splitlines()[-1])["mlflow_run_id"]
+    second = second_checkout(first, "second-operations")
+
+    reproduced = run_lstmflow(second, "reproduce", recorded, timeout=600)
+    assert reproduced.returncode == 0, reproduced.stderr[-3000:]
+    copy = re.search(r"MLflow run ([0-9a-f]{32}) \(tag lstmflow.reproduces=" + recorded, reproduced.stdout)
+    assert copy, reproduced.stdout
+    query = f"SELECT value FROM tags WHERE run_uuid = '{copy[1]}' AND key = 'lstmflow.reproduces'"
+    assert first.query("mlflow", query) == [(recorded,)]
+    compared = subprocess.run([str(Path(sys.executable).parent / "lstmflow"), "compare", "tiny"], cwd=second,
+                              capture_output=True, text=True, timeout=300, env=os.environ | {"COLUMNS": "300"},
+                              check=False)  # fmt: skip
+    assert compared.returncode == 0 and recorded[:8] in compared.stdout and copy[1][:8] in compared.stdout
+
+    port = free_port()
+    with (second / "serve.log").open("wb") as log:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "lstmflow"), "serve", "tiny", "--port", str(port)],
+                                  cwd=second, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/ping"), "the served model", timeout=300)
+        body = json.dumps({"dataframe_records": [{"value": float(v)} for v in last_values(second)]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            assert answer.status == 200 and json.loads(answer.read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def test_down_saves_the_object_store_and_up_brings_it_back(first: Team) -> None:
