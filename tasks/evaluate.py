@@ -9,16 +9,14 @@ from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from lstmflow.ops import steps
-from tasks.policy import TRACKING_RETRY_DELAYS, tracking_retries
+from tasks.policy import tracking_retry_options
 
 
 @task(
     name="evaluate",
     cache_policy=TASK_SOURCE + INPUTS,
     persist_result=True,
-    retries=len(TRACKING_RETRY_DELAYS),
-    retry_delay_seconds=TRACKING_RETRY_DELAYS,
-    retry_condition_fn=tracking_retries(others=0),
+    **tracking_retry_options(others=0),
 )
 def evaluate(prepared: dict[str, Any], trained: dict[str, Any], root: str) -> dict[str, float]:
     """Cached by its inputs: the same trained run is scored once. Retried only while MLflow's server does not

@@ -52,6 +52,15 @@ def tracking_retries(others: int) -> Callable[[Any, Any, Any], bool]:
     return condition
 
 
+def tracking_retry_options(others: int) -> dict[str, Any]:
+    """The retry settings of a task that talks to MLflow (see :func:`tracking_retries`), for ``@task(**…)``."""
+    return {
+        "retries": len(TRACKING_RETRY_DELAYS),
+        "retry_delay_seconds": TRACKING_RETRY_DELAYS,
+        "retry_condition_fn": tracking_retries(others),
+    }
+
+
 def step_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """A step is reused when its resolved spec, its data's DVC hash and the version of the code that decides what
     trains (:func:`~lstmflow.ops.steps.code_version`: not the CLI's or the operations') are unchanged."""

@@ -9,16 +9,14 @@ from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from lstmflow.ops import steps
-from tasks.policy import TRACKING_RETRY_DELAYS, tracking_retries
+from tasks.policy import tracking_retry_options
 
 
 @task(
     name="register",
     cache_policy=TASK_SOURCE + INPUTS,
     persist_result=True,
-    retries=len(TRACKING_RETRY_DELAYS),
-    retry_delay_seconds=TRACKING_RETRY_DELAYS,
-    retry_condition_fn=tracking_retries(others=1),
+    **tracking_retry_options(others=1),
 )
 def register(prepared: dict[str, Any], trained: dict[str, Any], root: str) -> dict[str, str]:
     """Cached by its inputs: a reused training run is not registered twice. Retried while MLflow's server does not

@@ -9,16 +9,14 @@ from prefect import task
 from prefect.runtime import flow_run
 
 from lstmflow.ops import steps
-from tasks.policy import TRACKING_RETRY_DELAYS, step_cache_key, tracking_retries
+from tasks.policy import step_cache_key, tracking_retry_options
 
 
 @task(
     name="train",
     cache_key_fn=step_cache_key,
     persist_result=True,
-    retries=len(TRACKING_RETRY_DELAYS),
-    retry_delay_seconds=TRACKING_RETRY_DELAYS,
-    retry_condition_fn=tracking_retries(others=1),
+    **tracking_retry_options(others=1),
 )
 def train(prepared: dict[str, Any], root: str) -> dict[str, Any]:
     """A retry of this task resumes from the run's last checkpoint and continues the same MLflow run: a crash is

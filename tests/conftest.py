@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,40 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], Any], what: str, seconds: float = 240) -> Any:
+    """``condition()``'s first true value; a guard against hanging, not a measure: a test fails on it only when the
+    awaited thing never happens."""
+    deadline = time.monotonic() + seconds
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+    return found
+
+
+def postgres_reachable_folder(prefix: str) -> Path:
+    """A new folder under /tmp that the PostgreSQL server may pass through: as root it runs as 'postgres', which
+    cannot enter root's 0700 pytest folders."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o711)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A real PostgreSQL cluster of the team stack's kind (lstmflow.ops.postgres), on a free loopback port."""
+    from lstmflow.ops.postgres import Cluster
+
+    folder = postgres_reachable_folder("lstmflow-pg-")
+    started = Cluster(folder / "cluster", free_port())
+    started.start()
+    try:
+        yield started
+    finally:
+        started.stop()
+        shutil.rmtree(folder)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -4,36 +4,18 @@ in tests/test_team.py."""
 
 from __future__ import annotations
 
-import shutil
 import stat
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 import sqlalchemy
-from conftest import Patterns, free_port
+from conftest import Patterns
 
 from lstmflow.ops.postgres import HOST, Cluster
 from lstmflow.training import search
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    # Under /tmp rather than pytest's folder: as root the server runs as 'postgres', which cannot enter root's 0700
-    # pytest folders (the cluster's own folder is handed to it).
-    folder = Path(tempfile.mkdtemp(prefix="lstmflow-pg-"))
-    folder.chmod(0o711)
-    started = Cluster(folder / "cluster", free_port())
-    started.start()
-    try:
-        yield started
-    finally:
-        started.stop()
-        shutil.rmtree(folder)
 
 
 def test_the_cluster_listens_on_loopback_only_and_keeps_its_password_to_itself(cluster: Cluster) -> None:

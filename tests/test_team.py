@@ -13,16 +13,14 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import sqlalchemy
-from conftest import TINY_PIPELINES, free_port, git, make_project, run_lstmflow
+from conftest import TINY_PIPELINES, free_port, git, make_project, postgres_reachable_folder, run_lstmflow, wait_for
 
 from lstmflow.ops import stack, team
 
@@ -60,9 +58,7 @@ class Team:
 
 @pytest.fixture(scope="module")
 def first() -> Iterator[Team]:
-    # Under /tmp with o+x: as root the PostgreSQL server runs as 'postgres', which must reach the project's folder.
-    folder = Path(tempfile.mkdtemp(prefix="lstmflow-team-"))
-    folder.chmod(0o711)
+    folder = postgres_reachable_folder("lstmflow-team-")
     project = make_project(folder / "first", TINY_PIPELINES + TUNED)
     ports = {name: free_port() for name in ("prefect", "mlflow", "postgres", "objects")}
     checkout = Team(project, ports)
@@ -189,7 +185,7 @@ def test_compare_reproduce_and_serve_work_unchanged_from_a_second_checkout(first
         server = subprocess.Popen([str(Path(sys.executable).parent / "lstmflow"), "serve", "tiny", "--port", str(port)],
                                   cwd=second, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        wait_for(lambda: answers(f"http://127.0.0.1:{port}/ping"), "the served model", timeout=300)
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/ping"), "the served model", 300)
         body = json.dumps({"dataframe_records": [{"value": float(v)} for v in last_values(second)]}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
                                          {"Content-Type": "application/json"})  # fmt: skip
@@ -284,10 +280,3 @@ def restart_stack(first: Team, replacement: subprocess.Popen[bytes] | None) -> s
         replacement.kill()
         replacement.wait()
     return run_lstmflow(first.project, "up", "--team", *first.flags(), timeout=600)
-
-
-def wait_for(met: Callable[[], object], what: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not met():
-        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
-        time.sleep(0.05)

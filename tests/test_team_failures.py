@@ -8,12 +8,9 @@ import concurrent.futures
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -21,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Patterns, free_port, make_project
+from conftest import Patterns, free_port, make_project, wait_for
 
 from lstmflow import tracking
 from lstmflow.ops import search_steps, steps
@@ -33,32 +30,7 @@ from lstmflow.training.study_storage import RECONNECT_ENV
 pytestmark = pytest.mark.slow
 
 
-def wait_for(condition: Callable[[], Any], what: str, seconds: float = 240) -> Any:
-    """``condition()``'s first true value; a guard against hanging, not a measure: a test fails on it only when the
-    awaited thing never happens."""
-    deadline = time.monotonic() + seconds
-    while not (found := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.1)
-    return found
-
-
 # ----------------------------------------------------------------------------- PostgreSQL down during a trial
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    # Under /tmp: as root the server runs as 'postgres', which cannot enter root's 0700 pytest folders.
-    folder = Path(tempfile.mkdtemp(prefix="lstmflow-pg-"))
-    folder.chmod(0o711)
-    started = Cluster(folder / "cluster", free_port())
-    started.start()
-    try:
-        yield started
-    finally:
-        started.stop()
-        shutil.rmtree(folder)
 
 
 TRIALS = 3
