@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lstmflow.errors import ConfigError, StorageError
+from lstmflow.errors import ConfigError
 from lstmflow.ops import versioning
 
 HOST = "127.0.0.1"
@@ -204,7 +204,7 @@ def optuna_url(root: Path, where: str) -> str:
     """The team's Optuna database for ``search.storage: team``."""
     connection = read_connection(root)
     if connection is None:
-        raise StorageError(
+        raise ConfigError(
             f"{where} is {TEAM_STORAGE!r} but {Path(root) / CONNECTION_FILE} does not exist: start the team stack "
             "here with `lstmflow up --team`, or join one with `lstmflow connect FOLDER`"
         )
