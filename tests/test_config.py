@@ -258,3 +258,13 @@ def test_a_pipeline_added_to_the_shipped_file_gets_the_documented_defaults(tmp_p
     spec = Config.load(path).pipeline("mine", [])
     assert spec.train == PipelineSpec.model_validate({"name": "mine", **shipped["pipelines"]["mine"]}).train
     assert spec.model == PipelineSpec.model_validate({"name": "mine", **shipped["pipelines"]["mine"]}).model
+
+
+def test_a_home_folder_of_no_user_is_a_config_error_naming_where(tmp_path: Path) -> None:
+    """`~name` where no user `name` exists: pathlib raises RuntimeError, which must not escape as a traceback."""
+    config = tmp_path / "pipelines.yaml"
+    config.write_text("pipelines:\n  s:\n    data: {path: ~no-such-user-0/s.csv, target: y}\n")
+    with pytest.raises(ConfigError, match=r"pipelines\.s\.data\.path: '~no-such-user-0/s\.csv' starts with ~ but"):
+        Config.load(config).pipeline("s")
+    with pytest.raises(ConfigError, match=r"--config: '~no-such-user-0/p\.yaml' starts with ~ but names no user"):
+        Config.load("~no-such-user-0/p.yaml")

@@ -33,6 +33,7 @@ TUNED = """\
     evaluate: {season: 12}
     search:
       trials: 2
+      parallel: 2
       storage: team
       space: {train.optimizer.lr: {float: [0.001, 0.01], log: true}}
 """

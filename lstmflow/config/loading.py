@@ -96,11 +96,19 @@ def _related(where: str, key: str) -> bool:
     return longer == shorter or longer.startswith((shorter + ".", shorter + "["))
 
 
-def _paths_resolved(mapping: dict[str, Any], key: str, base_dir: Path) -> dict[str, Any]:
+def expand_user(path: str | Path, where: str) -> Path:
+    """``path`` with a leading ``~`` or ``~name`` expanded; a ``~name`` of no user is a ConfigError naming ``where``."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # pathlib's answer to a home folder it cannot find
+        raise ConfigError(f"{where}: {str(path)!r} starts with ~ but names no user's home folder") from None
+
+
+def _paths_resolved(mapping: dict[str, Any], key: str, base_dir: Path, where: str) -> dict[str, Any]:
     """``mapping`` with its path at ``key`` made absolute against ``base_dir`` (the YAML file's folder)."""
     if not isinstance(mapping.get(key), str):
         return mapping
-    path = Path(mapping[key]).expanduser()
+    path = expand_user(mapping[key], f"{where}.{key}")
     return {**mapping, key: str(path if path.is_absolute() else (base_dir / path).resolve())}
 
 
@@ -114,7 +122,10 @@ def validate_pipeline(
     raw = {**raw, "name": name}
     data = raw.get("data")
     if isinstance(data, dict):
-        data = raw["data"] = _paths_resolved(_paths_resolved(data, "path", base_dir), "target_path", base_dir)
+        where = f"pipelines.{name}.data"
+        data = raw["data"] = _paths_resolved(
+            _paths_resolved(data, "path", base_dir, where), "target_path", base_dir, where
+        )
         split = data.get("split")
         if isinstance(split, dict) and isinstance(split.get("files"), dict):
             files = _paths_resolved(_paths_resolved(split["files"], "val", base_dir), "test", base_dir)
@@ -156,7 +167,7 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        path = Path(path).expanduser().resolve()
+        path = expand_user(path, "--config").resolve()
         if not path.is_file():
             raise ConfigError(f"no pipelines file at {path} (pass --config FILE or run from the project folder)")
         tree = load_yaml(_read_text(path), str(path)) or {}
