@@ -128,7 +128,8 @@ def validate_pipeline(
         )
         split = data.get("split")
         if isinstance(split, dict) and isinstance(split.get("files"), dict):
-            files = _paths_resolved(_paths_resolved(split["files"], "val", base_dir), "test", base_dir)
+            parts = f"{where}.split.files"
+            files = _paths_resolved(_paths_resolved(split["files"], "val", base_dir, parts), "test", base_dir, parts)
             data["split"] = {**split, "files": files}
     try:
         return PipelineSpec.model_validate(raw)
