@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -13,13 +13,13 @@ from lstmflow.config import Config
 from lstmflow.errors import LstmflowError
 
 
+def _port(flag: str, what: str) -> Any:
+    return typer.Option(flag, min=1, max=65535, help=what)
+
+
 def up_command(
-    prefect_port: Annotated[
-        int, typer.Option("--prefect-port", min=1, max=65535, help="Port of the Prefect server and UI.")
-    ] = 4200,
-    mlflow_port: Annotated[
-        int, typer.Option("--mlflow-port", min=1, max=65535, help="Port of the MLflow server and UI.")
-    ] = 5000,
+    prefect_port: Annotated[int, _port("--prefect-port", "Port of the Prefect server and UI.")] = 4200,
+    mlflow_port: Annotated[int, _port("--mlflow-port", "Port of the MLflow server and UI.")] = 5000,
     team: Annotated[
         bool,
         typer.Option(
@@ -29,12 +29,8 @@ def up_command(
             "object store (needs lstmflow[team]); other checkouts join with `lstmflow connect`.",
         ),
     ] = False,
-    postgres_port: Annotated[
-        int, typer.Option("--postgres-port", min=1, max=65535, help="Port of the PostgreSQL server (with --team).")
-    ] = 5433,
-    objects_port: Annotated[
-        int, typer.Option("--objects-port", min=1, max=65535, help="Port of the S3 object store (with --team).")
-    ] = 9000,
+    postgres_port: Annotated[int, _port("--postgres-port", "Port of the PostgreSQL server (with --team).")] = 5433,
+    objects_port: Annotated[int, _port("--objects-port", "Port of the S3 object store (with --team).")] = 9000,
     config: ConfigOption = Path("pipelines.yaml"),
 ) -> None:
     """Start a Prefect server, a worker of the `local` work pool and an MLflow server on 127.0.0.1, in the background.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import secrets
 import shutil
 import stat
@@ -48,6 +49,13 @@ class Cluster:
 
     folder: Path
     port: int
+
+    @classmethod
+    def at(cls, folder: Path) -> Cluster:
+        """The cluster in ``folder`` on the port it was last started with (0 before it has one)."""
+        conf = folder / "data" / "postgresql.conf"
+        ports = re.findall(r"^port = (\d+)$", conf.read_text(), re.MULTILINE) if conf.exists() else []
+        return cls(folder, int(ports[-1]) if ports else 0)
 
     @property
     def data(self) -> Path:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import signal
 import socket
@@ -176,7 +175,8 @@ def up(
         started = [_with_children(service) for service in started]
         _write_state(root, started)
         if store is not None:
-            _connect_team(root, cast(int, postgres_port), prefect_url, mlflow_url, store)
+            keys = (store.endpoint, store.access_key_id, store.secret_access_key)
+            team.publish(root, team.Connection(prefect_url, mlflow_url, team_database(root).url("optuna"), *keys))
     except BaseException:
         _stop(started)
         (root / STATE_FILE).unlink(missing_ok=True)
@@ -200,42 +200,18 @@ def _embedded_stores(root: Path) -> _Stores:
 
 
 def _team_stores(root: Path, postgres_port: int, store: team.ObjectStore) -> _Stores:
-    """The project's PostgreSQL cluster, started, with a database each for Prefect, MLflow and Optuna; MLflow's
-    artifacts sent through the server to the object store (clients never hold its keys). One web worker and no job
-    runner: MLflow 3 otherwise starts four web workers and eight job processes."""
+    """The project's PostgreSQL cluster, started, with a database each for Prefect, MLflow and Optuna, and the
+    servers' settings on it and the object store."""
     cluster = Cluster(root / TEAM_DATABASE_DIR, postgres_port)
     cluster.start()
     for database in ("prefect", "mlflow", "optuna"):
         cluster.create_database(database)
-    return _Stores(
-        ["--artifacts-destination", team.MLFLOW_ARTIFACTS, "--workers", "1"],
-        {
-            "prefect": {"PREFECT_SERVER_DATABASE_CONNECTION_URL": cluster.url("prefect", "postgresql+asyncpg")},
-            "mlflow": {
-                "MLFLOW_BACKEND_STORE_URI": cluster.url("mlflow"),
-                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-                **store.server_environment(),
-            },
-        },
-    )
-
-
-def _connect_team(root: Path, postgres_port: int, prefect_url: str, mlflow_url: str, store: team.ObjectStore) -> None:
-    """Write the connection file other checkouts join with, and point this checkout's DVC at the object store."""
-    optuna_url = Cluster(root / TEAM_DATABASE_DIR, postgres_port).url("optuna")
-    connection = team.Connection(
-        prefect_url, mlflow_url, optuna_url, store.endpoint, store.access_key_id, store.secret_access_key
-    )
-    team.write_connection(root, connection)
-    team.use_dvc_remote(root, store)
+    return _Stores(*team.server_settings(cluster, store))
 
 
 def team_database(root: Path) -> Cluster:
     """The project's PostgreSQL cluster, made by ``up --team`` (its port as last started)."""
-    folder = Path(root).resolve() / TEAM_DATABASE_DIR
-    conf = folder / "data" / "postgresql.conf"
-    ports = re.findall(r"^port = (\d+)$", conf.read_text(), re.MULTILINE) if conf.exists() else []
-    return Cluster(folder, int(ports[-1]) if ports else 0)
+    return Cluster.at(Path(root).resolve() / TEAM_DATABASE_DIR)
 
 
 def down(root: Path, timeout: float = 30.0) -> list[Service]:

@@ -28,6 +28,7 @@ from typing import Any
 
 from lstmflow.errors import ConfigError
 from lstmflow.ops import versioning
+from lstmflow.ops.postgres import Cluster
 
 HOST = "127.0.0.1"
 BUCKET = "lstmflow"
@@ -173,9 +174,26 @@ def connect(root: Path, source: Path) -> Connection:
     if not file.exists():
         raise ConfigError(f"{file} does not exist: run `lstmflow up --team` in {source} first")
     connection = _parse(file)
+    publish(root, connection)
+    return connection
+
+
+def publish(root: Path, connection: Connection) -> None:
+    """Make ``connection`` this checkout's: its connection file, and DVC's default remote on its object store."""
     write_connection(root, connection)
     use_dvc_remote(root, connection.store)
-    return connection
+
+
+def server_settings(cluster: Cluster, store: ObjectStore) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The MLflow server's arguments and each server's environment on the team's stores (passwords and keys in the
+    environment, not on a command line): artifacts sent through the MLflow server to the object store, so clients
+    never hold its keys; one web worker and no job runner (MLflow 3 otherwise starts four and eight processes)."""
+    environment = {
+        "prefect": {"PREFECT_SERVER_DATABASE_CONNECTION_URL": cluster.url("prefect", "postgresql+asyncpg")},
+        "mlflow": {"MLFLOW_BACKEND_STORE_URI": cluster.url("mlflow"), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                   **store.server_environment()},
+    }  # fmt: skip
+    return ["--artifacts-destination", MLFLOW_ARTIFACTS, "--workers", "1"], environment
 
 
 def use_dvc_remote(root: Path, store: ObjectStore) -> None:
