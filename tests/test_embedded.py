@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from flows.embedded import LOG_FILE, TemporaryServer, open_stores, prefect_api
+from lstmflow.ops import versioning
 
 
 def revision(database: Path) -> str:
@@ -56,3 +57,20 @@ def test_open_stores_creates_the_dvc_repository_and_the_mlflow_store(tmp_path: P
         assert connection.execute("select name from experiments").fetchall() == [("Default",)]
     open_stores(tmp_path)  # a second time changes nothing
     assert (tmp_path / ".dvc" / "config.local").read_text().count("remote = local") == 1
+
+
+def test_the_local_remote_follows_the_project_when_it_moves(tmp_path: Path) -> None:
+    versioning.ensure_repo(tmp_path / "before")
+    (tmp_path / "before").rename(tmp_path / "after")
+    listed = versioning.dvc(tmp_path / "after", "remote", "list")
+    assert str(tmp_path / "after" / versioning.LOCAL_REMOTE) in listed, listed
+
+
+def test_a_users_own_dvc_remote_is_kept_as_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user_config = tmp_path / "user-dvc"
+    user_config.mkdir()
+    (user_config / "config").write_text("[core]\n    remote = mine\n['remote \"mine\"']\n    url = /srv/dvc-store\n")
+    monkeypatch.setenv("DVC_GLOBAL_CONFIG_DIR", str(user_config))
+    versioning.ensure_repo(tmp_path / "project")
+    assert not (tmp_path / "project" / ".dvc" / "config.local").exists()
+    assert "mine" in versioning.dvc(tmp_path / "project", "remote", "default")
