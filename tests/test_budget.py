@@ -290,7 +290,8 @@ def test_a_tiny_validation_part_trains_a_fixed_schedule_and_keeps_the_last_weigh
         (
             "pipelines.tiny: 15 validation samples are fewer than train.early_stopping.min_val_samples (30), too few "
             "to decide on: early stopping is off, the lr warms up and anneals to the run's end (train.lr_schedule "
-            "auto), and the last epoch's weights are kept"
+            "auto), and the last epoch's weights are kept; the validation samples join the training part, so its "
+            "validation scores are on seen samples"
         )
     ]
     assert result.kept == "last" and result.best_epoch == result.epochs_run == 6 and result.stopped_by == "epochs"
@@ -302,6 +303,22 @@ def test_a_tiny_validation_part_trains_a_fixed_schedule_and_keeps_the_last_weigh
 
     enough = spec_on(tiny_val, train={"epochs": 6, "early_stopping": {"min_val_samples": 15}})
     assert fit_on(tiny_val, enough, tmp_path / "enough").kept == "best"
+
+
+def test_a_tiny_validation_part_joins_training_unless_told_not_to_or_in_a_search_trial(tiny_val: Path) -> None:
+    from lstmflow.training.plan import plan_training
+    from lstmflow.training.search import trial_spec
+
+    spec = spec_on(tiny_val, train={"epochs": 6, "batch_size": 5})
+    objective = make_objective(spec, tiny_val / "features")
+    train, val = objective.samples("train"), objective.samples("val")
+    joined = plan_training(spec, objective)
+    assert joined.part == "train+val" and joined.steps_per_epoch == math.ceil((train + val) / 5)
+    held_out = spec_on(tiny_val, train={"epochs": 6, "batch_size": 5, "early_stopping": {"small_val_trains": False}})
+    for kept_apart in (held_out, trial_spec(spec, {})):
+        plan = plan_training(kept_apart, objective)
+        assert plan.part == "train" and plan.steps_per_epoch == math.ceil(train / 5) and plan.keep_last
+        assert plan.note is not None and "join" not in plan.note
 
 
 def test_auto_epochs_give_short_epochs_thousands_of_steps_and_keep_given_epochs() -> None:

@@ -112,6 +112,15 @@ class EarlyStoppingSpec(Strict):
             "cosine to the run's end, and the last epoch's weights are kept (the run's log says so)."
         ),
     )
+    small_val_trains: bool = Field(
+        True,
+        description=(
+            "When `min_val_samples` turns early stopping off, the validation samples join the training part, since "
+            "they decide nothing and a set that small needs every sample (the run's validation scores are then on "
+            "seen samples, and its log says so). false: hold them out all the same. Search trials always hold them "
+            "out: they are ranked on them."
+        ),
+    )
 
 
 class BudgetSpec(Strict):

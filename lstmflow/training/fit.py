@@ -231,7 +231,7 @@ class EpochLoop:
         schedule = make_schedule(spec, optimizer, plan)
         precision = Precision(train_spec.precision, world.device)
         loop = cls(spec, world, objective, plan, model, trained, optimizer, schedule, precision, checkpoint_dir)
-        loop.part = part
+        loop.part = plan.part
         loop.budget, loop.progress_lines = Budget(spec, world), ProgressLines(world.is_main)
         return loop
 

@@ -56,19 +56,23 @@ class TrainingPlan:
     lr_schedule: str  # the schedule that runs: a spec name, or auto-plateau / auto-cosine
     warmup_steps: int  # auto only
     note: str | None  # why early stopping is off, when the data decided it
+    part: Part = "train"  # what it trains on: train+val for a refit, or when validation is too small to decide on
 
 
 def plan_training(spec: PipelineSpec, objective: Objective, world_size: int = 1, part: Part = "train") -> TrainingPlan:
     """The plan of a run of ``spec`` on ``objective``'s ``part`` with ``world_size`` training processes."""
     train = spec.train
+    # A refit trains on its validation part: nothing to decide on, its last epoch is the one kept.
+    note = None if part == TRAIN_AND_VAL else _too_small_to_decide(spec, objective)
+    if note is not None and spec.train.early_stopping.small_val_trains:
+        part = TRAIN_AND_VAL
+        note += "; the validation samples join the training part, so its validation scores are on seen samples"
     batch_size = resolve_batch_size(spec, objective, world_size)
     steps_per_epoch = max(1, objective.batch_count(part, batch_size))
     epochs = resolve_epochs(train.epochs, steps_per_epoch)
     max_steps = epochs * steps_per_epoch
     if train.budget.steps is not None:
         max_steps = min(max_steps, train.budget.steps)
-    # A refit trains on its validation part: nothing to decide on, its last epoch is the one kept.
-    note = None if part == TRAIN_AND_VAL else _too_small_to_decide(spec, objective)
     patience = train.early_stopping.patience
     if note is not None or patience is None:
         patience = None
@@ -90,6 +94,7 @@ def plan_training(spec: PipelineSpec, objective: Objective, world_size: int = 1,
         lr_schedule=schedule,
         warmup_steps=warmup,
         note=note,
+        part=part,
     )
 
 

@@ -239,12 +239,14 @@ def running_trial(study: optuna.Study, number: int) -> optuna.Trial:
 
 def trial_spec(base: PipelineSpec, params: dict[str, Any]) -> PipelineSpec:
     """The pipeline's spec with a trial's values set; the space was checked against it, so this fails only on a
-    combination of values that the spec refuses together. A trial never refits (``train.refit``): it is judged on
-    its validation scores, and the best trial's weights are registered as they are."""
+    combination of values that the spec refuses together. A trial never refits (``train.refit``) nor trains on a small
+    validation part (``early_stopping.small_val_trains``): it is judged on its validation scores, and the best trial's
+    weights are registered as they are."""
     tree = base.model_dump(mode="json")
     for key, value in params.items():
         tree = set_key(tree, key, value, f"search.space.{key}")
     tree["train"]["refit"] = False
+    tree["train"].setdefault("early_stopping", {})["small_val_trains"] = False
     return validate_pipeline(base.name, tree, base.data.path.parent)
 
 
