@@ -43,6 +43,7 @@ import psutil
 
 from lstmflow.errors import ConfigError, LstmflowError
 from lstmflow.ops import team
+from lstmflow.ops.health import healthy, wait_for_worker, wait_healthy
 from lstmflow.ops.postgres import Cluster
 
 STATE_FILE = Path(".lstmflow") / "stack.json"
@@ -97,7 +98,7 @@ class Service:
     def problem(self) -> str | None:
         """Why this service is not healthy, in a line; ``None`` when it runs and its server answers."""
         if self.running():
-            if _healthy(self, timeout=HEALTH_TIMEOUT):
+            if healthy(self, timeout=HEALTH_TIMEOUT):
                 return None
             return f"{self.name} does not answer on {urllib.parse.urlsplit(self.url).netloc}"
         left = self.processes()
@@ -168,10 +169,10 @@ def up(
             started.append(_start(root, name, commands[name], urls[name], service_environment))
             _write_state(root, started)
             if name != "worker":
-                _wait_healthy(started[-1], timeout)
+                wait_healthy(started[-1], timeout)
             if name == "objects" and store is not None:
                 team.load(root, store)
-        _wait_for_worker(prefect_url, started[-1], timeout)
+        wait_for_worker(prefect_url, LOCAL_POOL, started[-1], timeout)
         started = [_with_children(service) for service in started]
         _write_state(root, started)
         if store is not None:
@@ -383,58 +384,6 @@ def _settled(pid: int, timeout: float = 2.0) -> float:
     return process.create_time()
 
 
-def _health_url(service: Service) -> str:
-    if service.name == "objects":
-        return f"{service.url}/"  # S3's list of buckets
-    return f"{service.url}/health"  # Prefect: /api/health; MLflow: /health
-
-
-def _healthy(service: Service, timeout: float = 2.0) -> bool:
-    if service.name == "worker":
-        return True  # no endpoint of its own: alive is all it can say
-    try:
-        with urllib.request.urlopen(_health_url(service), timeout=timeout) as answer:
-            return answer.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _wait_healthy(service: Service, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not service.running():
-            raise LstmflowError(f"the {service.name} server exited while starting{_log_tail(service)}")
-        if _healthy(service):
-            return
-        time.sleep(0.5)
-    raise LstmflowError(
-        f"the {service.name} server did not answer {_health_url(service)} within {timeout:.0f} s{_log_tail(service)}"
-    )
-
-
-def _wait_for_worker(prefect_url: str, worker: Service, timeout: float) -> None:
-    """Wait until the worker has registered with the server (its pool then lists it)."""
-    deadline = time.monotonic() + timeout
-    request = urllib.request.Request(
-        f"{prefect_url}/work_pools/{LOCAL_POOL}/workers/filter",
-        data=b"{}",
-        headers={"Content-Type": "application/json"},
-    )
-    while time.monotonic() < deadline:
-        if not worker.running():
-            raise LstmflowError(f"the worker exited while starting{_log_tail(worker)}")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as answer:
-                if json.loads(answer.read()):
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    raise LstmflowError(
-        f"the worker did not register with the work pool {LOCAL_POOL!r} within {timeout:.0f} s{_log_tail(worker)}"
-    )
-
-
 def _stop(services: list[Service], timeout: float = 30.0) -> None:
     """SIGTERM every process of each service's tree, then SIGKILL what is left after ``timeout``.
 
@@ -465,14 +414,6 @@ def _wait_gone(processes: list[psutil.Process], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not all(_gone(process) for process in processes) and time.monotonic() < deadline:
         time.sleep(0.1)
-
-
-def _log_tail(service: Service, lines: int = 20) -> str:
-    path = Path(service.log)
-    if not path.exists():
-        return ""
-    tail = path.read_text(errors="replace").splitlines()[-lines:]
-    return f"; last lines of {path}:\n" + "\n".join(tail)
 
 
 def _read_state(root: Path) -> list[Service]:
