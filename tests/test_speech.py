@@ -15,7 +15,7 @@ import soundfile
 import torch
 
 from lstmflow.config import SpeechSpec
-from lstmflow.data.demo import SPEECH_RATE, SPEECH_VARIANTS, build_speech_demo
+from lstmflow.data.demo_speech import SPEECH_RATE, SPEECH_VARIANTS, build_speech_demo
 from lstmflow.data.kinds import build_features, parse_data_spec
 from lstmflow.data.speech import (
     ctc_frames,
