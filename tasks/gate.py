@@ -11,12 +11,13 @@ from prefect.cache_policies import NO_CACHE
 
 from lstmflow.ops import gate as judging
 from lstmflow.ops import steps
-from tasks.policy import retry_unless_user_error
+from tasks.policy import tracking_retry_options
 
 
-@task(name="gate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
+@task(name="gate", cache_policy=NO_CACHE, **tracking_retry_options(others=1))
 def gate(prepared: dict[str, Any], trained: dict[str, Any], registered: dict[str, str], root: str) -> dict[str, Any]:
     """Never cached: the champion may have moved (a newer version, a rollback) since the last run. Idempotent all the
-    same: a version the gate has judged keeps its recorded decision, so a re-run or a retry judges nothing twice."""
+    same: a version the gate has judged keeps its recorded decision, so a re-run or a retry judges nothing twice; it
+    retries while MLflow's server does not answer, as the steps before it do."""
     data = steps.Prepared(**prepared)
     return judging.gate(data.pipeline, Path(data.features_dir), trained, registered, Path(root))

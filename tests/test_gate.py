@@ -21,7 +21,7 @@ from lstmflow.evaluation import significance
 from lstmflow.models.lstm import build_model
 from lstmflow.ops import gate, steps
 from lstmflow.serving.predictors import Forecaster, load_predictor, write_bundle
-from lstmflow.tracking import registry, tracking_uri
+from lstmflow.tracking import TrackingUnavailable, registry, tracking_uri
 from lstmflow.training.fit import fit
 from lstmflow.training.loggers import ListLogger
 
@@ -170,6 +170,17 @@ def test_a_baseline_that_was_not_logged_is_named_not_invented() -> None:
 def test_beat_baseline_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
     assert series_spec(tmp_path).promote.beat_baseline is True
     assert series_spec(tmp_path, promote={"beat_baseline": False}).promote.beat_baseline is False
+
+
+def test_a_gate_that_cannot_reach_mlflow_raises_what_the_task_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    spec = series_spec(tmp_path)
+    trained = {"run_id": "0" * 32, "run_dir": str(tmp_path / "run")}
+    with pytest.raises(TrackingUnavailable, match=r"judging tiny version 3: the MLflow server .* version 3 of 'tiny' "):
+        gate.gate(spec, tmp_path / "features", trained, {"version": "3"}, tmp_path)
 
 
 # ----------------------------------------------------------------------------- scoring through the served predictors

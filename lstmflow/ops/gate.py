@@ -277,9 +277,17 @@ def gate(
     evaluate step logged the test metrics and baselines) and ``run_dir``. Returns the decision (``promoted``, ``kept``
     or ``already_champion``), its figures (the keys of :data:`DECISION_FIELDS`, None where they do not apply, e.g. a
     first version's), ``version`` and ``promoted``; ``recorded`` is True when it was read back from an earlier run's
-    tags instead of judged now (a version is judged once).
+    tags instead of judged now (a version is judged once). When MLflow's server does not answer, raises
+    :class:`~lstmflow.tracking.TrackingUnavailable` for the task's retries: the version stays registered, unjudged.
     """
-    uri, name, version, alias = tracking.tracking_uri(root), spec.name, str(registered["version"]), spec.promote.alias
+    uri = tracking.tracking_uri(root)
+    kept = f"version {registered['version']} of {spec.name!r} stays registered; `lstmflow run {spec.name}` judges it"
+    with tracking.answering(uri, f"judging {spec.name} version {registered['version']}", kept):
+        return _judge(spec, features_dir, trained, str(registered["version"]), uri)
+
+
+def _judge(spec: PipelineSpec, features_dir: Path, trained: dict[str, Any], version: str, uri: str) -> dict[str, Any]:
+    name, alias = spec.name, spec.promote.alias
     tags = registry.version_tags(uri, name, version)
     if tags.get(GATE_TAG + "decision") and tags.get(GATE_TAG + "alias") == alias:
         return _recorded(uri, name, version, tags)
