@@ -257,6 +257,24 @@ def test_tfidf_logistic_beats_the_majority_class_on_small_texts(tmp_path: Path) 
     assert baseline.metrics["accuracy"] >= 0.9 > majority(features) + 0.3
 
 
+def test_the_text_baseline_reads_characters_where_every_word_is_new(tmp_path: Path) -> None:
+    """Each text's words are made-up stems seen nowhere else; only their endings (a class's inflection) tell."""
+    rng = np.random.default_rng(5)
+    letters = np.array(list("bcdfgklmnprstvz"))
+    rows = [
+        {"text": " ".join("".join(rng.choice(letters, 5)) + ending for _ in range(3)), "label": label}
+        for label, ending in (("a", "ulo"), ("b", "exa")) * 60
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "texts.csv", index=False)
+    raw = {"task": "classify", "data": {"kind": "text", "path": "texts.csv", "tokenizer": {"kind": "word"}}}
+    spec = validate_pipeline("texts", raw, tmp_path)
+    prepare_text_features(spec.data, tmp_path / "features", "pipelines.texts.data")  # type: ignore[arg-type]
+
+    baseline = classifier_baseline(spec, load_sequences(tmp_path / "features"))
+
+    assert baseline.metrics["accuracy"] >= 0.95, "words alone are all unseen: only character n-grams can tell"
+
+
 def test_text_baseline_refuses_raw_texts_that_no_longer_match(tmp_path: Path) -> None:
     rows = text_rows(np.random.default_rng(4))
     pd.DataFrame(rows).to_csv(tmp_path / "texts.csv", index=False)
