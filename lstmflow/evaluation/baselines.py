@@ -56,9 +56,10 @@ MAX_ETS_FIT_ROWS = 5_000
 MAX_RESAMPLED_STEPS = 128
 #: Training texts from which TF-IDF keeps only n-grams found in two texts or more.
 MIN_DF_FROM_TEXTS = 500
-#: Training characters up to which the text baseline adds character n-grams to its words: beyond, their matrix
-#: (about four entries per character) would take gigabytes, and a set that large rarely needs them to be strong.
-CHARACTER_NGRAMS_UP_TO = 5_000_000
+#: Training characters up to which the text baseline adds character n-grams to its words: their matrix holds about
+#: four entries per character, and logistic regression's time grows with it (a million characters took about half a
+#: minute on 2 cores, four times words alone); a set larger than that rarely needs them to be strong.
+CHARACTER_NGRAMS_UP_TO = 1_000_000
 #: Inverse regularisation strengths tried for logistic regression, in increasing order (each warm-starts the
 #: next), the best on the validation part kept.
 LOGISTIC_C = (0.1, 1.0, 10.0, 100.0)
