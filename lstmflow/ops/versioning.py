@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -73,33 +72,16 @@ def dvc(root: Path, *args: str) -> str:
 
 
 def ensure_repo(root: Path) -> None:
-    """Initialise DVC in ``root`` when needed, with the local remote as default (created on first push); a
-    user's or the system's remotes count too.
-
-    This runs DVC's Python API in this process (a DVC command line starts a Python that imports DVC, a second or
-    more for each of the four commands this takes): initialising and editing the config read no path relative to
-    the working directory, unlike ``repro`` and ``push``, which stay commands run in ``root``."""
-    if (root / ".dvc").is_dir() and _project_has_remote(root):
+    """Initialise DVC in ``root`` when needed, with the local remote as default (created on first push)."""
+    if not (root / ".dvc").is_dir():
+        scm = (root / ".git").exists()
+        dvc(root, "init", "--quiet", *([] if scm else ["--no-scm"]))
+        dvc(root, "config", "core.analytics", "false")
+    if _project_has_remote(root):  # a second of `dvc remote list` saved on every run
         return
-    from dvc.config import Config
-    from dvc.config_schema import RelPath
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
-    logging.getLogger("dvc").setLevel(logging.WARNING)  # "Initialized DVC repository." is not the user's business
-    with workspace_lock(root):
-        try:
-            if not (root / ".dvc").is_dir():
-                Repo.init(str(root), no_scm=not (root / ".git").exists()).close()
-                with Config(dvc_dir=str(root / ".dvc")).edit("repo") as conf:
-                    conf["core"]["analytics"] = False
-            config = Config(dvc_dir=str(root / ".dvc"))
-            if not config["remote"]:  # DVC writes the path relative to .dvc/, so the project may move
-                with config.edit("local") as conf:
-                    conf["remote"]["local"] = {"url": RelPath((root / LOCAL_REMOTE).resolve())}
-                    conf["core"]["remote"] = "local"
-        except DvcException as exc:
-            raise DvcError(f"setting up DVC in {root} failed: {exc}") from exc
+    remotes = dvc(root, "remote", "list")  # a user's or the system's remotes count too
+    if not remotes.strip():  # the remote's path is relative to root; DVC rewrites it for .dvc/
+        dvc(root, "remote", "add", "--local", "--default", "local", LOCAL_REMOTE)
 
 
 def _project_has_remote(root: Path) -> bool:
