@@ -72,6 +72,12 @@ SOURCES: dict[str, Source] = {
                      "Nino 1+2 sea surface temperature (ERSST.V3B), monthly 1950-2010"),
     "woolyrnq": Source(PMDARIMA_WHEEL + " wheel (PyPI), pmdarima/datasets/woolyrnq.py", "R forecast package data "
                        "(GPL-3); pmdarima MIT", "Australian quarterly woollen yarn production 1965-1994 (ABS)"),
+    "elecequip": Source("statsmodels (a dependency of lstmflow), statsmodels/datasets/elec_equip", "public domain "
+                        "(Eurostat; statsmodels' COPYRIGHT note)", "Euro area turnover index of electrical equipment "
+                        "manufacturing, monthly 1995-2016, working-day but not seasonally adjusted (Eurostat)"),
+    "co2": Source("statsmodels (a dependency of lstmflow), statsmodels/datasets/co2", "public domain (Keeling & "
+                  "Whorf 2004, CDIAC; statsmodels' COPYRIGHT note)", "Mauna Loa atmospheric CO2 (ppm), weekly "
+                  "1958-2001, here as calendar-month means"),
     "fortunes_en": Source("Debian package `fortunes` (fortune-mod 1.99.1), /usr/share/games/fortunes",
                           "BSD (fortune-mod's Debian copyright file)", "BSD fortune(6) data files, one per topic"),
     "fortunes_de": Source("Debian package `fortunes-de`, /usr/share/games/fortunes/de", "GPL-2+",
@@ -342,6 +348,28 @@ def elnino(dest: Path) -> BuiltSet:
     data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": ["celsius"], "horizon": 1,
             "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
     return BuiltSet("elnino", {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
+
+
+def statsmodels_monthly(name: str, module: str, column: str, test_size: int = 24) -> Callable[[Path], BuiltSet]:
+    """The series of ``statsmodels.datasets.MODULE`` by calendar month (weekly data as monthly means, a month
+    without any sample linearly interpolated), the last ``test_size`` months as test, forecast one step ahead."""
+
+    def build(dest: Path) -> BuiltSet:
+        import importlib
+
+        table = importlib.import_module(f"statsmodels.datasets.{module}")
+        series = table.load_pandas().data.iloc[:, 0].astype(float).resample("MS").mean()
+        gaps = int(series.isna().sum())
+        series = series.interpolate(limit_area="inside")
+        rows = [(stamp.date().isoformat(), float(value)) for stamp, value in series.items()]
+        notes = write_series(dest, column, rows, test_size)
+        if gaps:
+            notes.append(f"{gaps} month(s) without a sample linearly interpolated")
+        data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": [column], "horizon": 1,
+                "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
+        return BuiltSet(name, {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
+
+    return build
 
 
 # ---------------------------------------------------------------- texts (Debian fortune files)
@@ -684,6 +712,8 @@ BUILDERS: dict[str, Callable[[Path], BuiltSet]] = {
     "ausbeer": calendar_set("ausbeer", "megalitres", "1956-01-01", months=3, test_size=16),
     "elnino": elnino,
     "woolyrnq": calendar_set("woolyrnq", "tonnes", "1965-01-01", months=3, test_size=16),
+    "elecequip": statsmodels_monthly("elecequip", "elec_equip", "index"),
+    "co2": statsmodels_monthly("co2", "co2", "ppm"),
     "fortunes_en": fortune_set("fortunes_en", "fortunes", "usr/share/games/fortunes", FORTUNE_TOPICS_EN, cap=300),
     "fortunes_de": fortune_set("fortunes_de", "fortunes-de", "usr/share/games/fortunes/de", FORTUNE_TOPICS_DE, cap=300),
     "romance_lang": romance_lang,
