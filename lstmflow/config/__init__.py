@@ -26,21 +26,18 @@ X`` everywhere else, and stay importable from here whichever module defines them
 from __future__ import annotations
 
 from lstmflow.config.base import Strict
+from lstmflow.config.clips import AudioFeaturesSpec, AudioSpec, SpeechSpec, VideoSpec
 from lstmflow.config.data import (
     DATA_KINDS,
     DATA_SPECS,
-    AudioFeaturesSpec,
-    AudioSpec,
     CorpusSpec,
     DataSpec,
     ImagesSpec,
     PairsSpec,
     SequenceTableSpec,
-    SpeechSpec,
     TextSpec,
     TimeSeriesDataSpec,
     TokenizerSpec,
-    VideoSpec,
 )
 from lstmflow.config.keys import apply_override, deep_merge, dotted_key, flatten, parse_key, set_key
 from lstmflow.config.loading import Config, ConfigFile, validate_pipeline
