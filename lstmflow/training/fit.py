@@ -206,7 +206,11 @@ class EpochLoop:
     budget: Budget | None = None
     progress_lines: ProgressLines | None = None
     member: str = ""  # "member 2/5" in an ensemble, else empty
-    part: Part = "train"  # what it trains on: "train+val" for a refit (see lstmflow.training.refit)
+
+    @property
+    def part(self) -> Part:
+        """What it trains on: "train+val" for a refit, or where validation is too small to decide on (the plan's)."""
+        return self.plan.part
 
     def name(self) -> str:
         """The pipeline's name, and the member's number in an ensemble, as the log lines start."""
@@ -231,7 +235,6 @@ class EpochLoop:
         schedule = make_schedule(spec, optimizer, plan)
         precision = Precision(train_spec.precision, world.device)
         loop = cls(spec, world, objective, plan, model, trained, optimizer, schedule, precision, checkpoint_dir)
-        loop.part = plan.part
         loop.budget, loop.progress_lines = Budget(spec, world), ProgressLines(world.is_main)
         return loop
 

@@ -246,7 +246,7 @@ def trial_spec(base: PipelineSpec, params: dict[str, Any]) -> PipelineSpec:
     for key, value in params.items():
         tree = set_key(tree, key, value, f"search.space.{key}")
     tree["train"]["refit"] = False
-    tree["train"].setdefault("early_stopping", {})["small_val_trains"] = False
+    tree["train"]["early_stopping"]["small_val_trains"] = False
     return validate_pipeline(base.name, tree, base.data.path.parent)
 
 
