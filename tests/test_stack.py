@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import free_port, make_project, run_lstmflow
+from conftest import free_port, make_project, run_lstmflow, wait_for
 
 from lstmflow.errors import ConfigError, LstmflowError
 from lstmflow.ops import stack
@@ -191,7 +191,8 @@ def test_down_finds_a_recorded_child_that_left_the_group(tmp_path: Path, trees: 
     """A child in a session of its own and without the token is the service's by the record `up` wrote."""
     leader, service = trees.start(f"env -u {stack.TOKEN_VARIABLE} setsid sleep 300 & wait", children=1)
     (child,) = psutil.Process(leader.pid).children()
-    assert os.getsid(child.pid) != leader.pid
+    # the child exists as the forked shell a moment before it runs setsid: wait for its session of its own
+    wait_for(lambda: os.getsid(child.pid) != leader.pid, "the child to leave the leader's session", seconds=30)
     service = stack._with_children(service)
     assert service.children == ((child.pid, child.create_time()),)
     stack._write_state(tmp_path, [service])
