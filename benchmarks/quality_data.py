@@ -78,6 +78,14 @@ SOURCES: dict[str, Source] = {
     "co2": Source("statsmodels (a dependency of lstmflow), statsmodels/datasets/co2", "public domain (Keeling & "
                   "Whorf 2004, CDIAC; statsmodels' COPYRIGHT note)", "Mauna Loa atmospheric CO2 (ppm), weekly "
                   "1958-2001, here as calendar-month means"),
+    "austres": Source(PMDARIMA_WHEEL + " wheel (PyPI), pmdarima/datasets/austres.py", "R datasets (GPL-2+); "
+                      "pmdarima MIT", "Australian residents (thousands), quarterly 1971-1994 (Brockwell & Davis)"),
+    "heartrate": Source(PMDARIMA_WHEEL + " wheel (PyPI), pmdarima/datasets/heartrate.py", "MIT-BIH data (ODC-By "
+                        "via PhysioNet); pmdarima MIT", "150 heart rates 0.5 s apart (Goldberger & Rigney)"),
+    "realgdp": Source("statsmodels (a dependency of lstmflow), statsmodels/datasets/macrodata", "public domain (US "
+                      "federal data; statsmodels' COPYRIGHT note)", "US real GDP, quarterly 1959-2009 (BEA)"),
+    "unemp": Source("statsmodels (a dependency of lstmflow), statsmodels/datasets/macrodata", "public domain (US "
+                    "federal data; statsmodels' COPYRIGHT note)", "US unemployment rate, quarterly 1959-2009 (BLS)"),
     "fortunes_en": Source("Debian package `fortunes` (fortune-mod 1.99.1), /usr/share/games/fortunes",
                           "BSD (fortune-mod's Debian copyright file)", "BSD fortune(6) data files, one per topic"),
     "fortunes_de": Source("Debian package `fortunes-de`, /usr/share/games/fortunes/de", "GPL-2+",
@@ -370,6 +378,34 @@ def statsmodels_monthly(name: str, module: str, column: str, test_size: int = 24
         return BuiltSet(name, {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
 
     return build
+
+
+def macrodata_set(name: str, column: str, test_size: int = 16) -> Callable[[Path], BuiltSet]:
+    """Column ``column`` of statsmodels' US macro data by quarter (dated at the quarter's first month), the last
+    ``test_size`` quarters as test, forecast one step ahead."""
+
+    def build(dest: Path) -> BuiltSet:
+        from statsmodels.datasets import macrodata
+
+        table = macrodata.load_pandas().data
+        rows = [(f"{int(year)}-{3 * int(quarter) - 2:02d}-01", float(value))
+                for year, quarter, value in zip(table["year"], table["quarter"], table[column])]  # fmt: skip
+        notes = write_series(dest, column, rows, test_size)
+        data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": [column], "horizon": 1,
+                "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
+        return BuiltSet(name, {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
+
+    return build
+
+
+def heartrate(dest: Path) -> BuiltSet:
+    """150 heart rates half a second apart, numbered (no calendar: the season comes from the data), the last 30 as
+    test, forecast one step ahead."""
+    rows = [(str(i), value) for i, value in enumerate(pmdarima_values("heartrate"))]
+    notes = write_series(dest, "bpm", rows, test_size=30)
+    data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": ["bpm"], "horizon": 1,
+            "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
+    return BuiltSet("heartrate", {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
 
 
 # ---------------------------------------------------------------- texts (Debian fortune files)
@@ -714,6 +750,10 @@ BUILDERS: dict[str, Callable[[Path], BuiltSet]] = {
     "woolyrnq": calendar_set("woolyrnq", "tonnes", "1965-01-01", months=3, test_size=16),
     "elecequip": statsmodels_monthly("elecequip", "elec_equip", "index"),
     "co2": statsmodels_monthly("co2", "co2", "ppm"),
+    "austres": calendar_set("austres", "thousands", "1971-03-01", months=3, test_size=12),
+    "heartrate": heartrate,
+    "realgdp": macrodata_set("realgdp", "realgdp"),
+    "unemp": macrodata_set("unemp", "unemp"),
     "fortunes_en": fortune_set("fortunes_en", "fortunes", "usr/share/games/fortunes", FORTUNE_TOPICS_EN, cap=300),
     "fortunes_de": fortune_set("fortunes_de", "fortunes-de", "usr/share/games/fortunes/de", FORTUNE_TOPICS_DE, cap=300),
     "romance_lang": romance_lang,

@@ -27,6 +27,7 @@ from lstmflow.data.timeseries import (
 from lstmflow.data.timeseries.prepare import SMOOTHED_MIN_WINDOWS
 from lstmflow.data.timeseries.preprocessing import _trends
 from lstmflow.errors import DataError
+from lstmflow.ops.probe import model_for
 
 torch.set_num_threads(1)
 
@@ -591,3 +592,54 @@ def test_auto_smooths_the_seasonal_difference_only_where_enough_training_windows
         ]
         == "log+seasonal_difference"
     )  # a declared transform is kept as written
+
+
+def forecast_leaving_the_model(path: Path, data: dict[str, object] | None = None, **sections: object) -> PipelineSpec:
+    """A one-step forecast pipeline of the monthly series at ``path`` (``data`` keys added) that declares no model."""
+    declared = {"path": str(path), "target": "y", "time_column": "t", "horizon": 1, **(data or {})}
+    return PipelineSpec.model_validate({"name": "demo", "data": declared, **sections})
+
+
+def random_walk(rows: int, seed: int) -> np.ndarray:
+    return 100 + np.cumsum(np.random.default_rng(seed).normal(0.5, 1.0, rows))
+
+
+def test_the_default_forecaster_gets_a_linear_autoregression_of_its_window_one_step_ahead_of_changes(
+    tmp_path: Path,
+) -> None:
+    path = monthly_csv(tmp_path, random_walk(300, seed=0))
+    resolved = resolve_data(forecast_leaving_the_model(path))
+    window = resolved.data.window
+    assert window is not None and window > 8  # the kernel follows the window resolved from the data
+    branches, output = resolved.model.layers
+    assert branches.branches is not None and output.dense is not None
+    (lstm,), (linear, pooling) = branches.branches
+    assert lstm.lstm is not None and lstm.lstm.units == 64
+    assert linear.conv1d is not None and pooling.global_average_pool is not None
+    assert (linear.conv1d.filters, linear.conv1d.kernel_size, linear.conv1d.padding) == (16, window, "valid")
+    with_branch, _ = model_for(resolved)
+    without, _ = model_for(resolve_data(forecast_leaving_the_model(path, {"transform": "none"})))
+    count = sum(p.numel() for p in with_branch.parameters()) - sum(p.numel() for p in without.parameters())
+    assert count == 16 * window + 16 + 16  # Keras: Conv1D(16, window) on 1 feature, and 16 more Dense weights
+    assert resolve_data(resolved) == resolved  # a recorded spec resolves to itself
+
+
+def test_the_autoregression_is_left_out_where_its_rule_fails(tmp_path: Path) -> None:
+    path = monthly_csv(tmp_path, random_walk(300, seed=1))
+    short = monthly_csv(tmp_path, random_walk(60, seed=2), name="short.csv")
+    lstm_alone = PipelineSpec.model_validate({"name": "demo", "data": {"path": str(path), "target": "y"}}).model
+    space = {"model.layers[0].lstm.units": {"int": [4, 8]}}
+    cases = {
+        "a year ahead": forecast_leaving_the_model(path, {"horizon": None}),
+        "levels kept": forecast_leaving_the_model(path, {"transform": "none"}),
+        "a declared model": forecast_leaving_the_model(
+            path, model={"layers": [{"lstm": {"units": 64}}, {"dense": {}}]}
+        ),
+        "a search": forecast_leaving_the_model(path, search={"trials": 2, "space": space}),
+        "too few windows": forecast_leaving_the_model(short, {"transform": "difference"}),
+    }
+    for case, spec in cases.items():
+        assert resolve_data(spec).model == spec.model, case
+    assert cases["levels kept"].model == lstm_alone
+    differenced = resolve_data(forecast_leaving_the_model(path, {"transform": "difference"}))
+    assert differenced.model.layers[0].branches is not None  # the long series gets it: only the rule left it out

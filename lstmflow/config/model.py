@@ -319,9 +319,10 @@ def _conv_block(filters: int, kernel_size: int) -> list[dict[str, Any]]:
 
 
 #: The default classifier of values over time (data kinds sequences, images read by rows, audio features): LSTM-FCN
-#: (Karim et al. 2017), an lstm beside a fully convolutional network (conv 128-8, 256-5, 128-3, each with batchnorm
-#: and relu, then global average pooling). The paper's lstm reads the series as one step of T values ("dimension
-#: shuffle") with 8-128 cells; here it reads the steps in time order, as every lstmflow input arrives, with 64 cells.
+#: (Karim et al. 2017), an lstm beside a fully convolutional network (the paper's conv 128-8, 256-5, 128-3 at half
+#: their widths, each with batchnorm and relu, then global average pooling). The paper's lstm reads the series as one
+#: step of T values ("dimension shuffle") with 8-128 cells; here it reads the steps in time order, as every lstmflow
+#: input arrives, with 64 cells.
 SEQUENCE_CLASSIFIER_LAYERS: list[dict[str, Any]] = [
     {
         "branches": [
@@ -331,6 +332,20 @@ SEQUENCE_CLASSIFIER_LAYERS: list[dict[str, Any]] = [
     },
     {"dense": {"activation": "softmax"}},
 ]
+
+
+def autoregressive_forecaster_layers(window: int) -> list[dict[str, Any]]:
+    """The default forecaster of a differenced series one step ahead, when it has windows enough: the lstm of 64
+    beside a linear autoregression of the whole window (LSTNet's "highway", Lai et al. 2018), in the Keras
+    vocabulary a ``conv1d`` of 16 filters spanning the window with ``padding: valid`` (each filter a linear model of
+    the window's values, at one position that global pooling then takes), concatenated before the output ``dense``.
+    The lstm learns a level and a season slowly from a few dozen windows; the linear part learns the short-term
+    dependence the differences keep at once."""
+    linear = {"conv1d": {"filters": 16, "kernel_size": window, "padding": "valid"}}
+    autoregression = [linear, {"global_average_pool": {}}]
+    return [{"branches": [[{"lstm": {"units": 64}}], autoregression]}, {"dense": {}}]
+
+
 #: The default text classifier: token vectors with whole-token dropout, 128 detectors of three-token phrases (a
 #: convolution), each detector's maximum over the text, dropout, then the class scores (Kim 2014, one kernel size).
 #: Over subword tokens (the text default) it beat a bidirectional lstm with max pooling on every text set of the

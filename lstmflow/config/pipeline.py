@@ -59,9 +59,13 @@ class PipelineSpec(Strict):
     model: ModelSpec = Field(
         default_factory=ModelSpec,
         description=(
-            "The network. Default: for a forecast one `lstm` of 64 units and a `dense` output layer; for classifying "
+            "The network. Default: for a forecast one `lstm` of 64 units and a `dense` output layer, with a linear "
+            "autoregression of the window beside the lstm (`branches`: `conv1d` of 16 filters whose `kernel_size` is "
+            "`data.window`, `padding: valid`, then `global_average_pool`) when the forecast is one step ahead, every "
+            "target is differenced, the training part holds at least twice as many windows as the window has steps, "
+            "and there is no `search`; for classifying "
             "`sequences`, `images` or `audio` LSTM-FCN (`branches`: an `lstm` of 64 and dropout 0.8 beside `conv1d` "
-            "128-8, 256-5, 128-3 each with `batchnorm` and relu, then `global_average_pool`; a softmax `dense`); for "
+            "64-8, 128-5, 64-3 each with `batchnorm` and relu, then `global_average_pool`; a softmax `dense`); for "
             "`text` an `embedding` of 64 with dropout 0.25, a `conv1d` of 128 filters of 3 tokens with relu, "
             "`global_max_pool`, dropout 0.5 and a softmax `dense`; for `video` a `time_distributed` network on every "
             "frame (three blocks of `conv2d` 3x3 with 16, 32, 64 filters, `batchnorm`, relu and `max_pool2d`, then "

@@ -406,10 +406,11 @@ class EpochLoop:
         state.epoch, state.batches_done = epoch, 0
         if self.world.is_main:
             logger.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        selected = self.plan.selection.metric
+        selection = "" if selected == "val_loss" else f" {selected}={metrics[selected]:.5f}"  # val_loss is shown
         log.info(
-            "epoch %d/%d train_loss=%.5f val_loss=%.5f %s=%.5f lr=%.3g%s",
-            epoch, self.plan.epochs, metrics["train_loss"], metrics["val_loss"], self.plan.selection.metric,
-            metrics[self.plan.selection.metric], state.epoch_lr,
+            "epoch %d/%d train_loss=%.5f val_loss=%.5f%s lr=%.3g%s",
+            epoch, self.plan.epochs, metrics["train_loss"], metrics["val_loss"], selection, state.epoch_lr,
             f" (stopped by {state.stopped_by})" if state.stopped_by else "",
         )  # fmt: skip
 

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lstmflow.config import PipelineSpec, SplitSpec, TimeSeriesDataSpec
+from lstmflow.config import ModelSpec, PipelineSpec, SplitSpec, TimeSeriesDataSpec
+from lstmflow.config.model import autoregressive_forecaster_layers
 from lstmflow.data.parts import PARTS, TRAIN_AND_VAL, Part, Parts
 from lstmflow.data.timeseries.preprocessing import Preprocessing, choose_transforms
 from lstmflow.data.timeseries.read import infer_season, read_series
@@ -36,6 +37,8 @@ FEATURES_FORMAT = 1
 MAX_TIME_LABELS = 100_000
 #: `transform: auto` smooths a seasonal difference over three seasons only when this many training windows remain.
 SMOOTHED_MIN_WINDOWS = 30
+#: The default forecaster adds its autoregressive branch when the training part has this many windows per window step.
+AUTOREGRESSION_WINDOWS_PER_STEP = 2
 
 
 # ---------------------------------------------------------------------------------- split and defaults
@@ -150,7 +153,8 @@ def _check_lengths(
 
 
 def resolve_data(spec: PipelineSpec) -> PipelineSpec:
-    """Fill ``data.window``, ``data.horizon`` and ``evaluate.season`` from the data; explicit values are kept.
+    """Fill ``data.window``, ``data.horizon`` and ``evaluate.season`` from the data, and the default ``model`` where
+    it depends on them (:func:`_default_model_autoregresses`); explicit values are kept.
 
     The season: ``evaluate.season``, else the calendar's (monthly 12, ...), else, when the calendar gives none or
     1, the data's own cycle (:func:`~lstmflow.data.timeseries.seasonality.season_from_autocorrelation` on the
@@ -168,14 +172,36 @@ def resolve_data(spec: PipelineSpec) -> PipelineSpec:
     if declared == 1:
         season = season_from_autocorrelation(frame[data.target[0]].to_numpy(np.float64)[: ends[0]])
     horizon = data.horizon or declared
-    lost = _lost_rows(_transforms(frame, data, ends[0], season, horizon, where), season)
+    preprocessing = _bare_preprocessing(_transforms(frame, data, ends[0], season, horizon, where), season)
+    lost = preprocessing.lost_rows
     window = data.window or _default_window(season, horizon, ends[0], data.stride, lost, where)
     _check_lengths(len(frame), ends, data.split, window, horizon, lost, season, where)
-    return spec.model_copy(
-        update={
-            "data": data.model_copy(update={"window": window, "horizon": horizon}),
-            "evaluate": spec.evaluate.model_copy(update={"season": season}),
-        }
+    update: dict[str, Any] = {
+        "data": data.model_copy(update={"window": window, "horizon": horizon}),
+        "evaluate": spec.evaluate.model_copy(update={"season": season}),
+    }
+    windows = len(window_origins("train", ends[0], ends[0], ends[0], window, horizon, data.stride, lost))
+    if _default_model_autoregresses(spec, preprocessing.targets_are_changes, horizon, window, windows):
+        update["model"] = ModelSpec(layers=autoregressive_forecaster_layers(window))
+    return spec.model_copy(update=update)
+
+
+def _default_model_autoregresses(
+    spec: PipelineSpec, targets_are_changes: bool, horizon: int, window: int, windows: int
+) -> bool:
+    """Whether the default forecaster gets its linear autoregressive branch (:func:`autoregressive_forecaster_layers`):
+    only for the default model outside a search (whose space names the default's keys), one step ahead of targets
+    that are all differenced (the branch's zero is then "no change"), with at least
+    :data:`AUTOREGRESSION_WINDOWS_PER_STEP` training windows per step of the window (its 16 × window weights per
+    feature are fitted from them). On the quality suite this cut the one-step error of the short quarterly and
+    monthly series it applies to and doubled it on undifferenced series and on one with too few windows
+    (benchmarks/RESULTS.md)."""
+    return (
+        "model" not in spec.model_fields_set
+        and spec.search is None
+        and horizon == 1
+        and targets_are_changes
+        and windows >= AUTOREGRESSION_WINDOWS_PER_STEP * window
     )
 
 
@@ -205,7 +231,12 @@ def _transforms(
 
 def _lost_rows(transforms: tuple[str, ...], season: int) -> int:
     """Rows at the start of the series that the transforms leave without a value."""
-    return Preprocessing(("",) * len(transforms), transforms, "none", (), (), season).lost_rows
+    return _bare_preprocessing(transforms, season).lost_rows
+
+
+def _bare_preprocessing(transforms: tuple[str, ...], season: int) -> Preprocessing:
+    """The transforms' steps alone (nameless columns, no scaler): what they cost in rows and whether they difference."""
+    return Preprocessing(("",) * len(transforms), transforms, "none", (), (), season)
 
 
 # --------------------------------------------------------------------------------------- features
