@@ -294,6 +294,14 @@ def write_series(dest: Path, column: str, rows: Sequence[tuple[str, float]], tes
     return [f"test: the last {test_size} points; validation: the last {len(history) - cut} points before them"]
 
 
+def one_step_set(name: str, column: str, notes: list[str]) -> BuiltSet:
+    """The set of a series written by :func:`write_series`, forecast one step ahead (the horizon the forecasting
+    target is stated for)."""
+    data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": [column], "horizon": 1,
+            "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
+    return BuiltSet(name, {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
+
+
 def airline(dest: Path) -> BuiltSet:
     """Monthly airline passengers, 1949-1960; the classic split forecasts 1960 (12 months) from 1949-1959."""
     text = (wheel_data(AEON_WHEEL, "aeon/datasets/data/Airline") / "Airline.csv").read_text().splitlines()[1:]
@@ -336,9 +344,7 @@ def calendar_set(name: str, column: str, first: str, months: int, test_size: int
         dates = [start.replace(year=start.year + (start.month - 1 + i * months) // 12,
                                month=(start.month - 1 + i * months) % 12 + 1) for i in range(len(values))]  # fmt: skip
         notes = write_series(dest, column, [(date.isoformat(), value) for date, value in zip(dates, values)], test_size)
-        data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": [column], "horizon": 1,
-                "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
-        return BuiltSet(name, {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
+        return one_step_set(name, column, notes)
 
     return build
 
@@ -353,9 +359,7 @@ def elnino(dest: Path) -> BuiltSet:
     rows = [(f"{int(year)}-{number:02d}-01", float(table.loc[i, month]))
             for i, year in enumerate(table["YEAR"]) for number, month in enumerate(months, start=1)]  # fmt: skip
     notes = write_series(dest, "celsius", rows, test_size=24)
-    data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": ["celsius"], "horizon": 1,
-            "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
-    return BuiltSet("elnino", {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
+    return one_step_set("elnino", "celsius", notes)
 
 
 def statsmodels_monthly(name: str, module: str, column: str, test_size: int = 24) -> Callable[[Path], BuiltSet]:
@@ -373,9 +377,7 @@ def statsmodels_monthly(name: str, module: str, column: str, test_size: int = 24
         notes = write_series(dest, column, rows, test_size)
         if gaps:
             notes.append(f"{gaps} month(s) without a sample linearly interpolated")
-        data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": [column], "horizon": 1,
-                "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
-        return BuiltSet(name, {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
+        return one_step_set(name, column, notes)
 
     return build
 
@@ -391,9 +393,7 @@ def macrodata_set(name: str, column: str, test_size: int = 16) -> Callable[[Path
         rows = [(f"{int(year)}-{3 * int(quarter) - 2:02d}-01", float(value))
                 for year, quarter, value in zip(table["year"], table["quarter"], table[column])]  # fmt: skip
         notes = write_series(dest, column, rows, test_size)
-        data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": [column], "horizon": 1,
-                "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
-        return BuiltSet(name, {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
+        return one_step_set(name, column, notes)
 
     return build
 
@@ -403,9 +403,7 @@ def heartrate(dest: Path) -> BuiltSet:
     test, forecast one step ahead."""
     rows = [(str(i), value) for i, value in enumerate(pmdarima_values("heartrate"))]
     notes = write_series(dest, "bpm", rows, test_size=30)
-    data = {"kind": "timeseries", "path": "train.csv", "time_column": "time", "target": ["bpm"], "horizon": 1,
-            "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
-    return BuiltSet("heartrate", {"task": "forecast", "data": data}, notes + ["horizon 1 (one-step forecasts)"])
+    return one_step_set("heartrate", "bpm", notes)
 
 
 # ---------------------------------------------------------------- texts (Debian fortune files)
