@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from statsmodels.tsa.stattools import kpss
 
 from lstmflow.config import PipelineSpec
 from lstmflow.data.demo import build_demo_data
@@ -211,6 +212,16 @@ def test_auto_differences_a_wandering_level_but_not_a_stationary_one() -> None:
     for i in range(1, 300):
         ar[i] = 0.5 * ar[i - 1] + shocks[i]
     assert auto_transform(ar) == "none"
+
+
+def test_a_short_wandering_level_that_kpss_alone_keeps_is_differenced() -> None:
+    walk = 50 + np.cumsum(np.random.default_rng(6).normal(size=96))
+    assert kpss(walk, regression="c", nlags="auto")[1] >= 0.05  # KPSS alone would keep this random walk's level
+    assert auto_transform(walk) == "difference"  # the ADF test cannot reject its unit root
+    ar = np.zeros(96)
+    for i, shock in enumerate(np.random.default_rng(6).normal(size=95), start=1):
+        ar[i] = 0.5 * ar[i - 1] + shock
+    assert auto_transform(ar) == "none"  # a short stationary series still keeps its level
 
 
 def test_auto_seasonally_differences_a_strong_season_whose_level_wanders() -> None:

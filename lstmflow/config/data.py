@@ -75,10 +75,11 @@ class TimeSeriesDataSpec(Strict):
             "a season, local) spread grows with the level (a Guerrero-style regression, slope > 0.5, p < 0.05) or "
             "max/min exceeds 10; `seasonal_difference` when the calendar (or `evaluate.season`) gives a season and "
             "STL's seasonal strength exceeds 0.64 (R's nsdiffs rule) and the level moves (a straight line explains "
-            "more than 80% of the variance, or the KPSS test rejects a stationary level at 5%, R's ndiffs rule), "
+            "more than 80% of the variance, or the level is not found stationary: the KPSS test rejects it at 5%, "
+            "R's ndiffs rule, or the ADF test cannot reject a unit root at 5%), "
             "smoothed to `seasonal_mean_difference` when 30 training windows or more remain after it; "
             "`difference` when a straight line explains more than 80% of what is left or, with no seasonal "
-            "difference taken, when the KPSS test rejects a stationary level."
+            "difference taken, when the level is not found stationary."
         ),
     )
     gaps: Literal["interpolate", "error"] = Field(

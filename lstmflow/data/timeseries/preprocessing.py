@@ -88,8 +88,10 @@ def auto_transform(train: np.ndarray, season: int = 1) -> str:
       and the level moves (a trend, or a level the KPSS test finds wandering): the network then learns what
       seasonal naive misses. A stationary level keeps its season, which the network learns better from the levels;
     - ``difference`` when a straight line still explains more than 80% of the variance (a trend), or, with no
-      seasonal difference taken, when the level wanders (R's ``ndiffs`` rule), which the network could not
-      extrapolate. After a seasonal difference only a straight trend counts: a further difference doubles the noise.
+      seasonal difference taken, when the level wanders (unless KPSS keeps a stationary level and the ADF test
+      rejects a unit root, :func:`~lstmflow.data.timeseries.seasonality.level_is_stationary`), which the network
+      could not extrapolate. After a seasonal difference only a straight trend counts: a further difference
+      doubles the noise.
     """
     values = np.asarray(train, dtype=np.float64)
     chosen = []
