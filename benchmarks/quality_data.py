@@ -90,6 +90,8 @@ SOURCES: dict[str, Source] = {
                       "federal data; statsmodels' COPYRIGHT note)", "US real GDP, quarterly 1959-2009 (BEA)"),
     "unemp": Source("statsmodels (a dependency of lstmflow), statsmodels/datasets/macrodata", "public domain (US "
                     "federal data; statsmodels' COPYRIGHT note)", "US unemployment rate, quarterly 1959-2009 (BLS)"),
+    "nile": Source("statsmodels (a dependency of lstmflow), statsmodels/datasets/nile", "public domain (Cobb 1978, "
+                   "via statsmodels' COPYRIGHT note)", "annual flow of the Nile at Aswan, 1871-1970 (10^8 m^3)"),
     "fortunes_en": Source("Debian package `fortunes` (fortune-mod 1.99.1), /usr/share/games/fortunes",
                           "BSD (fortune-mod's Debian copyright file)", "BSD fortune(6) data files, one per topic"),
     "fortunes_de": Source("Debian package `fortunes-de`, /usr/share/games/fortunes/de", "GPL-2+",
@@ -422,6 +424,16 @@ def macrodata_set(name: str, column: str, test_size: int = 16) -> Callable[[Path
         return one_step_set(name, column, notes)
 
     return build
+
+
+def nile(dest: Path) -> BuiltSet:
+    """The Nile's annual flow 1871-1970 (a level that shifts once, around 1898), the last 15 years as test, forecast
+    one step ahead."""
+    from statsmodels.datasets import nile as source
+
+    table = source.load_pandas().data
+    rows = [(str(int(year)), float(volume)) for year, volume in zip(table["year"], table["volume"])]
+    return one_step_set("nile", "volume", write_series(dest, "volume", rows, test_size=15))
 
 
 def heartrate(dest: Path) -> BuiltSet:
@@ -777,6 +789,7 @@ BUILDERS: dict[str, Callable[[Path], BuiltSet]] = {
     "co2": statsmodels_monthly("co2", "co2", "ppm"),
     "austres": calendar_set("austres", "thousands", "1971-03-01", months=3, test_size=12),
     "heartrate": heartrate,
+    "nile": nile,
     "realgdp": macrodata_set("realgdp", "realgdp"),
     "unemp": macrodata_set("unemp", "unemp"),
     "fortunes_en": fortune_set("fortunes_en", "fortunes", "usr/share/games/fortunes", FORTUNE_TOPICS_EN, cap=300),
