@@ -805,19 +805,25 @@ BUILDERS: dict[str, Callable[[Path], BuiltSet]] = {
 
 
 def build(name: str, dest: Path) -> BuiltSet:
-    """Build set ``name`` into ``dest`` (created), from the cache when it was built before with this BUILD_VERSION."""
+    """Build set ``name`` into ``dest`` (created), from the cache when it was built before with this BUILD_VERSION.
+
+    Each process stages its own build, so two suites started side by side may both build a set, never into one
+    folder; the first to finish fills the cache."""
     cached = CACHE / "sets" / f"{name}-v{BUILD_VERSION}"
     manifest = cached / "built.json"
     if not manifest.exists():
-        for stale in cached.parent.glob(f"{name}-v*"):  # what older builders wrote
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = cached.with_name(cached.name + ".tmp")
+        for stale in cached.parent.glob(f"{name}-v[0-9]*"):  # what older builders wrote
+            if stale.name != cached.name and not stale.name.endswith(".tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
+        staging = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         built = BUILDERS[name](staging)
         (staging / "built.json").write_text(json.dumps({"pipeline": built.pipeline, "notes": built.notes}))
-        shutil.rmtree(cached, ignore_errors=True)
-        staging.rename(cached)
+        try:
+            staging.rename(cached)
+        except OSError:  # another process filled the cache first
+            shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(cached, dest, ignore=shutil.ignore_patterns("built.json"))
     saved = json.loads(manifest.read_text())
     return BuiltSet(name, saved["pipeline"], saved["notes"])
