@@ -383,7 +383,10 @@ def auto_arima(history: np.ndarray, season: int) -> Forecaster:
     seasonal_d = int(season > 1 and seasonal_strength(history, season) > 0.64)
     d = differences(seasonal_difference(history, season, seasonal_d))
     orders = [(p, q) for p in range(13 if season == 1 else 3) for q in range(3)]
-    seasonal_orders = [(0, 0), (1, 0), (0, 1), (1, 1)] if season > 1 else [(0, 0)]
+    # seasonal AR and MA terms hold a season of lags in the state: beyond two years of months (half-hourly data's 48)
+    # their fits take hours, so a long season gets its seasonal difference only
+    short_season = 1 < season <= 24
+    seasonal_orders = [(0, 0), (1, 0), (0, 1), (1, 1)] if short_season else [(0, 0)]
     best: tuple[float, dict[str, Any], Any] | None = None
     for p, q in orders:
         for big_p, big_q in seasonal_orders:

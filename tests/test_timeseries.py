@@ -26,7 +26,7 @@ from lstmflow.data.timeseries import (
     resolve_data,
 )
 from lstmflow.data.timeseries.prepare import SMOOTHED_MIN_WINDOWS
-from lstmflow.data.timeseries.preprocessing import _trends
+from lstmflow.data.timeseries.preprocessing import _trends, differenced
 from lstmflow.errors import DataError
 from lstmflow.ops.probe import model_for
 
@@ -633,6 +633,22 @@ def test_the_default_forecaster_gets_a_linear_autoregression_of_its_window_one_s
     count = sum(p.numel() for p in with_branch.parameters()) - sum(p.numel() for p in without.parameters())
     assert count == 16 * window + 16 + 16  # Keras: Conv1D(16, window) on 1 feature, and 16 more Dense weights
     assert resolve_data(resolved) == resolved  # a recorded spec resolves to itself
+
+
+def test_one_step_ahead_auto_differences_a_level_its_tests_keep(tmp_path: Path) -> None:
+    stationary = monthly_csv(tmp_path, 20 + np.random.default_rng(3).normal(0, 1, 300))
+    assert auto_transform(20 + np.random.default_rng(3).normal(0, 1, 240)) == "none"  # the tests keep the level
+    one_step = resolve_data(forecast_leaving_the_model(stationary))
+    assert one_step.model.layers[0].branches is not None  # differenced, so the default gets its autoregression
+    summary, _ = prepared(tmp_path, stationary, "one", horizon=1)
+    assert summary["transform"] == "difference"
+    assert prepared(tmp_path, stationary, "year", horizon=12)[0]["transform"] == "none"  # further ahead: levels
+    assert prepared(tmp_path, stationary, "declared", horizon=1, transform="none")[0]["transform"] == "none"
+    assert [differenced(t) for t in ("none", "log", "log+seasonal_difference")] == [
+        "difference",
+        "log+difference",
+        "log+seasonal_difference",
+    ]
 
 
 def test_the_autoregression_is_left_out_where_its_rule_fails(tmp_path: Path) -> None:

@@ -79,7 +79,9 @@ class TimeSeriesDataSpec(Strict):
             "R's ndiffs rule, or the ADF test cannot reject a unit root at 5%), "
             "smoothed to `seasonal_mean_difference` when 30 training windows or more remain after it; "
             "`difference` when a straight line explains more than 80% of what is left or, with no seasonal "
-            "difference taken, when the level is not found stationary."
+            "difference taken, when the level is not found stationary. One step ahead (`horizon: 1`) a target "
+            "left undifferenced by these tests is differenced too (`none` becomes `difference`, `log` "
+            "`log+difference`)."
         ),
     )
     gaps: Literal["interpolate", "error"] = Field(

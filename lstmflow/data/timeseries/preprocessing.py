@@ -33,6 +33,8 @@ from lstmflow.errors import DataError
 
 #: The steps a transform chains, in the order they apply.
 STEPS = ("log", "seasonal_difference", "seasonal_mean_difference", "difference")
+#: The steps that leave changes rather than levels.
+DIFFERENCE_STEPS = frozenset(STEPS) - {"log"}
 #: Past seasons a ``seasonal_mean_difference`` averages.
 SEASONS_AVERAGED = 3
 #: A straight line must explain more than this share of the (transformed) training variance for `difference`.
@@ -42,6 +44,12 @@ TREND_R2 = 0.8
 def steps_of(transform: str) -> tuple[str, ...]:
     """``log+difference`` → ``("log", "difference")``; ``none`` → ``()``."""
     return tuple(step for step in transform.split("+") if step != "none")
+
+
+def differenced(transform: str) -> str:
+    """``transform`` with a first difference added at its end, unless it already takes a difference of some kind."""
+    steps = steps_of(transform)
+    return transform if set(steps) & DIFFERENCE_STEPS else "+".join([*steps, "difference"])
 
 
 def choose_transforms(
@@ -150,8 +158,7 @@ class Preprocessing:
     def targets_are_changes(self) -> bool:
         """Whether every target is differenced: a model answering 0 then forecasts the last value (or season's
         values) moved by the training part's mean change, the naive forecast a network should start from."""
-        differences = set(STEPS) - {"log"}
-        return bool(self.transforms) and all(differences & set(steps_of(t)) for t in self.transforms)
+        return bool(self.transforms) and all(DIFFERENCE_STEPS & set(steps_of(t)) for t in self.transforms)
 
     @property
     def lost_rows(self) -> int:
