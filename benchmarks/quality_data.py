@@ -90,9 +90,6 @@ SOURCES: dict[str, Source] = {
                       "federal data; statsmodels' COPYRIGHT note)", "US real GDP, quarterly 1959-2009 (BEA)"),
     "unemp": Source("statsmodels (a dependency of lstmflow), statsmodels/datasets/macrodata", "public domain (US "
                     "federal data; statsmodels' COPYRIGHT note)", "US unemployment rate, quarterly 1959-2009 (BLS)"),
-    "taylor": Source(PMDARIMA_WHEEL + " wheel (PyPI), pmdarima/datasets/taylor.py", "R forecast package data "
-                     "(GPL-3); pmdarima MIT", "half-hourly electricity demand in England and Wales, 5 June to 27 "
-                     "August 2000, megawatts (Taylor 2003)"),
     "nile": Source("statsmodels (a dependency of lstmflow), statsmodels/datasets/nile", "public domain (Cobb 1978, "
                    "via statsmodels' COPYRIGHT note)", "annual flow of the Nile at Aswan, 1871-1970 (10^8 m^3)"),
     "fortunes_en": Source("Debian package `fortunes` (fortune-mod 1.99.1), /usr/share/games/fortunes",
@@ -427,13 +424,6 @@ def macrodata_set(name: str, column: str, test_size: int = 16) -> Callable[[Path
         return one_step_set(name, column, notes)
 
     return build
-
-
-def taylor(dest: Path) -> BuiltSet:
-    """Twelve weeks of half-hourly electricity demand, numbered (the season comes from the data): a stable daily and
-    weekly cycle; the last week (336 half-hours) as test, forecast one step ahead."""
-    rows = [(str(i), value) for i, value in enumerate(pmdarima_values("taylor"))]
-    return one_step_set("taylor", "megawatts", write_series(dest, "megawatts", rows, test_size=336))
 
 
 def nile(dest: Path) -> BuiltSet:
@@ -800,7 +790,6 @@ BUILDERS: dict[str, Callable[[Path], BuiltSet]] = {
     "austres": calendar_set("austres", "thousands", "1971-03-01", months=3, test_size=12),
     "heartrate": heartrate,
     "nile": nile,
-    "taylor": taylor,
     "realgdp": macrodata_set("realgdp", "realgdp"),
     "unemp": macrodata_set("unemp", "unemp"),
     "fortunes_en": fortune_set("fortunes_en", "fortunes", "usr/share/games/fortunes", FORTUNE_TOPICS_EN, cap=300),
