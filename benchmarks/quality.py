@@ -262,10 +262,10 @@ def image_baseline(parts: dict[str, Path], data: dict[str, Any]) -> tuple[str, d
     """An RBF support vector machine on the scaled pixels (C chosen on validation), refitted on train+val."""
     from sklearn.svm import SVC
 
+    label = data.get("label_column", "label")
     loaded = {part: pd.read_csv(path) for part, path in parts.items()}
-    x = {part: frame.drop(columns=[data.get("label_column", "label")]).to_numpy(float) / 255 for part, frame in
-         loaded.items()}  # fmt: skip
-    y = {part: frame[data.get("label_column", "label")].astype(str).to_numpy() for part, frame in loaded.items()}
+    x = {part: frame.drop(columns=[label]).to_numpy(float) / 255 for part, frame in loaded.items()}
+    y = {part: frame[label].astype(str).to_numpy() for part, frame in loaded.items()}
     best = max((1.0, 10.0, 100.0), key=lambda c: SVC(C=c).fit(x["train"], y["train"]).score(x["val"], y["val"]))
     model = SVC(C=best).fit(np.concatenate([x["train"], x["val"]]), np.concatenate([y["train"], y["val"]]))
     return f"RBF SVM on the pixels (scikit-learn, C={best:g})", {"accuracy": float(model.score(x["test"], y["test"]))}

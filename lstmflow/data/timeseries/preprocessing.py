@@ -93,8 +93,9 @@ def auto_transform(train: np.ndarray, season: int = 1) -> str:
       (:func:`~lstmflow.data.timeseries.seasonality.amplitude_grows_with_level`), or, for a series without a trend,
       max/min exceeds 10;
     - ``seasonal_difference`` when ``season`` >= 2, STL's seasonal strength exceeds 0.64 (R's ``nsdiffs`` rule)
-      and the level moves (a trend, or a level the KPSS test finds wandering): the network then learns what
-      seasonal naive misses. A stationary level keeps its season, which the network learns better from the levels;
+      and the level moves (a trend, or a level that KPSS and ADF do not both find stationary): the network then
+      learns what seasonal naive misses. A stationary level keeps its season, which the network learns better from
+      the levels;
     - ``difference`` when a straight line still explains more than 80% of the variance (a trend), or, with no
       seasonal difference taken, when the level wanders (unless KPSS keeps a stationary level and the ADF test
       rejects a unit root, :func:`~lstmflow.data.timeseries.seasonality.level_is_stationary`), which the network
