@@ -19,6 +19,7 @@ from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.sequences import load_sequences, write_sequences
 from lstmflow.data.text import prepare_text_features
 from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
+from lstmflow.errors import ConfigError
 from lstmflow.evaluation import baselines
 from lstmflow.evaluation.baselines import (
     BaselineSkipped,
@@ -30,7 +31,10 @@ from lstmflow.evaluation.baselines import (
 )
 from lstmflow.evaluation.evaluate import evaluate_classifier, evaluate_forecast
 from lstmflow.evaluation.metrics import mae, majority_baseline, seasonal_naive
+from lstmflow.models.blend import PARTNER_FILE, blended, choose_weight
 from lstmflow.models.lstm import build_model
+from lstmflow.serving.predictors import Classifier, write_bundle
+from lstmflow.training.objectives import classifier_input_size
 
 FORECAST_KEYS = {"mse", "rmse", "mae", "smape", "mase"}
 
@@ -311,6 +315,88 @@ def test_evaluate_classifier_adds_the_baseline_or_skips_it_with_a_warning(
         "method": "sequences baseline",
         "skipped": "LinAlgError: singular matrix",
     }
+
+
+def test_blended_is_the_normalised_weighted_geometric_mean() -> None:
+    network, partner = np.array([[0.8, 0.2], [0.1, 0.9]]), np.array([[0.5, 0.5], [0.6, 0.4]])
+    assert blended(network, partner, 1.0) == pytest.approx(network)
+    assert blended(network, partner, 0.0) == pytest.approx(partner)
+    half = np.sqrt(network * partner)
+    assert blended(network, partner, 0.5) == pytest.approx(half / half.sum(axis=1, keepdims=True))
+
+
+def test_the_blend_weight_follows_validation_and_mixes_models_that_err_apart() -> None:
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    truth = np.eye(2)[labels] * 0.8 + 0.1
+    coin = np.full((6, 2), 0.5)
+    assert choose_weight(truth, coin, labels) == 1.0 and choose_weight(coin, truth, labels) == 0.0
+    # each sure and right on its own half, unsure and wrong on the other: only a mix gets every sample right
+    network = np.where(np.arange(6)[:, None] < 3, truth, 1.0 - np.eye(2)[labels] * 0.55 - 0.2)
+    partner = np.where(np.arange(6)[:, None] >= 3, truth, 1.0 - np.eye(2)[labels] * 0.55 - 0.2)
+    weight = choose_weight(network, partner, labels)
+    assert 0.0 < weight < 1.0 and np.all(blended(network, partner, weight).argmax(axis=1) == labels)
+    assert np.mean(network.argmax(axis=1) == labels) == 0.5 == np.mean(partner.argmax(axis=1) == labels)
+
+
+def untrained_text_classifier(tmp_path: Path, blend: bool | str = "auto") -> tuple[PipelineSpec, Path, Path]:
+    """A text pipeline with prepared features and untrained (seeded) weights: (spec, features folder, weights)."""
+    pd.DataFrame(text_rows(np.random.default_rng(3))).to_csv(tmp_path / "texts.csv", index=False)
+    raw = {
+        "task": "classify",
+        "data": {"kind": "text", "path": "texts.csv", "tokenizer": {"kind": "word"}},
+        "model": {"layers": [{"embedding": {"dim": 8}}, {"lstm": {"units": 4}}, {"dense": {}}]},
+        "train": {"blend_baseline": blend},
+    }
+    spec = validate_pipeline("texts", raw, tmp_path)
+    prepare_text_features(spec.data, tmp_path / "features", "pipelines.texts.data")  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    features = load_sequences(tmp_path / "features")
+    model = build_model(spec.model, classifier_input_size(features), features.n_classes, where="model")
+    (tmp_path / "run").mkdir(exist_ok=True)
+    torch.save(model.state_dict(), tmp_path / "run" / "model.pt")
+    return spec, tmp_path / "features", tmp_path / "run" / "model.pt"
+
+
+def served_accuracy(spec: PipelineSpec, features_dir: Path, model_path: Path, bundle: Path) -> tuple[Any, float]:
+    """(the served classifier, its accuracy on the test part's raw texts)."""
+    predictor, _ = write_bundle(spec.model_dump(mode="json"), features_dir, model_path, bundle)
+    requests = Classifier.requests(spec, features_dir, "test")
+    answers = predictor.predict(requests.frame)
+    return predictor, float(np.mean(answers["label"].to_numpy() == np.array(requests.labels)))
+
+
+def test_a_text_classifier_is_served_blended_with_its_baseline_as_it_was_scored(tmp_path: Path) -> None:
+    spec, features_dir, model_path = untrained_text_classifier(tmp_path)
+
+    metrics, _ = evaluate_classifier(spec, features_dir, model_path, tmp_path / "plots")
+
+    assert (model_path.parent / PARTNER_FILE).is_file()
+    assert {"network_accuracy", "network_macro_f1", "blend_weight"} <= metrics.keys()
+    assert metrics["accuracy"] > metrics["network_accuracy"] + 0.3, "an untrained network gains from the regression"
+    predictor, accuracy = served_accuracy(spec, features_dir, model_path, tmp_path / "bundle")
+    assert predictor.blend.weight == metrics["blend_weight"] and accuracy == pytest.approx(metrics["accuracy"])
+
+
+def test_without_the_blend_the_network_is_served_alone(tmp_path: Path) -> None:
+    spec, features_dir, model_path = untrained_text_classifier(tmp_path, blend="auto")
+    evaluate_classifier(spec, features_dir, model_path, tmp_path / "plots")  # leaves a blend beside the weights
+    alone = spec.model_copy(update={"train": spec.train.model_copy(update={"blend_baseline": False})})
+
+    metrics, _ = evaluate_classifier(alone, features_dir, model_path, tmp_path / "plots")
+
+    assert not (model_path.parent / PARTNER_FILE).exists() and "network_accuracy" not in metrics
+    predictor, accuracy = served_accuracy(alone, features_dir, model_path, tmp_path / "bundle")
+    assert predictor.blend is None and accuracy == pytest.approx(metrics["accuracy"])
+
+
+def test_a_blend_is_refused_where_no_regression_is_fitted(tmp_path: Path) -> None:
+    raw = {
+        "task": "classify",
+        "data": {"kind": "sequences", "path": "shapes.csv", "format": "wide"},
+        "train": {"blend_baseline": True},
+    }
+    with pytest.raises(ConfigError, match=r"train\.blend_baseline: true is for text classification .* 'sequences'"):
+        validate_pipeline("shapes", raw, tmp_path)
 
 
 def test_run_baseline_records_the_method_and_its_details(tmp_path: Path) -> None:

@@ -214,11 +214,14 @@ def _print_result(spec: PipelineSpec, result: dict[str, Any], console: Console) 
     metrics = result["metrics"]
     baseline, rows = HEADLINE[spec.task]
     strong = result.get("baseline") or "classical baseline"
-    table = Table("metric (test part)", "LSTM", baseline, strong, title=f"{spec.name}: {result['model_uri']}")
+    blend = metrics.get("blend_weight")  # a text classifier served blended with its baseline's regression
+    models = ["LSTM"] if blend is None else [f"blend (network weight {blend:.2f})", "network alone"]
+    table = Table("metric (test part)", *models, baseline, strong, title=f"{spec.name}: {result['model_uri']}")
     for key, baseline_key in rows:
         if key in metrics:
-            others = (metrics.get(baseline_key), metrics.get(f"baseline_{key}"))
-            table.add_row(key, f"{metrics[key]:.4g}", *("-" if v is None else f"{v:.4g}" for v in others))
+            network = [] if blend is None else [metrics.get(f"network_{key}")]
+            values = (metrics[key], *network, metrics.get(baseline_key), metrics.get(f"baseline_{key}"))
+            table.add_row(key, *("-" if v is None else f"{v:.4g}" for v in values))
     console.print(table)
     state = (
         "reused (nothing changed)"

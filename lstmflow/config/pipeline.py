@@ -153,6 +153,11 @@ class PipelineSpec(Strict):
             )
         self._decoder_fits()
         self._refit_fits()
+        if self.train.blend_baseline is True and not (self.task == "classify" and self.data.kind == "text"):
+            raise ValueError(
+                f"train.blend_baseline: true is for text classification (task classify, data kind text); this is "
+                f"task {self.task!r} on {self.data.kind!r} data (set it to auto or false)"
+            )
         losses = TASK_LOSSES[self.task]
         if self.train.loss is not None and self.train.loss not in losses:
             raise ValueError(

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from lstmflow.config import CorpusSpec, PipelineSpec
-from lstmflow.data.sequences import SequenceSet, load_sequences
+from lstmflow.data.sequences import SequenceFeatures, SequenceSet, load_sequences
 from lstmflow.data.timeseries import Features, WindowSet, load_features
 from lstmflow.errors import DataError
 from lstmflow.evaluation.baselines import (
     MAX_BIGRAM_VOCABULARY,
+    Baseline,
     bigram_baseline,
     classifier_baseline,
     ets_baseline,
@@ -36,6 +37,7 @@ from lstmflow.evaluation.metrics import (
     seasonal_naive,
 )
 from lstmflow.evaluation.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
+from lstmflow.models.blend import PARTNER_FILE, Blend, blended, choose_weight
 from lstmflow.models.lstm import LSTMNet, build_model
 from lstmflow.training.objectives import (
     LanguageModelObjective,
@@ -136,7 +138,9 @@ def evaluate_classifier(
 ) -> tuple[dict[str, float], list[Path]]:
     """Test accuracy, macro-F1, per-class precision and recall and log-loss, beside the majority-class baseline
     (``majority_accuracy``, ``majority_macro_f1``) and the strong one (``baseline_accuracy``,
-    ``baseline_macro_f1``); the confusion-matrix and loss-curve plots."""
+    ``baseline_macro_f1``); the confusion-matrix and loss-curve plots. A text classifier blended with its baseline
+    (``train.blend_baseline``) is scored as served, the blend, with the network alone as ``network_accuracy`` and
+    ``network_macro_f1`` and its weight as ``blend_weight``."""
     features = load_sequences(features_dir)
     test = features.part("test")
     if len(test) == 0:
@@ -153,14 +157,22 @@ def evaluate_classifier(
         ensemble=spec.train.ensemble,
     )
     _load_weights(model, model_path)
-    probabilities = predict_proba(model, test)
+    network = predict_proba(model, test)
+    strong = run_baseline(f"{spec.data.kind} baseline", lambda: classifier_baseline(spec, features), plot_dir)
+    probabilities, blend_metrics = network, {}
+    if (chosen := _blend(spec, model, features, strong, model_path.parent)) is not None:
+        weight, partner = chosen
+        probabilities = blended(network, partner, weight)
+        scores = classification_metrics(test.labels, network.argmax(axis=1), features.classes)
+        blend_metrics = {"network_accuracy": scores["accuracy"], "network_macro_f1": scores["macro_f1"]}
+        blend_metrics["blend_weight"] = weight
     predicted = probabilities.argmax(axis=1)
     metrics = {
         **classification_metrics(test.labels, predicted, features.classes),
         "log_loss": log_loss(test.labels, probabilities),
         **majority_baseline(features.part("train").labels, test.labels, features.n_classes),
+        **blend_metrics,
     }
-    strong = run_baseline(f"{spec.data.kind} baseline", lambda: classifier_baseline(spec, features), plot_dir)
     metrics |= {} if strong is None else strong.prefixed()
     plots = [
         plot_confusion_matrix(
@@ -172,6 +184,22 @@ def evaluate_classifier(
         *_loss_curves(model_path, plot_dir, loss_label="cross-entropy (nats)"),
     ]
     return metrics, plots
+
+
+def _blend(
+    spec: PipelineSpec, model: LSTMNet, features: SequenceFeatures, strong: Baseline | None, folder: Path
+) -> tuple[float, np.ndarray] | None:
+    """(the network's weight, the regression's test probabilities) of the blend with the baseline's regression
+    (``train.blend_baseline``), the weight chosen on the validation part; the blend is saved in ``folder`` beside
+    the weights, for the bundle to serve. None, and no blend left in ``folder``, when the network is served alone."""
+    (folder / PARTNER_FILE).unlink(missing_ok=True)
+    val = features.part("val")
+    partner = None if strong is None else strong.partner
+    if spec.train.blend_baseline is False or partner is None or len(val) == 0:
+        return None
+    weight = choose_weight(predict_proba(model, val), partner.val, val.labels)
+    Blend(partner.model, partner.codes, weight, features.n_classes).save(folder)
+    return weight, partner.test
 
 
 #: The prompt of the sample text logged with a language model: the start of the test part, this many characters.

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lstmflow.models.blend import load_blend
 from lstmflow.serving.bundle import load_network
 from lstmflow.serving.files import ROOTS_KEY, FileGate, clip_source, recorded_roots, require_clip_columns
 from lstmflow.serving.request_checks import BadRequest, decoded, describe, numbers, require_columns
@@ -73,6 +74,8 @@ class Classifier:
             from lstmflow.data.text import TOKENIZER_FILE, Tokenizer
 
             self.tokenizer = Tokenizer.load(bundle_dir / TOKENIZER_FILE)
+        #: The regression the network is blended with (``train.blend_baseline``), or None: the network alone.
+        self.blend = load_blend(bundle_dir)
         #: Where request paths may point (audio clips, images): see :mod:`lstmflow.serving.files`.
         self.files = FileGate(info.get(ROOTS_KEY))
 
@@ -215,7 +218,9 @@ class Classifier:
         lengths = torch.tensor([len(s) for s in steps], dtype=torch.int64)
         with torch.no_grad():
             logits = self.model.logits(pad_sequence(steps, batch_first=True), lengths)  # (N, C)
-        probabilities = torch.softmax(logits, dim=-1).numpy()
+        probabilities = torch.softmax(logits.double(), dim=-1).numpy()
+        if self.blend is not None:
+            probabilities = self.blend.probabilities(probabilities, list(frame[self.spec.data.text_column]))
         result = pd.DataFrame(probabilities, columns=[f"prob_{c}" for c in self.classes])
         result.insert(0, "label", [self.classes[i] for i in probabilities.argmax(axis=1)])
         result.insert(0, "key", keys)

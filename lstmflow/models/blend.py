@@ -1,0 +1,104 @@
+"""A text classifier served as the network blended with the run's TF-IDF + logistic regression baseline.
+
+On a few thousand texts a network trained from scratch and logistic regression on word and character n-grams
+err on different texts: the network reads phrases in order, the regression catches inflections and rare words
+through character n-grams the network's tokens never split out. Their weighted geometric mean of class
+probabilities was ahead of the network alone on every text set of the quality suite, and of the regression on most
+(benchmarks/RESULTS.md). The weight is chosen on the
+validation part (the most accurate, the lower log-loss on a tie), from the network's kept checkpoint and the
+regression fitted on the training part alone; the regression that is served was then fitted again on training and
+validation together with the same strength, as the baseline the run reports was. A weight of 1 is the network
+alone, 0 the regression alone (which then cannot beat the baseline, so the gate does not promote it).
+
+The blend is a model in its own right, so it is saved beside the network's weights and travels in the served
+bundle (``partner.joblib``, scikit-learn's own persistence); a served request goes through both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: The file beside the network's weights (and in the served bundle) holding the fitted regression and the weight.
+PARTNER_FILE = "partner.joblib"
+#: The network's weights tried, from 0 (the regression alone) to 1 (the network alone).
+WEIGHTS = np.linspace(0.0, 1.0, 21)
+#: Probabilities are clipped to this before their logarithm: a class one model rules out stays possible.
+FLOOR = 1e-9
+
+
+@dataclass(frozen=True)
+class Partner:
+    """The regression a network may be blended with: the model to serve and its probabilities per part."""
+
+    #: texts → (N, classes) probabilities through :meth:`probabilities`; fitted on training + validation texts.
+    model: Any
+    #: Which class code each of ``model``'s probability columns is (classes absent from its training texts lack one).
+    codes: np.ndarray
+    #: (N_val, classes): the same regression fitted on the training part alone, for choosing the weight.
+    val: np.ndarray
+    #: (N_test, classes): ``model``'s.
+    test: np.ndarray
+
+
+def class_probabilities(model: Any, codes: np.ndarray, texts: list[str], n_classes: int) -> np.ndarray:
+    """(N, n_classes) probabilities of a fitted scikit-learn classifier whose columns are class ``codes``."""
+    probabilities = np.zeros((len(texts), n_classes))
+    probabilities[:, codes] = model.predict_proba(texts)
+    return probabilities
+
+
+def blended(network: np.ndarray, partner: np.ndarray, weight: float) -> np.ndarray:
+    """Rows of ``network ** weight * partner ** (1 - weight)``, normalised: the weighted geometric mean, which
+    (unlike the arithmetic one) does not let the sharper of two differently calibrated models drown the other."""
+    scores = weight * np.log(np.clip(network, FLOOR, 1.0)) + (1.0 - weight) * np.log(np.clip(partner, FLOOR, 1.0))
+    scores -= scores.max(axis=1, keepdims=True)
+    exp = np.exp(scores)
+    return np.asarray(exp / exp.sum(axis=1, keepdims=True))
+
+
+def choose_weight(network: np.ndarray, partner: np.ndarray, labels: np.ndarray) -> float:
+    """The network's weight in :data:`WEIGHTS` whose blend is the most accurate on ``labels`` (validation), the one
+    with the lower log-loss on a tie."""
+
+    def rank(weight: float) -> tuple[float, float]:
+        mixed = blended(network, partner, weight)
+        correct = float(np.mean(mixed.argmax(axis=1) == labels))
+        return correct, float(np.mean(np.log(mixed[np.arange(len(labels)), labels])))
+
+    return float(max(WEIGHTS, key=rank))
+
+
+@dataclass(frozen=True)
+class Blend:
+    """What serving needs to blend: the regression (texts in), its class codes, the network's weight."""
+
+    model: Any
+    codes: np.ndarray
+    weight: float
+    n_classes: int
+
+    def probabilities(self, network: np.ndarray, texts: list[str]) -> np.ndarray:
+        """The blend of the network's (N, classes) probabilities with the regression's on the same texts."""
+        return blended(network, class_probabilities(self.model, self.codes, texts, self.n_classes), self.weight)
+
+    def save(self, folder: Path) -> Path:
+        import joblib
+
+        path = Path(folder) / PARTNER_FILE
+        joblib.dump(dataclasses.asdict(self), path)
+        return path
+
+
+def load_blend(folder: Path) -> Blend | None:
+    """The blend saved in ``folder``, or None when its model is the network alone."""
+    path = Path(folder) / PARTNER_FILE
+    if not path.is_file():
+        return None
+    import joblib
+
+    return Blend(**joblib.load(path))
