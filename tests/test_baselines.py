@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile
 import torch
 
 from lstmflow.config import PipelineSpec, validate_pipeline
+from lstmflow.data.kinds import build_features
 from lstmflow.data.sequences import load_sequences, write_sequences
 from lstmflow.data.text import prepare_text_features
 from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
@@ -338,8 +340,19 @@ def test_the_blend_weight_follows_validation_and_mixes_models_that_err_apart() -
     assert np.mean(network.argmax(axis=1) == labels) == 0.5 == np.mean(partner.argmax(axis=1) == labels)
 
 
+def untrained_classifier(tmp_path: Path, name: str, raw: dict[str, Any]) -> tuple[PipelineSpec, Path, Path]:
+    """A pipeline with prepared features and untrained (seeded) weights: (spec, features folder, weights)."""
+    spec = validate_pipeline(name, raw, tmp_path)
+    build_features(spec.data, None, tmp_path / "features", f"pipelines.{name}.data", tmp_path / "cache")
+    torch.manual_seed(0)
+    features = load_sequences(tmp_path / "features")
+    model = build_model(spec.model, classifier_input_size(features), features.n_classes, where="model")
+    (tmp_path / "run").mkdir(exist_ok=True)
+    torch.save(model.state_dict(), tmp_path / "run" / "model.pt")
+    return spec, tmp_path / "features", tmp_path / "run" / "model.pt"
+
+
 def untrained_text_classifier(tmp_path: Path, blend: bool | str = "auto") -> tuple[PipelineSpec, Path, Path]:
-    """A text pipeline with prepared features and untrained (seeded) weights: (spec, features folder, weights)."""
     pd.DataFrame(text_rows(np.random.default_rng(3))).to_csv(tmp_path / "texts.csv", index=False)
     raw = {
         "task": "classify",
@@ -347,14 +360,7 @@ def untrained_text_classifier(tmp_path: Path, blend: bool | str = "auto") -> tup
         "model": {"layers": [{"embedding": {"dim": 8}}, {"lstm": {"units": 4}}, {"dense": {}}]},
         "train": {"blend_baseline": blend},
     }
-    spec = validate_pipeline("texts", raw, tmp_path)
-    prepare_text_features(spec.data, tmp_path / "features", "pipelines.texts.data")  # type: ignore[arg-type]
-    torch.manual_seed(0)
-    features = load_sequences(tmp_path / "features")
-    model = build_model(spec.model, classifier_input_size(features), features.n_classes, where="model")
-    (tmp_path / "run").mkdir(exist_ok=True)
-    torch.save(model.state_dict(), tmp_path / "run" / "model.pt")
-    return spec, tmp_path / "features", tmp_path / "run" / "model.pt"
+    return untrained_classifier(tmp_path, "texts", raw)
 
 
 def served_accuracy(spec: PipelineSpec, features_dir: Path, model_path: Path, bundle: Path) -> tuple[Any, float]:
@@ -389,13 +395,40 @@ def test_without_the_blend_the_network_is_served_alone(tmp_path: Path) -> None:
     assert predictor.blend is None and accuracy == pytest.approx(metrics["accuracy"])
 
 
+def test_an_audio_classifier_asked_to_blend_is_served_blended_as_it_was_scored(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    for label, pitch in (("low", 300.0), ("high", 1500.0)):  # real clips: noisy tones, a pitch apiece, any length
+        for i in range(15):
+            steps = np.arange(int(16000 * rng.uniform(0.15, 0.3))) / 16000
+            clip = 0.4 * np.sin(2 * np.pi * pitch * rng.uniform(0.9, 1.1) * steps) + rng.normal(0, 0.05, len(steps))
+            (tmp_path / "clips" / label).mkdir(parents=True, exist_ok=True)
+            soundfile.write(tmp_path / "clips" / label / f"{i}.wav", clip.astype(np.float32), 16000)
+    raw = {
+        "task": "classify",
+        "data": {"kind": "audio", "path": "clips", "workers": 1, "split": {"val": 0.3, "test": 0.3}},
+        "model": {"layers": [{"lstm": {"units": 4}}, {"dense": {}}]},
+        "train": {"blend_baseline": True},  # audio is blended on request only
+    }
+    spec, features_dir, model_path = untrained_classifier(tmp_path, "tones", raw)
+    at_auto = spec.model_copy(update={"train": spec.train.model_copy(update={"blend_baseline": "auto"})})
+    assert "blend_weight" not in evaluate_classifier(at_auto, features_dir, model_path, tmp_path / "plots")[0]
+
+    metrics, _ = evaluate_classifier(spec, features_dir, model_path, tmp_path / "plots")
+
+    assert metrics["accuracy"] == 1.0 and metrics["network_accuracy"] < 1.0, "the regression hears the pitch"
+    predictor, accuracy = served_accuracy(spec, features_dir, model_path, tmp_path / "bundle")
+    assert predictor.blend.weight == metrics["blend_weight"] and accuracy == metrics["accuracy"]
+    clip_probabilities = predictor.predict(Classifier.requests(spec, features_dir, "test").frame).filter(like="prob_")
+    assert np.allclose(clip_probabilities.sum(axis=1), 1.0)
+
+
 def test_a_blend_is_refused_where_no_regression_is_fitted(tmp_path: Path) -> None:
     raw = {
         "task": "classify",
         "data": {"kind": "sequences", "path": "shapes.csv", "format": "wide"},
         "train": {"blend_baseline": True},
     }
-    with pytest.raises(ConfigError, match=r"train\.blend_baseline: true is for text classification .* 'sequences'"):
+    with pytest.raises(ConfigError, match=r"train\.blend_baseline: true is for classifying text, audio, video .*"):
         validate_pipeline("shapes", raw, tmp_path)
 
 

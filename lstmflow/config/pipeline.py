@@ -25,6 +25,7 @@ from lstmflow.config.model import (
 from lstmflow.config.operations import OPERATIONS, PromoteSpec, ScheduleSpec
 from lstmflow.config.search import SEARCHABLE_SECTIONS, SearchParam, SearchSpec
 from lstmflow.config.tasks import (
+    BLENDED_KINDS,
     PROMOTE_METRICS,
     PROMOTE_TESTS,
     REFIT_TASKS,
@@ -153,10 +154,10 @@ class PipelineSpec(Strict):
             )
         self._decoder_fits()
         self._refit_fits()
-        if self.train.blend_baseline is True and not (self.task == "classify" and self.data.kind == "text"):
+        if self.train.blend_baseline is True and not (self.task == "classify" and self.data.kind in BLENDED_KINDS):
             raise ValueError(
-                f"train.blend_baseline: true is for text classification (task classify, data kind text); this is "
-                f"task {self.task!r} on {self.data.kind!r} data (set it to auto or false)"
+                f"train.blend_baseline: true is for classifying {', '.join(BLENDED_KINDS)} data (task classify); this "
+                f"is task {self.task!r} on {self.data.kind!r} data (set it to auto or false)"
             )
         losses = TASK_LOSSES[self.task]
         if self.train.loss is not None and self.train.loss not in losses:

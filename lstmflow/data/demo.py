@@ -235,7 +235,7 @@ VIDEO_CODECS = {
 }
 #: Encoder options per codec: x264's SIMD routines now and then encoded the same frames into different bytes (a few
 #: clips in a hundred, on an AMD EPYC machine); its plain C routines did not, and 32x32 clips encode fast either way.
-ENCODER_OPTIONS = {"libx264": {"x264-params": "asm=0"}}
+ENCODER_OPTIONS: dict[str, dict[str, object]] = {"libx264": {"x264-params": "asm=0"}}
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int) -> Path:

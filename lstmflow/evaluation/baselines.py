@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lstmflow.evaluation.metrics import classification_metrics
-from lstmflow.models.blend import Partner, class_probabilities
+from lstmflow.models.blend import Partner, class_probabilities, mean_and_spread
 
 if TYPE_CHECKING:
     from lstmflow.config import PipelineSpec
@@ -229,17 +229,18 @@ def _form_name(form: EtsForm) -> str:
 
 def classifier_baseline(spec: PipelineSpec, features: SequenceFeatures) -> Baseline:
     """The strong baseline of a classifier, by data kind, scored on the test part (accuracy and macro-F1); for
-    texts with the fitted model a network may be blended with (:mod:`lstmflow.models.blend`)."""
+    texts, audio and video with the fitted regression a network may be blended with (:mod:`lstmflow.models.blend`)."""
     kind = spec.data.kind
     train, val, test = (features.part(name) for name in ("train", "val", "test"))
     labels = (train.labels, val.labels)
     partner = None
     if kind == "text":
-        partner = _tfidf_logistic(_texts_by_part(spec, features), labels, features.n_classes)
+        partner = _logistic_partner(_text_vectorizer, _texts_by_part(spec, features), labels, features.n_classes)
         method, predicted = "tfidf_logistic", partner.test.argmax(axis=1)
     elif kind in ("audio", "video"):  # order-blind: what each feature (a video's pixel) does on average over time
-        summaries = [_mean_std(part, features.n_features) for part in (train, val, test)]
-        method, predicted = "logistic_mean_std", _logistic(summaries, labels)
+        sequences = [[part.sequence(i) for i in range(len(part))] for part in (train, val, test)]
+        partner = _logistic_partner(_summary_scaler, sequences, labels, features.n_classes)
+        method, predicted = "logistic_mean_std", partner.test.argmax(axis=1)
     else:
         length = min(int(np.max(np.diff(features.offsets))), MAX_RESAMPLED_STEPS)
         inputs = [_shape_features(part, length, features.n_features) for part in (train, val, test)]
@@ -266,15 +267,6 @@ def _shape_classifier(
     if np.mean(nn_val == val.labels) > np.mean(ridge_val == val.labels):
         return "nn1_euclidean", np.asarray(nn_test, dtype=np.int64)
     return "ridge_resampled", ridge_test
-
-
-def _mean_std(part: SequenceSet, n_features: int) -> np.ndarray:
-    """(N, 2F): each sequence's mean and standard deviation over time, per feature."""
-    rows = np.empty((len(part), 2 * n_features))
-    for i in range(len(part)):
-        steps = np.asarray(part.sequence(i), dtype=np.float64)
-        rows[i] = np.concatenate([steps.mean(axis=0), steps.std(axis=0)])
-    return rows
 
 
 #: Summary features per channel at the start of each row of :func:`_shape_features`.
@@ -311,15 +303,6 @@ def _ridge(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray) -> np.
     return np.asarray(model.predict(test), dtype=np.int64)
 
 
-def _logistic(inputs: list[Any], labels: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Test predictions of standardised logistic regression fitted on train, its C the best on val."""
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(inputs[0])
-    train, val, test = (scaler.transform(part) if len(part) else part for part in inputs)
-    return np.asarray(_choose_logistic(train, val, labels).predict(test), dtype=np.int64)
-
-
 def _choose_logistic(train: Any, val: Any, labels: tuple[np.ndarray, np.ndarray]) -> Any:
     """Logistic regression fitted on train, its C the best on val (the smallest on a tie, or C = 1 without a
     validation part). Each larger C starts from the previous solution (warm start): far fewer iterations than
@@ -338,32 +321,47 @@ def _choose_logistic(train: Any, val: Any, labels: tuple[np.ndarray, np.ndarray]
     return best[1]
 
 
-def _tfidf_logistic(texts: list[list[str]], labels: tuple[np.ndarray, np.ndarray], n_classes: int) -> Partner:
-    """TF-IDF (word 1–2 grams and, up to :data:`CHARACTER_NGRAMS_UP_TO` training characters, character 2–5 grams
-    within words; sublinear tf) + logistic regression, its C chosen on the validation part from a fit on the
-    training part, then fitted again with that C on training and validation together (what a competent first try
-    does, and what the blend serves). Character n-grams catch what words miss in small sets (inflections,
-    spellings, another language's letters): on the quality suite's text sets they were worth up to 15 points over
-    words alone."""
+def _logistic_partner(
+    featurizer: Callable[[list[Any]], Any],
+    inputs: list[list[Any]],
+    labels: tuple[np.ndarray, np.ndarray],
+    n_classes: int,
+) -> Partner:
+    """Logistic regression on ``featurizer(training inputs)``'s features, its C chosen on the validation part from a
+    fit on the training part, then fitted again with that C on training and validation together (what a competent
+    first try does, and what the blend serves)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    vectorizer = _text_vectorizer(texts[0])
-    train = vectorizer.fit_transform(texts[0])
-    chosen = _choose_logistic(train, vectorizer.transform(texts[1]), labels)
+    featurize = featurizer(inputs[0])
+    train = featurize.fit_transform(inputs[0])
+    chosen = _choose_logistic(train, featurize.transform(inputs[1]) if len(inputs[1]) else None, labels)
     val = np.zeros((0, n_classes))
-    if texts[1]:
-        val = class_probabilities(make_pipeline(vectorizer, chosen), chosen.classes_, texts[1], n_classes)
-    refit = make_pipeline(_text_vectorizer([*texts[0], *texts[1]]), LogisticRegression(C=chosen.C, max_iter=2000))
-    refit.fit([*texts[0], *texts[1]], np.concatenate(labels))
+    if len(inputs[1]):
+        val = class_probabilities(make_pipeline(featurize, chosen), chosen.classes_, inputs[1], n_classes)
+    seen = [*inputs[0], *inputs[1]]
+    refit = make_pipeline(featurizer(seen), LogisticRegression(C=chosen.C, max_iter=2000))
+    refit.fit(seen, np.concatenate(labels))
     codes = np.asarray(refit.classes_)
-    return Partner(refit, codes, val, class_probabilities(refit, codes, texts[2], n_classes))
+    return Partner(refit, codes, val, class_probabilities(refit, codes, inputs[2], n_classes))
+
+
+def _summary_scaler(train_sequences: list[np.ndarray]) -> Any:
+    """The unfitted features of the audio and video regression: each sequence's per-feature mean and spread over
+    time (:func:`~lstmflow.models.blend.mean_and_spread`), standardised."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    return make_pipeline(FunctionTransformer(mean_and_spread), StandardScaler())
 
 
 def _text_vectorizer(train_texts: list[str]) -> Any:
-    """The unfitted TF-IDF units for these training texts. From :data:`MIN_DF_FROM_TEXTS` texts on, an n-gram must
-    occur in two of them: one seen once is mostly noise there, and dropping those shrinks the vocabulary (and the
-    time) several-fold."""
+    """The unfitted TF-IDF units for these training texts: word 1–2 grams and, up to
+    :data:`CHARACTER_NGRAMS_UP_TO` training characters, character 2–5 grams within words; sublinear tf. Character
+    n-grams catch what words miss in small sets (inflections, spellings, another language's letters): on the quality
+    suite's text sets they were worth up to 15 points over words alone. From :data:`MIN_DF_FROM_TEXTS` texts on,
+    an n-gram must occur in two of them: one seen once is mostly noise there, and dropping those shrinks the
+    vocabulary (and the time) several-fold."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from lstmflow.config import CorpusSpec, PipelineSpec
+from lstmflow.config.tasks import AUTO_BLENDED_KINDS
 from lstmflow.data.sequences import SequenceFeatures, SequenceSet, load_sequences
 from lstmflow.data.timeseries import Features, WindowSet, load_features
 from lstmflow.errors import DataError
@@ -138,7 +139,7 @@ def evaluate_classifier(
 ) -> tuple[dict[str, float], list[Path]]:
     """Test accuracy, macro-F1, per-class precision and recall and log-loss, beside the majority-class baseline
     (``majority_accuracy``, ``majority_macro_f1``) and the strong one (``baseline_accuracy``,
-    ``baseline_macro_f1``); the confusion-matrix and loss-curve plots. A text classifier blended with its baseline
+    ``baseline_macro_f1``); the confusion-matrix and loss-curve plots. A classifier blended with its baseline
     (``train.blend_baseline``) is scored as served, the blend, with the network alone as ``network_accuracy`` and
     ``network_macro_f1`` and its weight as ``blend_weight``."""
     features = load_sequences(features_dir)
@@ -195,7 +196,9 @@ def _blend(
     (folder / PARTNER_FILE).unlink(missing_ok=True)
     val = features.part("val")
     partner = None if strong is None else strong.partner
-    if spec.train.blend_baseline is False or partner is None or len(val) == 0:
+    blend = spec.train.blend_baseline
+    wanted = blend is True or (blend == "auto" and spec.data.kind in AUTO_BLENDED_KINDS)
+    if not wanted or partner is None or len(val) == 0:
         return None
     weight = choose_weight(predict_proba(model, val), partner.val, val.labels)
     Blend(partner.model, partner.codes, weight, features.n_classes).save(folder)

@@ -1,17 +1,20 @@
-"""A text classifier served as the network blended with the run's TF-IDF + logistic regression baseline.
+"""A classifier served as the network blended with the run's regression baseline.
 
-On a few thousand texts a network trained from scratch and logistic regression on word and character n-grams
-err on different texts: the network reads phrases in order, the regression catches inflections and rare words
-through character n-grams the network's tokens never split out. Their weighted geometric mean of class
-probabilities was ahead of the network alone on every text set of the quality suite, and of the regression on most
-(benchmarks/RESULTS.md). The weight is chosen on the
+Texts: TF-IDF + logistic regression. On a few thousand texts a network trained from scratch and the regression on
+word and character n-grams err on different texts: the network reads phrases in order, the regression catches
+inflections and rare words through character n-grams the network's tokens never split out. Audio and video: logistic
+regression on each feature's mean and spread over time, which sees a clip's overall colour where the network follows
+its course. Their weighted geometric mean of class probabilities was ahead of the network alone on every text set of
+the quality suite, and of the regression on most; on its audio set it was not (benchmarks/RESULTS.md), so audio and
+video are blended on request only (``train.blend_baseline: true``). The weight is chosen on the
 validation part (the most accurate, the lower log-loss on a tie), from the network's kept checkpoint and the
 regression fitted on the training part alone; the regression that is served was then fitted again on training and
 validation together with the same strength, as the baseline the run reports was. A weight of 1 is the network
 alone, 0 the regression alone (which then cannot beat the baseline, so the gate does not promote it).
 
 The blend is a model in its own right, so it is saved beside the network's weights and travels in the served
-bundle (``partner.joblib``, scikit-learn's own persistence); a served request goes through both.
+bundle (``partner.joblib``, scikit-learn's own persistence); a served request goes through both. The regression
+reads what the network reads: the raw texts, or the sequences in model space (scaled, truncated).
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ FLOOR = 1e-9
 class Partner:
     """The regression a network may be blended with: the model to serve and its probabilities per part."""
 
-    #: texts → (N, classes) probabilities through :meth:`probabilities`; fitted on training + validation texts.
+    #: inputs (texts or sequences) → (N, classes) probabilities; fitted on training + validation inputs.
     model: Any
-    #: Which class code each of ``model``'s probability columns is (classes absent from its training texts lack one).
+    #: Which class code each of ``model``'s probability columns is (classes absent from its training inputs lack one).
     codes: np.ndarray
     #: (N_val, classes): the same regression fitted on the training part alone, for choosing the weight.
     val: np.ndarray
@@ -45,11 +48,17 @@ class Partner:
     test: np.ndarray
 
 
-def class_probabilities(model: Any, codes: np.ndarray, texts: list[str], n_classes: int) -> np.ndarray:
+def class_probabilities(model: Any, codes: np.ndarray, inputs: list[Any], n_classes: int) -> np.ndarray:
     """(N, n_classes) probabilities of a fitted scikit-learn classifier whose columns are class ``codes``."""
-    probabilities = np.zeros((len(texts), n_classes))
-    probabilities[:, codes] = model.predict_proba(texts)
+    probabilities = np.zeros((len(inputs), n_classes))
+    probabilities[:, codes] = model.predict_proba(inputs)
     return probabilities
+
+
+def mean_and_spread(sequences: list[np.ndarray]) -> np.ndarray:
+    """(N, 2F): each (T, F) sequence's mean and standard deviation over time, per feature (the audio and video
+    regression's features; a module-level function, so the saved regression can find it again)."""
+    return np.stack([np.concatenate([steps.mean(axis=0), steps.std(axis=0)]) for steps in map(np.float64, sequences)])
 
 
 def blended(network: np.ndarray, partner: np.ndarray, weight: float) -> np.ndarray:
@@ -75,16 +84,16 @@ def choose_weight(network: np.ndarray, partner: np.ndarray, labels: np.ndarray) 
 
 @dataclass(frozen=True)
 class Blend:
-    """What serving needs to blend: the regression (texts in), its class codes, the network's weight."""
+    """What serving needs to blend: the regression (texts or sequences in), its class codes, the network's weight."""
 
     model: Any
     codes: np.ndarray
     weight: float
     n_classes: int
 
-    def probabilities(self, network: np.ndarray, texts: list[str]) -> np.ndarray:
-        """The blend of the network's (N, classes) probabilities with the regression's on the same texts."""
-        return blended(network, class_probabilities(self.model, self.codes, texts, self.n_classes), self.weight)
+    def probabilities(self, network: np.ndarray, inputs: list[Any]) -> np.ndarray:
+        """The blend of the network's (N, classes) probabilities with the regression's on the same inputs."""
+        return blended(network, class_probabilities(self.model, self.codes, inputs, self.n_classes), self.weight)
 
     def save(self, folder: Path) -> Path:
         import joblib

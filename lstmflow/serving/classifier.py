@@ -219,8 +219,10 @@ class Classifier:
         with torch.no_grad():
             logits = self.model.logits(pad_sequence(steps, batch_first=True), lengths)  # (N, C)
         probabilities = torch.softmax(logits.double(), dim=-1).numpy()
-        if self.blend is not None:
-            probabilities = self.blend.probabilities(probabilities, list(frame[self.spec.data.text_column]))
+        if self.blend is not None:  # the regression reads what the network does: the texts, or the encoded steps
+            text = self.spec.data.kind == "text"
+            inputs = list(frame[self.spec.data.text_column]) if text else [sample.numpy() for sample in steps]
+            probabilities = self.blend.probabilities(probabilities, inputs)
         result = pd.DataFrame(probabilities, columns=[f"prob_{c}" for c in self.classes])
         result.insert(0, "label", [self.classes[i] for i in probabilities.argmax(axis=1)])
         result.insert(0, "key", keys)

@@ -72,7 +72,7 @@ def write_bundle(
     bundle_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_path, bundle_dir / "model.pt")
     (bundle_dir / PARTNER_FILE).unlink(missing_ok=True)
-    if (model_path.parent / PARTNER_FILE).exists():  # a text classifier blended with its baseline's regression
+    if (model_path.parent / PARTNER_FILE).exists():  # a classifier blended with its baseline's regression
         shutil.copyfile(model_path.parent / PARTNER_FILE, bundle_dir / PARTNER_FILE)
     for extra in BUNDLED_FEATURE_FILES:
         if (features_dir / extra).exists():
