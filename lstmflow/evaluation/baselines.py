@@ -85,7 +85,7 @@ class Baseline:
     #: For forecasts, the (N, horizon, k) forecasts in original units (scored and plotted with the model's); None
     #: otherwise.
     forecast: np.ndarray | None = None
-    #: For texts, the fitted regression a network may be blended with; None otherwise.
+    #: For texts, audio and video, the fitted regression a network may be blended with; None otherwise.
     partner: Partner | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
