@@ -20,7 +20,7 @@ from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.kinds import build_features
 from lstmflow.data.sequences import load_sequences, write_sequences
 from lstmflow.data.text import prepare_text_features
-from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
+from lstmflow.data.timeseries import load_features, prepare_features, read_series, resolve_data
 from lstmflow.errors import ConfigError
 from lstmflow.evaluation import baselines
 from lstmflow.evaluation.baselines import (
@@ -34,8 +34,10 @@ from lstmflow.evaluation.baselines import (
 from lstmflow.evaluation.evaluate import evaluate_classifier, evaluate_forecast
 from lstmflow.evaluation.metrics import mae, majority_baseline, seasonal_naive
 from lstmflow.models.blend import PARTNER_FILE, blended, choose_weight
+from lstmflow.models.ets import ETS_PARTNER_FILE
 from lstmflow.models.lstm import build_model
 from lstmflow.serving.predictors import Classifier, write_bundle
+from lstmflow.serving.request_checks import BadRequest
 from lstmflow.training.objectives import classifier_input_size
 
 FORECAST_KEYS = {"mse", "rmse", "mae", "smape", "mase"}
@@ -55,13 +57,14 @@ def test_ets_forecasts_in_original_units_beat_seasonal_naive_on_a_trending_seaso
     raw = airline_like()[:, None]  # (T, 1)
     train_end, horizon, season = 84, 3, 12
     origins = np.arange(96, len(raw) - horizon + 1)
-    forecasts, forms = ets_forecasts(raw, train_end, origins, horizon, season)
+    forecasts, ets = ets_forecasts(raw, train_end, origins, horizon, season)
 
     actual = np.stack([raw[t0 : t0 + horizon] for t0 in origins])  # (N, horizon, 1)
     assert forecasts.shape == actual.shape
     assert abs(forecasts.mean() / actual.mean() - 1) < 0.05  # original units, not a scaled or differenced space
     naive = seasonal_naive(raw, origins, horizon, season)
     assert mae(actual, forecasts) < 0.5 * mae(actual, naive)
+    forms = ets.form_names
     assert len(forms) == 1 and forms[0].startswith("ETS(") and forms[0].endswith(",M)")  # multiplicative season
 
 
@@ -79,8 +82,9 @@ def test_ets_forecasts_use_only_the_rows_before_each_origin() -> None:
 def test_ets_on_data_with_zeros_and_no_season_keeps_to_additive_forms() -> None:
     rng = np.random.default_rng(1)
     raw = np.cumsum(rng.normal(0, 1, 80))[:, None] - 5.0  # a random walk through zero
-    forecasts, forms = ets_forecasts(raw, 60, np.arange(62, 78), 2, 1)
+    forecasts, ets = ets_forecasts(raw, 60, np.arange(62, 78), 2, 1)
     assert np.isfinite(forecasts).all()
+    forms = ets.form_names
     assert forms[0].startswith("ETS(A,") and forms[0].endswith(",N)")
 
 
@@ -118,6 +122,61 @@ def test_evaluate_forecast_scores_the_ets_baseline_under_the_model_names(tmp_pat
     assert [path.name for path in plots] == ["forecast.png"]
     record = read_record(tmp_path / "plots")
     assert record is not None and record["method"] == "auto_ets" and len(record["forms"]) == 1
+
+
+def untrained_forecaster(tmp_path: Path, blend: bool | str = "auto") -> tuple[PipelineSpec, Path, Path]:
+    spec = forecast_spec(tmp_path)
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update={"blend_baseline": blend})})
+    prepare_features(spec.data, spec.evaluate.season, tmp_path / "features")  # type: ignore[arg-type]
+    features = load_features(tmp_path / "features")
+    torch.manual_seed(0)
+    model = build_model(spec.model, features.n_features, features.horizon * features.n_targets, where="model")
+    (tmp_path / "run").mkdir(exist_ok=True)
+    torch.save(model.state_dict(), tmp_path / "run" / "model.pt")
+    return spec, tmp_path / "features", tmp_path / "run" / "model.pt"
+
+
+def test_a_forecast_is_served_averaged_with_its_ets_as_it_was_scored(tmp_path: Path) -> None:
+    spec, features_dir, model_path = untrained_forecaster(tmp_path)
+
+    metrics, _ = evaluate_forecast(spec, features_dir, model_path, tmp_path / "plots")
+
+    assert metrics["blend_weight"] == 0.5 and (model_path.parent / ETS_PARTNER_FILE).is_file()
+    assert metrics["mae"] < metrics["network_mae"], "an untrained network gains from ETS"
+    predictor, _ = write_bundle(spec.model_dump(mode="json"), features_dir, model_path, tmp_path / "bundle")
+    frame = read_series(spec.data).reset_index(drop=True)  # type: ignore[arg-type]
+    test = load_features(features_dir).windows("test")
+    served = predictor.forecast_at(frame, test.origins)
+    assert mae(test.targets_original(), served) == pytest.approx(metrics["mae"])
+    last = int(test.origins[-1])  # a request of the series up to an origin, from its start, is forecast alike
+    np.testing.assert_allclose(predictor.predict(frame.iloc[:last])["y"].to_numpy(), served[-1, :, 0], rtol=1e-6)
+    with pytest.raises(BadRequest, match=f"this model needs the last {predictor.request_rows}"):
+        predictor.predict(frame.iloc[last - predictor.request_rows + 1 : last])
+
+
+@pytest.mark.parametrize("season", [1, 4, 7, 12, 24])
+def test_a_blends_ets_forecasts_from_as_few_rows_as_a_request_must_hold(season: int) -> None:
+    t = np.arange(200)
+    raw = 50 + 0.1 * t + 5 * np.sin(2 * np.pi * t / max(season, 2)) + np.random.default_rng(0).normal(0, 1, 200)
+    _, ets = ets_forecasts(raw[:, None], 150, np.arange(160, 190), 3, season)
+    shortest = raw[-ets.min_rows :, None]
+
+    forecast = ets.forecasts(shortest, np.array([len(shortest)]), 3)
+
+    assert forecast.shape == (1, 3, 1) and np.isfinite(forecast).all()
+
+
+def test_a_forecast_without_the_blend_is_the_network_alone(tmp_path: Path) -> None:
+    spec, features_dir, model_path = untrained_forecaster(tmp_path, blend=False)
+    (model_path.parent / ETS_PARTNER_FILE).write_bytes(b"left by an earlier run")
+
+    metrics, _ = evaluate_forecast(spec, features_dir, model_path, tmp_path / "plots")
+
+    assert "network_mae" not in metrics and not (model_path.parent / ETS_PARTNER_FILE).exists()
+    predictor, _ = write_bundle(spec.model_dump(mode="json"), features_dir, model_path, tmp_path / "bundle")
+    test = load_features(features_dir).windows("test")
+    served = predictor.forecast_at(read_series(spec.data).reset_index(drop=True), test.origins)  # type: ignore[arg-type]
+    assert predictor.ets is None and mae(test.targets_original(), served) == pytest.approx(metrics["mae"])
 
 
 # ------------------------------------------------------------------------------------------------ classifiers
@@ -428,7 +487,7 @@ def test_a_blend_is_refused_where_no_regression_is_fitted(tmp_path: Path) -> Non
         "data": {"kind": "sequences", "path": "shapes.csv", "format": "wide"},
         "train": {"blend_baseline": True},
     }
-    with pytest.raises(ConfigError, match=r"train\.blend_baseline: true is for classifying text, audio, video .*"):
+    with pytest.raises(ConfigError, match=r"train\.blend_baseline: true is for forecasts and for classifying .*"):
         validate_pipeline("shapes", raw, tmp_path)
 
 

@@ -67,7 +67,7 @@ def test_registered_model_loads_and_predicts(first_run: tuple[Path, dict[str, An
     assert result["model_uri"] == "models:/tiny/1"
     model = load_model(tracking_uri(root), result["model_uri"])
     history = pd.read_csv(root / "data" / "tiny.csv")
-    forecast = model.predict(history[["value"]].tail(24))
+    forecast = model.predict(history[["value"]])  # the series from its start: ETS, averaged in, reads all of it
     assert list(forecast.columns) == ["step", "value"] and len(forecast) == 6
     assert forecast["value"].between(history["value"].min() - 5, history["value"].max() + 5).all()
 
@@ -83,9 +83,9 @@ def test_bad_requests_are_invalid_parameters_not_server_errors(first_run: tuple[
     model = load_model(tracking_uri(root), result["model_uri"])
     history = pd.read_csv(root / "data" / "tiny.csv")[["value"]]
     bad = {  # MLflow's signature check answers the first two, lstmflow's own checks the last
-        "missing column": (history.rename(columns={"value": "sales"}).tail(24), r"missing inputs \['value'\]"),
-        "not numbers": (history.tail(24).astype(str).replace({str(history["value"].iloc[-1]): "n/a"}), "value"),
-        "too few rows": (history.tail(3), "has 3 rows; this model needs the last 24"),
+        "missing column": (history.rename(columns={"value": "sales"}).tail(36), r"missing inputs \['value'\]"),
+        "not numbers": (history.tail(36).astype(str).replace({str(history["value"].iloc[-1]): "n/a"}), "value"),
+        "too few rows": (history.tail(3), "has 3 rows; this model needs the last "),
     }
     for name, (frame, message) in bad.items():
         with pytest.raises(MlflowException, match=message) as caught:
@@ -94,11 +94,11 @@ def test_bad_requests_are_invalid_parameters_not_server_errors(first_run: tuple[
 
     predictor = load_predictor(root / "runs" / "tiny" / result["flow_run_id"] / "bundle")  # no MLflow in front
     with pytest.raises(BadRequest, match=r"lacks column\(s\) \['value'\]; it has \['sales'\]"):
-        predictor.predict(history.rename(columns={"value": "sales"}).tail(24))
+        predictor.predict(history.rename(columns={"value": "sales"}).tail(36))
     with pytest.raises(
         BadRequest, match=r"column .value., row \d+: a missing value \(NaN\); this model takes finite numbers"
     ):
-        predictor.predict(history.tail(24).assign(value=np.nan))
+        predictor.predict(history.tail(36).assign(value=np.nan))
 
 
 def test_mlflow_models_serve_answers_400_to_a_bad_request_and_keeps_serving(
@@ -147,8 +147,8 @@ def test_mlflow_models_serve_answers_400_to_a_bad_request_and_keeps_serving(
                 time.sleep(0.5)
         history = pd.read_csv(root / "data" / "tiny.csv")[["value"]]
         status, text = post(history.tail(3))
-        assert status == 400 and "this model needs the last 24" in text
-        status, text = post(history.tail(24))
+        assert status == 400 and "this model needs the last " in text
+        status, text = post(history)  # the series from its start: the network reads its end, ETS all of it
         assert status == 200 and len(json.loads(text)["predictions"]) == 6
     finally:
         server.terminate()

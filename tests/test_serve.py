@@ -226,18 +226,18 @@ def test_lstmflow_serve_labels_audio_files(served: tuple[Path, dict[str, Server]
 BAD_REQUESTS = {  # server, body, what the 400's message must say
     "series: wrong type": (
         "tiny",
-        {"dataframe_records": [{"value": "n/a"}] * 24},
+        {"dataframe_records": [{"value": "n/a"}] * 36},
         "could not convert string to float: 'n/a'",
     ),
-    "series: missing field": ("tiny", {"dataframe_records": [{"sales": 1.0}] * 24}, "missing inputs ['value']"),
+    "series: missing field": ("tiny", {"dataframe_records": [{"sales": 1.0}] * 36}, "missing inputs ['value']"),
     "series: too few rows": (
         "tiny",
         {"dataframe_records": [{"value": 1.0}] * 3},
-        "has 3 rows; this model needs the last 24",
+        "has 3 rows; this model needs the last ",
     ),
     "series: wrong shape": (
         "tiny",
-        {"dataframe_split": {"columns": ["value"], "data": [[1.0, 2.0]] * 24}},
+        {"dataframe_split": {"columns": ["value"], "data": [[1.0, 2.0]] * 36}},
         "1 columns passed, passed data had 2",
     ),
     "series: no frame at all": ("tiny", {"rows": [1.0, 2.0]}, "exactly one of the input fields"),
@@ -260,7 +260,7 @@ BAD_REQUESTS = {  # server, body, what the 400's message must say
         {"dataframe_records": [{"value": 1.0}] * 23 + [{"value": float("inf")}]},
         "column 'value', row 23: inf (not finite)",
     ),
-    "series: true/false": ("tiny", {"dataframe_records": [{"value": True}] * 24}, "column 'value', row 0: true"),
+    "series: true/false": ("tiny", {"dataframe_records": [{"value": True}] * 36}, "column 'value', row 0: true"),
     "text: a list": ("agents", {"dataframe_records": [{"text": [1, 2]}]}, "got 0: list"),
     "audio: a file outside the data folder": (
         "chirps",
@@ -307,7 +307,7 @@ def lstmflow(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_predict_from_the_command_line_answers_as_the_server(served: tuple[Path, dict[str, Server]]) -> None:
     root, servers = served
-    values = [f"{v:.4f}" for v in pd.read_csv(root / "data" / "tiny.csv")["value"].tail(24)]
+    values = [f"{v:.4f}" for v in pd.read_csv(root / "data" / "tiny.csv")["value"].tail(36)]
     done = lstmflow(root, "predict", "tiny", "--json", *values)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "no @champion alias yet" in done.stderr

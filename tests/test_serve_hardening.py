@@ -242,10 +242,10 @@ def test_a_text_of_the_wrong_type_gets_one_line_not_a_stack_trace(served: dict[s
 
 def test_mlflow_s_own_refusals_are_one_line_without_the_request(served: dict[str, Served]) -> None:
     cases = [
-        ("tiny", records(*[{"sales": 1.0}] * 24), 400, "missing inputs ['value']"),
+        ("tiny", records(*[{"sales": 1.0}] * 36), 400, "missing inputs ['value']"),
         ("tiny", {"rows": [1.0]}, 400, "exactly one of the input fields"),
         ("agents", b"the cat chased the dog", 400, "valid JSON"),
-        ("tiny", {"dataframe_split": {"columns": ["value"], "data": [[1.0, 2.0]] * 24}}, 400, "1 columns passed"),
+        ("tiny", {"dataframe_split": {"columns": ["value"], "data": [[1.0, 2.0]] * 36}}, 400, "1 columns passed"),
     ]
     for name, body, expected, message in cases:
         refused(*reversed(served[name].post(body)), expected, message)

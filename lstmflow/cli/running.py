@@ -214,7 +214,7 @@ def _print_result(spec: PipelineSpec, result: dict[str, Any], console: Console) 
     metrics = result["metrics"]
     baseline, rows = HEADLINE[spec.task]
     strong = result.get("baseline") or "classical baseline"
-    blend = metrics.get("blend_weight")  # a text classifier served blended with its baseline's regression
+    blend = metrics.get("blend_weight")  # a model served blended with its strong baseline
     models = ["LSTM"] if blend is None else [f"blend (network weight {blend:.2f})", "network alone"]
     table = Table("metric (test part)", *models, baseline, strong, title=f"{spec.name}: {result['model_uri']}")
     for key, baseline_key in rows:

@@ -154,10 +154,11 @@ class PipelineSpec(Strict):
             )
         self._decoder_fits()
         self._refit_fits()
-        if self.train.blend_baseline is True and not (self.task == "classify" and self.data.kind in BLENDED_KINDS):
+        if self.train.blend_baseline is True and self.data.kind not in BLENDED_KINDS:
             raise ValueError(
-                f"train.blend_baseline: true is for classifying {', '.join(BLENDED_KINDS)} data (task classify); this "
-                f"is task {self.task!r} on {self.data.kind!r} data (set it to auto or false)"
+                f"train.blend_baseline: true is for forecasts and for classifying text, audio or video (data kind "
+                f"{', '.join(BLENDED_KINDS)}); this is task {self.task!r} on {self.data.kind!r} data (set it to auto "
+                "or false)"
             )
         losses = TASK_LOSSES[self.task]
         if self.train.loss is not None and self.train.loss not in losses:

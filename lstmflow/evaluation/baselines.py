@@ -37,6 +37,7 @@ import numpy as np
 
 from lstmflow.evaluation.metrics import classification_metrics
 from lstmflow.models.blend import Partner, class_probabilities, mean_and_spread
+from lstmflow.models.ets import EtsForm, EtsPartner, ets_model
 
 if TYPE_CHECKING:
     from lstmflow.config import PipelineSpec
@@ -87,6 +88,8 @@ class Baseline:
     forecast: np.ndarray | None = None
     #: For texts, audio and video, the fitted regression a network may be blended with; None otherwise.
     partner: Partner | None = None
+    #: For forecasts, the fitted ETS a network may be blended with; None otherwise.
+    ets: EtsPartner | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     def prefixed(self) -> dict[str, float]:
@@ -127,8 +130,8 @@ def _write_record(record_dir: Path, record: dict[str, Any]) -> None:
 
 def ets_forecasts(
     raw: np.ndarray, train_end: int, origins: np.ndarray, horizon: int, season: int
-) -> tuple[np.ndarray, list[str]]:
-    """AutoETS forecasts (N, horizon, k) in original units from each origin, and the chosen form per target.
+) -> tuple[np.ndarray, EtsPartner]:
+    """AutoETS forecasts (N, horizon, k) in original units from each origin, and the fitted ETS per target.
 
     ``raw`` is the whole series (T, k); the parameters are fitted on ``raw[:train_end]`` only. Origin ``t0``'s
     forecast uses rows before ``t0`` alone (statsmodels' dynamic prediction from ``t0``), as the LSTM's does.
@@ -138,31 +141,24 @@ def ets_forecasts(
     start = max(0, train_end - MAX_ETS_FIT_ROWS)
     if len(origins) and origins.min() <= start:
         raise ValueError(f"the first test origin {origins.min()} lies inside the ETS fitting rows from {start}")
-    forecasts = np.empty((len(origins), horizon, raw.shape[1]))
-    forms = []
-    for j in range(raw.shape[1]):
-        series = raw[start:, j]
-        fitted, form = _auto_ets(series[: train_end - start], season)
-        smoothed = _ets_model(series, form, season).smooth(fitted.params)
-        if horizon == 1:  # one step ahead from every row: the smoothed model's fitted values, in one pass
-            forecasts[:, 0, j] = np.asarray(smoothed.fittedvalues)[origins - start]
-        else:
-            for i, origin in enumerate(origins - start):
-                forecasts[i, :, j] = smoothed.predict(start=origin, end=origin + horizon - 1, dynamic=0)
-        forms.append(_form_name(form))
+    fits = [_auto_ets(raw[start:train_end, j], season) for j in range(raw.shape[1])]
+    partner = EtsPartner(
+        forms=[form for _, form in fits],
+        params=[np.asarray(fitted.params) for fitted, _ in fits],
+        heuristic=[fitted.model.initialization_method == "heuristic" for fitted, _ in fits],
+        season=season,
+    )
+    forecasts = partner.forecasts(raw[start:], origins - start, horizon)
     if not np.isfinite(forecasts).all():
-        raise ValueError(f"ETS forms {forms} gave non-finite forecasts")
-    return forecasts, forms
+        raise ValueError(f"ETS forms {partner.form_names} gave non-finite forecasts")
+    return forecasts, partner
 
 
 def ets_baseline(raw: np.ndarray, train_end: int, origins: np.ndarray, horizon: int, season: int) -> Baseline:
-    """The AutoETS baseline of a forecast: its forecasts (scored with the model's by ``forecast_metrics``) and forms."""
-    forecasts, forms = ets_forecasts(raw, train_end, origins, horizon, season)
-    return Baseline("auto_ets", {}, forecast=forecasts, details={"forms": forms})
-
-
-#: An ETS form: (error, trend, damped, seasonal), statsmodels' names.
-EtsForm = tuple[str, str | None, bool, str | None]
+    """The AutoETS baseline of a forecast: its forecasts (scored with the model's by ``forecast_metrics``), forms
+    and fitted parameters (for a blend)."""
+    forecasts, partner = ets_forecasts(raw, train_end, origins, horizon, season)
+    return Baseline("auto_ets", {}, forecast=forecasts, ets=partner, details={"forms": partner.form_names})
 
 
 def _ets_forms(train: np.ndarray, season: int) -> list[EtsForm]:
@@ -182,22 +178,6 @@ def _ets_forms(train: np.ndarray, season: int) -> list[EtsForm]:
     return forms
 
 
-def _ets_model(series: np.ndarray, form: EtsForm, season: int) -> Any:
-    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
-
-    error, trend, damped, seasonal = form
-    return ETSModel(
-        series,
-        error=error,
-        trend=trend,
-        damped_trend=damped,
-        seasonal=seasonal,
-        seasonal_periods=season if seasonal else None,
-        # Initial states from the first cycles rather than optimised: far faster with long seasons, the same forms.
-        initialization_method="heuristic" if len(series) >= max(10, 2 * season + 2) else "estimated",
-    )
-
-
 def _auto_ets(train: np.ndarray, season: int) -> tuple[Any, EtsForm]:
     """The fitted results and form of the lowest-AIC ETS model on ``train``; forms that fail to fit are passed over."""
     if len(train) < 4:
@@ -207,7 +187,7 @@ def _auto_ets(train: np.ndarray, season: int) -> tuple[Any, EtsForm]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # convergence chatter of forms that lose anyway
-                fitted = _ets_model(train, form, season).fit(disp=False)
+                fitted = ets_model(train, form, season).fit(disp=False)
         except (ValueError, np.linalg.LinAlgError):
             continue
         if np.isfinite(fitted.aic) and (best is None or fitted.aic < best[0]):
@@ -215,13 +195,6 @@ def _auto_ets(train: np.ndarray, season: int) -> tuple[Any, EtsForm]:
     if best is None:
         raise ValueError("no ETS form could be fitted to the training part")
     return best[1], best[2]
-
-
-def _form_name(form: EtsForm) -> str:
-    """Hyndman's ETS(error, trend, season) label, e.g. ``ETS(M,Ad,M)``."""
-    error, trend, damped, seasonal = form
-    letter = {None: "N", "add": "A", "mul": "M"}
-    return f"ETS({letter[error]},{letter[trend]}{'d' if damped else ''},{letter[seasonal]})"
 
 
 # ------------------------------------------------------------------------------------------------ classifiers

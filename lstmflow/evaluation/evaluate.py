@@ -39,6 +39,7 @@ from lstmflow.evaluation.metrics import (
 )
 from lstmflow.evaluation.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
 from lstmflow.models.blend import PARTNER_FILE, Blend, blended, choose_weight
+from lstmflow.models.ets import ETS_PARTNER_FILE
 from lstmflow.models.lstm import LSTMNet, build_model
 from lstmflow.training.objectives import (
     LanguageModelObjective,
@@ -74,7 +75,9 @@ def evaluate_forecast(
     spec: PipelineSpec, features_dir: Path, model_path: Path, plot_dir: Path
 ) -> tuple[dict[str, float], list[Path]]:
     """Test metrics (mse, rmse, mae, smape, mase, their naive_* and AutoETS baseline_* twins) and the forecast
-    and loss-curve plots."""
+    and loss-curve plots. A forecast blended with its AutoETS (``train.blend_baseline``) is scored as served, the
+    average of the two, with the network alone as ``network_<metric>`` and its weight as ``blend_weight``; the ETS
+    parameters are saved beside the weights for the bundle."""
     features = load_features(features_dir)
     test = features.windows("test")
     if len(test) == 0:
@@ -95,7 +98,16 @@ def evaluate_forecast(
         plot_dir,
     )
     baseline = None if strong is None else strong.forecast
-    metrics = forecast_metrics(actual, forecast, naive, scale, baseline)
+    network_metrics: dict[str, float] = {}
+    (model_path.parent / ETS_PARTNER_FILE).unlink(missing_ok=True)
+    ets = strong.ets if strong is not None and spec.train.blend_baseline is not False else None
+    if ets is not None and baseline is not None:
+        ets.save(model_path.parent)  # served beside the network, as it is scored here
+        network = forecast_metrics(actual, forecast, naive, scale)
+        network_metrics = {f"network_{key}": network[key] for key in ("mse", "rmse", "mae", "smape", "mase")}
+        network_metrics["blend_weight"] = ets.weight
+        forecast = ets.blend(forecast, baseline)
+    metrics = {**forecast_metrics(actual, forecast, naive, scale, baseline), **network_metrics}
 
     plots = [
         plot_forecast(

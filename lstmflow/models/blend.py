@@ -22,9 +22,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+Saved = TypeVar("Saved")
 
 #: The file beside the network's weights (and in the served bundle) holding the fitted regression and the weight.
 PARTNER_FILE = "partner.joblib"
@@ -96,18 +98,26 @@ class Blend:
         return blended(network, class_probabilities(self.model, self.codes, inputs, self.n_classes), self.weight)
 
     def save(self, folder: Path) -> Path:
-        import joblib
-
-        path = Path(folder) / PARTNER_FILE
-        joblib.dump(dataclasses.asdict(self), path)
-        return path
+        return save_fields(self, Path(folder) / PARTNER_FILE)
 
 
 def load_blend(folder: Path) -> Blend | None:
     """The blend saved in ``folder``, or None when its model is the network alone."""
-    path = Path(folder) / PARTNER_FILE
+    return load_fields(Blend, Path(folder) / PARTNER_FILE)
+
+
+def save_fields(partner: Any, path: Path) -> Path:
+    """A blend's partner (a dataclass) as its fields, in scikit-learn's persistence (joblib)."""
+    import joblib
+
+    joblib.dump(dataclasses.asdict(partner), path)
+    return path
+
+
+def load_fields(kind: type[Saved], path: Path) -> Saved | None:
+    """The ``kind`` whose fields :func:`save_fields` wrote at ``path``, or None when there is no such file."""
     if not path.is_file():
         return None
     import joblib
 
-    return Blend(**joblib.load(path))
+    return kind(**joblib.load(path))

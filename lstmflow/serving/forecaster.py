@@ -1,7 +1,9 @@
 """The served forecaster: recent raw rows of a series in, the next ``horizon`` steps in original units out.
 
 It reads a request as the data stage read the training series (the bundle's fitted preprocessing), so a caller
-sends raw values, never scaled ones. No MLflow needed: :mod:`lstmflow.tracking.serving` wraps it as a pyfunc.
+sends raw values, never scaled ones. A forecaster blended with its run's AutoETS (``train.blend_baseline``) runs ETS
+over every row of the request (the network reads the last ones): sent from the series' start, the rows give the
+forecast the run scored. No MLflow needed: :mod:`lstmflow.tracking.serving` wraps it as a pyfunc.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lstmflow.models.ets import load_ets_partner
 from lstmflow.serving.bundle import load_network
 from lstmflow.serving.request_checks import BadRequest, decoded, numbers, require_columns
 
@@ -29,6 +32,8 @@ class Forecaster:
         self.horizon: int = info["horizon"]
         self.preprocessing = Preprocessing.from_dict(info["preprocessing"])
         self.model = load_network(bundle_dir, spec, len(self.columns), self.horizon * len(self.targets))
+        #: The ETS the network's forecasts are averaged with (``train.blend_baseline``), or None: the network alone.
+        self.ets = load_ets_partner(bundle_dir)
 
     @staticmethod
     def bundle_info(features_dir: Path) -> dict[str, Any]:
@@ -49,19 +54,25 @@ class Forecaster:
         from lstmflow.data.timeseries import read_series
 
         end = info["train_end"]
-        return read_series(self.spec.data).iloc[end - self.context_rows : end].reset_index(drop=True)
+        return read_series(self.spec.data).iloc[max(0, end - self.request_rows) : end].reset_index(drop=True)
 
     @property
     def context_rows(self) -> int:
+        """Rows the network reads before a forecast's first step."""
         return self.preprocessing.context_rows(self.window)
+
+    @property
+    def request_rows(self) -> int:
+        """Rows a request must hold: the network's, or more for a blend's ETS to take its initial states from."""
+        return max(self.context_rows, self.ets.min_rows if self.ets is not None else 0)
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Forecast the ``horizon`` steps after the last row of ``frame``."""
         import torch
 
         require_columns(frame, self.columns)
-        if len(frame) < self.context_rows:
-            raise BadRequest(f"the request has {len(frame)} rows; this model needs the last {self.context_rows}")
+        if len(frame) < self.request_rows:
+            raise BadRequest(f"the request has {len(frame)} rows; this model needs the last {self.request_rows}")
         raw = numbers(frame.iloc[-self.context_rows :], self.columns)  # (R, F): finite numbers, else named
         with np.errstate(all="ignore"):  # what overflows or leaves a transform's domain is refused just below
             encoded = self.preprocessing.encode(raw)[-self.window :]  # (W, F)
@@ -75,6 +86,9 @@ class Forecaster:
             pred = out.numpy().reshape(1, self.horizon, len(self.targets))  # (1, H, K)
             history = raw[None, -self.preprocessing.anchor_rows :, : len(self.targets)]  # (1, L, K): undoes differences
             forecast = self.preprocessing.decode(pred, history)[0]  # (H, K)
+        if self.ets is not None:
+            series = numbers(frame, self.targets)  # every row: ETS's state follows the series from its start
+            forecast = self.ets.blend(forecast, self._ets_forecasts(series, np.array([len(series)]))[0])
         if not np.isfinite(forecast).all():
             raise BadRequest("the forecast is not finite for these rows: their values are too large for this model")
         result = pd.DataFrame(forecast, columns=self.targets)
@@ -122,4 +136,18 @@ class Forecaster:
                 outputs.append(self.model(x).numpy().reshape(len(x), self.horizon, k))  # (B, H*K) → (B, H, K)
         before = np.arange(-self.preprocessing.anchor_rows, 0)
         history = raw[(origins - first)[:, None] + before, :k]  # (N, L, K): the rows before each origin
-        return self.preprocessing.decode(np.concatenate(outputs), history)
+        forecasts = self.preprocessing.decode(np.concatenate(outputs), history)
+        if self.ets is None:
+            return forecasts
+        series = decoded("rows", lambda: frame[self.targets].to_numpy(dtype=np.float64)[: int(origins.max())])
+        return self.ets.blend(forecasts, self._ets_forecasts(series, origins))
+
+    def _ets_forecasts(self, series: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        """(N, horizon, targets) forecasts of the blend's ETS from ``origins`` of ``series``; a BadRequest where its
+        forms cannot take the values (a multiplicative form and a value that is not positive)."""
+        assert self.ets is not None
+        try:
+            with np.errstate(all="ignore"):
+                return self.ets.forecasts(series, origins, self.horizon)
+        except ValueError as error:
+            raise BadRequest(f"this model's ETS {self.ets.form_names} cannot forecast these rows: {error}") from None

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from lstmflow.models.blend import PARTNER_FILE
+from lstmflow.models.ets import ETS_PARTNER_FILE
 from lstmflow.serving.bundle import BUNDLE_FILES, BUNDLED_FEATURE_FILES
 from lstmflow.serving.classifier import Classifier, Requests
 from lstmflow.serving.files import ROOTS_KEY, recorded_roots
@@ -71,9 +72,10 @@ def write_bundle(
         info[ROOTS_KEY] = recorded_roots(spec.data)
     bundle_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_path, bundle_dir / "model.pt")
-    (bundle_dir / PARTNER_FILE).unlink(missing_ok=True)
-    if (model_path.parent / PARTNER_FILE).exists():  # a classifier blended with its baseline's regression
-        shutil.copyfile(model_path.parent / PARTNER_FILE, bundle_dir / PARTNER_FILE)
+    for partner in (PARTNER_FILE, ETS_PARTNER_FILE):  # a model blended with its baseline: the regression, or ETS
+        (bundle_dir / partner).unlink(missing_ok=True)
+        if (model_path.parent / partner).exists():
+            shutil.copyfile(model_path.parent / partner, bundle_dir / partner)
     for extra in BUNDLED_FEATURE_FILES:
         if (features_dir / extra).exists():
             shutil.copyfile(features_dir / extra, bundle_dir / extra)
