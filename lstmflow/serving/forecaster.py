@@ -72,7 +72,11 @@ class Forecaster:
 
         require_columns(frame, self.columns)
         if len(frame) < self.request_rows:
-            raise BadRequest(f"the request has {len(frame)} rows; this model needs the last {self.request_rows}")
+            averaged = " (averaged with AutoETS, which reads every row: send the series from its start)"
+            raise BadRequest(
+                f"the request has {len(frame)} rows; this model needs the last {self.request_rows}"
+                + (averaged if self.ets is not None else "")
+            )
         raw = numbers(frame.iloc[-self.context_rows :], self.columns)  # (R, F): finite numbers, else named
         with np.errstate(all="ignore"):  # what overflows or leaves a transform's domain is refused just below
             encoded = self.preprocessing.encode(raw)[-self.window :]  # (W, F)
