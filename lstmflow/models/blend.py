@@ -22,11 +22,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-
-Saved = TypeVar("Saved")
 
 #: The file beside the network's weights (and in the served bundle) holding the fitted regression and the weight.
 PARTNER_FILE = "partner.joblib"
@@ -98,26 +96,18 @@ class Blend:
         return blended(network, class_probabilities(self.model, self.codes, inputs, self.n_classes), self.weight)
 
     def save(self, folder: Path) -> Path:
-        return save_fields(self, Path(folder) / PARTNER_FILE)
+        import joblib
+
+        path = Path(folder) / PARTNER_FILE
+        joblib.dump(dataclasses.asdict(self), path)
+        return path
 
 
 def load_blend(folder: Path) -> Blend | None:
     """The blend saved in ``folder``, or None when its model is the network alone."""
-    return load_fields(Blend, Path(folder) / PARTNER_FILE)
-
-
-def save_fields(partner: Any, path: Path) -> Path:
-    """A blend's partner (a dataclass) as its fields, in scikit-learn's persistence (joblib)."""
-    import joblib
-
-    joblib.dump(dataclasses.asdict(partner), path)
-    return path
-
-
-def load_fields(kind: type[Saved], path: Path) -> Saved | None:
-    """The ``kind`` whose fields :func:`save_fields` wrote at ``path``, or None when there is no such file."""
+    path = Path(folder) / PARTNER_FILE
     if not path.is_file():
         return None
     import joblib
 
-    return kind(**joblib.load(path))
+    return Blend(**joblib.load(path))

@@ -9,18 +9,18 @@ same forecast as evaluation when it holds the series from its start.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lstmflow.models.blend import load_fields, save_fields
-
 #: An ETS form: (error, trend, damped, seasonal), statsmodels' names.
 EtsForm = tuple[str, str | None, bool, str | None]
 #: The file beside the network's weights (and in the served bundle) holding a forecast blend's ETS parameters.
-ETS_PARTNER_FILE = "ets_partner.joblib"
+ETS_PARTNER_FILE = "ets_partner.json"
 #: The network's weight in a forecast blend. Equal weights, not weights chosen on the validation part: with a few
 #: dozen validation windows the chosen weight was noise, and did worse than the plain average on 9 of the quality
 #: suite's 13 series (the forecast-combination puzzle of the forecasting literature).
@@ -100,9 +100,19 @@ class EtsPartner:
         return self.weight * network + (1.0 - self.weight) * ets
 
     def save(self, folder: Path) -> Path:
-        return save_fields(self, Path(folder) / ETS_PARTNER_FILE)
+        """JSON, not a pickle: the bundle's parameters stay data that loading cannot run."""
+        fields = {**dataclasses.asdict(self), "params": [list(map(float, params)) for params in self.params]}
+        path = Path(folder) / ETS_PARTNER_FILE
+        path.write_text(json.dumps(fields))
+        return path
 
 
 def load_ets_partner(folder: Path) -> EtsPartner | None:
     """The forecast blend saved in ``folder``, or None when its model is the network alone."""
-    return load_fields(EtsPartner, Path(folder) / ETS_PARTNER_FILE)
+    path = Path(folder) / ETS_PARTNER_FILE
+    if not path.is_file():
+        return None
+    fields = json.loads(path.read_text())
+    forms = [(error, trend, bool(damped), seasonal) for error, trend, damped, seasonal in fields.pop("forms")]
+    params = [np.asarray(values, dtype=np.float64) for values in fields.pop("params")]
+    return EtsPartner(forms=forms, params=params, **fields)
