@@ -33,7 +33,7 @@ from lstmflow.evaluation.baselines import (
 )
 from lstmflow.evaluation.evaluate import evaluate_classifier, evaluate_forecast
 from lstmflow.evaluation.metrics import mae, majority_baseline, seasonal_naive
-from lstmflow.models.blend import PARTNER_FILE, blended, choose_weight
+from lstmflow.models.blend import PARTNER_FILE, blended, choose_weight, mean_and_spread, with_deltas_mean_and_spread
 from lstmflow.models.ets import ETS_PARTNER_FILE
 from lstmflow.models.lstm import build_model
 from lstmflow.serving.predictors import Classifier, write_bundle
@@ -244,7 +244,7 @@ def test_audio_baseline_reads_the_mean_and_spread_of_the_stored_features(tmp_pat
 
     baseline = classifier_baseline(spec, load_sequences(out))  # type: ignore[arg-type]
 
-    assert baseline.method == "logistic_mean_std"
+    assert baseline.method == "logistic_mean_std_deltas"
     assert baseline.metrics["accuracy"] >= 0.9
 
 
@@ -454,7 +454,18 @@ def test_without_the_blend_the_network_is_served_alone(tmp_path: Path) -> None:
     assert predictor.blend is None and accuracy == pytest.approx(metrics["accuracy"])
 
 
-def test_an_audio_classifier_asked_to_blend_is_served_blended_as_it_was_scored(tmp_path: Path) -> None:
+def test_the_audio_regression_reads_which_way_its_features_move() -> None:
+    rising = np.linspace(0.0, 1.0, 20)[:, None]
+    falling = rising[::-1]  # the same values: the same mean and spread
+
+    plain = mean_and_spread([rising, falling])
+    moving = with_deltas_mean_and_spread([rising, falling])
+
+    np.testing.assert_allclose(plain[0], plain[1])
+    assert moving.shape == (2, 4) and moving[0, 1] > 0 > moving[1, 1], "the deltas' mean tells the two apart"
+
+
+def test_an_audio_classifier_is_served_blended_as_it_was_scored(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     for label, pitch in (("low", 300.0), ("high", 1500.0)):  # real clips: noisy tones, a pitch apiece, any length
         for i in range(15):
@@ -466,11 +477,10 @@ def test_an_audio_classifier_asked_to_blend_is_served_blended_as_it_was_scored(t
         "task": "classify",
         "data": {"kind": "audio", "path": "clips", "workers": 1, "split": {"val": 0.3, "test": 0.3}},
         "model": {"layers": [{"lstm": {"units": 4}}, {"dense": {}}]},
-        "train": {"blend_baseline": True},  # audio is blended on request only
     }
     spec, features_dir, model_path = untrained_classifier(tmp_path, "tones", raw)
-    at_auto = spec.model_copy(update={"train": spec.train.model_copy(update={"blend_baseline": "auto"})})
-    assert "blend_weight" not in evaluate_classifier(at_auto, features_dir, model_path, tmp_path / "plots")[0]
+    alone = spec.model_copy(update={"train": spec.train.model_copy(update={"blend_baseline": False})})
+    assert "blend_weight" not in evaluate_classifier(alone, features_dir, model_path, tmp_path / "plots")[0]
 
     metrics, _ = evaluate_classifier(spec, features_dir, model_path, tmp_path / "plots")
 

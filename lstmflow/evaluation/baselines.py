@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lstmflow.evaluation.metrics import classification_metrics
-from lstmflow.models.blend import Partner, class_probabilities, mean_and_spread
+from lstmflow.models.blend import Partner, class_probabilities, mean_and_spread, with_deltas_mean_and_spread
 from lstmflow.models.ets import EtsForm, EtsPartner, ets_model
 
 if TYPE_CHECKING:
@@ -210,10 +210,11 @@ def classifier_baseline(spec: PipelineSpec, features: SequenceFeatures) -> Basel
     if kind == "text":
         partner = _logistic_partner(_text_vectorizer, _texts_by_part(spec, features), labels, features.n_classes)
         method, predicted = "tfidf_logistic", partner.test.argmax(axis=1)
-    elif kind in ("audio", "video"):  # order-blind: what each feature (a video's pixel) does on average over time
+    elif kind in ("audio", "video"):  # summaries over time: each feature's (a video's pixel's) level and spread
         sequences = [[part.sequence(i) for i in range(len(part))] for part in (train, val, test)]
-        partner = _logistic_partner(_summary_scaler, sequences, labels, features.n_classes)
-        method, predicted = "logistic_mean_std", partner.test.argmax(axis=1)
+        partner = _logistic_partner(_summary_scaler(kind), sequences, labels, features.n_classes)
+        method = "logistic_mean_std_deltas" if kind == "audio" else "logistic_mean_std"
+        predicted = partner.test.argmax(axis=1)
     else:
         length = min(int(np.max(np.diff(features.offsets))), MAX_RESAMPLED_STEPS)
         inputs = [_shape_features(part, length, features.n_features) for part in (train, val, test)]
@@ -319,13 +320,14 @@ def _logistic_partner(
     return Partner(refit, codes, val, class_probabilities(refit, codes, inputs[2], n_classes))
 
 
-def _summary_scaler(train_sequences: list[np.ndarray]) -> Any:
-    """The unfitted features of the audio and video regression: each sequence's per-feature mean and spread over
-    time (:func:`~lstmflow.models.blend.mean_and_spread`), standardised."""
+def _summary_scaler(kind: str) -> Callable[[list[np.ndarray]], Any]:
+    """The unfitted features of the audio or video regression: each sequence's per-feature mean and spread over time
+    (:func:`~lstmflow.models.blend.mean_and_spread`), for audio with those of its deltas, standardised."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    return make_pipeline(FunctionTransformer(mean_and_spread), StandardScaler())
+    summarise = with_deltas_mean_and_spread if kind == "audio" else mean_and_spread
+    return lambda train: make_pipeline(FunctionTransformer(summarise), StandardScaler())
 
 
 def _text_vectorizer(train_texts: list[str]) -> Any:
