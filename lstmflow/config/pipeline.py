@@ -25,6 +25,7 @@ from lstmflow.config.model import (
 from lstmflow.config.operations import OPERATIONS, PromoteSpec, ScheduleSpec
 from lstmflow.config.search import SEARCHABLE_SECTIONS, SearchParam, SearchSpec
 from lstmflow.config.tasks import (
+    AUTO_BLENDED_KINDS,
     BLENDED_KINDS,
     PROMOTE_METRICS,
     PROMOTE_TESTS,
@@ -254,6 +255,13 @@ class PipelineSpec(Strict):
     def loss(self) -> str:
         """The training loss, with the task's default filled in."""
         return self.train.loss or TASK_LOSSES[self.task][0]
+
+    @property
+    def blends_baseline(self) -> bool:
+        """Whether the model is served blended with the run's strong baseline (``train.blend_baseline``, its
+        ``auto`` resolved by data kind); the baseline must still have a partner to blend with."""
+        blend = self.train.blend_baseline
+        return blend is True or (blend == "auto" and self.data.kind in AUTO_BLENDED_KINDS)
 
     @field_validator("name")
     @classmethod

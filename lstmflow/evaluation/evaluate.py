@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from lstmflow.config import CorpusSpec, PipelineSpec
-from lstmflow.config.tasks import AUTO_BLENDED_KINDS
 from lstmflow.data.sequences import SequenceFeatures, SequenceSet, load_sequences
 from lstmflow.data.timeseries import Features, WindowSet, load_features
 from lstmflow.errors import DataError
@@ -100,7 +99,7 @@ def evaluate_forecast(
     baseline = None if strong is None else strong.forecast
     network_metrics: dict[str, float] = {}
     (model_path.parent / ETS_PARTNER_FILE).unlink(missing_ok=True)
-    ets = strong.ets if strong is not None and spec.train.blend_baseline is not False else None
+    ets = strong.ets if strong is not None and spec.blends_baseline else None
     if ets is not None and baseline is not None:
         ets.save(model_path.parent)  # served beside the network, as it is scored here
         network = forecast_metrics(actual, forecast, naive, scale)
@@ -208,9 +207,7 @@ def _blend(
     (folder / PARTNER_FILE).unlink(missing_ok=True)
     val = features.part("val")
     partner = None if strong is None else strong.partner
-    blend = spec.train.blend_baseline
-    wanted = blend is True or (blend == "auto" and spec.data.kind in AUTO_BLENDED_KINDS)
-    if not wanted or partner is None or len(val) == 0:
+    if not spec.blends_baseline or partner is None or len(val) == 0:
         return None
     weight = choose_weight(predict_proba(model, val), partner.val, val.labels)
     Blend(partner.model, partner.codes, weight, features.n_classes).save(folder)
