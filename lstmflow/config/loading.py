@@ -26,7 +26,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
-            if isinstance(key, str | int | float | bool) and key in seen:
+            if not isinstance(key, str | int | float | bool):  # a list or mapping as a key: YAML's own error follows
+                continue
+            if key in seen:
                 raise ConfigError(f"duplicate key {key!r} on line {seen[key]} and line {line}; give each key once")
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
