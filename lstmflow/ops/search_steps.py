@@ -21,7 +21,7 @@ from lstmflow import tracking
 from lstmflow.config import PipelineSpec, dotted_key
 from lstmflow.errors import TrainingError
 from lstmflow.ops import team
-from lstmflow.ops.steps import Prepared, start_tracked_run
+from lstmflow.ops.steps import METRICS_SPOOL, Prepared, start_tracked_run
 
 #: The study's user attribute naming its MLflow parent run.
 PARENT_RUN_ATTR = "lstmflow.mlflow_parent_run_id"
@@ -214,9 +214,10 @@ def _train_trial(
 
     base = prepared.pipeline
     ref = search.StudyRef(study_ref["storage"], study_ref["study"])
-    logger = search.PruningLogger(tracking.MlflowMetricLogger(uri, run_id), ref, base, number)
     run_dir = Path(study_ref["trials_dir"]) / f"trial-{number:04d}"
-    result = train_in_child(spec, Path(prepared.features_dir), run_dir, logger, progress=progress)
+    with tracking.relayed_metrics(uri, run_id, run_dir / METRICS_SPOOL) as spool:
+        logger = search.PruningLogger(spool, ref, base, number)
+        result = train_in_child(spec, Path(prepared.features_dir), run_dir, logger, progress=progress)
     value = search.trial_value(result.history, result.best_epoch, search.search_settings(base).metric)
     attrs = {
         "lstmflow.best_epoch": result.best_epoch,

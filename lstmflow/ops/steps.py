@@ -255,8 +255,8 @@ def _train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: bo
         with writing(run_dir):
             run_id_file.write_text(run_id)
             recovery.record_run(run_dir, run_id)
-            logger = tracking.MlflowMetricLogger(uri, run_id)
-            result = train_in_child(spec, Path(prepared.features_dir), run_dir, logger, progress=progress)
+            with tracking.relayed_metrics(uri, run_id, run_dir / METRICS_SPOOL) as logger:
+                result = train_in_child(spec, Path(prepared.features_dir), run_dir, logger, progress=progress)
     except BaseException:
         tracking.end_run(uri, run_id, "FAILED")
         raise
@@ -284,6 +284,8 @@ def _train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: bo
     return {"run_id": run_id, "run_dir": str(run_dir), "model_path": result.model_path, **summary}
 
 
+#: The training child's metrics, one JSON line per epoch, relayed from there to its MLflow run.
+METRICS_SPOOL = "metrics.jsonl"
 #: The list of files the features stage left out, and why (audio); logged to the run as ``data/skipped.json``.
 SKIPPED_LIST = "skipped.json"
 

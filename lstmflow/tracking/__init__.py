@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lstmflow.errors import LstmflowError, writing
+from lstmflow.training.loggers import SpooledRow, SpoolLogger, read_spool
 
 #: Tags that tie a run to the exact code, data and orchestration that made it.
 LINEAGE_TAGS = ("lstmflow.git_commit", "lstmflow.data_md5", "lstmflow.features_md5", "lstmflow.prefect_flow_run_id")
@@ -78,29 +80,70 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-class MlflowMetricLogger:
-    """A :class:`~lstmflow.training.loggers.MetricLogger` that writes each call as one ``log_batch``.
+#: How often a training child's spooled metrics are relayed to its MLflow run while it trains.
+RELAY_SECONDS = 1.0
 
-    Holds only strings, so it pickles into a training child; the client is made there.
+
+@contextlib.contextmanager
+def relayed_metrics(uri: str, run_id: str, spool: Path) -> Iterator[SpoolLogger]:
+    """A :class:`~lstmflow.training.loggers.SpoolLogger` for training children, whose lines a thread of this process
+    logs to the MLflow run every :data:`RELAY_SECONDS`, and the rest when the block ends.
+
+    What was relayed is recorded beside the spool, so a retry on the same run folder relays only what is new. A
+    failure to log (the server gone) ends the relaying, not the training; it is raised when the block ends, unless
+    the block raised first, and the lines it left are relayed by the next attempt.
     """
+    relay = _Relay(uri, run_id, spool)
+    relay.start()
+    try:
+        yield SpoolLogger(spool)
+    finally:
+        failure = relay.finish()
+    if failure is not None:
+        raise failure
 
-    def __init__(self, uri: str, run_id: str) -> None:
-        self.uri = uri
-        self.run_id = run_id
-        self._client_cache: Any = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self.uri, "run_id": self.run_id, "_client_cache": None}
+class _Relay(threading.Thread):
+    def __init__(self, uri: str, run_id: str, spool: Path) -> None:
+        super().__init__(name=f"lstmflow-metrics-{run_id}", daemon=True)
+        self.uri, self.run_id, self.spool = uri, run_id, spool
+        self.relayed = spool.with_name(spool.name + ".relayed")  # the spool's byte offset logged so far
+        self.stopping = threading.Event()
+        self.failure: Exception | None = None
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+    def run(self) -> None:
+        while not self.stopping.wait(RELAY_SECONDS) and self.failure is None:
+            self._relay()
 
-        if self._client_cache is None:
-            self._client_cache = _client(self.uri)
-        now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        for chunk in _chunks(batch, 1000):
-            self._client_cache.log_batch(self.run_id, metrics=chunk)
+    def finish(self) -> Exception | None:
+        """Stop the thread, relay what is left, and return the failure that stopped relaying, if any."""
+        self.stopping.set()
+        self.join()
+        if self.failure is None:
+            self._relay()
+        return self.failure
+
+    def _relay(self) -> None:
+        offset = int(self.relayed.read_text()) if self.relayed.exists() else 0
+        rows, after = read_spool(self.spool, offset)
+        if not rows:
+            return
+        try:
+            _log_rows(self.uri, self.run_id, rows)
+        except Exception as exc:  # noqa: BLE001 - raised by finish(), in the thread that can handle it
+            self.failure = exc
+            return
+        self.relayed.write_text(str(after))
+
+
+def _log_rows(uri: str, run_id: str, rows: list[SpooledRow]) -> None:
+    """Log ``(step, time in ms, {name: value})`` rows to the run, in batches of MLflow's largest size."""
+    from mlflow.entities import Metric
+
+    batch = [Metric(key, float(value), at, step) for step, at, metrics in rows for key, value in metrics.items()]
+    client = _client(uri)
+    for chunk in _chunks(batch, 1000):
+        client.log_batch(run_id, metrics=chunk)
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
@@ -164,7 +207,7 @@ def open_store(uri: str) -> None:
 
 
 def log_summary_metrics(uri: str, run_id: str, metrics: dict[str, float]) -> None:
-    MlflowMetricLogger(uri, run_id).log_metrics(metrics, step=0)
+    _log_rows(uri, run_id, [(0, int(time.time() * 1000), metrics)])
 
 
 def log_artifacts(uri: str, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
