@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,7 +32,7 @@ from lstmflow.evaluation.baselines import (
     read_record,
     run_baseline,
 )
-from lstmflow.evaluation.evaluate import evaluate_classifier, evaluate_forecast
+from lstmflow.evaluation.evaluate import evaluate_classifier, evaluate_forecast, start_strong_baseline
 from lstmflow.evaluation.metrics import mae, majority_baseline, seasonal_naive
 from lstmflow.models.blend import PARTNER_FILE, blended, choose_weight, mean_and_spread, with_deltas_mean_and_spread
 from lstmflow.models.ets import ETS_PARTNER_FILE
@@ -376,6 +377,30 @@ def test_evaluate_classifier_adds_the_baseline_or_skips_it_with_a_warning(
         "method": "sequences baseline",
         "skipped": "LinAlgError: singular matrix",
     }
+
+
+def test_a_baseline_started_while_training_is_the_one_evaluation_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    features_dir = shapes_features(tmp_path)
+    spec = sequences_spec(tmp_path)
+    torch.save(build_model(spec.model, 2, 3, where="model").state_dict(), tmp_path / "model.pt")
+    fitted_in: list[str] = []
+
+    def recorded(*args: Any) -> baselines.Baseline:
+        fitted_in.append(threading.current_thread().name)
+        return classifier_baseline(*args)
+
+    monkeypatch.setattr("lstmflow.evaluation.evaluate.classifier_baseline", recorded)
+    start_strong_baseline(spec, features_dir, tmp_path / "plots")
+    start_strong_baseline(spec, features_dir, tmp_path / "plots")  # a retried training task starts no second one
+    metrics, _ = evaluate_classifier(spec, features_dir, tmp_path / "model.pt", tmp_path / "plots")
+    assert fitted_in == ["lstmflow-baseline-t"]
+    assert metrics["baseline_accuracy"] > metrics["majority_accuracy"]
+
+    again, _ = evaluate_classifier(spec, features_dir, tmp_path / "model.pt", tmp_path / "plots")
+    assert fitted_in == ["lstmflow-baseline-t", threading.current_thread().name]  # taken once, then fitted anew
+    assert again["baseline_accuracy"] == metrics["baseline_accuracy"]
 
 
 def test_blended_is_the_normalised_weighted_geometric_mean() -> None:

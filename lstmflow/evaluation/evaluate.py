@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -91,11 +93,7 @@ def evaluate_forecast(
     train_end = features.meta["split"]["train_end"]
     scale = mase_scale(features.raw[:train_end], features.season)
     plot_dir.mkdir(parents=True, exist_ok=True)
-    strong = run_baseline(
-        "auto_ets",
-        lambda: ets_baseline(features.raw, train_end, test.origins, features.horizon, features.season),
-        plot_dir,
-    )
+    strong = strong_baseline(spec, features_dir, plot_dir)
     baseline = None if strong is None else strong.forecast
     network_metrics: dict[str, float] = {}
     (model_path.parent / ETS_PARTNER_FILE).unlink(missing_ok=True)
@@ -122,6 +120,53 @@ def evaluate_forecast(
     ]
     plots += _loss_curves(model_path, plot_dir)
     return metrics, plots
+
+
+#: Strong baselines begun by :func:`start_strong_baseline`, by (spec hash, features folder, record folder).
+_STARTED: dict[tuple[str, str, str], Future[Baseline | None]] = {}
+
+
+def start_strong_baseline(spec: PipelineSpec, features_dir: Path, record_dir: Path) -> None:
+    """Fit the strong baseline of a forecast or classifier in a thread of this process, for :func:`strong_baseline`
+    to take when the test part is scored: started once the training child runs, it costs the run no time of its own
+    (its imports and fits on the core the child leaves, ETS forms and logistic regressions take seconds)."""
+    key = _baseline_key(spec, features_dir, record_dir)
+    if spec.task not in ("forecast", "classify") or key in _STARTED:
+        return
+    future: Future[Baseline | None] = Future()
+    _STARTED[key] = future
+
+    def fit() -> None:
+        try:
+            future.set_result(_fit_strong_baseline(spec, features_dir, record_dir))
+        except BaseException as error:  # noqa: BLE001 - raised where the result is taken
+            future.set_exception(error)
+
+    threading.Thread(target=fit, name=f"lstmflow-baseline-{spec.name}", daemon=True).start()
+
+
+def strong_baseline(spec: PipelineSpec, features_dir: Path, record_dir: Path) -> Baseline | None:
+    """The run's strong baseline (None when it failed, with a warning): the one begun by
+    :func:`start_strong_baseline`, else fitted now."""
+    started = _STARTED.pop(_baseline_key(spec, features_dir, record_dir), None)
+    return started.result() if started is not None else _fit_strong_baseline(spec, features_dir, record_dir)
+
+
+def _baseline_key(spec: PipelineSpec, features_dir: Path, record_dir: Path) -> tuple[str, str, str]:
+    return spec.spec_hash(), str(Path(features_dir).resolve()), str(Path(record_dir).resolve())
+
+
+def _fit_strong_baseline(spec: PipelineSpec, features_dir: Path, record_dir: Path) -> Baseline | None:
+    if spec.task == "classify":
+        sequences = load_sequences(features_dir)
+        return run_baseline(f"{spec.data.kind} baseline", lambda: classifier_baseline(spec, sequences), record_dir)
+    features = load_features(features_dir)
+    train_end, origins = features.meta["split"]["train_end"], features.windows("test").origins
+    return run_baseline(
+        "auto_ets",
+        lambda: ets_baseline(features.raw, train_end, origins, features.horizon, features.season),
+        record_dir,
+    )
 
 
 def predict_proba(model: LSTMNet, sequences: SequenceSet, batch_size: int = 256) -> np.ndarray:
@@ -170,7 +215,7 @@ def evaluate_classifier(
     )
     _load_weights(model, model_path)
     network = predict_proba(model, test)
-    strong = run_baseline(f"{spec.data.kind} baseline", lambda: classifier_baseline(spec, features), plot_dir)
+    strong = strong_baseline(spec, features_dir, plot_dir)
     probabilities, blend_metrics = network, {}
     if (chosen := _blend(spec, model, features, strong, model_path.parent)) is not None:
         weight, partner = chosen

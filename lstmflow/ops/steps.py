@@ -233,6 +233,7 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
 
 
 def _train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: bool) -> dict[str, Any]:
+    from lstmflow.evaluation.evaluate import start_strong_baseline
     from lstmflow.training.launch import train_in_child
 
     spec = prepared.pipeline
@@ -255,8 +256,16 @@ def _train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: bo
         with writing(run_dir):
             run_id_file.write_text(run_id)
             recovery.record_run(run_dir, run_id)
+            features_dir = Path(prepared.features_dir)
             with tracking.relayed_metrics(uri, run_id, run_dir / METRICS_SPOOL) as logger:
-                result = train_in_child(spec, Path(prepared.features_dir), run_dir, logger, progress=progress)
+                result = train_in_child(  # the baseline is fitted meanwhile, here, for evaluate to take
+                    spec,
+                    features_dir,
+                    run_dir,
+                    logger,
+                    progress,
+                    on_start=lambda _: start_strong_baseline(spec, features_dir, run_dir / PLOTS),
+                )
     except BaseException:
         tracking.end_run(uri, run_id, "FAILED")
         raise
@@ -284,6 +293,8 @@ def _train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: bo
     return {"run_id": run_id, "run_dir": str(run_dir), "model_path": result.model_path, **summary}
 
 
+#: A run folder's plots (and the strong baseline's record), logged to the MLflow run as its ``plots`` artifacts.
+PLOTS = "plots"
 #: The training child's metrics, one JSON line per epoch, relayed from there to its MLflow run.
 METRICS_SPOOL = "metrics.jsonl"
 #: The list of files the features stage left out, and why (audio); logged to the run as ``data/skipped.json``.
@@ -342,12 +353,12 @@ def evaluate(prepared: Prepared, trained: dict[str, Any], root: Path) -> dict[st
         "translate": evaluate_translator,
         "transcribe": evaluate_transcriber,
     }[spec.task]
-    metrics, plots = scorer(spec, Path(prepared.features_dir), Path(trained["model_path"]), run_dir / "plots")
+    metrics, plots = scorer(spec, Path(prepared.features_dir), Path(trained["model_path"]), run_dir / PLOTS)
     uri = tracking.tracking_uri(root)
     with tracking.answering(uri, f"evaluating {spec.name}", f"the scores and plots are kept in {run_dir}"):
         tracking.log_summary_metrics(uri, trained["run_id"], {f"test_{k}": v for k, v in metrics.items()})
         tracking.log_artifacts(uri, trained["run_id"], plots, "plots")
-        record = read_record(run_dir / "plots")
+        record = read_record(run_dir / PLOTS)
         if record is not None:
             skipped = " (skipped)" if "skipped" in record else ""
             tracking.set_tags(uri, trained["run_id"], {BASELINE_TAG: record["method"] + skipped})
