@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,13 @@ from lstmflow.data.sequences import load_sequences
 from lstmflow.data.timeseries import resolve_data
 from lstmflow.errors import ConfigError, DataError
 from lstmflow.models.lstm import build_model
-from lstmflow.training.objectives import ClassifyObjective, ForecastObjective, classifier_input_size, make_objective
+from lstmflow.training.objectives import (
+    ClassifyObjective,
+    ForecastObjective,
+    accuracy_and_macro_f1,
+    classifier_input_size,
+    make_objective,
+)
 
 torch.set_num_threads(1)
 
@@ -153,3 +160,15 @@ def test_text_sizes_the_embedding_from_the_vocabulary_and_needs_one_first(tmp_pa
         "pipelines.patterns.model.layers[0].embedding: reads token ids, which only data.kind text and corpus give; "
         "data.kind sequences gives values (remove the embedding)"
     )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_validation_accuracy_and_macro_f1_are_scikit_learns(seed: int) -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, 4, 40)  # class 4 only ever predicted, class 5 in neither
+    y_pred = np.where(rng.random(40) < 0.5, y_true, rng.integers(0, 5, 40))
+    scores = accuracy_and_macro_f1(y_true, y_pred)
+    assert scores["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert scores["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0))

@@ -329,8 +329,6 @@ class ClassifyObjective(Stateless, LayerListNetwork):
     @torch.no_grad()
     def evaluate(self, model: LSTMNet, part: Part, batch_size: int, device: torch.device | str) -> dict[str, float]:
         """Mean cross-entropy per sample (unweighted: the true log loss), accuracy and macro-averaged F1."""
-        from sklearn.metrics import accuracy_score, f1_score  # here: a forecast's training child never pays for it
-
         model.eval()
         total, truth, predicted = 0.0, [], []
         for inputs, target in self.batches(part, batch_size):
@@ -340,15 +338,23 @@ class ClassifyObjective(Stateless, LayerListNetwork):
             truth.append(target.cpu().numpy())
             predicted.append(logits.argmax(dim=1).cpu().numpy())
         y_true, y_pred = np.concatenate(truth), np.concatenate(predicted)
-        return {
-            "loss": total / len(y_true),
-            "accuracy": float(accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        }
+        return {"loss": total / len(y_true), **accuracy_and_macro_f1(y_true, y_pred)}
 
     def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
         sequences = self.features.part(part)
         return {"padding_fraction": sequences.padding_fraction(batch_size, shuffle=shuffle, seed=seed, epoch=epoch)}
+
+
+def accuracy_and_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-averaged F1 over the classes in the truth or the predictions, as scikit-learn's
+    ``f1_score(average="macro")``. By hand so that a classifier's training child never imports scikit-learn (a
+    second or more of every run's fixed cost) just to score its validation part."""
+    labels, coded = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
+    truth, predicted = coded[: len(y_true)], coded[len(y_true) :]
+    hits = np.bincount(truth[truth == predicted], minlength=len(labels))
+    # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (true count + predicted count), never 0/0 for a class seen in either
+    f1 = 2 * hits / (np.bincount(truth, minlength=len(labels)) + np.bincount(predicted, minlength=len(labels)))
+    return {"accuracy": float(np.mean(truth == predicted)), "macro_f1": float(f1.mean())}
 
 
 def class_weights(labels: np.ndarray, n_classes: int, rule: str) -> np.ndarray | None:
@@ -358,13 +364,13 @@ def class_weights(labels: np.ndarray, n_classes: int, rule: str) -> np.ndarray |
     inverse frequency over-corrects a rare class seen a few times) and applies only from ``IMBALANCE_RATIO``. A class
     the training labels lack gets weight 0: no training target has it.
     """
-    from sklearn.utils.class_weight import compute_class_weight
-
     counts = np.bincount(labels, minlength=n_classes)
     present = np.flatnonzero(counts)
     imbalanced = counts[present].max() >= IMBALANCE_RATIO * counts[present].min()
     if rule == "none" or (rule == "auto" and not imbalanced):
         return None
+    from sklearn.utils.class_weight import compute_class_weight  # only here: a second of the child's start-up
+
     weights = np.zeros(n_classes, dtype=np.float32)
     weights[present] = compute_class_weight("balanced", classes=present, y=labels)
     return np.sqrt(weights) if rule == "auto" else weights
