@@ -18,7 +18,6 @@ import importlib.metadata
 import importlib.util
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lstmflow.errors import LstmflowError
+from lstmflow.tracking import copy_sqlite
 
 #: Where the temporary server's own output goes (it logs errors only).
 LOG_FILE = Path(".lstmflow") / "prefect-server.log"
@@ -52,8 +52,7 @@ class TemporaryServer:
         database, self.template = _database(), _template()
         self.new_database = database if database is not None and not database.exists() else None
         if self.new_database and self.template.exists():  # a new database without its migrations' seconds
-            self.new_database.parent.mkdir(parents=True, exist_ok=True)
-            _copy_database(self.template, self.new_database)
+            copy_sqlite(self.template, self.new_database)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, env={**os.environ, **EPHEMERAL}, stdout=log, stderr=log)
 
@@ -64,8 +63,7 @@ class TemporaryServer:
             with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/health", timeout=5) as answer:
                 if answer.status == 200:
                     if self.new_database and not self.template.exists():  # migrated; nothing has run on it yet
-                        self.template.parent.mkdir(parents=True, exist_ok=True)
-                        _copy_database(self.new_database, self.template)
+                        copy_sqlite(self.new_database, self.template)
                     return
             time.sleep(0.1)
         self.stop()
@@ -96,14 +94,6 @@ def _template() -> Path:
     kept per machine the first time a temporary server starts on a new database."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "lstmflow" / "prefect-database" / f"prefect-{importlib.metadata.version('prefect')}.db"
-
-
-def _copy_database(source: Path, target: Path) -> None:
-    """A consistent copy of a SQLite database (SQLite's backup, so a server may have it open), put in place whole."""
-    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
-        src.backup(dst)
-    os.replace(partial, target)
 
 
 def prefect_api(root: Path) -> Callable[[], None]:

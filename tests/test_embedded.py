@@ -1,8 +1,9 @@
 """The temporary Prefect server of an embedded run (flows/embedded.py): it answers, stops with the command, and a
-project's new database starts from the migrated one kept per machine."""
+project's new Prefect database and MLflow store start from migrated ones kept per machine."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import sqlite3
 import urllib.request
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.embedded import LOG_FILE, TemporaryServer, open_stores, prefect_api
+from lstmflow import tracking
 from lstmflow.ops import versioning
 
 
@@ -57,6 +59,25 @@ def test_open_stores_creates_the_dvc_repository_and_the_mlflow_store(tmp_path: P
         assert connection.execute("select name from experiments").fetchall() == [("Default",)]
     open_stores(tmp_path)  # a second time changes nothing
     assert (tmp_path / ".dvc" / "config.local").read_text().count("remote = local") == 1
+
+
+def test_a_new_mlflow_store_starts_from_the_template_the_first_one_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    tracking.open_store(tracking.tracking_uri(first))
+    mlflow = importlib.metadata.version("mlflow")
+    template = tmp_path / "cache" / "lstmflow" / "mlflow-database" / f"mlflow-{mlflow}.db"
+    assert revision(template) == revision(first / "mlflow.db")
+
+    tracking.open_store(tracking.tracking_uri(second))
+    with sqlite3.connect(second / "mlflow.db") as connection:
+        assert connection.execute("select name, artifact_location from experiments").fetchall() == [
+            ("Default", str(second / "mlruns" / "0"))
+        ]
+    run_id = tracking.start_run(tracking.tracking_uri(second), "used", second / "mlruns", {"a": "1"}, {}, "r")
+    assert tracking.run_status(tracking.tracking_uri(second), run_id) == "RUNNING"
 
 
 def test_the_local_remote_follows_the_project_when_it_moves(tmp_path: Path) -> None:

@@ -816,3 +816,4 @@ def test_run_exits_0_and_its_json_and_last_line_say_the_version_is_not_promoted(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"warning: tiny version {result['model_version']} is not promoted: {figures}"), last
     assert last.endswith("(promote.beat_baseline)")
+    assert "Successfully registered model" not in done.stderr and "Created version" not in done.stderr  # MLflow's

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def ensure_repo(root: Path) -> None:
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    with workspace_lock(root), contextlib.redirect_stdout(io.StringIO()):  # Repo.init's "Initialized ..." lines
+    with workspace_lock(root), _quiet_dvc():
         try:
             if (root / ".dvc").is_dir():
                 repo = Repo(str(root))
@@ -98,6 +99,18 @@ def ensure_repo(root: Path) -> None:
                         config["core"]["remote"] = "local"
         except DvcException as exc:
             raise DvcError(f"setting up DVC in {root} failed: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _quiet_dvc() -> Iterator[None]:
+    """DVC's loggers at warnings only (``Repo.init`` logs "Initialized DVC repository." and a git hint)."""
+    dvc_logger = logging.getLogger("dvc")
+    level = dvc_logger.level
+    dvc_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        dvc_logger.setLevel(level)
 
 
 def _project_has_remote(root: Path) -> bool:

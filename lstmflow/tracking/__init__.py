@@ -9,8 +9,11 @@ SQLite inside the project (``<project>/mlflow.db``, artifacts in ``<project>/mlr
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
+import sqlite3
+import sys
 import threading
 import time
 import warnings
@@ -201,9 +204,40 @@ def run_status(uri: str, run_id: str) -> str | None:
 
 
 def open_store(uri: str) -> None:
-    """Create the tracking store now if it is new (a SQLite file gets MLflow's schema migrations, seconds of disk
-    writes), e.g. while a server starts, rather than inside the first run's training step."""
+    """Create the tracking store now if it is new, e.g. while a server starts, rather than inside the first run's
+    training step.
+
+    A new SQLite store starts as a copy of an empty one kept per machine and MLflow version: MLflow's schema
+    migrations take a second or two of every new project's first run. The first new store on a machine is made by
+    MLflow and kept as that template before anything is written to it.
+    """
+    path = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    template = _store_template()
+    new = path is not None and not path.exists()
+    if path is not None and new and template.exists():
+        copy_sqlite(template, path)
+        default_folder = str(path.parent / "mlruns" / "0")  # the template's Default experiment's is elsewhere
+        with contextlib.closing(sqlite3.connect(path)) as store, store:
+            store.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (default_folder,))
     _client(uri).search_experiments(max_results=1)
+    if path is not None and new and not template.exists():
+        copy_sqlite(path, template)
+
+
+def _store_template() -> Path:
+    from importlib.metadata import version
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "lstmflow" / "mlflow-database" / f"mlflow-{version('mlflow')}.db"
+
+
+def copy_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite database (SQLite's backup, so a server may have it open), put in place whole."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
+        src.backup(dst)
+    os.replace(partial, target)
 
 
 def log_summary_metrics(uri: str, run_id: str, metrics: dict[str, float]) -> None:
@@ -289,18 +323,36 @@ def register_model(
         warnings.catch_warnings(),
     ):
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(package / "tracking" / "pyfunc_model.py"),
-            artifacts={"bundle": str(bundle_dir)},
-            code_paths=[str(package)],
-            signature=infer_signature(input_example, output_example),
-            input_example=input_example,
-            pip_requirements=requirements,
-            registered_model_name=name,
-        )
+        with _without_registry_chatter():
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(package / "tracking" / "pyfunc_model.py"),
+                artifacts={"bundle": str(bundle_dir)},
+                code_paths=[str(package)],
+                signature=infer_signature(input_example, output_example),
+                input_example=input_example,
+                pip_requirements=requirements,
+                registered_model_name=name,
+            )
     version = str(info.registered_model_version)
     return {"model_uri": f"models:/{name}/{version}", "logged_model_uri": info.model_uri, "version": version}
+
+
+#: What MLflow prints to stderr, whatever its log level, when ``log_model`` registers a version: the run's own
+#: result names the version already.
+REGISTRY_CHATTER = re.compile(r"Successfully registered model |Registered model .* already exists\.|Created version ")
+
+
+@contextlib.contextmanager
+def _without_registry_chatter() -> Iterator[None]:
+    """Hold back what the block writes to ``sys.stderr`` and write it out afterwards, less :data:`REGISTRY_CHATTER`
+    (warnings included, nothing else is dropped)."""
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    finally:
+        sys.stderr.write("".join(line for line in held.getvalue().splitlines(True) if not REGISTRY_CHATTER.match(line)))
 
 
 def _installed(names: list[str]) -> list[str]:
