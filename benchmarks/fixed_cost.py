@@ -5,9 +5,9 @@ MLflow on SQLite, DVC) minus the seconds its training loop reports (``fit_result
 project holding the quality suite's ItalyPowerDemand (67 training series of 24 steps; see ``quality_data.py``),
 whose first run (shown apart) also creates the project's stores and builds the features; the measured runs then
 train one epoch with a new seed each (so training runs again on the cached features). The commits alternate run by
-run, so both see the same load; medians, min–max, and the ratio to the earlier commit. The earlier commit runs from a git worktree, imported ahead of the installed
-lstmflow (``PYTHONPATH``), with the same interpreter and libraries. Prints a table and appends it to
-``benchmarks/RESULTS.md``.
+run, so both see the same load; medians, min–max, and the ratio to the earlier commit. The earlier commit runs from
+a git worktree, imported ahead of the installed lstmflow (``PYTHONPATH``), with the same interpreter and libraries.
+Prints a table and appends it to ``benchmarks/RESULTS.md``.
 
     python benchmarks/fixed_cost.py [--against REF] [--runs 5] [--no-append]
 """

@@ -121,4 +121,4 @@ def level_is_stationary(train: np.ndarray) -> bool:
         warnings.simplefilter("ignore", InterpolationWarning)  # p-values beyond the table's 1-10% are clipped
         if kpss(values, regression="c", nlags="auto", result_object=True).pvalue < KPSS_P_VALUE:
             return False
-    return bool(adfuller(values, autolag="BIC")[1] < ADF_P_VALUE)
+    return bool(adfuller(values, autolag="BIC", result_object=True).pvalue < ADF_P_VALUE)
