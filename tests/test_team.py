@@ -246,7 +246,11 @@ def test_the_object_store_down_while_a_run_logs_its_model_fails_that_step_and_it
                                env=environment, stdout=subprocess.PIPE, stderr=stderr, text=True)  # fmt: skip
     try:
         wait_for(lambda: new_file(first.project, earlier, "fit_result.json"), "training")
-        team.save(first.project, first.store())  # what the store comes back with: the run's spec, the champion's
+        run.send_signal(signal.SIGSTOP)  # the run waits while the store is saved (seconds): it would register meanwhile
+        try:
+            team.save(first.project, first.store())  # what the store comes back with: the run's spec, the champion's
+        finally:
+            run.send_signal(signal.SIGCONT)
         wait_for(lambda: new_file(first.project, earlier, "metrics.json"), "the evaluation")  # register is next
         objects = next(service for service in stack._read_state(first.project) if service.name == "objects")
         for process in objects.processes():
