@@ -18,10 +18,10 @@ from lstmflow.models.lstm import build_model
 from lstmflow.training.objectives import (
     ClassifyObjective,
     ForecastObjective,
-    accuracy_and_macro_f1,
     classifier_input_size,
     make_objective,
 )
+from lstmflow.training.scores import accuracy_and_macro_f1
 
 torch.set_num_threads(1)
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lstmflow.training.scores import accuracy_and_macro_f1
+
 
 def _pair(y: np.ndarray, yhat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y, yhat = np.asarray(y, dtype=np.float64), np.asarray(yhat, dtype=np.float64)
@@ -121,7 +123,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
     from sklearn.metrics import precision_recall_fscore_support
 
     y_true, y_pred = _label_pair(y_true, y_pred, len(class_names))
-    metrics = _summary(y_true, y_pred)
+    metrics = accuracy_and_macro_f1(y_true, y_pred)
     precision, recall, _, _ = precision_recall_fscore_support(
         y_true, y_pred, labels=np.arange(len(class_names)), zero_division=0
     )
@@ -141,7 +143,7 @@ def majority_baseline(train_labels: np.ndarray, y_true: np.ndarray, n_classes: i
         raise ValueError("the majority baseline needs at least one training label")
     majority = int(np.argmax(np.bincount(train_labels, minlength=n_classes)))
     y_true = np.asarray(y_true)
-    summary = _summary(*_label_pair(y_true, np.full(y_true.shape, majority), n_classes))
+    summary = accuracy_and_macro_f1(*_label_pair(y_true, np.full(y_true.shape, majority), n_classes))
     return {"majority_accuracy": summary["accuracy"], "majority_macro_f1": summary["macro_f1"]}
 
 
@@ -190,13 +192,3 @@ def _label_pair(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple
     if y_true.size == 0:
         raise ValueError("cannot score an empty set of predictions")
     return y_true, y_pred
-
-
-def _summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Accuracy, and macro-F1 over the classes that occur in the truth or the predictions."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-    }

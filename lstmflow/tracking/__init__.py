@@ -111,6 +111,7 @@ class _Relay(threading.Thread):
         super().__init__(name=f"lstmflow-metrics-{run_id}", daemon=True)
         self.uri, self.run_id, self.spool = uri, run_id, spool
         self.relayed = spool.with_name(spool.name + ".relayed")  # the spool's byte offset logged so far
+        self.offset = int(self.relayed.read_text()) if self.relayed.exists() else 0  # a retry's starting point
         self.stopping = threading.Event()
         self.failure: Exception | None = None
 
@@ -127,8 +128,7 @@ class _Relay(threading.Thread):
         return self.failure
 
     def _relay(self) -> None:
-        offset = int(self.relayed.read_text()) if self.relayed.exists() else 0
-        rows, after = read_spool(self.spool, offset)
+        rows, after = read_spool(self.spool, self.offset)
         if not rows:
             return
         try:
@@ -136,6 +136,7 @@ class _Relay(threading.Thread):
         except Exception as exc:  # noqa: BLE001 - raised by finish(), in the thread that can handle it
             self.failure = exc
             return
+        self.offset = after
         self.relayed.write_text(str(after))
 
 

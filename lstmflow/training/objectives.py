@@ -31,6 +31,7 @@ from lstmflow.config import CorpusSpec, PipelineSpec
 from lstmflow.data.parts import Parts as Part
 from lstmflow.errors import ConfigError, DataError
 from lstmflow.models.lstm import LSTMNet, LSTMState, output_layer
+from lstmflow.training.scores import accuracy_and_macro_f1
 
 if TYPE_CHECKING:
     from lstmflow.data.corpus import CorpusFeatures
@@ -343,18 +344,6 @@ class ClassifyObjective(Stateless, LayerListNetwork):
     def batch_stats(self, part: Part, batch_size: int, shuffle: bool, seed: int, epoch: int) -> dict[str, float]:
         sequences = self.features.part(part)
         return {"padding_fraction": sequences.padding_fraction(batch_size, shuffle=shuffle, seed=seed, epoch=epoch)}
-
-
-def accuracy_and_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro-averaged F1 over the classes in the truth or the predictions, as scikit-learn's
-    ``f1_score(average="macro")``. By hand so that a classifier's training child never imports scikit-learn (a
-    second or more of every run's fixed cost) just to score its validation part."""
-    labels, coded = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
-    truth, predicted = coded[: len(y_true)], coded[len(y_true) :]
-    hits = np.bincount(truth[truth == predicted], minlength=len(labels))
-    # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (true count + predicted count), never 0/0 for a class seen in either
-    f1 = 2 * hits / (np.bincount(truth, minlength=len(labels)) + np.bincount(predicted, minlength=len(labels)))
-    return {"accuracy": float(np.mean(truth == predicted)), "macro_f1": float(f1.mean())}
 
 
 def class_weights(labels: np.ndarray, n_classes: int, rule: str) -> np.ndarray | None:
