@@ -23,6 +23,7 @@ run embedded, measured in the same invocation. Prints a table and appends it to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -100,16 +101,17 @@ def measure(mode: str, pipeline: str, epochs: int | None) -> list[dict[str, Any]
             timed(tracking, name, "mlflow")
         timed(launch, "train_in_child", "training")
         rows = []
-        for label in ("first run", "unchanged re-run"):
-            spent.clear()
-            start = time.perf_counter()
-            if label == "first run":
-                run_pipeline = start_as_the_cli(root)
-            result = run_pipeline(pipeline=pipeline, epochs=epochs, config=str(root / "pipelines.yaml"))
-            total = time.perf_counter() - start
-            parts = {key: spent[key] for key in ("dvc", "training", "mlflow")}
-            parts["prefect + rest"] = total - sum(parts.values())
-            rows.append({"run": label, "total": total, **parts, "cached": result["cached"]})
+        with contextlib.ExitStack() as flows:
+            for label in ("first run", "unchanged re-run"):
+                spent.clear()
+                start = time.perf_counter()
+                if label == "first run":
+                    run_pipeline = start_as_the_cli(root, flows)
+                result = run_pipeline(pipeline=pipeline, epochs=epochs, config=str(root / "pipelines.yaml"))
+                total = time.perf_counter() - start
+                parts = {key: spent[key] for key in ("dvc", "training", "mlflow")}
+                parts["prefect + rest"] = total - sum(parts.values())
+                rows.append({"run": label, "total": total, **parts, "cached": result["cached"]})
         return rows
     finally:
         if mode != "embedded":
@@ -117,16 +119,17 @@ def measure(mode: str, pipeline: str, epochs: int | None) -> list[dict[str, Any]
         shutil.rmtree(root.parent, ignore_errors=True)
 
 
-def start_as_the_cli(root: Path) -> Callable[..., Any]:
+def start_as_the_cli(root: Path, flows: contextlib.ExitStack) -> Callable[..., Any]:
     """What ``lstmflow run`` does before its first flow: the temporary Prefect server starts (unless one is
-    configured) while Prefect is imported and the stores are created; returns the flow once the server answers."""
+    configured) while Prefect is imported and the stores are created; returns the flow once the server answers,
+    its context entered on ``flows``."""
     from flows.embedded import open_stores, prefect_api
 
-    api_ready = prefect_api(root)
+    flows_context = prefect_api(root)
     open_stores(root)
     from flows.pipeline import run_pipeline
 
-    api_ready()
+    flows.enter_context(flows_context())
     return run_pipeline
 
 

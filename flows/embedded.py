@@ -22,7 +22,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from lstmflow.errors import LstmflowError
@@ -96,21 +97,33 @@ def _template() -> Path:
     return cache / "lstmflow" / "prefect-database" / f"prefect-{importlib.metadata.version('prefect')}.db"
 
 
-def prefect_api(root: Path) -> Callable[[], None]:
+def prefect_api(root: Path) -> Callable[[], AbstractContextManager[None]]:
     """Point this process's flows at the configured Prefect server, else at a temporary one started now; returns
-    what to call before the first flow, which waits for that server to answer.
+    the context to call the flows in, whose entry waits for that server to answer.
 
     The server stops when the process exits, after Prefect has sent its last logs and events (as Prefect's own
     temporary server does). Where Prefect is imported already, or a project file may configure it (``prefect.toml``,
     ``.env``, ``[tool.prefect]`` in ``pyproject.toml``), Prefect's own settings decide, as before.
     """
     if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules or _configured_in_files(Path.cwd()):
-        return lambda: None
+        return contextlib.nullcontext
     server = TemporaryServer(root)
     os.environ["PREFECT_API_URL"] = server.url  # read by Prefect when it is imported, in every thread
     atexit.register(server.stop)
     timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
-    return lambda: server.wait_ready(timeout)
+    return lambda: flows_on_temporary_server(server, timeout)
+
+
+@contextlib.contextmanager
+def flows_on_temporary_server(server: TemporaryServer, timeout: float) -> Iterator[None]:
+    """Flows on the temporary server, once it answers, and without heartbeats: a heartbeat lets a server mark the
+    flow run of a process that died as crashed, and this server dies with the process; the heartbeat thread's
+    one-second sleeps also held up every flow's end by up to a second."""
+    server.wait_ready(timeout)
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        yield
 
 
 def _configured_in_files(folder: Path) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.embedded import LOG_FILE, TemporaryServer, open_stores, prefect_api
+from flows.embedded import LOG_FILE, TemporaryServer, flows_on_temporary_server, open_stores, prefect_api
 from lstmflow import tracking
 from lstmflow.ops import versioning
 
@@ -48,8 +48,27 @@ def test_server_answers_and_a_new_database_starts_from_the_template(
 
 def test_a_configured_server_starts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    prefect_api(tmp_path)()
+    with prefect_api(tmp_path)():
+        pass
     assert not (tmp_path / LOG_FILE).exists()
+
+
+def test_flows_on_the_temporary_server_send_no_heartbeats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect import flow
+    from prefect.settings import get_current_settings, temporary_settings
+
+    @flow
+    def heartbeat_setting() -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
+    server = TemporaryServer(tmp_path)
+    try:
+        with temporary_settings(updates={"api.url": server.url}), flows_on_temporary_server(server, 120):
+            assert heartbeat_setting() is None
+        assert get_current_settings().flows.heartbeat_frequency is not None  # Prefect's own setting outside
+    finally:
+        server.stop()
 
 
 def test_open_stores_creates_the_dvc_repository_and_the_mlflow_store(tmp_path: Path) -> None:

@@ -45,21 +45,21 @@ def run_command(
     quiet_logs(verbose)
     loaded = load_config(config)
     specs = [loaded.pipeline(name, set_ or []) for name in names]
-    api_ready = prefect_api(loaded.path.parent)  # a temporary server starts here, while the rest prepares
+    flows_context = prefect_api(loaded.path.parent)  # a temporary server starts here, while the rest prepares
     for spec in specs:
         probe(spec, loaded.path.parent)
     open_stores(loaded.path.parent)
     from flows.pipeline import run_pipeline
 
-    api_ready()
-    for spec in specs:
-        result = run_pipeline(
-            pipeline=spec.name, overrides=_as_mapping(set_ or []), force=force, config=str(loaded.path)
-        )
-        _print_result(spec, result, err if as_json else out)
-        if as_json:
-            sys.stdout.write(json.dumps(result, default=str) + "\n")
-            sys.stdout.flush()
+    with flows_context():
+        for spec in specs:
+            result = run_pipeline(
+                pipeline=spec.name, overrides=_as_mapping(set_ or []), force=force, config=str(loaded.path)
+            )
+            _print_result(spec, result, err if as_json else out)
+            if as_json:
+                sys.stdout.write(json.dumps(result, default=str) + "\n")
+                sys.stdout.flush()
 
 
 def search_command(
@@ -101,13 +101,13 @@ def search_command(
         )
     from flows.embedded import open_stores, prefect_api
 
-    api_ready = prefect_api(loaded.path.parent)  # a temporary server starts here, while the rest prepares
+    flows_context = prefect_api(loaded.path.parent)  # a temporary server starts here, while the rest prepares
     probe(spec, loaded.path.parent)
     open_stores(loaded.path.parent)
     from flows.pipeline import run_pipeline
 
-    api_ready()
-    result = run_pipeline(pipeline=name, overrides=_as_mapping(set_ or []), trials=trials, config=str(loaded.path))
+    with flows_context():
+        result = run_pipeline(pipeline=name, overrides=_as_mapping(set_ or []), trials=trials, config=str(loaded.path))
     _print_result(spec, result, err if as_json else out)
     if as_json:
         sys.stdout.write(json.dumps(result, default=str) + "\n")
