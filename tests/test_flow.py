@@ -163,6 +163,28 @@ def test_dvc_repro_skips_unchanged_stages(first_run: tuple[Path, dict[str, Any]]
     assert (root / ".dvc-storage").is_dir(), "the local remote is created and pushed to on first use"
 
 
+def test_an_unchanged_stage_is_pushed_and_skipped_without_a_dvc_process(
+    first_run: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lstmflow.ops import versioning
+
+    root, _ = first_run
+    features_md5 = versioning.stage_hashes(root, "features@tiny")["features_md5"]
+    remote = root / ".dvc-storage" / "files" / "md5" / features_md5[:2] / features_md5[2:]
+    assert remote.is_file()  # the first run's push, made in-process, reached the local remote
+    processes: list[tuple[str, ...]] = []
+    monkeypatch.setattr(versioning, "dvc", lambda _root, *args: processes.append(args) or "")
+    versioning.repro(root, "features@tiny")
+    versioning.push(root, "features@tiny")
+    assert processes == []
+    (root / "params.yaml").write_text((root / "params.yaml").read_text().replace("window: 24", "window: 25"))
+    try:
+        versioning.repro(root, "features@tiny")  # a changed param: DVC's own repro, here recorded instead
+        assert processes == [("repro", "features@tiny")]
+    finally:
+        (root / "params.yaml").write_text((root / "params.yaml").read_text().replace("window: 25", "window: 24"))
+
+
 def test_cached_rerun_starts_no_training(first_run: tuple[Path, dict[str, Any]]) -> None:
     from flows.pipeline import run_pipeline
 

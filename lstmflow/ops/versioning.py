@@ -172,17 +172,19 @@ def record_stage_error(root: Path, stage: str, error: LstmflowError) -> None:
     os.replace(tmp, path)
 
 
-def repro(root: Path, *stages: str) -> str:
+def repro(root: Path, *stages: str) -> None:
     """``dvc repro`` of the given stages (and whatever they depend on); unchanged stages are skipped.
 
     DVC deletes a stage's outputs before running it: when the stage fails, the outputs of its last successful run
     are checked out again from the cache, so a failed rebuild leaves the previous features in place. A stage that
     failed on the user's config or data raises that error alone (not wrapped in DVC's output, and not retried).
     """
+    if _up_to_date(root, stages):
+        return
     for stage in stages:
         stage_error_file(root, stage).unlink(missing_ok=True)
     try:
-        return dvc(root, "repro", *stages)
+        dvc(root, "repro", *stages)
     except DvcError:
         _restore_outputs(root, stages)
         for stage in stages:
@@ -192,6 +194,20 @@ def repro(root: Path, *stages: str) -> str:
                 kept = " (the features of its last successful run are kept)" if _locked(root, stage) else ""
                 raise USER_ERRORS[record["type"]](record["message"] + kept) from None
         raise
+
+
+def _up_to_date(root: Path, stages: tuple[str, ...]) -> bool:
+    """Whether ``dvc repro`` would skip every stage and what they depend on (DVC's status, asked in this process: a
+    fraction of a ``dvc repro`` process's start-up). Anything DVC cannot tell is left to ``dvc repro`` to report."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    with workspace_lock(root), _quiet_dvc():
+        try:
+            with contextlib.closing(Repo(str(root))) as repo:
+                return not repo.status(targets=_targets(root, stages), with_deps=True)
+        except DvcException:
+            return False
 
 
 def _locked(root: Path, stage: str) -> bool:
@@ -228,8 +244,22 @@ def stage_hashes(root: Path, stage: str) -> dict[str, str]:
 
 
 def push(root: Path, *stages: str) -> None:
-    """Send the stages' outputs to the default remote (the local one unless configured otherwise)."""
-    dvc(root, "push", "--quiet", *stages)
+    """Send the stages' outputs to the default remote (the local one unless configured otherwise); in this process
+    (a ``dvc push`` process's start-up cost more than the push of outputs the remote mostly has)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    with workspace_lock(root), _quiet_dvc():
+        try:
+            with contextlib.closing(Repo(str(root))) as repo:
+                repo.push(targets=_targets(root, stages))
+        except DvcException as exc:
+            raise DvcError(f"`dvc push {' '.join(stages)}` failed in {root}: {exc}") from exc
+
+
+def _targets(root: Path, stages: tuple[str, ...]) -> list[str]:
+    """The stages as DVC's API takes them from any working directory (it reads a bare name in the current one)."""
+    return [f"{root / 'dvc.yaml'}:{stage}" for stage in stages]
 
 
 def git_commit(root: Path) -> str:
