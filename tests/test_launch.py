@@ -20,8 +20,9 @@ from conftest import prepare_pipeline_features, without_timing, write_sine_csv
 from lstmflow.config import PipelineSpec, validate_pipeline
 from lstmflow.data.timeseries import resolve_data
 from lstmflow.errors import ConfigError, DataError, TrainingError
+from lstmflow.training import launch
 from lstmflow.training.fit import fit
-from lstmflow.training.launch import train_in_child
+from lstmflow.training.launch import train_in_child, warm_child
 from lstmflow.training.loggers import ListLogger
 
 torch.set_num_threads(1)
@@ -106,6 +107,37 @@ def test_the_childs_budget_line_reaches_the_console_and_its_log_but_its_epoch_li
     assert line in console and "epoch 1/3 train_loss" not in console  # the epochs' lines stay in the log
     log = (tmp_path / "train.log").read_text()
     assert line in log and "epoch 1/3 train_loss" in log
+
+
+def test_the_warm_child_takes_the_job_of_its_environment_and_trains_as_a_new_one_would(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(data_dir, epochs=2, threads=2)
+    started: list[int | None] = []
+    with warm_child(spec):
+        warm = launch._warm_child
+        assert warm is not None and warm.process.is_alive()
+        warm_pid = warm.process.pid
+        result = train_in_child(
+            spec, data_dir / "features", tmp_path / "warm", ListLogger(), False, lambda child: started.append(child.pid)
+        )
+        assert started == [warm_pid] and launch._warm_child is None
+
+    assert "OMP_NUM_THREADS=2 MKL_NUM_THREADS=2" in (tmp_path / "warm" / "train.log").read_text()
+    cold = train_in_child(spec, data_dir / "features", tmp_path / "cold", ListLogger(), progress=False)
+    assert result.best_val_loss == cold.best_val_loss and result.epochs_run == cold.epochs_run == 2
+
+
+def test_a_warm_child_of_another_environment_is_left_and_stopped_unused(data_dir: Path, tmp_path: Path) -> None:
+    started: list[int | None] = []
+    spec, record = make_spec(data_dir, epochs=1), lambda child: started.append(child.pid)
+    with warm_child(make_spec(data_dir, epochs=1, threads=2)):
+        warm = launch._warm_child
+        assert warm is not None
+        train_in_child(spec, data_dir / "features", tmp_path, ListLogger(), False, record)
+        assert started[0] != warm.process.pid and warm.process.is_alive()  # one thread: a child of its own
+
+    assert not warm.process.is_alive() and launch._warm_child is None
 
 
 def test_a_malloc_setting_of_the_caller_is_kept(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,8 +50,9 @@ def run_command(
         probe(spec, loaded.path.parent)
     open_stores(loaded.path.parent)
     from flows.pipeline import run_pipeline
+    from lstmflow.training.launch import warm_child
 
-    with flows_context():
+    with warm_child(specs[0]), flows_context():  # the child imports torch while the flow prepares the data
         for spec in specs:
             result = run_pipeline(
                 pipeline=spec.name, overrides=_as_mapping(set_ or []), force=force, config=str(loaded.path)

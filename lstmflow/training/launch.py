@@ -17,6 +17,9 @@ Nothing comes back through a pipe. The children write, in ``run_dir`` (rank 0's 
 - ``train.log``: its log lines, warnings, tracebacks and, through :mod:`faulthandler`, the
   Python stack of a hard crash. Its tail goes into every ``TrainingError``.
 
+``lstmflow run`` starts its first pipeline's child early (:func:`warm_child`): the child imports torch and the
+training code while the flow prepares the data, and :func:`train_in_child` sends it the job through a pipe.
+
 A child's warnings and errors, and its progress lines (at most one per 30 s, and the line saying that
 ``train.budget`` ended the run), also reach the parent's stderr: the console of ``lstmflow run``.
 """
@@ -39,9 +42,10 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lstmflow.config import PipelineSpec
 from lstmflow.errors import LstmflowError, TrainingError, storage_error
@@ -100,19 +104,10 @@ def train_in_child(
         warnings.simplefilter("ignore")
         load_checkpoint(run_dir / CHECKPOINT_DIR, spec, mmap=True)  # another spec's checkpoint: refused now
 
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(
-            target=_child_main,
-            args=(spec, Path(features_dir), run_dir, logger, progress, workers, local_rank),
-            name=f"lstmflow-train-{spec.name}-{workers.rank(local_rank)}",
-        )
-        for local_rank in range(workers.workers)
-    ]
+    jobs = [_Job(spec, Path(features_dir), run_dir, logger, progress, workers, rank) for rank in range(workers.workers)]
+    processes: list[BaseProcess] = []
     try:
-        with _START_LOCK, _environment(child_environment(spec)):
-            for process in processes:
-                process.start()
+        _start_children(spec, jobs, processes)
         if on_start is not None:
             on_start(processes[0])
         failed = _first_failure(processes)
@@ -127,6 +122,111 @@ def train_in_child(
         return FitResult.read(run_dir / RESULT_FILE)
     rank, pid, exitcode = outcome[failed if failed is not None else 0]
     raise _child_error(run_dir, rank, pid, exitcode)
+
+
+class _Job(NamedTuple):
+    """One child's work: ``_child_main``'s arguments."""
+
+    spec: PipelineSpec
+    features_dir: Path
+    run_dir: Path
+    logger: MetricLogger
+    progress: bool
+    workers: Plan
+    local_rank: int
+
+
+def _start_children(spec: PipelineSpec, jobs: list[_Job], started: list[BaseProcess]) -> None:
+    """Start a child per job, appending each to ``started`` as it starts; the warm child takes the job of a
+    one-process run started in its environment."""
+    environment = child_environment(spec)
+    if jobs[0].workers.world_size == 1 and (warm := _take_warm_child(environment)) is not None:
+        try:
+            with warm.connection:
+                warm.connection.send(jobs[0])
+            started.append(warm.process)
+            return
+        except OSError:  # it ended since: a child of its own, as if there had been no warm one
+            _stop([warm.process])
+    context = multiprocessing.get_context("spawn")
+    with _START_LOCK, _environment(environment):
+        for job in jobs:
+            name = f"lstmflow-train-{spec.name}-{job.workers.rank(job.local_rank)}"
+            started.append(context.Process(target=_child_main, args=job, name=name))
+            started[-1].start()
+
+
+@dataclass
+class _WarmChild:
+    """A training child started ahead of its job, the parent's end of the pipe the job goes through, and the
+    environment it started with (which a job's must equal: OpenMP and glibc read it at the child's start)."""
+
+    process: BaseProcess
+    connection: multiprocessing.connection.Connection
+    environment: dict[str, str]
+
+
+_warm_child: _WarmChild | None = None
+
+
+@contextmanager
+def warm_child(spec: PipelineSpec) -> Iterator[None]:
+    """Start the training child of a one-process run before its job is known: it imports torch and lstmflow's
+    training code (seconds of a run on small data) while the block prepares the data, then waits for the job that
+    :func:`train_in_child` sends it. A job needing another environment, or several workers, starts children of its
+    own; the warm child is stopped at the block's end if no job came. A search or a
+    multi-machine run gets none (their children start otherwise)."""
+    global _warm_child
+    if spec.search is not None or spec.train.nodes is not None:
+        yield
+        return
+    environment = child_environment(spec)
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    process = multiprocessing.get_context("spawn").Process(
+        target=_warm_child_main, args=(theirs,), name=f"lstmflow-train-{spec.name}-0"
+    )
+    _stop_warm_child()
+    with _START_LOCK, _environment(environment):
+        process.start()
+    theirs.close()
+    _warm_child = _WarmChild(process, ours, environment)
+    try:
+        yield
+    finally:
+        _stop_warm_child()
+
+
+def _stop_warm_child() -> None:
+    global _warm_child
+    warm, _warm_child = _warm_child, None
+    if warm is not None:
+        warm.connection.close()
+        _stop([warm.process])
+
+
+def _take_warm_child(environment: dict[str, str]) -> _WarmChild | None:
+    """The warm child, for a job of ``environment``, if it was started with that environment and still runs."""
+    global _warm_child
+    warm = _warm_child
+    if warm is None or warm.environment != environment or not warm.process.is_alive():
+        return None
+    _warm_child = None
+    return warm
+
+
+def _warm_child_main(connection: multiprocessing.connection.Connection) -> None:
+    """Import what training needs, and what the first optimizer imports (``torch._dynamo``, a second), then run the
+    job the parent sends; the pipe's closing (the parent had no job for it, or ended) or a Ctrl-C before the job
+    ends this process quietly instead."""
+    try:
+        import torch
+
+        torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+        job = connection.recv()
+    except (EOFError, KeyboardInterrupt):
+        return
+    connection.close()
+    _child_main(*job)
 
 
 def _first_failure(processes: Sequence[BaseProcess]) -> int | None:
