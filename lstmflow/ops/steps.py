@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,8 +233,26 @@ def train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: boo
         return _train(prepared, root, flow_run_id, progress)
 
 
-def _train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: bool) -> dict[str, Any]:
+def _while_training(spec: PipelineSpec, features_dir: Path, run_dir: Path) -> None:
+    """What this process does while its training child runs (it would only wait): fit the strong baseline, and
+    import what evaluate and register use."""
     from lstmflow.evaluation.evaluate import start_strong_baseline
+
+    start_strong_baseline(spec, features_dir, run_dir / PLOTS)
+    threading.Thread(target=_preload_later_steps, name="lstmflow-preload", daemon=True).start()
+
+
+def _preload_later_steps() -> None:
+    from lstmflow.evaluation import plots
+
+    try:
+        plots.preload()
+        tracking.preload_model_logging()
+    except Exception:  # noqa: BLE001 - a head start only: the steps themselves raise whatever this met
+        return
+
+
+def _train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: bool) -> dict[str, Any]:
     from lstmflow.training.launch import train_in_child
 
     spec = prepared.pipeline
@@ -264,7 +283,7 @@ def _train(prepared: Prepared, root: Path, flow_run_id: str | None, progress: bo
                     run_dir,
                     logger,
                     progress,
-                    on_start=lambda _: start_strong_baseline(spec, features_dir, run_dir / PLOTS),
+                    on_start=lambda _: _while_training(spec, features_dir, run_dir),
                 )
     except BaseException:
         tracking.end_run(uri, run_id, "FAILED")

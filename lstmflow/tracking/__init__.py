@@ -301,6 +301,19 @@ def _fluent_uri(uri: str) -> Iterator[Any]:
                 os.environ[key] = value
 
 
+def preload_model_logging() -> None:
+    """Import what :func:`register_model` uses, and build the map of installed packages that MLflow makes on every
+    ``log_model`` to check a model's requirements against (most of a second, once a process): called while a
+    training child runs, the registration after it costs that much less."""
+    import mlflow.pyfunc  # noqa: F401 - imported for its import time
+    from mlflow.models import infer_signature  # noqa: F401
+    from mlflow.utils import requirements_utils
+
+    build_map = getattr(requirements_utils, "_init_packages_to_modules_map", None)  # private: MLflow may drop it
+    if build_map is not None:
+        build_map()
+
+
 def register_model(
     uri: str, run_id: str, name: str, bundle_dir: Path, input_example: Any, output_example: Any
 ) -> dict[str, str]:
