@@ -73,6 +73,28 @@ def test_runs_left_running_by_a_dead_process_are_marked_failed_once(tmp_path: Pa
     assert recovery.mark_abandoned(tmp_path) == [], "reported once"
 
 
+def test_a_run_found_ended_is_not_asked_about_again_until_another_process_claims_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lstmflow import tracking
+
+    uri = tracking.tracking_uri(tmp_path)
+    run_id = tracking.start_run(uri, "tiny", tmp_path / "mlruns", {}, {}, run_name="finished")
+    tracking.end_run(uri, run_id, "FINISHED")
+    run_dir = write_resume(tmp_path / "runs" / "tiny" / "a", {}, dead_owner(), run_id)
+    assert recovery.mark_abandoned(tmp_path) == []
+    asked: list[str] = []
+    status = tracking.run_status
+    monkeypatch.setattr(tracking, "run_status", lambda uri, run: asked.append(run) or status(uri, run))
+    assert recovery.mark_abandoned(tmp_path) == [] and asked == []  # noted as ended: MLflow is not asked again
+
+    record = json.loads((run_dir / recovery.RESUME_FILE).read_text())  # another process claims it, reopens the run
+    (run_dir / recovery.RESUME_FILE).write_text(json.dumps({**record, "owner": dead_owner()}))  # and is killed
+    assert tracking.reopen_run(uri, run_id, finished_too=True)
+    [line] = recovery.mark_abandoned(tmp_path)
+    assert run_id in line and asked == [run_id] and tracking.run_status(uri, run_id) == "FAILED"
+
+
 def trained_epochs(root: Path) -> int:
     """The last epoch any training of the project logged."""
     logs = "".join(path.read_text() for path in root.glob("runs/tiny/*/train.log"))

@@ -24,6 +24,8 @@ from lstmflow.ops.locks import exclusive_lock
 
 OWNERS = Path(".lstmflow") / "owners"
 RESUME_FILE = "resume.json"
+#: The key of ``resume.json`` noting the owner under which the directory's MLflow run was last found ended.
+ENDED_UNDER = "ended_under"
 
 
 def this_process() -> dict[str, Any]:
@@ -115,18 +117,33 @@ def record_run(run_dir: Path, mlflow_run_id: str) -> None:
 
 
 def mark_abandoned(root: Path) -> list[str]:
-    """Mark FAILED every MLflow run of the project left RUNNING by a process that died; a line for each."""
+    """Mark FAILED every MLflow run of the project left RUNNING by a process that died; a line for each.
+
+    A run directory whose MLflow run was found ended is noted so (``ended_under``: its owner then), so each start
+    asks MLflow about new run directories only, not about every run the project ever had; a later claim of the
+    directory by another process makes the note stale.
+    """
     from lstmflow import tracking
 
     uri = tracking.tracking_uri(root)
     lines = []
     for run_dir, record in abandoned_runs(root):
-        run_id = record.get("mlflow_run_id")
-        if run_id and tracking.run_status(uri, run_id) == "RUNNING":
+        run_id, owner = record.get("mlflow_run_id"), record.get("owner", {})
+        if not run_id or record.get(ENDED_UNDER) == owner:
+            continue
+        if tracking.run_status(uri, run_id) == "RUNNING":
             tracking.end_run(uri, run_id, "FAILED")
-            owner = record.get("owner", {})
             lines.append(
                 f"MLflow run {run_id} was left RUNNING by process {owner.get('pid')}, which died: marked FAILED "
                 f"(a run of the same spec, data and code continues it from its checkpoint in {run_dir})"
             )
+        _note_ended(run_dir, owner)
     return lines
+
+
+def _note_ended(run_dir: Path, owner: dict[str, Any]) -> None:
+    """Note in ``resume.json`` that the MLflow run ended under ``owner``, unless another process claimed it since."""
+    with _claim_lock(run_dir.parent):
+        record = _read_json(run_dir / RESUME_FILE)
+        if record is not None and record.get("owner") == owner:
+            _write_json(run_dir / RESUME_FILE, {**record, ENDED_UNDER: owner})
