@@ -140,6 +140,13 @@ def test_a_warm_child_of_another_environment_is_left_and_stopped_unused(data_dir
     assert not warm.process.is_alive() and launch._warm_child is None
 
 
+def test_no_warm_child_for_a_run_of_several_workers(data_dir: Path) -> None:
+    with warm_child(make_spec(data_dir, epochs=1, workers=2)):
+        assert launch._warm_child is None
+    with warm_child(make_spec(data_dir, epochs=1)):
+        assert launch._warm_child is not None
+
+
 def test_a_malloc_setting_of_the_caller_is_kept(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lstmflow.training.launch import child_environment
 

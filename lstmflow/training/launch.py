@@ -174,10 +174,10 @@ def warm_child(spec: PipelineSpec) -> Iterator[None]:
     """Start the training child of a one-process run before its job is known: it imports torch and lstmflow's
     training code (seconds of a run on small data) while the block prepares the data, then waits for the job that
     :func:`train_in_child` sends it. A job needing another environment, or several workers, starts children of its
-    own; the warm child is stopped at the block's end if no job came. A search or a multi-machine run gets none
-    (their children start otherwise)."""
+    own; the warm child is stopped at the block's end if no job came. A search, a multi-machine run or one of
+    several workers gets none (their children start otherwise)."""
     global _warm_child
-    if spec.search is not None or spec.train.nodes is not None:
+    if spec.search is not None or spec.train.nodes is not None or spec.train.workers not in (1, "auto"):
         yield
         return
     environment = child_environment(spec)
