@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,25 @@ def stored(features_dir: Path, part: str = "train") -> list[np.ndarray]:
 
 def error_text(excinfo: pytest.ExceptionInfo[DataError]) -> str:
     return str(excinfo.value)
+
+
+def test_writing_features_leaves_torch_unimported_until_batches_are_asked_for(tmp_path: Path) -> None:
+    """A DVC stage's process only writes features: torch's import would be a second of a new project's first run."""
+    path = tmp_path / "wide.csv"
+    path.write_text("label,v1,v2,v3\n" + "".join(f"{'ab'[i % 2]},{i},{i + 1},{i + 2}\n" for i in range(40)))
+    script = f"""
+import sys
+from pathlib import Path
+from lstmflow.config import SequenceTableSpec
+from lstmflow.data.sequences import load_sequences, prepare_sequence_features
+spec = SequenceTableSpec(kind="sequences", path=Path({str(path)!r}), format="wide")
+prepare_sequence_features(spec, Path({str(tmp_path / "features")!r}), "pipelines.x.data")
+print("torch" in sys.modules)
+part = load_sequences(Path({str(tmp_path / "features")!r})).part("train")
+print("torch" in sys.modules, type(part).__name__, len(part) > 0)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True", "SequenceSet", "True"]
 
 
 # ------------------------------------------------------------------------------------------ readers

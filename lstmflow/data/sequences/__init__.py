@@ -10,11 +10,13 @@ The data path, one module each:
   by length.
 
 Which part each sample belongs to is decided in :mod:`lstmflow.data.parts`, shared by every kind. The names other
-packages use are importable from here.
+packages use are importable from here; the batching ones load torch, so they are imported when first asked for: a
+DVC stage's process that only builds features (a second of torch's import in a new project's first run) never does.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from lstmflow.data.parts import PARTS, Part, assign_parts
-from lstmflow.data.sequences.batches import POOL_BATCHES, SequenceBatch, SequenceSet
 from lstmflow.data.sequences.prepare import (
     SEQUENCES_FORMAT,
     SequenceFeatures,
@@ -24,6 +26,20 @@ from lstmflow.data.sequences.prepare import (
 )
 from lstmflow.data.sequences.preprocessing import SequencePreprocessing
 from lstmflow.data.sequences.read import SequenceTable, read_sequence_table
+
+if TYPE_CHECKING:
+    from lstmflow.data.sequences.batches import POOL_BATCHES, SequenceBatch, SequenceSet
+
+_BATCHING = ("POOL_BATCHES", "SequenceBatch", "SequenceSet")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BATCHING:
+        from lstmflow.data.sequences import batches
+
+        return getattr(batches, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PARTS",

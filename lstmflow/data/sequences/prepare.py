@@ -18,17 +18,19 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lstmflow.config import ClassSplitSpec, SequenceTableSpec
 from lstmflow.data.parts import PARTS, TRAIN_AND_VAL, Parts, assign_parts, split_record
-from lstmflow.data.sequences.batches import SequenceSet
 from lstmflow.data.sequences.preprocessing import SequencePreprocessing
 from lstmflow.data.sequences.read import read_sequence_table
 from lstmflow.data.tables import listing
 from lstmflow.errors import DataError
+
+if TYPE_CHECKING:
+    from lstmflow.data.sequences.batches import SequenceSet
 
 #: Bumped when the layout of the prepared folder changes.
 SEQUENCES_FORMAT = 1
@@ -245,6 +247,8 @@ class SequenceFeatures:
         return self.meta["n_features"]
 
     def part(self, name: Parts) -> SequenceSet:
+        from lstmflow.data.sequences.batches import SequenceSet  # torch: not for a process that only writes features
+
         if name == TRAIN_AND_VAL:
             positions = np.flatnonzero(np.isin(self.parts, [PARTS.index("train"), PARTS.index("val")]))
             return SequenceSet(self.values, self.offsets, self.labels, positions)
