@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -72,6 +74,26 @@ def prepared(tmp_path: Path, path: Path, out: str = "features", **data: object) 
     spec = resolve_data(spec_for(path, time_column="t", **data))
     summary = prepare_features(spec.data, spec.evaluate.season, tmp_path / out)
     return summary, load_features(tmp_path / out)
+
+
+def test_writing_features_leaves_torch_unimported_until_a_batch_is_taken(tmp_path: Path) -> None:
+    """A DVC stage's process only writes features: torch's import would be a second of a new project's first run."""
+    path = monthly_csv(tmp_path, seasonal(120))
+    script = f"""
+import sys
+from pathlib import Path
+from lstmflow.config import PipelineSpec
+from lstmflow.data.timeseries import load_features, prepare_features, resolve_data
+raw = {{"name": "demo", "data": {{"path": {str(path)!r}, "target": "y", "time_column": "t"}},
+       "model": {{"layers": [{{"lstm": {{"units": 4}}}}]}}}}
+spec = resolve_data(PipelineSpec.model_validate(raw))
+prepare_features(spec.data, spec.evaluate.season, Path({str(tmp_path / "features")!r}))
+print("torch" in sys.modules)
+x, y = next(load_features(Path({str(tmp_path / "features")!r})).windows("train").batches(4))
+print("torch" in sys.modules, type(x).__name__, tuple(x.shape)[0])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True", "Tensor", "4"]
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -10,13 +10,15 @@ epoch is computed piece by piece, so memory stays near the size of the series ho
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from numpy.lib.stride_tricks import sliding_window_view
-from torch.utils.data import Dataset
 
 from lstmflow.data.parts import TRAIN_AND_VAL, Parts
+
+if TYPE_CHECKING:
+    import torch
 
 
 def window_origins(
@@ -35,8 +37,10 @@ def window_origins(
     return range(max(begin, first), end - horizon + 1, step)
 
 
-class WindowSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """The windows of one split, as strided views of the series; a batch is the only thing ever copied.
+class WindowSet:
+    """The windows of one split, as strided views of the series; a batch is the only thing ever copied. Indexed and
+    sized as a torch ``Dataset`` is, without importing torch until a window is taken (a process that only writes
+    features never does).
 
     ``origins[i]`` is the first forecast step of window ``i``: its input is ``series[t0 - window : t0]`` (all
     columns) and its target ``series[t0 : t0 + horizon, :n_targets]``.
@@ -69,12 +73,16 @@ class WindowSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return len(self._origins)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         return torch.from_numpy(np.array(self.inputs[i])), torch.from_numpy(np.array(self.targets[i]))
 
     def batches(
         self, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield x (B, window, F) and y (B, horizon, k); the shuffled order is a pure function of (seed, epoch)."""
+        import torch
+
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         total = len(self)
