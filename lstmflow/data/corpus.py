@@ -19,16 +19,17 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from lstmflow.config import CorpusSpec
 from lstmflow.data.parts import PARTS, TRAIN_AND_VAL, Part, Parts
 from lstmflow.data.text import LARGEST_EXACT_ID, TOKENIZER_FILE, UNK_ID, Tokenizer, _decoded, fit_tokenizer
 from lstmflow.errors import DataError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 #: Bumped when the feature folder's layout changes.
 CORPUS_FORMAT = 1
@@ -198,6 +199,8 @@ class TokenStream:
 
     def batches(self, rows: int, steps: int, order: np.ndarray | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """(x (rows, T, 1) float32 ids, y (rows, T) int64 next ids) per span, in stream order or ``order``'s."""
+        import torch
+
         streams = torch.from_numpy(self.layout(rows).astype(np.int64))  # (rows, L)
         starts = range(0, streams.shape[1] - 1, steps)
         for index in order if order is not None else range(len(starts)):

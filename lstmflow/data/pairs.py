@@ -28,18 +28,19 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 import pandas as pd
-import torch
 
 from lstmflow.config import PairsSpec
 from lstmflow.data.parts import PARTS, TRAIN_AND_VAL, Parts, assign_parts, read_parts, split_record
-from lstmflow.data.sequences import SequenceSet
 from lstmflow.data.tables import cell_text, listing
 from lstmflow.data.text import UNK_ID, Tokenizer, _decoded, fit_tokenizer, read_rows
 from lstmflow.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Bumped when the layout of the prepared folder changes.
 PAIRS_FORMAT = 1
@@ -380,6 +381,8 @@ class PairSet:
         self.source_texts: list[str] = features.texts["source"].iloc[positions].tolist()
         self.target_texts: list[str] = features.texts["target"].iloc[positions].tolist()
         # Bucketing by source length is the sequence store's: its part of a ragged store of the source ids.
+        from lstmflow.data.sequences import SequenceSet  # torch: not for a process that only writes features
+
         no_labels = np.zeros(len(arrays["parts"]), dtype=np.int64)
         self._buckets = SequenceSet(arrays["source_ids"], arrays["source_offsets"], no_labels, positions)
 
@@ -395,6 +398,8 @@ class PairSet:
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0) -> Iterator[PairBatch]:
         """Zero-padded batches of pairs of similar source length (:meth:`SequenceSet.batch_indices`): sorted by
         length without shuffle, else an order that depends only on (``seed``, ``epoch``)."""
+        import torch
+
         for chosen in self._buckets.batch_indices(batch_size, shuffle, seed, epoch):
             sources = [self.sources[i] for i in chosen]
             targets = [self.targets[i] for i in chosen]
@@ -412,6 +417,8 @@ def _ids(ids: np.ndarray, offsets: np.ndarray, position: int) -> np.ndarray:
 
 def padded_ids(rows: list[np.ndarray], width: int) -> torch.Tensor:
     """(len(rows), width) int64, each row's ids then zeros."""
+    import torch
+
     out = np.zeros((len(rows), width), dtype=np.int64)
     for i, row in enumerate(rows):
         out[i, : len(row)] = row

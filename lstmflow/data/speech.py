@@ -31,11 +31,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-import torch
 
 from lstmflow.config import SpeechSpec
 from lstmflow.data.audio import AUDIO_FILES, check_feature_spec, feature_params, n_features, unreadable_clips
@@ -43,9 +42,14 @@ from lstmflow.data.audio_cache import compute_features
 from lstmflow.data.clips import BadClip, Clip, ClipListing, manifest_clips, refuse_bad_clips, wrong_extension
 from lstmflow.data.pairs import length_stats, padded_ids
 from lstmflow.data.parts import PARTS, Parts, assign_parts, read_parts, split_record
-from lstmflow.data.sequences import SequenceFeatures, SequencePreprocessing, SequenceSet
+from lstmflow.data.sequences import SequenceFeatures, SequencePreprocessing
 from lstmflow.data.sequences.prepare import _end_to_end
 from lstmflow.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+    from lstmflow.data.sequences import SequenceSet
 
 #: Bumped when the layout of the prepared folder changes.
 SPEECH_FORMAT = 1
@@ -425,6 +429,8 @@ class SpeechSet:
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0) -> Iterator[SpeechBatch]:
         """Zero-padded batches of clips of similar length (:meth:`SequenceSet.batch_indices`): sorted by length
         without shuffle, else an order that depends only on (``seed``, ``epoch``)."""
+        import torch
+
         chosen_batches = self._frames.batch_indices(batch_size, shuffle, seed, epoch)
         for chosen, frames in zip(chosen_batches, self._frames.batches(batch_size, shuffle, seed, epoch)):
             targets = [self._targets[i] for i in chosen]
