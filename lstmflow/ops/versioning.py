@@ -200,14 +200,12 @@ def _up_to_date(root: Path, stages: tuple[str, ...]) -> bool:
     """Whether ``dvc repro`` would skip every stage and what they depend on (DVC's status, asked in this process: a
     fraction of a ``dvc repro`` process's start-up). Anything DVC cannot tell is left to ``dvc repro`` to report."""
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
 
-    with workspace_lock(root), _quiet_dvc():
-        try:
-            with contextlib.closing(Repo(str(root))) as repo:
-                return not repo.status(targets=_targets(root, stages), with_deps=True)
-        except DvcException:
-            return False
+    try:
+        with _open_repo(root) as repo:
+            return not repo.status(targets=_targets(root, stages), with_deps=True)
+    except DvcException:
+        return False
 
 
 def _locked(root: Path, stage: str) -> bool:
@@ -247,14 +245,21 @@ def push(root: Path, *stages: str) -> None:
     """Send the stages' outputs to the default remote (the local one unless configured otherwise); in this process
     (a ``dvc push`` process's start-up cost more than the push of outputs the remote mostly has)."""
     from dvc.exceptions import DvcException
+
+    try:
+        with _open_repo(root) as repo:
+            repo.push(targets=_targets(root, stages))
+    except DvcException as exc:
+        raise DvcError(f"`dvc push {' '.join(stages)}` failed in {root}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _open_repo(root: Path) -> Iterator[Any]:
+    """DVC's repository in ``root``, in this process, under the workspace lock and with DVC's loggers quiet."""
     from dvc.repo import Repo
 
-    with workspace_lock(root), _quiet_dvc():
-        try:
-            with contextlib.closing(Repo(str(root))) as repo:
-                repo.push(targets=_targets(root, stages))
-        except DvcException as exc:
-            raise DvcError(f"`dvc push {' '.join(stages)}` failed in {root}: {exc}") from exc
+    with workspace_lock(root), _quiet_dvc(), contextlib.closing(Repo(str(root))) as repo:
+        yield repo
 
 
 def _targets(root: Path, stages: tuple[str, ...]) -> list[str]:

@@ -181,10 +181,9 @@ def warm_child(spec: PipelineSpec) -> Iterator[None]:
         yield
         return
     environment = child_environment(spec)
-    ours, theirs = multiprocessing.get_context("spawn").Pipe()
-    process = multiprocessing.get_context("spawn").Process(
-        target=_warm_child_main, args=(theirs,), name=f"lstmflow-train-{spec.name}-0"
-    )
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_warm_child_main, args=(theirs,), name=f"lstmflow-train-{spec.name}-0")
     _stop_warm_child()
     with _START_LOCK, _environment(environment):
         process.start()
