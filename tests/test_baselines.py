@@ -5,7 +5,6 @@ regression and the sequence classifier beat the majority class, and a failing ba
 from __future__ import annotations
 
 import json
-import math
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +25,6 @@ from lstmflow.errors import ConfigError
 from lstmflow.evaluation import baselines
 from lstmflow.evaluation.baselines import (
     BaselineSkipped,
-    bigram_baseline,
     classifier_baseline,
     ets_forecasts,
     read_record,
@@ -532,52 +530,6 @@ def test_run_baseline_records_the_method_and_its_details(tmp_path: Path) -> None
     record = json.loads((tmp_path / "baseline.json").read_text())
     assert record["method"] == "tfidf_logistic" and record["c"] == 10.0 and record["seconds"] >= 0
     assert read_record(tmp_path / "elsewhere") is None
-
-
-# ------------------------------------------------------------------------------------------------ language models
-
-
-def test_bigram_baseline_by_hand_and_beside_the_unigram() -> None:
-    train = np.array([0, 1, 0, 1, 0, 1, 2])  # 0 is always followed by 1
-    streams = np.array([[0, 1, 0], [1, 2, 1]])  # scored: 1 after 0, 0 after 1; 2 after 1, 1 after 2
-    baseline = bigram_baseline(train, streams, vocab_size=3)
-    # add-one counts: from 0 → (1, 4, 1) of 6; from 1 → (3, 1, 2) of 6; from 2 → (1, 1, 1) of 3
-    expected = -np.mean(np.log([4 / 6, 3 / 6, 2 / 6, 1 / 3]))
-    assert baseline.metrics["cross_entropy"] == pytest.approx(expected)
-    unigram = np.bincount(train, minlength=3) + 1.0
-    unigram_entropy = -np.mean(np.log(unigram[streams[:, 1:]] / unigram.sum()))
-    assert baseline.metrics["cross_entropy"] < unigram_entropy
-    with pytest.raises(ValueError, match="too large for a bigram table"):
-        bigram_baseline(train, streams, vocab_size=5000)
-    assert math.isfinite(baseline.metrics["cross_entropy"])
-
-
-def test_evaluate_language_model_scores_the_char_bigram_under_the_model_names(tmp_path: Path) -> None:
-    from lstmflow.data.corpus import load_corpus, prepare_corpus_features
-    from lstmflow.evaluation.evaluate import evaluate_language_model
-
-    (tmp_path / "corpus.txt").write_text("the cat sat on the mat, the dog sat on the log. " * 40, encoding="utf-8")
-    raw = {
-        "task": "language_model",
-        "data": {"kind": "corpus", "path": "corpus.txt", "sequence_length": 12},
-        "model": {
-            "layers": [{"embedding": {"dim": 4}}, {"lstm": {"units": 4, "return_sequences": True}}, {"dense": {}}]
-        },
-        "train": {"batch_size": 4},
-    }
-    spec = validate_pipeline("lm", raw, tmp_path)
-    prepare_corpus_features(spec.data, tmp_path / "f", "lm.data")  # type: ignore[arg-type]
-    vocab = load_corpus(tmp_path / "f").vocab_size
-    torch.manual_seed(0)
-    model = build_model(spec.model, vocab, vocab, where="model", per_step=True)
-    torch.save(model.state_dict(), tmp_path / "model.pt")
-
-    metrics, _ = evaluate_language_model(spec, tmp_path / "f", tmp_path / "model.pt", tmp_path / "plots")
-
-    for key in ("cross_entropy", "perplexity", "bits_per_character"):
-        assert {key, f"unigram_{key}", f"baseline_{key}"} <= set(metrics)
-    assert metrics["baseline_cross_entropy"] < 0.6 * metrics["unigram_cross_entropy"]  # the text repeats itself
-    assert read_record(tmp_path / "plots")["method"] == "bigram_add_one"  # type: ignore[index]
 
 
 def test_one_step_ets_forecasts_equal_the_dynamic_predictions_from_each_origin() -> None:

@@ -15,7 +15,8 @@ One method per kind of data, each from a well-kept library and quick on small da
 - texts: TF-IDF of word 1–2 and character 2–5 grams (sublinear tf) + logistic regression, on the raw texts,
   fitted again on training and validation once the validation part has chosen its strength;
 - audio: logistic regression on the mean and standard deviation over time of the features the LSTM sees;
-- language models with a small (character) vocabulary: the add-one bigram, beside the unigram evaluation keeps.
+- language models: an interpolated Kneser-Ney n-gram (:mod:`lstmflow.models.ngram`), its order chosen on the
+  validation part, beside the unigram evaluation keeps.
 
 Regularisation strengths are chosen on the validation part when there is one (the LSTM's checkpoint is chosen
 there too), so the baseline never sees the test part before it is scored. A baseline that fails must not fail the
@@ -38,6 +39,7 @@ import numpy as np
 from lstmflow.evaluation.metrics import classification_metrics
 from lstmflow.models.blend import Partner, class_probabilities, mean_and_spread, with_deltas_mean_and_spread
 from lstmflow.models.ets import EtsForm, EtsPartner, ets_model
+from lstmflow.models.ngram import KneserNey
 
 if TYPE_CHECKING:
     from lstmflow.config import PipelineSpec
@@ -90,6 +92,8 @@ class Baseline:
     partner: Partner | None = None
     #: For forecasts, the fitted ETS a network may be blended with; None otherwise.
     ets: EtsPartner | None = None
+    #: For language models, the fitted n-gram a network may be interpolated with; None otherwise.
+    ngram: KneserNey | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     def prefixed(self) -> dict[str, float]:
@@ -367,23 +371,18 @@ def _texts_by_part(spec: PipelineSpec, features: SequenceFeatures) -> list[list[
 
 # ------------------------------------------------------------------------------------------------ language models
 
-#: The bigram baseline is computed only for vocabularies up to this size (character models): its table has
-#: vocabulary² cells, and add-one smoothing over a word vocabulary would score below the unigram anyway.
-MAX_BIGRAM_VOCABULARY = 1024
 
-
-def bigram_baseline(train_ids: np.ndarray, streams: np.ndarray, vocab_size: int) -> Baseline:
-    """Cross-entropy per token (nats) of the add-one smoothed bigram model of the training ids, on the tokens the
-    model was scored on: every token of ``streams`` (rows, L) but each row's first, given the token before it.
-
-    Counted here with ``bincount`` (no library holds a plain smoothed n-gram model worth a dependency).
-    """
-    if vocab_size > MAX_BIGRAM_VOCABULARY:
-        raise ValueError(f"a vocabulary of {vocab_size} is above {MAX_BIGRAM_VOCABULARY}, too large for a bigram table")
-    train_ids = np.asarray(train_ids, dtype=np.int64)
-    pairs = np.bincount(train_ids[:-1] * vocab_size + train_ids[1:], minlength=vocab_size * vocab_size)
-    counts = pairs.reshape(vocab_size, vocab_size).astype(np.float64) + 1.0  # add-one: no token impossible
-    streams = np.asarray(streams, dtype=np.int64)
-    context, target = streams[:, :-1], streams[:, 1:]
-    probability = counts[context, target] / counts.sum(axis=1)[context]
-    return Baseline("bigram_add_one", {"cross_entropy": float(-np.log(probability).mean())})
+def ngram_baseline(
+    train_ids: np.ndarray, val_streams: np.ndarray, test_streams: np.ndarray, vocab_size: int
+) -> Baseline:
+    """Cross-entropy per token (nats) of the interpolated Kneser-Ney n-gram of the training ids, its order chosen
+    on ``val_streams``, on the tokens the model was scored on: every token of ``test_streams`` (rows, L) but each
+    row's first, given the tokens before it in its row. The fitted n-gram travels as ``ngram``, for the blend."""
+    ngram = KneserNey.fit(train_ids, vocab_size, val_streams)
+    probabilities = ngram.target_probabilities(test_streams)
+    return Baseline(
+        f"kneser_ney_{ngram.order}gram",
+        {"cross_entropy": float(-np.log(probabilities).mean())},
+        ngram=ngram,
+        details={"order": ngram.order},
+    )

@@ -2,7 +2,7 @@
 units beside the seasonal-naive forecast, a classifier beside always predicting the majority training class, a
 language model beside the unigram model (every token drawn with its training frequency, whatever came before).
 
-Forecasters and classifiers are also scored beside a strong classical baseline on the same split
+Forecasters, classifiers and language models are also scored beside a strong classical baseline on the same split
 (:mod:`lstmflow.evaluation.baselines`), returned as ``baseline_<metric>``; one that fails is skipped with a warning.
 """
 
@@ -22,11 +22,10 @@ from lstmflow.data.sequences import SequenceFeatures, SequenceSet, load_sequence
 from lstmflow.data.timeseries import Features, WindowSet, load_features
 from lstmflow.errors import DataError
 from lstmflow.evaluation.baselines import (
-    MAX_BIGRAM_VOCABULARY,
     Baseline,
-    bigram_baseline,
     classifier_baseline,
     ets_baseline,
+    ngram_baseline,
     run_baseline,
 )
 from lstmflow.evaluation.metrics import (
@@ -42,11 +41,13 @@ from lstmflow.evaluation.plots import plot_confusion_matrix, plot_forecast, plot
 from lstmflow.models.blend import PARTNER_FILE, Blend, blended, choose_weight
 from lstmflow.models.ets import ETS_PARTNER_FILE
 from lstmflow.models.lstm import LSTMNet, build_model
+from lstmflow.models.ngram import NGRAM_PARTNER_FILE, NgramPartner
+from lstmflow.models.ngram import choose_weight as choose_ngram_weight
 from lstmflow.training.objectives import (
     LanguageModelObjective,
     classifier_input_size,
     resolve_batch_size,
-    token_cross_entropy,
+    target_log_probabilities,
 )
 
 
@@ -268,38 +269,47 @@ def evaluate_language_model(
     spec: PipelineSpec, features_dir: Path, model_path: Path, plot_dir: Path
 ) -> tuple[dict[str, float], list[Path]]:
     """Test cross-entropy per token (nats), perplexity and, for character models, bits per character, each beside
-    the unigram baseline's (``unigram_*``, add-one smoothed training frequencies, on the same tokens) and, for
-    small (character) vocabularies, the add-one bigram's (``baseline_*``); the loss-curve plot and ``sample.txt``,
-    text the model wrote after the start of the test part."""
+    the unigram baseline's (``unigram_*``, add-one smoothed training frequencies, on the same tokens) and the
+    Kneser-Ney n-gram's (``baseline_*``). A network interpolated with that n-gram (``train.blend_baseline``) is
+    scored as served, the network alone as ``network_*``; the loss-curve plot and ``sample.txt``, text the model
+    wrote after the start of the test part."""
     from lstmflow.data.corpus import load_corpus, split_corpus
     from lstmflow.serving.generate import generate
 
     features = load_corpus(features_dir)
     objective = LanguageModelObjective(spec, features)
-    model = build_model(
-        spec.model,
-        features.vocab_size,
-        features.vocab_size,
-        where=f"pipelines.{spec.name}.model",
-        per_step=True,
-        ensemble=spec.train.ensemble,
+    model = _load_weights(
+        build_model(
+            spec.model,
+            features.vocab_size,
+            features.vocab_size,
+            where=f"pipelines.{spec.name}.model",
+            per_step=True,
+            ensemble=spec.train.ensemble,
+        ),
+        model_path,
     )
-    _load_weights(model, model_path)
     batch_size = resolve_batch_size(spec, objective)
-    total, count = token_cross_entropy(model, objective, "test", batch_size, "cpu")
-    streams = features.stream("test").layout(objective.rows("test", batch_size))  # scored: all but each row's first
-    counts = np.asarray(features.meta["unigram_counts"], dtype=np.float64) + 1.0  # add-one: no token impossible
-    unigram_total = -np.log(counts[streams[:, 1:]] / counts.sum()).sum()
-    metrics = {"cross_entropy": total / count, "unigram_cross_entropy": unigram_total / count}
+    streams = {part: features.stream(part).layout(objective.rows(part, batch_size)) for part in ("val", "test")}
     plot_dir.mkdir(parents=True, exist_ok=True)
-    if features.vocab_size <= MAX_BIGRAM_VOCABULARY:  # a word or subword model keeps the unigram alone
-        bigram = run_baseline(
-            "bigram_add_one",
-            lambda: bigram_baseline(features.stream("train").ids, streams, features.vocab_size),
-            plot_dir,
-        )
-        metrics |= {} if bigram is None else bigram.prefixed()
-    for prefix in ("", "unigram_", "baseline_"):
+    strong = run_baseline(
+        "kneser_ney",
+        lambda: ngram_baseline(features.stream("train").ids, streams["val"], streams["test"], features.vocab_size),
+        plot_dir,
+    )
+    probabilities = target_log_probabilities(model, objective, "test", batch_size, "cpu").double().exp().numpy()
+    partner = _interpolation(spec, model, objective, (batch_size, streams["val"]), strong, model_path.parent)
+    metrics: dict[str, float] = {}
+    if partner is not None:
+        metrics = {"network_cross_entropy": float(-np.log(probabilities).mean()), "blend_weight": partner.weight}
+        probabilities = partner.target_probabilities(probabilities, streams["test"])
+    counts = np.asarray(features.meta["unigram_counts"], dtype=np.float64) + 1.0  # add-one: no token impossible
+    metrics |= {
+        "cross_entropy": float(-np.log(probabilities).mean()),
+        "unigram_cross_entropy": float(-np.log(counts[streams["test"][:, 1:]] / counts.sum()).mean()),
+    }
+    metrics |= {} if strong is None else strong.prefixed()
+    for prefix in ("", "unigram_", "baseline_", "network_"):
         if f"{prefix}cross_entropy" not in metrics:
             continue
         metrics[f"{prefix}perplexity"] = math.exp(metrics[f"{prefix}cross_entropy"])
@@ -309,9 +319,33 @@ def evaluate_language_model(
     assert isinstance(spec.data, CorpusSpec)  # the config gives task language_model corpus data only
     prompt = split_corpus(spec.data, f"pipelines.{spec.name}.data")["test"][:SAMPLE_PROMPT_CHARACTERS]
     sample = plot_dir / "sample.txt"
-    written = generate(model, features.tokenizer, prompt, SAMPLE_TOKENS, temperature=0.8, seed=spec.train.seed)
+    written = generate(
+        model, features.tokenizer, prompt, SAMPLE_TOKENS, temperature=0.8, seed=spec.train.seed, ngram=partner
+    )
     sample.write_text(f"{prompt}{written}\n", encoding="utf-8")
     return metrics, [sample, *_loss_curves(model_path, plot_dir, loss_label="cross-entropy per token (nats)")]
+
+
+def _interpolation(
+    spec: PipelineSpec,
+    model: LSTMNet,
+    objective: LanguageModelObjective,
+    val: tuple[int, np.ndarray],
+    strong: Baseline | None,
+    folder: Path,
+) -> NgramPartner | None:
+    """The network's interpolation with the run's n-gram (``train.blend_baseline``), its weight chosen on the
+    validation part (``val``: the batch size and the streams it reads) and saved in ``folder`` beside the weights
+    for the bundle; None, and nothing left in ``folder``, when the network is served alone."""
+    (folder / NGRAM_PARTNER_FILE).unlink(missing_ok=True)
+    if not spec.blends_baseline or strong is None or strong.ngram is None:
+        return None
+    batch_size, val_streams = val
+    network = target_log_probabilities(model, objective, "val", batch_size, "cpu").double().exp().numpy()
+    weight = choose_ngram_weight(network, strong.ngram.target_probabilities(val_streams))
+    partner = NgramPartner(strong.ngram, weight)
+    partner.save(folder)
+    return partner
 
 
 def _load_weights(model: LSTMNet, model_path: Path) -> LSTMNet:

@@ -6,21 +6,33 @@ over everything generated so far. Padding and the unknown token are never drawn.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from lstmflow.data.text import PAD_ID, UNK_ID, Tokenizer
 from lstmflow.errors import DataError
 from lstmflow.models.lstm import LSTMNet
 
+if TYPE_CHECKING:
+    from lstmflow.models.ngram import NgramPartner
+
 
 @torch.no_grad()
 def generate(
-    model: LSTMNet, tokenizer: Tokenizer, prompt: str, tokens: int, temperature: float = 1.0, seed: int = 0
+    model: LSTMNet,
+    tokenizer: Tokenizer,
+    prompt: str,
+    tokens: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+    ngram: NgramPartner | None = None,
 ) -> str:
-    """The text that follows ``prompt``: ``tokens`` tokens drawn from the model's next-token distribution.
+    """The text that follows ``prompt``: ``tokens`` tokens drawn from the model's next-token distribution (mixed
+    with the n-gram's after the same tokens when the model is served interpolated with one).
 
-    ``temperature`` divides the scores before the softmax: below 1 the text is safer and more repetitive, above 1
-    more varied; 0 always takes the likeliest token. The same seed gives the same text.
+    ``temperature`` divides the log-probabilities before they are normalised again: below 1 the text is safer and
+    more repetitive, above 1 more varied; 0 always takes the likeliest token. The same seed gives the same text.
     """
     if tokens < 0:
         raise ValueError(f"tokens must be >= 0, got {tokens}")
@@ -36,7 +48,9 @@ def generate(
     drawn: list[int] = []
     for _ in range(tokens):
         logits, state = model.logits_carrying(x, state)  # (1, T, V)
-        scores = logits[0, -1].double()  # (V,)
+        scores = torch.log_softmax(logits[0, -1].double(), dim=-1)  # (V,)
+        if ngram is not None:
+            scores = torch.from_numpy(ngram.next_probabilities(scores.exp().numpy(), [*ids, *drawn])).log()
         scores[[PAD_ID, UNK_ID]] = -torch.inf
         if temperature == 0:
             token = int(scores.argmax())

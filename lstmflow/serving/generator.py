@@ -27,10 +27,12 @@ class Generator:
 
     def __init__(self, bundle_dir: Path, spec: Any, info: dict[str, Any]) -> None:
         from lstmflow.data.text import TOKENIZER_FILE, Tokenizer
+        from lstmflow.models.ngram import load_ngram_partner
 
         self.spec = spec
         self.tokenizer = Tokenizer.load(bundle_dir / TOKENIZER_FILE)
         self.model = load_network(bundle_dir, spec, info["vocab_size"], info["vocab_size"], per_step=True)
+        self.ngram = load_ngram_partner(bundle_dir)  # the n-gram the network is interpolated with, if any
 
     @staticmethod
     def bundle_info(features_dir: Path) -> dict[str, Any]:
@@ -60,7 +62,7 @@ class Generator:
             decoded(
                 index,
                 lambda row=row, s=s: generate(
-                    self.model, self.tokenizer, row["prompt"], s["tokens"], s["temperature"], s["seed"]
+                    self.model, self.tokenizer, row["prompt"], s["tokens"], s["temperature"], s["seed"], self.ngram
                 ),
             )
             for index, (row, s) in enumerate(zip(rows, settings))
@@ -96,7 +98,6 @@ class Generator:
         stream in spans of ``data.sequence_length`` with the stateful layers' state carried, as evaluation reads a
         part. Divided by the characters of ``text``, it compares models whose tokenizers differ."""
         import torch
-        import torch.nn.functional as F
 
         from lstmflow.training.objectives import stateful_layers
 
@@ -108,12 +109,16 @@ class Generator:
         stream = torch.tensor(ids, dtype=torch.int64)
         steps, stateful = self.spec.data.sequence_length, stateful_layers(self.spec)
         carry: dict[int, Any] = {}
-        total = 0.0
+        spans = []
         with torch.no_grad():
             for start in range(0, len(ids) - 1, steps):
                 end = min(start + steps, len(ids) - 1)
                 x = stream[start:end].float().view(1, -1, 1)  # (1, T, 1): the embedding's input
                 logits, final = self.model.logits_carrying(x, carry)  # (1, T, V)
                 carry = {index: state for index, state in final.items() if index in stateful}
-                total += F.cross_entropy(logits[0].double(), stream[start + 1 : end + 1], reduction="sum").item()
-        return total, len(ids) - 1
+                log_probabilities = torch.log_softmax(logits[0].double(), dim=-1)  # (T, V)
+                spans.append(log_probabilities.gather(1, stream[start + 1 : end + 1, None])[:, 0])
+        probabilities = torch.cat(spans).exp().numpy()[None, :]  # (1, len - 1)
+        if self.ngram is not None:
+            probabilities = self.ngram.target_probabilities(probabilities, np.asarray(ids)[None, :])
+        return float(-np.log(probabilities).sum()), len(ids) - 1

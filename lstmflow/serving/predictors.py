@@ -23,6 +23,7 @@ import pandas as pd
 
 from lstmflow.models.blend import PARTNER_FILE
 from lstmflow.models.ets import ETS_PARTNER_FILE
+from lstmflow.models.ngram import NGRAM_PARTNER_FILE
 from lstmflow.serving.bundle import BUNDLE_FILES, BUNDLED_FEATURE_FILES
 from lstmflow.serving.classifier import Classifier, Requests
 from lstmflow.serving.files import ROOTS_KEY, recorded_roots
@@ -72,7 +73,7 @@ def write_bundle(
         info[ROOTS_KEY] = recorded_roots(spec.data)
     bundle_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_path, bundle_dir / "model.pt")
-    for partner in (PARTNER_FILE, ETS_PARTNER_FILE):  # a model blended with its baseline: the regression, or ETS
+    for partner in (PARTNER_FILE, ETS_PARTNER_FILE, NGRAM_PARTNER_FILE):  # a model blended with its baseline
         (bundle_dir / partner).unlink(missing_ok=True)
         if (model_path.parent / partner).exists():
             shutil.copyfile(model_path.parent / partner, bundle_dir / partner)

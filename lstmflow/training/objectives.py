@@ -448,13 +448,22 @@ def token_cross_entropy(
 ) -> tuple[float, int]:
     """(summed cross-entropy in nats, tokens scored) over ``part`` in stream order, in eval mode, carrying the
     stateful layers' state from span to span as training does."""
+    log_probabilities = target_log_probabilities(model, objective, part, batch_size, device)
+    return -float(log_probabilities.double().sum()), log_probabilities.numel()
+
+
+@torch.no_grad()
+def target_log_probabilities(
+    model: LSTMNet, objective: LanguageModelObjective, part: Part, batch_size: int, device: torch.device | str
+) -> Tensor:
+    """(rows, L - 1) on CPU: the log-probability of every token of ``part``'s streams but each row's first, read
+    as :func:`token_cross_entropy` reads them (what an interpolation with another model needs, token by token)."""
     model.eval()
     carry: LSTMState = {}
-    total, count = 0.0, 0
+    spans = []
     for x, y in objective.spans(part, batch_size):
-        x, y = x.to(device), y.to(device)
-        logits, final = model.logits_carrying(x, carry)  # (B, T, V)
+        logits, final = model.logits_carrying(x.to(device), carry)  # (B, T, V)
         carry = {index: state for index, state in final.items() if index in objective.stateful}
-        total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
-        count += y.numel()
-    return total, count
+        log_probabilities = torch.log_softmax(logits.float(), dim=-1)
+        spans.append(log_probabilities.gather(-1, y.to(device).unsqueeze(-1)).squeeze(-1).cpu())  # (B, T)
+    return torch.cat(spans, dim=1)
