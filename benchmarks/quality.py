@@ -68,6 +68,7 @@ PUBLISHED: dict[str, tuple[str, str]] = {
     "gunpoint": ("1.000", "LSTM-FCN, Karim et al. 2019 (IEEE Access 7), model chosen on training loss¹"),
     "italypower": ("0.962", "LSTM-FCN, Karim et al. 2019, chosen on training loss¹"),
     "arrowhead": ("0.897", "LSTM-FCN, Karim et al. 2019, chosen on training loss¹"),
+    "osuleaf": ("0.983", "LSTM-FCN, Karim et al. 2019, chosen on training loss¹"),
     "japanesevowels": ("0.986", "signature kernel (KSig), Toth, Oberhauser & Szabo 2023, arXiv:2311.12214"),
     "lynx": ("0.1121 / 0.1123", "MAE of an ANN / ARIMA(12,0,0), Zhang 2003 (Neurocomputing 50), same split²"),
 }

@@ -61,6 +61,14 @@ SOURCES: dict[str, Source] = {
     "japanesevowels": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/JapaneseVowels", "UCI ML repository "
                              "CC BY 4.0 (donors ask to be told of publications); aeon BSD-3-Clause",
                              "Kudo, Toyama & Shimbo 1999, via the UEA archive (Bagnall et al. 2018)"),
+    "osuleaf": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/OSULeaf", "UCR archive: free for research, "
+                      "cite Dau et al. 2019; aeon BSD-3-Clause", "UCR archive (Gandhi 2002): leaf outlines as series"),
+    "acsf1": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/ACSF1", "UCR archive: free for research, cite "
+                    "Dau et al. 2019; aeon BSD-3-Clause", "UCR archive 2018 (Gisler et al. 2013): appliances' "
+                    "power consumption, 1,460 steps"),
+    "basicmotions": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/BasicMotions", "UEA archive: free for "
+                           "research, cite Bagnall et al. 2018; aeon BSD-3-Clause", "UEA archive: a smart watch's "
+                           "accelerometer and gyroscope (6 channels) during four activities"),
     "airline": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/Airline", "public domain (Box & Jenkins 1976 "
                       "table); aeon BSD-3-Clause", "Box, Jenkins & Reinsel: monthly airline passengers 1949-1960"),
     "lynx": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/Lynx", "public domain (R datasets::lynx); aeon "
@@ -778,6 +786,9 @@ BUILDERS: dict[str, Callable[[Path], BuiltSet]] = {
     "italypower": ucr_set("italypower", "ItalyPowerDemand", "wide"),
     "arrowhead": ucr_set("arrowhead", "ArrowHead", "wide"),
     "japanesevowels": ucr_set("japanesevowels", "JapaneseVowels", "long"),
+    "osuleaf": ucr_set("osuleaf", "OSULeaf", "wide"),
+    "acsf1": ucr_set("acsf1", "ACSF1", "wide"),
+    "basicmotions": ucr_set("basicmotions", "BasicMotions", "long"),
     "mnist5k": mnist5k,
     "airline": airline,
     "lynx": lynx,

@@ -465,6 +465,19 @@ def test_a_text_classifier_is_served_blended_with_its_baseline_as_it_was_scored(
     assert predictor.blend.weight == metrics["blend_weight"] and accuracy == pytest.approx(metrics["accuracy"])
 
 
+def test_a_small_validation_part_stays_apart_when_it_chooses_the_blend_weight(tmp_path: Path) -> None:
+    from lstmflow.training.objectives import make_objective
+    from lstmflow.training.plan import plan_training
+
+    spec, features_dir, _ = untrained_text_classifier(tmp_path)  # 74 texts: a validation part of about a dozen
+    objective = make_objective(spec, features_dir)
+    plan = plan_training(spec, objective)
+    assert plan.part == "train" and plan.keep_last and plan.patience is None
+    assert plan.note is not None and "choose the blend's weight" in plan.note
+    alone = spec.model_copy(update={"train": spec.train.model_copy(update={"blend_baseline": False})})
+    assert plan_training(alone, objective).part == "train+val", "without a blend they join the training part"
+
+
 def test_without_the_blend_the_network_is_served_alone(tmp_path: Path) -> None:
     spec, features_dir, model_path = untrained_text_classifier(tmp_path, blend="auto")
     evaluate_classifier(spec, features_dir, model_path, tmp_path / "plots")  # leaves a blend beside the weights

@@ -28,10 +28,16 @@ torch.set_num_threads(1)
 SMALL_MODEL = {"layers": [{"lstm": {"units": 8}}, {"dense": {"activation": "softmax"}}]}
 
 
+#: The validation samples these tests' specs count as enough to decide on (the default, 100, would need larger sets).
+DECIDES = 30
+
+
 def spec_on(folder: Path, **sections: Any) -> PipelineSpec:
     """A classify spec on the features in ``folder / "features"``, with the documented train defaults unless
-    ``sections`` says otherwise (conftest's base sets a batch size, which these tests leave to ``auto``)."""
+    ``sections`` says otherwise (conftest's base sets a batch size, which these tests leave to ``auto``), but for a
+    validation part of 30 samples counting as enough to decide on, so that these small sets stop early."""
     base = {key: value for key, value in CLASSIFY_BASE.items() if key != "train"}
+    base["train"] = {"early_stopping": {"min_val_samples": DECIDES}}
     return validate_pipeline("tiny", deep_merge({**base, "model": SMALL_MODEL}, sections), folder)
 
 

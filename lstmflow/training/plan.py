@@ -64,7 +64,9 @@ def plan_training(spec: PipelineSpec, objective: Objective, world_size: int = 1,
     train = spec.train
     # A refit trains on its validation part: nothing to decide on, its last epoch is the one kept.
     note = None if part == TRAIN_AND_VAL else _too_small_to_decide(spec, objective)
-    if note is not None and spec.train.early_stopping.small_val_trains:
+    if note is not None and spec.blends_baseline:
+        note += "; the validation samples stay apart: they choose the blend's weight (train.blend_baseline)"
+    elif note is not None and spec.train.early_stopping.small_val_trains:
         part = TRAIN_AND_VAL
         note += "; the validation samples join the training part, so its validation scores are on seen samples"
     batch_size = resolve_batch_size(spec, objective, world_size)
