@@ -109,7 +109,7 @@ class EarlyStoppingSpec(Strict):
         description=(
             "Classification: with fewer validation samples than this (default 100) one sample moves the accuracy by "
             "over a point, and early stopping and the plateau schedule act on noise (on the quality suite's OSULeaf, "
-            "30 validation leaves, they cut the lr and stopped at epoch 50 with the training loss still high: 0.831 "
+            "40 validation leaves, they cut the lr and stopped at epoch 50 with the training loss still high: 0.831 "
             "test accuracy, 0.921 trained to the end); early stopping is then off, the lr follows `auto`'s warm-up "
             "and cosine to the run's end, and the last epoch's weights are kept (the run's log says so)."
         ),
