@@ -331,6 +331,7 @@ def test_auto_epochs_give_short_epochs_thousands_of_steps_and_keep_given_epochs(
     from lstmflow.training.plan import resolve_epochs
 
     assert resolve_epochs("auto", 5) == 400, "5 steps an epoch: 2,000 steps take 400 epochs"
-    assert resolve_epochs("auto", 100) == 100, "long epochs: the usual 100"
+    assert resolve_epochs("auto", 25) == 200, "a few hundred samples: 200 passes, more than 2,000 steps"
+    assert resolve_epochs("auto", 100) == 200, "long epochs: 200 too"
     assert resolve_epochs("auto", 1) == 1000, "at most 1,000 epochs"
     assert resolve_epochs(7, 5) == 7, "a given number is the ceiling, as written"

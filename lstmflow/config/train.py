@@ -179,7 +179,9 @@ class NodesSpec(Strict):
         return self
 
 
-#: `train.epochs: auto`: at least this many optimizer steps, in at most AUTO_MAX_EPOCHS and at least 100 epochs.
+#: `train.epochs: auto`: at least AUTO_MIN_EPOCHS passes and at least AUTO_EPOCH_STEPS optimizer steps, in at most
+#: AUTO_MAX_EPOCHS epochs.
+AUTO_MIN_EPOCHS = 200
 AUTO_EPOCH_STEPS = 2000
 AUTO_MAX_EPOCHS = 1000
 
@@ -191,9 +193,10 @@ class TrainSpec(Strict):
         "auto",
         description=(
             "Maximum number of passes over the training data (`budget` may end the run sooner). `auto` (default): "
-            f"100, or more when epochs are short, enough for {AUTO_EPOCH_STEPS:,} optimizer steps (at most "
-            f"{AUTO_MAX_EPOCHS:,} epochs): a set of tens of samples needs thousands of steps, not a hundred epochs of "
-            "a few."
+            f"{AUTO_MIN_EPOCHS}, or more when epochs are short, enough for {AUTO_EPOCH_STEPS:,} optimizer steps (at "
+            f"most {AUTO_MAX_EPOCHS:,} epochs): a set of tens of samples needs thousands of steps, not a hundred "
+            "epochs of a few, and a few hundred samples need a few hundred passes (when early stopping is on, it "
+            "usually ends the run sooner)."
         ),
     )
     batch_size: int | Literal["auto"] = Field(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lstmflow.config import PipelineSpec
-from lstmflow.config.train import AUTO_EPOCH_STEPS, AUTO_MAX_EPOCHS
+from lstmflow.config.train import AUTO_EPOCH_STEPS, AUTO_MAX_EPOCHS, AUTO_MIN_EPOCHS
 from lstmflow.data.parts import TRAIN_AND_VAL
 from lstmflow.errors import ConfigError
 from lstmflow.training.objectives import Objective, Part, resolve_batch_size
@@ -101,11 +101,11 @@ def plan_training(spec: PipelineSpec, objective: Objective, world_size: int = 1,
 
 
 def resolve_epochs(epochs: int | str, steps_per_epoch: int) -> int:
-    """``train.epochs``: ``auto`` is 100 epochs, or as many as :data:`AUTO_EPOCH_STEPS` steps take (at most
-    :data:`AUTO_MAX_EPOCHS`)."""
+    """``train.epochs``: ``auto`` is :data:`AUTO_MIN_EPOCHS` epochs, or as many as :data:`AUTO_EPOCH_STEPS` steps
+    take (at most :data:`AUTO_MAX_EPOCHS`)."""
     if isinstance(epochs, int):
         return epochs
-    return min(max(100, math.ceil(AUTO_EPOCH_STEPS / steps_per_epoch)), AUTO_MAX_EPOCHS)
+    return min(max(AUTO_MIN_EPOCHS, math.ceil(AUTO_EPOCH_STEPS / steps_per_epoch)), AUTO_MAX_EPOCHS)
 
 
 def resolve_selection(spec: PipelineSpec) -> Selection:
