@@ -290,7 +290,7 @@ class TrainSpec(Strict):
             "each feature's mean and spread over time (audio: of its deltas too); on the suite's spoken digits "
             "0.973 blended, 0.952 alone. Language models: the network's next-token probabilities mixed linearly with "
             "the run's Kneser-Ney n-gram's, the network's weight chosen on the validation part; on the suite's corpus "
-            "2.56 bits per character against 2.93 alone and 2.69 for the n-gram. The run logs the network alone as "
+            "2.56 bits per character against 2.91 alone and 2.69 for the n-gram. The run logs the network alone as "
             "`network_<metric>` and the weight as `blend_weight`. `auto` (default): blend forecasts, language models "
             "and text and audio classifiers; `true`: video classifiers too (classifiers only with a validation "
             "part). `false`: the network alone."
