@@ -467,7 +467,7 @@ def test_a_text_classifier_is_served_blended_with_its_baseline_as_it_was_scored(
 
 def test_a_small_validation_part_stays_apart_when_it_chooses_the_blend_weight(tmp_path: Path) -> None:
     from lstmflow.training.objectives import make_objective
-    from lstmflow.training.plan import plan_training
+    from lstmflow.training.plan import min_val_samples, plan_training
 
     spec, features_dir, _ = untrained_text_classifier(tmp_path)  # 74 texts: a validation part of about a dozen
     objective = make_objective(spec, features_dir)
@@ -476,6 +476,7 @@ def test_a_small_validation_part_stays_apart_when_it_chooses_the_blend_weight(tm
     assert plan.note is not None and "choose the blend's weight" in plan.note
     alone = spec.model_copy(update={"train": spec.train.model_copy(update={"blend_baseline": False})})
     assert plan_training(alone, objective).part == "train+val", "without a blend they join the training part"
+    assert min_val_samples(spec) == 30 and min_val_samples(alone) == 100, "a blend stops early on 30 samples"
 
 
 def test_without_the_blend_the_network_is_served_alone(tmp_path: Path) -> None:

@@ -311,6 +311,15 @@ def test_a_tiny_validation_part_trains_a_fixed_schedule_and_keeps_the_last_weigh
     assert fit_on(tiny_val, enough, tmp_path / "enough").kept == "best"
 
 
+def test_auto_min_val_samples_is_100_for_a_classifier_served_alone(tiny_val: Path) -> None:
+    from lstmflow.training.plan import min_val_samples
+
+    assert min_val_samples(spec_on(tiny_val, train={"early_stopping": {"min_val_samples": "auto"}})) == 100
+    assert min_val_samples(spec_on(tiny_val)) == DECIDES
+    with pytest.raises(ConfigError, match="must be 0 or more, or auto, got -1"):
+        spec_on(tiny_val, train={"early_stopping": {"min_val_samples": -1}})
+
+
 def test_a_tiny_validation_part_joins_training_unless_told_not_to_or_in_a_search_trial(tiny_val: Path) -> None:
     from lstmflow.training.plan import plan_training
     from lstmflow.training.search import trial_spec

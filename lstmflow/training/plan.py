@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lstmflow.config import PipelineSpec
-from lstmflow.config.train import AUTO_EPOCH_STEPS, AUTO_MAX_EPOCHS, AUTO_MIN_EPOCHS
+from lstmflow.config.train import (
+    AUTO_EPOCH_STEPS,
+    AUTO_MAX_EPOCHS,
+    AUTO_MIN_EPOCHS,
+    MIN_VAL_SAMPLES,
+    MIN_VAL_SAMPLES_BLENDED,
+)
 from lstmflow.data.parts import TRAIN_AND_VAL
 from lstmflow.errors import ConfigError
 from lstmflow.training.objectives import Objective, Part, resolve_batch_size
@@ -121,11 +127,20 @@ def resolve_selection(spec: PipelineSpec) -> Selection:
     return Selection(select, SELECTABLE[select])
 
 
+def min_val_samples(spec: PipelineSpec) -> int:
+    """``early_stopping.min_val_samples``, its ``auto`` resolved: fewer for a classifier served blended with its
+    baseline, whose validation part is held out to choose the blend's weight anyway."""
+    value = spec.train.early_stopping.min_val_samples
+    if value != "auto":
+        return value
+    return MIN_VAL_SAMPLES_BLENDED if spec.blends_baseline else MIN_VAL_SAMPLES
+
+
 def _too_small_to_decide(spec: PipelineSpec, objective: Objective) -> str | None:
     """Why early stopping is off for this data, or None: a classifier's validation part below
     ``early_stopping.min_val_samples``. Forecasts and language models are scored on every value and token of the
     part, which averages far more than one number per sample; they always decide."""
-    threshold = spec.train.early_stopping.min_val_samples
+    threshold = min_val_samples(spec)
     samples = objective.samples("val")
     if spec.task != "classify" or samples >= threshold:
         return None
