@@ -75,7 +75,7 @@ def test_the_weight_mixes_two_models_that_err_apart() -> None:
 def test_the_baseline_scores_the_test_rows_under_the_model_names() -> None:
     train, val, test = (noisy_cycle(length, 7, 9, seed) for length, seed in ((3000, 0), (400, 1), (400, 2)))
     baseline = ngram_baseline(train, val.reshape(4, 100), test.reshape(4, 100), 9)
-    assert baseline.method == f"kneser_ney_{baseline.ngram.order}gram"  # type: ignore[union-attr]
+    assert baseline.method == f"kneser_ney_{baseline.ngram.model.order}gram"  # type: ignore[union-attr]
     assert baseline.metrics["cross_entropy"] < 0.5 * np.log(9), "the cycle is mostly predictable"
 
 

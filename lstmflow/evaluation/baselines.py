@@ -39,7 +39,7 @@ import numpy as np
 from lstmflow.evaluation.metrics import classification_metrics
 from lstmflow.models.blend import Partner, class_probabilities, mean_and_spread, with_deltas_mean_and_spread
 from lstmflow.models.ets import EtsForm, EtsPartner, ets_model
-from lstmflow.models.ngram import KneserNey
+from lstmflow.models.ngram import KneserNey, NgramFit
 
 if TYPE_CHECKING:
     from lstmflow.config import PipelineSpec
@@ -93,7 +93,7 @@ class Baseline:
     #: For forecasts, the fitted ETS a network may be blended with; None otherwise.
     ets: EtsPartner | None = None
     #: For language models, the fitted n-gram a network may be interpolated with; None otherwise.
-    ngram: KneserNey | None = None
+    ngram: NgramFit | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     def prefixed(self) -> dict[str, float]:
@@ -377,12 +377,13 @@ def ngram_baseline(
 ) -> Baseline:
     """Cross-entropy per token (nats) of the interpolated Kneser-Ney n-gram of the training ids, its order chosen
     on ``val_streams``, on the tokens the model was scored on: every token of ``test_streams`` (rows, L) but each
-    row's first, given the tokens before it in its row. The fitted n-gram travels as ``ngram``, for the blend."""
+    row's first, given the tokens before it in its row. The fitted n-gram and its validation and test probabilities
+    travel as ``ngram``, for the blend."""
     ngram = KneserNey.fit(train_ids, vocab_size, val_streams)
-    probabilities = ngram.target_probabilities(test_streams)
+    test = ngram.target_probabilities(test_streams)
     return Baseline(
         f"kneser_ney_{ngram.order}gram",
-        {"cross_entropy": float(-np.log(probabilities).mean())},
-        ngram=ngram,
+        {"cross_entropy": float(-np.log(test).mean())},
+        ngram=NgramFit(ngram, ngram.target_probabilities(val_streams), test),
         details={"order": ngram.order},
     )

@@ -41,7 +41,7 @@ from lstmflow.evaluation.plots import plot_confusion_matrix, plot_forecast, plot
 from lstmflow.models.blend import PARTNER_FILE, Blend, blended, choose_weight
 from lstmflow.models.ets import ETS_PARTNER_FILE
 from lstmflow.models.lstm import LSTMNet, build_model
-from lstmflow.models.ngram import NGRAM_PARTNER_FILE, NgramPartner
+from lstmflow.models.ngram import NGRAM_PARTNER_FILE, NgramFit, NgramPartner, mixed
 from lstmflow.models.ngram import choose_weight as choose_ngram_weight
 from lstmflow.training.objectives import (
     LanguageModelObjective,
@@ -298,11 +298,14 @@ def evaluate_language_model(
         plot_dir,
     )
     probabilities = target_log_probabilities(model, objective, "test", batch_size, "cpu").double().exp().numpy()
-    partner = _interpolation(spec, model, objective, (batch_size, streams["val"]), strong, model_path.parent)
     metrics: dict[str, float] = {}
-    if partner is not None:
+    partner = None
+    (model_path.parent / NGRAM_PARTNER_FILE).unlink(missing_ok=True)  # served alone unless mixed below
+    fit = strong.ngram if strong is not None and spec.blends_baseline else None
+    if fit is not None:
+        partner = _interpolation(model, objective, batch_size, fit, model_path.parent)
         metrics = {"network_cross_entropy": float(-np.log(probabilities).mean()), "blend_weight": partner.weight}
-        probabilities = partner.target_probabilities(probabilities, streams["test"])
+        probabilities = mixed(probabilities, fit.test, partner.weight)
     counts = np.asarray(features.meta["unigram_counts"], dtype=np.float64) + 1.0  # add-one: no token impossible
     metrics |= {
         "cross_entropy": float(-np.log(probabilities).mean()),
@@ -327,23 +330,12 @@ def evaluate_language_model(
 
 
 def _interpolation(
-    spec: PipelineSpec,
-    model: LSTMNet,
-    objective: LanguageModelObjective,
-    val: tuple[int, np.ndarray],
-    strong: Baseline | None,
-    folder: Path,
-) -> NgramPartner | None:
+    model: LSTMNet, objective: LanguageModelObjective, batch_size: int, fit: NgramFit, folder: Path
+) -> NgramPartner:
     """The network's interpolation with the run's n-gram (``train.blend_baseline``), its weight chosen on the
-    validation part (``val``: the batch size and the streams it reads) and saved in ``folder`` beside the weights
-    for the bundle; None, and nothing left in ``folder``, when the network is served alone."""
-    (folder / NGRAM_PARTNER_FILE).unlink(missing_ok=True)
-    if not spec.blends_baseline or strong is None or strong.ngram is None:
-        return None
-    batch_size, val_streams = val
+    validation part, saved in ``folder`` beside the weights for the bundle."""
     network = target_log_probabilities(model, objective, "val", batch_size, "cpu").double().exp().numpy()
-    weight = choose_ngram_weight(network, strong.ngram.target_probabilities(val_streams))
-    partner = NgramPartner(strong.ngram, weight)
+    partner = NgramPartner(fit.model, choose_ngram_weight(network, fit.val))
     partner.save(folder)
     return partner
 

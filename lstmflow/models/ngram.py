@@ -144,18 +144,25 @@ class KneserNey:
         return p
 
     def next_probabilities(self, history: Sequence[int]) -> np.ndarray:
-        """(V,): the distribution of the token after ``history`` (its last ``order - 1`` tokens count)."""
-        recent = np.asarray(list(history)[-(self.order - 1) :] if self.order > 1 else [], dtype=np.int64)
-        tokens = np.arange(self.vocab_size, dtype=np.int64)
-        p = np.full(self.vocab_size, 1.0 / self.vocab_size)
-        context = 0
-        for n, level in enumerate(self.levels):
-            if n > len(recent):
-                break
-            if n:
-                context += int(recent[-n]) * self.vocab_size ** (n - 1)
-            p = level.interpolate(np.full(self.vocab_size, context, dtype=np.int64), tokens, p, self.vocab_size)
-        return p
+        """(V,): the distribution of the token after ``history`` (at least one token; its last ``order - 1``
+        count): every token scored after them, one row each."""
+        recent = list(history)[-(self.order - 1) :]
+        if not recent:
+            raise ValueError("the next token's distribution needs at least one token of history")
+        rows = np.empty((self.vocab_size, len(recent) + 1), dtype=np.int64)
+        rows[:, :-1] = recent
+        rows[:, -1] = np.arange(self.vocab_size)
+        return self.target_probabilities(rows)[:, -1]
+
+
+@dataclass(frozen=True)
+class NgramFit:
+    """A language model's n-gram baseline: the fitted model and its probabilities of the validation and test tokens
+    (as :meth:`KneserNey.target_probabilities` gives them), which choose and score its mixture with the network."""
+
+    model: KneserNey
+    val: np.ndarray
+    test: np.ndarray
 
 
 @dataclass(frozen=True)
