@@ -220,15 +220,17 @@ def majority(features: Any) -> float:
 def test_sequence_baseline_beats_the_majority_class(tmp_path: Path) -> None:
     features = load_sequences(shapes_features(tmp_path))
     baseline = classifier_baseline(sequences_spec(tmp_path), features)
-    assert baseline.method in {"ridge_resampled", "nn1_euclidean"}
+    assert baseline.method == "minirocket_logistic" and baseline.partner is not None
     assert set(baseline.prefixed()) == {"baseline_accuracy", "baseline_macro_f1"}
     assert baseline.metrics["accuracy"] >= 0.8 > majority(features) + 0.3
 
 
-def test_without_a_validation_part_the_ridge_classifier_is_used(tmp_path: Path) -> None:
+def test_images_without_a_validation_part_get_the_ridge_classifier(tmp_path: Path) -> None:
     features = load_sequences(shapes_features(tmp_path, per_class=(8, 0, 5)))
-    baseline = classifier_baseline(sequences_spec(tmp_path), features)
+    spec = SimpleNamespace(name="i", data=SimpleNamespace(kind="images"))
+    baseline = classifier_baseline(spec, features)  # type: ignore[arg-type]
     assert baseline.method == "ridge_resampled" and baseline.metrics["accuracy"] > majority(features)
+    assert baseline.partner is None, "images read by rows are not blended"
 
 
 def test_audio_baseline_reads_the_mean_and_spread_of_the_stored_features(tmp_path: Path) -> None:
@@ -361,7 +363,7 @@ def test_evaluate_classifier_adds_the_baseline_or_skips_it_with_a_warning(
 
     metrics, _ = evaluate_classifier(spec, features_dir, tmp_path / "model.pt", tmp_path / "plots")
     assert metrics["baseline_accuracy"] > metrics["majority_accuracy"]
-    assert read_record(tmp_path / "plots")["method"] in {"ridge_resampled", "nn1_euclidean"}  # type: ignore[index]
+    assert read_record(tmp_path / "plots")["method"] == "minirocket_logistic"  # type: ignore[index]
 
     def broken(*_: object) -> baselines.Baseline:
         raise np.linalg.LinAlgError("singular matrix")
@@ -528,10 +530,34 @@ def test_an_audio_classifier_is_served_blended_as_it_was_scored(tmp_path: Path) 
     assert np.allclose(clip_probabilities.sum(axis=1), 1.0)
 
 
-def test_a_blend_is_refused_where_no_regression_is_fitted(tmp_path: Path) -> None:
+def test_a_sequence_classifier_is_served_blended_with_equal_weights_as_it_was_scored(tmp_path: Path) -> None:
+    from lstmflow.training.objectives import make_objective
+    from lstmflow.training.plan import plan_training
+
+    rng = np.random.default_rng(5)
+    rows = [{"label": label, **{f"t{j}": v for j, v in enumerate(shapes(24, label, rng)[:, 0])}}
+            for label in ("bump", "falling", "rising") for _ in range(14)]  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "shapes.csv", index=False)
     raw = {
         "task": "classify",
         "data": {"kind": "sequences", "path": "shapes.csv", "format": "wide"},
+        "model": {"layers": [{"lstm": {"units": 4}}, {"dense": {}}]},
+    }
+    spec, features_dir, model_path = untrained_classifier(tmp_path, "shapes", raw)
+    plan = plan_training(spec, make_objective(spec, features_dir))
+    assert plan.part == "train+val", "equal weights need no validation part: a small one joins training"
+
+    metrics, _ = evaluate_classifier(spec, features_dir, model_path, tmp_path / "plots")
+
+    assert metrics["blend_weight"] == 0.5 and metrics["accuracy"] > metrics["network_accuracy"] + 0.3
+    predictor, accuracy = served_accuracy(spec, features_dir, model_path, tmp_path / "bundle")
+    assert predictor.blend.weight == 0.5 and accuracy == pytest.approx(metrics["accuracy"])
+
+
+def test_a_blend_is_refused_where_no_regression_is_fitted(tmp_path: Path) -> None:
+    raw = {
+        "task": "classify",
+        "data": {"kind": "images", "path": "digits.csv", "shape": [8, 8]},
         "train": {"blend_baseline": True},
     }
     with pytest.raises(ConfigError, match=r"train\.blend_baseline: true is for forecasts and for classifying .*"):

@@ -33,6 +33,7 @@ from lstmflow.config.tasks import (
     SEARCH_METRICS,
     TASK_DATA_KINDS,
     TASK_LOSSES,
+    VAL_WEIGHTED_KINDS,
 )
 from lstmflow.config.train import EvaluateSpec, TrainSpec
 from lstmflow.config.translator import translator_problems
@@ -262,6 +263,12 @@ class PipelineSpec(Strict):
         ``auto`` resolved by data kind); the baseline must still have a partner to blend with."""
         blend = self.train.blend_baseline
         return blend is True or (blend == "auto" and self.data.kind in AUTO_BLENDED_KINDS)
+
+    @property
+    def weighs_blend_on_val(self) -> bool:
+        """Whether the blend's weight is chosen on the validation part (texts, audio, video), which then stays
+        apart from training however small; a sequence classifier's blend takes equal weights."""
+        return self.blends_baseline and self.data.kind in VAL_WEIGHTED_KINDS
 
     @field_validator("name")
     @classmethod

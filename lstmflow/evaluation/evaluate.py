@@ -38,7 +38,7 @@ from lstmflow.evaluation.metrics import (
     seasonal_naive,
 )
 from lstmflow.evaluation.plots import plot_confusion_matrix, plot_forecast, plot_loss_curves
-from lstmflow.models.blend import PARTNER_FILE, Blend, blended, choose_weight
+from lstmflow.models.blend import EQUAL_WEIGHT, PARTNER_FILE, Blend, blended, choose_weight
 from lstmflow.models.ets import ETS_PARTNER_FILE
 from lstmflow.models.lstm import LSTMNet, build_model
 from lstmflow.models.ngram import NGRAM_PARTNER_FILE, NgramFit, NgramPartner, mixed
@@ -248,14 +248,17 @@ def _blend(
     spec: PipelineSpec, model: LSTMNet, features: SequenceFeatures, strong: Baseline | None, folder: Path
 ) -> tuple[float, np.ndarray] | None:
     """(the network's weight, the regression's test probabilities) of the blend with the baseline's regression
-    (``train.blend_baseline``), the weight chosen on the validation part; the blend is saved in ``folder`` beside
-    the weights, for the bundle to serve. None, and no blend left in ``folder``, when the network is served alone."""
+    (``train.blend_baseline``), the weight chosen on the validation part or equal (sequences); the blend is saved in
+    ``folder`` beside the weights, for the bundle to serve. None, and no blend left in ``folder``, when the network
+    is served alone."""
     (folder / PARTNER_FILE).unlink(missing_ok=True)
     val = features.part("val")
     partner = None if strong is None else strong.partner
-    if not spec.blends_baseline or partner is None or len(val) == 0:
+    if not spec.blends_baseline or partner is None or (spec.weighs_blend_on_val and len(val) == 0):
         return None
-    weight = choose_weight(predict_proba(model, val), partner.val, val.labels)
+    weight = EQUAL_WEIGHT
+    if spec.weighs_blend_on_val:
+        weight = choose_weight(predict_proba(model, val), partner.val, val.labels)
     Blend(partner.model, partner.codes, weight, features.n_classes).save(folder)
     return weight, partner.test
 

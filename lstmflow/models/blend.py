@@ -12,6 +12,12 @@ checkpoint and the regression fitted on the training part alone; the regression 
 again on training and validation together with the same strength, as the baseline the run reports was. A weight of
 1 is the network alone, 0 the regression alone (which then only ties the baseline).
 
+Sequences: logistic regression on MiniRocket features (:mod:`lstmflow.models.minirocket`), which finds the same
+local shapes at many scales that a convolution branch learns slowly from a few dozen series. Their blend takes
+equal weights (:data:`EQUAL_WEIGHT`), as a forecast's average does: a UCR set often holds a few dozen training
+series and a validation part of a handful, too few to choose a weight on, and on the quality suite's UCR sets the
+equal blend was ahead of the network alone or level with it on every one.
+
 The blend is a model in its own right, so it is saved beside the network's weights and travels in the served
 bundle (``partner.joblib``, scikit-learn's own persistence); a served request goes through both. The regression
 reads what the network reads: the raw texts, or the sequences in model space (scaled, truncated).
@@ -30,6 +36,8 @@ import numpy as np
 PARTNER_FILE = "partner.joblib"
 #: The network's weights tried, from 0 (the regression alone) to 1 (the network alone).
 WEIGHTS = np.linspace(0.0, 1.0, 21)
+#: The network's weight in a sequence classifier's blend (not chosen on the validation part).
+EQUAL_WEIGHT = 0.5
 #: Probabilities are clipped to this before their logarithm: a class one model rules out stays possible.
 FLOOR = 1e-9
 
@@ -42,7 +50,8 @@ class Partner:
     model: Any
     #: Which class code each of ``model``'s probability columns is (classes absent from its training inputs lack one).
     codes: np.ndarray
-    #: (N_val, classes): the same regression fitted on the training part alone, for choosing the weight.
+    #: (N_val, classes): the same regression fitted on the training part alone, for choosing the weight (no rows
+    #: where the weight is not chosen).
     val: np.ndarray
     #: (N_test, classes): ``model``'s.
     test: np.ndarray

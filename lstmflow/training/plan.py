@@ -70,7 +70,7 @@ def plan_training(spec: PipelineSpec, objective: Objective, world_size: int = 1,
     train = spec.train
     # A refit trains on its validation part: nothing to decide on, its last epoch is the one kept.
     note = None if part == TRAIN_AND_VAL else _too_small_to_decide(spec, objective)
-    if note is not None and spec.blends_baseline:
+    if note is not None and spec.weighs_blend_on_val:
         note += "; the validation samples stay apart: they choose the blend's weight (train.blend_baseline)"
     elif note is not None and spec.train.early_stopping.small_val_trains:
         part = TRAIN_AND_VAL
@@ -128,12 +128,12 @@ def resolve_selection(spec: PipelineSpec) -> Selection:
 
 
 def min_val_samples(spec: PipelineSpec) -> int:
-    """``early_stopping.min_val_samples``, its ``auto`` resolved: fewer for a classifier served blended with its
-    baseline, whose validation part is held out to choose the blend's weight anyway."""
+    """``early_stopping.min_val_samples``, its ``auto`` resolved: fewer for a classifier whose validation part
+    is held out to choose its blend's weight anyway."""
     value = spec.train.early_stopping.min_val_samples
     if value != "auto":
         return value
-    return MIN_VAL_SAMPLES_BLENDED if spec.blends_baseline else MIN_VAL_SAMPLES
+    return MIN_VAL_SAMPLES_BLENDED if spec.weighs_blend_on_val else MIN_VAL_SAMPLES
 
 
 def _too_small_to_decide(spec: PipelineSpec, objective: Objective) -> str | None:
