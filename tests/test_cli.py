@@ -187,3 +187,12 @@ def test_two_machines_train_one_model_with_run_and_join(tmp_path: Path) -> None:
     # quiet by default, and not cut at 80 columns in a pipe: the result lines (on stderr with --json) stay whole
     assert "dedicated Prefect server" not in err0 and "Beginning flow run" not in err0, err0[-3000:]
     assert f"MLflow run {result['mlflow_run_id']} · training 3 epochs, best 3 · data {result['data_version']}" in err0
+
+
+def test_the_gate_line_says_plainly_whether_the_version_became_the_champion() -> None:
+    from lstmflow.cli.running import _gate_line
+
+    refused = {"decision": "kept", "alias": "champion", "reason": "kept: accuracy 0.9 is worse than the baseline's 1"}
+    promoted = {"decision": "promoted", "alias": "champion", "reason": "first version"}
+    assert _gate_line(refused) == "gate: not promoted to 'champion': accuracy 0.9 is worse than the baseline's 1"
+    assert _gate_line(promoted) == "gate: promoted as 'champion': first version"

@@ -250,7 +250,8 @@ def _warn_if_refused(name: str, decision: dict[str, Any]) -> None:
 
 def _gate_line(decision: dict[str, Any]) -> str:
     """One line on what the gate decided and why, with its figures when it compared two versions."""
-    line = f"gate: {decision['decision']} as {decision['alias']!r}: {decision['reason']}"
+    verb = "promoted as" if decision["decision"] == "promoted" else "not promoted to"
+    line = f"gate: {verb} {decision['alias']!r}: {decision['reason'].removeprefix('kept: ')}"
     if decision.get("champion_value") is not None:
         test = "" if decision.get("p_value") is None else f", {decision['test']} p={decision['p_value']:.3g}"
         line += (
