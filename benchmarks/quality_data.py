@@ -69,6 +69,9 @@ SOURCES: dict[str, Source] = {
     "basicmotions": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/BasicMotions", "UEA archive: free for "
                            "research, cite Bagnall et al. 2018; aeon BSD-3-Clause", "UEA archive: a smart watch's "
                            "accelerometer and gyroscope (6 channels) during four activities"),
+    "pickupgesture": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/PickupGestureWiimoteZ", "UCR archive: "
+                            "free for research, cite Dau et al. 2019; aeon BSD-3-Clause", "UCR archive 2018 "
+                            "(Guna et al. 2014): a Wiimote's z acceleration during 10 gestures, 29-361 steps"),
     "airline": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/Airline", "public domain (Box & Jenkins 1976 "
                       "table); aeon BSD-3-Clause", "Box, Jenkins & Reinsel: monthly airline passengers 1949-1960"),
     "lynx": Source(AEON_WHEEL + " wheel (PyPI), aeon/datasets/data/Lynx", "public domain (R datasets::lynx); aeon "
@@ -789,6 +792,7 @@ BUILDERS: dict[str, Callable[[Path], BuiltSet]] = {
     "osuleaf": ucr_set("osuleaf", "OSULeaf", "wide"),
     "acsf1": ucr_set("acsf1", "ACSF1", "wide"),
     "basicmotions": ucr_set("basicmotions", "BasicMotions", "long"),
+    "pickupgesture": ucr_set("pickupgesture", "PickupGestureWiimoteZ", "wide"),
     "mnist5k": mnist5k,
     "airline": airline,
     "lynx": lynx,

@@ -15,8 +15,8 @@ again on training and validation together with the same strength, as the baselin
 Sequences: logistic regression on MiniRocket features (:mod:`lstmflow.models.minirocket`), which finds the same
 local shapes at many scales that a convolution branch learns slowly from a few dozen series. Their blend takes
 equal weights (:data:`EQUAL_WEIGHT`), as a forecast's average does: a UCR set often holds a few dozen training
-series and a validation part of a handful, too few to choose a weight on, and on the quality suite's seven UCR/UEA
-sets the equal blend gained up to 8 points on the network alone and lost at most half of one.
+series and a validation part of a handful, too few to choose a weight on, and on the quality suite's eight UCR/UEA
+sets the equal blend gained up to 18 points on the network alone and lost at most half of one.
 
 The blend is a model in its own right, so it is saved beside the network's weights and travels in the served
 bundle (``partner.joblib``, scikit-learn's own persistence); a served request goes through both. The regression
