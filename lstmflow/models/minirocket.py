@@ -92,7 +92,10 @@ class MiniRocket(TransformerMixin, BaseEstimator):
         grid = np.linspace(0.0, 1.0, self.steps_)
         rows = []
         for steps in sequences:
-            values = np.asarray(steps, dtype=np.float64).reshape(len(steps), -1)
+            values = np.asarray(steps, dtype=np.float32).reshape(len(steps), -1)
+            if len(values) == self.steps_:  # read as it is (the usual case: a set of equal lengths)
+                rows.append(values.T)
+                continue
             where = np.linspace(0.0, 1.0, len(values)) if len(values) > 1 else np.zeros(1)
             rows.append(np.stack([np.interp(grid, where, channel) for channel in values.T]))
         return np.stack(rows).astype(np.float32)
