@@ -225,6 +225,18 @@ def test_sequence_baseline_beats_the_majority_class(tmp_path: Path) -> None:
     assert baseline.metrics["accuracy"] >= 0.8 > majority(features) + 0.3
 
 
+def test_a_large_set_fits_the_minirocket_regression_on_a_stratified_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(baselines, "MAX_MINIROCKET_SERIES", 12)
+    features = load_sequences(shapes_features(tmp_path))  # 34 training and validation series, 3 classes
+    baseline = classifier_baseline(sequences_spec(tmp_path), features)
+    assert baseline.partner is not None
+    scaler = baseline.partner.model.named_steps["standardscaler"]
+    assert scaler.n_samples_seen_ == 12 and len(baseline.partner.codes) == 3, "every class is in the sample"
+    assert baseline.partner.test.shape == (len(features.part("test")), 3)
+
+
 def test_images_without_a_validation_part_get_the_ridge_classifier(tmp_path: Path) -> None:
     features = load_sequences(shapes_features(tmp_path, per_class=(8, 0, 5)))
     spec = SimpleNamespace(name="i", data=SimpleNamespace(kind="images"))

@@ -73,6 +73,9 @@ LOGISTIC_C = (0.1, 1.0, 10.0, 100.0)
 #: The inverse regularisation strength of the regression on standardised MiniRocket features: a fixed one, as
 #: small sets leave no validation part to choose on (0.01 to 0.1 scored alike on the quality suite's UCR sets).
 MINIROCKET_C = 0.1
+#: At most this many training and validation series (a stratified, seeded sample) fit the MiniRocket regression: its
+#: ten thousand features per series would take gigabytes beyond that, and minutes, for little more accuracy.
+MAX_MINIROCKET_SERIES = 10_000
 #: 1-NN is tried only while train × (val + test) distances stay below this (a second or two), else ridge alone.
 MAX_NN_PAIRS = 50_000_000
 #: Ridge strengths searched by efficient leave-one-out inside ``RidgeClassifierCV``.
@@ -335,16 +338,24 @@ def _logistic_partner(
 def _minirocket_partner(
     sequences: list[list[np.ndarray]], labels: tuple[np.ndarray, np.ndarray], n_classes: int
 ) -> Partner:
-    """Logistic regression on standardised MiniRocket features of the training and validation sequences together,
-    at :data:`MINIROCKET_C`. No validation probabilities: a sequence classifier's blend takes equal weights."""
+    """Logistic regression on standardised MiniRocket features of the training and validation sequences together
+    (at most :data:`MAX_MINIROCKET_SERIES`), at :data:`MINIROCKET_C`. No validation probabilities: a sequence
+    classifier's blend takes equal weights."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from sklearn.utils import resample
 
     from lstmflow.models.minirocket import MiniRocket
 
+    seen, seen_labels = [*sequences[0], *sequences[1]], np.concatenate(labels)
+    if len(seen) > MAX_MINIROCKET_SERIES:
+        kept = resample(
+            np.arange(len(seen)), n_samples=MAX_MINIROCKET_SERIES, replace=False, stratify=seen_labels, random_state=0
+        )
+        seen, seen_labels = [seen[i] for i in kept], seen_labels[kept]
     model = make_pipeline(MiniRocket(), StandardScaler(), LogisticRegression(C=MINIROCKET_C, max_iter=2000))
-    model.fit([*sequences[0], *sequences[1]], np.concatenate(labels))
+    model.fit(seen, seen_labels)
     codes = np.asarray(model.classes_)
     return Partner(model, codes, np.zeros((0, n_classes)), class_probabilities(model, codes, sequences[2], n_classes))
 
