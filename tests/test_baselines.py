@@ -590,3 +590,20 @@ def test_one_step_ets_forecasts_equal_the_dynamic_predictions_from_each_origin()
     one_step, _ = ets_forecasts(raw, 84, origins, 1, 12)  # the fitted values' fast path
     two_steps, _ = ets_forecasts(raw, 84, origins, 2, 12)  # one dynamic prediction per origin
     np.testing.assert_allclose(one_step[:, 0], two_steps[:, 0], rtol=1e-9)
+
+
+def test_the_regression_scores_a_chunk_of_inputs_at_a_time_as_it_would_all_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from lstmflow.models import blend
+
+    rng = np.random.default_rng(6)
+    inputs, labels = rng.normal(size=(11, 3)), np.array([0, 2] * 5 + [0])  # class 1 never seen: a column of zeros
+    model = LogisticRegression().fit(inputs, labels)
+    whole = blend.class_probabilities(model, model.classes_, list(inputs), 3)
+    monkeypatch.setattr(blend, "PREDICT_CHUNK", 4)
+
+    np.testing.assert_allclose(blend.class_probabilities(model, model.classes_, list(inputs), 3), whole)
+    assert whole.shape == (11, 3) and not whole[:, 1].any()

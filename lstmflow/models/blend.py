@@ -36,6 +36,8 @@ import numpy as np
 PARTNER_FILE = "partner.joblib"
 #: The network's weights tried, from 0 (the regression alone) to 1 (the network alone).
 WEIGHTS = np.linspace(0.0, 1.0, 21)
+#: Inputs the regression scores at a time.
+PREDICT_CHUNK = 4096
 #: The network's weight in a sequence classifier's blend (not chosen on the validation part).
 EQUAL_WEIGHT = 0.5
 #: Probabilities are clipped to this before their logarithm: a class one model rules out stays possible.
@@ -58,9 +60,11 @@ class Partner:
 
 
 def class_probabilities(model: Any, codes: np.ndarray, inputs: list[Any], n_classes: int) -> np.ndarray:
-    """(N, n_classes) probabilities of a fitted scikit-learn classifier whose columns are class ``codes``."""
+    """(N, n_classes) probabilities of a fitted scikit-learn classifier whose columns are class ``codes``, a chunk
+    of inputs at a time (a MiniRocket regression holds ten thousand features per sequence)."""
     probabilities = np.zeros((len(inputs), n_classes))
-    probabilities[:, codes] = model.predict_proba(inputs)
+    for start in range(0, len(inputs), PREDICT_CHUNK):
+        probabilities[start : start + PREDICT_CHUNK, codes] = model.predict_proba(inputs[start : start + PREDICT_CHUNK])
     return probabilities
 
 
