@@ -158,9 +158,9 @@ class PipelineSpec(Strict):
         self._refit_fits()
         if self.train.blend_baseline is True and self.data.kind not in BLENDED_KINDS:
             raise ValueError(
-                f"train.blend_baseline: true is for forecasts and for classifying text, audio or video (data kind "
-                f"{', '.join(BLENDED_KINDS)}); this is task {self.task!r} on {self.data.kind!r} data (set it to auto "
-                "or false)"
+                "train.blend_baseline: true is for forecasts, language models and for classifying sequences, text, "
+                f"audio or video (data kind {', '.join(BLENDED_KINDS)}); this is task {self.task!r} on "
+                f"{self.data.kind!r} data (set it to auto or false)"
             )
         losses = TASK_LOSSES[self.task]
         if self.train.loss is not None and self.train.loss not in losses:
@@ -266,8 +266,8 @@ class PipelineSpec(Strict):
 
     @property
     def weighs_blend_on_val(self) -> bool:
-        """Whether the blend's weight is chosen on the validation part (texts, audio, video), which then stays
-        apart from training however small; a sequence classifier's blend takes equal weights."""
+        """Whether the blend's weight is chosen on the validation part (texts, video), which then stays apart
+        from training however small; a sequence or audio classifier's blend takes equal weights."""
         return self.blends_baseline and self.data.kind in VAL_WEIGHTED_KINDS
 
     @field_validator("name")

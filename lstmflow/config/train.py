@@ -115,10 +115,10 @@ class EarlyStoppingSpec(Strict):
             "Classification: with fewer validation samples than this, early stopping is off, the lr follows "
             "`auto`'s warm-up and cosine to the run's end, and the last epoch's weights are kept (the run's log says "
             f"so). `auto` (default): {MIN_VAL_SAMPLES}, or {MIN_VAL_SAMPLES_BLENDED} for a classifier served blended "
-            "with its baseline (text, audio). Below 100 one sample moves the accuracy by over a point, and early "
+            "with its baseline (text, video). Below 100 one sample moves the accuracy by over a point, and early "
             "stopping and the plateau schedule act on noise: on the quality suite's OSULeaf (40 validation leaves) "
-            "they stopped an underfitted run at epoch 50 (0.831 test accuracy; 0.975 trained to the end). Text and "
-            "audio networks overfit within a few epochs instead, and their validation part is held out anyway to "
+            "they stopped an underfitted run at epoch 50 (0.831 test accuracy; 0.975 trained to the end). Text "
+            "networks overfit within a few epochs instead, and their validation part is held out anyway to "
             "choose the blend's weight: on 400 training fortunes with 80 validation ones early stopping scored as "
             "well or better than training to the end (0.893 against 0.874 in German)."
         ),
@@ -137,7 +137,7 @@ class EarlyStoppingSpec(Strict):
             "When `min_val_samples` turns early stopping off, the validation samples join the training part, since "
             "they decide nothing and a set that small needs every sample (the run's validation scores are then on "
             "seen samples, and its log says so). false: hold them out all the same. Search trials always hold them "
-            "out: they are ranked on them; so does a text, audio or video classifier served blended with its "
+            "out: they are ranked on them; so does a text or video classifier served blended with its "
             "baseline (`blend_baseline`), whose weight they choose."
         ),
     )
@@ -303,17 +303,17 @@ class TrainSpec(Strict):
             "Texts: the weighted geometric mean of the class probabilities of the network and the run's TF-IDF + "
             "logistic regression, the network's weight chosen on the validation part from 0 to 1 in steps of 0.05; "
             "on the suite's text sets 1 to 8 points ahead of the network alone, and ahead of the regression on "
-            "three of four (within 0.2 points on the fourth). Audio and video: the same with logistic regression on "
-            "each feature's mean and spread over time (audio: of its deltas too); on the suite's spoken digits "
-            "0.973 blended, 0.952 alone. Sequences: the same with logistic regression on MiniRocket features, at "
-            "equal weights (a UCR set's validation part is too small to choose one on); on the suite's ArrowHead "
-            "0.880 blended, 0.823 alone, on ACSF1 0.910 and 0.830. Language models: the network's next-token "
+            "three of four (within 0.2 points on the fourth). Video: the same with logistic regression on each "
+            "pixel's mean and spread over the clip. Sequences and audio features: the same with logistic regression "
+            "on MiniRocket features, at equal weights (a UCR set's validation part is too small to choose one on); "
+            "on the suite's ArrowHead 0.880 blended, 0.823 alone, on ACSF1 0.910 and 0.830, on the `chirps` demo "
+            "1.000 and 0.778. Language models: the network's next-token "
             "probabilities mixed linearly with the run's Kneser-Ney n-gram's, the network's weight chosen on the "
             "validation part; on the suite's corpus "
             "2.56 bits per character against 2.91 alone and 2.69 for the n-gram. The run logs the network alone as "
             "`network_<metric>` and the weight as `blend_weight`. `auto` (default): blend forecasts, language models "
-            "and sequence, text and audio classifiers; `true`: video classifiers too (text, audio and video only with "
-            "a validation part). `false`: the network alone."
+            "and sequence, text and audio classifiers; `true`: video classifiers too (text and video only with a "
+            "validation part). `false`: the network alone."
         ),
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` uses a GPU when one is present.")

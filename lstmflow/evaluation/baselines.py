@@ -15,7 +15,8 @@ One method per kind of data, each from a well-kept library and quick on small da
   validation part is kept (on digits read by rows 1-NN was ahead, and both ahead of MiniRocket's rows);
 - texts: TF-IDF of word 1–2 and character 2–5 grams (sublinear tf) + logistic regression, on the raw texts,
   fitted again on training and validation once the validation part has chosen its strength;
-- audio: logistic regression on the mean and standard deviation over time of the features the LSTM sees;
+- audio: logistic regression on MiniRocket features of the features the LSTM sees, as for sequences;
+- video: logistic regression on each pixel's mean and standard deviation over the clip;
 - language models: an interpolated Kneser-Ney n-gram (:mod:`lstmflow.models.ngram`), its order chosen on the
   validation part, beside the unigram evaluation keeps.
 
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lstmflow.evaluation.metrics import classification_metrics
-from lstmflow.models.blend import Partner, class_probabilities, mean_and_spread, with_deltas_mean_and_spread
+from lstmflow.models.blend import Partner, class_probabilities, mean_and_spread
 from lstmflow.models.ets import EtsForm, EtsPartner, ets_model
 from lstmflow.models.ngram import KneserNey, NgramFit
 
@@ -221,15 +222,14 @@ def classifier_baseline(spec: PipelineSpec, features: SequenceFeatures) -> Basel
     if kind == "text":
         partner = _logistic_partner(_text_vectorizer, _texts_by_part(spec, features), labels, features.n_classes)
         method, predicted = "tfidf_logistic", partner.test.argmax(axis=1)
-    elif kind == "sequences":
+    elif kind in ("sequences", "audio"):
         sequences = [[part.sequence(i) for i in range(len(part))] for part in (train, val, test)]
         partner = _minirocket_partner(sequences, labels, features.n_classes)
         method, predicted = "minirocket_logistic", partner.test.argmax(axis=1)
-    elif kind in ("audio", "video"):  # summaries over time: each feature's (a video's pixel's) level and spread
-        sequences = [[part.sequence(i) for i in range(len(part))] for part in (train, val, test)]
-        partner = _logistic_partner(_summary_scaler(kind), sequences, labels, features.n_classes)
-        method = "logistic_mean_std_deltas" if kind == "audio" else "logistic_mean_std"
-        predicted = partner.test.argmax(axis=1)
+    elif kind == "video":  # summaries over time: each pixel's level and spread
+        clips = [[part.sequence(i) for i in range(len(part))] for part in (train, val, test)]
+        partner = _logistic_partner(_summary_scaler, clips, labels, features.n_classes)
+        method, predicted = "logistic_mean_std", partner.test.argmax(axis=1)
     else:
         length = min(int(np.max(np.diff(features.offsets))), MAX_RESAMPLED_STEPS)
         inputs = [_shape_features(part, length, features.n_features) for part in (train, val, test)]
@@ -360,14 +360,13 @@ def _minirocket_partner(
     return Partner(model, codes, np.zeros((0, n_classes)), class_probabilities(model, codes, sequences[2], n_classes))
 
 
-def _summary_scaler(kind: str) -> Callable[[list[np.ndarray]], Any]:
-    """The unfitted features of the audio or video regression: each sequence's per-feature mean and spread over time
-    (:func:`~lstmflow.models.blend.mean_and_spread`), for audio with those of its deltas, standardised."""
+def _summary_scaler(train: list[np.ndarray]) -> Any:
+    """The unfitted features of the video regression: each clip's per-pixel mean and spread over time
+    (:func:`~lstmflow.models.blend.mean_and_spread`), standardised."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    summarise = with_deltas_mean_and_spread if kind == "audio" else mean_and_spread
-    return lambda train: make_pipeline(FunctionTransformer(summarise), StandardScaler())
+    return make_pipeline(FunctionTransformer(mean_and_spread), StandardScaler())
 
 
 def _text_vectorizer(train_texts: list[str]) -> Any:
