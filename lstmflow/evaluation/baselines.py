@@ -222,14 +222,15 @@ def classifier_baseline(spec: PipelineSpec, features: SequenceFeatures) -> Basel
     if kind == "text":
         partner = _logistic_partner(_text_vectorizer, _texts_by_part(spec, features), labels, features.n_classes)
         method, predicted = "tfidf_logistic", partner.test.argmax(axis=1)
-    elif kind in ("sequences", "audio"):
+    elif kind in ("sequences", "audio", "video"):
         sequences = [[part.sequence(i) for i in range(len(part))] for part in (train, val, test)]
-        partner = _minirocket_partner(sequences, labels, features.n_classes)
-        method, predicted = "minirocket_logistic", partner.test.argmax(axis=1)
-    elif kind == "video":  # summaries over time: each pixel's level and spread
-        clips = [[part.sequence(i) for i in range(len(part))] for part in (train, val, test)]
-        partner = _logistic_partner(_summary_scaler, clips, labels, features.n_classes)
-        method, predicted = "logistic_mean_std", partner.test.argmax(axis=1)
+        if kind == "video":  # summaries over time: each pixel's level and spread
+            partner = _logistic_partner(_summary_scaler, sequences, labels, features.n_classes)
+            method = "logistic_mean_std"
+        else:
+            partner = _minirocket_partner(sequences, labels, features.n_classes)
+            method = "minirocket_logistic"
+        predicted = partner.test.argmax(axis=1)
     else:
         length = min(int(np.max(np.diff(features.offsets))), MAX_RESAMPLED_STEPS)
         inputs = [_shape_features(part, length, features.n_features) for part in (train, val, test)]

@@ -248,9 +248,9 @@ def _blend(
     spec: PipelineSpec, model: LSTMNet, features: SequenceFeatures, strong: Baseline | None, folder: Path
 ) -> tuple[float, np.ndarray] | None:
     """(the network's weight, the regression's test probabilities) of the blend with the baseline's regression
-    (``train.blend_baseline``), the weight chosen on the validation part or equal (sequences); the blend is saved in
-    ``folder`` beside the weights, for the bundle to serve. None, and no blend left in ``folder``, when the network
-    is served alone."""
+    (``train.blend_baseline``), the weight chosen on the validation part or equal (sequences, audio); the blend is
+    saved in ``folder`` beside the weights, for the bundle to serve. None, and no blend left in ``folder``, when the
+    network is served alone."""
     (folder / PARTNER_FILE).unlink(missing_ok=True)
     val = features.part("val")
     partner = None if strong is None else strong.partner
